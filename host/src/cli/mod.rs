@@ -1,0 +1,64 @@
+//! Command-line parsing (clap) and wiring of the library into commands.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod feed;
+
+/// dazaar: sell and buy append-only data feeds over an encrypted peer-to-peer connection.
+#[derive(Debug, Parser)]
+#[command(name = "dazaar", version, about, long_about = None)]
+pub struct Cli {
+    /// Directory for identity and state (default: from the config, then ~/.local/share/dazaar).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// More log output (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, append to, inspect and import Hypercore feeds.
+    #[command(subcommand)]
+    Feed(feed::FeedCmd),
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    // Logs go to stderr so stdout stays clean for data and --json output.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Parses the command line, runs the command, and turns an error into one line on stderr.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    let result = match cli.command {
+        Command::Feed(cmd) => feed::run(cmd),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            // One clear line: the error and its causes, joined.
+            eprintln!("dazaar: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! The `dazaar.toml` configuration file. (Plugin host issue.)

@@ -1,0 +1,1 @@
+//! Discovery: mainline DHT, mDNS and static peers. (Discovery issue.)

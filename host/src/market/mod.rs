@@ -1,0 +1,1 @@
+//! Seller and buyer: rekeyed feeds, revalidation, revocation. (Market issue.)

@@ -1,0 +1,1 @@
+//! The tokio driver for protocol sessions. (Wire issue.)

@@ -1,0 +1,1 @@
+//! Noise XX handshake and XSalsa20 transport cipher. (Wire issue.)

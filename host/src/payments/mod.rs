@@ -1,0 +1,1 @@
+//! Payment plugin loader and registry. (Plugin host issue.)

@@ -1,0 +1,1 @@
+//! The sans-IO protocol v8 session. (Wire issue.)

@@ -1,0 +1,1 @@
+//! Varint, protobuf messages and the frame codec of protocol v8. (Wire issue.)

@@ -1,0 +1,1 @@
+//! The stable ABI between the dazaar host and its payment verifier plugins.

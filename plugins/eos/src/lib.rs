@@ -1,0 +1,1 @@
+//! EOS chain payment verifier plugin. Filled by the payment plugins issue.

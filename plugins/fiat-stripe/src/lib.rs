@@ -1,0 +1,1 @@
+//! Stripe payment verifier plugin. Filled by the payment plugins issue.

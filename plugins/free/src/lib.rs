@@ -1,0 +1,1 @@
+//! Free-access and ledger payment verifier plugins.

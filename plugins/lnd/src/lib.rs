@@ -1,0 +1,1 @@
+//! Lightning (LND gRPC) payment verifier plugin. Filled by the payment plugins issue.
