@@ -25,3 +25,6 @@ pub mod payments;
 pub mod protocol;
 pub mod storage;
 pub mod wire;
+
+#[cfg(test)]
+pub(crate) mod test_vectors;

@@ -1,4 +1,18 @@
 //! Hypercore v9 logs: Merkle tree over the blocks, signed roots, proofs, bitfield,
 //! and the stores behind them. No tokio here.
 
+pub mod bitfield;
+pub mod feed;
 pub mod flat_tree;
+pub mod merkle;
+pub mod store;
+
+pub use bitfield::NodeSet;
+pub use feed::{
+    Durability, Feed, FeedError, Proof, PutOutcome, RekeyedSigner, Signer, VerifyError,
+};
+pub use merkle::Node;
+pub use store::{FsStore, MemStore, Store, StoreError};
+
+#[cfg(test)]
+mod tests;

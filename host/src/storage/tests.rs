@@ -1,0 +1,536 @@
+//! The storage test suite. The same tests run against [`MemStore`] and [`FsStore`], so
+//! the two backends cannot drift; vector tests pin the bytes JS computes.
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::crypto::Ed25519KeyPair;
+use crate::test_vectors::{group, hex32, hex_field};
+
+/// Makes fresh stores of one kind for a test.
+trait Backend {
+    type S: Store;
+    fn fresh(&mut self) -> Self::S;
+    /// Reopens the last store made (the fs store reopens its directory; memory is lost
+    /// with the `Feed`, so it is handed back through `reopen_from`).
+    fn reopen_from(&mut self, old: Self::S) -> Self::S;
+}
+
+struct Mem;
+impl Backend for Mem {
+    type S = MemStore;
+    fn fresh(&mut self) -> MemStore {
+        MemStore::new()
+    }
+    fn reopen_from(&mut self, old: MemStore) -> MemStore {
+        old
+    }
+}
+
+struct Fs {
+    dirs: Vec<tempfile::TempDir>,
+}
+impl Backend for Fs {
+    type S = FsStore;
+    fn fresh(&mut self) -> FsStore {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = FsStore::open(dir.path().join("feed"), true).expect("fs store");
+        self.dirs.push(dir);
+        store
+    }
+    fn reopen_from(&mut self, old: FsStore) -> FsStore {
+        let dir = old.dir().to_path_buf();
+        drop(old);
+        FsStore::open(dir, false).expect("reopen")
+    }
+}
+
+fn into_store<S: Store>(feed: Feed<S>) -> S {
+    feed.into_store()
+}
+
+fn seed01() -> Ed25519KeyPair {
+    Ed25519KeyPair::from_seed(&[1; 32])
+}
+
+fn check_feed_merkle_vector<B: Backend>(b: &mut B) {
+    let v = &group("feed_merkle")[0];
+    let mut feed = Feed::create(
+        b.fresh(),
+        Ed25519KeyPair::from_seed(&hex32(&v["inputs"]["seed"])),
+    )
+    .expect("create");
+    let blocks: Vec<Vec<u8>> = v["inputs"]["blocks"]
+        .as_array()
+        .expect("blocks")
+        .iter()
+        .map(|b| hex_field(&b["hex"]))
+        .collect();
+    let lengths = v["outputs"]["lengths"].as_array().expect("lengths");
+    for (i, block) in blocks.iter().enumerate() {
+        feed.append(block).expect("append");
+        let want = &lengths[i];
+        assert_eq!(feed.length(), want["length"].as_u64().expect("u64"));
+        assert_eq!(
+            feed.byte_length(),
+            want["byteLength"].as_u64().expect("u64")
+        );
+        assert_eq!(feed.tree_hash().to_vec(), hex_field(&want["treeHash"]));
+        assert_eq!(
+            merkle::signable(feed.roots(), feed.length()).to_vec(),
+            hex_field(&want["signable"])
+        );
+        assert_eq!(
+            feed.signature().expect("sig").expect("present").to_vec(),
+            hex_field(&want["signature"])
+        );
+        let roots: Vec<u64> = want["roots"]
+            .as_array()
+            .expect("roots")
+            .iter()
+            .map(|r| r["index"].as_u64().expect("u64"))
+            .collect();
+        assert_eq!(
+            feed.roots().iter().map(|r| r.index).collect::<Vec<_>>(),
+            roots
+        );
+    }
+    for n in v["outputs"]["nodes"].as_array().expect("nodes") {
+        let node = feed
+            .node(n["index"].as_u64().expect("u64"))
+            .expect("read")
+            .expect("present");
+        assert_eq!(node.hash.to_vec(), hex_field(&n["hash"]));
+        assert_eq!(node.size, n["size"].as_u64().expect("u64"));
+    }
+    assert_eq!(
+        feed.discovery_key().to_vec(),
+        hex_field(&v["outputs"]["discoveryKey"])
+    );
+    // Reopen: same state.
+    let store = b.reopen_from(into_store(feed));
+    let feed = Feed::open(store, None).expect("reopen");
+    assert_eq!(feed.length(), 3);
+    assert_eq!(feed.byte_length(), 11);
+    assert_eq!(feed.get(1).expect("get").expect("held"), b"world");
+}
+
+fn check_proof_vectors<B: Backend>(b: &mut B) {
+    let mut source = Feed::create(b.fresh(), seed01()).expect("create");
+    for block in [&b"hello"[..], b"world", b"!"] {
+        source.append(block).expect("append");
+    }
+    for v in group("feed_proofs") {
+        let name = v["name"].as_str().expect("name");
+        let mut clone = Feed::create_reader(b.fresh(), source.key()).expect("reader");
+        for held in v["inputs"]["requesterHas"].as_array().expect("has") {
+            let i = held.as_u64().expect("u64");
+            let digest = clone.digest(i);
+            let p = source
+                .proof(i, digest, &mut NodeSet::new(), false)
+                .expect("proof");
+            let sig = source.signature_at(p.verified_by / 2).expect("sig");
+            let value = source.get(i).expect("get").expect("held");
+            clone
+                .put(i, Some(&value), &p.nodes, sig.as_ref())
+                .expect("put held block");
+        }
+        let req = &v["inputs"]["request"];
+        let index = req["index"].as_u64().expect("u64");
+        let digest = clone.digest(index);
+        assert_eq!(
+            digest,
+            req["nodes"].as_u64().expect("u64"),
+            "{name}: digest"
+        );
+        let proof = source
+            .proof(index, digest, &mut NodeSet::new(), false)
+            .expect("proof");
+        let want = &v["outputs"]["data"];
+        let want_nodes: Vec<(u64, Vec<u8>, u64)> = want["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .map(|n| {
+                (
+                    n["index"].as_u64().expect("u64"),
+                    hex_field(&n["hash"]),
+                    n["size"].as_u64().expect("u64"),
+                )
+            })
+            .collect();
+        let got_nodes: Vec<(u64, Vec<u8>, u64)> = proof
+            .nodes
+            .iter()
+            .map(|n| (n.index, n.hash.to_vec(), n.size))
+            .collect();
+        assert_eq!(got_nodes, want_nodes, "{name}: nodes");
+        let sig = if proof.verified_by > 0 {
+            source.signature_at(proof.verified_by / 2).expect("sig")
+        } else {
+            None
+        };
+        match want["signature"].as_str() {
+            Some(s) => assert_eq!(
+                sig.map(hex::encode).as_deref(),
+                Some(s),
+                "{name}: signature"
+            ),
+            None => assert!(sig.is_none(), "{name}: no signature expected"),
+        }
+        let value = hex_field(&want["value"]);
+        assert_eq!(source.get(index).expect("get").expect("held"), value);
+        let out = clone
+            .put(index, Some(&value), &proof.nodes, sig.as_ref())
+            .expect("verify and store");
+        assert!(out.new_block);
+        assert_eq!(clone.get(index).expect("get").expect("held"), value);
+        assert_eq!(clone.length(), 3);
+    }
+}
+
+fn check_rekeyed_vector<B: Backend>(b: &mut B) {
+    let v = &group("rekeyed_feed")[0];
+    let secret: [u8; 64] = hex_field(&v["inputs"]["perBuyerSecretKey"])
+        .try_into()
+        .expect("64");
+    let signer = RekeyedSigner::new(Ed25519KeyPair::from_secret_key(&secret).expect("pair"));
+    assert_eq!(
+        signer.public_key().to_vec(),
+        hex_field(&v["inputs"]["perBuyerPublicKey"])
+    );
+    let mut feed = Feed::create(b.fresh(), seed01()).expect("create");
+    let mut buyer = Feed::create_reader(b.fresh(), signer.public_key()).expect("buyer replica");
+    for (block, want) in v["inputs"]["blocks"]
+        .as_array()
+        .expect("blocks")
+        .iter()
+        .zip(v["outputs"]["signatures"].as_array().expect("sigs"))
+    {
+        feed.append(&hex_field(block)).expect("append");
+        assert_eq!(feed.tree_hash().to_vec(), hex_field(&want["treeHash"]));
+        let sig = signer.sign(&feed.tree_hash(), feed.length());
+        assert_eq!(sig.to_vec(), hex_field(&want["signature"]));
+        // The buyer's replica verifies the rekeyed signature (32-byte form).
+        let i = feed.length() - 1;
+        let p = feed
+            .proof(i, buyer.digest(i), &mut NodeSet::new(), false)
+            .expect("proof");
+        let rekeyed_sig = signer.sign(
+            &merkle::tree_hash(&feed.roots_at(p.verified_by / 2).expect("roots")),
+            p.verified_by / 2,
+        );
+        buyer
+            .put(i, Some(&hex_field(block)), &p.nodes, Some(&rekeyed_sig))
+            .expect("rekeyed proof verifies");
+    }
+    assert_eq!(buyer.length(), 3);
+    // The writer's own (40-byte) signature does not verify for the buyer's key.
+    let mut other = Feed::create_reader(b.fresh(), signer.public_key()).expect("replica");
+    let p = feed.proof(0, 0, &mut NodeSet::new(), false).expect("proof");
+    let writer_sig = feed.signature().expect("sig").expect("present");
+    let err = other
+        .put(0, Some(b"hello"), &p.nodes, Some(&writer_sig))
+        .expect_err("wrong key");
+    assert!(
+        matches!(err, FeedError::Verify(VerifyError::BadSignature)),
+        "{err}"
+    );
+    assert_eq!(other.length(), 0);
+    assert!(!other.has(0));
+}
+
+fn check_basics<B: Backend>(b: &mut B) {
+    let mut feed = Feed::create(b.fresh(), Ed25519KeyPair::from_seed(&[5; 32])).expect("create");
+    assert_eq!(feed.length(), 0);
+    assert_eq!(feed.get(0).expect("get"), None);
+    assert_eq!(
+        feed.append_batch(&[b"one".to_vec(), b"two".to_vec(), Vec::new()])
+            .expect("batch"),
+        3
+    );
+    assert_eq!(feed.append(b"four").expect("one"), 4);
+    assert_eq!(feed.byte_length(), 3 + 3 + 0 + 4);
+    assert_eq!(feed.get(2).expect("get").expect("held"), b"");
+    assert_eq!(feed.get(3).expect("get").expect("held"), b"four");
+    assert!(feed.has(0) && feed.has(3) && !feed.has(4));
+    // Signatures only at batch ends, as JS.
+    assert!(feed.signature_at(1).expect("sig").is_none());
+    assert!(feed.signature_at(3).expect("sig").is_some());
+    assert!(feed.signature_at(4).expect("sig").is_some());
+    let too_big = vec![0u8; feed::MAX_BLOCK_SIZE + 1];
+    assert!(matches!(
+        feed.append(&too_big),
+        Err(FeedError::BlockTooLarge(_))
+    ));
+    assert_eq!(feed.length(), 4);
+    // A reader of the same key cannot append; another key is refused.
+    let key = feed.key();
+    let store = b.reopen_from(into_store(feed));
+    let err = Feed::open(store, Some([9; 32])).expect_err("wrong key");
+    assert!(matches!(err, FeedError::KeyMismatch { .. }));
+    let mut reader = Feed::create_reader(b.fresh(), key).expect("reader");
+    assert!(matches!(reader.append(b"x"), Err(FeedError::NotWritable)));
+}
+
+fn check_sparse_download<B: Backend>(b: &mut B) {
+    let mut source = Feed::create(b.fresh(), Ed25519KeyPair::from_seed(&[6; 32])).expect("create");
+    let blocks: Vec<Vec<u8>> = (0..37u32)
+        .map(|i| format!("block {i}").into_bytes())
+        .collect();
+    source.append_batch(&blocks[..20]).expect("batch");
+    for b in &blocks[20..] {
+        source.append(b).expect("append");
+    }
+    let mut clone = Feed::create_reader(b.fresh(), source.key()).expect("reader");
+    let mut remote = NodeSet::new();
+    for &i in &[30u64, 3, 17, 36, 0, 1, 2, 31] {
+        let p = source
+            .proof(i, clone.digest(i), &mut remote, false)
+            .expect("proof");
+        let sig = if p.verified_by > 0 {
+            source.signature_at(p.verified_by / 2).expect("sig")
+        } else {
+            None
+        };
+        clone
+            .put(i, Some(&blocks[i as usize]), &p.nodes, sig.as_ref())
+            .expect("verifies");
+        assert_eq!(
+            clone.get(i).expect("get").expect("held"),
+            blocks[i as usize]
+        );
+    }
+    assert_eq!(clone.length(), 37);
+    assert_eq!(clone.downloaded(0, 37), 8);
+    assert!(!clone.has(4));
+    assert_eq!(clone.get(4).expect("get"), None);
+    // The sparse replica reopens to the same state.
+    let store = b.reopen_from(into_store(clone));
+    let clone = Feed::open(store, Some(source.key())).expect("reopen");
+    assert_eq!(clone.length(), 37);
+    assert_eq!(clone.byte_length(), source.byte_length());
+    assert_eq!(clone.get(36).expect("get").expect("held"), blocks[36]);
+    assert_eq!(clone.downloaded(0, 37), 8);
+}
+
+macro_rules! suite {
+    ($name:ident, $backend:expr) => {
+        mod $name {
+            use super::*;
+            #[test]
+            fn feed_merkle_vector() {
+                check_feed_merkle_vector(&mut $backend);
+            }
+            #[test]
+            fn proof_vectors() {
+                check_proof_vectors(&mut $backend);
+            }
+            #[test]
+            fn rekeyed_vector() {
+                check_rekeyed_vector(&mut $backend);
+            }
+            #[test]
+            fn basics() {
+                check_basics(&mut $backend);
+            }
+            #[test]
+            fn sparse_download() {
+                check_sparse_download(&mut $backend);
+            }
+        }
+    };
+}
+
+suite!(mem, Mem);
+suite!(fs, Fs { dirs: Vec::new() });
+
+#[test]
+fn fs_files_are_byte_identical_to_js() {
+    let v = &group("feed_storage_files")[0];
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut feed =
+        Feed::create(FsStore::open(dir.path(), true).expect("store"), seed01()).expect("create");
+    for block in [&b"hello"[..], b"world", b"!"] {
+        feed.append(block).expect("append");
+    }
+    drop(feed);
+    for (name, want) in v["outputs"]["files"].as_object().expect("files") {
+        let got = std::fs::read(dir.path().join(name)).expect(name);
+        assert_eq!(hex::encode(got), want.as_str().expect("hex"), "file {name}");
+    }
+}
+
+#[test]
+fn fs_key_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _feed =
+        Feed::create(FsStore::open(dir.path(), true).expect("store"), seed01()).expect("create");
+    for name in ["key", "secret_key"] {
+        let mode = std::fs::metadata(dir.path().join(name))
+            .expect(name)
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{name}");
+    }
+}
+
+#[test]
+fn fs_detects_changed_bytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut feed =
+        Feed::create(FsStore::open(dir.path(), true).expect("store"), seed01()).expect("create");
+    feed.append_batch(&[b"alpha".to_vec(), b"bravo".to_vec(), b"charlie".to_vec()])
+        .expect("append");
+    drop(feed);
+    let path = dir.path().join("data");
+    let mut data = std::fs::read(&path).expect("data");
+    data[6] ^= 0x20; // inside "bravo"
+    std::fs::write(&path, &data).expect("write");
+    let feed = Feed::open(FsStore::open(dir.path(), false).expect("store"), None).expect("open");
+    assert_eq!(feed.get(0).expect("intact").expect("held"), b"alpha");
+    assert!(matches!(feed.get(1), Err(FeedError::Corrupt(_))));
+    assert_eq!(feed.get(2).expect("intact").expect("held"), b"charlie");
+}
+
+#[test]
+fn fs_rejects_foreign_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("tree"),
+        b"this is not a hypercore tree file at all....",
+    )
+    .expect("write");
+    let err = FsStore::open(dir.path(), true).expect_err("bad header");
+    assert!(err.to_string().contains("bad header"), "{err}");
+    let err = FsStore::open(dir.path().join("missing"), false).expect_err("missing dir");
+    assert!(err.to_string().contains("no such feed directory"), "{err}");
+}
+
+#[test]
+fn tampered_proofs_are_rejected_and_store_nothing() {
+    let mut source = Feed::create(MemStore::new(), seed01()).expect("create");
+    let blocks: Vec<Vec<u8>> = (0..11u32).map(|i| vec![i as u8; 10 + i as usize]).collect();
+    source.append_batch(&blocks).expect("append");
+    let i = 6;
+    let p = source
+        .proof(i, 0, &mut NodeSet::new(), false)
+        .expect("proof");
+    let sig = source
+        .signature_at(p.verified_by / 2)
+        .expect("sig")
+        .expect("present");
+    let mut variants: Vec<(Vec<u8>, Vec<Node>, [u8; 64])> = Vec::new();
+    for k in 0..blocks[6].len() {
+        let mut v = blocks[6].clone();
+        v[k] ^= 1;
+        variants.push((v, p.nodes.clone(), sig));
+    }
+    for n in 0..p.nodes.len() {
+        for k in 0..32 {
+            let mut nodes = p.nodes.clone();
+            nodes[n].hash[k] ^= 0x80;
+            variants.push((blocks[6].clone(), nodes, sig));
+        }
+        let mut nodes = p.nodes.clone();
+        nodes[n].size += 1;
+        variants.push((blocks[6].clone(), nodes, sig));
+    }
+    for k in 0..64 {
+        let mut s = sig;
+        s[k] ^= 4;
+        variants.push((blocks[6].clone(), p.nodes.clone(), s));
+    }
+    for (value, nodes, s) in variants {
+        let mut clone = Feed::create_reader(MemStore::new(), source.key()).expect("reader");
+        assert!(clone.put(i, Some(&value), &nodes, Some(&s)).is_err());
+        assert_eq!(clone.length(), 0);
+        assert!(!clone.has(i));
+        assert!(!clone.bitfield().is_dirty());
+        assert!(clone.store().read_bitfield().expect("pages").is_empty());
+    }
+    // No signature at all for a signed feed.
+    let mut clone = Feed::create_reader(MemStore::new(), source.key()).expect("reader");
+    let err = clone
+        .put(i, Some(&blocks[6]), &p.nodes, None)
+        .expect_err("unsigned");
+    assert!(
+        matches!(
+            err,
+            FeedError::Verify(VerifyError::BadChecksum | VerifyError::MissingSignature)
+        ),
+        "{err}"
+    );
+}
+
+/// A reference model of a feed: the blocks.
+#[derive(Debug, Clone)]
+enum Op {
+    Append(Vec<u8>),
+    Batch(Vec<Vec<u8>>),
+    Get(u64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..300).prop_map(Op::Append),
+        proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..100), 1..20)
+            .prop_map(Op::Batch),
+        any::<u64>().prop_map(Op::Get),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn appends_and_reads_match_model(ops in proptest::collection::vec(op(), 1..40), picks in proptest::collection::vec(any::<u64>(), 1..12), flip in any::<(usize, u8)>()) {
+        let mut feed = Feed::create(MemStore::new(), Ed25519KeyPair::from_seed(&[3; 32])).expect("create");
+        let mut model: Vec<Vec<u8>> = Vec::new();
+        for op in ops {
+            match op {
+                Op::Append(b) => { feed.append(&b).expect("append"); model.push(b); }
+                Op::Batch(bs) => { feed.append_batch(&bs).expect("batch"); model.extend(bs); }
+                Op::Get(i) => {
+                    let i = if model.is_empty() { i } else { i % (model.len() as u64 + 2) };
+                    prop_assert_eq!(feed.get(i).expect("get"), model.get(i as usize).cloned());
+                }
+            }
+            prop_assert_eq!(feed.length(), model.len() as u64);
+            prop_assert_eq!(feed.byte_length(), model.iter().map(|b| b.len() as u64).sum::<u64>());
+        }
+        if model.is_empty() {
+            return Ok(());
+        }
+        // Proofs for random blocks verify on a replica that holds only the key, in any order.
+        let mut clone = Feed::create_reader(MemStore::new(), feed.key()).expect("reader");
+        let mut remote = NodeSet::new();
+        for (n, pick) in picks.iter().enumerate() {
+            let i = pick % model.len() as u64;
+            let p = feed.proof(i, clone.digest(i), &mut remote, false).expect("proof");
+            let sig = if p.verified_by > 0 { feed.signature_at(p.verified_by / 2).expect("sig") } else { None };
+            if n == 0 {
+                // A proof with one byte flipped is rejected and stores nothing.
+                let mut value = model[i as usize].clone();
+                let mut nodes = p.nodes.clone();
+                let mut s = sig;
+                let total = value.len() + nodes.len() * 32 + 64;
+                let at = flip.0 % total;
+                let bit = flip.1 | 1;
+                if at < value.len() { value[at] ^= bit; }
+                else if at < value.len() + nodes.len() * 32 { let k = at - value.len(); nodes[k / 32].hash[k % 32] ^= bit; }
+                else if let Some(sig) = s.as_mut() { sig[at - value.len() - nodes.len() * 32] ^= bit; }
+                else { value.push(0); }
+                let mut fresh = Feed::create_reader(MemStore::new(), feed.key()).expect("reader");
+                prop_assert!(fresh.put(i, Some(&value), &nodes, s.as_ref()).is_err());
+                prop_assert_eq!(fresh.length(), 0);
+                prop_assert!(!fresh.has(i));
+                prop_assert!(fresh.store().read_bitfield().expect("pages").is_empty());
+            }
+            clone.put(i, Some(&model[i as usize]), &p.nodes, sig.as_ref()).expect("verifies");
+            prop_assert_eq!(clone.get(i).expect("get"), Some(model[i as usize].clone()));
+        }
+        prop_assert_eq!(clone.length(), feed.length());
+    }
+}
