@@ -346,7 +346,7 @@ impl<S: Store> Feed<S> {
                 "feed recovered to a shorter verifying prefix"
             );
         }
-        if self.writer.is_some() {
+        if self.writer.is_some() && !self.store.is_read_only() {
             self.repair_writer(claimed)?;
         }
         Ok(())

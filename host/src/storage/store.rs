@@ -86,6 +86,10 @@ pub trait Store: Send + Sync + 'static {
     fn sync_data(&mut self) -> Result<(), StoreError>;
     /// Makes the bitfield durable (fsync).
     fn sync_bitfield(&mut self) -> Result<(), StoreError>;
+    /// Whether this store refuses writes (then a feed never repairs it on open).
+    fn is_read_only(&self) -> bool {
+        false
+    }
 }
 
 /// A store in memory: for tests, for rekeyed views, for buyers that keep nothing.
@@ -218,6 +222,7 @@ pub fn bitfield_header() -> [u8; 32] {
 /// A feed directory on disk in the hypercore v9 layout.
 pub struct FsStore {
     dir: PathBuf,
+    read_only: bool,
     data: File,
     tree: File,
     signatures: File,
@@ -236,7 +241,17 @@ impl FsStore {
     /// Opens the feed directory `dir`, creating it and its files when `create` is set.
     /// Existing `tree`, `signatures` and `bitfield` files must carry the hypercore headers.
     pub fn open(dir: impl AsRef<Path>, create: bool) -> Result<Self, StoreError> {
-        let dir = dir.as_ref().to_path_buf();
+        Self::open_with(dir.as_ref(), create, false)
+    }
+
+    /// Opens an existing feed directory without ever writing to it (for importing a
+    /// feed written by another program). Every write fails.
+    pub fn open_read_only(dir: impl AsRef<Path>) -> Result<Self, StoreError> {
+        Self::open_with(dir.as_ref(), false, true)
+    }
+
+    fn open_with(dir: &Path, create: bool, read_only: bool) -> Result<Self, StoreError> {
+        let dir = dir.to_path_buf();
         if create {
             std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
                 file: dir.clone(),
@@ -250,9 +265,14 @@ impl FsStore {
         }
         let open = |name: &str| -> Result<File, StoreError> {
             let path = dir.join(name);
+            if read_only && !path.exists() {
+                // A JS reader that never wrote a bitfield or signature: treat as empty.
+                return File::open("/dev/null")
+                    .map_err(|source| StoreError::Io { file: path, source });
+            }
             OpenOptions::new()
                 .read(true)
-                .write(true)
+                .write(!read_only)
                 .create(create)
                 .truncate(false)
                 .mode(0o644)
@@ -265,6 +285,7 @@ impl FsStore {
             signatures: open("signatures")?,
             bitfield: open("bitfield")?,
             dir,
+            read_only,
         };
         store.check_header(&store.tree, "tree", &tree_header(), 5)?;
         store.check_header(&store.signatures, "signatures", &signatures_header(), 5)?;
@@ -296,6 +317,9 @@ impl FsStore {
         check: usize,
     ) -> Result<(), StoreError> {
         let len = file.metadata().map_err(self.io(name))?.len();
+        if len == 0 && self.read_only {
+            return Ok(());
+        }
         if len == 0 {
             file.write_all_at(expected, 0).map_err(self.io(name))?;
             return Ok(());
@@ -519,5 +543,8 @@ impl Store for FsStore {
     }
     fn sync_bitfield(&mut self) -> Result<(), StoreError> {
         self.bitfield.sync_data().map_err(self.io("bitfield"))
+    }
+    fn is_read_only(&self) -> bool {
+        self.read_only
     }
 }

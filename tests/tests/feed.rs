@@ -1,0 +1,216 @@
+//! Feed core end to end: crash safety under SIGKILL, the `dazaar feed` CLI contract, and
+//! cross-checks with JS hypercore@9.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use dazaar::crypto::Ed25519KeyPair;
+use dazaar::storage::{Feed, FsStore};
+use dazaar_tests::*;
+use rand::Rng;
+
+/// Kills an appending child at random moments, at least 50 times, alternating the two
+/// durability modes: every reopen must give a prefix of the block sequence whose
+/// signature verifies (checked by `Feed::open`), holding at least every length the child
+/// reported as committed.
+#[test]
+fn sigkill_during_append_leaves_a_verifying_prefix() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let feed_dir = dir.path().join("feed");
+    let seed = [0x42u8; 32];
+    let key = Ed25519KeyPair::from_seed(&seed).public_key();
+    let mut rng = rand::thread_rng();
+    let mut last_length = 0u64;
+    for round in 0..60 {
+        let mode = if round % 2 == 0 { "process" } else { "power" };
+        let mut child = Command::new(env!("CARGO_BIN_EXE_crash_appender"))
+            .args([feed_dir.to_str().expect("utf-8"), &hex::encode(seed), mode])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn appender");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Ok(n) = line.trim().parse::<u64>() {
+                    let _ = tx.send(n);
+                }
+            }
+        });
+        std::thread::sleep(Duration::from_millis(rng.gen_range(5..60)));
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGKILL);
+        }
+        let status = child.wait().expect("wait");
+        assert!(!status.success(), "the appender should have been killed");
+        reader.join().expect("reader");
+        let committed = rx.try_iter().max().unwrap_or(0);
+
+        let store = FsStore::open(&feed_dir, false).expect("reopen store");
+        let feed = Feed::open(store, Some(key))
+            .unwrap_or_else(|e| panic!("round {round}: reopen failed: {e}"));
+        assert!(
+            feed.length() >= committed.max(last_length),
+            "round {round}: length {} lost appends (child committed {committed}, before {last_length})",
+            feed.length()
+        );
+        assert!(feed.has_all());
+        let step = (feed.length() / 50).max(1);
+        let mut i = 0;
+        while i < feed.length() {
+            assert_eq!(
+                feed.get(i).expect("verified read"),
+                Some(crash_block(i)),
+                "round {round}: block {i}"
+            );
+            i += step;
+        }
+        if feed.length() > 0 {
+            let last = feed.length() - 1;
+            assert_eq!(
+                feed.get(last).expect("verified read"),
+                Some(crash_block(last))
+            );
+        }
+        last_length = feed.length();
+    }
+    assert!(
+        last_length > 100,
+        "the appender made too little progress ({last_length})"
+    );
+}
+
+fn dazaar(args: &[&str]) -> std::process::Output {
+    Command::new(dazaar_bin())
+        .args(args)
+        .output()
+        .expect("run dazaar")
+}
+
+#[test]
+fn cli_contract() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let feed = dir.path().join("feed");
+    let f = feed.to_str().expect("utf-8");
+
+    let out = dazaar(&["feed", "create", f, "--json"]);
+    assert!(out.status.success());
+    let created: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let key = created["key"].as_str().expect("key").to_string();
+    assert_eq!(key.len(), 64);
+    assert_eq!(created["discoveryKey"].as_str().expect("dk").len(), 64);
+
+    // Lines from a file; the last line has no newline.
+    let input = dir.path().join("in.txt");
+    std::fs::write(&input, b"first\nsecond\n\nlast").expect("write");
+    assert!(
+        dazaar(&["feed", "append", f, input.to_str().expect("utf-8")])
+            .status
+            .success()
+    );
+    // Fixed-size blocks from stdin.
+    let mut child = Command::new(dazaar_bin())
+        .args(["feed", "append", f, "--block-size", "4"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), b"abcdefghij")
+        .expect("write");
+    assert!(child.wait().expect("wait").success());
+
+    let out = dazaar(&["feed", "info", f, "--json"]);
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(info["key"], key.as_str());
+    assert_eq!(info["length"], 7);
+    assert_eq!(info["byteLength"], 5 + 6 + 0 + 4 + 10);
+    assert_eq!(info["treeHash"].as_str().expect("hash").len(), 64);
+    assert_eq!(info["signature"].as_str().expect("sig").len(), 128);
+
+    let out = dazaar(&["feed", "cat", f, "--lines"]);
+    assert_eq!(out.stdout, b"first\nsecond\n\nlast\nabcd\nefgh\nij\n");
+    let out = dazaar(&["feed", "cat", f, "--start", "4", "--end", "6"]);
+    assert_eq!(out.stdout, b"abcdefgh");
+
+    // Errors: one clear line on stderr, non-zero exit.
+    for (args, needle) in [
+        (
+            vec!["feed", "info", "/nonexistent/feed"],
+            "no such feed directory",
+        ),
+        (
+            vec!["feed", "info", dir.path().to_str().expect("utf-8")],
+            "not a feed",
+        ),
+        (vec!["feed", "create", f], "already exists"),
+        (
+            vec!["feed", "cat", f, "--end", "99"],
+            "past the feed's length",
+        ),
+    ] {
+        let out = dazaar(&args);
+        assert!(!out.status.success(), "{args:?} should fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: one line: {err}");
+    }
+    // No secret key: cannot append.
+    std::fs::remove_file(feed.join("secret_key")).expect("rm");
+    let out = dazaar(&["feed", "append", f, input.to_str().expect("utf-8")]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no secret key"));
+    // Corrupt data: reported, not returned.
+    let data = feed.join("data");
+    let mut bytes = std::fs::read(&data).expect("read");
+    bytes[1] ^= 0xff;
+    std::fs::write(&data, bytes).expect("write");
+    let out = dazaar(&["feed", "cat", f]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("corrupt"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty());
+}
+
+/// `tail -f source | dazaar feed append DIR`: blocks become visible while input still
+/// flows (committed at least once a second).
+#[test]
+fn streaming_append_commits_while_input_flows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let feed = dir.path().join("feed");
+    let f = feed.to_str().expect("utf-8");
+    assert!(dazaar(&["feed", "create", f]).status.success());
+    let mut child = Command::new(dazaar_bin())
+        .args(["feed", "append", f])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stdin = child.stdin.take().expect("stdin");
+    std::io::Write::write_all(&mut stdin, b"one\ntwo\n").expect("write");
+    std::io::Write::flush(&mut stdin).expect("flush");
+    // The input stays open; within a second the blocks must be readable.
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    let mut length = 0;
+    while std::time::Instant::now() < deadline {
+        let out = dazaar(&["feed", "info", f, "--json"]);
+        let info: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        length = info["length"].as_u64().expect("length");
+        if length == 2 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        length, 2,
+        "appended lines were not committed while the input stayed open"
+    );
+    std::io::Write::write_all(&mut stdin, b"three\n").expect("write");
+    drop(stdin);
+    assert!(child.wait().expect("wait").success());
+    let out = dazaar(&["feed", "cat", f, "--lines"]);
+    assert_eq!(out.stdout, b"one\ntwo\nthree\n");
+}
