@@ -17,4 +17,4 @@ pub use messages::{
 };
 
 #[cfg(test)]
-mod vector_tests;
+pub(crate) mod vector_tests;
