@@ -387,8 +387,16 @@ impl Session {
             let authenticator = &mut self.authenticator;
             let mut rejected = false;
             let mut check = |key: &[u8; 32]| {
-                let ok = expected.is_none_or(|e| e == *key)
-                    && authenticator.as_mut().is_none_or(|f| f(key));
+                // Written out rather than `is_none_or` (MSRV 1.80).
+                let key_ok = match expected {
+                    Some(e) => e == *key,
+                    None => true,
+                };
+                let ok = key_ok
+                    && match authenticator.as_mut() {
+                        Some(f) => f(key),
+                        None => true,
+                    };
                 rejected = !ok;
                 ok
             };

@@ -69,6 +69,9 @@ pub enum FrameError {
         /// The limit.
         max: usize,
     },
+    /// The decoder already reported an error; the stream cannot be resynchronised.
+    #[error("frame decoder already failed")]
+    Failed,
     /// The body is not a valid message of its type.
     #[error("invalid {type_name} message on channel {channel}: {source}")]
     Message {
@@ -167,7 +170,7 @@ impl FrameDecoder {
     pub fn decode_next(&mut self, input: &mut &[u8]) -> Result<Option<Decoded>, FrameError> {
         if self.failed {
             // The stream position is unknown after an error; refuse to go on.
-            return Err(FrameError::HeaderOverrun);
+            return Err(FrameError::Failed);
         }
         let result = self.step(input);
         if result.is_err() {

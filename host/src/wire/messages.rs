@@ -176,6 +176,76 @@ pub struct Extension {
     pub payload: Vec<u8>,
 }
 
+impl Status {
+    /// Status with both flags set, as JS always sends it (absent flags decode as false).
+    pub fn new(uploading: bool, downloading: bool) -> Self {
+        Self {
+            uploading: Some(uploading),
+            downloading: Some(downloading),
+        }
+    }
+}
+
+impl Have {
+    /// `Have{start}`: one block (also the eager length announcement `start = length - 1`).
+    pub fn block(start: u64) -> Self {
+        Self {
+            start,
+            length: None,
+            bitfield: None,
+            ack: None,
+        }
+    }
+
+    /// `Have{start, length}`: a contiguous range (live appends of several blocks).
+    pub fn range(start: u64, length: u64) -> Self {
+        Self {
+            length: Some(length),
+            ..Self::block(start)
+        }
+    }
+
+    /// `Have{start, length, bitfield}`: the answer to a Want; `rle` may be empty.
+    pub fn with_bitfield(start: u64, length: u64, rle: Vec<u8>) -> Self {
+        Self {
+            bitfield: Some(rle),
+            ..Self::range(start, length)
+        }
+    }
+}
+
+impl Want {
+    /// `Want{start, length}` (hypercore@9 asks for 1 MiB-block regions).
+    pub fn range(start: u64, length: u64) -> Self {
+        Self {
+            start,
+            length: Some(length),
+        }
+    }
+}
+
+impl Unhave {
+    /// `Unhave{start}`: one block.
+    pub fn block(start: u64) -> Self {
+        Self {
+            start,
+            length: None,
+        }
+    }
+}
+
+impl Request {
+    /// A block request as a hypercore@9 clone sends it: all four fields written.
+    pub fn block(index: u64, nodes: u64) -> Self {
+        Self {
+            index,
+            bytes: Some(0),
+            hash: Some(false),
+            nodes: Some(nodes),
+        }
+    }
+}
+
 /// Frame type number of [`Extension`].
 pub const EXTENSION_TYPE: u8 = 15;
 

@@ -260,6 +260,35 @@ fn dazaar_extension_frame_vectors() {
 }
 
 #[test]
+fn constructors_match_js_encodings() {
+    let body = |m: Message| {
+        let mut out = Vec::new();
+        m.encode_body(&mut out);
+        hex::encode(out)
+    };
+    assert_eq!(body(Message::Status(Status::new(true, false))), "08011000");
+    assert_eq!(body(Message::Want(Want::range(0, 1 << 20))), "080010808040");
+    assert_eq!(body(Message::Have(Have::block(4))), "0804");
+    assert_eq!(
+        body(Message::Have(Have::with_bitfield(
+            0,
+            1 << 20,
+            vec![2, 0xf8]
+        ))),
+        "0800108080401a0202f8"
+    );
+    assert_eq!(
+        body(Message::Have(Have::with_bitfield(0, 1 << 20, vec![]))),
+        "0800108080401a00"
+    );
+    assert_eq!(
+        body(Message::Request(Request::block(5, 10))),
+        "08051000180020".to_string() + "0a"
+    );
+    assert_eq!(body(Message::Unhave(Unhave::block(7))), "0807");
+}
+
+#[test]
 fn malformed_frames_are_typed_errors() {
     let decode = |bytes: &[u8]| {
         let mut out = Vec::new();
