@@ -800,3 +800,31 @@ fn session_transcripts_received_from_js() {
         }
     }
 }
+
+#[test]
+fn capability_vectors() {
+    // The Open capability as the session computes it from a split (`capability` group).
+    let vectors = load_vectors();
+    for v in group(&vectors, "capability") {
+        let key = arr32(&v["inputs"]["key"]);
+        let rx: [u8; 32] = hex_of(&v["inputs"]["split"]["rx"])[..32]
+            .try_into()
+            .unwrap();
+        let tx: [u8; 32] = hex_of(&v["inputs"]["split"]["tx"])[..32]
+            .try_into()
+            .unwrap();
+        assert_eq!(
+            hex::encode(crypto::capability(&key, &rx, &tx)),
+            v["outputs"]["capability"].as_str().unwrap()
+        );
+        assert_eq!(
+            hex::encode(crypto::remote_capability(&key, &rx, &tx)),
+            v["outputs"]["remoteCapability"].as_str().unwrap()
+        );
+        // The peer's view (rx and tx swapped) accepts what we send.
+        assert_eq!(
+            crypto::capability(&key, &rx, &tx),
+            crypto::remote_capability(&key, &tx, &rx)
+        );
+    }
+}

@@ -386,3 +386,21 @@ mod props {
         }
     }
 }
+
+#[test]
+fn noise_payload_vectors() {
+    let vectors = load_vectors();
+    for v in group(&vectors, "noise_payload") {
+        let nonce = hex_of(&v["inputs"]["nonce"]);
+        let body = NoisePayload {
+            nonce: nonce.clone(),
+        }
+        .to_bytes();
+        assert_eq!(hex::encode(&body), v["outputs"]["body"].as_str().unwrap());
+        assert_eq!(NoisePayload::decode_checked(&body).unwrap().nonce, nonce);
+    }
+    assert!(matches!(
+        NoisePayload::decode_checked(&[]),
+        Err(DecodeError::MissingField { field: "nonce", .. })
+    ));
+}
