@@ -274,6 +274,9 @@ impl fmt::Debug for Session {
     }
 }
 
+/// Bytes decrypted at a time in `receive`.
+const RECEIVE_WINDOW: usize = 64 * 1024;
+
 /// Rough upper bound of the frame overhead (length + header varints) for budget checks.
 const FRAME_OVERHEAD: usize = 20;
 
@@ -421,30 +424,40 @@ impl Session {
     }
 
     fn receive_transport(&mut self, data: &[u8]) -> Result<usize, SessionError> {
-        let mut plain = data.to_vec();
-        match self.established.as_mut() {
-            Some(e) => e.cipher.decrypt(&mut plain),
-            None => return Ok(0),
-        }
-        let mut input: &[u8] = &plain;
-        while !input.is_empty() {
-            // Each frame yields at most one event and one small control reply.
-            if self.events.len() >= self.max_events || self.outgoing.len() >= self.max_outgoing {
+        let mut consumed = 0;
+        // Decrypt in bounded windows so that a caller handing over a large chunk while the
+        // event queue is nearly full does not make us copy (and rewind) all of it each time.
+        for window in data.chunks(RECEIVE_WINDOW) {
+            let mut plain = window.to_vec();
+            match self.established.as_mut() {
+                Some(e) => e.cipher.decrypt(&mut plain),
+                None => return Ok(consumed),
+            }
+            let mut input: &[u8] = &plain;
+            let mut stopped = false;
+            while !input.is_empty() {
+                // Each frame yields at most one event and one small control reply.
+                if self.events.len() >= self.max_events || self.outgoing.len() >= self.max_outgoing
+                {
+                    stopped = true;
+                    break;
+                }
+                match self.decoder.decode_next(&mut input)? {
+                    None => break,
+                    Some(Decoded::KeepAlive) => {}
+                    Some(Decoded::Frame(frame)) => self.on_frame(frame.channel, frame.message)?,
+                }
+            }
+            let unconsumed = input.len();
+            consumed += window.len() - unconsumed;
+            if stopped {
+                if let Some(e) = self.established.as_mut() {
+                    e.cipher.unread(unconsumed);
+                }
                 break;
             }
-            match self.decoder.decode_next(&mut input)? {
-                None => break,
-                Some(Decoded::KeepAlive) => {}
-                Some(Decoded::Frame(frame)) => self.on_frame(frame.channel, frame.message)?,
-            }
         }
-        let unconsumed = input.len();
-        if unconsumed > 0 {
-            if let Some(e) = self.established.as_mut() {
-                e.cipher.unread(unconsumed);
-            }
-        }
-        Ok(data.len() - unconsumed)
+        Ok(consumed)
     }
 
     /// Advances time: sends a keep-alive when due, fails with [`SessionError::Timeout`] when

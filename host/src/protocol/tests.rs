@@ -828,3 +828,43 @@ fn capability_vectors() {
         );
     }
 }
+
+#[test]
+fn large_chunk_with_small_event_queue() {
+    let mut a = session(true, 1);
+    let mut config = SessionConfig::new(false, keys(2));
+    config.max_events = 3;
+    let mut b = Session::new(config, 0).unwrap();
+    pump(&mut a, &mut b, 0);
+    let feed = [8u8; 32];
+    let dk = a.open_channel(&feed).unwrap();
+    b.open_channel(&feed).unwrap();
+    pump(&mut a, &mut b, 0);
+    for index in 0..100u64 {
+        let data = Data {
+            index,
+            value: Some(vec![index as u8; 4096]),
+            nodes: vec![],
+            signature: None,
+        };
+        a.send(&dk, Message::Data(data)).unwrap();
+    }
+    let bytes = a.take_outgoing();
+    assert!(bytes.len() > 2 * RECEIVE_WINDOW);
+    let mut events = Vec::new();
+    deliver(&mut b, &bytes, 0, &mut events);
+    let indexes: Vec<u64> = events
+        .iter()
+        .map(|e| match e {
+            Event::Message {
+                message: Message::Data(d),
+                ..
+            } => {
+                assert_eq!(d.value.as_deref(), Some(&[d.index as u8; 4096][..]));
+                d.index
+            }
+            other => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(indexes, (0..100).collect::<Vec<_>>());
+}
