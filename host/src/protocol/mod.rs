@@ -377,7 +377,8 @@ impl Session {
         }
         self.last_recv = self.now;
         let result = self.receive_inner(data);
-        if result.is_err() {
+        if let Err(error) = &result {
+            tracing::debug!(%error, "protocol session destroyed");
             self.destroy();
         }
         result
@@ -779,6 +780,11 @@ impl Session {
             remote_public_key,
             handshake_hash: transport.handshake_hash,
         });
+        tracing::debug!(
+            remote = %hex::encode(remote_public_key),
+            initiator = self.initiator,
+            "noise handshake complete"
+        );
         self.events
             .push_back(Event::HandshakeComplete { remote_public_key });
         // Flush what was queued during the handshake, in order.
@@ -896,6 +902,7 @@ impl Session {
             }
         }
         channel.remote_capability = open.capability;
+        tracing::debug!(remote_id, dk = %hex::encode(dk), "remote opened channel");
         if channel.local_id.is_none() {
             self.events
                 .push_back(Event::DiscoveryKey { discovery_key: dk });
@@ -937,6 +944,7 @@ impl Session {
         let Some(dk) = dk else {
             return Ok(());
         };
+        tracing::debug!(remote_id, dk = %hex::encode(dk), "remote closed channel");
         let local = self.channels.get(&dk).and_then(|c| c.local_id);
         self.remove_channel(&dk);
         if let Some(id) = local {
