@@ -868,3 +868,43 @@ fn large_chunk_with_small_event_queue() {
         .collect();
     assert_eq!(indexes, (0..100).collect::<Vec<_>>());
 }
+
+#[test]
+fn dazaar_seller_extension_sequence_plaintext() {
+    // `dazaar_extension_frames`: the seller's extension traffic, produced through the API.
+    let vectors = load_vectors();
+    let v = &group(&vectors, "dazaar_extension_frames")[0];
+    let (mut s, mut raw) = with_raw_peer(false);
+    for name in [
+        "dazaar/one-time-feed",
+        "dazaar/seller-id",
+        "dazaar/valid",
+        "dazaar/invalid",
+        "dazaar/terms-of-use",
+    ] {
+        s.register_extension(name).unwrap();
+    }
+    let inputs = &v["inputs"];
+    let mut expected = Vec::new();
+    for step in v["outputs"]["sequence"].as_array().unwrap() {
+        let payload = match step["send"].as_str().unwrap() {
+            "seller-id" => hex_of(&inputs["sellerId"]),
+            "one-time-feed" => hex_of(&inputs["oneTimeFeedKey"]),
+            "valid" => serde_json::to_vec(&inputs["valid"]).unwrap(),
+            "invalid" => serde_json::to_vec(&inputs["invalid"]).unwrap(),
+            other => panic!("unknown step {other}"),
+        };
+        let name = format!("dazaar/{}", step["send"].as_str().unwrap());
+        s.send_extension(&name, &payload).unwrap();
+        if name == "dazaar/seller-id" {
+            // dazaar registers user-message only after sending the seller id.
+            s.register_extension("dazaar/user-message").unwrap();
+        }
+        for frame in step["frames"].as_array().unwrap() {
+            expected.extend(hex_of(frame));
+        }
+    }
+    let mut wire = s.take_outgoing();
+    raw.transport.cipher.decrypt(&mut wire);
+    assert_eq!(hex::encode(wire), hex::encode(expected));
+}
