@@ -1,0 +1,547 @@
+//! The protobuf messages of protocol v8 (`simple-hypercore-protocol@2` schema.proto), with
+//! proto2 presence: an optional field is `Option` so that a message re-encodes to exactly the
+//! bytes JS writes (JS writes a field iff it is set, in field-number order), and required
+//! fields are checked on decode because prost itself does not enforce them.
+
+use super::varint;
+
+/// The handshake payload (`NoisePayload`): the sender's 24-byte XSalsa20 nonce.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct NoisePayload {
+    /// The sender's transport nonce (required; 24 bytes in practice).
+    #[prost(bytes = "vec", required, tag = "1")]
+    pub nonce: Vec<u8>,
+}
+
+/// Type 0: open a channel for a feed.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Open {
+    /// `discoveryKey(feedKey)` (required).
+    #[prost(bytes = "vec", required, tag = "1")]
+    pub discovery_key: Vec<u8>,
+    /// `capability(feedKey, split)`; absent only without Noise.
+    #[prost(bytes = "vec", optional, tag = "2")]
+    pub capability: Option<Vec<u8>>,
+}
+
+/// Type 1: extension names (sorted) and the ack option.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Options {
+    /// Extension names, sorted by byte order.
+    #[prost(string, repeated, tag = "1")]
+    pub extensions: Vec<String>,
+    /// Whether every block should be acknowledged (decodes as false when absent).
+    #[prost(bool, optional, tag = "2")]
+    pub ack: Option<bool>,
+}
+
+/// Type 2: the sender's uploading/downloading state. Absent fields decode as `false`, so
+/// senders should always set both.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Status {
+    /// Whether the sender serves requests.
+    #[prost(bool, optional, tag = "1")]
+    pub uploading: Option<bool>,
+    /// Whether the sender wants data.
+    #[prost(bool, optional, tag = "2")]
+    pub downloading: Option<bool>,
+}
+
+/// Type 3: blocks the sender has.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Have {
+    /// First block (required).
+    #[prost(uint64, required, tag = "1")]
+    pub start: u64,
+    /// Number of blocks; [`Have::length()`] gives the default 1 when absent.
+    #[prost(uint64, optional, tag = "2", default = "1")]
+    pub length: Option<u64>,
+    /// RLE-encoded bitfield (see [`crate::wire::rle`]); present-but-empty is meaningful.
+    #[prost(bytes = "vec", optional, tag = "3")]
+    pub bitfield: Option<Vec<u8>>,
+    /// Whether this Have acknowledges a received block.
+    #[prost(bool, optional, tag = "4")]
+    pub ack: Option<bool>,
+}
+
+/// Type 4: blocks the sender no longer has.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Unhave {
+    /// First block (required).
+    #[prost(uint64, required, tag = "1")]
+    pub start: u64,
+    /// Number of blocks; [`Unhave::length()`] gives the default 1 when absent.
+    #[prost(uint64, optional, tag = "2", default = "1")]
+    pub length: Option<u64>,
+}
+
+/// Type 5: a range the sender wants Have messages for.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Want {
+    /// First block (required).
+    #[prost(uint64, required, tag = "1")]
+    pub start: u64,
+    /// Number of blocks (0 when absent).
+    #[prost(uint64, optional, tag = "2")]
+    pub length: Option<u64>,
+}
+
+/// Type 6: a range the sender no longer wants.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Unwant {
+    /// First block (required).
+    #[prost(uint64, required, tag = "1")]
+    pub start: u64,
+    /// Number of blocks (0 when absent).
+    #[prost(uint64, optional, tag = "2")]
+    pub length: Option<u64>,
+}
+
+/// Type 7: ask for a block and its proof.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Request {
+    /// Block index (required).
+    #[prost(uint64, required, tag = "1")]
+    pub index: u64,
+    /// Byte offset to seek to instead of `index` when > 0.
+    #[prost(uint64, optional, tag = "2")]
+    pub bytes: Option<u64>,
+    /// Ask for the hash only.
+    #[prost(bool, optional, tag = "3")]
+    pub hash: Option<bool>,
+    /// The requester's proof digest (WIRE §4.1).
+    #[prost(uint64, optional, tag = "4")]
+    pub nodes: Option<u64>,
+}
+
+/// Type 8: cancel a request (never sent by hypercore@9).
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Cancel {
+    /// Block index (required).
+    #[prost(uint64, required, tag = "1")]
+    pub index: u64,
+    /// Byte offset of the request.
+    #[prost(uint64, optional, tag = "2")]
+    pub bytes: Option<u64>,
+    /// Hash-only request.
+    #[prost(bool, optional, tag = "3")]
+    pub hash: Option<bool>,
+}
+
+/// One Merkle tree node of a proof (`Data.Node`); all fields required.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Node {
+    /// Flat-tree index.
+    #[prost(uint64, required, tag = "1")]
+    pub index: u64,
+    /// BLAKE2b-256 hash.
+    #[prost(bytes = "vec", required, tag = "2")]
+    pub hash: Vec<u8>,
+    /// Byte size of the data under the node.
+    #[prost(uint64, required, tag = "3")]
+    pub size: u64,
+}
+
+/// Type 9: a block (or only its proof) with proof nodes and a signature.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Data {
+    /// Block index (required).
+    #[prost(uint64, required, tag = "1")]
+    pub index: u64,
+    /// Block bytes; absent for hash-only answers.
+    #[prost(bytes = "vec", optional, tag = "2")]
+    pub value: Option<Vec<u8>>,
+    /// Proof nodes.
+    #[prost(message, repeated, tag = "3")]
+    pub nodes: Vec<Node>,
+    /// Signature over the root hash (WIRE §1.3).
+    #[prost(bytes = "vec", optional, tag = "4")]
+    pub signature: Option<Vec<u8>>,
+}
+
+/// Type 10: close a channel; `discovery_key` only for a channel never opened by the sender.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct Close {
+    /// Discovery key of a channel the sender never opened.
+    #[prost(bytes = "vec", optional, tag = "1")]
+    pub discovery_key: Option<Vec<u8>>,
+}
+
+/// Type 15: an extension message, `varint(id) ‖ payload` (not protobuf).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct Extension {
+    /// Index of the extension name in the sender's sorted list.
+    pub id: u64,
+    /// Raw payload.
+    pub payload: Vec<u8>,
+}
+
+impl Status {
+    /// Status with both flags set, as JS always sends it (absent flags decode as false).
+    pub fn new(uploading: bool, downloading: bool) -> Self {
+        Self {
+            uploading: Some(uploading),
+            downloading: Some(downloading),
+        }
+    }
+}
+
+impl Have {
+    /// `Have{start}`: one block (also the eager length announcement `start = length - 1`).
+    pub fn block(start: u64) -> Self {
+        Self {
+            start,
+            length: None,
+            bitfield: None,
+            ack: None,
+        }
+    }
+
+    /// `Have{start, length}`: a contiguous range (live appends of several blocks).
+    pub fn range(start: u64, length: u64) -> Self {
+        Self {
+            length: Some(length),
+            ..Self::block(start)
+        }
+    }
+
+    /// `Have{start, length, bitfield}`: the answer to a Want; `rle` may be empty.
+    pub fn with_bitfield(start: u64, length: u64, rle: Vec<u8>) -> Self {
+        Self {
+            bitfield: Some(rle),
+            ..Self::range(start, length)
+        }
+    }
+}
+
+impl Want {
+    /// `Want{start, length}` (hypercore@9 asks for 1 MiB-block regions).
+    pub fn range(start: u64, length: u64) -> Self {
+        Self {
+            start,
+            length: Some(length),
+        }
+    }
+}
+
+impl Unhave {
+    /// `Unhave{start}`: one block.
+    pub fn block(start: u64) -> Self {
+        Self {
+            start,
+            length: None,
+        }
+    }
+}
+
+impl Request {
+    /// A block request as a hypercore@9 clone sends it: all four fields written.
+    pub fn block(index: u64, nodes: u64) -> Self {
+        Self {
+            index,
+            bytes: Some(0),
+            hash: Some(false),
+            nodes: Some(nodes),
+        }
+    }
+}
+
+/// Frame type number of [`Extension`].
+pub const EXTENSION_TYPE: u8 = 15;
+
+/// One protocol v8 message of any type.
+#[derive(Clone, PartialEq, Eq, Debug)]
+#[non_exhaustive]
+pub enum Message {
+    /// Type 0.
+    Open(Open),
+    /// Type 1.
+    Options(Options),
+    /// Type 2.
+    Status(Status),
+    /// Type 3.
+    Have(Have),
+    /// Type 4.
+    Unhave(Unhave),
+    /// Type 5.
+    Want(Want),
+    /// Type 6.
+    Unwant(Unwant),
+    /// Type 7.
+    Request(Request),
+    /// Type 8.
+    Cancel(Cancel),
+    /// Type 9.
+    Data(Data),
+    /// Type 10.
+    Close(Close),
+    /// Type 15.
+    Extension(Extension),
+    /// Types 11–14: no schema; JS ignores them and so should the receiver.
+    Unknown {
+        /// The frame type (11..=14).
+        type_id: u8,
+        /// The raw body.
+        body: Vec<u8>,
+    },
+}
+
+/// Why a message body could not be decoded. Every variant means the peer sent malformed
+/// data; JS destroys the stream in all of these cases.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// The protobuf structure is broken (bad tag, wire type, truncated field, bad UTF-8).
+    #[error("malformed {message} message: {source}")]
+    Protobuf {
+        /// Message name.
+        message: &'static str,
+        /// What prost reported.
+        source: prost::DecodeError,
+    },
+    /// A proto2 `required` field is absent.
+    #[error("{message} message lacks required field {field}")]
+    MissingField {
+        /// Message name.
+        message: &'static str,
+        /// Field name as in schema.proto.
+        field: &'static str,
+    },
+    /// The extension id varint is broken.
+    #[error("malformed extension id: {0}")]
+    ExtensionId(varint::VarintError),
+    /// A frame type outside 0..=15.
+    #[error("frame type {0} does not exist")]
+    UnknownType(u64),
+}
+
+impl Message {
+    /// The frame type number (0–10, 15; 11–14 for [`Message::Unknown`]).
+    pub fn type_id(&self) -> u8 {
+        match self {
+            Message::Open(_) => 0,
+            Message::Options(_) => 1,
+            Message::Status(_) => 2,
+            Message::Have(_) => 3,
+            Message::Unhave(_) => 4,
+            Message::Want(_) => 5,
+            Message::Unwant(_) => 6,
+            Message::Request(_) => 7,
+            Message::Cancel(_) => 8,
+            Message::Data(_) => 9,
+            Message::Close(_) => 10,
+            Message::Extension(_) => EXTENSION_TYPE,
+            Message::Unknown { type_id, .. } => *type_id,
+        }
+    }
+
+    /// The type's name as in schema.proto (for logs and errors).
+    pub fn type_name(&self) -> &'static str {
+        type_name(self.type_id())
+    }
+
+    /// Length of the encoded body.
+    pub fn encoded_len(&self) -> usize {
+        use prost::Message as _;
+        match self {
+            Message::Open(m) => m.encoded_len(),
+            Message::Options(m) => m.encoded_len(),
+            Message::Status(m) => m.encoded_len(),
+            Message::Have(m) => m.encoded_len(),
+            Message::Unhave(m) => m.encoded_len(),
+            Message::Want(m) => m.encoded_len(),
+            Message::Unwant(m) => m.encoded_len(),
+            Message::Request(m) => m.encoded_len(),
+            Message::Cancel(m) => m.encoded_len(),
+            Message::Data(m) => m.encoded_len(),
+            Message::Close(m) => m.encoded_len(),
+            Message::Extension(e) => varint::encoded_len(e.id) + e.payload.len(),
+            Message::Unknown { body, .. } => body.len(),
+        }
+    }
+
+    /// Appends the body (without frame header) to `out`.
+    pub fn encode_body(&self, out: &mut Vec<u8>) {
+        use prost::Message as _;
+        // Encoding into a Vec cannot run out of space, so prost's only error cannot happen;
+        // `encode_raw` has no error path at all.
+        match self {
+            Message::Open(m) => m.encode_raw(out),
+            Message::Options(m) => m.encode_raw(out),
+            Message::Status(m) => m.encode_raw(out),
+            Message::Have(m) => m.encode_raw(out),
+            Message::Unhave(m) => m.encode_raw(out),
+            Message::Want(m) => m.encode_raw(out),
+            Message::Unwant(m) => m.encode_raw(out),
+            Message::Request(m) => m.encode_raw(out),
+            Message::Cancel(m) => m.encode_raw(out),
+            Message::Data(m) => m.encode_raw(out),
+            Message::Close(m) => m.encode_raw(out),
+            Message::Extension(e) => {
+                varint::encode(e.id, out);
+                out.extend_from_slice(&e.payload);
+            }
+            Message::Unknown { body, .. } => out.extend_from_slice(body),
+        }
+    }
+
+    /// Decodes a body of frame type `type_id`.
+    pub fn decode(type_id: u64, body: &[u8]) -> Result<Message, DecodeError> {
+        Ok(match type_id {
+            0 => Message::Open(decode_checked(body, "Open", &[(1, "discoveryKey")])?),
+            1 => Message::Options(decode_checked(body, "Options", &[])?),
+            2 => Message::Status(decode_checked(body, "Status", &[])?),
+            3 => Message::Have(decode_checked(body, "Have", &[(1, "start")])?),
+            4 => Message::Unhave(decode_checked(body, "Unhave", &[(1, "start")])?),
+            5 => Message::Want(decode_checked(body, "Want", &[(1, "start")])?),
+            6 => Message::Unwant(decode_checked(body, "Unwant", &[(1, "start")])?),
+            7 => Message::Request(decode_checked(body, "Request", &[(1, "index")])?),
+            8 => Message::Cancel(decode_checked(body, "Cancel", &[(1, "index")])?),
+            9 => {
+                check_node_fields(body)?;
+                Message::Data(decode_checked(body, "Data", &[(1, "index")])?)
+            }
+            10 => Message::Close(decode_checked(body, "Close", &[])?),
+            11..=14 => Message::Unknown {
+                type_id: type_id as u8,
+                body: body.to_vec(),
+            },
+            15 => {
+                let (id, used) = varint::decode(body).map_err(DecodeError::ExtensionId)?;
+                Message::Extension(Extension {
+                    id,
+                    payload: body.get(used..).unwrap_or_default().to_vec(),
+                })
+            }
+            other => return Err(DecodeError::UnknownType(other)),
+        })
+    }
+}
+
+impl NoisePayload {
+    /// Decodes a handshake payload, requiring the nonce field.
+    pub fn decode_checked(body: &[u8]) -> Result<NoisePayload, DecodeError> {
+        decode_checked(body, "NoisePayload", &[(1, "nonce")])
+    }
+
+    /// The protobuf encoding `0a 18 <nonce>`.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        prost::Message::encode_to_vec(self)
+    }
+}
+
+/// Name of frame type `type_id` as in schema.proto.
+pub fn type_name(type_id: u8) -> &'static str {
+    match type_id {
+        0 => "Open",
+        1 => "Options",
+        2 => "Status",
+        3 => "Have",
+        4 => "Unhave",
+        5 => "Want",
+        6 => "Unwant",
+        7 => "Request",
+        8 => "Cancel",
+        9 => "Data",
+        10 => "Close",
+        15 => "Extension",
+        _ => "Unknown",
+    }
+}
+
+fn decode_checked<M: prost::Message + Default>(
+    body: &[u8],
+    message: &'static str,
+    required: &[(u32, &'static str)],
+) -> Result<M, DecodeError> {
+    let present = present_fields(body, message)?;
+    for &(tag, field) in required {
+        if !present.contains(&tag) {
+            return Err(DecodeError::MissingField { message, field });
+        }
+    }
+    M::decode(body).map_err(|source| DecodeError::Protobuf { message, source })
+}
+
+/// `Data.nodes` entries are messages with three required fields; prost would fill them with
+/// zeros, so check each entry's field numbers first.
+fn check_node_fields(body: &[u8]) -> Result<(), DecodeError> {
+    let mut rest = body;
+    while !rest.is_empty() {
+        let field = next_field(&mut rest, "Data")?;
+        if field.tag == 3 {
+            if let Some(inner) = field.delimited {
+                let present = present_fields(inner, "Data.Node")?;
+                for (tag, name) in [(1, "index"), (2, "hash"), (3, "size")] {
+                    if !present.contains(&tag) {
+                        return Err(DecodeError::MissingField {
+                            message: "Data.Node",
+                            field: name,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+struct RawField<'a> {
+    tag: u32,
+    delimited: Option<&'a [u8]>,
+}
+
+/// Field numbers that occur in `body` (deduplicated, small: messages have ≤ 4 fields, but
+/// a peer may repeat or add unknown ones, so only the known range 1..=4 is recorded).
+fn present_fields(body: &[u8], message: &'static str) -> Result<Vec<u32>, DecodeError> {
+    let mut present = Vec::with_capacity(4);
+    let mut rest = body;
+    while !rest.is_empty() {
+        let field = next_field(&mut rest, message)?;
+        if (1..=4).contains(&field.tag) && !present.contains(&field.tag) {
+            present.push(field.tag);
+        }
+    }
+    Ok(present)
+}
+
+fn malformed(message: &'static str, what: &'static str) -> DecodeError {
+    DecodeError::Protobuf {
+        message,
+        source: prost::DecodeError::new(what),
+    }
+}
+
+/// Reads one protobuf field header and skips its value.
+fn next_field<'a>(rest: &mut &'a [u8], message: &'static str) -> Result<RawField<'a>, DecodeError> {
+    let input: &'a [u8] = rest;
+    let (key, used) = varint::decode(input).map_err(|_| malformed(message, "bad field key"))?;
+    let tag = u32::try_from(key >> 3).map_err(|_| malformed(message, "field number too large"))?;
+    let after_key = input.get(used..).unwrap_or_default();
+    let (skip, delimited) = match key & 7 {
+        0 => {
+            let (_, n) =
+                varint::decode(after_key).map_err(|_| malformed(message, "bad varint field"))?;
+            (n, None)
+        }
+        1 => (8, None),
+        5 => (4, None),
+        2 => {
+            let (len, n) = varint::decode(after_key)
+                .map_err(|_| malformed(message, "bad length-delimited field"))?;
+            let len = usize::try_from(len).map_err(|_| malformed(message, "field too long"))?;
+            let end = n
+                .checked_add(len)
+                .ok_or_else(|| malformed(message, "field too long"))?;
+            let value = after_key
+                .get(n..end)
+                .ok_or_else(|| malformed(message, "truncated field"))?;
+            (end, Some(value))
+        }
+        _ => return Err(malformed(message, "unsupported wire type")),
+    };
+    *rest = after_key
+        .get(skip..)
+        .ok_or_else(|| malformed(message, "truncated field"))?;
+    Ok(RawField { tag, delimited })
+}
