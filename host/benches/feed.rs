@@ -11,7 +11,10 @@ use dazaar::crypto::Ed25519KeyPair;
 use dazaar::storage::{Durability, Feed, FsStore, MemStore, NodeSet};
 
 fn main() {
-    let count: u64 = std::env::var("BENCH_BLOCKS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let count: u64 = std::env::var("BENCH_BLOCKS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
     let block = vec![7u8; 1024];
     let batch = 1000usize;
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -20,18 +23,30 @@ fn main() {
     // One by one, ordered writes (crash-safe against a process kill at every return),
     // one fsync at the end.
     let dir = tmp.path().join("single");
-    let mut feed = Feed::create(FsStore::open(&dir, true).expect("store"), Ed25519KeyPair::generate()).expect("create");
+    let mut feed = Feed::create(
+        FsStore::open(&dir, true).expect("store"),
+        Ed25519KeyPair::generate(),
+    )
+    .expect("create");
     let t = Instant::now();
     for _ in 0..count {
         feed.append(&block).expect("append");
     }
     feed.sync().expect("sync");
     let single = count as f64 / t.elapsed().as_secs_f64();
-    rows.push(("rust append 1-by-1 (fs, sync at end)".into(), single, "blocks/s"));
+    rows.push((
+        "rust append 1-by-1 (fs, sync at end)".into(),
+        single,
+        "blocks/s",
+    ));
 
     // Batched, fsync per batch (power-loss durable when each batch returns).
     let dir = tmp.path().join("batched");
-    let mut feed_b = Feed::create(FsStore::open(&dir, true).expect("store"), Ed25519KeyPair::generate()).expect("create");
+    let mut feed_b = Feed::create(
+        FsStore::open(&dir, true).expect("store"),
+        Ed25519KeyPair::generate(),
+    )
+    .expect("create");
     feed_b.set_durability(Durability::Power);
     let blocks: Vec<&[u8]> = vec![&block[..]; batch];
     let t = Instant::now();
@@ -42,7 +57,11 @@ fn main() {
         done += n as u64;
     }
     let batched = count as f64 / t.elapsed().as_secs_f64();
-    rows.push((format!("rust append batch {batch} (fs, fsync per batch)"), batched, "blocks/s"));
+    rows.push((
+        format!("rust append batch {batch} (fs, fsync per batch)"),
+        batched,
+        "blocks/s",
+    ));
 
     // Random reads (each verified against its tree hash).
     let reads = 100_000u64.min(count * 2);
@@ -55,7 +74,11 @@ fn main() {
         let v = feed.get(x % count).expect("get").expect("held");
         assert_eq!(v.len(), 1024);
     }
-    rows.push(("rust random read (fs, hash-checked)".into(), reads as f64 / t.elapsed().as_secs_f64(), "reads/s"));
+    rows.push((
+        "rust random read (fs, hash-checked)".into(),
+        reads as f64 / t.elapsed().as_secs_f64(),
+        "reads/s",
+    ));
 
     // Proofs for random blocks from an empty replica's point of view, and their
     // verification into a replica (signature checked each time).
@@ -70,14 +93,24 @@ fn main() {
         let p = feed.proof(i, 0, &mut NodeSet::new(), false).expect("proof");
         picks.push((i, p));
     }
-    rows.push(("rust proof generation (fs)".into(), proofs as f64 / t.elapsed().as_secs_f64(), "proofs/s"));
+    rows.push((
+        "rust proof generation (fs)".into(),
+        proofs as f64 / t.elapsed().as_secs_f64(),
+        "proofs/s",
+    ));
     let sig = feed.signature().expect("sig").expect("present");
     let t = Instant::now();
     for (i, p) in &picks {
         let mut replica = Feed::create_reader(MemStore::new(), feed.key()).expect("reader");
-        replica.put(*i, Some(&block), &p.nodes, Some(&sig)).expect("verify");
+        replica
+            .put(*i, Some(&block), &p.nodes, Some(&sig))
+            .expect("verify");
     }
-    rows.push(("rust proof verification (mem)".into(), proofs as f64 / t.elapsed().as_secs_f64(), "proofs/s"));
+    rows.push((
+        "rust proof verification (mem)".into(),
+        proofs as f64 / t.elapsed().as_secs_f64(),
+        "proofs/s",
+    ));
 
     // JS hypercore@9 in the same run.
     let js = js_dir();
@@ -87,8 +120,19 @@ fn main() {
         for (b, slot) in [(1usize, &mut js_single), (batch, &mut js_batched)] {
             let jsdir = tmp.path().join(format!("js-{b}"));
             let out = std::process::Command::new("node")
-                .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/js/feed-tool.js"))
-                .args(["bench-append", "--count", &count.to_string(), "--size", "1024", "--batch", &b.to_string()])
+                .arg(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/../tests/js/feed-tool.js"
+                ))
+                .args([
+                    "bench-append",
+                    "--count",
+                    &count.to_string(),
+                    "--size",
+                    "1024",
+                    "--batch",
+                    &b.to_string(),
+                ])
                 .args(["--dir", jsdir.to_str().expect("utf-8")])
                 .env("NODE_PATH", js.join("node_modules"))
                 .output()
@@ -102,10 +146,18 @@ fn main() {
         }
     }
     if let Some(v) = js_single {
-        rows.push(("js hypercore@9 append 1-by-1 (raf, no fsync)".into(), v, "blocks/s"));
+        rows.push((
+            "js hypercore@9 append 1-by-1 (raf, no fsync)".into(),
+            v,
+            "blocks/s",
+        ));
     }
     if let Some(v) = js_batched {
-        rows.push((format!("js hypercore@9 append batch {batch} (raf, no fsync)"), v, "blocks/s"));
+        rows.push((
+            format!("js hypercore@9 append batch {batch} (raf, no fsync)"),
+            v,
+            "blocks/s",
+        ));
     }
 
     println!("feed benchmark: {count} blocks of 1 KiB");
@@ -124,6 +176,9 @@ fn main() {
 fn js_dir() -> Option<std::path::PathBuf> {
     let dir = std::env::var("DAZAAR_JS_DIR")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|_| std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/dazaar-js"));
+        .unwrap_or_else(|_| {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/dazaar-js")
+        });
     dir.join("node_modules/hypercore").is_dir().then_some(dir)
 }

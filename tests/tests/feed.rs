@@ -219,7 +219,13 @@ fn streaming_append_commits_while_input_flows() {
 fn hex_lines(blocks: &[Vec<u8>]) -> String {
     blocks
         .iter()
-        .map(|b| if b.is_empty() { "-".to_string() } else { hex::encode(b) })
+        .map(|b| {
+            if b.is_empty() {
+                "-".to_string()
+            } else {
+                hex::encode(b)
+            }
+        })
         .collect::<Vec<_>>()
         .join("\n")
 }
@@ -234,9 +240,14 @@ fn node_with_stdin(js: &std::path::Path, args: &[&str], stdin: &str) -> serde_js
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn node");
-    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), stdin.as_bytes()).expect("write");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), stdin.as_bytes())
+        .expect("write");
     let out = child.wait_with_output().expect("node");
-    assert!(out.status.success(), "node failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "node failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).expect("json from node")
 }
 
@@ -262,7 +273,11 @@ fn js_builds_the_same_feed() {
         let count = [1usize, 2, 7, 33, 100, 257][case];
         let blocks: Vec<Vec<u8>> = (0..count)
             .map(|_| {
-                let len = if rng.gen_bool(0.1) { 0 } else { rng.gen_range(1..2000) };
+                let len = if rng.gen_bool(0.1) {
+                    0
+                } else {
+                    rng.gen_range(1..2000)
+                };
                 (0..len).map(|_| rng.gen()).collect()
             })
             .collect();
@@ -273,10 +288,28 @@ fn js_builds_the_same_feed() {
             batches.push(n);
             left -= n;
         }
-        let batch_arg = batches.iter().map(|n| n.to_string()).collect::<Vec<_>>().join(",");
-        let theirs = node_with_stdin(&js, &["build", "--seed", &hex::encode(seed), "--batches", &batch_arg], &hex_lines(&blocks));
+        let batch_arg = batches
+            .iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let theirs = node_with_stdin(
+            &js,
+            &[
+                "build",
+                "--seed",
+                &hex::encode(seed),
+                "--batches",
+                &batch_arg,
+            ],
+            &hex_lines(&blocks),
+        );
 
-        let mut feed = Feed::create(dazaar::storage::MemStore::new(), Ed25519KeyPair::from_seed(&seed)).expect("create");
+        let mut feed = Feed::create(
+            dazaar::storage::MemStore::new(),
+            Ed25519KeyPair::from_seed(&seed),
+        )
+        .expect("create");
         let mut at = 0;
         for n in &batches {
             feed.append_batch(&blocks[at..at + n]).expect("append");
@@ -292,31 +325,75 @@ fn js_builds_the_same_feed() {
 fn feed_directories_cross_between_js_and_us() {
     let Some(js) = require_js() else { return };
     let dir = tempfile::tempdir().expect("tempdir");
-    let blocks: Vec<Vec<u8>> = (0..300u32).map(|i| format!("line {i} {}", "x".repeat((i % 50) as usize)).into_bytes()).collect();
+    let blocks: Vec<Vec<u8>> = (0..300u32)
+        .map(|i| format!("line {i} {}", "x".repeat((i % 50) as usize)).into_bytes())
+        .collect();
     let js_dir = dir.path().join("js-feed");
     let theirs = node_with_stdin(
         &js,
-        &["build", "--seed", &"07".repeat(32), "--dir", js_dir.to_str().expect("utf-8"), "--batches", "1,1,50,3,100"],
+        &[
+            "build",
+            "--seed",
+            &"07".repeat(32),
+            "--dir",
+            js_dir.to_str().expect("utf-8"),
+            "--batches",
+            "1,1,50,3,100",
+        ],
         &hex_lines(&blocks),
     );
     let ours_dir = dir.path().join("imported");
-    let out = dazaar(&["feed", "import", js_dir.to_str().expect("utf-8"), ours_dir.to_str().expect("utf-8"), "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = dazaar(&[
+        "feed",
+        "import",
+        js_dir.to_str().expect("utf-8"),
+        ours_dir.to_str().expect("utf-8"),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = dazaar(&["feed", "info", ours_dir.to_str().expect("utf-8"), "--json"]);
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(info, theirs);
     let out = dazaar(&["feed", "cat", ours_dir.to_str().expect("utf-8"), "--lines"]);
-    let expected: Vec<u8> = blocks.iter().flat_map(|b| b.iter().copied().chain([b'\n'])).collect();
+    let expected: Vec<u8> = blocks
+        .iter()
+        .flat_map(|b| b.iter().copied().chain([b'\n']))
+        .collect();
     assert_eq!(out.stdout, expected);
     // The JS directory was not modified by the import.
-    let again = node(&js, "feed-tool.js", &["info", "--dir", js_dir.to_str().expect("utf-8")]);
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&again).expect("json"), theirs);
+    let again = node(
+        &js,
+        "feed-tool.js",
+        &["info", "--dir", js_dir.to_str().expect("utf-8")],
+    );
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&again).expect("json"),
+        theirs
+    );
 
     // JS reads what we wrote (we keep the hypercore v9 layout).
-    let js_view = node(&js, "feed-tool.js", &["info", "--dir", ours_dir.to_str().expect("utf-8")]);
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&js_view).expect("json"), theirs);
-    let js_cat = node(&js, "feed-tool.js", &["cat", "--dir", ours_dir.to_str().expect("utf-8")]);
-    let got: Vec<Vec<u8>> = js_cat.lines().map(|l| hex::decode(l).expect("hex")).collect();
+    let js_view = node(
+        &js,
+        "feed-tool.js",
+        &["info", "--dir", ours_dir.to_str().expect("utf-8")],
+    );
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&js_view).expect("json"),
+        theirs
+    );
+    let js_cat = node(
+        &js,
+        "feed-tool.js",
+        &["cat", "--dir", ours_dir.to_str().expect("utf-8")],
+    );
+    let got: Vec<Vec<u8>> = js_cat
+        .lines()
+        .map(|l| hex::decode(l).expect("hex"))
+        .collect();
     assert_eq!(got, blocks);
 }
 
@@ -324,22 +401,48 @@ fn feed_directories_cross_between_js_and_us() {
 #[test]
 fn import_of_a_sparse_replica_verifies_each_block() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut source = Feed::create(dazaar::storage::MemStore::new(), Ed25519KeyPair::from_seed(&[8; 32])).expect("create");
+    let mut source = Feed::create(
+        dazaar::storage::MemStore::new(),
+        Ed25519KeyPair::from_seed(&[8; 32]),
+    )
+    .expect("create");
     let blocks: Vec<Vec<u8>> = (0..40u32).map(|i| format!("b{i}").into_bytes()).collect();
     source.append_batch(&blocks).expect("append");
     let replica_dir = dir.path().join("replica");
-    let mut replica = Feed::create_reader(FsStore::open(&replica_dir, true).expect("store"), source.key()).expect("reader");
+    let mut replica = Feed::create_reader(
+        FsStore::open(&replica_dir, true).expect("store"),
+        source.key(),
+    )
+    .expect("reader");
     let mut remote = dazaar::storage::NodeSet::new();
     for i in [3u64, 39, 17] {
-        let p = source.proof(i, replica.digest(i), &mut remote, false).expect("proof");
+        let p = source
+            .proof(i, replica.digest(i), &mut remote, false)
+            .expect("proof");
         let sig = source.signature_at(p.verified_by / 2).expect("sig");
-        replica.put(i, Some(&blocks[i as usize]), &p.nodes, sig.as_ref()).expect("put");
+        replica
+            .put(i, Some(&blocks[i as usize]), &p.nodes, sig.as_ref())
+            .expect("put");
     }
     drop(replica);
     let out_dir = dir.path().join("out");
-    let out = dazaar(&["feed", "import", replica_dir.to_str().expect("utf-8"), out_dir.to_str().expect("utf-8"), "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let feed = Feed::open(FsStore::open(&out_dir, false).expect("store"), Some(source.key())).expect("open");
+    let out = dazaar(&[
+        "feed",
+        "import",
+        replica_dir.to_str().expect("utf-8"),
+        out_dir.to_str().expect("utf-8"),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let feed = Feed::open(
+        FsStore::open(&out_dir, false).expect("store"),
+        Some(source.key()),
+    )
+    .expect("open");
     assert_eq!(feed.length(), 40);
     assert_eq!(feed.downloaded(0, 40), 3);
     assert_eq!(feed.get(39).expect("get"), Some(blocks[39].clone()));
@@ -352,7 +455,16 @@ fn import_of_a_sparse_replica_verifies_each_block() {
     bytes[len - 1] ^= 1;
     std::fs::write(&data, bytes).expect("write");
     let bad_out = dir.path().join("bad");
-    let out = dazaar(&["feed", "import", replica_dir.to_str().expect("utf-8"), bad_out.to_str().expect("utf-8")]);
+    let out = dazaar(&[
+        "feed",
+        "import",
+        replica_dir.to_str().expect("utf-8"),
+        bad_out.to_str().expect("utf-8"),
+    ]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("corrupt"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("corrupt"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

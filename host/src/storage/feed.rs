@@ -412,6 +412,35 @@ impl<S: Store> Feed<S> {
         Ok(())
     }
 
+    /// Picks up blocks another process appended to the same store (a seller serving a
+    /// feed that `dazaar feed append` writes to). Re-reads the bitfield and, when it
+    /// claims a longer feed whose signature verifies, moves to that length. A length
+    /// caught mid-write is ignored until a later call. Returns whether the feed grew.
+    pub fn refresh(&mut self) -> Result<bool, FeedError> {
+        let bitfield = Bitfield::from_pages(self.store.read_bitfield()?);
+        let claimed = bitfield::blocks(&bitfield, bitfield.tree_bit_len()).min(MAX_LENGTH);
+        if claimed <= self.length {
+            return Ok(false);
+        }
+        let previous = std::mem::replace(&mut self.bitfield, bitfield);
+        match self.verified_roots(claimed) {
+            Ok(Some(roots)) => {
+                self.length = claimed;
+                self.byte_length = roots.iter().map(|r| r.size).sum();
+                self.roots = roots;
+                Ok(true)
+            }
+            Ok(None) => {
+                self.bitfield = previous;
+                Ok(false)
+            }
+            Err(e) => {
+                self.bitfield = previous;
+                Err(e)
+            }
+        }
+    }
+
     /// Chooses when appends are durable.
     pub fn set_durability(&mut self, durability: Durability) {
         self.durability = durability;

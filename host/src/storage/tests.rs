@@ -534,3 +534,26 @@ proptest! {
         prop_assert_eq!(clone.length(), feed.length());
     }
 }
+
+#[test]
+fn refresh_sees_appends_from_another_handle() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut writer =
+        Feed::create(FsStore::open(dir.path(), true).expect("store"), seed01()).expect("create");
+    writer.append(b"first").expect("append");
+    let mut server =
+        Feed::open(FsStore::open_read_only(dir.path()).expect("store"), None).expect("open");
+    assert_eq!(server.length(), 1);
+    assert!(!server.refresh().expect("refresh"));
+    writer
+        .append_batch(&[b"second".to_vec(), b"third".to_vec()])
+        .expect("append");
+    assert!(server.refresh().expect("refresh"));
+    assert_eq!(server.length(), 3);
+    assert_eq!(server.get(2).expect("get"), Some(b"third".to_vec()));
+    assert_eq!(server.tree_hash(), writer.tree_hash());
+    let p = server
+        .proof(2, 0, &mut NodeSet::new(), false)
+        .expect("proof");
+    assert_eq!(p.verified_by, 6);
+}
