@@ -15,6 +15,7 @@
 //! receives typed messages per channel, addressed by discovery key.
 
 mod extensions;
+pub mod replicate;
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;

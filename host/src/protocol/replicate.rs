@@ -1,0 +1,1153 @@
+//! hypercore@9 replication on one channel (`lib/replicate.js` `Peer`), without I/O.
+//!
+//! A [`Replicator`] drives one feed channel of a [`Session`]: it answers Want with Have,
+//! Request with Data (proof + signature), requests the blocks the remote has and we lack,
+//! verifies and stores Data, and announces local growth. It holds no feed and no session:
+//! each call borrows them, so a driver can keep the feed behind a lock shared by many
+//! connections.
+//!
+//! The driver, per channel:
+//!
+//! 1. `session.open_channel(&replicator.key())`;
+//! 2. on [`Event::ChannelOpened`](super::Event::ChannelOpened) for
+//!    [`Replicator::discovery_key`]: [`Replicator::on_open`];
+//! 3. on [`Event::Message`](super::Event::Message) for it: [`Replicator::on_message`];
+//! 4. after writing the outgoing bytes: [`Replicator::pump`] (answers queued requests and
+//!    fills the request window as the outgoing buffer drains);
+//! 5. when the local feed grew: [`Replicator::on_local_append`];
+//! 6. at [`Replicator::next_deadline`]: [`Replicator::tick`];
+//! 7. [`Replicator::poll_event`] for downloads, new lengths and sync.
+//!
+//! Any error returned is fatal for the whole stream (JS destroys it): the driver destroys
+//! the session and closes the connection. Nothing that failed verification is stored.
+//!
+//! A channel may serve the feed under another key ([`ReplicatorConfig::signer`]): the
+//! Dazaar seller's per-buyer rekeyed view. The tree and blocks are the feed's; the
+//! signatures come from the signer and the channel key is `signer.public_key()`.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+
+use super::{DiscoveryKey, Session, SessionError};
+use crate::crypto;
+use crate::storage::{merkle, Feed, FeedError, Node, NodeSet, Signer, Store};
+use crate::wire::{self, Data, Have, Message, Request, Status, Unhave, Want};
+
+/// Blocks per Want region (hypercore@9 asks in 1 Mi-block regions).
+pub const WANT_REGION: u64 = 1024 * 1024;
+/// JS `maxRequests`.
+pub const JS_MAX_REQUESTS: usize = 16;
+/// Our default request window: enough in flight to fill a fast link.
+pub const DEFAULT_MAX_INFLIGHT: usize = 256;
+/// Default bound on requests from the remote waiting for an answer.
+pub const DEFAULT_MAX_REMOTE_REQUESTS: usize = 4096;
+/// Default request timeout (JS: the stream timeout, 20 s).
+pub const DEFAULT_REQUEST_TIMEOUT_MS: u64 = 20_000;
+/// Default: answer requests only while the session holds less than this many bytes.
+pub const DEFAULT_UPLOAD_HIGH_WATER: usize = 2 * 1024 * 1024;
+/// Bound on queued replication events (oldest block events are dropped beyond it).
+pub const MAX_EVENTS: usize = 8192;
+/// Most download ranges a channel keeps.
+pub const MAX_SELECTIONS: usize = 1024;
+/// Largest decoded Have bitfield we accept (bytes): 2^24 blocks.
+const MAX_HAVE_BITFIELD: usize = 1 << 21;
+/// Highest block index a remote may announce (larger claims are clipped).
+const MAX_REMOTE_BLOCK: u64 = crate::storage::feed::MAX_LENGTH;
+/// Most bitmap pages (4096 blocks each) kept for the remote's blocks: 2^28 blocks.
+const MAX_REMOTE_PAGES: usize = 1 << 16;
+/// Most blocks one Have without bitfield may mark.
+const MAX_HAVE_RANGE: u64 = 1 << 24;
+/// Most blocks examined per scheduling pass (keeps one call cheap on sparse remotes).
+const MAX_SCAN: u64 = 1 << 16;
+
+/// A replication failure. Every variant is fatal for the stream.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplicationError {
+    /// The session refused a send (destroyed, or full beyond recovery).
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// Reading or storing the feed failed, or the remote's Data did not verify
+    /// ([`FeedError::Verify`]); nothing unverified was stored.
+    #[error("block {index}: {source}")]
+    Feed {
+        /// The block concerned.
+        index: u64,
+        /// What failed.
+        #[source]
+        source: FeedError,
+    },
+    /// A message with a malformed field (bad hash or signature length, bad bitfield).
+    #[error("malformed {message} from remote: {reason}")]
+    Malformed {
+        /// The message type.
+        message: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The oldest request went unanswered for the request timeout (JS "Request timeout").
+    #[error("Request timeout: block {index} not received within {timeout_ms} ms")]
+    RequestTimeout {
+        /// The oldest outstanding block.
+        index: u64,
+        /// The timeout.
+        timeout_ms: u64,
+    },
+    /// The remote has more requests outstanding than we accept.
+    #[error("remote sent more than {max} requests without waiting for answers")]
+    TooManyRequests {
+        /// The limit.
+        max: usize,
+    },
+}
+
+impl ReplicationError {
+    /// Whether the error is a verification failure of the remote's data.
+    pub fn is_verification(&self) -> bool {
+        matches!(
+            self,
+            ReplicationError::Feed {
+                source: FeedError::Verify(_),
+                ..
+            }
+        )
+    }
+}
+
+/// How a channel replicates.
+#[derive(Clone)]
+pub struct ReplicatorConfig {
+    /// Answer Wants and Requests (JS `uploading`, default true).
+    pub uploading: bool,
+    /// Ask for blocks (JS `downloading`; default true; a writer uses false).
+    pub downloading: bool,
+    /// Sparse: download only the ranges given to [`Replicator::download`]; otherwise
+    /// everything the remote has (JS non-sparse selection `[0, ∞)`).
+    pub sparse: bool,
+    /// Requests kept in flight (JS keeps 16).
+    pub max_inflight: usize,
+    /// Requests from the remote we queue before refusing (the stream is destroyed).
+    pub max_remote_requests: usize,
+    /// Fail when the oldest request is unanswered this long (0 = never).
+    pub request_timeout_ms: u64,
+    /// Answer requests only while the session's outgoing buffer is below this.
+    pub upload_high_water: usize,
+    /// Serve the feed under `signer.public_key()` with signatures made by the signer
+    /// (Dazaar's per-buyer rekeyed feeds). Such a channel never downloads.
+    pub signer: Option<Arc<dyn Signer>>,
+}
+
+impl fmt::Debug for ReplicatorConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplicatorConfig")
+            .field("uploading", &self.uploading)
+            .field("downloading", &self.downloading)
+            .field("sparse", &self.sparse)
+            .field("max_inflight", &self.max_inflight)
+            .field("signer", &self.signer.as_ref().map(|s| hex::encode(s.public_key())))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for ReplicatorConfig {
+    fn default() -> Self {
+        Self {
+            uploading: true,
+            downloading: true,
+            sparse: false,
+            max_inflight: DEFAULT_MAX_INFLIGHT,
+            max_remote_requests: DEFAULT_MAX_REMOTE_REQUESTS,
+            request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
+            upload_high_water: DEFAULT_UPLOAD_HIGH_WATER,
+            signer: None,
+        }
+    }
+}
+
+impl ReplicatorConfig {
+    /// A writer or seller: uploads, never downloads (JS sends `Status{true, false}`).
+    pub fn uploader() -> Self {
+        Self {
+            downloading: false,
+            ..Self::default()
+        }
+    }
+
+    /// A seller's per-buyer view: uploads the feed under `signer.public_key()`.
+    pub fn rekeyed(signer: Arc<dyn Signer>) -> Self {
+        Self {
+            downloading: false,
+            signer: Some(signer),
+            ..Self::default()
+        }
+    }
+
+    /// A reader that downloads everything the remote has, and keeps following.
+    pub fn downloader() -> Self {
+        Self::default()
+    }
+
+    /// A sparse reader: downloads only ranges given to [`Replicator::download`].
+    pub fn sparse() -> Self {
+        Self {
+            sparse: true,
+            ..Self::default()
+        }
+    }
+}
+
+/// What happened on a channel, for the layer above.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ReplicationEvent {
+    /// A block was verified and stored.
+    Downloaded {
+        /// The block.
+        index: u64,
+        /// Its size in bytes.
+        bytes: u64,
+    },
+    /// A verified signature raised the local feed's length.
+    Length {
+        /// The new length.
+        length: u64,
+        /// The new byte length.
+        byte_length: u64,
+    },
+    /// The remote announced a longer feed.
+    RemoteLength {
+        /// The remote's length as far as we know.
+        length: u64,
+    },
+    /// The remote changed its Status.
+    RemoteStatus {
+        /// Whether it serves requests.
+        uploading: bool,
+        /// Whether it wants data.
+        downloading: bool,
+    },
+    /// We hold every block the remote announced (within our selection) and nothing is in
+    /// flight. Emitted on each transition into this state.
+    Synced {
+        /// The local length.
+        length: u64,
+        /// The remote's length as far as we know.
+        remote_length: u64,
+    },
+}
+
+/// The blocks a remote announced: a bitmap in 4096-block pages, bounded.
+#[derive(Debug, Default)]
+struct RemoteBits {
+    pages: BTreeMap<u64, Box<[u64; 64]>>,
+}
+
+impl RemoteBits {
+    fn get(&self, i: u64) -> bool {
+        self.pages
+            .get(&(i >> 12))
+            .is_some_and(|p| p.get(((i >> 6) & 63) as usize).is_some_and(|w| w & (1 << (i & 63)) != 0))
+    }
+
+    fn set(&mut self, i: u64, value: bool) {
+        if i >= MAX_REMOTE_BLOCK {
+            return;
+        }
+        let key = i >> 12;
+        if !self.pages.contains_key(&key) {
+            if !value || self.pages.len() >= MAX_REMOTE_PAGES {
+                return;
+            }
+            self.pages.insert(key, Box::new([0u64; 64]));
+        }
+        if let Some(word) = self
+            .pages
+            .get_mut(&key)
+            .and_then(|p| p.get_mut(((i >> 6) & 63) as usize))
+        {
+            if value {
+                *word |= 1 << (i & 63);
+            } else {
+                *word &= !(1 << (i & 63));
+            }
+        }
+    }
+
+    /// Sets a whole byte's worth of bits (`byte` bit 7 = block `start`), `start % 8 == 0`.
+    fn set_byte(&mut self, start: u64, byte: u8) {
+        for b in 0..8u64 {
+            let bit = byte & (0x80 >> b) != 0;
+            self.set(start + b, bit);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.pages.clear();
+    }
+}
+
+/// A range of blocks to download; `end == None` is open-ended (live).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Selection {
+    start: u64,
+    end: Option<u64>,
+    /// Below this every block is held or in flight (a scan cursor).
+    cursor: u64,
+}
+
+/// One channel's replication state (JS `Peer`).
+pub struct Replicator {
+    key: [u8; 32],
+    discovery_key: DiscoveryKey,
+    config: ReplicatorConfig,
+    opened: bool,
+    closed: bool,
+    remote_uploading: bool,
+    remote_downloading: bool,
+    /// The remote sent a Want: it gets live Haves.
+    remote_want: bool,
+    remote_length: u64,
+    remote_bits: RemoteBits,
+    /// The uploader's `remoteTree`.
+    remote_tree: NodeSet,
+    /// Want regions already asked for (`None` = legacy mode, no more Wants).
+    wants: Option<std::collections::BTreeSet<u64>>,
+    inflight_wants: usize,
+    /// Have answers to our Wants have all come in: the remote's blocks are known.
+    remote_known: bool,
+    selections: Vec<Selection>,
+    /// Outstanding requests: block → time sent, plus their order.
+    inflight: HashMap<u64, u64>,
+    inflight_order: VecDeque<u64>,
+    request_deadline: Option<u64>,
+    remote_requests: VecDeque<Request>,
+    signature_cache: Option<(u64, [u8; 64])>,
+    events: VecDeque<ReplicationEvent>,
+    synced: bool,
+    now: u64,
+}
+
+impl fmt::Debug for Replicator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Replicator")
+            .field("key", &hex::encode(self.key))
+            .field("opened", &self.opened)
+            .field("remote_length", &self.remote_length)
+            .field("inflight", &self.inflight.len())
+            .field("remote_requests", &self.remote_requests.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Replicator {
+    /// A replicator for `feed` with `config`. The channel key is the feed's key, or the
+    /// signer's public key for a rekeyed channel.
+    pub fn new<S: Store>(feed: &Feed<S>, config: ReplicatorConfig) -> Self {
+        let key = match &config.signer {
+            Some(signer) => signer.public_key(),
+            None => feed.key(),
+        };
+        let mut config = config;
+        if config.signer.is_some() {
+            // A rekeyed view cannot verify data signed under its key against the feed.
+            config.downloading = false;
+        }
+        let selections = if config.sparse {
+            Vec::new()
+        } else {
+            vec![Selection {
+                start: 0,
+                end: None,
+                cursor: 0,
+            }]
+        };
+        Self {
+            key,
+            discovery_key: crypto::discovery_key(&key),
+            config,
+            opened: false,
+            closed: false,
+            remote_uploading: true,
+            remote_downloading: true,
+            remote_want: false,
+            remote_length: 0,
+            remote_bits: RemoteBits::default(),
+            remote_tree: NodeSet::new(),
+            wants: Some(Default::default()),
+            inflight_wants: 0,
+            remote_known: false,
+            selections,
+            inflight: HashMap::new(),
+            inflight_order: VecDeque::new(),
+            request_deadline: None,
+            remote_requests: VecDeque::new(),
+            signature_cache: None,
+            events: VecDeque::new(),
+            synced: false,
+            now: 0,
+        }
+    }
+
+    /// The channel key (what to pass to [`Session::open_channel`]).
+    pub fn key(&self) -> [u8; 32] {
+        self.key
+    }
+
+    /// The channel's discovery key.
+    pub fn discovery_key(&self) -> DiscoveryKey {
+        self.discovery_key
+    }
+
+    /// Whether both sides opened the channel.
+    pub fn is_open(&self) -> bool {
+        self.opened && !self.closed
+    }
+
+    /// Whether we serve requests.
+    pub fn is_uploading(&self) -> bool {
+        self.config.uploading
+    }
+
+    /// The remote's length as far as we know.
+    pub fn remote_length(&self) -> u64 {
+        self.remote_length
+    }
+
+    /// The remote's Status flags (uploading, downloading).
+    pub fn remote_status(&self) -> (bool, bool) {
+        (self.remote_uploading, self.remote_downloading)
+    }
+
+    /// Requests we have in flight.
+    pub fn inflight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Whether we hold everything the remote announced within our selection, with the
+    /// remote's answer to our Wants in and nothing in flight.
+    pub fn is_synced(&self) -> bool {
+        self.synced
+    }
+
+    /// The next replication event.
+    pub fn poll_event(&mut self) -> Option<ReplicationEvent> {
+        self.events.pop_front()
+    }
+
+    /// Channel open on both sides (JS `Peer.onopen`): Status if either flag is false,
+    /// then the Wants.
+    pub fn on_open<S: Store>(
+        &mut self,
+        session: &mut Session,
+        feed: &mut Feed<S>,
+        now_ms: u64,
+    ) -> Result<(), ReplicationError> {
+        self.now = self.now.max(now_ms);
+        self.opened = true;
+        if !self.config.uploading || !self.config.downloading {
+            self.send(
+                session,
+                Message::Status(Status::new(self.config.uploading, self.config.downloading)),
+            )?;
+        }
+        self.send_wants(session)?;
+        self.update(session, feed)
+    }
+
+    /// The remote closed the channel: forget in-flight state.
+    pub fn on_close(&mut self) {
+        self.closed = true;
+        self.inflight.clear();
+        self.inflight_order.clear();
+        self.remote_requests.clear();
+        self.request_deadline = None;
+    }
+
+    /// Starts or stops serving (JS `setUploading`): sends Status with both flags.
+    pub fn set_uploading(
+        &mut self,
+        session: &mut Session,
+        uploading: bool,
+    ) -> Result<(), ReplicationError> {
+        if self.config.uploading == uploading {
+            return Ok(());
+        }
+        self.config.uploading = uploading;
+        if !uploading {
+            self.remote_requests.clear();
+        }
+        if self.opened && !self.closed {
+            self.send(
+                session,
+                Message::Status(Status::new(uploading, self.config.downloading)),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Starts or stops downloading (JS `setDownloading`): sends Status with both flags.
+    pub fn set_downloading<S: Store>(
+        &mut self,
+        session: &mut Session,
+        feed: &mut Feed<S>,
+        downloading: bool,
+    ) -> Result<(), ReplicationError> {
+        let downloading = downloading && self.config.signer.is_none();
+        if self.config.downloading == downloading {
+            return Ok(());
+        }
+        self.config.downloading = downloading;
+        if self.opened && !self.closed {
+            self.send(
+                session,
+                Message::Status(Status::new(self.config.uploading, downloading)),
+            )?;
+            self.send_wants(session)?;
+            self.update(session, feed)?;
+        }
+        Ok(())
+    }
+
+    /// Adds a range to download (`end = None`: open-ended). In a non-sparse channel the
+    /// whole feed is selected already.
+    pub fn download<S: Store>(
+        &mut self,
+        session: &mut Session,
+        feed: &mut Feed<S>,
+        start: u64,
+        end: Option<u64>,
+    ) -> Result<(), ReplicationError> {
+        if self.selections.len() >= MAX_SELECTIONS {
+            return Ok(());
+        }
+        self.selections.push(Selection {
+            start,
+            end,
+            cursor: start,
+        });
+        self.synced = false;
+        if self.opened && !self.closed {
+            // JS also sends a Want for the region of the range's first block.
+            self.send_want_region(session, start / WANT_REGION)?;
+            self.send_wants(session)?;
+            self.update(session, feed)?;
+        }
+        Ok(())
+    }
+
+    /// Whether every selected block below the remote's length is held locally.
+    pub fn has_selection<S: Store>(&self, feed: &Feed<S>) -> bool {
+        self.selections.iter().all(|s| {
+            let end = s.end.unwrap_or(self.remote_length.max(feed.length()));
+            end <= s.start || feed.downloaded(s.start, end) == end - s.start
+        })
+    }
+
+    /// The local feed grew from `old_length` (an append, or [`Feed::refresh`] found
+    /// blocks another process wrote): announce it to a remote that sent a Want.
+    pub fn on_local_append<S: Store>(
+        &mut self,
+        session: &mut Session,
+        feed: &Feed<S>,
+        old_length: u64,
+    ) -> Result<(), ReplicationError> {
+        let length = feed.length();
+        if !self.opened || self.closed || !self.remote_want || length <= old_length {
+            return Ok(());
+        }
+        if !self.config.uploading {
+            return Ok(());
+        }
+        let n = length - old_length;
+        let have = if n == 1 {
+            Have::block(old_length)
+        } else {
+            Have::range(old_length, n)
+        };
+        self.send(session, Message::Have(have))
+    }
+
+    /// Another channel of the same feed downloaded block `index`: tell this remote
+    /// (`Have{start: index}`) if it sent a Want (JS announces to every other peer).
+    pub fn on_local_download(
+        &mut self,
+        session: &mut Session,
+        index: u64,
+    ) -> Result<(), ReplicationError> {
+        if self.opened && !self.closed && self.remote_want && self.config.uploading {
+            self.send(session, Message::Have(Have::block(index)))?;
+        }
+        Ok(())
+    }
+
+    /// Handles a message the session delivered for this channel.
+    pub fn on_message<S: Store>(
+        &mut self,
+        session: &mut Session,
+        feed: &mut Feed<S>,
+        message: Message,
+        now_ms: u64,
+    ) -> Result<(), ReplicationError> {
+        self.now = self.now.max(now_ms);
+        if self.closed {
+            return Ok(());
+        }
+        match message {
+            Message::Status(status) => self.on_status(session, feed, status),
+            Message::Want(want) => self.on_want(session, feed, want),
+            Message::Have(have) => self.on_have(session, feed, have),
+            Message::Unhave(unhave) => {
+                let start = unhave.start;
+                let len = unhave.length.unwrap_or(1);
+                if start == 0 && len >= self.remote_length {
+                    self.remote_bits.clear();
+                } else {
+                    for i in start..start.saturating_add(len.min(MAX_HAVE_RANGE)) {
+                        self.remote_bits.set(i, false);
+                    }
+                }
+                self.update(session, feed)
+            }
+            Message::Request(request) => {
+                if !self.config.uploading {
+                    return Ok(());
+                }
+                if self.remote_requests.len() >= self.config.max_remote_requests {
+                    return Err(ReplicationError::TooManyRequests {
+                        max: self.config.max_remote_requests,
+                    });
+                }
+                self.remote_requests.push_back(request);
+                self.answer_requests(session, feed)
+            }
+            Message::Data(data) => self.on_data(session, feed, data),
+            // Unwant, Cancel, Options and feed-level extensions: hypercore@9 ignores them
+            // for dazaar (it uses no feed extensions and never sends Unwant/Cancel).
+            _ => Ok(()),
+        }
+    }
+
+    /// Answers queued requests while the outgoing buffer allows, and fills the request
+    /// window. Call after writing the session's outgoing bytes.
+    pub fn pump<S: Store>(
+        &mut self,
+        session: &mut Session,
+        feed: &mut Feed<S>,
+        now_ms: u64,
+    ) -> Result<(), ReplicationError> {
+        self.now = self.now.max(now_ms);
+        if !self.opened || self.closed {
+            return Ok(());
+        }
+        self.answer_requests(session, feed)?;
+        self.update(session, feed)
+    }
+
+    /// Whether requests from the remote are queued waiting for outgoing room.
+    pub fn has_queued_requests(&self) -> bool {
+        !self.remote_requests.is_empty()
+    }
+
+    /// Checks the request timeout.
+    pub fn tick(&mut self, now_ms: u64) -> Result<(), ReplicationError> {
+        self.now = self.now.max(now_ms);
+        if let (Some(deadline), Some(&index)) = (self.request_deadline, self.inflight_order.front())
+        {
+            if self.now >= deadline {
+                return Err(ReplicationError::RequestTimeout {
+                    index,
+                    timeout_ms: self.config.request_timeout_ms,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// When [`Replicator::tick`] should next run.
+    pub fn next_deadline(&self) -> Option<u64> {
+        if self.inflight_order.is_empty() {
+            None
+        } else {
+            self.request_deadline
+        }
+    }
+
+    // ----- internals ------------------------------------------------------------------
+
+    fn send(&mut self, session: &mut Session, message: Message) -> Result<(), ReplicationError> {
+        session.send(&self.discovery_key, message)?;
+        Ok(())
+    }
+
+    fn push_event(&mut self, event: ReplicationEvent) {
+        if self.events.len() >= MAX_EVENTS {
+            // Drop the oldest per-block event; length and sync events carry the state.
+            if let Some(pos) = self
+                .events
+                .iter()
+                .position(|e| matches!(e, ReplicationEvent::Downloaded { .. }))
+            {
+                self.events.remove(pos);
+            } else {
+                self.events.pop_front();
+            }
+        }
+        self.events.push_back(event);
+    }
+
+    fn on_status<S: Store>(
+        &mut self,
+        session: &mut Session,
+        feed: &mut Feed<S>,
+        status: Status,
+    ) -> Result<(), ReplicationError> {
+        let uploading = status.uploading.unwrap_or(false);
+        let downloading = status.downloading.unwrap_or(false);
+        let was_uploading = self.remote_uploading;
+        self.remote_uploading = uploading;
+        self.remote_downloading = downloading;
+        self.push_event(ReplicationEvent::RemoteStatus {
+            uploading,
+            downloading,
+        });
+        if !uploading {
+            self.inflight.clear();
+            self.inflight_order.clear();
+            self.request_deadline = None;
+            self.inflight_wants = 0;
+            self.wants = Some(Default::default());
+            self.remote_known = false;
+            for s in &mut self.selections {
+                s.cursor = s.start;
+            }
+        } else if !was_uploading {
+            self.send_wants(session)?;
+        }
+        self.update(session, feed)
+    }
+
+    fn on_want<S: Store>(
+        &mut self,
+        session: &mut Session,
+        feed: &mut Feed<S>,
+        want: Want,
+    ) -> Result<(), ReplicationError> {
+        if !self.config.uploading {
+            return Ok(());
+        }
+        let start = want.start;
+        let length = want.length.unwrap_or(0);
+        if start & 8191 != 0 || length & 8191 != 0 {
+            return Ok(());
+        }
+        let feed_length = feed.length();
+        if !self.remote_want && feed_length > 0 && feed.has(feed_length - 1) {
+            self.send(session, Message::Have(Have::block(feed_length - 1)))?;
+        }
+        self.remote_want = true;
+        let bitfield = feed.bitfield();
+        let bits = if start == 0 && length == 0 {
+            bitfield.data_bytes(0, bitfield.data_byte_len())
+        } else {
+            // JS Bitfield.compress: clip to the bitfield's bits, at least one bit.
+            let bit_len = bitfield.data_byte_len().saturating_mul(8);
+            let len = if start.saturating_add(length) > bit_len {
+                bit_len.saturating_sub(start).max(1)
+            } else {
+                length
+            };
+            bitfield.data_bytes(start, len.div_ceil(8))
+        };
+        let rle = wire::rle::encode(&bits);
+        self.send(
+            session,
+            Message::Have(Have::with_bitfield(start, length, rle)),
+        )
+    }
+
+    fn on_have<S: Store>(
+        &mut self,
+        session: &mut Session,
+        feed: &mut Feed<S>,
+        have: Have,
+    ) -> Result<(), ReplicationError> {
+        if have.ack == Some(true) && have.bitfield.is_none() {
+            return Ok(());
+        }
+        let length = have.length.unwrap_or(1);
+        if length == WANT_REGION && self.inflight_wants > 0 {
+            self.inflight_wants -= 1;
+            if self.inflight_wants == 0 {
+                self.remote_known = true;
+            }
+        }
+        let old_remote_length = self.remote_length;
+        match &have.bitfield {
+            Some(rle) => {
+                if length == 0 || length == 1 {
+                    // Legacy mode: the remote announces everything; no more Wants.
+                    self.wants = None;
+                    self.inflight_wants = 0;
+                    self.remote_known = true;
+                }
+                let bits = wire::rle::decode(rle, 4, MAX_HAVE_BITFIELD).map_err(|e| {
+                    ReplicationError::Malformed {
+                        message: "Have",
+                        reason: e.to_string(),
+                    }
+                })?;
+                let start = have.start.min(MAX_REMOTE_BLOCK);
+                let mut last_set = None;
+                for (j, &byte) in bits.iter().enumerate() {
+                    let at = start.saturating_add(8 * j as u64);
+                    self.remote_bits.set_byte(at, byte);
+                    if byte != 0 {
+                        last_set = Some(at + 7 - u64::from(byte.trailing_zeros()));
+                    }
+                }
+                if let Some(last) = last_set {
+                    self.remote_length = self.remote_length.max(last.saturating_add(1));
+                }
+            }
+            None => {
+                let start = have.start.min(MAX_REMOTE_BLOCK);
+                let len = length.max(1).min(MAX_HAVE_RANGE);
+                let end = start.saturating_add(len).min(MAX_REMOTE_BLOCK);
+                for i in start..end {
+                    self.remote_bits.set(i, true);
+                }
+                self.remote_length = self.remote_length.max(end);
+            }
+        }
+        if self.remote_length > old_remote_length {
+            self.synced = false;
+            self.push_event(ReplicationEvent::RemoteLength {
+                length: self.remote_length,
+            });
+            self.send_wants(session)?;
+        }
+        self.update(session, feed)
+    }
+
+    fn on_data<S: Store>(
+        &mut self,
+        session: &mut Session,
+        feed: &mut Feed<S>,
+        data: Data,
+    ) -> Result<(), ReplicationError> {
+        let index = data.index;
+        if self.inflight.remove(&index).is_none() {
+            // Unrequested: reject it, as JS does without allowPush.
+            if index < MAX_REMOTE_BLOCK && !feed.has(index) {
+                self.send(session, Message::Unhave(Unhave::block(index)))?;
+            }
+            return Ok(());
+        }
+        if let Some(pos) = self.inflight_order.iter().position(|&i| i == index) {
+            self.inflight_order.remove(pos);
+        }
+        self.request_deadline = if self.inflight_order.is_empty() || self.config.request_timeout_ms == 0 {
+            None
+        } else {
+            Some(self.now.saturating_add(self.config.request_timeout_ms))
+        };
+        let nodes = data
+            .nodes
+            .iter()
+            .map(|n| {
+                let hash: [u8; 32] =
+                    n.hash
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| ReplicationError::Malformed {
+                            message: "Data",
+                            reason: format!("node {} hash of {} bytes", n.index, n.hash.len()),
+                        })?;
+                Ok(Node {
+                    index: n.index,
+                    hash,
+                    size: n.size,
+                })
+            })
+            .collect::<Result<Vec<_>, ReplicationError>>()?;
+        let signature: Option<[u8; 64]> = match &data.signature {
+            Some(sig) => Some(sig.as_slice().try_into().map_err(|_| {
+                ReplicationError::Malformed {
+                    message: "Data",
+                    reason: format!("signature of {} bytes", sig.len()),
+                }
+            })?),
+            None => None,
+        };
+        let outcome = feed
+            .put(index, data.value.as_deref(), &nodes, signature.as_ref())
+            .map_err(|source| ReplicationError::Feed { index, source })?;
+        if let Some(value) = &data.value {
+            if outcome.new_block {
+                self.push_event(ReplicationEvent::Downloaded {
+                    index,
+                    bytes: value.len() as u64,
+                });
+            }
+        }
+        if let Some(length) = outcome.new_length {
+            self.push_event(ReplicationEvent::Length {
+                length,
+                byte_length: feed.byte_length(),
+            });
+        }
+        self.update(session, feed)
+    }
+
+    /// Sends Wants: the regions of our selections below the remote's length, then
+    /// always region 0 (JS `_sendWants`), each region once, at most 16 in flight.
+    fn send_wants(&mut self, session: &mut Session) -> Result<(), ReplicationError> {
+        if !self.config.downloading || !self.opened || self.closed || !self.remote_uploading {
+            return Ok(());
+        }
+        if self.wants.is_none() {
+            return Ok(());
+        }
+        let mut regions = Vec::new();
+        for s in &self.selections {
+            let mut region = s.start / WANT_REGION;
+            loop {
+                let at = region.saturating_mul(WANT_REGION);
+                if at >= self.remote_length || s.end.is_some_and(|e| at >= e) {
+                    break;
+                }
+                regions.push(region);
+                if regions.len() >= 64 {
+                    break;
+                }
+                region += 1;
+            }
+        }
+        regions.push(0);
+        for region in regions {
+            if self.inflight_wants >= 16 {
+                break;
+            }
+            self.send_want_region(session, region)?;
+        }
+        Ok(())
+    }
+
+    fn send_want_region(
+        &mut self,
+        session: &mut Session,
+        region: u64,
+    ) -> Result<(), ReplicationError> {
+        if !self.config.downloading || !self.remote_uploading {
+            return Ok(());
+        }
+        let Some(wants) = self.wants.as_mut() else {
+            return Ok(());
+        };
+        if wants.len() >= 4096 || !wants.insert(region) {
+            return Ok(());
+        }
+        self.inflight_wants += 1;
+        self.remote_known = false;
+        self.send(
+            session,
+            Message::Want(Want::range(region.saturating_mul(WANT_REGION), WANT_REGION)),
+        )
+    }
+
+    /// Fills the request window with blocks the remote has and we lack (linear order
+    /// within each selection), then checks for sync.
+    fn update<S: Store>(
+        &mut self,
+        session: &mut Session,
+        feed: &mut Feed<S>,
+    ) -> Result<(), ReplicationError> {
+        if !self.opened || self.closed {
+            return Ok(());
+        }
+        if self.config.downloading && self.remote_uploading {
+            let window = self.config.max_inflight.max(1);
+            let mut budget = MAX_SCAN;
+            let mut si = 0;
+            while si < self.selections.len() && self.inflight.len() < window && budget > 0 {
+                let Some(sel) = self.selections.get(si).copied() else {
+                    break;
+                };
+                let end = sel.end.unwrap_or(u64::MAX).min(self.remote_length);
+                let mut i = sel.cursor;
+                // Advance the cursor over blocks held or in flight.
+                while i < end && budget > 0 && (feed.has(i) || self.inflight.contains_key(&i)) {
+                    i += 1;
+                    budget -= 1;
+                }
+                if let Some(s) = self.selections.get_mut(si) {
+                    s.cursor = i;
+                }
+                let mut j = i;
+                while j < end && self.inflight.len() < window && budget > 0 {
+                    budget -= 1;
+                    if self.remote_bits.get(j) && !feed.has(j) && !self.inflight.contains_key(&j)
+                    {
+                        self.request(session, feed, j)?;
+                    }
+                    j += 1;
+                }
+                si += 1;
+            }
+            // A sparse selection that is complete is dropped (JS calls back and removes it).
+            if self.config.sparse {
+                let remote_length = self.remote_length;
+                self.selections.retain(|s| match s.end {
+                    Some(e) => !(s.cursor >= e && feed.downloaded(s.start, e) == e - s.start),
+                    None => true,
+                } || remote_length == 0);
+            }
+        }
+        self.check_synced(feed);
+        Ok(())
+    }
+
+    fn request<S: Store>(
+        &mut self,
+        session: &mut Session,
+        feed: &Feed<S>,
+        index: u64,
+    ) -> Result<(), ReplicationError> {
+        let nodes = feed.digest(index);
+        self.send(session, Message::Request(Request::block(index, nodes)))?;
+        if self.inflight_order.is_empty() && self.config.request_timeout_ms > 0 {
+            self.request_deadline = Some(self.now.saturating_add(self.config.request_timeout_ms));
+        }
+        self.inflight.insert(index, self.now);
+        self.inflight_order.push_back(index);
+        Ok(())
+    }
+
+    fn check_synced<S: Store>(&mut self, feed: &Feed<S>) {
+        let synced = self.config.downloading
+            && self.remote_known
+            && self.inflight.is_empty()
+            && feed.length() >= self.remote_length
+            && self.selections.iter().all(|s| {
+                let end = s.end.unwrap_or(u64::MAX).min(self.remote_length);
+                s.cursor >= end || {
+                    // Blocks the remote lacks do not count; check what is left.
+                    (s.cursor..end).all(|i| feed.has(i) || !self.remote_bits.get(i))
+                }
+            });
+        if synced && !self.synced {
+            self.push_event(ReplicationEvent::Synced {
+                length: feed.length(),
+                remote_length: self.remote_length,
+            });
+        }
+        self.synced = synced;
+    }
+
+    /// Answers queued requests while the session's outgoing buffer is below the high
+    /// water mark.
+    fn answer_requests<S: Store>(
+        &mut self,
+        session: &mut Session,
+        feed: &mut Feed<S>,
+    ) -> Result<(), ReplicationError> {
+        while session.outgoing_len() < self.config.upload_high_water {
+            let Some(request) = self.remote_requests.pop_front() else {
+                break;
+            };
+            if !self.config.uploading {
+                self.remote_requests.clear();
+                break;
+            }
+            self.answer(session, feed, &request)?;
+        }
+        Ok(())
+    }
+
+    fn answer<S: Store>(
+        &mut self,
+        session: &mut Session,
+        feed: &mut Feed<S>,
+        request: &Request,
+    ) -> Result<(), ReplicationError> {
+        let index = request.index;
+        // Byte-offset requests (JS `seek`) are not served: the requester times out.
+        if request.bytes.unwrap_or(0) > 0 {
+            tracing::debug!(bytes = request.bytes, "byte-offset request ignored");
+            return Ok(());
+        }
+        let hash_only = request.hash.unwrap_or(false);
+        if index >= feed.length() || !feed.bitfield().has_node(2 * index) {
+            // JS would destroy the stream here; a block we never had is the remote's
+            // mistake, so it is ignored and the remote's request times out.
+            tracing::debug!(index, "request for a block we do not have");
+            return Ok(());
+        }
+        let digest = request.nodes.unwrap_or(0);
+        let proof = feed
+            .proof(index, digest, &mut self.remote_tree, hash_only)
+            .map_err(|source| ReplicationError::Feed { index, source })?;
+        let value = if hash_only {
+            None
+        } else if feed.has(index) {
+            feed.get(index)
+                .map_err(|source| ReplicationError::Feed { index, source })?
+        } else {
+            // Tree node but no block: JS sends nothing.
+            return Ok(());
+        };
+        let signature = if proof.verified_by > 0 {
+            self.signature_for(feed, proof.verified_by / 2, index)?
+        } else {
+            None
+        };
+        let data = Data {
+            index,
+            value,
+            nodes: proof
+                .nodes
+                .iter()
+                .map(|n| wire::messages::Node {
+                    index: n.index,
+                    hash: n.hash.to_vec(),
+                    size: n.size,
+                })
+                .collect(),
+            signature: signature.map(|s| s.to_vec()),
+        };
+        self.send(session, Message::Data(data))
+    }
+
+    /// The signature for `length`: the stored one, or the rekeyed signer's.
+    fn signature_for<S: Store>(
+        &mut self,
+        feed: &Feed<S>,
+        length: u64,
+        index: u64,
+    ) -> Result<Option<[u8; 64]>, ReplicationError> {
+        if let Some((l, sig)) = self.signature_cache {
+            if l == length {
+                return Ok(Some(sig));
+            }
+        }
+        let sig = match &self.config.signer {
+            Some(signer) => {
+                let roots = feed
+                    .roots_at(length)
+                    .map_err(|source| ReplicationError::Feed { index, source })?;
+                Some(signer.sign(&merkle::tree_hash(&roots), length))
+            }
+            None => feed
+                .signature_at(length)
+                .map_err(|source| ReplicationError::Feed { index, source })?,
+        };
+        if let Some(s) = sig {
+            self.signature_cache = Some((length, s));
+        }
+        Ok(sig)
+    }
+}
+
+#[cfg(test)]
+mod tests;
