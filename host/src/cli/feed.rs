@@ -72,6 +72,43 @@ pub enum FeedCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the feed in DIR to anyone who knows its key, until SIGINT/SIGTERM, including
+    /// blocks appended later by another process.
+    Serve {
+        /// Directory of the feed.
+        dir: PathBuf,
+        /// Address to listen on (IP:PORT; port 0 picks one).
+        #[arg(long, value_name = "ADDR")]
+        listen: std::net::SocketAddr,
+        /// First stdout line: `{"event":"listening","addr":"IP:PORT","key":"<hex>"}`.
+        #[arg(long)]
+        json: bool,
+        /// Idle timeout of a connection in milliseconds.
+        #[arg(long, value_name = "MS", default_value_t = dazaar::protocol::DEFAULT_IDLE_TIMEOUT_MS)]
+        timeout_ms: u64,
+    },
+    /// Download the feed KEY from a peer into DIR (resuming), exiting once it holds
+    /// everything the peer has; with --live keep following.
+    Clone {
+        /// The feed's public key (hex).
+        key: String,
+        /// The peer's address (HOST:PORT).
+        #[arg(long, value_name = "ADDR")]
+        connect: String,
+        /// Directory of the local copy (created, or resumed).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// Keep following the feed after the first sync.
+        #[arg(long)]
+        live: bool,
+        /// Print `{"event":"done","length":N,"byteLength":B}` (and, with --live, a
+        /// `{"event":"length",...}` line per growth).
+        #[arg(long)]
+        json: bool,
+        /// Idle timeout in milliseconds (also the request timeout).
+        #[arg(long, value_name = "MS", default_value_t = dazaar::protocol::DEFAULT_IDLE_TIMEOUT_MS)]
+        timeout_ms: u64,
+    },
 }
 
 /// Runs a feed command.
@@ -92,6 +129,20 @@ pub fn run(cmd: FeedCmd) -> Result<ExitCode> {
             lines,
         } => cat(&dir, start, end, lines),
         FeedCmd::Import { js_dir, dir, json } => import(&js_dir, &dir, json),
+        FeedCmd::Serve {
+            dir,
+            listen,
+            json,
+            timeout_ms,
+        } => super::net::serve(&dir, listen, json, timeout_ms),
+        FeedCmd::Clone {
+            key,
+            connect,
+            out,
+            live,
+            json,
+            timeout_ms,
+        } => super::net::clone(&key, &connect, &out, live, json, timeout_ms),
     }
 }
 

@@ -1,1 +1,812 @@
-//! The tokio driver for protocol sessions. (Wire issue.)
+//! The tokio driver: TCP listen and dial, one task per connection driving a
+//! [`Session`] and its channels' [`Replicator`]s. The only module with sockets.
+//!
+//! Feeds are shared between connections as [`SharedFeed`]: the feed behind a
+//! `std::sync::Mutex` (held only for the length of one message's handling) and a wake-up
+//! for connections when it grows. [`spawn_refresh`] polls [`Feed::refresh`] so blocks
+//! appended by another process reach remote readers live.
+//!
+//! Bounds: the outgoing buffer (no read while it is above [`NetConfig::write_high_water`]),
+//! the session's event queue and outgoing limit, the replicator's queues, the command and
+//! event channels (bounded `mpsc`; a slow event consumer slows the connection down), the
+//! number of connections a server accepts at once.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Notify, Semaphore};
+use tracing::Instrument;
+
+use crate::protocol::replicate::{
+    ReplicationError, ReplicationEvent, Replicator, ReplicatorConfig,
+};
+use crate::protocol::{DiscoveryKey, Event, Session, SessionConfig, SessionError};
+use crate::storage::{Feed, FeedError, Store};
+
+/// Bytes read from the socket at a time.
+const READ_CHUNK: usize = 64 * 1024;
+/// Most connections registered for growth wake-ups on one feed.
+const MAX_SUBSCRIBERS: usize = 4096;
+
+/// A network failure. Every variant ends the connection.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NetError {
+    /// The socket failed.
+    #[error("{context}")]
+    Io {
+        /// What we were doing.
+        context: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The protocol session failed (handshake, bad frames, capability, idle timeout).
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// Replication on a channel failed (bad data, request timeout, too many requests).
+    #[error(transparent)]
+    Replication(#[from] ReplicationError),
+    /// The remote closed the connection before the handshake finished.
+    #[error("connection closed by the remote during the handshake")]
+    ClosedDuringHandshake,
+}
+
+impl NetError {
+    fn io(context: &'static str) -> impl FnOnce(std::io::Error) -> NetError {
+        move |source| NetError::Io { context, source }
+    }
+}
+
+/// A feed shared by the connections that replicate it.
+pub struct SharedFeed<S: Store> {
+    feed: Mutex<Feed<S>>,
+    length: watch::Sender<u64>,
+    subscribers: Mutex<Vec<Weak<Notify>>>,
+}
+
+impl<S: Store> std::fmt::Debug for SharedFeed<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedFeed")
+            .field("length", &*self.length.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Store> SharedFeed<S> {
+    /// Shares `feed`.
+    pub fn new(feed: Feed<S>) -> Arc<Self> {
+        let (length, _) = watch::channel(feed.length());
+        Arc::new(Self {
+            feed: Mutex::new(feed),
+            length,
+            subscribers: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Locks the feed (a poisoned lock is recovered: the feed's own writes are ordered so
+    /// that a panic mid-write leaves a state `open` repairs).
+    pub fn lock(&self) -> MutexGuard<'_, Feed<S>> {
+        match self.feed.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// The feed's length, updated on every growth this handle was told of.
+    pub fn length(&self) -> u64 {
+        *self.length.borrow()
+    }
+
+    /// A receiver of the length (for buyers following a feed).
+    pub fn watch_length(&self) -> watch::Receiver<u64> {
+        self.length.subscribe()
+    }
+
+    /// Appends blocks and tells the connections.
+    pub fn append_batch<B: AsRef<[u8]>>(&self, blocks: &[B]) -> Result<u64, FeedError> {
+        let length = {
+            let mut feed = self.lock();
+            feed.append_batch(blocks)?;
+            feed.length()
+        };
+        self.grown(length);
+        Ok(length)
+    }
+
+    /// Re-reads the store for appends by another process; tells the connections when the
+    /// feed grew. Returns whether it grew.
+    pub fn refresh(&self) -> Result<bool, FeedError> {
+        let (grew, length) = {
+            let mut feed = self.lock();
+            let grew = feed.refresh()?;
+            (grew, feed.length())
+        };
+        if grew {
+            self.grown(length);
+        }
+        Ok(grew)
+    }
+
+    /// Records that the feed now has `length` blocks (after a change made through
+    /// [`SharedFeed::lock`]) and wakes the connections.
+    pub fn grown(&self, length: u64) {
+        self.length.send_if_modified(|l| {
+            if length > *l {
+                *l = length;
+                true
+            } else {
+                false
+            }
+        });
+        let mut subs = match self.subscribers.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        subs.retain(|w| match w.upgrade() {
+            Some(n) => {
+                n.notify_one();
+                true
+            }
+            None => false,
+        });
+    }
+
+    fn subscribe(&self, notify: &Arc<Notify>) {
+        let mut subs = match self.subscribers.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        subs.retain(|w| w.strong_count() > 0);
+        if subs.len() < MAX_SUBSCRIBERS {
+            subs.push(Arc::downgrade(notify));
+        }
+    }
+}
+
+/// Polls [`SharedFeed::refresh`] every `interval` until `shutdown` turns true, so that
+/// blocks appended by another process are announced live.
+pub fn spawn_refresh<S: Store>(
+    feed: Arc<SharedFeed<S>>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {
+                    let feed = feed.clone();
+                    // Disk reads: keep them off the async workers.
+                    let result = tokio::task::spawn_blocking(move || feed.refresh()).await;
+                    match result {
+                        Ok(Ok(true)) => tracing::debug!("feed grew on disk"),
+                        Ok(Ok(false)) => {}
+                        Ok(Err(e)) => tracing::warn!(error = %e, "refreshing the feed failed"),
+                        Err(e) => tracing::warn!(error = %e, "refresh task failed"),
+                    }
+                }
+                _ = shutdown.changed() => {}
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+        }
+    })
+}
+
+/// Settings of the driver.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// Session idle timeout (JS 20 s; tests make it short).
+    pub idle_timeout_ms: u64,
+    /// Session keep-alive interval.
+    pub keep_alive_ms: u64,
+    /// Stop reading while this many bytes wait to be written.
+    pub write_high_water: usize,
+    /// Most connections a server handles at once (more wait in the accept queue).
+    pub max_connections: usize,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout_ms: crate::protocol::DEFAULT_IDLE_TIMEOUT_MS,
+            keep_alive_ms: crate::protocol::DEFAULT_KEEP_ALIVE_MS,
+            write_high_water: 4 * 1024 * 1024,
+            max_connections: 256,
+        }
+    }
+}
+
+impl NetConfig {
+    /// A session configuration with these timeouts.
+    pub fn session_config(
+        &self,
+        initiator: bool,
+        key_pair: crate::crypto::NoiseKeyPair,
+    ) -> SessionConfig {
+        let mut config = SessionConfig::new(initiator, key_pair);
+        config.idle_timeout_ms = self.idle_timeout_ms;
+        config.keep_alive_ms = self.keep_alive_ms;
+        config
+    }
+}
+
+/// A feed and how to replicate it on a channel.
+pub struct ChannelSpec<S: Store> {
+    /// The feed.
+    pub feed: Arc<SharedFeed<S>>,
+    /// Replication settings (a rekeyed signer makes the channel key the signer's).
+    pub config: ReplicatorConfig,
+}
+
+impl<S: Store> Clone for ChannelSpec<S> {
+    fn clone(&self) -> Self {
+        Self {
+            feed: self.feed.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
+impl<S: Store> std::fmt::Debug for ChannelSpec<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelSpec")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: Store> ChannelSpec<S> {
+    /// The key the channel is opened with.
+    pub fn key(&self) -> [u8; 32] {
+        match &self.config.signer {
+            Some(signer) => signer.public_key(),
+            None => self.feed.lock().key(),
+        }
+    }
+}
+
+/// What a connection reports to its owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NetEvent {
+    /// The handshake finished.
+    Connected {
+        /// The remote's static Noise key (a Dazaar buyer key, for a seller).
+        remote_public_key: [u8; 32],
+    },
+    /// Replication progress on a channel.
+    Replication {
+        /// The channel.
+        discovery_key: DiscoveryKey,
+        /// What happened.
+        event: ReplicationEvent,
+    },
+    /// A channel was opened on both sides.
+    ChannelOpened {
+        /// The channel.
+        discovery_key: DiscoveryKey,
+    },
+    /// The remote closed a channel.
+    ChannelClosed {
+        /// The channel.
+        discovery_key: DiscoveryKey,
+    },
+    /// A stream-level extension message for a registered name.
+    Extension {
+        /// The name.
+        name: String,
+        /// The payload.
+        payload: Vec<u8>,
+    },
+}
+
+/// Instructions to a running connection.
+#[non_exhaustive]
+pub enum Command<S: Store> {
+    /// Open a channel (a seller opening a buyer's rekeyed view after validation).
+    Open(ChannelSpec<S>),
+    /// Close a channel.
+    Close(DiscoveryKey),
+    /// Start or stop serving on a channel (sends Status).
+    SetUploading(DiscoveryKey, bool),
+    /// Register a stream-level extension name.
+    RegisterExtension(String),
+    /// Send a stream-level extension message.
+    SendExtension(String, Vec<u8>),
+    /// Flush what is queued and end the connection.
+    Shutdown,
+}
+
+impl<S: Store> std::fmt::Debug for Command<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Command::Open(spec) => f.debug_tuple("Open").field(spec).finish(),
+            Command::Close(dk) => f.debug_tuple("Close").field(&hex::encode(dk)).finish(),
+            Command::SetUploading(dk, u) => f
+                .debug_tuple("SetUploading")
+                .field(&hex::encode(dk))
+                .field(u)
+                .finish(),
+            Command::RegisterExtension(n) => f.debug_tuple("RegisterExtension").field(n).finish(),
+            Command::SendExtension(n, p) => f
+                .debug_tuple("SendExtension")
+                .field(n)
+                .field(&p.len())
+                .finish(),
+            Command::Shutdown => f.write_str("Shutdown"),
+        }
+    }
+}
+
+/// How one connection runs.
+pub struct ConnectionOptions<S: Store> {
+    /// Channels we open at the start.
+    pub open: Vec<ChannelSpec<S>>,
+    /// Channels we open when the remote asks for their discovery key; other discovery
+    /// keys get Close.
+    pub serve: Vec<ChannelSpec<S>>,
+    /// Where to report events (bounded; `None` drops them).
+    pub events: Option<mpsc::Sender<NetEvent>>,
+    /// Instructions from the owner (bounded).
+    pub commands: Option<mpsc::Receiver<Command<S>>>,
+    /// Ends the connection when it turns true.
+    pub shutdown: Option<watch::Receiver<bool>>,
+}
+
+impl<S: Store> Default for ConnectionOptions<S> {
+    fn default() -> Self {
+        Self {
+            open: Vec::new(),
+            serve: Vec::new(),
+            events: None,
+            commands: None,
+            shutdown: None,
+        }
+    }
+}
+
+struct Channel<S: Store> {
+    feed: Arc<SharedFeed<S>>,
+    rep: Replicator,
+    announced_length: u64,
+}
+
+/// One connection's state: the session and its channels.
+struct Driver<S: Store> {
+    session: Session,
+    channels: HashMap<DiscoveryKey, Channel<S>>,
+    serve: HashMap<DiscoveryKey, ChannelSpec<S>>,
+    events: Option<mpsc::Sender<NetEvent>>,
+    notify: Arc<Notify>,
+    start: Instant,
+}
+
+impl<S: Store> Driver<S> {
+    fn now(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn add_channel(&mut self, spec: ChannelSpec<S>) -> Result<DiscoveryKey, NetError> {
+        let rep = {
+            let feed = spec.feed.lock();
+            Replicator::new(&feed, spec.config)
+        };
+        let dk = rep.discovery_key();
+        let key = rep.key();
+        spec.feed.subscribe(&self.notify);
+        let announced_length = spec.feed.lock().length();
+        self.channels.insert(
+            dk,
+            Channel {
+                feed: spec.feed,
+                rep,
+                announced_length,
+            },
+        );
+        self.session.open_channel(&key)?;
+        Ok(dk)
+    }
+
+    /// Handles every queued session event; collects what to report.
+    fn handle_events(&mut self, report: &mut Vec<NetEvent>) -> Result<(), NetError> {
+        let now = self.now();
+        while let Some(event) = self.session.poll_event() {
+            match event {
+                Event::HandshakeComplete { remote_public_key } => {
+                    tracing::debug!(remote = %hex::encode(remote_public_key), "connected");
+                    report.push(NetEvent::Connected { remote_public_key });
+                }
+                Event::DiscoveryKey { discovery_key } => match self.serve.get(&discovery_key) {
+                    Some(spec) => {
+                        let spec = spec.clone();
+                        self.add_channel(spec)?;
+                    }
+                    None => {
+                        tracing::debug!(dk = %hex::encode(discovery_key), "not served: closing");
+                        self.session.close_discovery_key(&discovery_key)?;
+                    }
+                },
+                Event::ChannelOpened { discovery_key } => {
+                    if let Some(ch) = self.channels.get_mut(&discovery_key) {
+                        let mut feed = ch.feed.lock();
+                        ch.announced_length = ch.announced_length.max(feed.length());
+                        ch.rep.on_open(&mut self.session, &mut feed, now)?;
+                    }
+                    report.push(NetEvent::ChannelOpened { discovery_key });
+                }
+                Event::ChannelClosed { discovery_key } => {
+                    if let Some(mut ch) = self.channels.remove(&discovery_key) {
+                        ch.rep.on_close();
+                    }
+                    report.push(NetEvent::ChannelClosed { discovery_key });
+                }
+                Event::Message {
+                    discovery_key,
+                    message,
+                } => {
+                    if let Some(ch) = self.channels.get_mut(&discovery_key) {
+                        let mut feed = ch.feed.lock();
+                        ch.rep
+                            .on_message(&mut self.session, &mut feed, message, now)?;
+                    }
+                }
+                Event::Extension { name, payload } => {
+                    report.push(NetEvent::Extension { name, payload });
+                }
+                _ => {}
+            }
+        }
+        self.collect_replication(report);
+        Ok(())
+    }
+
+    fn collect_replication(&mut self, report: &mut Vec<NetEvent>) {
+        let mut grown = Vec::new();
+        for (dk, ch) in self.channels.iter_mut() {
+            while let Some(event) = ch.rep.poll_event() {
+                if let ReplicationEvent::Length { length, .. } = event {
+                    grown.push((ch.feed.clone(), length));
+                }
+                report.push(NetEvent::Replication {
+                    discovery_key: *dk,
+                    event,
+                });
+            }
+        }
+        for (feed, length) in grown {
+            feed.grown(length);
+        }
+    }
+
+    /// After writing: answer queued requests, fill request windows, announce growth.
+    fn pump(&mut self, report: &mut Vec<NetEvent>) -> Result<(), NetError> {
+        let now = self.now();
+        for ch in self.channels.values_mut() {
+            let mut feed = ch.feed.lock();
+            let length = feed.length();
+            if length > ch.announced_length && ch.rep.is_open() {
+                ch.rep
+                    .on_local_append(&mut self.session, &feed, ch.announced_length)?;
+                ch.announced_length = length;
+            }
+            ch.rep.pump(&mut self.session, &mut feed, now)?;
+        }
+        self.collect_replication(report);
+        Ok(())
+    }
+
+    fn tick(&mut self) -> Result<(), NetError> {
+        let now = self.now();
+        self.session.tick(now)?;
+        for ch in self.channels.values_mut() {
+            ch.rep.tick(now)?;
+        }
+        Ok(())
+    }
+
+    fn next_deadline(&self) -> Option<u64> {
+        let mut deadline = self.session.next_deadline();
+        for ch in self.channels.values() {
+            if let Some(d) = ch.rep.next_deadline() {
+                deadline = Some(deadline.map_or(d, |x| x.min(d)));
+            }
+        }
+        deadline
+    }
+
+    fn command(&mut self, command: Command<S>) -> Result<bool, NetError> {
+        match command {
+            Command::Open(spec) => {
+                self.add_channel(spec)?;
+            }
+            Command::Close(dk) => {
+                if self.channels.remove(&dk).is_some() {
+                    self.session.close_channel(&dk)?;
+                }
+            }
+            Command::SetUploading(dk, uploading) => {
+                if let Some(ch) = self.channels.get_mut(&dk) {
+                    ch.rep.set_uploading(&mut self.session, uploading)?;
+                }
+            }
+            Command::RegisterExtension(name) => self.session.register_extension(&name)?,
+            Command::SendExtension(name, payload) => {
+                self.session.send_extension(&name, &payload)?
+            }
+            Command::Shutdown => return Ok(true),
+        }
+        Ok(false)
+    }
+}
+
+/// Runs one connection until the remote closes it, it fails, or it is told to stop.
+/// `config.initiator` decides the Noise role (the dialer is usually the initiator, but
+/// roles are by configuration, not by who dialled).
+pub async fn run_connection<S, T>(
+    stream: T,
+    session_config: SessionConfig,
+    net: &NetConfig,
+    options: ConnectionOptions<S>,
+) -> Result<(), NetError>
+where
+    S: Store,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
+    let session = Session::new(session_config, 0)?;
+    let mut driver = Driver {
+        session,
+        channels: HashMap::new(),
+        serve: HashMap::new(),
+        events: options.events,
+        notify: Arc::new(Notify::new()),
+        start: Instant::now(),
+    };
+    for spec in options.serve {
+        let key = spec.key();
+        driver
+            .serve
+            .insert(crate::crypto::discovery_key(&key), spec);
+    }
+    for spec in options.open {
+        driver.add_channel(spec)?;
+    }
+    let mut commands = options.commands;
+    let mut shutdown = options.shutdown;
+    let (mut reader, mut writer) = tokio::io::split(stream);
+    let mut read_buf = vec![0u8; READ_CHUNK];
+    // Received bytes the session has not consumed yet (it stops when its queues are full).
+    let mut unconsumed: Vec<u8> = Vec::new();
+    let mut out: Vec<u8> = Vec::new();
+    let mut written = 0usize;
+    let mut report: Vec<NetEvent> = Vec::new();
+    let mut eof = false;
+    let mut closing = false;
+    let notify = driver.notify.clone();
+
+    loop {
+        // Feed pending input, handle events, answer, until nothing moves.
+        loop {
+            let mut progressed = false;
+            if !unconsumed.is_empty() {
+                let now = driver.now();
+                let n = driver.session.receive(&unconsumed, now)?;
+                unconsumed.drain(..n.min(unconsumed.len()));
+                progressed = n > 0;
+            }
+            progressed |= driver.session.pending_events() > 0;
+            driver.handle_events(&mut report)?;
+            if out.len().saturating_sub(written) < net.write_high_water {
+                driver.pump(&mut report)?;
+            }
+            let more = driver.session.take_outgoing();
+            if !more.is_empty() {
+                progressed = true;
+                if written == out.len() {
+                    out.clear();
+                    written = 0;
+                }
+                out.extend_from_slice(&more);
+            }
+            if unconsumed.is_empty()
+                || !progressed
+                || out.len().saturating_sub(written) >= net.write_high_water
+            {
+                break;
+            }
+        }
+        if let Some(tx) = &driver.events {
+            for event in report.drain(..) {
+                // Bounded: a slow consumer slows this connection down.
+                if tx.send(event).await.is_err() {
+                    break;
+                }
+            }
+        } else {
+            report.clear();
+        }
+        if driver.session.is_destroyed() {
+            return Err(NetError::Session(SessionError::Destroyed));
+        }
+        let pending_out = out.len() - written;
+        if closing && pending_out == 0 {
+            let _ = writer.shutdown().await;
+            return Ok(());
+        }
+        if eof && pending_out == 0 {
+            if !driver.session.is_handshake_complete() {
+                return Err(NetError::ClosedDuringHandshake);
+            }
+            return Ok(());
+        }
+        let can_read =
+            !eof && !closing && unconsumed.is_empty() && pending_out < net.write_high_water;
+        let deadline = driver.next_deadline();
+        let sleep_for = deadline.map(|d| Duration::from_millis(d.saturating_sub(driver.now())));
+        tokio::select! {
+            result = writer.write(out.get(written..).unwrap_or_default()), if pending_out > 0 => {
+                let n = result.map_err(NetError::io("writing"))?;
+                if n == 0 {
+                    return Err(NetError::Io { context: "writing", source: std::io::ErrorKind::WriteZero.into() });
+                }
+                written += n;
+                if written >= out.len() {
+                    out.clear();
+                    written = 0;
+                }
+            }
+            result = reader.read(&mut read_buf), if can_read => {
+                let n = result.map_err(NetError::io("reading"))?;
+                if n == 0 {
+                    eof = true;
+                } else {
+                    let chunk = read_buf.get(..n).unwrap_or_default();
+                    let now = driver.now();
+                    let used = driver.session.receive(chunk, now)?;
+                    if let Some(rest) = chunk.get(used..) {
+                        unconsumed.extend_from_slice(rest);
+                    }
+                }
+            }
+            _ = tokio::time::sleep(sleep_for.unwrap_or(Duration::from_secs(3600))), if sleep_for.is_some() => {
+                driver.tick()?;
+            }
+            _ = notify.notified() => {
+                // A feed grew: pump() announces it.
+            }
+            command = recv_command(&mut commands) => {
+                match command {
+                    Some(command) => {
+                        if driver.command(command)? {
+                            closing = true;
+                        }
+                    }
+                    None => commands = None,
+                }
+            }
+            _ = wait_shutdown(&mut shutdown) => {
+                closing = true;
+            }
+        }
+    }
+}
+
+async fn recv_command<S: Store>(
+    commands: &mut Option<mpsc::Receiver<Command<S>>>,
+) -> Option<Command<S>> {
+    match commands {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn wait_shutdown(shutdown: &mut Option<watch::Receiver<bool>>) {
+    match shutdown {
+        Some(rx) => {
+            if *rx.borrow() {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                // The sender is gone: never shut down through this.
+                *shutdown = None;
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Dials `addr` (TCP, no delay).
+pub async fn dial(addr: SocketAddr) -> Result<TcpStream, NetError> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .map_err(NetError::io("TCP connect"))?;
+    stream
+        .set_nodelay(true)
+        .map_err(NetError::io("TCP connect"))?;
+    Ok(stream)
+}
+
+/// A server's settings.
+pub struct ServeOptions<S: Store> {
+    /// Our Noise static key pair.
+    pub key_pair: crate::crypto::NoiseKeyPair,
+    /// Our Noise role on accepted connections (JS: the seller is the responder).
+    pub initiator: bool,
+    /// The channels offered to every connection.
+    pub serve: Vec<ChannelSpec<S>>,
+    /// Driver settings.
+    pub net: NetConfig,
+}
+
+/// Accepts connections on `listener` and serves `options.serve` to each, one task per
+/// connection, until `shutdown` turns true. Connection errors are logged; the server
+/// keeps serving the others.
+pub async fn serve<S: Store>(
+    listener: TcpListener,
+    options: ServeOptions<S>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<(), NetError> {
+    let options = Arc::new(options);
+    let slots = Arc::new(Semaphore::new(options.net.max_connections.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        let permit = tokio::select! {
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = shutdown.changed() => break,
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.changed() => break,
+        };
+        // Reap finished tasks so the set stays bounded by the permits.
+        while tasks.try_join_next().is_some() {}
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let options = options.clone();
+        let conn_shutdown = shutdown.clone();
+        let span = tracing::info_span!("connection", %peer);
+        tasks.spawn(
+            async move {
+                let _permit = permit;
+                let session = options
+                    .net
+                    .session_config(options.initiator, options.key_pair.clone());
+                let conn = ConnectionOptions {
+                    serve: options.serve.clone(),
+                    shutdown: Some(conn_shutdown),
+                    ..ConnectionOptions::default()
+                };
+                match run_connection(stream, session, &options.net, conn).await {
+                    Ok(()) => tracing::debug!("connection closed"),
+                    Err(e) => tracing::info!(error = %e, "connection failed"),
+                }
+            }
+            .instrument(span),
+        );
+        if *shutdown.borrow() {
+            break;
+        }
+    }
+    tasks.shutdown().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

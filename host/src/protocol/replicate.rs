@@ -145,7 +145,10 @@ impl fmt::Debug for ReplicatorConfig {
             .field("downloading", &self.downloading)
             .field("sparse", &self.sparse)
             .field("max_inflight", &self.max_inflight)
-            .field("signer", &self.signer.as_ref().map(|s| hex::encode(s.public_key())))
+            .field(
+                "signer",
+                &self.signer.as_ref().map(|s| hex::encode(s.public_key())),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -245,9 +248,10 @@ struct RemoteBits {
 
 impl RemoteBits {
     fn get(&self, i: u64) -> bool {
-        self.pages
-            .get(&(i >> 12))
-            .is_some_and(|p| p.get(((i >> 6) & 63) as usize).is_some_and(|w| w & (1 << (i & 63)) != 0))
+        self.pages.get(&(i >> 12)).is_some_and(|p| {
+            p.get(((i >> 6) & 63) as usize)
+                .is_some_and(|w| w & (1 << (i & 63)) != 0)
+        })
     }
 
     fn set(&mut self, i: u64, value: bool) {
@@ -812,7 +816,7 @@ impl Replicator {
             }
             None => {
                 let start = have.start.min(MAX_REMOTE_BLOCK);
-                let len = length.max(1).min(MAX_HAVE_RANGE);
+                let len = length.clamp(1, MAX_HAVE_RANGE);
                 let end = start.saturating_add(len).min(MAX_REMOTE_BLOCK);
                 for i in start..end {
                     self.remote_bits.set(i, true);
@@ -847,11 +851,12 @@ impl Replicator {
         if let Some(pos) = self.inflight_order.iter().position(|&i| i == index) {
             self.inflight_order.remove(pos);
         }
-        self.request_deadline = if self.inflight_order.is_empty() || self.config.request_timeout_ms == 0 {
-            None
-        } else {
-            Some(self.now.saturating_add(self.config.request_timeout_ms))
-        };
+        self.request_deadline =
+            if self.inflight_order.is_empty() || self.config.request_timeout_ms == 0 {
+                None
+            } else {
+                Some(self.now.saturating_add(self.config.request_timeout_ms))
+            };
         let nodes = data
             .nodes
             .iter()
@@ -872,12 +877,16 @@ impl Replicator {
             })
             .collect::<Result<Vec<_>, ReplicationError>>()?;
         let signature: Option<[u8; 64]> = match &data.signature {
-            Some(sig) => Some(sig.as_slice().try_into().map_err(|_| {
-                ReplicationError::Malformed {
-                    message: "Data",
-                    reason: format!("signature of {} bytes", sig.len()),
-                }
-            })?),
+            Some(sig) => {
+                Some(
+                    sig.as_slice()
+                        .try_into()
+                        .map_err(|_| ReplicationError::Malformed {
+                            message: "Data",
+                            reason: format!("signature of {} bytes", sig.len()),
+                        })?,
+                )
+            }
             None => None,
         };
         let outcome = feed
@@ -987,8 +996,7 @@ impl Replicator {
                 let mut j = i;
                 while j < end && self.inflight.len() < window && budget > 0 {
                     budget -= 1;
-                    if self.remote_bits.get(j) && !feed.has(j) && !self.inflight.contains_key(&j)
-                    {
+                    if self.remote_bits.get(j) && !feed.has(j) && !self.inflight.contains_key(&j) {
                         self.request(session, feed, j)?;
                     }
                     j += 1;

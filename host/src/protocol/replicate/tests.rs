@@ -18,9 +18,11 @@ struct Side {
 
 impl Side {
     fn new(initiator: bool, seed: u8, feed: Feed<MemStore>, config: ReplicatorConfig) -> Self {
-        let session =
-            Session::new(SessionConfig::new(initiator, NoiseKeyPair::from_seed(&[seed; 32])), 0)
-                .unwrap();
+        let session = Session::new(
+            SessionConfig::new(initiator, NoiseKeyPair::from_seed(&[seed; 32])),
+            0,
+        )
+        .unwrap();
         let rep = Replicator::new(&feed, config);
         Side {
             session,
@@ -47,7 +49,9 @@ impl Side {
                     }
                     Ok(())
                 }
-                Event::ChannelOpened { discovery_key } if discovery_key == self.rep.discovery_key() => {
+                Event::ChannelOpened { discovery_key }
+                    if discovery_key == self.rep.discovery_key() =>
+                {
                     self.rep.on_open(&mut self.session, &mut self.feed, now)
                 }
                 Event::Message {
@@ -131,7 +135,11 @@ fn reader(key: [u8; 32]) -> Feed<MemStore> {
     Feed::create_reader(MemStore::new(), key).unwrap()
 }
 
-fn pair(server_feed: Feed<MemStore>, server_config: ReplicatorConfig, client_config: ReplicatorConfig) -> (Side, Side) {
+fn pair(
+    server_feed: Feed<MemStore>,
+    server_config: ReplicatorConfig,
+    client_config: ReplicatorConfig,
+) -> (Side, Side) {
     let client_key = match &server_config.signer {
         Some(s) => s.public_key(),
         None => server_feed.key(),
@@ -150,7 +158,11 @@ fn assert_same(a: &Feed<MemStore>, b: &Feed<MemStore>, blocks: impl Iterator<Ite
 
 #[test]
 fn full_clone_then_live_appends() {
-    let (mut server, mut client) = pair(writer(300), ReplicatorConfig::uploader(), ReplicatorConfig::downloader());
+    let (mut server, mut client) = pair(
+        writer(300),
+        ReplicatorConfig::uploader(),
+        ReplicatorConfig::downloader(),
+    );
     client.open();
     run(&mut server, &mut client, 0);
     assert!(server.error.is_none() && client.error.is_none());
@@ -194,7 +206,11 @@ fn full_clone_then_live_appends() {
 fn status_on_open_and_first_want_as_js() {
     // The writer sends Status{true,false}; the reader's Want is answered with
     // Have{start: len-1} and then the bitfield Have.
-    let (mut server, mut client) = pair(writer(5), ReplicatorConfig::uploader(), ReplicatorConfig::downloader());
+    let (mut server, mut client) = pair(
+        writer(5),
+        ReplicatorConfig::uploader(),
+        ReplicatorConfig::downloader(),
+    );
     client.open();
     run(&mut server, &mut client, 0);
     assert_eq!(client.rep.remote_status(), (true, false));
@@ -204,7 +220,11 @@ fn status_on_open_and_first_want_as_js() {
 
 #[test]
 fn sparse_reader_gets_only_selected_blocks() {
-    let (mut server, mut client) = pair(writer(100), ReplicatorConfig::uploader(), ReplicatorConfig::sparse());
+    let (mut server, mut client) = pair(
+        writer(100),
+        ReplicatorConfig::uploader(),
+        ReplicatorConfig::sparse(),
+    );
     client.open();
     run(&mut server, &mut client, 0);
     assert_eq!(client.feed.downloaded(0, 100), 0);
@@ -220,7 +240,11 @@ fn sparse_reader_gets_only_selected_blocks() {
     assert!(client.error.is_none(), "{:?}", client.error);
     assert_eq!(client.feed.downloaded(0, 100), 6);
     assert!(client.feed.has(3) && client.feed.has(74) && !client.feed.has(0));
-    assert_same(&server.feed, &client.feed, [3, 70, 71, 72, 73, 74].into_iter());
+    assert_same(
+        &server.feed,
+        &client.feed,
+        [3, 70, 71, 72, 73, 74].into_iter(),
+    );
     assert_eq!(client.feed.length(), 100);
 }
 
@@ -230,10 +254,17 @@ fn resume_downloads_only_missing_blocks() {
     let mut partial = reader(source.key());
     let mut remote = NodeSet::new();
     for i in 0..20 {
-        let proof = source.proof(i, partial.digest(i), &mut remote, false).unwrap();
+        let proof = source
+            .proof(i, partial.digest(i), &mut remote, false)
+            .unwrap();
         let sig = source.signature_at(proof.verified_by / 2).unwrap();
         partial
-            .put(i, source.get(i).unwrap().as_deref(), &proof.nodes, sig.as_ref())
+            .put(
+                i,
+                source.get(i).unwrap().as_deref(),
+                &proof.nodes,
+                sig.as_ref(),
+            )
             .unwrap();
     }
     let mut server = Side::new(false, 2, source, ReplicatorConfig::uploader());
@@ -265,7 +296,12 @@ fn rekeyed_signer_channel_verifies_under_the_buyer_key() {
     assert_eq!(client.feed.key(), buyer_key);
     client.open();
     run(&mut server, &mut client, 0);
-    assert!(server.error.is_none() && client.error.is_none(), "{:?} {:?}", server.error, client.error);
+    assert!(
+        server.error.is_none() && client.error.is_none(),
+        "{:?} {:?}",
+        server.error,
+        client.error
+    );
     assert_eq!(client.feed.length(), 40);
     assert!(client.feed.has_all());
     assert_same(&server.feed, &client.feed, 0..40);
@@ -273,7 +309,10 @@ fn rekeyed_signer_channel_verifies_under_the_buyer_key() {
     // Live appends to the seller feed reach the rekeyed buyer with fresh signatures.
     let old = server.feed.length();
     server.feed.append(&block(40)).unwrap();
-    server.rep.on_local_append(&mut server.session, &server.feed, old).unwrap();
+    server
+        .rep
+        .on_local_append(&mut server.session, &server.feed, old)
+        .unwrap();
     run(&mut server, &mut client, 1);
     assert_eq!(client.feed.length(), 41);
 
@@ -284,15 +323,25 @@ fn rekeyed_signer_channel_verifies_under_the_buyer_key() {
 
 #[test]
 fn uploading_false_stops_serving_and_true_resumes() {
-    let (mut server, mut client) = pair(writer(10), ReplicatorConfig::uploader(), ReplicatorConfig::downloader());
+    let (mut server, mut client) = pair(
+        writer(10),
+        ReplicatorConfig::uploader(),
+        ReplicatorConfig::downloader(),
+    );
     client.open();
     run(&mut server, &mut client, 0);
-    server.rep.set_uploading(&mut server.session, false).unwrap();
+    server
+        .rep
+        .set_uploading(&mut server.session, false)
+        .unwrap();
     run(&mut server, &mut client, 0);
     assert_eq!(client.rep.remote_status(), (false, false));
     let old = server.feed.length();
     server.feed.append(&block(10)).unwrap();
-    server.rep.on_local_append(&mut server.session, &server.feed, old).unwrap();
+    server
+        .rep
+        .on_local_append(&mut server.session, &server.feed, old)
+        .unwrap();
     run(&mut server, &mut client, 0);
     assert_eq!(client.feed.length(), 10);
     server.rep.set_uploading(&mut server.session, true).unwrap();
@@ -326,7 +375,10 @@ fn wrong_key_data_destroys_the_stream_and_stores_nothing() {
         }
     }
     let key = server.feed.key();
-    server.rep = Replicator::new(&server.feed, ReplicatorConfig::rekeyed(Arc::new(Liar(evil_signer, key))));
+    server.rep = Replicator::new(
+        &server.feed,
+        ReplicatorConfig::rekeyed(Arc::new(Liar(evil_signer, key))),
+    );
     let mut client = Side::new(true, 1, reader(key), ReplicatorConfig::downloader());
     client.open();
     run(&mut server, &mut client, 0);
@@ -338,7 +390,11 @@ fn wrong_key_data_destroys_the_stream_and_stores_nothing() {
 
 #[test]
 fn request_timeout_fires_when_remote_never_answers() {
-    let (mut server, mut client) = pair(writer(10), ReplicatorConfig::uploader(), ReplicatorConfig::downloader());
+    let (mut server, mut client) = pair(
+        writer(10),
+        ReplicatorConfig::uploader(),
+        ReplicatorConfig::downloader(),
+    );
     client.open();
     // Deliver handshake and Opens, but drop the server's answers to requests: run until
     // the client sent its requests, then stop the server from uploading silently.
@@ -355,15 +411,25 @@ fn request_timeout_fires_when_remote_never_answers() {
         .on_message(&mut client.session, &mut client.feed, have, 5)
         .unwrap();
     assert_eq!(client.rep.inflight(), 3);
-    assert_eq!(client.rep.next_deadline(), Some(5 + DEFAULT_REQUEST_TIMEOUT_MS));
+    assert_eq!(
+        client.rep.next_deadline(),
+        Some(5 + DEFAULT_REQUEST_TIMEOUT_MS)
+    );
     client.rep.tick(100).unwrap();
     let err = client.rep.tick(5 + DEFAULT_REQUEST_TIMEOUT_MS).unwrap_err();
-    assert!(matches!(err, ReplicationError::RequestTimeout { index: 0, .. }), "{err}");
+    assert!(
+        matches!(err, ReplicationError::RequestTimeout { index: 0, .. }),
+        "{err}"
+    );
 }
 
 #[test]
 fn unrequested_data_is_refused_with_unhave() {
-    let (mut server, mut client) = pair(writer(3), ReplicatorConfig::uploader(), ReplicatorConfig::sparse());
+    let (mut server, mut client) = pair(
+        writer(3),
+        ReplicatorConfig::uploader(),
+        ReplicatorConfig::sparse(),
+    );
     client.open();
     run(&mut server, &mut client, 0);
     let data = Data {
@@ -374,7 +440,12 @@ fn unrequested_data_is_refused_with_unhave() {
     };
     client
         .rep
-        .on_message(&mut client.session, &mut client.feed, Message::Data(data), 0)
+        .on_message(
+            &mut client.session,
+            &mut client.feed,
+            Message::Data(data),
+            0,
+        )
         .unwrap();
     assert!(!client.feed.has(1));
     assert!(client.session.outgoing_len() > 0, "Unhave sent");

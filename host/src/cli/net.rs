@@ -1,0 +1,251 @@
+//! `dazaar feed serve` and `dazaar feed clone`: the tokio runtime and the wiring of
+//! [`dazaar::net`] to a feed directory.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use dazaar::crypto::NoiseKeyPair;
+use dazaar::net::{self, ChannelSpec, Command, ConnectionOptions, NetConfig, NetEvent, SharedFeed};
+use dazaar::protocol::replicate::{ReplicationEvent, ReplicatorConfig};
+use dazaar::storage::{Feed, FsStore};
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+
+/// How often `serve` looks for blocks appended by another process.
+const REFRESH_INTERVAL: Duration = Duration::from_millis(100);
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+async fn termination() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+fn print_line(value: &serde_json::Value) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{value}").context("writing to stdout")?;
+    out.flush().context("writing to stdout")
+}
+
+/// `dazaar feed serve DIR --listen ADDR`.
+pub fn serve(dir: &Path, listen: SocketAddr, json: bool, timeout_ms: u64) -> Result<ExitCode> {
+    if !dir.join("key").is_file() {
+        bail!("{}: not a feed (no key file)", dir.display());
+    }
+    // Read-only: another process (`dazaar feed append`) may be writing the feed.
+    let store =
+        FsStore::open_read_only(dir).with_context(|| format!("opening feed {}", dir.display()))?;
+    let feed =
+        Feed::open(store, None).with_context(|| format!("opening feed {}", dir.display()))?;
+    let key = feed.key();
+    let shared = SharedFeed::new(feed);
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
+        let addr = listener.local_addr().context("listening")?;
+        if json {
+            print_line(
+                &json!({"event": "listening", "addr": addr.to_string(), "key": hex::encode(key)}),
+            )?;
+        } else {
+            eprintln!("serving {} on {addr}", hex::encode(key));
+        }
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let refresher = net::spawn_refresh(shared.clone(), REFRESH_INTERVAL, stop_rx.clone());
+        let config = NetConfig {
+            idle_timeout_ms: timeout_ms,
+            keep_alive_ms: timeout_ms.div_ceil(2),
+            ..NetConfig::default()
+        };
+        let options = net::ServeOptions {
+            key_pair: NoiseKeyPair::generate(),
+            initiator: false,
+            serve: vec![ChannelSpec {
+                feed: shared,
+                config: ReplicatorConfig::uploader(),
+            }],
+            net: config,
+        };
+        let server = tokio::spawn(net::serve(listener, options, stop_rx));
+        termination().await;
+        let _ = stop_tx.send(true);
+        let _ = refresher.await;
+        match server.await {
+            Ok(result) => result.context("serving")?,
+            Err(e) => bail!("server task failed: {e}"),
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn parse_key(key: &str) -> Result<[u8; 32]> {
+    let bytes = hex::decode(key.trim()).map_err(|_| anyhow!("{key:?} is not a hex feed key"))?;
+    bytes
+        .try_into()
+        .map_err(|_| anyhow!("a feed key is 32 bytes (64 hex characters)"))
+}
+
+/// `dazaar feed clone KEY --connect ADDR --out DIR`.
+pub fn clone(
+    key: &str,
+    connect: &str,
+    out: &Path,
+    live: bool,
+    json: bool,
+    timeout_ms: u64,
+) -> Result<ExitCode> {
+    let key = parse_key(key)?;
+    let feed = if out.join("key").is_file() {
+        let store =
+            FsStore::open(out, false).with_context(|| format!("opening {}", out.display()))?;
+        Feed::open(store, Some(key)).with_context(|| format!("opening {}", out.display()))?
+    } else {
+        let store =
+            FsStore::open(out, true).with_context(|| format!("creating {}", out.display()))?;
+        Feed::create_reader(store, key).with_context(|| format!("creating {}", out.display()))?
+    };
+    let shared = SharedFeed::new(feed);
+    let rt = runtime()?;
+    let result = rt.block_on(clone_async(
+        key,
+        connect,
+        shared.clone(),
+        live,
+        json,
+        timeout_ms,
+    ));
+    // Make what was downloaded durable even when the connection failed.
+    shared.lock().sync().context("syncing the feed")?;
+    result
+}
+
+async fn clone_async(
+    key: [u8; 32],
+    connect: &str,
+    shared: Arc<SharedFeed<FsStore>>,
+    live: bool,
+    json: bool,
+    timeout_ms: u64,
+) -> Result<ExitCode> {
+    let addr = tokio::net::lookup_host(connect)
+        .await
+        .with_context(|| format!("resolving {connect}"))?
+        .next()
+        .with_context(|| format!("{connect}: no address"))?;
+    let stream = net::dial(addr)
+        .await
+        .with_context(|| format!("connecting to {addr}"))?;
+    let config = NetConfig {
+        idle_timeout_ms: timeout_ms,
+        keep_alive_ms: timeout_ms.div_ceil(2),
+        ..NetConfig::default()
+    };
+    let (event_tx, mut event_rx) = mpsc::channel(1024);
+    let (command_tx, command_rx) = mpsc::channel(16);
+    let replicator = ReplicatorConfig {
+        request_timeout_ms: timeout_ms,
+        ..ReplicatorConfig::downloader()
+    };
+    let options = ConnectionOptions {
+        open: vec![ChannelSpec {
+            feed: shared.clone(),
+            config: replicator,
+        }],
+        events: Some(event_tx),
+        commands: Some(command_rx),
+        ..ConnectionOptions::default()
+    };
+    let session = config.session_config(true, NoiseKeyPair::generate());
+    let connection =
+        tokio::spawn(async move { net::run_connection(stream, session, &config, options).await });
+    let dk = dazaar::crypto::discovery_key(&key);
+    let progress = super::feed::progress_bar(0);
+    let mut done = false;
+    let mut last_printed: Option<u64> = None;
+    let mut refused = false;
+    let mut stopping = false;
+    while let Some(event) = event_rx.recv().await {
+        match event {
+            NetEvent::ChannelClosed { discovery_key } if discovery_key == dk => {
+                refused = !done;
+                if !stopping {
+                    stopping = true;
+                    let _ = command_tx.send(Command::Shutdown).await;
+                }
+            }
+            NetEvent::Replication { event, .. } => match event {
+                ReplicationEvent::RemoteLength { length } => progress.set_length(length),
+                ReplicationEvent::Downloaded { .. } => progress.inc(1),
+                ReplicationEvent::Synced { .. } => {
+                    let (length, byte_length) = {
+                        let feed = shared.lock();
+                        (feed.length(), feed.byte_length())
+                    };
+                    if last_printed != Some(length) {
+                        let event = if done { "length" } else { "done" };
+                        if json {
+                            print_line(
+                                &json!({"event": event, "length": length, "byteLength": byte_length}),
+                            )?;
+                        } else if !done || live {
+                            progress.suspend(|| {
+                                eprintln!("{event}: {length} blocks, {byte_length} bytes")
+                            });
+                        }
+                        last_printed = Some(length);
+                    }
+                    done = true;
+                    if !live && !stopping {
+                        stopping = true;
+                        let _ = command_tx.send(Command::Shutdown).await;
+                    }
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+    progress.finish_and_clear();
+    let result = connection
+        .await
+        .map_err(|e| anyhow!("connection task failed: {e}"))?;
+    if refused {
+        bail!(
+            "the peer at {addr} does not serve feed {}",
+            hex::encode(key)
+        );
+    }
+    match result {
+        Ok(()) if done => Ok(ExitCode::SUCCESS),
+        Ok(()) => bail!("the peer at {addr} closed the connection before the feed was complete"),
+        Err(e) if done && !live => {
+            tracing::debug!(error = %e, "connection ended after sync");
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Err(e).with_context(|| format!("replicating from {addr}")),
+    }
+}
