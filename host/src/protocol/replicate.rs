@@ -449,6 +449,7 @@ impl Replicator {
     ) -> Result<(), ReplicationError> {
         self.now = self.now.max(now_ms);
         self.opened = true;
+        tracing::trace!(key = %hex::encode(self.key), "channel open: replication starts");
         if !self.config.uploading || !self.config.downloading {
             self.send(
                 session,
@@ -597,6 +598,7 @@ impl Replicator {
         if self.closed {
             return Ok(());
         }
+        tracing::trace!(message = message.type_name(), "replication message");
         match message {
             Message::Status(status) => self.on_status(session, feed, status),
             Message::Want(want) => self.on_want(session, feed, want),
