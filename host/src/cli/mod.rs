@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod demo;
 mod feed;
 
 /// dazaar: sell and buy append-only data feeds over an encrypted peer-to-peer connection.
@@ -29,6 +30,8 @@ pub enum Command {
     /// Create, append to, inspect and import Hypercore feeds.
     #[command(subcommand)]
     Feed(feed::FeedCmd),
+    /// Run the demo (the README's main job), narrated on the terminal.
+    Demo,
 }
 
 fn init_logging(verbose: u8) {
@@ -52,6 +55,7 @@ pub fn main() -> ExitCode {
     init_logging(cli.verbose);
     let result = match cli.command {
         Command::Feed(cmd) => feed::run(cmd),
+        Command::Demo => demo::run(),
     };
     match result {
         Ok(code) => code,
