@@ -1,1 +1,29 @@
-//! Payment plugin loader and registry. (Plugin host issue.)
+//! Payment plugins: loading, the registry by card method, and fail-closed validation.
+//!
+//! ```text
+//! PluginRegistry::scan_dir(plugin_dir)         load every library, record refusals
+//!   .load_named(dir, "ledger") / .get("ledger") / .for_entry(method, currency)
+//! LoadedPlugin::open(config_toml, CallLimits)  -> Arc<OpenedVerifier> (own call threads)
+//! PaymentGate::new(vec![PaymentEntry { terms, verifier }], revalidate)
+//!   .validate(buyer, seller) -> Validation      cached, fail closed
+//!   .user_message(buyer, seller, &msg)          seller answers a buyer's request
+//! OpenedVerifier::payment_request(..)           buyer side: how to pay
+//! ```
+//!
+//! Every plugin call runs on the verifier's own bounded thread pool with a timeout; an
+//! error, a panic (caught inside the plugin) or a timeout makes the buyer invalid with the
+//! reason, and the host carries on.
+
+mod loader;
+mod pool;
+mod registry;
+
+pub use dazaar_plugin_api::{
+    ApiVersion, Grant, GrantKind, Key, PaymentInstructions, PaymentTerms, UserMessage, API_VERSION,
+};
+pub use loader::{plugin_file_name, LoadError, LoadedPlugin};
+pub use pool::CallLimits;
+pub use registry::{
+    now_ms, LoadFailure, OpenedVerifier, PaymentEntry, PaymentError, PaymentGate, PluginRegistry,
+    Validation,
+};
