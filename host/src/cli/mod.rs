@@ -5,7 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod config_cmd;
 mod feed;
+mod plugins;
 
 /// dazaar: sell and buy append-only data feeds over an encrypted peer-to-peer connection.
 #[derive(Debug, Parser)]
@@ -29,6 +31,15 @@ pub enum Command {
     /// Create, append to, inspect and import Hypercore feeds.
     #[command(subcommand)]
     Feed(feed::FeedCmd),
+    /// List and check payment plugins.
+    #[command(subcommand)]
+    Plugins(plugins::PluginsCmd),
+    /// Check a configuration file.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCmd),
+    /// Record payments in a ledger file (read by the ledger plugin).
+    #[command(subcommand)]
+    Ledger(plugins::LedgerCmd),
 }
 
 fn init_logging(verbose: u8) {
@@ -52,6 +63,9 @@ pub fn main() -> ExitCode {
     init_logging(cli.verbose);
     let result = match cli.command {
         Command::Feed(cmd) => feed::run(cmd),
+        Command::Plugins(cmd) => plugins::run(cmd),
+        Command::Config(cmd) => config_cmd::run(cmd),
+        Command::Ledger(cmd) => plugins::run_ledger(cmd),
     };
     match result {
         Ok(code) => code,

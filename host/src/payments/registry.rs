@@ -148,7 +148,7 @@ impl PluginRegistry {
         let mut registry = PluginRegistry::new();
         for path in files {
             if let Err(error) = registry.load_path(&path) {
-                tracing::warn!(%error, "payment plugin refused");
+                tracing::info!(%error, "payment plugin refused");
                 registry.failures.push(LoadFailure { path, error });
             }
         }

@@ -233,7 +233,10 @@ impl PaymentPlugin for Ledger {
         };
         let payments: Vec<Payment> = entries
             .iter()
-            .filter(|e| e.seller.map_or(true, |s| s == req.seller))
+            .filter(|e| match e.seller {
+                Some(s) => s == req.seller,
+                None => true,
+            })
             .map(|e| e.payment)
             .collect();
         drop(state);
