@@ -24,6 +24,22 @@ const PACKAGES: &[(&str, &str)] = &[
 
 static BUILD: Mutex<()> = Mutex::new(());
 
+/// The `dazaar` binary of this target directory, built with `$CARGO build -p dazaar` if
+/// missing.
+pub fn dazaar_binary() -> PathBuf {
+    let path = target_dir().join(format!("dazaar{}", std::env::consts::EXE_SUFFIX));
+    if !path.is_file() {
+        let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "dazaar", "--bin", "dazaar"])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "cargo build -p dazaar failed");
+    }
+    path
+}
+
 /// The path of the built library `dazaar_<name>` (`libdazaar_<name>.so` on Linux),
 /// building its package with `$CARGO build -p` if it is missing. `cargo test --workspace`
 /// builds them already; the fallback covers `cargo test -p dazaar-tests`.
@@ -41,10 +57,12 @@ pub fn plugin_library(name: &str) -> PathBuf {
             .map(|(_, p)| *p)
             .unwrap_or_else(|| panic!("no package builds plugin {name}"));
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", package])
-            .status()
-            .expect("run cargo build");
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-p", package]);
+        if target_dir().ends_with("release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
         assert!(status.success(), "cargo build -p {package} failed");
     }
     assert!(path.is_file(), "{} was not built", path.display());

@@ -408,3 +408,100 @@ fn ledger_payment_added_while_selling_becomes_valid() {
     );
     assert_eq!(how.amount.as_deref(), Some("60"));
 }
+
+#[test]
+fn cli_lists_plugins_and_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_plugin("free", dir.path(), None);
+    copy_plugin("oldapi", dir.path(), None);
+    copy_plugin("future", dir.path(), None);
+    let out = std::process::Command::new(dazaar_tests::dazaar_binary())
+        .args(["plugins", "list", "--json", "--plugin-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<_> = v["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].clone())
+        .collect();
+    assert_eq!(
+        names,
+        [serde_json::json!("free"), serde_json::json!("oldapi")]
+    );
+    assert_eq!(v["plugins"][0]["api"], "1.1");
+    assert_eq!(v["plugins"][0]["methods"], serde_json::json!(["free"]));
+    assert_eq!(v["plugins"][1]["api"], "1.0");
+    let refused = v["refused"].as_array().unwrap();
+    assert_eq!(refused.len(), 1);
+    assert!(refused[0]["error"]
+        .as_str()
+        .unwrap()
+        .contains("plugin API 2.0.0"));
+
+    // `plugins check` on a refused file: exit 1, one line on stderr.
+    let out = std::process::Command::new(dazaar_tests::dazaar_binary())
+        .args(["plugins", "check"])
+        .arg(
+            dir.path()
+                .join(dazaar::payments::plugin_file_name("future")),
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("dazaar: ") && err.contains("built against plugin API 2.0.0"),
+        "{err}"
+    );
+}
+
+#[test]
+fn cli_ledger_add_is_read_by_the_ledger_plugin() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ledger.jsonl");
+    let now = dazaar::payments::now_ms();
+    let out = std::process::Command::new(dazaar_tests::dazaar_binary())
+        .args([
+            "ledger",
+            "add",
+            "--buyer",
+            &hex::encode(BUYER),
+            "--amount",
+            "30",
+        ])
+        .args(["--time", &now.to_string(), "--file"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ledger = open(
+        "ledger",
+        &format!("file = {:?}\n", file.display().to_string()),
+    );
+    let grant = ledger
+        .validate(BUYER, SELLER, &terms("ledger"), now)
+        .unwrap();
+    assert_eq!(grant, Grant::time_ms(30_000));
+
+    let out = std::process::Command::new(dazaar_tests::dazaar_binary())
+        .args([
+            "ledger", "add", "--buyer", "nothex", "--amount", "30", "--file",
+        ])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}

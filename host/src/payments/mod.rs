@@ -19,7 +19,8 @@ mod pool;
 mod registry;
 
 pub use dazaar_plugin_api::{
-    ApiVersion, Grant, GrantKind, Key, PaymentInstructions, PaymentTerms, UserMessage, API_VERSION,
+    ApiVersion, Grant, GrantKind, Key, KeyBytes, PaymentInstructions, PaymentTerms, UserMessage,
+    API_VERSION,
 };
 pub use loader::{plugin_file_name, LoadError, LoadedPlugin};
 pub use pool::CallLimits;
