@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Mutex;
+use std::sync::Once;
 
 /// The cargo target directory of the running test binary (`target/debug`), found from the
 /// binary's own path (`target/debug/deps/<test>-<hash>`).
@@ -20,51 +20,48 @@ const PACKAGES: &[(&str, &str)] = &[
     ("oldapi", "dazaar-fixture-old-api"),
     ("future", "dazaar-fixture-future-api"),
     ("notplugin", "dazaar-fixture-not-plugin"),
+    ("mismatch", "dazaar-fixture-mismatch"),
 ];
 
-static BUILD: Mutex<()> = Mutex::new(());
+static BUILD: Once = Once::new();
 
-/// The `dazaar` binary of this target directory, built with `$CARGO build -p dazaar` if
-/// missing.
-pub fn dazaar_binary() -> PathBuf {
-    let path = target_dir().join(format!("dazaar{}", std::env::consts::EXE_SUFFIX));
-    if !path.is_file() {
-        let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "dazaar", "--bin", "dazaar"])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "cargo build -p dazaar failed");
-    }
-    path
-}
-
-/// The path of the built library `dazaar_<name>` (`libdazaar_<name>.so` on Linux),
-/// building its package with `$CARGO build -p` if it is missing. `cargo test --workspace`
-/// builds them already; the fallback covers `cargo test -p dazaar-tests`.
-pub fn plugin_library(name: &str) -> PathBuf {
-    let file = dazaar::payments::plugin_file_name(name);
-    let path = target_dir().join(&file);
-    if path.is_file() {
-        return path;
-    }
-    let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
-    if !path.is_file() {
-        let package = PACKAGES
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map(|(_, p)| *p)
-            .unwrap_or_else(|| panic!("no package builds plugin {name}"));
+/// Builds the plugin libraries and the `dazaar` binary once per test process with
+/// `$CARGO build` (a no-op when they are fresh). `cargo test --workspace` does not build a
+/// cdylib-only package's library, nor the host's binary, so without this a test could
+/// load a stale or missing file.
+fn build_all() {
+    BUILD.call_once(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-p", package]);
+        cmd.arg("build").arg("--quiet");
+        for (_, package) in PACKAGES {
+            cmd.args(["-p", package]);
+        }
+        cmd.args(["-p", "dazaar"]);
         if target_dir().ends_with("release") {
             cmd.arg("--release");
         }
         let status = cmd.status().expect("run cargo build");
-        assert!(status.success(), "cargo build -p {package} failed");
-    }
+        assert!(status.success(), "cargo build of the plugins failed");
+    });
+}
+
+/// The `dazaar` binary of this target directory (built if needed).
+pub fn dazaar_binary() -> PathBuf {
+    build_all();
+    let path = target_dir().join(format!("dazaar{}", std::env::consts::EXE_SUFFIX));
+    assert!(path.is_file(), "{} was not built", path.display());
+    path
+}
+
+/// The path of the built library `dazaar_<name>` (`libdazaar_<name>.so` on Linux).
+pub fn plugin_library(name: &str) -> PathBuf {
+    assert!(
+        PACKAGES.iter().any(|(n, _)| *n == name),
+        "no package builds plugin {name}"
+    );
+    build_all();
+    let path = target_dir().join(dazaar::payments::plugin_file_name(name));
     assert!(path.is_file(), "{} was not built", path.display());
     path
 }

@@ -110,7 +110,15 @@ fn no_entries_means_free() {
 #[test]
 fn scanning_a_directory_loads_plugins_and_explains_refusals() {
     let dir = tempfile::tempdir().unwrap();
-    for name in ["free", "ledger", "faulty", "oldapi", "future", "notplugin"] {
+    for name in [
+        "free",
+        "ledger",
+        "faulty",
+        "oldapi",
+        "future",
+        "notplugin",
+        "mismatch",
+    ] {
         copy_plugin(name, dir.path(), None);
     }
     copy_plugin("free", dir.path(), Some("free_copy"));
@@ -126,7 +134,7 @@ fn scanning_a_directory_loads_plugins_and_explains_refusals() {
     assert_eq!(names, ["faulty", "free", "ledger", "oldapi"]);
 
     let failures = reg.failures();
-    assert_eq!(failures.len(), 4, "{failures:?}");
+    assert_eq!(failures.len(), 5, "{failures:?}");
     let by_file = |stem: &str| {
         let f = dazaar::payments::plugin_file_name(stem);
         failures
@@ -504,4 +512,77 @@ fn cli_ledger_add_is_read_by_the_ledger_plugin() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+}
+
+#[test]
+fn config_to_gate_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir(&plugins).unwrap();
+    copy_plugin("ledger", &plugins, None);
+    copy_plugin("free", &plugins, None);
+    let ledger_file = dir.path().join("ledger.jsonl");
+    let now = dazaar::payments::now_ms();
+    std::fs::write(
+        &ledger_file,
+        format!(
+            "{{\"buyer\":\"{}\",\"amount\":\"2\",\"time\":{now}}}\n",
+            hex::encode(BUYER)
+        ),
+    )
+    .unwrap();
+    let text = format!(
+        r#"plugin_dir = "plugins"
+[[sell]]
+feed = "feed"
+name = "paid"
+revalidate_ms = 250
+[[sell.payment]]
+plugin = "ledger"
+currency = "EUR"
+amount = 1
+unit = "minutes"
+interval = 1
+[sell.payment.config]
+file = {:?}
+
+[[sell]]
+feed = "feed2"
+name = "oops"
+[[sell.payment]]
+plugin = "free"
+method = "lightning"
+currency = "SATS"
+amount = 1
+unit = "seconds"
+interval = 1
+"#,
+        ledger_file.display().to_string()
+    );
+    let file = dir.path().join("dazaar.toml");
+    let settings = dazaar::config::parse(&text, &file).unwrap();
+    let mut reg = PluginRegistry::new();
+    let gate = settings
+        .payment_gate(&settings.sell[0], &mut reg, limits(2000))
+        .unwrap();
+    assert_eq!(gate.entries()[0].terms.method.as_str(), "ledger");
+    match gate.validate(BUYER, SELLER) {
+        // 2 EUR at 1 EUR/minute: two minutes.
+        Validation::Valid { grant, .. } => {
+            assert!((119_000..=120_000).contains(&grant.remaining), "{grant:?}")
+        }
+        other => panic!("expected valid, got {other:?}"),
+    }
+    assert!(gate.cached(BUYER, SELLER).is_some());
+    assert!(gate.cached([3; 32], SELLER).is_none());
+
+    let e = settings
+        .payment_gate(&settings.sell[1], &mut reg, limits(2000))
+        .unwrap_err();
+    assert_eq!(e.line(), 18);
+    assert!(
+        e.to_string()
+            .ends_with("plugin `free`: does not serve method `lightning` with currency `SATS`"),
+        "{e}"
+    );
 }

@@ -48,7 +48,10 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::payments::{CallLimits, PaymentEntry, PaymentGate, PluginRegistry};
 
 use dazaar_plugin_api::{PaymentTerms, Rate, TimeUnit};
 use serde::de::{self, Deserializer, Visitor};
@@ -66,6 +69,18 @@ pub enum ConfigError {
         file: PathBuf,
         /// The I/O error.
         reason: String,
+    },
+    /// A payment entry's plugin could not be loaded or opened.
+    #[error("{file}:{line}: plugin `{plugin}`: {message}")]
+    Plugin {
+        /// The file.
+        file: PathBuf,
+        /// The line of the `[[sell.payment]]` entry.
+        line: usize,
+        /// The plugin name.
+        plugin: String,
+        /// What went wrong (never the plugin's settings).
+        message: String,
     },
     /// A syntax error, an unknown or missing key, a wrong type, or a bad value.
     #[error("{file}:{line}:{column}: {key}: {message}")]
@@ -88,6 +103,7 @@ impl ConfigError {
     pub fn line(&self) -> usize {
         match self {
             ConfigError::Invalid { line, .. } => *line,
+            ConfigError::Plugin { line, .. } => *line,
             ConfigError::Read { .. } => 0,
         }
     }
@@ -96,7 +112,7 @@ impl ConfigError {
     pub fn key(&self) -> Option<&str> {
         match self {
             ConfigError::Invalid { key, .. } => Some(key),
-            ConfigError::Read { .. } => None,
+            ConfigError::Read { .. } | ConfigError::Plugin { .. } => None,
         }
     }
 }
@@ -222,6 +238,47 @@ pub struct BuyPayment {
     pub config: String,
     /// Line of the entry in the file.
     pub line: usize,
+}
+
+impl Settings {
+    /// Loads the plugins of one product from `plugin_dir` (through `registry`, so each
+    /// library is loaded once), opens a verifier for each payment entry and returns the
+    /// product's gate. The first entry that fails stops the setup with its file and line.
+    pub fn payment_gate(
+        &self,
+        product: &SellSettings,
+        registry: &mut PluginRegistry,
+        limits: CallLimits,
+    ) -> Result<PaymentGate, ConfigError> {
+        let mut entries = Vec::with_capacity(product.payment.len());
+        for p in &product.payment {
+            let fail = |message: String| ConfigError::Plugin {
+                file: self.file.clone(),
+                line: p.line,
+                plugin: p.plugin.clone(),
+                message,
+            };
+            let plugin = registry
+                .load_named(&self.plugin_dir, &p.plugin)
+                .map_err(|e| fail(e.to_string()))?;
+            let methods: Vec<&str> = plugin.methods().collect();
+            let terms = p.terms_with_method(&methods);
+            if !plugin.serves(&terms.method, &terms.currency) {
+                return Err(fail(format!(
+                    "does not serve method `{}` with currency `{}`",
+                    terms.method, terms.currency
+                )));
+            }
+            let verifier = plugin
+                .open(&p.config, limits)
+                .map_err(|e| fail(e.to_string()))?;
+            entries.push(PaymentEntry {
+                terms: Arc::new(terms),
+                verifier,
+            });
+        }
+        Ok(PaymentGate::new(entries, product.revalidate))
+    }
 }
 
 // ---- the file as written ------------------------------------------------------------
@@ -502,10 +559,7 @@ impl Ctx<'_> {
 
     fn plugin_name(&self, name: &Spanned<String>, key: &str) -> Result<(), ConfigError> {
         let n = name.get_ref();
-        let ok = !n.is_empty()
-            && n.chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
-        if ok {
+        if crate::payments::is_plugin_name(n) {
             Ok(())
         } else {
             Err(self.error(

@@ -99,6 +99,14 @@ pub enum LoadError {
         /// The plugin's reason.
         reason: String,
     },
+    /// `describe` gave an unusable name or no card methods.
+    #[error("{path} describes itself badly: {reason}")]
+    BadDescription {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// Another file already provided a plugin of this name.
     #[error("{path} provides plugin `{name}`, which is already loaded from {first}")]
     Duplicate {
@@ -230,6 +238,12 @@ impl LoadedPlugin {
                     path: path_buf.clone(),
                     reason: reason.into_string(),
                 })?;
+        if let Err(reason) = check_description(&info) {
+            return Err(LoadError::BadDescription {
+                path: path_buf,
+                reason,
+            });
+        }
         let plugin = LoadedPlugin {
             module,
             path: path_buf,
@@ -296,6 +310,28 @@ impl LoadedPlugin {
     }
 }
 
+/// A plugin name is what follows `dazaar_` in its file name: lowercase letters, digits, `_`.
+pub(crate) fn is_plugin_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+fn check_description(info: &PluginInfo) -> Result<(), String> {
+    if !is_plugin_name(info.name.as_str()) {
+        return Err(format!(
+            "its name {:?} is not lowercase letters, digits and _",
+            info.name.as_str()
+        ));
+    }
+    if info.methods.is_empty() || info.methods.iter().any(|m| m.trim().is_empty()) {
+        return Err("it declares no card methods".to_owned());
+    }
+    Ok(())
+}
+
 fn first_line(text: &str) -> String {
     text.lines().next().unwrap_or("").trim().to_owned()
 }
@@ -308,4 +344,39 @@ pub fn plugin_file_name(name: &str) -> String {
         name,
         std::env::consts::DLL_SUFFIX
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use abi_stable::std_types::RVec;
+
+    fn info(name: &str, methods: &[&str]) -> PluginInfo {
+        PluginInfo {
+            name: name.into(),
+            version: "1".into(),
+            methods: methods.iter().map(|m| (*m).into()).collect::<RVec<_>>(),
+            currencies: RVec::new(),
+        }
+    }
+
+    #[test]
+    fn descriptions_are_checked() {
+        assert!(check_description(&info("lnd", &["lightning"])).is_ok());
+        assert!(check_description(&info("", &["x"])).is_err());
+        assert!(check_description(&info("../x", &["x"])).is_err());
+        assert!(check_description(&info("Big", &["x"])).is_err());
+        assert_eq!(
+            check_description(&info("x", &[])),
+            Err("it declares no card methods".to_owned())
+        );
+        assert_eq!(
+            plugin_file_name("free"),
+            format!(
+                "{}dazaar_free{}",
+                std::env::consts::DLL_PREFIX,
+                std::env::consts::DLL_SUFFIX
+            )
+        );
+    }
 }

@@ -17,14 +17,21 @@
 mod loader;
 mod pool;
 mod registry;
+mod wire;
 
 pub use dazaar_plugin_api::{
     ApiVersion, Grant, GrantKind, Key, KeyBytes, PaymentInstructions, PaymentTerms, UserMessage,
     API_VERSION,
 };
+pub(crate) use loader::is_plugin_name;
 pub use loader::{plugin_file_name, LoadError, LoadedPlugin};
+
 pub use pool::CallLimits;
 pub use registry::{
     now_ms, LoadFailure, OpenedVerifier, PaymentEntry, PaymentError, PaymentGate, PluginRegistry,
     Validation,
+};
+pub use wire::{
+    encode_user_message, parse_user_message, terms_from_card, terms_to_card, WireError,
+    MAX_USER_MESSAGE,
 };

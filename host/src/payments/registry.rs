@@ -500,17 +500,10 @@ impl PaymentGate {
     /// Whether `buyer` may have the product sold under `seller`, now. Uses the cached
     /// answer if it is younger than the revalidation period (time left is aged).
     pub fn validate(&self, buyer: Key, seller: Key) -> Validation {
-        let now = Instant::now();
-        if let Ok(cache) = self.cache.lock() {
-            if let Some((at, answer)) = cache.get(&(buyer, seller)) {
-                let age = now.saturating_duration_since(*at);
-                if age < self.revalidate {
-                    if let Some(aged) = age_answer(answer, age) {
-                        return aged;
-                    }
-                }
-            }
+        if let Some(answer) = self.cached(buyer, seller) {
+            return answer;
         }
+        let now = Instant::now();
         let answer = self.validate_uncached(buyer, seller, now_ms());
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() >= CACHE_LIMIT {
@@ -523,6 +516,19 @@ impl PaymentGate {
             cache.insert((buyer, seller), (now, answer.clone()));
         }
         answer
+    }
+
+    /// The cached answer for `buyer`, if still fresh, without calling any plugin: lets an
+    /// async caller answer at once and go to a blocking thread only on a miss.
+    pub fn cached(&self, buyer: Key, seller: Key) -> Option<Validation> {
+        let cache = self.cache.lock().ok()?;
+        let (at, answer) = cache.get(&(buyer, seller))?;
+        let age = Instant::now().saturating_duration_since(*at);
+        if age < self.revalidate {
+            age_answer(answer, age)
+        } else {
+            None
+        }
     }
 
     /// Forgets the cached answer for `buyer` (e.g. after it reports a payment).
