@@ -586,3 +586,45 @@ interval = 1
         "{e}"
     );
 }
+
+#[test]
+fn buyer_wallet_picks_a_plugin_for_the_card_and_asks_how_to_pay() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_plugin("ledger", dir.path(), None);
+    copy_plugin("free", dir.path(), None);
+    let text = format!(
+        "plugin_dir = {:?}\n[buy]\n[[buy.payment]]\nplugin = \"free\"\n[[buy.payment]]\nplugin = \"ledger\"\n[buy.payment.config]\nfile = \"unused.jsonl\"\n",
+        dir.path().display().to_string()
+    );
+    let settings = dazaar::config::parse(&text, &dir.path().join("dazaar.toml")).unwrap();
+    let mut reg = PluginRegistry::new();
+    let wallet = settings.buyer_wallet(&mut reg, limits(2000)).unwrap();
+
+    let card: serde_json::Value = serde_json::json!([
+        {"method": "Lightning", "currency": "SATS", "amount": 100, "unit": "hours", "interval": 1},
+        {"method": "ledger", "currency": "EUR", "amount": "5", "unit": "minutes", "interval": 1,
+         "payTo": "IBAN XX00"}
+    ]);
+    let entries = card.as_array().unwrap();
+    let (choice, how) = wallet
+        .payment_request(BUYER, SELLER, entries, None)
+        .unwrap();
+    assert_eq!(choice.verifier.plugin().name(), "ledger");
+    assert_eq!(choice.terms.method.as_str(), "ledger");
+    assert_eq!(
+        how.memo.as_deref(),
+        Some(payment_memo(&SELLER, &BUYER).as_str())
+    );
+    assert_eq!(how.amount.as_deref(), Some("5"));
+    assert_eq!(how.currency.as_deref(), Some("EUR"));
+    assert_eq!(how.pay_to.as_deref(), Some("IBAN XX00"));
+
+    let lightning_only = &entries[..1];
+    let e = wallet
+        .payment_request(BUYER, SELLER, lightning_only, Some("10"))
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "no payment plugin serves method `Lightning` with currency `SATS`"
+    );
+}

@@ -51,7 +51,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::payments::{CallLimits, PaymentEntry, PaymentGate, PluginRegistry};
+use crate::payments::{
+    BuyerPlugin, BuyerWallet, CallLimits, PaymentEntry, PaymentGate, PluginRegistry,
+};
 
 use dazaar_plugin_api::{PaymentTerms, Rate, TimeUnit};
 use serde::de::{self, Deserializer, Visitor};
@@ -278,6 +280,34 @@ impl Settings {
             });
         }
         Ok(PaymentGate::new(entries, product.revalidate))
+    }
+
+    /// Loads and opens the buyer's payment plugins (`[[buy.payment]]`), in file order.
+    pub fn buyer_wallet(
+        &self,
+        registry: &mut PluginRegistry,
+        limits: CallLimits,
+    ) -> Result<BuyerWallet, ConfigError> {
+        let mut plugins = Vec::with_capacity(self.buy.payment.len());
+        for p in &self.buy.payment {
+            let fail = |message: String| ConfigError::Plugin {
+                file: self.file.clone(),
+                line: p.line,
+                plugin: p.plugin.clone(),
+                message,
+            };
+            let plugin = registry
+                .load_named(&self.plugin_dir, &p.plugin)
+                .map_err(|e| fail(e.to_string()))?;
+            let verifier = plugin
+                .open(&p.config, limits)
+                .map_err(|e| fail(e.to_string()))?;
+            plugins.push(BuyerPlugin {
+                method: p.method.clone(),
+                verifier,
+            });
+        }
+        Ok(BuyerWallet::new(plugins))
     }
 }
 

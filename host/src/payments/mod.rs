@@ -8,17 +8,24 @@
 //!   .validate(buyer, seller) -> Validation      cached, fail closed
 //!   .user_message(buyer, seller, &msg)          seller answers a buyer's request
 //! OpenedVerifier::payment_request(..)           buyer side: how to pay
+//! BuyerWallet::new(plugins).payment_request(buyer, seller, &card["payment"], None)
+//!                                               picks a plugin for the card, asks it
 //! ```
+//!
+//! From `dazaar.toml`: `Settings::payment_gate(&settings.sell[i], &mut registry, limits)`
+//! and `Settings::buyer_wallet(&mut registry, limits)` (in [`crate::config`]).
 //!
 //! Every plugin call runs on the verifier's own bounded thread pool with a timeout; an
 //! error, a panic (caught inside the plugin) or a timeout makes the buyer invalid with the
 //! reason, and the host carries on.
 
+mod buyer;
 mod loader;
 mod pool;
 mod registry;
 mod wire;
 
+pub use buyer::{BuyerPlugin, BuyerWallet, PaymentChoice};
 pub use dazaar_plugin_api::{
     ApiVersion, Grant, GrantKind, Key, KeyBytes, PaymentInstructions, PaymentTerms, UserMessage,
     API_VERSION,
