@@ -32,7 +32,9 @@
 //!    `__private::module`.
 //!
 //! New [`Verifier`] methods go at the end of the trait, after the method marked
-//! `#[sabi(last_prefix_field)]`, following the same three steps. Structs passed by value
+//! `#[sabi(last_prefix_field)]`, following the same three steps. The host must only call
+//! such a method on plugins whose `api_version()` is at least the version that added it
+//! (the loader records it), since an older plugin's vtable does not have it. Structs passed by value
 //! ([`PluginInfo`], [`PaymentTerms`], [`Grant`], ...) are frozen: add a new struct and a
 //! new function instead of changing one. Removing or reordering anything, or changing a
 //! type, is a new major version, which the host refuses with one sentence.
