@@ -94,8 +94,8 @@ pub struct OutgoingMessage {
 }
 
 /// Buyer side: how to pay. Every field is optional; a plugin fills in what applies.
+/// Readers ignore fields they do not know, so later API versions can add some.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct PaymentInstructions {
     /// The memo the payment must carry.
     #[serde(default, skip_serializing_if = "Option::is_none")]

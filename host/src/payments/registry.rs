@@ -14,6 +14,7 @@ use dazaar_plugin_api::{
 
 use super::loader::{plugin_file_name, LoadError, LoadedPlugin};
 use super::pool::{CallFailure, CallLimits, CallPool};
+use super::wire::MAX_USER_MESSAGE;
 
 /// Why a plugin call gave no usable answer. The reason never includes the plugin's
 /// configuration.
@@ -258,7 +259,7 @@ impl LoadedPlugin {
         let answer = call_once(self, timeout, move || check(RStr::from_str(&config)))?;
         answer.into_result().map_err(|reason| PaymentError::Plugin {
             plugin: self.name().to_owned(),
-            reason: reason.into_string(),
+            reason: bounded(reason.into_string(), MAX_REASON),
         })
     }
 
@@ -275,7 +276,7 @@ impl LoadedPlugin {
             .into_result()
             .map_err(|reason| PaymentError::Plugin {
                 plugin: self.name().to_owned(),
-                reason: reason.into_string(),
+                reason: bounded(reason.into_string(), MAX_REASON),
             })?;
         OpenedVerifier::start(Arc::clone(self), verifier, limits)
     }
@@ -295,6 +296,22 @@ impl std::fmt::Debug for OpenedVerifier {
             .field("limits", &self.limits)
             .finish()
     }
+}
+
+/// The longest reason from a plugin passed on (bytes); longer ones are cut.
+const MAX_REASON: usize = 1024;
+
+/// `text`, cut to at most `max` bytes at a character boundary.
+fn bounded(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
 }
 
 /// Milliseconds since the Unix epoch now.
@@ -340,7 +357,7 @@ impl OpenedVerifier {
     fn plugin_error(&self, reason: RString) -> PaymentError {
         PaymentError::Plugin {
             plugin: self.plugin.name().to_owned(),
-            reason: reason.into_string(),
+            reason: bounded(reason.into_string(), MAX_REASON),
         }
     }
 
@@ -382,10 +399,19 @@ impl OpenedVerifier {
                 &message,
             )
         })?;
-        answer
+        let reply = answer
             .into_result()
             .map(|o| o.into_option())
-            .map_err(|r| self.plugin_error(r))
+            .map_err(|r| self.plugin_error(r))?;
+        match reply {
+            Some(m) if m.name.len() + m.message.len() > MAX_USER_MESSAGE => {
+                Err(PaymentError::BadAnswer {
+                    plugin: self.plugin.name().to_owned(),
+                    detail: "user message reply larger than the limit".to_owned(),
+                })
+            }
+            other => Ok(other),
+        }
     }
 
     /// Buyer side: how to pay `amount` for the product sold under `seller`.
@@ -614,5 +640,44 @@ fn age_answer(answer: &Validation, age: Duration) -> Option<Validation> {
             })
         }
         other => Some(other.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_bounded() {
+        assert_eq!(bounded("short".into(), 10), "short");
+        assert_eq!(bounded("ééé".into(), 3), "é…");
+        assert_eq!(
+            bounded("x".repeat(2000), MAX_REASON).len(),
+            MAX_REASON + '…'.len_utf8()
+        );
+    }
+
+    #[test]
+    fn cached_time_grants_age() {
+        let v = Validation::Valid {
+            grant: Grant::time_ms(1000),
+            plugin: None,
+        };
+        assert_eq!(
+            age_answer(&v, Duration::from_millis(400)),
+            Some(Validation::Valid {
+                grant: Grant::time_ms(600),
+                plugin: None
+            })
+        );
+        assert_eq!(age_answer(&v, Duration::from_millis(1000)), None);
+        let free = Validation::Valid {
+            grant: Grant::free(),
+            plugin: None,
+        };
+        assert_eq!(
+            age_answer(&free, Duration::from_secs(9)),
+            Some(free.clone())
+        );
     }
 }
