@@ -66,7 +66,11 @@ fn main() {
     // Batched, ordered writes only and one fsync at the end (what JS's figure compares
     // with: random-access-file never fsyncs).
     let dir = tmp.path().join("batched-process");
-    let mut feed_c = Feed::create(FsStore::open(&dir, true).expect("store"), Ed25519KeyPair::generate()).expect("create");
+    let mut feed_c = Feed::create(
+        FsStore::open(&dir, true).expect("store"),
+        Ed25519KeyPair::generate(),
+    )
+    .expect("create");
     let t = Instant::now();
     let mut done = 0u64;
     while done < count {
@@ -76,7 +80,11 @@ fn main() {
     }
     feed_c.sync().expect("sync");
     let batched_process = count as f64 / t.elapsed().as_secs_f64();
-    rows.push((format!("rust append batch {batch} (fs, sync at end)"), batched_process, "blocks/s"));
+    rows.push((
+        format!("rust append batch {batch} (fs, sync at end)"),
+        batched_process,
+        "blocks/s",
+    ));
 
     // Random reads (each verified against its tree hash).
     let reads = 100_000u64.min(count * 2);
@@ -182,8 +190,14 @@ fn main() {
     match (js_single, js_batched) {
         (Some(s), Some(b)) => {
             println!("  ratio rust/js, 1-by-1:  {:.1}x", single / s);
-            println!("  ratio rust/js, batched (fsync per batch): {:.1}x", batched / b);
-            println!("  ratio rust/js, batched (sync at end):     {:.1}x", batched_process / b);
+            println!(
+                "  ratio rust/js, batched (fsync per batch): {:.1}x",
+                batched / b
+            );
+            println!(
+                "  ratio rust/js, batched (sync at end):     {:.1}x",
+                batched_process / b
+            );
         }
         _ => println!("  (JS reference not installed: run tests/js/install.sh for the comparison)"),
     }
