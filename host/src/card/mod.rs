@@ -134,7 +134,8 @@ pub fn validate(json: &Value) -> Result<ValidCard, CardError> {
         "version",
     ] {
         if let Some(v) = obj.get(k) {
-            if !v.is_string() && !(k == "version" && v.is_number()) {
+            let ok = v.is_string() || (k == "version" && v.is_number());
+            if !ok {
                 return Err(field(k, "not a string"));
             }
         }
