@@ -1,1 +1,67 @@
-//! The stable ABI between the dazaar host and its payment verifier plugins.
+//! The stable ABI between the `dazaar` host and its payment verifier plugins.
+//!
+//! A plugin is a `cdylib` that exports one root module, [`PaymentPluginMod`], with
+//! [`export_payment_plugin!`]. The author implements [`PaymentPlugin`], a plain Rust trait;
+//! the macro writes the module and wraps every entry in `catch_unwind`, so a panic becomes
+//! an error (the buyer is not valid) instead of unwinding into the host.
+//!
+//! Also here, for plugins and host alike:
+//! - [`pricing`]: the price-to-time rules of `payment-tracker@0.1.0` ([`Rate`],
+//!   [`Payment`]), so every plugin reports payments and agrees on the time left;
+//! - [`memo`]: the memo binding a payment to a buyer, `dazaar: <seller> <buyer>`.
+//!
+//! # Versions
+//!
+//! A plugin records the API version it was built against ([`API_VERSION_STRING`]) in its
+//! library header. The host loads plugins of the same major version, older or newer minor.
+//!
+//! # Evolving the API
+//!
+//! The root module and the [`Verifier`] vtable are abi_stable *prefix types*: a fixed
+//! prefix (up to the field marked `#[sabi(last_prefix_field)]`) followed by fields added
+//! in later minor versions. To add a function without breaking built plugins:
+//!
+//! 1. Copy the current [`PaymentPluginMod`] into [`frozen`] as `v1_<minor>` (same type and
+//!    field names), so a test plugin can still be built the old way.
+//! 2. Append the new field at the end of [`PaymentPluginMod`] (never before or between
+//!    existing fields, never moving `last_prefix_field`), with a doc line saying the
+//!    version that added it. Its accessor on [`PaymentPluginMod_Ref`] returns `Option`:
+//!    `None` for plugins built before it; the host must handle that ("this plugin is too
+//!    old for X").
+//! 3. Bump [`API_VERSION`] / [`API_VERSION_STRING`] minor, and fill the field in
+//!    `__private::module`.
+//!
+//! New [`Verifier`] methods go at the end of the trait, after the method marked
+//! `#[sabi(last_prefix_field)]`, following the same three steps. The host must only call
+//! such a method on plugins whose `api_version()` is at least the version that added it
+//! (the loader records it), since an older plugin's vtable does not have it. Structs passed by value
+//! ([`PluginInfo`], [`PaymentTerms`], [`Grant`], ...) are frozen: add a new struct and a
+//! new function instead of changing one. Removing or reordering anything, or changing a
+//! type, is a new major version, which the host refuses with one sentence.
+//!
+//! abi_stable's own loader (`RootModule::load_from_file`, `init_root_module`) refuses a
+//! library whose prefix type has *fewer* fields than the host's; the host's loader accepts
+//! that case after checking the library's layout is a prefix of its own (see the host's
+//! `payments` module).
+#![allow(non_camel_case_types)]
+// The abi_stable derive and sabi_trait macros write impls inside constants.
+#![allow(non_local_definitions)]
+
+pub mod abi;
+pub mod frozen;
+pub mod memo;
+pub mod plugin;
+pub mod pricing;
+
+pub use abi::{
+    ApiVersion, Grant, GrantKind, KeyBytes, PaymentPluginMod, PaymentPluginMod_Ref, PaymentTerms,
+    PluginInfo, UserMessage, Verifier, VerifierBox, Verifier_TO, API_VERSION, API_VERSION_STRING,
+    ROOT_MODULE_NAME,
+};
+pub use memo::{parse_key, parse_payment_memo, payment_memo, Key};
+#[doc(hidden)]
+pub use plugin::__private;
+pub use plugin::{
+    guard, Description, OutgoingMessage, PaymentInstructions, PaymentPlugin, Request,
+};
+pub use pricing::{Payment, PricingError, Rate, TimeUnit};

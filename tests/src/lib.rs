@@ -1,6 +1,8 @@
 //! Helpers shared by the end-to-end and interop tests in `tests/tests/`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Once;
 
 /// Block `i` of the crash test's deterministic feed: varied sizes, content tied to `i`.
 pub fn crash_block(i: u64) -> Vec<u8> {
@@ -10,32 +12,9 @@ pub fn crash_block(i: u64) -> Vec<u8> {
     block
 }
 
-/// The `dazaar` binary built by this workspace (built on demand if missing).
+/// The `dazaar` binary built by this workspace (built on demand).
 pub fn dazaar_bin() -> PathBuf {
-    let target = target_dir();
-    let bin = target.join("debug").join("dazaar");
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = std::process::Command::new(cargo)
-            .args(["build", "-p", "dazaar", "--bin", "dazaar"])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "building the dazaar binary failed");
-    }
-    bin
-}
-
-/// The workspace's target directory.
-pub fn target_dir() -> PathBuf {
-    if let Ok(dir) = std::env::var("CARGO_TARGET_DIR") {
-        return PathBuf::from(dir);
-    }
-    // tests binaries live in target/debug/deps.
-    let exe = std::env::current_exe().expect("current exe");
-    exe.ancestors()
-        .find(|p| p.file_name().is_some_and(|n| n == "target"))
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"))
+    dazaar_binary()
 }
 
 /// The repository root.
@@ -71,8 +50,8 @@ pub fn require_js() -> Option<PathBuf> {
 }
 
 /// Runs a script from `tests/js/` with node, the JS packages on NODE_PATH; returns stdout.
-pub fn node(js: &std::path::Path, script: &str, args: &[&str]) -> String {
-    let out = std::process::Command::new("node")
+pub fn node(js: &Path, script: &str, args: &[&str]) -> String {
+    let out = Command::new("node")
         .arg(repo_root().join("tests/js").join(script))
         .args(args)
         .env("NODE_PATH", js.join("node_modules"))
@@ -84,4 +63,79 @@ pub fn node(js: &std::path::Path, script: &str, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8(out.stdout).expect("utf-8 output")
+}
+
+/// The cargo target directory of the running test binary (`target/debug`), found from the
+/// binary's own path (`target/debug/deps/<test>-<hash>`).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let deps = exe.parent().expect("deps dir");
+    deps.parent().expect("profile dir").to_path_buf()
+}
+
+/// Which package builds which plugin library.
+const PACKAGES: &[(&str, &str)] = &[
+    ("free", "dazaar-free"),
+    ("ledger", "dazaar-ledger"),
+    ("faulty", "dazaar-fixture-faulty"),
+    ("oldapi", "dazaar-fixture-old-api"),
+    ("future", "dazaar-fixture-future-api"),
+    ("notplugin", "dazaar-fixture-not-plugin"),
+    ("mismatch", "dazaar-fixture-mismatch"),
+];
+
+static BUILD: Once = Once::new();
+
+/// Builds the plugin libraries and the `dazaar` binary once per test process with
+/// `$CARGO build` (a no-op when they are fresh). `cargo test --workspace` does not build a
+/// cdylib-only package's library, nor the host's binary, so without this a test could
+/// load a stale or missing file.
+fn build_all() {
+    BUILD.call_once(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.arg("build").arg("--quiet");
+        for (_, package) in PACKAGES {
+            cmd.args(["-p", package]);
+        }
+        cmd.args(["-p", "dazaar"]);
+        if target_dir().ends_with("release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "cargo build of the plugins failed");
+    });
+}
+
+/// The `dazaar` binary of this target directory (built if needed).
+pub fn dazaar_binary() -> PathBuf {
+    build_all();
+    let path = target_dir().join(format!("dazaar{}", std::env::consts::EXE_SUFFIX));
+    assert!(path.is_file(), "{} was not built", path.display());
+    path
+}
+
+/// The path of the built library `dazaar_<name>` (`libdazaar_<name>.so` on Linux).
+pub fn plugin_library(name: &str) -> PathBuf {
+    assert!(
+        PACKAGES.iter().any(|(n, _)| *n == name),
+        "no package builds plugin {name}"
+    );
+    build_all();
+    let path = target_dir().join(dazaar::payments::plugin_file_name(name));
+    assert!(path.is_file(), "{} was not built", path.display());
+    path
+}
+
+/// Copies plugin libraries into `dir` under their usual file names (or `as_name`).
+pub fn copy_plugin(name: &str, dir: &Path, as_name: Option<&str>) -> PathBuf {
+    let src = plugin_library(name);
+    let dest = dir.join(dazaar::payments::plugin_file_name(as_name.unwrap_or(name)));
+    std::fs::copy(&src, &dest).expect("copy plugin");
+    dest
+}
+
+/// Threads of this process now (Linux), for checking that hung plugins stay bounded.
+pub fn thread_count() -> Option<usize> {
+    std::fs::read_dir("/proc/self/task").ok().map(|d| d.count())
 }

@@ -125,7 +125,8 @@ fn cli_contract() {
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(info["key"], key.as_str());
     assert_eq!(info["length"], 7);
-    assert_eq!(info["byteLength"], 5 + 6 + 0 + 4 + 10);
+    // "first", "second", "", "last", then 10 bytes in blocks of 4.
+    assert_eq!(info["byteLength"], 25);
     assert_eq!(info["treeHash"].as_str().expect("hash").len(), 64);
     assert_eq!(info["signature"].as_str().expect("sig").len(), 128);
 
@@ -467,4 +468,16 @@ fn import_of_a_sparse_replica_verifies_each_block() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The README's main job runs to the end by itself.
+#[test]
+fn demo_runs_to_the_end() {
+    let out = dazaar(&["demo"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("demo finished: ok"));
 }

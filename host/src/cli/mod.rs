@@ -5,8 +5,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod config_cmd;
+mod demo;
 mod feed;
 mod net;
+mod plugins;
 
 /// dazaar: sell and buy append-only data feeds over an encrypted peer-to-peer connection.
 #[derive(Debug, Parser)]
@@ -30,6 +33,17 @@ pub enum Command {
     /// Create, append to, inspect and import Hypercore feeds.
     #[command(subcommand)]
     Feed(feed::FeedCmd),
+    /// Run the demo (the README's main job), narrated on the terminal.
+    Demo,
+    /// List and check payment plugins.
+    #[command(subcommand)]
+    Plugins(plugins::PluginsCmd),
+    /// Check a configuration file.
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCmd),
+    /// Record payments in a ledger file (read by the ledger plugin).
+    #[command(subcommand)]
+    Ledger(plugins::LedgerCmd),
 }
 
 fn init_logging(verbose: u8) {
@@ -53,6 +67,10 @@ pub fn main() -> ExitCode {
     init_logging(cli.verbose);
     let result = match cli.command {
         Command::Feed(cmd) => feed::run(cmd),
+        Command::Demo => demo::run(),
+        Command::Plugins(cmd) => plugins::run(cmd),
+        Command::Config(cmd) => config_cmd::run(cmd),
+        Command::Ledger(cmd) => plugins::run_ledger(cmd),
     };
     match result {
         Ok(code) => code,

@@ -1,1 +1,727 @@
-//! The `dazaar.toml` configuration file. (Plugin host issue.)
+//! The `dazaar.toml` configuration file, shared by seller and buyer, parsed and validated
+//! into typed [`Settings`].
+//!
+//! ```toml
+//! data_dir = "~/.local/share/dazaar"
+//! listen = "0.0.0.0:0"
+//! plugin_dir = "plugins"
+//!
+//! [discovery]
+//! dht = true
+//! mdns = true
+//! peers = ["192.0.2.1:4000"]
+//! bootstrap = []
+//!
+//! [[sell]]
+//! feed = "feeds/market-data"
+//! name = "BTC/USD order book"
+//! revalidate_ms = 1000
+//! terms = "No redistribution."
+//! card = { description = "...", homepage = "...", contact = "...", provider = "..." }
+//!
+//! [[sell.payment]]
+//! plugin = "lnd"
+//! method = "Lightning"          # optional; default: the plugin's first method
+//! currency = "SATS"
+//! amount = "1000"               # string or number
+//! unit = "seconds"              # seconds | minutes | hours
+//! interval = "600"
+//! min_seconds = 1               # optional
+//! payment_delay = 5000          # optional, milliseconds
+//! pay_to = "account"            # optional
+//! [sell.payment.config]         # the plugin's own table, handed over as TOML text
+//! address = "https://127.0.0.1:10009"
+//!
+//! [buy]
+//! [[buy.payment]]
+//! plugin = "lnd"
+//! [buy.payment.config]
+//! address = "https://127.0.0.1:10009"
+//! ```
+//!
+//! Paths may start with `~/`; relative paths are taken from the directory of the config
+//! file (inside a plugin's own table, paths are the plugin's business). Unknown keys are
+//! errors everywhere except inside a plugin's table. Every error names the file, the line
+//! and column, and the key.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::payments::{
+    BuyerPlugin, BuyerWallet, CallLimits, PaymentEntry, PaymentGate, PluginRegistry,
+};
+
+use dazaar_plugin_api::{PaymentTerms, Rate, TimeUnit};
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Why the configuration could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{file}: cannot read: {reason}")]
+    Read {
+        /// The file.
+        file: PathBuf,
+        /// The I/O error.
+        reason: String,
+    },
+    /// A payment entry's plugin could not be loaded or opened.
+    #[error("{file}:{line}: plugin `{plugin}`: {message}")]
+    Plugin {
+        /// The file.
+        file: PathBuf,
+        /// The line of the `[[sell.payment]]` entry.
+        line: usize,
+        /// The plugin name.
+        plugin: String,
+        /// What went wrong (never the plugin's settings).
+        message: String,
+    },
+    /// A syntax error, an unknown or missing key, a wrong type, or a bad value.
+    #[error("{file}:{line}:{column}: {key}: {message}")]
+    Invalid {
+        /// The file.
+        file: PathBuf,
+        /// 1-based line (0 if unknown).
+        line: usize,
+        /// 1-based column (0 if unknown).
+        column: usize,
+        /// The key, as a path: `sell[0].payment[1].unit` (or `(file)` for syntax errors).
+        key: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// The line the error points at (0 when unknown).
+    pub fn line(&self) -> usize {
+        match self {
+            ConfigError::Invalid { line, .. } => *line,
+            ConfigError::Plugin { line, .. } => *line,
+            ConfigError::Read { .. } => 0,
+        }
+    }
+
+    /// The key the error points at.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } => Some(key),
+            ConfigError::Read { .. } | ConfigError::Plugin { .. } => None,
+        }
+    }
+}
+
+/// Validated settings.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Settings {
+    /// The file they came from.
+    pub file: PathBuf,
+    /// Identity and feeds.
+    pub data_dir: PathBuf,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Where plugin libraries are.
+    pub plugin_dir: PathBuf,
+    /// How peers are found.
+    pub discovery: DiscoverySettings,
+    /// Products sold.
+    pub sell: Vec<SellSettings>,
+    /// How this peer pays when it buys.
+    pub buy: BuySettings,
+}
+
+/// The `[discovery]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DiscoverySettings {
+    /// Use the BitTorrent mainline DHT.
+    pub dht: bool,
+    /// Use mDNS on the LAN.
+    pub mdns: bool,
+    /// Static peer addresses.
+    pub peers: Vec<String>,
+    /// DHT bootstrap nodes (empty: the defaults).
+    pub bootstrap: Vec<String>,
+}
+
+/// One `[[sell]]` product.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct SellSettings {
+    /// The feed's directory.
+    pub feed: PathBuf,
+    /// Product name (on the card).
+    pub name: String,
+    /// How often buyers are revalidated (and how long answers are cached).
+    pub revalidate: Duration,
+    /// Terms of use buyers must accept, if any.
+    pub terms: Option<String>,
+    /// Card fields.
+    pub card: CardSettings,
+    /// Payment entries; empty means free.
+    pub payment: Vec<SellPayment>,
+}
+
+/// The `card` table of a `[[sell]]`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CardSettings {
+    /// Card `description`.
+    pub description: Option<String>,
+    /// Card `homepage`.
+    pub homepage: Option<String>,
+    /// Card `contact`.
+    pub contact: Option<String>,
+    /// Card `provider`.
+    pub provider: Option<String>,
+    /// Card `keywords`.
+    pub keywords: Vec<String>,
+}
+
+/// One `[[sell.payment]]`: a card payment entry and the plugin that checks it.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct SellPayment {
+    /// Plugin name (`dazaar_<plugin>` in the plugin directory).
+    pub plugin: String,
+    /// Card method, if set (else the plugin's first method).
+    pub method: Option<String>,
+    /// The card entry, with `method` empty when not set.
+    pub terms: PaymentTerms,
+    /// The price as a rate (already checked).
+    pub rate: Rate,
+    /// The plugin's own table, as TOML text (never logged).
+    pub config: String,
+    /// Line of the entry in the file.
+    pub line: usize,
+}
+
+impl SellPayment {
+    /// The card entry with the method filled in from the plugin's methods if unset.
+    pub fn terms_with_method(&self, plugin_methods: &[&str]) -> PaymentTerms {
+        let mut terms = self.terms.clone();
+        if self.method.is_none() {
+            let m = plugin_methods
+                .first()
+                .copied()
+                .unwrap_or(self.plugin.as_str());
+            terms.method = m.into();
+        }
+        terms
+    }
+}
+
+/// The `[buy]` section.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BuySettings {
+    /// Payment plugins the buyer uses, in order of preference.
+    pub payment: Vec<BuyPayment>,
+}
+
+/// One `[[buy.payment]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BuyPayment {
+    /// Plugin name.
+    pub plugin: String,
+    /// Only for card entries of this method (else any the plugin serves).
+    pub method: Option<String>,
+    /// The plugin's own table, as TOML text (never logged).
+    pub config: String,
+    /// Line of the entry in the file.
+    pub line: usize,
+}
+
+impl Settings {
+    /// Loads the plugins of one product from `plugin_dir` (through `registry`, so each
+    /// library is loaded once), opens a verifier for each payment entry and returns the
+    /// product's gate. The first entry that fails stops the setup with its file and line.
+    pub fn payment_gate(
+        &self,
+        product: &SellSettings,
+        registry: &mut PluginRegistry,
+        limits: CallLimits,
+    ) -> Result<PaymentGate, ConfigError> {
+        let mut entries = Vec::with_capacity(product.payment.len());
+        for p in &product.payment {
+            let fail = |message: String| ConfigError::Plugin {
+                file: self.file.clone(),
+                line: p.line,
+                plugin: p.plugin.clone(),
+                message,
+            };
+            let plugin = registry
+                .load_named(&self.plugin_dir, &p.plugin)
+                .map_err(|e| fail(e.to_string()))?;
+            let methods: Vec<&str> = plugin.methods().collect();
+            let terms = p.terms_with_method(&methods);
+            if !plugin.serves(&terms.method, &terms.currency) {
+                return Err(fail(format!(
+                    "does not serve method `{}` with currency `{}`",
+                    terms.method, terms.currency
+                )));
+            }
+            let verifier = plugin
+                .open(&p.config, limits)
+                .map_err(|e| fail(e.to_string()))?;
+            entries.push(PaymentEntry {
+                terms: Arc::new(terms),
+                verifier,
+            });
+        }
+        Ok(PaymentGate::new(entries, product.revalidate))
+    }
+
+    /// Loads and opens the buyer's payment plugins (`[[buy.payment]]`), in file order.
+    pub fn buyer_wallet(
+        &self,
+        registry: &mut PluginRegistry,
+        limits: CallLimits,
+    ) -> Result<BuyerWallet, ConfigError> {
+        let mut plugins = Vec::with_capacity(self.buy.payment.len());
+        for p in &self.buy.payment {
+            let fail = |message: String| ConfigError::Plugin {
+                file: self.file.clone(),
+                line: p.line,
+                plugin: p.plugin.clone(),
+                message,
+            };
+            let plugin = registry
+                .load_named(&self.plugin_dir, &p.plugin)
+                .map_err(|e| fail(e.to_string()))?;
+            let verifier = plugin
+                .open(&p.config, limits)
+                .map_err(|e| fail(e.to_string()))?;
+            plugins.push(BuyerPlugin {
+                method: p.method.clone(),
+                verifier,
+            });
+        }
+        Ok(BuyerWallet::new(plugins))
+    }
+}
+
+// ---- the file as written ------------------------------------------------------------
+
+/// A number or a string holding one, as cards allow for `amount` and `interval`.
+#[derive(Debug, Clone)]
+struct NumberText(String);
+
+impl<'de> Deserialize<'de> for NumberText {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = NumberText;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a number or a string holding a number")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<NumberText, E> {
+                Ok(NumberText(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<NumberText, E> {
+                Ok(NumberText(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<NumberText, E> {
+                Ok(NumberText(v.to_string()))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<NumberText, E> {
+                Ok(NumberText(v.to_owned()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    data_dir: Option<Spanned<String>>,
+    listen: Option<Spanned<String>>,
+    plugin_dir: Option<Spanned<String>>,
+    #[serde(default)]
+    discovery: Option<RawDiscovery>,
+    #[serde(default)]
+    sell: Vec<RawSell>,
+    #[serde(default)]
+    buy: Option<RawBuy>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDiscovery {
+    dht: Option<bool>,
+    mdns: Option<bool>,
+    #[serde(default)]
+    peers: Vec<String>,
+    #[serde(default)]
+    bootstrap: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSell {
+    feed: Spanned<String>,
+    name: Spanned<String>,
+    revalidate_ms: Option<Spanned<u64>>,
+    terms: Option<String>,
+    #[serde(default)]
+    card: Option<RawCard>,
+    #[serde(default)]
+    payment: Vec<Spanned<RawSellPayment>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCard {
+    description: Option<String>,
+    homepage: Option<String>,
+    contact: Option<String>,
+    provider: Option<String>,
+    #[serde(default)]
+    keywords: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSellPayment {
+    plugin: Spanned<String>,
+    method: Option<String>,
+    currency: String,
+    amount: Spanned<NumberText>,
+    unit: Spanned<String>,
+    interval: Spanned<NumberText>,
+    min_seconds: Option<Spanned<f64>>,
+    payment_delay: Option<u64>,
+    pay_to: Option<String>,
+    #[serde(default)]
+    config: Option<toml::Table>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBuy {
+    #[serde(default)]
+    payment: Vec<Spanned<RawBuyPayment>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBuyPayment {
+    plugin: Spanned<String>,
+    method: Option<String>,
+    #[serde(default)]
+    config: Option<toml::Table>,
+}
+
+// ---- loading ------------------------------------------------------------------------
+
+/// Reads and validates `path`.
+pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        file: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    parse(&text, path)
+}
+
+/// Parses and validates `text`, which came from `file` (for messages and relative paths).
+pub fn parse(text: &str, file: &Path) -> Result<Settings, ConfigError> {
+    let ctx = Ctx { text, file };
+    let raw: RawFile = serde_path_to_error::deserialize(toml::Deserializer::new(text))
+        .map_err(|e| ctx.serde_error(e))?;
+    ctx.validate(raw)
+}
+
+struct Ctx<'a> {
+    text: &'a str,
+    file: &'a Path,
+}
+
+impl Ctx<'_> {
+    fn line_col(&self, offset: usize) -> (usize, usize) {
+        let before = self.text.get(..offset).unwrap_or(self.text);
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+        (line, column)
+    }
+
+    fn error(&self, span: Option<Range<usize>>, key: String, message: String) -> ConfigError {
+        let (line, column) = span.map_or((0, 0), |s| self.line_col(s.start));
+        ConfigError::Invalid {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+            key,
+            message,
+        }
+    }
+
+    fn serde_error(&self, e: serde_path_to_error::Error<toml::de::Error>) -> ConfigError {
+        // Spanned values add an internal segment to the path; it is not a key.
+        let mut key = e
+            .path()
+            .to_string()
+            .split('.')
+            .filter(|seg| !seg.starts_with("$__serde_spanned"))
+            .collect::<Vec<_>>()
+            .join(".");
+        let inner = e.inner();
+        let message = inner.message().trim().to_owned();
+        // "unknown field `x`": the path is the table; name the key itself.
+        if let Some(field) = message
+            .strip_prefix("unknown field `")
+            .and_then(|rest| rest.split('`').next())
+        {
+            let already = key == field || key.ends_with(&format!(".{field}"));
+            if !already {
+                key = if key == "." || key.is_empty() {
+                    field.to_owned()
+                } else {
+                    format!("{key}.{field}")
+                };
+            }
+        }
+        if key == "." || key.is_empty() {
+            key = "(top level)".to_owned();
+        }
+        self.error(inner.span(), key, message)
+    }
+
+    fn path(&self, text: &str) -> PathBuf {
+        let expanded = match text
+            .strip_prefix("~/")
+            .or(if text == "~" { Some("") } else { None })
+        {
+            Some(rest) => match std::env::var_os("HOME") {
+                Some(home) => Path::new(&home).join(rest),
+                None => PathBuf::from(text),
+            },
+            None => PathBuf::from(text),
+        };
+        if expanded.is_relative() {
+            match self.file.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => dir.join(expanded),
+                _ => expanded,
+            }
+        } else {
+            expanded
+        }
+    }
+
+    fn validate(&self, raw: RawFile) -> Result<Settings, ConfigError> {
+        let data_dir = match &raw.data_dir {
+            Some(d) => self.nonempty_path(d, "data_dir")?,
+            None => self.path("~/.local/share/dazaar"),
+        };
+        let listen = match &raw.listen {
+            Some(l) => l.get_ref().parse::<SocketAddr>().map_err(|_| {
+                self.error(
+                    Some(l.span()),
+                    "listen".into(),
+                    format!("{:?} is not an address like 0.0.0.0:4000", l.get_ref()),
+                )
+            })?,
+            None => SocketAddr::from(([0, 0, 0, 0], 0)),
+        };
+        let plugin_dir = match &raw.plugin_dir {
+            Some(d) => self.nonempty_path(d, "plugin_dir")?,
+            None => self.path("plugins"),
+        };
+        let discovery = match raw.discovery {
+            Some(d) => DiscoverySettings {
+                dht: d.dht.unwrap_or(true),
+                mdns: d.mdns.unwrap_or(true),
+                peers: d.peers,
+                bootstrap: d.bootstrap,
+            },
+            None => DiscoverySettings {
+                dht: true,
+                mdns: true,
+                peers: vec![],
+                bootstrap: vec![],
+            },
+        };
+        let mut sell = Vec::with_capacity(raw.sell.len());
+        for (i, s) in raw.sell.into_iter().enumerate() {
+            sell.push(self.sell(i, s)?);
+        }
+        let mut buy = BuySettings::default();
+        if let Some(b) = raw.buy {
+            for (i, p) in b.payment.into_iter().enumerate() {
+                let line = self.line_col(p.span().start).0;
+                let p = p.into_inner();
+                self.plugin_name(&p.plugin, &format!("buy.payment[{i}].plugin"))?;
+                buy.payment.push(BuyPayment {
+                    plugin: p.plugin.into_inner(),
+                    method: p.method,
+                    config: table_text(p.config),
+                    line,
+                });
+            }
+        }
+        Ok(Settings {
+            file: self.file.to_path_buf(),
+            data_dir,
+            listen,
+            plugin_dir,
+            discovery,
+            sell,
+            buy,
+        })
+    }
+
+    fn nonempty_path(&self, s: &Spanned<String>, key: &str) -> Result<PathBuf, ConfigError> {
+        if s.get_ref().trim().is_empty() {
+            return Err(self.error(Some(s.span()), key.into(), "must not be empty".into()));
+        }
+        Ok(self.path(s.get_ref()))
+    }
+
+    fn plugin_name(&self, name: &Spanned<String>, key: &str) -> Result<(), ConfigError> {
+        let n = name.get_ref();
+        if crate::payments::is_plugin_name(n) {
+            Ok(())
+        } else {
+            Err(self.error(
+                Some(name.span()),
+                key.into(),
+                format!("{n:?} is not a plugin name (lowercase letters, digits and _)"),
+            ))
+        }
+    }
+
+    fn sell(&self, i: usize, s: RawSell) -> Result<SellSettings, ConfigError> {
+        let at = |k: &str| format!("sell[{i}].{k}");
+        let feed = self.nonempty_path(&s.feed, &at("feed"))?;
+        if s.name.get_ref().trim().is_empty() {
+            return Err(self.error(Some(s.name.span()), at("name"), "must not be empty".into()));
+        }
+        let revalidate = match &s.revalidate_ms {
+            Some(r) if !(1..=3_600_000).contains(r.get_ref()) => {
+                return Err(self.error(
+                    Some(r.span()),
+                    at("revalidate_ms"),
+                    format!("{} is outside 1..=3600000 milliseconds", r.get_ref()),
+                ))
+            }
+            Some(r) => Duration::from_millis(*r.get_ref()),
+            None => Duration::from_secs(1),
+        };
+        let card = s.card.map_or_else(CardSettings::default, |c| CardSettings {
+            description: c.description,
+            homepage: c.homepage,
+            contact: c.contact,
+            provider: c.provider,
+            keywords: c.keywords,
+        });
+        let mut payment = Vec::with_capacity(s.payment.len());
+        for (j, p) in s.payment.into_iter().enumerate() {
+            payment.push(self.sell_payment(i, j, p)?);
+        }
+        Ok(SellSettings {
+            feed,
+            name: s.name.into_inner(),
+            revalidate,
+            terms: s.terms,
+            card,
+            payment,
+        })
+    }
+
+    fn sell_payment(
+        &self,
+        i: usize,
+        j: usize,
+        p: Spanned<RawSellPayment>,
+    ) -> Result<SellPayment, ConfigError> {
+        let line = self.line_col(p.span().start).0;
+        let p = p.into_inner();
+        let at = |k: &str| format!("sell[{i}].payment[{j}].{k}");
+        self.plugin_name(&p.plugin, &at("plugin"))?;
+        if let Err(e) = p.unit.get_ref().parse::<TimeUnit>() {
+            return Err(self.error(Some(p.unit.span()), at("unit"), e.to_string()));
+        }
+        let amount = &p.amount.get_ref().0;
+        let interval = &p.interval.get_ref().0;
+        let rate = match Rate::from_card(amount, p.unit.get_ref(), interval) {
+            Ok(r) => r,
+            Err(e @ dazaar_plugin_api::PricingError::BadInterval(_)) => {
+                return Err(self.error(Some(p.interval.span()), at("interval"), e.to_string()))
+            }
+            Err(e) => return Err(self.error(Some(p.amount.span()), at("amount"), e.to_string())),
+        };
+        let mut min_seconds = 0.0;
+        let mut rate = rate;
+        if let Some(m) = &p.min_seconds {
+            rate = rate
+                .with_min_seconds(*m.get_ref())
+                .map_err(|e| self.error(Some(m.span()), at("min_seconds"), e.to_string()))?;
+            min_seconds = *m.get_ref();
+        }
+        let payment_delay_ms = p.payment_delay.unwrap_or(0);
+        rate = rate.with_payment_delay_ms(payment_delay_ms);
+        let mut terms = PaymentTerms::new(
+            p.method.as_deref().unwrap_or(""),
+            &p.currency,
+            amount,
+            p.unit.get_ref(),
+            interval,
+        );
+        terms.min_seconds = min_seconds;
+        terms.payment_delay_ms = payment_delay_ms;
+        terms.pay_to = p.pay_to.map(Into::into).into();
+        Ok(SellPayment {
+            plugin: p.plugin.into_inner(),
+            method: p.method,
+            terms,
+            rate,
+            config: table_text(p.config),
+            line,
+        })
+    }
+}
+
+/// A plugin's table as TOML text (empty when absent).
+fn table_text(table: Option<toml::Table>) -> String {
+    match table {
+        // Serialising a table that was just parsed cannot fail; fall back to empty.
+        Some(t) => toml::to_string(&t).unwrap_or_default(),
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_and_column() {
+        let ctx = Ctx {
+            text: "a\nbc\nd",
+            file: Path::new("x"),
+        };
+        assert_eq!(ctx.line_col(0), (1, 1));
+        assert_eq!(ctx.line_col(3), (2, 2));
+        assert_eq!(ctx.line_col(5), (3, 1));
+    }
+
+    #[test]
+    fn relative_paths_follow_the_file() {
+        let ctx = Ctx {
+            text: "",
+            file: Path::new("/etc/dazaar/dazaar.toml"),
+        };
+        assert_eq!(ctx.path("plugins"), PathBuf::from("/etc/dazaar/plugins"));
+        assert_eq!(ctx.path("/abs"), PathBuf::from("/abs"));
+    }
+}

@@ -1,1 +1,5 @@
-//! Seller and buyer: rekeyed feeds, revalidation, revocation. (Market issue.)
+//! Seller and buyer: identities, rekeyed feeds, revalidation, revocation.
+
+pub mod identity;
+
+pub use identity::{Identity, IdentityError, KdfParams};

@@ -286,7 +286,7 @@ impl Bitfield {
         let mut total = 0;
         let mut i = start;
         while i < end {
-            if i % 8 == 0 && i + 8 <= end {
+            if i.is_multiple_of(8) && i + 8 <= end {
                 total += u64::from(self.get_byte(DATA, i / 8).count_ones());
                 i += 8;
             } else {
@@ -480,6 +480,14 @@ pub fn digest(tree: &impl TreeBits, tree_bit_len: u64, index: u64) -> u64 {
     digest
 }
 
+impl Bitfield {
+    /// Clears tree bit `n` (used only when a writer drops what a crash left beyond its
+    /// recovered length).
+    pub fn clear_node(&mut self, n: u64) {
+        self.set_tree_bit(n, false);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -526,13 +534,5 @@ mod tests {
         }
         assert_eq!(verified_by(&tree, 3), 10);
         assert_eq!(blocks(&tree, 16384), 5);
-    }
-}
-
-impl Bitfield {
-    /// Clears tree bit `n` (used only when a writer drops what a crash left beyond its
-    /// recovered length).
-    pub fn clear_node(&mut self, n: u64) {
-        self.set_tree_bit(n, false);
     }
 }

@@ -505,7 +505,7 @@ impl Store for FsStore {
         let len = self.bitfield.metadata().map_err(self.io("bitfield"))?.len();
         let mut pages = Vec::new();
         let mut n = 0u64;
-        while HEADER_LEN + n * PAGE_SIZE as u64 + 1 <= len {
+        while HEADER_LEN + n * (PAGE_SIZE as u64) < len {
             let mut page: Page = Box::new([0u8; PAGE_SIZE]);
             read_at_most(
                 &self.bitfield,

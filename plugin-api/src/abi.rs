@@ -1,0 +1,243 @@
+//! The types that cross the boundary between the host and a plugin.
+//!
+//! Only `abi_stable` types and `#[repr(C)]` structs of them appear here, so a plugin built
+//! by another compiler version can be loaded safely. These definitions are frozen for the
+//! 1.x series: structs are never changed; the root module and the verifier vtable only
+//! grow at the end (see the crate docs, "Evolving the API").
+
+use abi_stable::library::RootModule;
+use abi_stable::sabi_trait;
+use abi_stable::sabi_types::VersionStrings;
+use abi_stable::std_types::{RBox, ROption, RResult, RStr, RString, RVec};
+use abi_stable::{declare_root_module_statics, StableAbi};
+
+/// The API version this crate defines, as the loader compares it: plugins with the same
+/// major version load; a host accepts plugins built against an older or newer minor.
+pub const API_VERSION: ApiVersion = ApiVersion { major: 1, minor: 1 };
+
+/// [`API_VERSION`] as the `major.minor.patch` text recorded in every plugin's header.
+pub const API_VERSION_STRING: &str = "1.1.0";
+
+/// The name every Dazaar payment plugin's root module carries.
+pub const ROOT_MODULE_NAME: &str = "dazaar_payment_plugin";
+
+/// A 32-byte public key as it crosses the boundary (a C struct, so it is passed by value
+/// safely).
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyBytes {
+    /// The key.
+    pub bytes: [u8; 32],
+}
+
+impl From<[u8; 32]> for KeyBytes {
+    fn from(bytes: [u8; 32]) -> Self {
+        KeyBytes { bytes }
+    }
+}
+
+/// A plugin API version.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ApiVersion {
+    /// Incompatible changes bump this.
+    pub major: u16,
+    /// Additions (new functions at the end of the module or vtable) bump this.
+    pub minor: u16,
+}
+
+impl std::fmt::Display for ApiVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+/// What a plugin says about itself.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub struct PluginInfo {
+    /// Short name, also the file stem (`dazaar_<name>`): `free`, `ledger`, `lnd`.
+    pub name: RString,
+    /// The plugin's own version.
+    pub version: RString,
+    /// Card `method` names it serves (compared case-insensitively), e.g. `lightning`.
+    pub methods: RVec<RString>,
+    /// Card currencies it serves; empty means any.
+    pub currencies: RVec<RString>,
+}
+
+/// One card payment entry, as the host hands it to a plugin.
+///
+/// Numbers stay text, as on the card (`amount` and `interval` may be strings or numbers
+/// there). Fields the host does not know travel in `extra_json`.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq)]
+pub struct PaymentTerms {
+    /// Card `method`, e.g. `Lightning`.
+    pub method: RString,
+    /// Card `currency`, e.g. `SATS`.
+    pub currency: RString,
+    /// Card `amount`.
+    pub amount: RString,
+    /// Card `unit`: `seconds`, `minutes` or `hours`.
+    pub unit: RString,
+    /// Card `interval`.
+    pub interval: RString,
+    /// Card `payTo`, if any.
+    pub pay_to: ROption<RString>,
+    /// Card `minSeconds` (0 when absent).
+    pub min_seconds: f64,
+    /// Card `paymentDelay` in milliseconds (0 when absent).
+    pub payment_delay_ms: u64,
+    /// Any other card fields, as a JSON object (`{}` when none).
+    pub extra_json: RString,
+}
+
+/// The kind of access a successful validation grants. A wrapped integer rather than an
+/// enum so that a later API can add kinds without breaking the layout.
+#[repr(transparent)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct GrantKind(pub u8);
+
+impl GrantKind {
+    /// Access without a clock.
+    pub const FREE: GrantKind = GrantKind(0);
+    /// `remaining` is milliseconds of access.
+    pub const TIME: GrantKind = GrantKind(1);
+    /// `remaining` is bytes of data.
+    pub const BYTES: GrantKind = GrantKind(2);
+}
+
+/// A successful validation: the buyer may have the data.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Grant {
+    /// Free, time or bytes.
+    pub kind: GrantKind,
+    /// Milliseconds or bytes left (0 for free).
+    pub remaining: u64,
+}
+
+impl Grant {
+    /// Free access.
+    pub const fn free() -> Grant {
+        Grant {
+            kind: GrantKind::FREE,
+            remaining: 0,
+        }
+    }
+
+    /// Access for `ms` more milliseconds.
+    pub const fn time_ms(ms: u64) -> Grant {
+        Grant {
+            kind: GrantKind::TIME,
+            remaining: ms,
+        }
+    }
+
+    /// Access to `bytes` more bytes.
+    pub const fn bytes(bytes: u64) -> Grant {
+        Grant {
+            kind: GrantKind::BYTES,
+            remaining: bytes,
+        }
+    }
+
+    /// The `dazaar/valid` JSON the JS world expects: `{"type":"free"}`,
+    /// `{"type":"time","remaining":ms}` or `{"type":"bytes","remaining":n}`.
+    /// `None` for a kind this version does not know.
+    pub fn to_json(&self) -> Option<serde_json::Value> {
+        match self.kind {
+            GrantKind::FREE => Some(serde_json::json!({"type": "free"})),
+            GrantKind::TIME => {
+                Some(serde_json::json!({"type": "time", "remaining": self.remaining}))
+            }
+            GrantKind::BYTES => {
+                Some(serde_json::json!({"type": "bytes", "remaining": self.remaining}))
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A `dazaar/user-message`: JSON `{"name": ..., "message": ...}` on the wire; here the
+/// name and the message (JSON text) separately.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, PartialEq, Eq)]
+pub struct UserMessage {
+    /// The message name, e.g. `lnd-pay-request`.
+    pub name: RString,
+    /// The message body as JSON text.
+    pub message: RString,
+}
+
+/// One opened verifier: the plugin's answer to "may this buyer have the data?" and the
+/// payment-request exchange. Implemented by the [`export_payment_plugin!`](crate::export_payment_plugin)
+/// macro's wrapper; plugin authors implement [`PaymentPlugin`](crate::PaymentPlugin).
+///
+/// Every method returns `RErr(reason)` for "not valid / not possible", and never panics
+/// across the boundary.
+#[sabi_trait]
+pub trait Verifier: Send + Sync {
+    /// Seller side: whether `buyer` may have the product sold under `seller` by `terms`,
+    /// at `now_ms` (ms since the Unix epoch).
+    fn validate(
+        &self,
+        buyer: KeyBytes,
+        seller: KeyBytes,
+        terms: &PaymentTerms,
+        now_ms: u64,
+    ) -> RResult<Grant, RString>;
+
+    /// A `dazaar/user-message` from the peer. The seller's plugin answers a buyer's
+    /// request (e.g. `lnd-pay-request` → `lnd-invoice`); `RNone` means "not mine".
+    fn user_message(
+        &self,
+        buyer: KeyBytes,
+        seller: KeyBytes,
+        terms: &PaymentTerms,
+        message: &UserMessage,
+    ) -> RResult<ROption<UserMessage>, RString>;
+
+    /// Buyer side: how to pay `amount` (text, in the card's currency) for `seller`'s
+    /// product: JSON [`PaymentInstructions`](crate::PaymentInstructions).
+    #[sabi(last_prefix_field)]
+    fn payment_request(
+        &self,
+        buyer: KeyBytes,
+        seller: KeyBytes,
+        terms: &PaymentTerms,
+        amount: RStr<'_>,
+    ) -> RResult<RString, RString>;
+}
+
+/// An opened verifier as it crosses the boundary.
+pub type VerifierBox = Verifier_TO<'static, RBox<()>>;
+
+/// The root module every plugin exports (API 1.1).
+///
+/// The first three fields are the fixed prefix of the 1.x series. Fields after
+/// `open` were added in later minor versions: their accessors on
+/// [`PaymentPluginMod_Ref`] return `Option`, `None` for a plugin built before them.
+#[repr(C)]
+#[derive(StableAbi)]
+#[sabi(kind(Prefix(prefix_ref = PaymentPluginMod_Ref)))]
+#[sabi(missing_field(option))]
+pub struct PaymentPluginMod {
+    /// The API version the plugin was built against.
+    pub api_version: extern "C" fn() -> ApiVersion,
+    /// Name, version, methods and currencies.
+    pub describe: extern "C" fn() -> RResult<PluginInfo, RString>,
+    /// Opens a verifier from the plugin's own TOML table (as text).
+    #[sabi(last_prefix_field)]
+    pub open: extern "C" fn(config: RStr<'_>) -> RResult<VerifierBox, RString>,
+    /// (1.1) Checks the plugin's TOML table without opening anything (no network).
+    pub check_config: extern "C" fn(config: RStr<'_>) -> RResult<(), RString>,
+}
+
+impl RootModule for PaymentPluginMod_Ref {
+    declare_root_module_statics! {PaymentPluginMod_Ref}
+    const BASE_NAME: &'static str = ROOT_MODULE_NAME;
+    const NAME: &'static str = ROOT_MODULE_NAME;
+    const VERSION_STRINGS: VersionStrings = VersionStrings::new(API_VERSION_STRING);
+}

@@ -1,0 +1,399 @@
+//! Price to time: the rules of `payment-tracker@0.1.0`, as a pure function.
+//!
+//! A card payment entry says "`amount` buys `interval` `unit`s". That gives a rate
+//! `per_second = amount / (interval * unit_seconds)`. Payments, in time order, add funds;
+//! funds drain at that rate. A payment made before the funds run out stacks on top; once
+//! the funds reach zero, the earlier payments no longer count, so a gap earns nothing.
+//! Time left is `floor(funds / per_second * 1000)` milliseconds.
+//!
+//! Two card options shift the moment at which the funds are measured:
+//! `minSeconds` moves it later (a buyer must hold at least that many seconds of access),
+//! `paymentDelay` (milliseconds) moves it earlier (grace for a payment still in flight).
+//!
+//! One deliberate difference from the JS package: an unknown unit is an error here, where
+//! JS computes an infinite rate.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Why a price could not be turned into a rate.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PricingError {
+    /// The unit is not `seconds`, `minutes` or `hours`.
+    #[error("unknown time unit {0:?} (expected seconds, minutes or hours)")]
+    UnknownUnit(String),
+    /// The amount is not a positive finite number.
+    #[error("amount {0:?} is not a positive number")]
+    BadAmount(String),
+    /// The interval is not a positive finite number.
+    #[error("interval {0:?} is not a positive number")]
+    BadInterval(String),
+    /// `minSeconds` is negative or not finite.
+    #[error("minSeconds {0} is not a non-negative number")]
+    BadMinSeconds(f64),
+}
+
+/// The time unit of a card payment entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TimeUnit {
+    /// One second.
+    Seconds,
+    /// Sixty seconds.
+    Minutes,
+    /// 3600 seconds.
+    Hours,
+}
+
+impl TimeUnit {
+    /// The length of one unit in seconds.
+    pub fn seconds(self) -> f64 {
+        match self {
+            TimeUnit::Seconds => 1.0,
+            TimeUnit::Minutes => 60.0,
+            TimeUnit::Hours => 3600.0,
+        }
+    }
+
+    /// The name used on Dazaar cards.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimeUnit::Seconds => "seconds",
+            TimeUnit::Minutes => "minutes",
+            TimeUnit::Hours => "hours",
+        }
+    }
+}
+
+impl fmt::Display for TimeUnit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for TimeUnit {
+    type Err = PricingError;
+
+    /// Parses the card spelling exactly as the JS code compares it (`seconds`, `minutes`,
+    /// `hours`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "seconds" => Ok(TimeUnit::Seconds),
+            "minutes" => Ok(TimeUnit::Minutes),
+            "hours" => Ok(TimeUnit::Hours),
+            other => Err(PricingError::UnknownUnit(other.to_owned())),
+        }
+    }
+}
+
+/// A price turned into a draining rate, with the card's window options.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    per_second: f64,
+    min_seconds: f64,
+    payment_delay_ms: u64,
+}
+
+fn positive(text: &str) -> Option<f64> {
+    let v: f64 = text.trim().parse().ok()?;
+    (v.is_finite() && v > 0.0).then_some(v)
+}
+
+impl Rate {
+    /// Builds a rate from a card entry's `amount`, `unit` and `interval` (as text, since
+    /// cards carry them as strings or numbers).
+    pub fn from_card(amount: &str, unit: &str, interval: &str) -> Result<Rate, PricingError> {
+        let unit: TimeUnit = unit.parse()?;
+        let amount_v = positive(amount).ok_or_else(|| PricingError::BadAmount(amount.into()))?;
+        let interval_v =
+            positive(interval).ok_or_else(|| PricingError::BadInterval(interval.into()))?;
+        Ok(Rate::per_second(amount_v / (interval_v * unit.seconds())))
+    }
+
+    /// A rate of `per_second` units of money per second, without window options.
+    /// A rate of zero (or below, or not finite) means free, as in payment-tracker.
+    pub fn per_second(per_second: f64) -> Rate {
+        Rate {
+            per_second: if per_second.is_finite() && per_second > 0.0 {
+                per_second
+            } else {
+                0.0
+            },
+            min_seconds: 0.0,
+            payment_delay_ms: 0,
+        }
+    }
+
+    /// Sets the card's `minSeconds` (seconds of access a buyer must hold to be active).
+    pub fn with_min_seconds(mut self, min_seconds: f64) -> Result<Rate, PricingError> {
+        if !(min_seconds.is_finite() && min_seconds >= 0.0) {
+            return Err(PricingError::BadMinSeconds(min_seconds));
+        }
+        self.min_seconds = min_seconds;
+        Ok(self)
+    }
+
+    /// Sets the card's `paymentDelay` in milliseconds (grace for a payment in flight).
+    pub fn with_payment_delay_ms(mut self, payment_delay_ms: u64) -> Rate {
+        self.payment_delay_ms = payment_delay_ms;
+        self
+    }
+
+    /// Money per second.
+    pub fn rate_per_second(&self) -> f64 {
+        self.per_second
+    }
+
+    /// Whether the rate is zero: access is free.
+    pub fn is_free(&self) -> bool {
+        self.per_second == 0.0
+    }
+
+    /// The moment (ms since the epoch, possibly fractional) at which funds are measured.
+    fn measure_at(&self, now_ms: u64) -> f64 {
+        now_ms as f64 + self.min_seconds * 1000.0 - self.payment_delay_ms as f64
+    }
+
+    /// Funds left at `now_ms` after the given payments (any order; they are sorted by time).
+    pub fn remaining_funds(&self, payments: &[Payment], now_ms: u64) -> f64 {
+        if payments.is_empty() {
+            return 0.0;
+        }
+        let now = self.measure_at(now_ms);
+        let sorted;
+        let payments = if payments.windows(2).all(|w| w[0].time_ms <= w[1].time_ms) {
+            payments
+        } else {
+            let mut v = payments.to_vec();
+            v.sort_by_key(|p| p.time_ms);
+            sorted = v;
+            &sorted[..]
+        };
+        let mut funds = 0.0_f64;
+        for (i, p) in payments.iter().enumerate() {
+            let next = payments.get(i + 1).map_or(now, |n| n.time_ms as f64);
+            funds += p.amount;
+            funds -= (self.per_second * (next - p.time_ms as f64) / 1000.0).max(0.0);
+            if funds < 0.0 {
+                // The money ran out before the next payment: everything so far is spent.
+                funds = 0.0;
+            }
+        }
+        funds
+    }
+
+    /// Milliseconds of access left: `floor(funds / per_second * 1000)`, never negative.
+    /// Zero for a free rate (free access has no clock; see [`Rate::is_active`]).
+    pub fn remaining_ms(&self, payments: &[Payment], now_ms: u64) -> u64 {
+        if self.is_free() {
+            return 0;
+        }
+        let ms = (self.remaining_funds(payments, now_ms) / self.per_second * 1000.0).floor();
+        if ms.is_finite() && ms > 0.0 {
+            // Saturating float-to-int conversion.
+            ms as u64
+        } else {
+            0
+        }
+    }
+
+    /// Whether a buyer with these payments has access now: a free rate always does,
+    /// otherwise funds must be above zero.
+    pub fn is_active(&self, payments: &[Payment], now_ms: u64) -> bool {
+        self.is_free() || self.remaining_funds(payments, now_ms) > 0.0
+    }
+}
+
+/// One payment: `amount` units of money received at `time_ms` (ms since the Unix epoch).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Payment {
+    /// Units of money (e.g. satoshis).
+    pub amount: f64,
+    /// When it was received, in milliseconds since the Unix epoch.
+    pub time_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T0: u64 = 1_700_000_000_000;
+
+    fn pay(amount: f64, time_ms: u64) -> Payment {
+        Payment { amount, time_ms }
+    }
+
+    #[test]
+    fn units_and_rate() {
+        let r = Rate::from_card("100", "hours", "1").unwrap();
+        assert!((r.rate_per_second() - 100.0 / 3600.0).abs() < 1e-12);
+        let r = Rate::from_card("1000", "seconds", "600").unwrap();
+        assert!((r.rate_per_second() - 1000.0 / 600.0).abs() < 1e-12);
+        let r = Rate::from_card("6", "minutes", "2").unwrap();
+        assert!((r.rate_per_second() - 6.0 / 120.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn unknown_unit_is_an_error() {
+        assert_eq!(
+            Rate::from_card("1", "days", "1"),
+            Err(PricingError::UnknownUnit("days".into()))
+        );
+        assert!(Rate::from_card("1", "Seconds", "1").is_err());
+        let msg = Rate::from_card("1", "weeks", "1").unwrap_err().to_string();
+        assert!(
+            msg.contains("weeks") && msg.contains("seconds, minutes or hours"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn bad_numbers_are_errors() {
+        assert!(matches!(
+            Rate::from_card("x", "seconds", "1"),
+            Err(PricingError::BadAmount(_))
+        ));
+        assert!(matches!(
+            Rate::from_card("0", "seconds", "1"),
+            Err(PricingError::BadAmount(_))
+        ));
+        assert!(matches!(
+            Rate::from_card("1", "seconds", "0"),
+            Err(PricingError::BadInterval(_))
+        ));
+        assert!(Rate::per_second(1.0).with_min_seconds(-1.0).is_err());
+    }
+
+    // The cases of payment-tracker's own test.js, with virtual time.
+    #[test]
+    fn no_payments_and_zero_payment() {
+        let r = Rate::per_second(1.0);
+        assert!(!r.is_active(&[], T0));
+        assert_eq!(r.remaining_ms(&[], T0), 0);
+        let p = [pay(0.0, T0)];
+        assert!(!r.is_active(&p, T0));
+        assert_eq!(r.remaining_funds(&p, T0), 0.0);
+    }
+
+    #[test]
+    fn past_date_has_drained() {
+        let r = Rate::per_second(1.0);
+        let p = [pay(100.0, 0)];
+        assert!(!r.is_active(&p, T0));
+        assert_eq!(r.remaining_ms(&p, T0), 0);
+    }
+
+    #[test]
+    fn free_rate_is_always_active() {
+        let r = Rate::per_second(0.0);
+        assert!(r.is_free());
+        assert!(r.is_active(&[], T0));
+        assert_eq!(r.remaining_funds(&[], T0), 0.0);
+    }
+
+    #[test]
+    fn drains_over_time() {
+        // 0.5 units at 1/s lasts 500 ms.
+        let r = Rate::per_second(1.0);
+        let p = [pay(0.5, T0)];
+        assert!(r.is_active(&p, T0));
+        assert_eq!(r.remaining_ms(&p, T0), 500);
+        assert_eq!(r.remaining_ms(&p, T0 + 200), 300);
+        assert!(!r.is_active(&p, T0 + 500));
+        assert!(!r.is_active(&p, T0 + 501));
+    }
+
+    #[test]
+    fn min_seconds_requires_a_cushion() {
+        let r = Rate::per_second(1.0).with_min_seconds(1.0).unwrap();
+        assert!(!r.is_active(&[pay(0.5, T0)], T0));
+        assert!(r.is_active(&[pay(1.5, T0)], T0));
+        assert_eq!(r.remaining_ms(&[pay(1.5, T0)], T0), 500);
+    }
+
+    #[test]
+    fn payment_delay_gives_grace() {
+        let r = Rate::per_second(1.0).with_payment_delay_ms(1000);
+        let p = [pay(0.5, T0)];
+        assert!(r.is_active(&p, T0 + 1000));
+        assert!(r.is_active(&p, T0 + 1499));
+        assert!(!r.is_active(&p, T0 + 1500));
+        // Both options: measured at now + 500 - 1000.
+        let r = Rate::per_second(1.0)
+            .with_min_seconds(0.5)
+            .unwrap()
+            .with_payment_delay_ms(1000);
+        let p = [pay(1.0, T0)];
+        assert!(r.is_active(&p, T0 + 1000));
+        assert!(!r.is_active(&p, T0 + 1500));
+    }
+
+    #[test]
+    fn stacking_payments() {
+        // test.js "input 3": rate 10/s, 20+10+5+2+1 at 0,100,..,400 ms, measured at 1 s:
+        // 38 paid, 10 spent.
+        let r = Rate::per_second(10.0);
+        let p = [
+            pay(20.0, T0),
+            pay(10.0, T0 + 100),
+            pay(5.0, T0 + 200),
+            pay(2.0, T0 + 300),
+            pay(1.0, T0 + 400),
+        ];
+        let funds = r.remaining_funds(&p, T0 + 1000);
+        assert!((funds - 28.0).abs() < 1e-9, "{funds}");
+        assert_eq!(r.remaining_ms(&p, T0 + 1000), 2800);
+    }
+
+    #[test]
+    fn gap_earns_nothing() {
+        // test.js "input 4": rate 100/s, 20 at 0 runs out at 200 ms, but 10 at 150 ms tops
+        // it up; everything is gone by 1 s.
+        let r = Rate::per_second(100.0);
+        let p = [
+            pay(20.0, T0),
+            pay(10.0, T0 + 150),
+            pay(2.0, T0 + 200),
+            pay(2.0, T0 + 300),
+            pay(1.0, T0 + 400),
+        ];
+        assert_eq!(r.remaining_funds(&p, T0 + 1000), 0.0);
+        assert!(!r.is_active(&p, T0 + 1000));
+
+        // A payment after a gap starts from zero: 10 at 0 (lasts 10 s at 1/s), then 5 at
+        // 20 s. At 21 s, 4 are left, not 10 + 5 - 21.
+        let r = Rate::per_second(1.0);
+        let p = [pay(10.0, T0), pay(5.0, T0 + 20_000)];
+        assert_eq!(r.remaining_ms(&p, T0 + 21_000), 4000);
+        // Paying before running out stacks: 10 at 0, 5 at 5 s: at 6 s, 9 left.
+        let p = [pay(10.0, T0), pay(5.0, T0 + 5_000)];
+        assert_eq!(r.remaining_ms(&p, T0 + 6_000), 9000);
+    }
+
+    #[test]
+    fn order_does_not_matter() {
+        let r = Rate::per_second(1.0);
+        let a = [pay(10.0, T0), pay(5.0, T0 + 20_000)];
+        let b = [pay(5.0, T0 + 20_000), pay(10.0, T0)];
+        assert_eq!(
+            r.remaining_ms(&a, T0 + 21_000),
+            r.remaining_ms(&b, T0 + 21_000)
+        );
+    }
+
+    #[test]
+    fn many_small_payments() {
+        // test.js "input 1": rate 10/s, 1 unit every 100 ms for 1 s (11 payments).
+        let r = Rate::per_second(10.0);
+        let p: Vec<_> = (0..=10).map(|i| pay(1.0, T0 + i * 100)).collect();
+        assert!(r.is_active(&p, T0 + 1000));
+        assert!(r.remaining_funds(&p, T0 + 1000) <= 1.0);
+        assert!(r.remaining_ms(&p, T0 + 1000) <= 100);
+    }
+
+    #[test]
+    fn future_payment_counts_in_full() {
+        let r = Rate::per_second(1.0);
+        assert_eq!(r.remaining_ms(&[pay(3.0, T0 + 10_000)], T0), 3000);
+    }
+}
