@@ -1,5 +1,11 @@
 //! Seller and buyer: identities, rekeyed feeds, revalidation, revocation.
 
+pub mod buyer;
+pub mod ext;
 pub mod identity;
+pub mod revocation;
+pub mod seller;
 
+pub use buyer::{buy, BuyError, BuyOptions, BuyOutcome, BuyerEvent};
 pub use identity::{Identity, IdentityError, KdfParams};
+pub use seller::{Product, ProductOptions, SellerEvent};

@@ -359,6 +359,11 @@ pub struct ConnectionOptions<S: Store> {
     pub commands: Option<mpsc::Receiver<Command<S>>>,
     /// Ends the connection when it turns true.
     pub shutdown: Option<watch::Receiver<bool>>,
+    /// Leave a remote's Open for a discovery key we do not serve pending instead of
+    /// closing it (a Dazaar buyer: the seller opens the one-time feed right after telling
+    /// its key, and the buyer opens it when the key arrives). Bounded by the session's
+    /// channel limit.
+    pub keep_unknown: bool,
 }
 
 impl<S: Store> Default for ConnectionOptions<S> {
@@ -369,6 +374,7 @@ impl<S: Store> Default for ConnectionOptions<S> {
             events: None,
             commands: None,
             shutdown: None,
+            keep_unknown: false,
         }
     }
 }
@@ -387,6 +393,7 @@ struct Driver<S: Store> {
     events: Option<mpsc::Sender<NetEvent>>,
     notify: Arc<Notify>,
     start: Instant,
+    keep_unknown: bool,
 }
 
 impl<S: Store> Driver<S> {
@@ -395,6 +402,11 @@ impl<S: Store> Driver<S> {
     }
 
     fn add_channel(&mut self, spec: ChannelSpec<S>) -> Result<DiscoveryKey, NetError> {
+        let dk = crate::crypto::discovery_key(&spec.key());
+        if self.channels.contains_key(&dk) {
+            // Already open (e.g. served on the remote's Open before the owner asked).
+            return Ok(dk);
+        }
         let rep = {
             let feed = spec.feed.lock();
             Replicator::new(&feed, spec.config)
@@ -428,6 +440,9 @@ impl<S: Store> Driver<S> {
                     Some(spec) => {
                         let spec = spec.clone();
                         self.add_channel(spec)?;
+                    }
+                    None if self.keep_unknown => {
+                        tracing::debug!(dk = %hex::encode(discovery_key), "not served yet: pending");
                     }
                     None => {
                         tracing::debug!(dk = %hex::encode(discovery_key), "not served: closing");
@@ -568,6 +583,7 @@ where
         events: options.events,
         notify: Arc::new(Notify::new()),
         start: Instant::now(),
+        keep_unknown: options.keep_unknown,
     };
     for spec in options.serve {
         let key = spec.key();

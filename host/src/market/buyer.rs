@@ -1,0 +1,335 @@
+//! The buyer: dials a seller, checks it is the seller asked for, accepts its terms when
+//! told to, receives its one-time feed key, and replicates that feed (full, or live) into
+//! a directory, resuming the same feed after a reconnect (the key is derived, so it is
+//! the same every time).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+
+use super::ext;
+use super::identity::Identity;
+use crate::net::{
+    self, ChannelSpec, Command, ConnectionOptions, NetConfig, NetError, NetEvent, SharedFeed,
+};
+use crate::payments::{encode_user_message, parse_user_message, UserMessage};
+use crate::protocol::replicate::{ReplicationEvent, ReplicatorConfig};
+use crate::storage::{Feed, FeedError, FsStore, StoreError};
+
+/// Why a purchase ended without the data.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuyError {
+    /// The connection failed (including a seller whose key is not the one asked for).
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// The seller said the buyer is not valid.
+    #[error("rejected by the seller: {0}")]
+    Rejected(String),
+    /// Terms of use not accepted (or changed since).
+    #[error("{0}")]
+    Terms(&'static str),
+    /// The output directory.
+    #[error("{dir}: {source}")]
+    Feed {
+        /// The directory.
+        dir: PathBuf,
+        /// The error.
+        source: FeedError,
+    },
+    /// The seller sent something a seller must not.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// No answer in time.
+    #[error("the seller did not answer within {0:?}")]
+    Timeout(Duration),
+    /// Stored state (accepted terms) could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// What a buyer reports.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum BuyerEvent {
+    /// The handshake finished with the right seller.
+    Connected,
+    /// The seller's terms of use (already accepted).
+    Terms(String),
+    /// The seller gave us our feed.
+    Feed {
+        /// Its key.
+        key: [u8; 32],
+    },
+    /// `dazaar/valid` from the seller.
+    Valid(serde_json::Value),
+    /// `dazaar/invalid` from the seller.
+    Invalid(String),
+    /// A user message from the seller (e.g. a payment request's answer).
+    UserMessage {
+        /// Its name.
+        name: String,
+        /// Its body (JSON).
+        message: serde_json::Value,
+    },
+    /// The feed grew or a block arrived.
+    Progress {
+        /// The feed's length.
+        length: u64,
+        /// Blocks held.
+        downloaded: u64,
+    },
+    /// We hold everything the seller has.
+    Synced {
+        /// The length.
+        length: u64,
+        /// The byte length.
+        byte_length: u64,
+    },
+}
+
+/// How to buy.
+#[derive(Debug, Clone)]
+pub struct BuyOptions {
+    /// The seller key asked for (the card's `id`).
+    pub seller_key: [u8; 32],
+    /// Where the seller listens.
+    pub addr: SocketAddr,
+    /// Where the feed goes.
+    pub out: PathBuf,
+    /// Keep following after holding everything (and keep waiting when invalid).
+    pub live: bool,
+    /// Accept the seller's terms of use (they are recorded in the data dir).
+    pub accept_terms: bool,
+    /// The buyer's data dir (accepted terms).
+    pub data_dir: PathBuf,
+    /// Driver settings.
+    pub net: NetConfig,
+    /// How long to wait for the seller's first answer (feed or invalid).
+    pub answer_timeout: Duration,
+    /// User messages to send once connected (e.g. a payment request).
+    pub send: Vec<UserMessage>,
+}
+
+/// How a purchase ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuyOutcome {
+    /// The feed key received.
+    pub feed_key: [u8; 32],
+    /// Its length.
+    pub length: u64,
+    /// Its byte length.
+    pub byte_length: u64,
+}
+
+fn terms_file(data_dir: &Path, seller: &[u8; 32]) -> PathBuf {
+    data_dir.join("accepted-terms").join(hex::encode(seller))
+}
+
+/// Checks the seller's terms against what this buyer accepted (JS semantics: compared
+/// trimmed). With `accept`, records them.
+fn check_terms(opts: &BuyOptions, terms: &str) -> Result<(), BuyError> {
+    let path = terms_file(&opts.data_dir, &opts.seller_key);
+    let accepted = match std::fs::read_to_string(&path) {
+        Ok(t) => Some(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(source) => return Err(BuyError::Io { path, source }),
+    };
+    if accepted.as_deref().map(str::trim) == Some(terms.trim()) {
+        return Ok(());
+    }
+    if opts.accept_terms {
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|source| BuyError::Io {
+                path: parent.to_path_buf(),
+                source,
+            })?;
+        }
+        crate::storage::store::write_file_atomic(&path, terms.as_bytes())
+            .map_err(|source| BuyError::Io { path, source })?;
+        return Ok(());
+    }
+    Err(BuyError::Terms(if accepted.is_some() {
+        ext::TERMS_UPDATED
+    } else {
+        ext::TERMS_NOT_ACCEPTED
+    }))
+}
+
+fn open_feed(out: &Path, key: [u8; 32]) -> Result<Feed<FsStore>, BuyError> {
+    let wrap = |source: FeedError| BuyError::Feed {
+        dir: out.to_path_buf(),
+        source,
+    };
+    let store = FsStore::open(out, true).map_err(|e: StoreError| wrap(e.into()))?;
+    Feed::create_reader(store, key).map_err(wrap)
+}
+
+/// Buys from the seller at `opts.addr`: returns when the feed is complete (or, with
+/// `live`, when `shutdown` turns true or the seller goes away).
+pub async fn buy(
+    identity: &Identity,
+    opts: BuyOptions,
+    events: Option<mpsc::Sender<BuyerEvent>>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<BuyOutcome, BuyError> {
+    let report = |e: BuyerEvent| {
+        if let Some(tx) = &events {
+            let _ = tx.try_send(e);
+        }
+    };
+    let stream = net::dial(opts.addr).await?;
+    let mut session = opts.net.session_config(true, identity.buyer_key_pair());
+    session.expected_remote_key = Some(opts.seller_key);
+    let (ev_tx, mut ev_rx) = mpsc::channel::<NetEvent>(256);
+    let (cmd_tx, cmd_rx) = mpsc::channel::<Command<FsStore>>(64);
+    let options = ConnectionOptions {
+        open: Vec::new(),
+        serve: Vec::new(),
+        events: Some(ev_tx),
+        commands: Some(cmd_rx),
+        shutdown: Some(shutdown.clone()),
+        keep_unknown: true,
+    };
+    let net_cfg = opts.net.clone();
+    let mut conn =
+        tokio::spawn(async move { net::run_connection(stream, session, &net_cfg, options).await });
+    for name in ext::ALL {
+        let _ = cmd_tx.send(Command::RegisterExtension(name.into())).await;
+    }
+    for m in &opts.send {
+        let _ = cmd_tx
+            .send(Command::SendExtension(
+                ext::USER_MESSAGE.into(),
+                encode_user_message(m),
+            ))
+            .await;
+    }
+
+    let mut feed: Option<Arc<SharedFeed<FsStore>>> = None;
+    let mut feed_key: Option<[u8; 32]> = None;
+    let answer_deadline = tokio::time::Instant::now() + opts.answer_timeout;
+    let outcome =
+        |feed: &Option<Arc<SharedFeed<FsStore>>>, key: Option<[u8; 32]>| -> Option<BuyOutcome> {
+            let (f, k) = (feed.as_ref()?, key?);
+            let f = f.lock();
+            Some(BuyOutcome {
+                feed_key: k,
+                length: f.length(),
+                byte_length: f.byte_length(),
+            })
+        };
+    let fail = |e: BuyError, cmd_tx: &mpsc::Sender<Command<FsStore>>| {
+        let _ = cmd_tx.try_send(Command::Shutdown);
+        Err(e)
+    };
+    loop {
+        let waiting_for_answer = feed.is_none();
+        tokio::select! {
+            res = &mut conn => {
+                return match res {
+                    Ok(Ok(())) => outcome(&feed, feed_key)
+                        .ok_or_else(|| BuyError::Protocol("the seller closed the connection before giving a feed".into())),
+                    Ok(Err(e)) => Err(e.into()),
+                    Err(e) => Err(BuyError::Protocol(format!("connection task failed: {e}"))),
+                };
+            }
+            _ = tokio::time::sleep_until(answer_deadline), if waiting_for_answer => {
+                return fail(BuyError::Timeout(opts.answer_timeout), &cmd_tx);
+            }
+            ev = ev_rx.recv() => {
+                let Some(ev) = ev else { continue };
+                match ev {
+                    NetEvent::Connected { .. } => report(BuyerEvent::Connected),
+                    NetEvent::Extension { name, payload } => match name.as_str() {
+                        ext::TERMS_OF_USE => {
+                            let terms = String::from_utf8_lossy(&payload).into_owned();
+                            if let Err(e) = check_terms(&opts, &terms) {
+                                return fail(e, &cmd_tx);
+                            }
+                            report(BuyerEvent::Terms(terms));
+                        }
+                        ext::ONE_TIME_FEED => {
+                            let Ok(key) = <[u8; 32]>::try_from(payload.as_slice()) else {
+                                return fail(BuyError::Protocol("one-time-feed is not a 32-byte key".into()), &cmd_tx);
+                            };
+                            if feed_key.is_some_and(|k| k != key) {
+                                return fail(BuyError::Protocol("the seller sent a second, different feed key".into()), &cmd_tx);
+                            }
+                            if feed.is_none() {
+                                let f = match open_feed(&opts.out, key) {
+                                    Ok(f) => SharedFeed::new(f),
+                                    Err(e) => return fail(e, &cmd_tx),
+                                };
+                                let _ = cmd_tx
+                                    .send(Command::Open(ChannelSpec { feed: f.clone(), config: ReplicatorConfig::downloader() }))
+                                    .await;
+                                feed = Some(f);
+                                feed_key = Some(key);
+                                report(BuyerEvent::Feed { key });
+                            }
+                        }
+                        ext::VALID => {
+                            let info = serde_json::from_slice(&payload).unwrap_or(serde_json::Value::Null);
+                            report(BuyerEvent::Valid(info));
+                        }
+                        ext::INVALID => {
+                            let reason = serde_json::from_slice::<serde_json::Value>(&payload)
+                                .ok()
+                                .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
+                                .unwrap_or_else(|| "invalid".into());
+                            report(BuyerEvent::Invalid(reason.clone()));
+                            if !opts.live {
+                                return fail(BuyError::Rejected(reason), &cmd_tx);
+                            }
+                        }
+                        ext::USER_MESSAGE => {
+                            if let Ok(m) = parse_user_message(&payload) {
+                                let message = serde_json::from_str(m.message.as_str()).unwrap_or(serde_json::Value::Null);
+                                report(BuyerEvent::UserMessage { name: m.name.to_string(), message });
+                            }
+                        }
+                        _ => {}
+                    },
+                    NetEvent::Replication { event, .. } => {
+                        let Some(f) = &feed else { continue };
+                        match event {
+                            ReplicationEvent::Synced { length, remote_length } if length >= remote_length => {
+                                let (len, bytes, all) = {
+                                    let f = f.lock();
+                                    (f.length(), f.byte_length(), f.has_all())
+                                };
+                                if all {
+                                    report(BuyerEvent::Synced { length: len, byte_length: bytes });
+                                    if !opts.live {
+                                        let _ = cmd_tx.send(Command::Shutdown).await;
+                                        let _ = (&mut conn).await;
+                                        return outcome(&feed, feed_key)
+                                            .ok_or_else(|| BuyError::Protocol("no feed".into()));
+                                    }
+                                }
+                            }
+                            ReplicationEvent::Length { .. } | ReplicationEvent::Downloaded { .. } => {
+                                let (length, downloaded) = {
+                                    let f = f.lock();
+                                    (f.length(), f.downloaded(0, f.length()))
+                                };
+                                report(BuyerEvent::Progress { length, downloaded });
+                            }
+                            _ => {}
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}

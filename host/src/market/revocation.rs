@@ -1,0 +1,181 @@
+//! Revoked and burnt buyers.
+//!
+//! A seller cuts a buyer off with `dazaar revoke`: the buyer is invalid from the next
+//! revalidation on (at most one revalidation period later), whatever its payments say.
+//! `dazaar burn` also *publishes* that buyer's rekeyed feed key pair: once its secret key
+//! is public, anyone can sign anything under that key, so copies the buyer relays no
+//! longer prove they came from the seller. The burnt pairs are published in the seller's
+//! Dazaar card (`dazaar card` writes `"burnt": [{"buyer", "feedKey", "secretKey"}]`, hex),
+//! the document a seller already makes public to advertise the product.
+//!
+//! The list lives in `<data_dir>/revocations.json` (written atomically, mode 0600), keyed
+//! by seller key, so a running `dazaar sell` picks up changes made by another process.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+
+use crate::storage::store::write_file_atomic;
+
+/// File name of the revocation list inside a data directory.
+pub const REVOCATIONS_FILE: &str = "revocations.json";
+
+/// The largest revocation file read (bounded; about 10,000 entries).
+const MAX_FILE: u64 = 4 * 1024 * 1024;
+
+/// One revoked buyer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    /// When it was revoked (ms since the epoch).
+    pub at_ms: u64,
+    /// Whether its rekeyed key pair is published.
+    pub burnt: bool,
+}
+
+/// The revocation file: seller key (hex) → buyer key (hex) → revocation.
+pub type RevocationMap = BTreeMap<String, BTreeMap<String, Revocation>>;
+
+/// Reading or writing the revocation list failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RevocationError {
+    /// I/O.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Not our format.
+    #[error("{path}: not a revocation list: {reason}")]
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Reads the revocation file of `data_dir` (empty when absent).
+pub fn load(data_dir: &Path) -> Result<RevocationMap, RevocationError> {
+    let path = data_dir.join(REVOCATIONS_FILE);
+    let meta = match std::fs::metadata(&path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(RevocationMap::new()),
+        Err(source) => return Err(RevocationError::Io { path, source }),
+    };
+    if meta.len() > MAX_FILE {
+        return Err(RevocationError::Malformed {
+            path,
+            reason: "too large".into(),
+        });
+    }
+    let text = std::fs::read(&path).map_err(|source| RevocationError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    serde_json::from_slice(&text).map_err(|e| RevocationError::Malformed {
+        path,
+        reason: e.to_string(),
+    })
+}
+
+/// Revokes (and, with `burn`, burns) `buyer` for the product sold under `seller`.
+pub fn revoke(
+    data_dir: &Path,
+    seller: &[u8; 32],
+    buyer: &[u8; 32],
+    burn: bool,
+) -> Result<(), RevocationError> {
+    let mut map = load(data_dir)?;
+    let at_ms = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let entry = map
+        .entry(hex::encode(seller))
+        .or_default()
+        .entry(hex::encode(buyer))
+        .or_insert(Revocation {
+            at_ms,
+            burnt: false,
+        });
+    entry.burnt |= burn;
+    let path = data_dir.join(REVOCATIONS_FILE);
+    std::fs::create_dir_all(data_dir).map_err(|source| RevocationError::Io {
+        path: data_dir.to_path_buf(),
+        source,
+    })?;
+    let text = serde_json::to_vec_pretty(&map).map_err(|e| RevocationError::Malformed {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    write_file_atomic(&path, &text).map_err(|source| RevocationError::Io { path, source })
+}
+
+/// The revoked buyers of one product, re-read from disk when the file changes.
+#[derive(Debug)]
+pub struct RevocationList {
+    data_dir: PathBuf,
+    seller: String,
+    state: Mutex<(Option<SystemTime>, BTreeMap<String, Revocation>)>,
+}
+
+impl RevocationList {
+    /// The list for the product sold under `seller` in `data_dir`.
+    pub fn new(data_dir: &Path, seller: &[u8; 32]) -> Self {
+        Self {
+            data_dir: data_dir.to_path_buf(),
+            seller: hex::encode(seller),
+            state: Mutex::new((None, BTreeMap::new())),
+        }
+    }
+
+    /// Whether `buyer` is revoked. A file that cannot be read keeps the last good list
+    /// (and is logged): revocations already seen stay in force.
+    pub fn is_revoked(&self, buyer: &[u8; 32]) -> bool {
+        let mtime = std::fs::metadata(self.data_dir.join(REVOCATIONS_FILE))
+            .and_then(|m| m.modified())
+            .ok();
+        let mut state = match self.state.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if mtime != state.0 {
+            match load(&self.data_dir) {
+                Ok(mut map) => {
+                    state.1 = map.remove(&self.seller).unwrap_or_default();
+                    state.0 = mtime;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the revocation list; keeping the last one")
+                }
+            }
+        }
+        state.1.contains_key(&hex::encode(buyer))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revoke_is_seen_by_a_running_list() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let list = RevocationList::new(dir.path(), &[1; 32]);
+        assert!(!list.is_revoked(&[2; 32]));
+        revoke(dir.path(), &[1; 32], &[2; 32], false).expect("revoke");
+        assert!(list.is_revoked(&[2; 32]));
+        assert!(!list.is_revoked(&[3; 32]));
+        // Another product's list is separate.
+        assert!(!RevocationList::new(dir.path(), &[9; 32]).is_revoked(&[2; 32]));
+        revoke(dir.path(), &[1; 32], &[2; 32], true).expect("burn");
+        let map = load(dir.path()).expect("load");
+        assert!(map[&hex::encode([1u8; 32])][&hex::encode([2u8; 32])].burnt);
+    }
+}

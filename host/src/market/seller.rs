@@ -1,0 +1,454 @@
+//! The seller: sells one feed (a product) to buyers who connect, each paying buyer
+//! getting its own rekeyed view of the feed, payment checked continuously.
+//!
+//! Per connection (WIRE.md §7.4, as JS dazaar@1.6.1 does it): Noise XX as responder
+//! with the product's seller key; before the handshake the extension names, the seller
+//! id and the terms of use are queued; once the buyer's static key is known it is
+//! validated through the payment gate, and then again every revalidation period (sooner
+//! when a time grant runs out first). The first success derives the buyer's rekeyed key
+//! pair (never stored), sends `dazaar/one-time-feed` and opens the rekeyed channel;
+//! `dazaar/valid` carries the plugin's answer. A failure stops uploading at once
+//! (Status uploading=false) and sends `dazaar/invalid` on the transition; paying again
+//! resumes. One live connection per buyer key: a newer one replaces the older.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::time::Instant;
+
+use super::ext;
+use super::identity::Identity;
+use super::revocation::RevocationList;
+use crate::crypto::NoiseKeyPair;
+use crate::net::{self, ChannelSpec, Command, ConnectionOptions, NetConfig, NetEvent, SharedFeed};
+use crate::payments::{
+    encode_user_message, parse_user_message, GrantKind, PaymentGate, Validation,
+};
+use crate::protocol::replicate::ReplicatorConfig;
+use crate::storage::{FsStore, RekeyedSigner};
+
+/// How often `dazaar/valid` is repeated while nothing changes (JS sends it on every
+/// validation; once in a while is enough to keep the buyer's view of time left fresh).
+const VALID_REPEAT: Duration = Duration::from_secs(5);
+
+/// What a seller reports (for the CLI, logs and tests).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum SellerEvent {
+    /// A buyer finished the handshake.
+    BuyerConnected {
+        /// The buyer's key.
+        buyer: [u8; 32],
+    },
+    /// A buyer was found valid (first time, or again after being invalid).
+    BuyerValid {
+        /// The buyer's key.
+        buyer: [u8; 32],
+        /// The rekeyed feed key it receives.
+        feed_key: [u8; 32],
+        /// The validation info sent as `dazaar/valid`.
+        info: serde_json::Value,
+    },
+    /// A buyer became invalid (or was never valid).
+    BuyerInvalid {
+        /// The buyer's key.
+        buyer: [u8; 32],
+        /// The reason sent as `dazaar/invalid`.
+        reason: String,
+    },
+    /// A buyer's connection ended.
+    BuyerDisconnected {
+        /// The buyer's key, if the handshake finished.
+        buyer: Option<[u8; 32]>,
+        /// Why, when it failed.
+        error: Option<String>,
+    },
+}
+
+/// One feed for sale.
+pub struct Product {
+    /// The feed, shared by all connections.
+    pub feed: Arc<SharedFeed<FsStore>>,
+    /// The feed's public key.
+    pub feed_key: [u8; 32],
+    /// The seller's Noise key pair for this product (its public key is the seller key).
+    pub seller_keys: NoiseKeyPair,
+    /// The payment gate (no entries: free).
+    pub gate: Arc<PaymentGate>,
+    /// Terms of use buyers must accept.
+    pub terms: Option<String>,
+    /// Revalidation period.
+    pub revalidate: Duration,
+    /// Refuse every buyer.
+    pub deny: bool,
+    /// Revoked buyers.
+    pub revoked: RevocationList,
+    identity: Identity,
+    active: Mutex<HashMap<[u8; 32], (u64, mpsc::Sender<Command<FsStore>>)>>,
+}
+
+impl std::fmt::Debug for Product {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Product")
+            .field("feed_key", &hex::encode(self.feed_key))
+            .field("seller_key", &hex::encode(self.seller_key()))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Settings of a product.
+#[derive(Debug, Clone)]
+pub struct ProductOptions {
+    /// Terms of use.
+    pub terms: Option<String>,
+    /// Revalidation period (JS default 1 s).
+    pub revalidate: Duration,
+    /// Refuse every buyer.
+    pub deny: bool,
+    /// Where the revocation list is (the seller's data dir).
+    pub data_dir: PathBuf,
+}
+
+impl Product {
+    /// A product selling `feed` with the seller key derived from `identity`.
+    pub fn new(
+        identity: &Identity,
+        feed: Arc<SharedFeed<FsStore>>,
+        gate: Arc<PaymentGate>,
+        options: ProductOptions,
+    ) -> Arc<Self> {
+        let feed_key = feed.lock().key();
+        let seller_keys = identity.seller_key_pair(&feed_key);
+        Arc::new(Product {
+            revoked: RevocationList::new(&options.data_dir, &seller_keys.public_key()),
+            feed,
+            feed_key,
+            seller_keys,
+            gate,
+            terms: options.terms,
+            revalidate: options.revalidate.max(Duration::from_millis(10)),
+            deny: options.deny,
+            identity: identity.clone(),
+            active: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The seller key buyers ask for (the card's `id`).
+    pub fn seller_key(&self) -> [u8; 32] {
+        self.seller_keys.public_key()
+    }
+
+    /// Whether the product is free (no payment entries): buyers get the feed itself.
+    pub fn is_free(&self) -> bool {
+        self.gate.entries().is_empty()
+    }
+
+    /// The feed key `buyer` receives: its rekeyed key, or the feed's own when free.
+    pub fn buyer_feed_key(&self, buyer: &[u8; 32]) -> [u8; 32] {
+        if self.is_free() {
+            self.feed_key
+        } else {
+            self.identity
+                .rekeyed_key_pair(&self.feed_key, buyer)
+                .public_key()
+        }
+    }
+
+    async fn validate(&self, buyer: [u8; 32]) -> Validation {
+        if self.deny {
+            return Validation::Invalid {
+                reason: "Access denied by the seller".into(),
+            };
+        }
+        if self.revoked.is_revoked(&buyer) {
+            return Validation::Invalid {
+                reason: "Access revoked by the seller".into(),
+            };
+        }
+        let seller = self.seller_key();
+        if let Some(answer) = self.gate.cached(buyer, seller) {
+            return answer;
+        }
+        let gate = self.gate.clone();
+        match tokio::task::spawn_blocking(move || gate.validate(buyer, seller)).await {
+            Ok(v) => v,
+            Err(_) => Validation::Invalid {
+                reason: "payment check failed".into(),
+            },
+        }
+    }
+
+    fn claim(&self, buyer: [u8; 32], conn: u64, commands: mpsc::Sender<Command<FsStore>>) {
+        let mut active = match self.active.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if let Some((old, old_commands)) = active.insert(buyer, (conn, commands)) {
+            if old != conn {
+                tracing::info!(buyer = %hex::encode(buyer), "a newer connection replaces this buyer's older one");
+                let _ = old_commands.try_send(Command::Shutdown);
+            }
+        }
+    }
+
+    fn release(&self, buyer: [u8; 32], conn: u64) {
+        let mut active = match self.active.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if active.get(&buyer).is_some_and(|(c, _)| *c == conn) {
+            active.remove(&buyer);
+        }
+    }
+
+    /// Buyers connected now.
+    pub fn connected_buyers(&self) -> usize {
+        self.active.lock().map(|a| a.len()).unwrap_or(0)
+    }
+}
+
+static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
+
+/// Accepts buyers on `listener` until `shutdown` turns true; at most
+/// `net.max_connections` at once.
+pub async fn serve(
+    listener: TcpListener,
+    product: Arc<Product>,
+    net: NetConfig,
+    shutdown: watch::Receiver<bool>,
+    events: Option<mpsc::Sender<SellerEvent>>,
+) -> std::io::Result<()> {
+    let slots = Arc::new(Semaphore::new(net.max_connections.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut stop = shutdown.clone();
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = stop.changed() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => { tracing::warn!(error = %e, "accept failed"); continue; }
+            },
+            _ = stop.changed() => break,
+        };
+        while tasks.try_join_next().is_some() {}
+        let _ = stream.set_nodelay(true);
+        let product = product.clone();
+        let net = net.clone();
+        let shutdown = shutdown.clone();
+        let events = events.clone();
+        let span =
+            tracing::info_span!("buyer", %peer, seller = %hex::encode(&product.seller_key()[..8]));
+        tasks.spawn(tracing::Instrument::instrument(
+            async move {
+                let _permit = permit;
+                handle_connection(stream, product, net, shutdown, events).await;
+            },
+            span,
+        ));
+    }
+    tasks.shutdown().await;
+    Ok(())
+}
+
+/// Runs one buyer's connection to the end.
+pub async fn handle_connection(
+    stream: TcpStream,
+    product: Arc<Product>,
+    net: NetConfig,
+    shutdown: watch::Receiver<bool>,
+    events: Option<mpsc::Sender<SellerEvent>>,
+) {
+    let conn_id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
+    let (ev_tx, mut ev_rx) = mpsc::channel::<NetEvent>(256);
+    let (cmd_tx, cmd_rx) = mpsc::channel::<Command<FsStore>>(64);
+    let session = net.session_config(false, product.seller_keys.clone());
+    let serve = if product.is_free() {
+        // A free product's "one-time feed" is the feed itself; a buyer may open it directly.
+        vec![ChannelSpec {
+            feed: product.feed.clone(),
+            config: ReplicatorConfig::uploader(),
+        }]
+    } else {
+        Vec::new()
+    };
+    let options = ConnectionOptions {
+        open: Vec::new(),
+        serve,
+        events: Some(ev_tx),
+        commands: Some(cmd_rx),
+        shutdown: Some(shutdown),
+        keep_unknown: false,
+    };
+    let net_for_conn = net.clone();
+    let mut conn =
+        tokio::spawn(
+            async move { net::run_connection(stream, session, &net_for_conn, options).await },
+        );
+
+    // Queued before the handshake, in JS's order.
+    let mut queue: Vec<Command<FsStore>> = ext::SELLER_FIRST
+        .iter()
+        .map(|n| Command::RegisterExtension((*n).into()))
+        .collect();
+    queue.push(Command::SendExtension(
+        ext::SELLER_ID.into(),
+        rand::random::<[u8; 32]>().to_vec(),
+    ));
+    if let Some(terms) = &product.terms {
+        queue.push(Command::SendExtension(
+            ext::TERMS_OF_USE.into(),
+            terms.as_bytes().to_vec(),
+        ));
+    }
+    queue.push(Command::RegisterExtension(ext::USER_MESSAGE.into()));
+    for c in queue {
+        if cmd_tx.send(c).await.is_err() {
+            break;
+        }
+    }
+
+    let report = |e: SellerEvent| {
+        if let Some(tx) = &events {
+            let _ = tx.try_send(e);
+        }
+    };
+    let mut buyer: Option<[u8; 32]> = None;
+    let mut channel: Option<[u8; 32]> = None;
+    let mut uploading = false;
+    let mut valid: Option<bool> = None;
+    let mut last_valid_sent: Option<Instant> = None;
+    let mut next_check: Option<Instant> = None;
+    let result = loop {
+        let wake = next_check.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            res = &mut conn => break res,
+            ev = ev_rx.recv() => match ev {
+                None => break (&mut conn).await,
+                Some(NetEvent::Connected { remote_public_key }) => {
+                    buyer = Some(remote_public_key);
+                    product.claim(remote_public_key, conn_id, cmd_tx.clone());
+                    report(SellerEvent::BuyerConnected { buyer: remote_public_key });
+                    next_check = Some(Instant::now());
+                }
+                Some(NetEvent::Extension { name, payload }) if name == ext::USER_MESSAGE => {
+                    if let Some(b) = buyer {
+                        handle_user_message(&product, b, &payload, &cmd_tx).await;
+                    }
+                }
+                Some(_) => {}
+            },
+            _ = tokio::time::sleep_until(wake), if next_check.is_some() => {
+                let Some(b) = buyer else { next_check = None; continue };
+                let answer = product.validate(b).await;
+                let mut next = Instant::now() + product.revalidate;
+                let ok = match answer {
+                    Validation::Valid { ref grant, .. } => {
+                        if grant.kind == GrantKind::TIME {
+                            // Check again right when the time runs out.
+                            next = next.min(Instant::now() + Duration::from_millis(grant.remaining.saturating_add(1)));
+                        }
+                        let info = answer.to_wire_json();
+                        let feed_key = product.buyer_feed_key(&b);
+                        if channel.is_none() {
+                            let config = if product.is_free() {
+                                ReplicatorConfig::uploader()
+                            } else {
+                                ReplicatorConfig::rekeyed(Arc::new(RekeyedSigner::new(
+                                    product.identity.rekeyed_key_pair(&product.feed_key, &b),
+                                )))
+                            };
+                            let _ = cmd_tx.send(Command::SendExtension(ext::ONE_TIME_FEED.into(), feed_key.to_vec())).await;
+                            let _ = cmd_tx.send(Command::Open(ChannelSpec { feed: product.feed.clone(), config })).await;
+                            channel = Some(crate::crypto::discovery_key(&feed_key));
+                            uploading = true;
+                        } else if !uploading {
+                            if let Some(dk) = channel {
+                                let _ = cmd_tx.send(Command::SetUploading(dk, true)).await;
+                            }
+                            uploading = true;
+                        }
+                        let changed = valid != Some(true);
+                        if changed || last_valid_sent.is_none_or(|t| t.elapsed() >= VALID_REPEAT) {
+                            let _ = cmd_tx.send(Command::SendExtension(ext::VALID.into(), info.to_string().into_bytes())).await;
+                            last_valid_sent = Some(Instant::now());
+                        }
+                        if changed {
+                            report(SellerEvent::BuyerValid { buyer: b, feed_key, info });
+                        }
+                        true
+                    }
+                    Validation::Invalid { ref reason } => {
+                        if uploading {
+                            if let Some(dk) = channel {
+                                let _ = cmd_tx.send(Command::SetUploading(dk, false)).await;
+                            }
+                            uploading = false;
+                        }
+                        if valid != Some(false) {
+                            let body = serde_json::json!({ "error": reason }).to_string().into_bytes();
+                            let _ = cmd_tx.send(Command::SendExtension(ext::INVALID.into(), body)).await;
+                            report(SellerEvent::BuyerInvalid { buyer: b, reason: reason.clone() });
+                        }
+                        false
+                    }
+                };
+                valid = Some(ok);
+                next_check = Some(next);
+            }
+        }
+    };
+    if let Some(b) = buyer {
+        product.release(b, conn_id);
+    }
+    let error = match result {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(e) => Some(format!("connection task failed: {e}")),
+    };
+    match &error {
+        Some(e) => tracing::info!(error = %e, "buyer connection ended"),
+        None => tracing::debug!("buyer connection closed"),
+    }
+    report(SellerEvent::BuyerDisconnected { buyer, error });
+}
+
+/// Routes a buyer's user message to the payment plugins and sends the reply, if any.
+async fn handle_user_message(
+    product: &Arc<Product>,
+    buyer: [u8; 32],
+    payload: &[u8],
+    commands: &mpsc::Sender<Command<FsStore>>,
+) {
+    let message = match parse_user_message(payload) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::debug!(error = %e, "ignoring a malformed user message");
+            return;
+        }
+    };
+    let gate = product.gate.clone();
+    let seller = product.seller_key();
+    let reply =
+        tokio::task::spawn_blocking(move || gate.user_message(buyer, seller, &message)).await;
+    match reply {
+        Ok(Ok(Some(reply))) => {
+            let _ = commands
+                .send(Command::SendExtension(
+                    ext::USER_MESSAGE.into(),
+                    encode_user_message(&reply),
+                ))
+                .await;
+        }
+        Ok(Ok(None)) => tracing::debug!("no plugin handles this user message"),
+        Ok(Err(e)) => tracing::info!(error = %e, "a payment plugin failed on a user message"),
+        Err(_) => tracing::warn!("user message task failed"),
+    }
+}
