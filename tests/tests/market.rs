@@ -164,3 +164,271 @@ async fn wrong_seller_key_is_refused_by_the_buyer() {
     assert!(matches!(err, BuyError::Net(_)), "{err}");
     assert!(!sale.dir.join("b2/feed/key").exists(), "nothing stored");
 }
+
+fn ledger_gate(file: &std::path::Path, revalidate: Duration) -> PaymentGate {
+    use dazaar::payments::{CallLimits, PaymentEntry, PaymentTerms, PluginRegistry};
+    let mut registry = PluginRegistry::new();
+    let ledger = registry
+        .load_path(&dazaar_tests::plugin_library("ledger"))
+        .expect("load ledger .so");
+    let config = format!("file = {:?}\nreload_ms = 0\n", file.display().to_string());
+    let verifier = ledger
+        .open(
+            &config,
+            CallLimits {
+                timeout: Duration::from_secs(2),
+                workers: 1,
+                queue: 64,
+            },
+        )
+        .expect("open ledger");
+    // 1 unit buys 1 second.
+    let terms = Arc::new(PaymentTerms::new("ledger", "credits", "1", "seconds", "1"));
+    PaymentGate::new(vec![PaymentEntry { terms, verifier }], revalidate)
+}
+
+fn pay(file: &std::path::Path, buyer: &Identity, amount: u64) {
+    use std::io::Write;
+    let line = format!(
+        "{{\"buyer\":\"{}\",\"amount\":{amount},\"time\":{}}}\n",
+        hex::encode(buyer.buyer_key_pair().public_key()),
+        dazaar::payments::now_ms()
+    );
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+        .expect("ledger");
+    f.write_all(line.as_bytes()).expect("write");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paid_and_unpaid_buyers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = dir.path().join("ledger.jsonl");
+    let blocks: Vec<Vec<u8>> = (0..300u32)
+        .map(|i| format!("paid tick {i}").into_bytes())
+        .collect();
+    let sale = start_sale(
+        &blocks,
+        ledger_gate(&ledger, Duration::from_millis(200)),
+        Duration::from_millis(200),
+        None,
+    )
+    .await;
+    let (_never, shutdown) = watch::channel(false);
+
+    // Unpaid: rejected with the plugin's reason; zero blocks.
+    let unpaid = Identity::from_master_key([0x50; 32]);
+    let err = buy(
+        &unpaid,
+        buy_options(&sale, "unpaid", false),
+        None,
+        shutdown.clone(),
+    )
+    .await
+    .expect_err("unpaid");
+    match &err {
+        BuyError::Rejected(reason) => assert!(reason.contains("no payment"), "{reason}"),
+        other => panic!("expected a rejection, got {other}"),
+    }
+    let unpaid_feed = sale.dir.join("unpaid/feed");
+    if unpaid_feed.join("key").exists() {
+        let f = Feed::open(FsStore::open(&unpaid_feed, false).expect("store"), None).expect("open");
+        assert_eq!(
+            f.downloaded(0, f.length().max(1)),
+            0,
+            "an unpaid buyer holds no block"
+        );
+    }
+
+    // Paid: its own rekeyed feed with the seller's data.
+    let alice = Identity::from_master_key([0x51; 32]);
+    let bob = Identity::from_master_key([0x52; 32]);
+    pay(&ledger, &alice, 600);
+    pay(&ledger, &bob, 600);
+    let a = buy(
+        &alice,
+        buy_options(&sale, "alice", false),
+        None,
+        shutdown.clone(),
+    )
+    .await
+    .expect("alice buys");
+    let b = buy(
+        &bob,
+        buy_options(&sale, "bob", false),
+        None,
+        shutdown.clone(),
+    )
+    .await
+    .expect("bob buys");
+    assert_eq!((a.length, b.length), (300, 300));
+    assert_ne!(
+        a.feed_key, sale.product.feed_key,
+        "a paid buyer gets a rekeyed feed"
+    );
+    assert_ne!(
+        a.feed_key, b.feed_key,
+        "two buyers get different feed keys over the same data"
+    );
+    assert_eq!(
+        a.feed_key,
+        sale.product
+            .buyer_feed_key(&alice.buyer_key_pair().public_key())
+    );
+
+    // Reconnect: the same feed key, resumed in place.
+    let again = buy(
+        &alice,
+        buy_options(&sale, "alice", false),
+        None,
+        shutdown.clone(),
+    )
+    .await
+    .expect("again");
+    assert_eq!(again.feed_key, a.feed_key);
+
+    let fa = Feed::open(
+        FsStore::open(sale.dir.join("alice/feed"), false).expect("store"),
+        Some(a.feed_key),
+    )
+    .expect("open");
+    let mut fb = Feed::open(
+        FsStore::open(sale.dir.join("bob/feed"), false).expect("store"),
+        Some(b.feed_key),
+    )
+    .expect("open");
+    for i in [0u64, 150, 299] {
+        assert_eq!(fa.get(i).expect("get"), Some(blocks[i as usize].clone()));
+    }
+    assert_eq!(fa.tree_hash(), fb.tree_hash(), "same data and tree");
+
+    // A copy relayed by Alice cannot be passed off to Bob as the seller's: her roots are
+    // signed by her key, which Bob's feed does not accept.
+    let mut bob_copy =
+        Feed::create_reader(dazaar::storage::MemStore::new(), b.feed_key).expect("reader");
+    let proof = fa
+        .proof(7, 0, &mut dazaar::storage::NodeSet::new(), false)
+        .expect("proof");
+    let alice_sig = fa
+        .signature_at(proof.verified_by / 2)
+        .expect("sig")
+        .expect("stored");
+    let err = bob_copy
+        .put(7, Some(&blocks[7]), &proof.nodes, Some(&alice_sig))
+        .expect_err("relayed copy");
+    assert!(err.to_string().contains("signature"), "{err}");
+    assert!(!bob_copy.has(7));
+    // Bob's own proof from the seller does verify, of course.
+    let bob_sig = fb.signature_at(300).expect("sig").expect("stored");
+    let proof_b = fb
+        .proof(7, 0, &mut dazaar::storage::NodeSet::new(), false)
+        .expect("proof");
+    bob_copy
+        .put(7, Some(&blocks[7]), &proof_b.nodes, Some(&bob_sig))
+        .expect("genuine");
+    let _ = fb.sync();
+}
+
+/// Payment lapses mid-stream: no block appended after the lapse plus one revalidation
+/// period reaches the buyer; paying again resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lapse_stops_upload_and_paying_again_resumes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = dir.path().join("ledger.jsonl");
+    let revalidate = Duration::from_millis(200);
+    let sale = start_sale(
+        &[b"genesis".to_vec()],
+        ledger_gate(&ledger, revalidate),
+        revalidate,
+        None,
+    )
+    .await;
+    let buyer = Identity::from_master_key([0x60; 32]);
+    let started = std::time::Instant::now();
+    pay(&ledger, &buyer, 2); // two seconds of access
+    let lapse_at = started + Duration::from_secs(2);
+
+    // The seller appends a block every 50 ms, recording when.
+    let feed = sale.product.feed.clone();
+    let appended: Arc<std::sync::Mutex<Vec<(u64, std::time::Instant)>>> = Arc::default();
+    let log = appended.clone();
+    let appender = tokio::spawn(async move {
+        for i in 0..120u32 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let len = feed
+                .append_batch(&[format!("live {i}").into_bytes()])
+                .expect("append");
+            log.lock()
+                .expect("log")
+                .push((len - 1, std::time::Instant::now()));
+        }
+    });
+
+    let (stop_buyer, shutdown) = watch::channel(false);
+    let (tx, mut rx) = mpsc::channel(8192);
+    let opts = buy_options(&sale, "live", true);
+    let out_dir = opts.out.clone();
+    let buying = tokio::spawn(async move { buy(&buyer, opts, Some(tx), shutdown).await });
+
+    // Wait for the lapse to be announced.
+    let mut invalid_seen = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
+    while let Ok(Some(e)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+        if let BuyerEvent::Invalid(reason) = e {
+            assert!(!reason.is_empty());
+            invalid_seen = true;
+            break;
+        }
+    }
+    assert!(invalid_seen, "the buyer was told its payment lapsed");
+    // Let more blocks be appended while unpaid, then check what arrived.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let cutoff = lapse_at + revalidate + Duration::from_millis(150);
+    let late: Vec<u64> = appended
+        .lock()
+        .expect("log")
+        .iter()
+        .filter(|(_, at)| *at > cutoff)
+        .map(|(i, _)| *i)
+        .collect();
+    assert!(!late.is_empty(), "blocks were appended after the lapse");
+    {
+        let f = Feed::open(FsStore::open_read_only(&out_dir).expect("store"), None).expect("open");
+        for i in &late {
+            assert!(
+                !f.has(*i),
+                "block {i}, appended after the lapse, reached the buyer"
+            );
+        }
+    }
+    let buyer_again = Identity::from_master_key([0x60; 32]);
+    pay(&ledger, &buyer_again, 30);
+    let mut valid_again = false;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while let Ok(Some(e)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+        if matches!(e, BuyerEvent::Valid(_)) {
+            valid_again = true;
+            break;
+        }
+    }
+    assert!(valid_again, "paying again made the buyer valid");
+    // It catches up on what it missed.
+    let target = *late.last().expect("late");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let f = Feed::open(FsStore::open_read_only(&out_dir).expect("store"), None).expect("open");
+        if f.has(target) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "paying again did not resume the download"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop_buyer.send(true);
+    let _ = buying.await;
+    appender.abort();
+}
