@@ -432,3 +432,265 @@ async fn lapse_stops_upload_and_paying_again_resumes() {
     let _ = buying.await;
     appender.abort();
 }
+
+fn node_json(js: &std::path::Path, args: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new("node")
+        .arg(dazaar_tests::repo_root().join("tests/js/dazaar-peer.js"))
+        .args(args)
+        .env("NODE_PATH", js.join("node_modules"))
+        .output()
+        .expect("node");
+    assert!(
+        out.status.success(),
+        "node {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("node said {:?}: {e}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// JS dazaar@1.6.1 buyers buy from our seller: free, paid (a rekeyed feed), and rejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_buyer_buys_from_rust_seller() {
+    let Some(js) = dazaar_tests::require_js() else {
+        return;
+    };
+    let blocks: Vec<Vec<u8>> = (0..40u32)
+        .map(|i| format!("rust block {i}").into_bytes())
+        .collect();
+
+    let free = start_sale(
+        &blocks,
+        PaymentGate::new(Vec::new(), Duration::from_secs(1)),
+        Duration::from_millis(200),
+        None,
+    )
+    .await;
+    let got = tokio::task::spawn_blocking({
+        let js = js.clone();
+        let (key, port) = (
+            hex::encode(free.product.seller_key()),
+            free.addr.port().to_string(),
+        );
+        move || {
+            node_json(
+                &js,
+                &["buy", "--seller", &key, "--port", &port, "--count", "40"],
+            )
+        }
+    })
+    .await
+    .expect("join");
+    assert_eq!(got["feedKey"], hex::encode(free.product.feed_key));
+    assert_eq!(got["valid"]["type"], "free");
+    let js_blocks: Vec<Vec<u8>> = got["blocks"]
+        .as_array()
+        .expect("blocks")
+        .iter()
+        .map(|b| hex::decode(b.as_str().expect("hex")).expect("hex"))
+        .collect();
+    assert_eq!(js_blocks, blocks);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = dir.path().join("ledger.jsonl");
+    let paid = start_sale(
+        &blocks,
+        ledger_gate(&ledger, Duration::from_millis(200)),
+        Duration::from_millis(200),
+        None,
+    )
+    .await;
+    // The JS buyer's key is derived from its master key: pay for it in the ledger.
+    let js_master = [0x71u8; 32];
+    pay(&ledger, &Identity::from_master_key(js_master), 600);
+    let got = tokio::task::spawn_blocking({
+        let js = js.clone();
+        let (key, port) = (
+            hex::encode(paid.product.seller_key()),
+            paid.addr.port().to_string(),
+        );
+        move || {
+            node_json(
+                &js,
+                &[
+                    "buy",
+                    "--seller",
+                    &key,
+                    "--port",
+                    &port,
+                    "--count",
+                    "40",
+                    "--master",
+                    &hex::encode(js_master),
+                ],
+            )
+        }
+    })
+    .await
+    .expect("join");
+    let expected_key = paid.product.buyer_feed_key(
+        &Identity::from_master_key(js_master)
+            .buyer_key_pair()
+            .public_key(),
+    );
+    assert_eq!(
+        got["feedKey"],
+        hex::encode(expected_key),
+        "the JS buyer verified our rekeyed feed"
+    );
+    assert_eq!(got["valid"]["type"], "time");
+    let js_blocks: Vec<Vec<u8>> = got["blocks"]
+        .as_array()
+        .expect("blocks")
+        .iter()
+        .map(|b| hex::decode(b.as_str().expect("hex")).expect("hex"))
+        .collect();
+    assert_eq!(js_blocks, blocks);
+
+    // An unpaid JS buyer is told why.
+    let got = tokio::task::spawn_blocking({
+        let js = js.clone();
+        let (key, port) = (
+            hex::encode(paid.product.seller_key()),
+            paid.addr.port().to_string(),
+        );
+        move || {
+            node_json(
+                &js,
+                &[
+                    "buy",
+                    "--seller",
+                    &key,
+                    "--port",
+                    &port,
+                    "--count",
+                    "1",
+                    "--master",
+                    &"72".repeat(32),
+                ],
+            )
+        }
+    })
+    .await
+    .expect("join");
+    assert!(
+        got["invalid"]
+            .as_str()
+            .expect("invalid")
+            .contains("no payment"),
+        "{got}"
+    );
+}
+
+struct JsSeller {
+    child: std::process::Child,
+    info: serde_json::Value,
+}
+
+impl Drop for JsSeller {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn js_seller(js: &std::path::Path, args: &[&str]) -> JsSeller {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new("node")
+        .arg(dazaar_tests::repo_root().join("tests/js/dazaar-peer.js"))
+        .arg("sell")
+        .args(args)
+        .env("NODE_PATH", js.join("node_modules"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("node");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("line");
+    let info =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("JS seller said {line:?}: {e}"));
+    JsSeller { child, info }
+}
+
+/// Our buyer buys from a JS dazaar@1.6.1 seller: free, paid (rekeyed), rejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_buyer_buys_from_js_seller() {
+    let Some(js) = dazaar_tests::require_js() else {
+        return;
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_default())
+        .with_test_writer()
+        .try_init();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let buyer = Identity::from_master_key([0x81; 32]);
+    for (n, mode) in ["free", "paid", "deny"].into_iter().enumerate() {
+        let seller = js_seller(&js, &["--blocks", "25", "--mode", mode]);
+        let seller_key: [u8; 32] = hex::decode(seller.info["sellerKey"].as_str().expect("key"))
+            .expect("hex")
+            .try_into()
+            .expect("32");
+        let port = seller.info["port"].as_u64().expect("port") as u16;
+        let opts = BuyOptions {
+            seller_key,
+            addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            out: dir.path().join(format!("b{n}/feed")),
+            live: false,
+            accept_terms: false,
+            data_dir: dir.path().join(format!("b{n}")),
+            net: net(),
+            answer_timeout: Duration::from_secs(10),
+            send: Vec::new(),
+        };
+        let (tx, mut rx) = mpsc::channel(4096);
+        let (_never, shutdown) = watch::channel(false);
+        let result = tokio::time::timeout(
+            Duration::from_secs(20),
+            buy(&buyer, opts, Some(tx), shutdown),
+        )
+        .await
+        .expect("in time");
+        match mode {
+            "deny" => match result {
+                Err(BuyError::Rejected(reason)) => assert_eq!(reason, "Needs payment"),
+                other => panic!("expected a rejection, got {other:?}"),
+            },
+            _ => {
+                let out = result.unwrap_or_else(|e| panic!("{mode}: {e}"));
+                assert_eq!(out.length, 25, "{mode}");
+                let feed_key_is_original = hex::encode(out.feed_key) == seller.info["feedKey"];
+                assert_eq!(
+                    feed_key_is_original,
+                    mode == "free",
+                    "{mode}: one-time feed key"
+                );
+                let f = Feed::open(
+                    FsStore::open(dir.path().join(format!("b{n}/feed")), false).expect("store"),
+                    Some(out.feed_key),
+                )
+                .expect("open");
+                for i in 0..25u64 {
+                    assert_eq!(
+                        f.get(i).expect("get"),
+                        Some(format!("block {i}").into_bytes()),
+                        "{mode}: block {i}"
+                    );
+                }
+                let mut valid = None;
+                while let Ok(e) = rx.try_recv() {
+                    if let BuyerEvent::Valid(info) = e {
+                        valid = Some(info);
+                    }
+                }
+                let valid = valid.expect("valid event");
+                if mode == "free" {
+                    // A JS free seller (uniqueFeed false) always sends {"free":true}.
+                    assert_eq!(valid, serde_json::json!({"free": true}));
+                } else {
+                    assert_eq!(valid["type"], "time");
+                }
+            }
+        }
+    }
+}

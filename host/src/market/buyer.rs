@@ -278,6 +278,7 @@ pub async fn buy(
                             }
                         }
                         ext::VALID => {
+                            tracing::debug!(payload = %String::from_utf8_lossy(&payload), "valid");
                             let info = serde_json::from_slice(&payload).unwrap_or(serde_json::Value::Null);
                             report(BuyerEvent::Valid(info));
                         }
