@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 mod config_cmd;
 mod demo;
 mod feed;
+mod market;
 mod net;
 mod plugins;
 
@@ -18,6 +19,10 @@ pub struct Cli {
     /// Directory for identity and state (default: from the config, then ~/.local/share/dazaar).
     #[arg(long, global = true, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
+
+    /// The configuration file (default: ./dazaar.toml when it exists).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 
     /// More log output (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
@@ -44,6 +49,19 @@ pub enum Command {
     /// Record payments in a ledger file (read by the ledger plugin).
     #[command(subcommand)]
     Ledger(plugins::LedgerCmd),
+    /// Sell a feed (or every [[sell]] of the config) to paying buyers.
+    Sell(market::SellArgs),
+    /// Buy a feed from a seller.
+    Buy(market::BuyArgs),
+    /// Write the Dazaar card of each sold feed, or check one (`card validate FILE`).
+    Card(market::CardArgs),
+    /// Cut a buyer off (effective at its next revalidation).
+    Revoke(market::RevokeArgs),
+    /// Revoke a buyer and publish its rekeyed key pair (in the card), so copies it relays
+    /// no longer prove they came from the seller.
+    Burn(market::RevokeArgs),
+    /// Show this data dir's buyer key (and a feed's seller key), or import a master key.
+    Id(market::IdArgs),
 }
 
 fn init_logging(verbose: u8) {
@@ -65,12 +83,22 @@ fn init_logging(verbose: u8) {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
+    let common = market::Common {
+        data_dir: cli.data_dir.clone(),
+        config: cli.config.clone(),
+    };
     let result = match cli.command {
         Command::Feed(cmd) => feed::run(cmd),
         Command::Demo => demo::run(),
         Command::Plugins(cmd) => plugins::run(cmd),
         Command::Config(cmd) => config_cmd::run(cmd),
         Command::Ledger(cmd) => plugins::run_ledger(cmd),
+        Command::Sell(args) => market::sell(&common, args),
+        Command::Buy(args) => market::buy(&common, args),
+        Command::Card(args) => market::card(&common, args),
+        Command::Revoke(args) => market::revoke(&common, args, false),
+        Command::Burn(args) => market::revoke(&common, args, true),
+        Command::Id(args) => market::id(&common, args),
     };
     match result {
         Ok(code) => code,

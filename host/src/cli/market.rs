@@ -1,0 +1,715 @@
+//! `dazaar sell`, `buy`, `card`, `revoke`, `burn`, `id`: the market from the command line.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use dazaar::config::Settings;
+use dazaar::market::{
+    self, BuyOptions, BuyerEvent, Identity, KdfParams, Product, ProductOptions, SellerEvent,
+};
+use dazaar::net::{NetConfig, SharedFeed};
+use dazaar::payments::{CallLimits, PaymentEntry, PaymentGate, PaymentTerms, PluginRegistry};
+use dazaar::storage::{Feed, FsStore};
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+
+/// Options shared by the market commands: where identity and state live.
+#[derive(Debug, Clone, Default)]
+pub struct Common {
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--config`.
+    pub config: Option<PathBuf>,
+}
+
+impl Common {
+    /// The configuration: `--config`, else `./dazaar.toml` when it exists.
+    pub fn settings(&self) -> Result<Option<Settings>> {
+        let path = match &self.config {
+            Some(p) => p.clone(),
+            None if Path::new("dazaar.toml").is_file() => PathBuf::from("dazaar.toml"),
+            None => return Ok(None),
+        };
+        Ok(Some(dazaar::config::load(&path)?))
+    }
+
+    /// The data dir: `--data-dir`, else the config's, else `~/.local/share/dazaar`.
+    pub fn data_dir(&self, settings: Option<&Settings>) -> PathBuf {
+        if let Some(d) = &self.data_dir {
+            return d.clone();
+        }
+        if let Some(s) = settings {
+            return s.data_dir.clone();
+        }
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."));
+        home.join(".local/share/dazaar")
+    }
+
+    /// Loads (or creates) the identity of the data dir. An encrypted master key takes its
+    /// passphrase from `DAZAAR_PASSPHRASE` (or the variable named by
+    /// `DAZAAR_PASSPHRASE_ENV`), else from a prompt on the terminal.
+    pub fn identity(&self, settings: Option<&Settings>) -> Result<Identity> {
+        let dir = self.data_dir(settings);
+        let var =
+            std::env::var("DAZAAR_PASSPHRASE_ENV").unwrap_or_else(|_| "DAZAAR_PASSPHRASE".into());
+        let passphrase = std::env::var(&var).ok();
+        match Identity::load_or_create(&dir, passphrase.as_deref(), KdfParams::default()) {
+            Err(market::IdentityError::PassphraseRequired(_)) if passphrase.is_none() => {
+                let pass = rpassword::prompt_password("dazaar master key passphrase: ").context(
+                    "reading the passphrase (set DAZAAR_PASSPHRASE to pass it without a terminal)",
+                )?;
+                Ok(Identity::load_or_create(
+                    &dir,
+                    Some(&pass),
+                    KdfParams::default(),
+                )?)
+            }
+            other => Ok(other?),
+        }
+    }
+}
+
+/// `dazaar sell`.
+#[derive(Debug, Args)]
+pub struct SellArgs {
+    /// The feed to sell (else every `[[sell]]` of the config).
+    pub feed_dir: Option<PathBuf>,
+    /// Where to listen (default: the config's `listen`, else 127.0.0.1:0).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// `free`, or the name of a payment plugin in the plugin dir.
+    #[arg(long, default_value = "free")]
+    pub payment: String,
+    /// The plugin's own settings (TOML), e.g. `file = "ledger.jsonl"`.
+    #[arg(long, default_value = "")]
+    pub plugin_config: String,
+    /// Where payment plugins are (default: the config's, else ./plugins).
+    #[arg(long)]
+    pub plugin_dir: Option<PathBuf>,
+    /// Price: amount per interval.
+    #[arg(long, default_value = "1")]
+    pub amount: String,
+    /// Price: currency.
+    #[arg(long, default_value = "credits")]
+    pub currency: String,
+    /// Price: the interval's unit (seconds, minutes, hours).
+    #[arg(long, default_value = "seconds")]
+    pub unit: String,
+    /// Price: the interval.
+    #[arg(long, default_value = "1")]
+    pub interval: String,
+    /// Card method (default: the plugin's first).
+    #[arg(long)]
+    pub method: Option<String>,
+    /// A file with terms of use buyers must accept.
+    #[arg(long)]
+    pub terms: Option<PathBuf>,
+    /// Revalidate buyers this often (ms).
+    #[arg(long, default_value_t = 1000)]
+    pub revalidate_ms: u64,
+    /// Refuse every buyer.
+    #[arg(long)]
+    pub deny: bool,
+    /// One JSON object per line on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `dazaar buy`.
+#[derive(Debug, Args)]
+pub struct BuyArgs {
+    /// The seller key (hex; the card's `id`).
+    pub seller_key: String,
+    /// The seller's address.
+    #[arg(long)]
+    pub connect: SocketAddr,
+    /// Where the feed goes.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Keep following new blocks (and keep waiting while not valid).
+    #[arg(long)]
+    pub live: bool,
+    /// Accept the seller's terms of use (recorded in the data dir).
+    #[arg(long)]
+    pub accept_terms: bool,
+    /// Give up when the seller has not answered in this many seconds.
+    #[arg(long, default_value_t = 30)]
+    pub timeout: u64,
+    /// One JSON object per line on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `dazaar card ...`.
+#[derive(Debug, Subcommand)]
+pub enum CardCmd {
+    /// Check a card file.
+    Validate {
+        /// The card (JSON).
+        file: PathBuf,
+        /// Print the parsed card as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `dazaar card`.
+#[derive(Debug, Args)]
+pub struct CardArgs {
+    /// Check a card instead of writing one.
+    #[command(subcommand)]
+    pub cmd: Option<CardCmd>,
+    /// Write the card of this feed (free unless the config sells it) instead of the config's.
+    #[arg(long)]
+    pub feed: Option<PathBuf>,
+    /// Product name for `--feed`.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Write each card to DIR/<sellerKey>.json instead of stdout.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// `dazaar revoke` / `dazaar burn`.
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    /// The buyer's key (hex).
+    pub buyer_key: String,
+    /// The feed sold.
+    #[arg(long)]
+    pub feed: PathBuf,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `dazaar id`.
+#[derive(Debug, Args)]
+pub struct IdArgs {
+    /// Also show the seller key for this feed.
+    #[arg(long)]
+    pub feed: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Import a master key (hex, e.g. from JS dazaar) into an empty data dir.
+    #[arg(long)]
+    pub import_master_key: Option<String>,
+    /// With --import-master-key: encrypt it with the passphrase in DAZAAR_PASSPHRASE.
+    #[arg(long)]
+    pub encrypt: bool,
+}
+
+fn parse_key(hex_key: &str, what: &str) -> Result<[u8; 32]> {
+    let bytes = hex::decode(hex_key.trim()).with_context(|| format!("{what} is not hex"))?;
+    bytes
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("{what} is not 32 bytes (64 hex digits)"))
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn print_json(v: serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{v}");
+    let _ = out.flush();
+}
+
+/// A shutdown signal that turns true on SIGINT or SIGTERM.
+fn signals() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term => {}
+        }
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+fn open_sold_feed(dir: &Path) -> Result<Arc<SharedFeed<FsStore>>> {
+    if !dir.join("key").is_file() {
+        bail!("{}: not a feed (no key file)", dir.display());
+    }
+    // The seller only reads: appends come from `dazaar feed append` (or a writer's own
+    // process) and are picked up by refresh.
+    let store =
+        FsStore::open_read_only(dir).with_context(|| format!("opening feed {}", dir.display()))?;
+    let feed =
+        Feed::open(store, None).with_context(|| format!("opening feed {}", dir.display()))?;
+    Ok(SharedFeed::new(feed))
+}
+
+fn limits() -> CallLimits {
+    CallLimits {
+        timeout: Duration::from_secs(5),
+        workers: 2,
+        queue: 256,
+    }
+}
+
+/// Runs `dazaar sell`.
+pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
+    let settings = common.settings()?;
+    let data_dir = common.data_dir(settings.as_ref());
+    let identity = common.identity(settings.as_ref())?;
+    let mut products: Vec<Arc<Product>> = Vec::new();
+    let terms = match &args.terms {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("{}: cannot read the terms", p.display()))?,
+        ),
+        None => None,
+    };
+    let revalidate = Duration::from_millis(args.revalidate_ms.max(10));
+    let mut registry = PluginRegistry::new();
+    if let Some(feed_dir) = &args.feed_dir {
+        let feed = open_sold_feed(feed_dir)?;
+        let gate = if args.payment == "free" {
+            PaymentGate::new(Vec::new(), revalidate)
+        } else {
+            let plugin_dir = args
+                .plugin_dir
+                .clone()
+                .or_else(|| settings.as_ref().map(|s| s.plugin_dir.clone()))
+                .unwrap_or_else(|| PathBuf::from("plugins"));
+            let plugin = registry.load_named(&plugin_dir, &args.payment)?;
+            let method = args
+                .method
+                .clone()
+                .or_else(|| plugin.methods().next().map(str::to_owned))
+                .unwrap_or_else(|| args.payment.clone());
+            let terms = PaymentTerms::new(
+                &method,
+                &args.currency,
+                &args.amount,
+                &args.unit,
+                &args.interval,
+            );
+            dazaar_plugin_api::Rate::from_card(&terms.amount, &terms.unit, &terms.interval)
+                .map_err(|e| anyhow::anyhow!("the price: {e}"))?;
+            let verifier = plugin.open(&args.plugin_config, limits())?;
+            PaymentGate::new(
+                vec![PaymentEntry {
+                    terms: Arc::new(terms),
+                    verifier,
+                }],
+                revalidate,
+            )
+        };
+        products.push(Product::new(
+            &identity,
+            feed,
+            Arc::new(gate),
+            ProductOptions {
+                terms: terms.clone(),
+                revalidate,
+                deny: args.deny,
+                data_dir: data_dir.clone(),
+            },
+        ));
+    } else {
+        let Some(settings) = &settings else {
+            bail!("nothing to sell: give a feed directory or a config with [[sell]] tables");
+        };
+        if settings.sell.is_empty() {
+            bail!("{}: no [[sell]] table", settings.file.display());
+        }
+        for sell in &settings.sell {
+            let feed = open_sold_feed(&sell.feed)?;
+            let gate = settings.payment_gate(sell, &mut registry, limits())?;
+            products.push(Product::new(
+                &identity,
+                feed,
+                Arc::new(gate),
+                ProductOptions {
+                    terms: sell.terms.clone().or_else(|| terms.clone()),
+                    revalidate: sell.revalidate,
+                    deny: args.deny,
+                    data_dir: data_dir.clone(),
+                },
+            ));
+        }
+    }
+    let listen = args
+        .listen
+        .or_else(|| settings.as_ref().map(|s| s.listen))
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let json = args.json;
+    runtime()?.block_on(async move {
+        let shutdown = signals();
+        let (ev_tx, mut ev_rx) = mpsc::channel::<SellerEvent>(1024);
+        let mut servers = Vec::new();
+        for (i, product) in products.iter().enumerate() {
+            // One listener per product: the Noise static key is the product's seller key.
+            let addr = if i == 0 { listen } else { SocketAddr::new(listen.ip(), 0) };
+            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("listening on {addr}"))?;
+            let local = listener.local_addr()?;
+            let seller_key = hex::encode(product.seller_key());
+            let feed_key = hex::encode(product.feed_key);
+            if json {
+                print_json(json!({"event": "listening", "addr": local.to_string(), "sellerKey": seller_key, "feedKey": feed_key}));
+            } else {
+                println!("selling feed {feed_key}\n  seller key {seller_key}\n  listening on {local}");
+            }
+            dazaar::net::spawn_refresh(product.feed.clone(), Duration::from_millis(100), shutdown.clone());
+            servers.push(tokio::spawn(market::seller::serve(
+                listener,
+                product.clone(),
+                NetConfig::default(),
+                shutdown.clone(),
+                Some(ev_tx.clone()),
+            )));
+        }
+        drop(ev_tx);
+        let mut stop = shutdown.clone();
+        loop {
+            tokio::select! {
+                ev = ev_rx.recv() => match ev {
+                    Some(ev) => report_seller_event(&ev, json),
+                    None => break,
+                },
+                _ = stop.changed() => break,
+            }
+        }
+        for s in servers {
+            let _ = s.await;
+        }
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report_seller_event(ev: &SellerEvent, json: bool) {
+    let (v, text) = match ev {
+        SellerEvent::BuyerConnected { buyer } => (
+            json!({"event": "buyer-connected", "buyer": hex::encode(buyer)}),
+            format!("buyer {} connected", &hex::encode(buyer)[..16]),
+        ),
+        SellerEvent::BuyerValid {
+            buyer,
+            feed_key,
+            info,
+        } => (
+            json!({"event": "buyer-valid", "buyer": hex::encode(buyer), "feedKey": hex::encode(feed_key), "info": info}),
+            format!("buyer {} valid: {info}", &hex::encode(buyer)[..16]),
+        ),
+        SellerEvent::BuyerInvalid { buyer, reason } => (
+            json!({"event": "buyer-invalid", "buyer": hex::encode(buyer), "error": reason}),
+            format!("buyer {} invalid: {reason}", &hex::encode(buyer)[..16]),
+        ),
+        SellerEvent::BuyerDisconnected { buyer, error } => (
+            json!({"event": "buyer-disconnected", "buyer": buyer.map(hex::encode), "error": error}),
+            format!(
+                "buyer {} disconnected{}",
+                buyer
+                    .map(|b| hex::encode(b)[..16].to_string())
+                    .unwrap_or_else(|| "(before the handshake)".into()),
+                error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+            ),
+        ),
+        _ => return,
+    };
+    if json {
+        print_json(v);
+    } else {
+        println!("{text}");
+    }
+}
+
+/// Runs `dazaar buy`.
+pub fn buy(common: &Common, args: BuyArgs) -> Result<ExitCode> {
+    let settings = common.settings()?;
+    let data_dir = common.data_dir(settings.as_ref());
+    let identity = common.identity(settings.as_ref())?;
+    let seller_key = parse_key(&args.seller_key, "the seller key")?;
+    let opts = BuyOptions {
+        seller_key,
+        addr: args.connect,
+        out: args.out.clone(),
+        live: args.live,
+        accept_terms: args.accept_terms,
+        data_dir,
+        net: NetConfig::default(),
+        answer_timeout: Duration::from_secs(args.timeout.max(1)),
+        send: Vec::new(),
+    };
+    let json = args.json;
+    let result = runtime()?.block_on(async move {
+        let shutdown = signals();
+        let (tx, mut rx) = mpsc::channel::<BuyerEvent>(4096);
+        let buying =
+            tokio::spawn(async move { market::buy(&identity, opts, Some(tx), shutdown).await });
+        let bar = super::feed::progress_bar(0);
+        while let Some(ev) = rx.recv().await {
+            match &ev {
+                BuyerEvent::Feed { key } => {
+                    if json {
+                        print_json(json!({"event": "feed", "key": hex::encode(key)}));
+                    } else {
+                        bar.println(format!("feed {}", hex::encode(key)));
+                    }
+                }
+                BuyerEvent::Valid(info) => {
+                    if json {
+                        print_json(json!({"event": "valid", "info": info}));
+                    }
+                }
+                BuyerEvent::Invalid(error) => {
+                    if json {
+                        print_json(json!({"event": "invalid", "error": error}));
+                    } else {
+                        bar.println(format!("not valid: {error}"));
+                    }
+                }
+                BuyerEvent::Terms(terms) => {
+                    if !json {
+                        bar.println(format!("terms of use (accepted):\n{terms}"));
+                    }
+                }
+                BuyerEvent::UserMessage { name, message } => {
+                    if json {
+                        print_json(
+                            json!({"event": "user-message", "name": name, "message": message}),
+                        );
+                    }
+                }
+                BuyerEvent::Progress { length, downloaded } => {
+                    bar.set_length(*length);
+                    bar.set_position(*downloaded);
+                }
+                BuyerEvent::Synced {
+                    length,
+                    byte_length,
+                } => {
+                    if json && args.live {
+                        print_json(
+                            json!({"event": "synced", "length": length, "byteLength": byte_length}),
+                        );
+                    }
+                }
+                _ => {}
+            }
+        }
+        bar.finish_and_clear();
+        match buying.await {
+            Ok(r) => r.map_err(anyhow::Error::from),
+            Err(e) => Err(anyhow::anyhow!("buyer task failed: {e}")),
+        }
+    });
+    match result {
+        Ok(out) => {
+            if json {
+                print_json(
+                    json!({"event": "done", "length": out.length, "byteLength": out.byte_length}),
+                );
+            } else {
+                println!(
+                    "holding {} blocks ({} bytes) of feed {} in {}",
+                    out.length,
+                    out.byte_length,
+                    hex::encode(out.feed_key),
+                    args.out.display()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Runs `dazaar card`.
+pub fn card(common: &Common, args: CardArgs) -> Result<ExitCode> {
+    if let Some(CardCmd::Validate { file, json }) = args.cmd {
+        let text = std::fs::read_to_string(&file)
+            .with_context(|| format!("{}: cannot read", file.display()))?;
+        let card = dazaar::card::parse(&text).with_context(|| format!("{}", file.display()))?;
+        if json {
+            print_json(card.json.clone());
+        } else {
+            let methods: Vec<String> = card
+                .payment
+                .iter()
+                .map(|p| format!("{} {}", p.method, p.currency))
+                .collect();
+            println!(
+                "valid card: seller {}, {}",
+                hex::encode(card.seller_key),
+                if methods.is_empty() {
+                    "free".to_string()
+                } else {
+                    methods.join(", ")
+                }
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let settings = common.settings()?;
+    let data_dir = common.data_dir(settings.as_ref());
+    let identity = common.identity(settings.as_ref())?;
+    let mut cards = Vec::new();
+    let burnt_of = |seller: &[u8; 32], feed_key: &[u8; 32]| -> Result<Vec<serde_json::Value>> {
+        let map = market::revocation::load(&data_dir)?;
+        Ok(map
+            .get(&hex::encode(seller))
+            .map(|m| {
+                m.iter()
+                    .filter(|(_, r)| r.burnt)
+                    .filter_map(|(buyer, _)| {
+                        let b = parse_key(buyer, "buyer").ok()?;
+                        let pair = identity.rekeyed_key_pair(feed_key, &b);
+                        Some(json!({"buyer": buyer, "feedKey": hex::encode(pair.public_key()), "secretKey": hex::encode(pair.secret_key())}))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    };
+    let mut add = |name: &str,
+                   card_settings: &dazaar::config::CardSettings,
+                   feed_dir: &Path,
+                   terms: Vec<PaymentTerms>|
+     -> Result<()> {
+        let feed = Feed::open(FsStore::open_read_only(feed_dir)?, None)
+            .with_context(|| format!("opening feed {}", feed_dir.display()))?;
+        let seller = identity.seller_key_pair(&feed.key()).public_key();
+        let mut card = dazaar::card::build(name, card_settings, &seller, &terms);
+        let burnt = burnt_of(&seller, &feed.key())?;
+        if !burnt.is_empty() {
+            card["burnt"] = serde_json::Value::Array(burnt);
+        }
+        cards.push((seller, card));
+        Ok(())
+    };
+    if let Some(feed) = &args.feed {
+        let name = args.name.clone().unwrap_or_else(|| {
+            feed.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
+        add(&name, &Default::default(), feed, Vec::new())?;
+    } else {
+        let Some(settings) = &settings else {
+            bail!("no card to write: give --feed DIR or a config with [[sell]] tables");
+        };
+        for sell in &settings.sell {
+            let terms = sell
+                .payment
+                .iter()
+                .map(|p| {
+                    let mut t = p.terms.clone();
+                    if t.method.is_empty() {
+                        t.method = p.plugin.as_str().into();
+                    }
+                    t
+                })
+                .collect();
+            add(&sell.name, &sell.card, &sell.feed, terms)?;
+        }
+    }
+    for (seller, card) in cards {
+        match &args.out {
+            Some(dir) => {
+                std::fs::create_dir_all(dir)?;
+                let path = dir.join(format!("{}.json", hex::encode(seller)));
+                std::fs::write(&path, serde_json::to_vec_pretty(&card)?)?;
+                eprintln!("wrote {}", path.display());
+            }
+            None => print_json(card),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `dazaar revoke` (and `burn` with `burn`).
+pub fn revoke(common: &Common, args: RevokeArgs, burn: bool) -> Result<ExitCode> {
+    let settings = common.settings()?;
+    let data_dir = common.data_dir(settings.as_ref());
+    let identity = common.identity(settings.as_ref())?;
+    let buyer = parse_key(&args.buyer_key, "the buyer key")?;
+    let feed = Feed::open(FsStore::open_read_only(&args.feed)?, None)
+        .with_context(|| format!("opening feed {}", args.feed.display()))?;
+    let seller = identity.seller_key_pair(&feed.key()).public_key();
+    market::revocation::revoke(&data_dir, &seller, &buyer, burn)?;
+    let pair = identity.rekeyed_key_pair(&feed.key(), &buyer);
+    if args.json {
+        let mut v = json!({"revoked": hex::encode(buyer), "sellerKey": hex::encode(seller), "feedKey": hex::encode(pair.public_key())});
+        if burn {
+            v["secretKey"] = hex::encode(pair.secret_key()).into();
+        }
+        print_json(v);
+    } else if burn {
+        println!(
+            "burnt buyer {}: its feed key {} is published with its secret key in the card (dazaar card)",
+            hex::encode(buyer),
+            hex::encode(pair.public_key())
+        );
+    } else {
+        println!(
+            "revoked buyer {} (effective at its next revalidation)",
+            hex::encode(buyer)
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `dazaar id`.
+pub fn id(common: &Common, args: IdArgs) -> Result<ExitCode> {
+    let settings = common.settings()?;
+    let data_dir = common.data_dir(settings.as_ref());
+    let identity = if let Some(hex_key) = &args.import_master_key {
+        let master = parse_key(hex_key, "the master key")?;
+        let pass = if args.encrypt {
+            Some(std::env::var("DAZAAR_PASSPHRASE").context("--encrypt needs DAZAAR_PASSPHRASE")?)
+        } else {
+            None
+        };
+        Identity::import(&data_dir, master, pass.as_deref(), KdfParams::default())?
+    } else {
+        common.identity(settings.as_ref())?
+    };
+    let buyer = hex::encode(identity.buyer_key_pair().public_key());
+    let seller = match &args.feed {
+        Some(f) => {
+            let feed = Feed::open(FsStore::open_read_only(f)?, None)
+                .with_context(|| format!("opening feed {}", f.display()))?;
+            Some(hex::encode(
+                identity.seller_key_pair(&feed.key()).public_key(),
+            ))
+        }
+        None => None,
+    };
+    if args.json {
+        print_json(
+            json!({"buyerKey": buyer, "sellerKey": seller, "dataDir": data_dir.display().to_string()}),
+        );
+    } else {
+        println!("buyer key:  {buyer}");
+        if let Some(s) = seller {
+            println!("seller key: {s}");
+        }
+        println!("data dir:   {}", data_dir.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
