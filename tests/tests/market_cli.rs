@@ -1,0 +1,373 @@
+//! The market's command-line contract: `dazaar sell` / `buy` / `card` / `revoke` / `burn`
+//! between processes on loopback.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use dazaar_tests::*;
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        unsafe {
+            libc::kill(self.0.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn dazaar(args: &[&str]) -> std::process::Output {
+    Command::new(dazaar_bin())
+        .args(args)
+        .output()
+        .expect("run dazaar")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8")
+}
+
+/// Starts `dazaar sell` and reads its first JSON line.
+fn sell(
+    args: &[&str],
+) -> (
+    Proc,
+    serde_json::Value,
+    std::sync::mpsc::Receiver<serde_json::Value>,
+) {
+    let mut child = Command::new(dazaar_bin())
+        .arg("sell")
+        .args(args)
+        .arg("--json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn sell");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    let first = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("listening line");
+    assert_eq!(first["event"], "listening");
+    (Proc(child), first, rx)
+}
+
+fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(out)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn make_feed(dir: &Path, lines: usize) {
+    assert!(dazaar(&["feed", "create", s(dir)]).status.success());
+    let input = dir.with_extension("txt");
+    let text: String = (0..lines).map(|i| format!("line {i}\n")).collect();
+    std::fs::write(&input, text).expect("write");
+    assert!(dazaar(&["feed", "append", s(dir), s(&input)])
+        .status
+        .success());
+}
+
+#[test]
+fn free_sale_deny_and_wrong_seller_between_processes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let feed = dir.path().join("feed");
+    make_feed(&feed, 200);
+    let seller_data = dir.path().join("seller");
+    let (_seller, info, _events) = sell(&[
+        "--data-dir",
+        s(&seller_data),
+        s(&feed),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let (key, addr) = (
+        info["sellerKey"].as_str().expect("key"),
+        info["addr"].as_str().expect("addr"),
+    );
+    assert_eq!(info["feedKey"].as_str().expect("feed").len(), 64);
+
+    let out = dir.path().join("bought");
+    let o = dazaar(&[
+        "--data-dir",
+        s(&dir.path().join("buyer")),
+        "buy",
+        key,
+        "--connect",
+        addr,
+        "--out",
+        s(&out),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let lines = json_lines(&o.stdout);
+    assert_eq!(lines.first().expect("feed")["event"], "feed");
+    assert!(lines
+        .iter()
+        .any(|l| l["event"] == "valid" && l["info"]["type"] == "free"));
+    let done = lines.last().expect("done");
+    assert_eq!(done["event"], "done");
+    assert_eq!(done["length"], 200);
+    let cat = dazaar(&["feed", "cat", s(&out), "--lines"]);
+    let expected: String = (0..200).map(|i| format!("line {i}\n")).collect();
+    assert_eq!(String::from_utf8_lossy(&cat.stdout), expected);
+
+    // A seller key that is not this seller's: the handshake is refused, nothing stored.
+    let wrong = "ab".repeat(32);
+    let o = dazaar(&[
+        "--data-dir",
+        s(&dir.path().join("buyer")),
+        "buy",
+        &wrong,
+        "--connect",
+        addr,
+        "--out",
+        s(&dir.path().join("w")),
+    ]);
+    assert!(!o.status.success());
+    assert!(!dir.path().join("w/key").exists());
+
+    // --deny: every buyer is rejected with the reason.
+    let (_denier, info, _ev) = sell(&[
+        "--data-dir",
+        s(&seller_data),
+        s(&feed),
+        "--listen",
+        "127.0.0.1:0",
+        "--deny",
+    ]);
+    let o = dazaar(&[
+        "--data-dir",
+        s(&dir.path().join("buyer")),
+        "buy",
+        info["sellerKey"].as_str().expect("key"),
+        "--connect",
+        info["addr"].as_str().expect("addr"),
+        "--out",
+        s(&dir.path().join("denied")),
+        "--json",
+    ]);
+    assert!(!o.status.success());
+    let lines = json_lines(&o.stdout);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["event"] == "invalid" && l["error"] == "Access denied by the seller"),
+        "{lines:?}"
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("rejected by the seller"));
+}
+
+/// A paid sale with the ledger plugin loaded from the plugin dir; blocks appended by
+/// `dazaar feed append` in another process reach a live buyer; revoke cuts it off;
+/// burn publishes its key in the card.
+#[test]
+fn paid_sale_live_appends_revoke_and_burn() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let feed = dir.path().join("feed");
+    make_feed(&feed, 50);
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).expect("mkdir");
+    copy_plugin("ledger", &plugins, None);
+    let ledger = dir.path().join("ledger.jsonl");
+    let seller_data = dir.path().join("seller");
+    let buyer_data = dir.path().join("buyer");
+    let plugin_config = format!("file = {:?}\nreload_ms = 0", s(&ledger));
+    let (_seller, info, _events) = sell(&[
+        "--data-dir",
+        s(&seller_data),
+        s(&feed),
+        "--listen",
+        "127.0.0.1:0",
+        "--payment",
+        "ledger",
+        "--plugin-dir",
+        s(&plugins),
+        "--plugin-config",
+        &plugin_config,
+        "--amount",
+        "1",
+        "--unit",
+        "seconds",
+        "--interval",
+        "1",
+        "--revalidate-ms",
+        "200",
+    ]);
+    let (key, addr) = (
+        info["sellerKey"].as_str().expect("key").to_owned(),
+        info["addr"].as_str().expect("addr").to_owned(),
+    );
+    let id = dazaar(&["--data-dir", s(&buyer_data), "id", "--json"]);
+    let buyer_key = json_lines(&id.stdout)[0]["buyerKey"]
+        .as_str()
+        .expect("buyer")
+        .to_owned();
+
+    // Unpaid: rejected, nothing downloaded.
+    let out = dir.path().join("bought");
+    let o = dazaar(&[
+        "--data-dir",
+        s(&buyer_data),
+        "buy",
+        &key,
+        "--connect",
+        &addr,
+        "--out",
+        s(&out),
+        "--json",
+    ]);
+    assert!(!o.status.success());
+    assert!(json_lines(&o.stdout)
+        .iter()
+        .any(|l| l["event"] == "invalid"));
+    assert!(!out.join("key").exists(), "no feed before paying");
+
+    // Pay (a ledger entry) and buy live.
+    let o = dazaar(&[
+        "ledger",
+        "add",
+        "--file",
+        s(&ledger),
+        "--buyer",
+        &buyer_key,
+        "--amount",
+        "600",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut buyer = Command::new(dazaar_bin())
+        .args([
+            "--data-dir",
+            s(&buyer_data),
+            "buy",
+            &key,
+            "--connect",
+            &addr,
+            "--out",
+            s(&out),
+            "--live",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("buy");
+    let stdout = buyer.stdout.take().expect("stdout");
+    let buyer = Proc(buyer);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    let wait_for = |pred: &dyn Fn(&serde_json::Value) -> bool, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(v) = rx.recv_timeout(Duration::from_millis(100)) {
+                if pred(&v) {
+                    return v;
+                }
+            }
+        }
+        panic!("timed out waiting for {what}");
+    };
+    let feed_ev = wait_for(&|v| v["event"] == "feed", "the feed");
+    assert_ne!(
+        feed_ev["key"], info["feedKey"],
+        "a paid buyer gets its own rekeyed feed"
+    );
+    wait_for(
+        &|v| v["event"] == "valid" && v["info"]["type"] == "time",
+        "valid",
+    );
+    wait_for(
+        &|v| v["event"] == "synced" && v["length"] == 50,
+        "the first 50 blocks",
+    );
+    // Another process appends while `dazaar sell` runs: the live buyer receives it.
+    let extra = dir.path().join("extra.txt");
+    std::fs::write(&extra, "fresh 1\nfresh 2\n").expect("write");
+    assert!(dazaar(&["feed", "append", s(&feed), s(&extra)])
+        .status
+        .success());
+    wait_for(
+        &|v| v["event"] == "synced" && v["length"] == 52,
+        "the live appends",
+    );
+
+    // Revoke: invalid at the next revalidation.
+    let o = dazaar(&[
+        "--data-dir",
+        s(&seller_data),
+        "revoke",
+        &buyer_key,
+        "--feed",
+        s(&feed),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let inv = wait_for(&|v| v["event"] == "invalid", "the revocation");
+    assert_eq!(inv["error"], "Access revoked by the seller");
+    drop(buyer);
+
+    // Burn: the card publishes the buyer's rekeyed key pair.
+    let o = dazaar(&[
+        "--data-dir",
+        s(&seller_data),
+        "burn",
+        &buyer_key,
+        "--feed",
+        s(&feed),
+        "--json",
+    ]);
+    assert!(o.status.success());
+    let burnt = &json_lines(&o.stdout)[0];
+    assert_eq!(burnt["feedKey"], feed_ev["key"]);
+    let card = dazaar(&[
+        "--data-dir",
+        s(&seller_data),
+        "card",
+        "--feed",
+        s(&feed),
+        "--name",
+        "ticks",
+    ]);
+    assert!(
+        card.status.success(),
+        "{}",
+        String::from_utf8_lossy(&card.stderr)
+    );
+    let card_json = &json_lines(&card.stdout)[0];
+    assert_eq!(card_json["id"], key.as_str());
+    assert_eq!(card_json["sellerKey"], key.as_str());
+    assert_eq!(card_json["burnt"][0]["feedKey"], feed_ev["key"]);
+    assert_eq!(card_json["burnt"][0]["secretKey"], burnt["secretKey"]);
+    let card_file = dir.path().join("card.json");
+    std::fs::write(&card_file, serde_json::to_vec(card_json).expect("json")).expect("write");
+    let v = dazaar(&["card", "validate", s(&card_file)]);
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    std::fs::write(&card_file, b"{\"name\": 3}").expect("write");
+    let v = dazaar(&["card", "validate", s(&card_file)]);
+    assert!(!v.status.success());
+    assert!(String::from_utf8_lossy(&v.stderr).contains("id: missing"));
+}
