@@ -1,93 +1,305 @@
-//! `dazaar demo`: the README's main job, narrated on the terminal.
+//! `dazaar demo`: the README's main job, a real sale on localhost, narrated.
 //!
-//! For now a feed round trip (the market's sale replaces it once seller and buyer
-//! exist): a seller's feed on disk, a stream of appends, a replica that receives each
-//! block with its proof and verifies it against the signed tree, and a tampered proof
-//! that is refused.
+//! In one process: a seller with a sample feed sells it through the ledger payment
+//! plugin (loaded from its shared library, like any plugin); a buyer asks to buy before
+//! paying and is refused; a ledger entry pays for a few seconds; the buyer downloads its
+//! own rekeyed copy, receives live appends, and is cut off when its time runs out. Ends
+//! by itself with exit 0, or non-zero if any step fails.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use dazaar::crypto::Ed25519KeyPair;
-use dazaar::storage::{Feed, FsStore, NodeSet};
+use dazaar::market::{self, BuyOptions, BuyerEvent, Identity, Product, ProductOptions};
+use dazaar::net::{NetConfig, SharedFeed};
+use dazaar::payments::{CallLimits, PaymentEntry, PaymentGate, PaymentTerms, PluginRegistry};
+use dazaar::storage::{Feed, FsStore};
+use tokio::sync::{mpsc, watch};
 
-/// Runs the demo; exits non-zero if any step fails.
-pub fn run() -> Result<ExitCode> {
-    let tmp = tempdir()?;
-    let seller_dir = tmp.join("seller-feed");
-    let replica_dir = tmp.join("replica");
-    println!("dazaar demo: a feed round trip in {}", tmp.display());
-
-    let mut feed = Feed::create(
-        FsStore::open(&seller_dir, true)?,
-        Ed25519KeyPair::generate(),
-    )?;
-    println!("1. created a feed, key {}", hex::encode(feed.key()));
-    let ticks: Vec<Vec<u8>> = (0..1000)
-        .map(|i| format!("BTC/USD tick {i}: {}", 40000 + (i * 37) % 997).into_bytes())
-        .collect();
-    feed.append_batch(&ticks[..500])?;
-    for t in &ticks[500..] {
-        feed.append(t)?;
+/// Where the demo looks for `libdazaar_ledger.so`: `DAZAAR_PLUGIN_DIR`, next to the
+/// `dazaar` binary (a cargo build puts it there), then `./plugins`.
+fn ledger_dir() -> Result<PathBuf> {
+    let name = dazaar::payments::plugin_file_name("ledger");
+    let mut candidates = Vec::new();
+    if let Some(d) = std::env::var_os("DAZAAR_PLUGIN_DIR") {
+        candidates.push(PathBuf::from(d));
     }
-    feed.sync()?;
-    println!(
-        "2. appended {} blocks ({} bytes); tree hash {}",
-        feed.length(),
-        feed.byte_length(),
-        hex::encode(&feed.tree_hash()[..8])
-    );
-
-    let mut replica = Feed::create_reader(FsStore::open(&replica_dir, true)?, feed.key())?;
-    let mut remote = NodeSet::new();
-    for i in 0..feed.length() {
-        let proof = feed.proof(i, replica.digest(i), &mut remote, false)?;
-        let sig = if proof.verified_by > 0 {
-            feed.signature_at(proof.verified_by / 2)?
-        } else {
-            None
-        };
-        let value = feed.get(i)?.context("seller lacks a block")?;
-        replica.put(i, Some(&value), &proof.nodes, sig.as_ref())?;
+    if let Some(d) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+    {
+        candidates.push(d);
     }
-    ensure!(
-        replica.has_all() && replica.tree_hash() == feed.tree_hash(),
-        "replica differs"
-    );
-    println!(
-        "3. a replica holding only the key verified and stored all {} blocks",
-        replica.length()
-    );
-
-    feed.append(b"one more tick")?;
-    let last = feed.length() - 1;
-    let proof = feed.proof(last, replica.digest(last), &mut remote, false)?;
-    let sig = feed.signature_at(proof.verified_by / 2)?;
-    let mut forged = b"one more tick".to_vec();
-    forged[0] ^= 1;
-    ensure!(
-        replica
-            .put(last, Some(&forged), &proof.nodes, sig.as_ref())
-            .is_err(),
-        "forged block accepted"
-    );
-    println!("4. a forged live block was refused; nothing was stored");
-    replica.put(last, Some(b"one more tick"), &proof.nodes, sig.as_ref())?;
-    ensure!(
-        replica.get(last)?.as_deref() == Some(&b"one more tick"[..]),
-        "live block missing"
-    );
-    println!(
-        "5. the genuine live block verified; replica length {}",
-        replica.length()
-    );
-    let _ = std::fs::remove_dir_all(&tmp);
-    println!("demo finished: ok");
-    Ok(ExitCode::SUCCESS)
+    candidates.push(PathBuf::from("plugins"));
+    for c in &candidates {
+        if c.join(&name).is_file() {
+            return Ok(c.clone());
+        }
+    }
+    bail!("the ledger plugin ({name}) was not found next to dazaar or in ./plugins: build the workspace first (cargo build --release --workspace)")
 }
 
-fn tempdir() -> Result<std::path::PathBuf> {
-    let dir = std::env::temp_dir().join(format!("dazaar-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir)
+fn step(start: Instant, text: impl AsRef<str>) {
+    println!(
+        "[{:>5.1}s] {}",
+        start.elapsed().as_secs_f64(),
+        text.as_ref()
+    );
+}
+
+/// Runs the demo.
+pub fn run() -> Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let result = rt.block_on(async { tokio::time::timeout(Duration::from_secs(60), demo()).await });
+    match result {
+        Ok(Ok(())) => {
+            println!("demo finished: ok");
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => bail!("the demo did not finish within a minute"),
+    }
+}
+
+async fn demo() -> Result<()> {
+    let t0 = Instant::now();
+    let tmp = std::env::temp_dir().join(format!("dazaar-demo-{}", std::process::id()));
+    let _cleanup = Cleanup(tmp.clone());
+    std::fs::create_dir_all(&tmp)?;
+    println!("dazaar demo: a sale on localhost, in {}", tmp.display());
+
+    // The seller's feed: a sample of ticks.
+    let mut feed = Feed::create(
+        FsStore::open(tmp.join("seller/feed"), true)?,
+        Ed25519KeyPair::generate(),
+    )?;
+    let ticks: Vec<Vec<u8>> = (0..2000)
+        .map(|i| format!("BTC/USD {} @ {}", 40_000 + (i * 37) % 997, i).into_bytes())
+        .collect();
+    feed.append_batch(&ticks)?;
+    let feed = SharedFeed::new(feed);
+    step(
+        t0,
+        format!(
+            "seller: feed of {} ticks, key {}",
+            ticks.len(),
+            hex::encode(feed.lock().key())
+        ),
+    );
+
+    // The ledger payment plugin, loaded from its shared library.
+    let plugin_dir = ledger_dir()?;
+    let mut registry = PluginRegistry::new();
+    let ledger = registry
+        .load_named(&plugin_dir, "ledger")
+        .context("loading the ledger plugin")?;
+    let ledger_file = tmp.join("seller/ledger.jsonl");
+    let verifier = ledger.open(
+        &format!(
+            "file = {:?}\nreload_ms = 0\n",
+            ledger_file.display().to_string()
+        ),
+        CallLimits {
+            timeout: Duration::from_secs(2),
+            workers: 1,
+            queue: 16,
+        },
+    )?;
+    // Price: 1 credit per second.
+    let terms = Arc::new(PaymentTerms::new("ledger", "credits", "1", "seconds", "1"));
+    let revalidate = Duration::from_millis(250);
+    let gate = PaymentGate::new(vec![PaymentEntry { terms, verifier }], revalidate);
+    step(
+        t0,
+        format!(
+            "seller: payment plugin `{}` {} from {}",
+            ledger.name(),
+            ledger.version(),
+            plugin_dir.display()
+        ),
+    );
+
+    let seller_id = Identity::from_master_key(rand::random());
+    let product = Product::new(
+        &seller_id,
+        feed.clone(),
+        Arc::new(gate),
+        ProductOptions {
+            terms: None,
+            revalidate,
+            deny: false,
+            data_dir: tmp.join("seller"),
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let (stop, stop_rx) = watch::channel(false);
+    tokio::spawn(market::seller::serve(
+        listener,
+        product.clone(),
+        NetConfig::default(),
+        stop_rx,
+        None,
+    ));
+    step(
+        t0,
+        format!(
+            "seller: listening on {addr}, seller key {}",
+            hex::encode(product.seller_key())
+        ),
+    );
+
+    let buyer = Identity::from_master_key(rand::random());
+    let buyer_key = buyer.buyer_key_pair().public_key();
+    let out = tmp.join("buyer/feed");
+    let opts = |live: bool| BuyOptions {
+        seller_key: product.seller_key(),
+        addr,
+        out: out.clone(),
+        live,
+        accept_terms: false,
+        data_dir: tmp.join("buyer"),
+        net: NetConfig::default(),
+        answer_timeout: Duration::from_secs(10),
+        send: Vec::new(),
+    };
+    let (_keep, never) = watch::channel(false);
+
+    // 1. Before paying: refused.
+    match market::buy(&buyer, opts(false), None, never.clone()).await {
+        Err(market::BuyError::Rejected(reason)) => step(
+            t0,
+            format!(
+                "buyer {}: refused before paying: {reason}",
+                &hex::encode(buyer_key)[..16]
+            ),
+        ),
+        Ok(_) => bail!("an unpaid buyer was served"),
+        Err(e) => return Err(e.into()),
+    }
+    ensure!(!out.join("key").exists(), "an unpaid buyer received a feed");
+
+    // 2. Pay for 4 seconds (a ledger entry, as `dazaar ledger add` writes it).
+    let line = format!(
+        "{{\"buyer\":\"{}\",\"amount\":4,\"time\":{}}}\n",
+        hex::encode(buyer_key),
+        dazaar::payments::now_ms()
+    );
+    std::fs::write(&ledger_file, line)?;
+    step(t0, "buyer: paid 4 credits (4 seconds of data)");
+
+    // 3. Buy live: download, then follow appends until the time runs out.
+    let (tx, mut rx) = mpsc::channel(8192);
+    let (stop_buyer, buyer_shutdown) = watch::channel(false);
+    let buyer_task = {
+        let opts = opts(true);
+        tokio::spawn(async move { market::buy(&buyer, opts, Some(tx), buyer_shutdown).await })
+    };
+    let appender = {
+        let feed = feed.clone();
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let _ = feed.append_batch(&[format!("BTC/USD live tick {i}").into_bytes()]);
+                i += 1;
+            }
+        })
+    };
+    let mut got_feed = None;
+    let mut synced_once = false;
+    let mut live_seen = 0u64;
+    let mut invalid = None;
+    while let Some(ev) = tokio::time::timeout(Duration::from_secs(15), rx.recv())
+        .await
+        .context("the buyer went quiet")?
+    {
+        match ev {
+            BuyerEvent::Feed { key } => {
+                step(
+                    t0,
+                    format!("buyer: got its own rekeyed feed {}", hex::encode(key)),
+                );
+                got_feed = Some(key);
+            }
+            BuyerEvent::Valid(info) if !synced_once => {
+                step(t0, format!("buyer: seller says valid: {info}"))
+            }
+            BuyerEvent::Synced { length, .. } => {
+                if !synced_once {
+                    step(
+                        t0,
+                        format!(
+                            "buyer: downloaded all {length} blocks, verified against its feed key"
+                        ),
+                    );
+                    synced_once = true;
+                } else if length > ticks.len() as u64 {
+                    live_seen = length - ticks.len() as u64;
+                }
+            }
+            BuyerEvent::Invalid(reason) => {
+                invalid = Some(reason);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let reason = invalid.context("the buyer was never cut off")?;
+    step(
+        t0,
+        format!("buyer: received {live_seen} live ticks, then was cut off: {reason}"),
+    );
+    ensure!(
+        got_feed.is_some() && synced_once,
+        "the buyer did not get its data"
+    );
+    ensure!(
+        got_feed != Some(product.feed_key),
+        "the buyer got the seller's own feed key, not a rekeyed one"
+    );
+    ensure!(live_seen > 0, "no live append reached the buyer");
+
+    // 4. After the lapse, appends no longer reach the buyer.
+    let held_at_lapse = {
+        let f = Feed::open(FsStore::open_read_only(&out)?, None)?;
+        f.downloaded(0, f.length())
+    };
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let held_later = {
+        let f = Feed::open(FsStore::open_read_only(&out)?, None)?;
+        f.downloaded(0, f.length())
+    };
+    let seller_len = feed.length();
+    step(
+        t0,
+        format!("seller: feed now {seller_len} blocks; the lapsed buyer still holds {held_later}"),
+    );
+    ensure!(
+        held_later <= held_at_lapse + 1,
+        "blocks kept flowing after the payment lapsed"
+    );
+    ensure!(
+        seller_len > held_later,
+        "the seller's later appends should not have reached the lapsed buyer"
+    );
+
+    appender.abort();
+    let _ = stop_buyer.send(true);
+    let _ = buyer_task.await;
+    let _ = stop.send(true);
+    Ok(())
+}
+
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

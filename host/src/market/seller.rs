@@ -159,7 +159,9 @@ impl Product {
         }
     }
 
-    async fn validate(&self, buyer: [u8; 32]) -> Validation {
+    /// Validates `buyer`; `fresh` skips the cached answer (a new connection: the buyer may
+    /// have just paid).
+    async fn validate(&self, buyer: [u8; 32], fresh: bool) -> Validation {
         if self.deny {
             return Validation::Invalid {
                 reason: "Access denied by the seller".into(),
@@ -171,7 +173,9 @@ impl Product {
             };
         }
         let seller = self.seller_key();
-        if let Some(answer) = self.gate.cached(buyer, seller) {
+        if fresh {
+            self.gate.forget(buyer, seller);
+        } else if let Some(answer) = self.gate.cached(buyer, seller) {
             return answer;
         }
         let gate = self.gate.clone();
@@ -347,7 +351,7 @@ pub async fn handle_connection(
             },
             _ = tokio::time::sleep_until(wake), if next_check.is_some() => {
                 let Some(b) = buyer else { next_check = None; continue };
-                let answer = product.validate(b).await;
+                let answer = product.validate(b, valid.is_none()).await;
                 let mut next = Instant::now() + product.revalidate;
                 let ok = match answer {
                     Validation::Valid { ref grant, .. } => {
