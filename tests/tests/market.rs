@@ -25,6 +25,7 @@ fn net() -> NetConfig {
     NetConfig {
         idle_timeout_ms: 5_000,
         keep_alive_ms: 1_000,
+        max_connections: 4096,
         ..NetConfig::default()
     }
 }
@@ -34,6 +35,23 @@ async fn start_sale(
     gate: PaymentGate,
     revalidate: Duration,
     terms: Option<&str>,
+) -> Sale {
+    start_sale_with(
+        blocks,
+        gate,
+        revalidate,
+        terms,
+        dazaar::market::seller::HANDSHAKE_TIMEOUT,
+    )
+    .await
+}
+
+async fn start_sale_with(
+    blocks: &[Vec<u8>],
+    gate: PaymentGate,
+    revalidate: Duration,
+    terms: Option<&str>,
+    handshake_timeout: Duration,
 ) -> Sale {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().to_path_buf();
@@ -55,6 +73,7 @@ async fn start_sale(
             revalidate,
             deny: false,
             data_dir: root.join("seller"),
+            handshake_timeout,
         },
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -693,4 +712,164 @@ async fn rust_buyer_buys_from_js_seller() {
             }
         }
     }
+}
+
+/// Bad buyers — 1,000 handshakes that never finish, garbage bytes, garbage and huge
+/// extension messages, a buyer of another seller — while paying buyers keep being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_buyers_do_not_disturb_paying_buyers() {
+    use dazaar::net::{Command, ConnectionOptions};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = dir.path().join("ledger.jsonl");
+    let revalidate = Duration::from_millis(300);
+    let sale = start_sale_with(
+        &[b"first".to_vec()],
+        ledger_gate(&ledger, revalidate),
+        revalidate,
+        None,
+        Duration::from_secs(1),
+    )
+    .await;
+    let alice = Identity::from_master_key([0x91; 32]);
+    let bob = Identity::from_master_key([0x92; 32]);
+    pay(&ledger, &alice, 600);
+    pay(&ledger, &bob, 600);
+
+    // Alice follows live.
+    let (tx, mut alice_events) = mpsc::channel(8192);
+    let (stop_alice, alice_shutdown) = watch::channel(false);
+    let alice_task = {
+        let opts = buy_options(&sale, "alice", true);
+        tokio::spawn(async move { buy(&alice, opts, Some(tx), alice_shutdown).await })
+    };
+
+    // 1,000 connections that never finish the handshake (half send a few bytes).
+    let mut stalled = Vec::new();
+    for i in 0..1000 {
+        let mut s = tokio::net::TcpStream::connect(sale.addr)
+            .await
+            .expect("connect");
+        if i % 2 == 0 {
+            let _ = s.write_all(&[0x40, 1, 2, 3]).await;
+        }
+        stalled.push(s);
+    }
+    // Garbage bytes instead of a handshake.
+    for _ in 0..20 {
+        let mut s = tokio::net::TcpStream::connect(sale.addr)
+            .await
+            .expect("connect");
+        let junk: Vec<u8> = (0..4096).map(|_| rand::random()).collect();
+        let _ = s.write_all(&junk).await;
+    }
+    // A real handshake, then garbage extensions and huge user messages.
+    let mut rogues = Vec::new();
+    for r in 0..3u8 {
+        let stream = dazaar::net::dial(sale.addr).await.expect("dial");
+        let mut cfg = net().session_config(
+            true,
+            dazaar::crypto::NoiseKeyPair::from_seed(&[0xa0 + r; 32]),
+        );
+        cfg.expected_remote_key = Some(sale.product.seller_key());
+        let (cmd_tx, cmd_rx) = mpsc::channel(64);
+        for name in [
+            "dazaar/user-message",
+            "dazaar/valid",
+            "dazaar/one-time-feed",
+            "zz/unknown",
+        ] {
+            cmd_tx
+                .send(Command::RegisterExtension(name.into()))
+                .await
+                .expect("cmd");
+        }
+        let huge = vec![b'x'; if r == 0 { 4 * 1024 * 1024 } else { 200 * 1024 }];
+        for (name, payload) in [
+            ("dazaar/user-message", b"not json at all".to_vec()),
+            ("dazaar/user-message", br#"{"name": 5}"#.to_vec()),
+            ("dazaar/user-message", huge.clone()),
+            ("dazaar/valid", vec![0xff; 100]),
+            ("dazaar/one-time-feed", vec![1, 2, 3]),
+            ("zz/unknown", huge),
+        ] {
+            cmd_tx
+                .send(Command::SendExtension(name.into(), payload))
+                .await
+                .expect("cmd");
+        }
+        let net_cfg = net();
+        rogues.push(tokio::spawn(async move {
+            let options = ConnectionOptions::<FsStore> {
+                commands: Some(cmd_rx),
+                ..ConnectionOptions::default()
+            };
+            let _keep = cmd_tx;
+            tokio::time::timeout(
+                Duration::from_secs(3),
+                dazaar::net::run_connection(stream, cfg, &net_cfg, options),
+            )
+            .await
+        }));
+    }
+
+    // Meanwhile the seller appends, and Alice receives it live.
+    for i in 0..20u32 {
+        sale.product
+            .feed
+            .append_batch(&[format!("live {i}").into_bytes()])
+            .expect("append");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut alice_len = 0;
+    while alice_len < 21 {
+        match tokio::time::timeout_at(deadline, alice_events.recv()).await {
+            Ok(Some(BuyerEvent::Synced { length, .. })) => alice_len = length,
+            Ok(Some(_)) => {}
+            _ => panic!("Alice stopped receiving while bad buyers were connected (at {alice_len})"),
+        }
+    }
+    // Bob buys the whole feed while all of that is going on.
+    let (_never, shutdown) = watch::channel(false);
+    let b = tokio::time::timeout(
+        Duration::from_secs(10),
+        buy(&bob, buy_options(&sale, "bob", false), None, shutdown),
+    )
+    .await
+    .expect("Bob in time")
+    .expect("Bob buys");
+    assert_eq!(b.length, 21);
+
+    // The stalled handshakes are dropped after the handshake deadline.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut closed = 0;
+    for s in stalled.iter_mut() {
+        let mut buf = [0u8; 64];
+        match tokio::time::timeout(Duration::from_millis(50), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => closed += 1,
+            // The responder may have answered part of a handshake before giving up.
+            Ok(Ok(_)) => {
+                if let Ok(Ok(0)) =
+                    tokio::time::timeout(Duration::from_millis(50), s.read(&mut buf)).await
+                {
+                    closed += 1;
+                }
+            }
+            Err(_) => {}
+        }
+    }
+    assert_eq!(
+        closed, 1000,
+        "every stalled handshake was dropped by the seller"
+    );
+    for r in rogues {
+        let _ = r.await;
+    }
+    assert!(
+        sale.product.connected_buyers() >= 1,
+        "Alice is still connected"
+    );
+    let _ = stop_alice.send(true);
+    let _ = alice_task.await;
 }

@@ -134,6 +134,7 @@ async fn demo() -> Result<()> {
             revalidate,
             deny: false,
             data_dir: tmp.join("seller"),
+            handshake_timeout: market::seller::HANDSHAKE_TIMEOUT,
         },
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

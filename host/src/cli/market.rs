@@ -328,6 +328,7 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
                 revalidate,
                 deny: args.deny,
                 data_dir: data_dir.clone(),
+                handshake_timeout: market::seller::HANDSHAKE_TIMEOUT,
             },
         ));
     } else {
@@ -349,6 +350,7 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
                     revalidate: sell.revalidate,
                     deny: args.deny,
                     data_dir: data_dir.clone(),
+                    handshake_timeout: market::seller::HANDSHAKE_TIMEOUT,
                 },
             ));
         }
@@ -378,7 +380,10 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
             servers.push(tokio::spawn(market::seller::serve(
                 listener,
                 product.clone(),
-                NetConfig::default(),
+                NetConfig {
+                    max_connections: 4096,
+                    ..NetConfig::default()
+                },
                 shutdown.clone(),
                 Some(ev_tx.clone()),
             )));

@@ -88,6 +88,8 @@ pub struct Product {
     pub deny: bool,
     /// Revoked buyers.
     pub revoked: RevocationList,
+    /// Handshake deadline.
+    pub handshake_timeout: Duration,
     identity: Identity,
     active: Mutex<HashMap<[u8; 32], (u64, mpsc::Sender<Command<FsStore>>)>>,
 }
@@ -112,7 +114,13 @@ pub struct ProductOptions {
     pub deny: bool,
     /// Where the revocation list is (the seller's data dir).
     pub data_dir: PathBuf,
+    /// A connection whose Noise handshake has not finished by then is dropped (a peer
+    /// that opens connections and never finishes them holds no slot for long).
+    pub handshake_timeout: Duration,
 }
+
+/// The default handshake deadline.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Product {
     /// A product selling `feed` with the seller key derived from `identity`.
@@ -133,6 +141,7 @@ impl Product {
             terms: options.terms,
             revalidate: options.revalidate.max(Duration::from_millis(10)),
             deny: options.deny,
+            handshake_timeout: options.handshake_timeout,
             identity: identity.clone(),
             active: Mutex::new(HashMap::new()),
         })
@@ -330,10 +339,16 @@ pub async fn handle_connection(
     let mut valid: Option<bool> = None;
     let mut last_valid_sent: Option<Instant> = None;
     let mut next_check: Option<Instant> = None;
+    let handshake_deadline = Instant::now() + product.handshake_timeout;
     let result = loop {
         let wake = next_check.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             res = &mut conn => break res,
+            _ = tokio::time::sleep_until(handshake_deadline), if buyer.is_none() => {
+                conn.abort();
+                tracing::debug!("handshake not finished in time: dropped");
+                break Ok(Err(crate::net::NetError::HandshakeTimeout));
+            }
             ev = ev_rx.recv() => match ev {
                 None => break (&mut conn).await,
                 Some(NetEvent::Connected { remote_public_key }) => {

@@ -36,6 +36,9 @@ const MAX_SUBSCRIBERS: usize = 4096;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum NetError {
+    /// The Noise handshake did not finish in time.
+    #[error("the handshake did not finish in time")]
+    HandshakeTimeout,
     /// The socket failed.
     #[error("{context}")]
     Io {
