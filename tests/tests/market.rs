@@ -873,3 +873,152 @@ async fn bad_buyers_do_not_disturb_paying_buyers() {
     let _ = stop_alice.send(true);
     let _ = alice_task.await;
 }
+
+/// Terms of use: a buyer that has not accepted them gets nothing; accepting records them;
+/// changed terms must be accepted again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn terms_of_use_must_be_accepted() {
+    let blocks = vec![b"a".to_vec(), b"b".to_vec()];
+    let sale = start_sale(
+        &blocks,
+        PaymentGate::new(Vec::new(), Duration::from_secs(1)),
+        Duration::from_millis(200),
+        Some("be nice"),
+    )
+    .await;
+    let buyer = Identity::from_master_key([0xb1; 32]);
+    let (_never, shutdown) = watch::channel(false);
+    let err = buy(
+        &buyer,
+        buy_options(&sale, "t", false),
+        None,
+        shutdown.clone(),
+    )
+    .await
+    .expect_err("not accepted");
+    assert_eq!(
+        err.to_string(),
+        "Terms of Use must be accepted before data can be replicated"
+    );
+    assert!(
+        !sale.dir.join("t/feed/key").exists() || {
+            let f = Feed::open(
+                FsStore::open(sale.dir.join("t/feed"), false).expect("store"),
+                None,
+            )
+            .expect("open");
+            f.downloaded(0, f.length().max(1)) == 0
+        }
+    );
+    let mut opts = buy_options(&sale, "t", false);
+    opts.accept_terms = true;
+    let out = buy(&buyer, opts, None, shutdown.clone())
+        .await
+        .expect("accepted");
+    assert_eq!(out.length, 2);
+    // Accepted once: no flag needed next time.
+    buy(
+        &buyer,
+        buy_options(&sale, "t", false),
+        None,
+        shutdown.clone(),
+    )
+    .await
+    .expect("remembered");
+    // A seller whose terms changed since they were accepted is refused until accepted again.
+    let changed = start_sale(
+        &blocks,
+        PaymentGate::new(Vec::new(), Duration::from_secs(1)),
+        Duration::from_millis(200),
+        Some("be nicer"),
+    )
+    .await;
+    let accepted = sale
+        .dir
+        .join("t/accepted-terms")
+        .join(hex::encode(changed.product.seller_key()));
+    std::fs::write(&accepted, "be nice").expect("earlier terms");
+    let mut opts = buy_options(&changed, "t", false);
+    opts.data_dir = sale.dir.join("t");
+    let err = buy(&buyer, opts.clone(), None, shutdown.clone())
+        .await
+        .expect_err("updated terms");
+    assert_eq!(
+        err.to_string(),
+        "Terms of Use updated, new terms must be accepted before data can be replicated"
+    );
+    opts.accept_terms = true;
+    buy(&buyer, opts, None, shutdown)
+        .await
+        .expect("accepted again");
+    assert_eq!(
+        std::fs::read_to_string(&accepted).expect("recorded"),
+        "be nicer"
+    );
+}
+
+/// A buyer's user message reaches the seller's payment plugin and its answer comes back
+/// (the invoice exchange of Lightning rides on this), without the buyer being valid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn user_messages_reach_the_sellers_plugin() {
+    use dazaar::payments::{CallLimits, PaymentEntry, PaymentTerms, PluginRegistry, UserMessage};
+    let mut registry = PluginRegistry::new();
+    let faulty = registry
+        .load_path(&dazaar_tests::plugin_library("faulty"))
+        .expect("load");
+    let verifier = faulty
+        .open(
+            "mode = \"ok\"",
+            CallLimits {
+                timeout: Duration::from_secs(2),
+                workers: 1,
+                queue: 8,
+            },
+        )
+        .expect("open");
+    let terms = Arc::new(PaymentTerms::new(
+        faulty.methods().next().expect("method"),
+        "X",
+        "1",
+        "seconds",
+        "1",
+    ));
+    let gate = PaymentGate::new(
+        vec![PaymentEntry { terms, verifier }],
+        Duration::from_secs(1),
+    );
+    let sale = start_sale(&[b"x".to_vec()], gate, Duration::from_millis(200), None).await;
+    let buyer = Identity::from_master_key([0xc1; 32]);
+    let ping = UserMessage {
+        name: "faulty-ping".into(),
+        message: "{}".into(),
+    };
+    let reply = dazaar::market::exchange(
+        &buyer,
+        sale.product.seller_key(),
+        sale.addr,
+        &ping,
+        &net(),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("exchange")
+    .expect("a reply");
+    assert_eq!(reply.name.as_str(), "faulty-pong");
+    // A message no plugin handles gets no answer.
+    let other = UserMessage {
+        name: "nobody-handles-this".into(),
+        message: "1".into(),
+    };
+    let none = dazaar::market::exchange(
+        &buyer,
+        sale.product.seller_key(),
+        sale.addr,
+        &other,
+        &net(),
+        Duration::from_millis(500),
+    )
+    .await
+    .expect("exchange");
+    assert!(none.is_none());
+}

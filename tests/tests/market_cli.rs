@@ -371,3 +371,87 @@ fn paid_sale_live_appends_revoke_and_burn() {
     assert!(!v.status.success());
     assert!(String::from_utf8_lossy(&v.stderr).contains("id: missing"));
 }
+
+#[test]
+fn pay_and_quote_from_a_card() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let feed = dir.path().join("feed");
+    make_feed(&feed, 3);
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).expect("mkdir");
+    copy_plugin("ledger", &plugins, None);
+    let seller_data = dir.path().join("seller");
+    let id = dazaar(&[
+        "--data-dir",
+        s(&seller_data),
+        "id",
+        "--feed",
+        s(&feed),
+        "--json",
+    ]);
+    let seller_key = json_lines(&id.stdout)[0]["sellerKey"]
+        .as_str()
+        .expect("seller")
+        .to_owned();
+    let card = serde_json::json!({
+        "id": seller_key, "name": "ticks",
+        "payment": [{"method": "ledger", "currency": "credits", "amount": "2", "unit": "minutes", "interval": "1", "minSeconds": 30}]
+    });
+    let card_file = dir.path().join("card.json");
+    std::fs::write(&card_file, card.to_string()).expect("write");
+
+    let q = dazaar(&["quote", s(&card_file), "--seconds", "120", "--json"]);
+    assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stderr));
+    let q = &json_lines(&q.stdout)[0];
+    assert_eq!(q["currency"], "credits");
+    assert!(
+        (q["amount"].as_f64().expect("amount") - 4.0).abs() < 1e-9,
+        "{q}"
+    );
+    let q = dazaar(&["quote", s(&card_file), "--seconds", "10", "--json"]);
+    assert!(
+        (json_lines(&q.stdout)[0]["amount"].as_f64().expect("amount") - 1.0).abs() < 1e-9,
+        "minSeconds applies"
+    );
+
+    let buyer_data = dir.path().join("buyer");
+    let p = dazaar(&[
+        "--data-dir",
+        s(&buyer_data),
+        "pay",
+        &seller_key,
+        "--plugin",
+        "ledger",
+        "--plugin-dir",
+        s(&plugins),
+        "--plugin-config",
+        "file = \"/dev/null\"",
+        "--card",
+        s(&card_file),
+        "--amount",
+        "5",
+        "--json",
+    ]);
+    assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
+    let how = &json_lines(&p.stdout)[0];
+    let buyer_id = dazaar(&["--data-dir", s(&buyer_data), "id", "--json"]);
+    let buyer_key = json_lines(&buyer_id.stdout)[0]["buyerKey"]
+        .as_str()
+        .expect("buyer")
+        .to_owned();
+    assert_eq!(how["memo"], format!("dazaar: {seller_key} {buyer_key}"));
+    assert_eq!(how["amount"], "5");
+    // A card for another seller is refused.
+    let p = dazaar(&[
+        "pay",
+        &"cd".repeat(32),
+        "--plugin",
+        "ledger",
+        "--plugin-dir",
+        s(&plugins),
+        "--card",
+        s(&card_file),
+    ]);
+    assert!(!p.status.success());
+    assert!(String::from_utf8_lossy(&p.stderr).contains("the card is for seller"));
+}

@@ -718,3 +718,194 @@ pub fn id(common: &Common, args: IdArgs) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// `dazaar pay`.
+#[derive(Debug, Args)]
+pub struct PayArgs {
+    /// The seller key (hex).
+    pub seller_key: String,
+    /// The seller's address (for plugins that ask the seller, e.g. for an invoice).
+    #[arg(long)]
+    pub connect: Option<SocketAddr>,
+    /// The payment plugin to pay with.
+    #[arg(long)]
+    pub plugin: String,
+    /// How much, in the card entry's currency (default: the entry's amount).
+    #[arg(long)]
+    pub amount: Option<String>,
+    /// The seller's Dazaar card (its payment entries); without it, an entry of the
+    /// plugin's first method.
+    #[arg(long)]
+    pub card: Option<PathBuf>,
+    /// The plugin's own settings (TOML); default: its `[[buy.payment]]` table.
+    #[arg(long)]
+    pub plugin_config: Option<String>,
+    /// Where payment plugins are.
+    #[arg(long)]
+    pub plugin_dir: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `dazaar pay`: asks the buyer-side plugin how to pay (and, when it says so, the
+/// seller's plugin for an invoice over `dazaar/user-message`), then pays or prints what
+/// to pay.
+pub fn pay(common: &Common, args: PayArgs) -> Result<ExitCode> {
+    use dazaar::payments::{BuyerPlugin, BuyerWallet, UserMessage};
+    let settings = common.settings()?;
+    let identity = common.identity(settings.as_ref())?;
+    let seller = parse_key(&args.seller_key, "the seller key")?;
+    let card_payment: Option<Vec<serde_json::Value>> = match &args.card {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("{}: cannot read", path.display()))?;
+            let card = dazaar::card::parse(&text).with_context(|| format!("{}", path.display()))?;
+            if card.seller_key != seller {
+                bail!(
+                    "{}: the card is for seller {}, not {}",
+                    path.display(),
+                    hex::encode(card.seller_key),
+                    hex::encode(seller)
+                );
+            }
+            Some(
+                card.json
+                    .get("payment")
+                    .and_then(|p| p.as_array().cloned())
+                    .unwrap_or_default(),
+            )
+        }
+        None => None,
+    };
+    let plugin_dir = args
+        .plugin_dir
+        .clone()
+        .or_else(|| settings.as_ref().map(|s| s.plugin_dir.clone()))
+        .unwrap_or_else(|| PathBuf::from("plugins"));
+    let mut registry = PluginRegistry::new();
+    let plugin = registry.load_named(&plugin_dir, &args.plugin)?;
+    let config = match &args.plugin_config {
+        Some(c) => c.clone(),
+        None => settings
+            .as_ref()
+            .and_then(|s| {
+                s.buy
+                    .payment
+                    .iter()
+                    .find(|p| p.plugin == args.plugin)
+                    .map(|p| p.config.clone())
+            })
+            .unwrap_or_default(),
+    };
+    let verifier = plugin.open(&config, limits())?;
+    let card_payment = card_payment.unwrap_or_else(|| {
+        let method = plugin.methods().next().unwrap_or(&args.plugin).to_owned();
+        let terms = PaymentTerms::new(
+            &method,
+            "",
+            args.amount.as_deref().unwrap_or("0"),
+            "seconds",
+            "1",
+        );
+        vec![dazaar::payments::terms_to_card(&terms)]
+    });
+    let wallet = BuyerWallet::new(vec![BuyerPlugin {
+        method: None,
+        verifier,
+    }]);
+    let buyer = identity.buyer_key_pair().public_key();
+    let (choice, how) =
+        wallet.payment_request(buyer, seller, &card_payment, args.amount.as_deref())?;
+    let mut report = serde_json::to_value(&how)?;
+    if let Some(send) = &how.send {
+        let addr = args
+            .connect
+            .context("this payment asks the seller first: give --connect ADDR")?;
+        let message = UserMessage {
+            name: send.name.as_str().into(),
+            message: send.message.to_string().into(),
+        };
+        let reply = runtime()?.block_on(market::exchange(
+            &identity,
+            seller,
+            addr,
+            &message,
+            &NetConfig::default(),
+            Duration::from_secs(30),
+        ))?;
+        let reply = reply.context("the seller did not answer the payment request")?;
+        report["sellerReply"] = json!({"name": reply.name.as_str(), "message": serde_json::from_str::<serde_json::Value>(reply.message.as_str()).unwrap_or_default()});
+        if let Some(follow) = wallet.user_message(buyer, seller, &choice, &reply)? {
+            report["result"] = json!({"name": follow.name.as_str(), "message": serde_json::from_str::<serde_json::Value>(follow.message.as_str()).unwrap_or_default()});
+        }
+    }
+    if args.json {
+        print_json(report);
+    } else {
+        println!(
+            "pay with {} ({} {}):",
+            plugin.name(),
+            choice.terms.method,
+            choice.terms.currency
+        );
+        if let Some(obj) = report.as_object() {
+            for (k, v) in obj {
+                if !v.is_null() {
+                    println!(
+                        "  {k}: {}",
+                        v.as_str()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| v.to_string())
+                    );
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `dazaar quote`.
+#[derive(Debug, Args)]
+pub struct QuoteArgs {
+    /// The seller's Dazaar card.
+    pub card: PathBuf,
+    /// How many seconds of access.
+    #[arg(long)]
+    pub seconds: f64,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `dazaar quote`: what `seconds` of access cost in each of the card's methods.
+pub fn quote(args: QuoteArgs) -> Result<ExitCode> {
+    if !(args.seconds.is_finite() && args.seconds >= 0.0) {
+        bail!("--seconds must be a non-negative number");
+    }
+    let text = std::fs::read_to_string(&args.card)
+        .with_context(|| format!("{}: cannot read", args.card.display()))?;
+    let card = dazaar::card::parse(&text).with_context(|| format!("{}", args.card.display()))?;
+    if card.is_free() {
+        if args.json {
+            print_json(json!({"free": true}));
+        } else {
+            println!("free");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    for t in &card.payment {
+        let rate = dazaar_plugin_api::Rate::from_card(&t.amount, &t.unit, &t.interval)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let seconds = args.seconds.max(t.min_seconds);
+        let cost = rate.rate_per_second() * seconds;
+        if args.json {
+            print_json(
+                json!({"method": t.method.as_str(), "currency": t.currency.as_str(), "seconds": seconds, "amount": cost}),
+            );
+        } else {
+            println!("{} {}: {cost} for {seconds} s", t.method, t.currency);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -60,6 +60,11 @@ pub enum Command {
     /// Revoke a buyer and publish its rekeyed key pair (in the card), so copies it relays
     /// no longer prove they came from the seller.
     Burn(market::RevokeArgs),
+    /// Ask a payment plugin how to pay a seller (and the seller for an invoice), then pay
+    /// or print what to pay.
+    Pay(market::PayArgs),
+    /// What some seconds of access cost in each of a card's payment methods.
+    Quote(market::QuoteArgs),
     /// Show this data dir's buyer key (and a feed's seller key), or import a master key.
     Id(market::IdArgs),
 }
@@ -99,6 +104,8 @@ pub fn main() -> ExitCode {
         Command::Revoke(args) => market::revoke(&common, args, false),
         Command::Burn(args) => market::revoke(&common, args, true),
         Command::Id(args) => market::id(&common, args),
+        Command::Pay(args) => market::pay(&common, args),
+        Command::Quote(args) => market::quote(args),
     };
     match result {
         Ok(code) => code,

@@ -197,14 +197,12 @@ pub async fn buy(
         events: Some(ev_tx),
         commands: Some(cmd_rx),
         shutdown: Some(shutdown.clone()),
+        extensions: ext::ALL.iter().map(|n| (*n).to_owned()).collect(),
         keep_unknown: true,
     };
     let net_cfg = opts.net.clone();
     let mut conn =
         tokio::spawn(async move { net::run_connection(stream, session, &net_cfg, options).await });
-    for name in ext::ALL {
-        let _ = cmd_tx.send(Command::RegisterExtension(name.into())).await;
-    }
     for m in &opts.send {
         let _ = cmd_tx
             .send(Command::SendExtension(
@@ -333,4 +331,63 @@ pub async fn buy(
             }
         }
     }
+}
+
+/// Sends one `dazaar/user-message` to the seller and waits for its answer (e.g. a
+/// Lightning invoice for `lnd-pay-request`). Needs no valid payment: it is how a buyer
+/// learns how to pay. `Ok(None)`: the seller answered nothing within `timeout`.
+pub async fn exchange(
+    identity: &Identity,
+    seller_key: [u8; 32],
+    addr: SocketAddr,
+    message: &UserMessage,
+    net_cfg: &NetConfig,
+    timeout: Duration,
+) -> Result<Option<UserMessage>, BuyError> {
+    let stream = net::dial(addr).await?;
+    let mut session = net_cfg.session_config(true, identity.buyer_key_pair());
+    session.expected_remote_key = Some(seller_key);
+    let (ev_tx, mut ev_rx) = mpsc::channel::<NetEvent>(64);
+    let (cmd_tx, cmd_rx) = mpsc::channel::<Command<FsStore>>(16);
+    let options = ConnectionOptions {
+        events: Some(ev_tx),
+        commands: Some(cmd_rx),
+        extensions: ext::ALL.iter().map(|n| (*n).to_owned()).collect(),
+        keep_unknown: true,
+        ..ConnectionOptions::default()
+    };
+    let cfg = net_cfg.clone();
+    let mut conn =
+        tokio::spawn(async move { net::run_connection(stream, session, &cfg, options).await });
+    let _ = cmd_tx
+        .send(Command::SendExtension(
+            ext::USER_MESSAGE.into(),
+            encode_user_message(message),
+        ))
+        .await;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let reply = loop {
+        tokio::select! {
+            res = &mut conn => {
+                return match res {
+                    Ok(Ok(())) => Ok(None),
+                    Ok(Err(e)) => Err(e.into()),
+                    Err(e) => Err(BuyError::Protocol(format!("connection task failed: {e}"))),
+                };
+            }
+            _ = tokio::time::sleep_until(deadline) => break None,
+            ev = ev_rx.recv() => match ev {
+                Some(NetEvent::Extension { name, payload }) if name == ext::USER_MESSAGE => {
+                    if let Ok(m) = parse_user_message(&payload) {
+                        break Some(m);
+                    }
+                }
+                Some(_) => {}
+                None => break None,
+            },
+        }
+    };
+    let _ = cmd_tx.send(Command::Shutdown).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), &mut conn).await;
+    Ok(reply)
 }

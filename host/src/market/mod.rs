@@ -6,6 +6,6 @@ pub mod identity;
 pub mod revocation;
 pub mod seller;
 
-pub use buyer::{buy, BuyError, BuyOptions, BuyOutcome, BuyerEvent};
+pub use buyer::{buy, exchange, BuyError, BuyOptions, BuyOutcome, BuyerEvent};
 pub use identity::{Identity, IdentityError, KdfParams};
 pub use seller::{Product, ProductOptions, SellerEvent};

@@ -70,6 +70,9 @@ pub enum SellerEvent {
     },
 }
 
+/// A buyer's live connection: its id and how to tell it to stop.
+type ActiveConnection = (u64, mpsc::Sender<Command<FsStore>>);
+
 /// One feed for sale.
 pub struct Product {
     /// The feed, shared by all connections.
@@ -91,7 +94,7 @@ pub struct Product {
     /// Handshake deadline.
     pub handshake_timeout: Duration,
     identity: Identity,
-    active: Mutex<HashMap<[u8; 32], (u64, mpsc::Sender<Command<FsStore>>)>>,
+    active: Mutex<HashMap<[u8; 32], ActiveConnection>>,
 }
 
 impl std::fmt::Debug for Product {
@@ -298,6 +301,8 @@ pub async fn handle_connection(
         events: Some(ev_tx),
         commands: Some(cmd_rx),
         shutdown: Some(shutdown),
+        // JS registers these five, sends the seller id, then registers user-message.
+        extensions: ext::SELLER_FIRST.iter().map(|n| (*n).to_owned()).collect(),
         keep_unknown: false,
     };
     let net_for_conn = net.clone();
@@ -307,10 +312,7 @@ pub async fn handle_connection(
         );
 
     // Queued before the handshake, in JS's order.
-    let mut queue: Vec<Command<FsStore>> = ext::SELLER_FIRST
-        .iter()
-        .map(|n| Command::RegisterExtension((*n).into()))
-        .collect();
+    let mut queue: Vec<Command<FsStore>> = Vec::new();
     queue.push(Command::SendExtension(
         ext::SELLER_ID.into(),
         rand::random::<[u8; 32]>().to_vec(),

@@ -362,6 +362,9 @@ pub struct ConnectionOptions<S: Store> {
     pub commands: Option<mpsc::Receiver<Command<S>>>,
     /// Ends the connection when it turns true.
     pub shutdown: Option<watch::Receiver<bool>>,
+    /// Stream-level extension names registered before anything is received (so that no
+    /// message of the remote can arrive before its name is known).
+    pub extensions: Vec<String>,
     /// Leave a remote's Open for a discovery key we do not serve pending instead of
     /// closing it (a Dazaar buyer: the seller opens the one-time feed right after telling
     /// its key, and the buyer opens it when the key arrives). Bounded by the session's
@@ -377,6 +380,7 @@ impl<S: Store> Default for ConnectionOptions<S> {
             events: None,
             commands: None,
             shutdown: None,
+            extensions: Vec::new(),
             keep_unknown: false,
         }
     }
@@ -588,6 +592,9 @@ where
         start: Instant::now(),
         keep_unknown: options.keep_unknown,
     };
+    for name in &options.extensions {
+        driver.session.register_extension(name)?;
+    }
     for spec in options.serve {
         let key = spec.key();
         driver
