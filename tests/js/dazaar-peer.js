@@ -60,7 +60,7 @@ function sell () {
         const every = Number(arg('append-ms', '0'))
         if (every > 0) {
           let i = n
-          setInterval(() => feed.append(Buffer.from('block ' + i++)), every)
+          setInterval(() => { feed.append(Buffer.from('t=' + Date.now())); i++ }, every)
         }
       })
     })

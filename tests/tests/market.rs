@@ -110,6 +110,7 @@ fn buy_options(sale: &Sale, buyer_dir: &str, live: bool) -> BuyOptions {
         net: net(),
         answer_timeout: Duration::from_secs(5),
         send: Vec::new(),
+        report_blocks: false,
     }
 }
 
@@ -661,6 +662,7 @@ async fn rust_buyer_buys_from_js_seller() {
             net: net(),
             answer_timeout: Duration::from_secs(10),
             send: Vec::new(),
+            report_blocks: false,
         };
         let (tx, mut rx) = mpsc::channel(4096);
         let (_never, shutdown) = watch::channel(false);

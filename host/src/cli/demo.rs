@@ -168,6 +168,7 @@ async fn demo() -> Result<()> {
         net: NetConfig::default(),
         answer_timeout: Duration::from_secs(10),
         send: Vec::new(),
+        report_blocks: false,
     };
     let (_keep, never) = watch::channel(false);
 

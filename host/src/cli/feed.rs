@@ -4,7 +4,6 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
@@ -182,8 +181,6 @@ fn create(dir: &Path, json: bool) -> Result<ExitCode> {
 const MAX_BATCH_BLOCKS: usize = 4096;
 /// Most bytes in one append batch.
 const MAX_BATCH_BYTES: usize = 16 * 1024 * 1024;
-/// Longest a read block waits before it is committed.
-const COMMIT_INTERVAL: Duration = Duration::from_millis(200);
 
 fn append(
     dir: &Path,
@@ -210,40 +207,28 @@ fn append(
     let (tx, rx) = mpsc::sync_channel::<std::io::Result<Vec<u8>>>(1024);
     let reader = std::thread::spawn(move || read_blocks(input, block_size, tx));
     let start_length = feed.length();
-    let mut batch: Vec<Vec<u8>> = Vec::new();
-    let mut batch_bytes = 0usize;
-    let mut deadline: Option<Instant> = None;
-    loop {
-        let msg = match deadline {
-            Some(d) => match rx.recv_timeout(d.saturating_duration_since(Instant::now())) {
-                Ok(m) => Some(m),
-                Err(mpsc::RecvTimeoutError::Timeout) => None,
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
-            },
-            None => match rx.recv() {
-                Ok(m) => Some(m),
-                Err(_) => break,
-            },
-        };
-        if let Some(m) = msg {
-            let block = m.context("reading input")?;
-            batch_bytes += block.len();
-            batch.push(block);
-            deadline.get_or_insert_with(|| Instant::now() + COMMIT_INTERVAL);
+    // Group commit: wait for a block, take whatever else is already read (up to the batch
+    // limits), commit that as one batch (one signature, one fsync), repeat. A slow stream
+    // is committed block by block as it arrives; a fast one in large batches.
+    'outer: while let Ok(first) = rx.recv() {
+        let mut batch = vec![first.context("reading input")?];
+        let mut batch_bytes = batch[0].len();
+        while batch.len() < MAX_BATCH_BLOCKS && batch_bytes < MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(m) => {
+                    let block = m.context("reading input")?;
+                    batch_bytes += block.len();
+                    batch.push(block);
+                }
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => {
+                    feed.append_batch(&batch).context("appending")?;
+                    break 'outer;
+                }
+            }
         }
-        let due = deadline.is_some_and(|d| Instant::now() >= d);
-        if !batch.is_empty()
-            && (due || batch.len() >= MAX_BATCH_BLOCKS || batch_bytes >= MAX_BATCH_BYTES)
-        {
-            feed.append_batch(&batch).context("appending")?;
-            tracing::debug!(length = feed.length(), "committed batch of {}", batch.len());
-            batch.clear();
-            batch_bytes = 0;
-            deadline = None;
-        }
-    }
-    if !batch.is_empty() {
         feed.append_batch(&batch).context("appending")?;
+        tracing::debug!(length = feed.length(), "committed batch of {}", batch.len());
     }
     feed.sync().context("syncing")?;
     match reader.join() {

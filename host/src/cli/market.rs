@@ -376,7 +376,7 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
             } else {
                 println!("selling feed {feed_key}\n  seller key {seller_key}\n  listening on {local}");
             }
-            dazaar::net::spawn_refresh(product.feed.clone(), Duration::from_millis(100), shutdown.clone());
+            dazaar::net::spawn_refresh(product.feed.clone(), Duration::from_millis(20), shutdown.clone());
             servers.push(tokio::spawn(market::seller::serve(
                 listener,
                 product.clone(),
@@ -460,6 +460,7 @@ pub fn buy(common: &Common, args: BuyArgs) -> Result<ExitCode> {
         net: NetConfig::default(),
         answer_timeout: Duration::from_secs(args.timeout.max(1)),
         send: Vec::new(),
+        report_blocks: false,
     };
     let json = args.json;
     let result = runtime()?.block_on(async move {

@@ -87,6 +87,13 @@ pub enum BuyerEvent {
         /// Blocks held.
         downloaded: u64,
     },
+    /// A block arrived (only with [`BuyOptions::report_blocks`]).
+    Block {
+        /// Its index.
+        index: u64,
+        /// Its bytes.
+        data: Vec<u8>,
+    },
     /// We hold everything the seller has.
     Synced {
         /// The length.
@@ -117,6 +124,8 @@ pub struct BuyOptions {
     pub answer_timeout: Duration,
     /// User messages to send once connected (e.g. a payment request).
     pub send: Vec<UserMessage>,
+    /// Report each block's bytes as it arrives ([`BuyerEvent::Block`]).
+    pub report_blocks: bool,
 }
 
 /// How a purchase ended.
@@ -314,6 +323,12 @@ pub async fn buy(
                                         return outcome(&feed, feed_key)
                                             .ok_or_else(|| BuyError::Protocol("no feed".into()));
                                     }
+                                }
+                            }
+                            ReplicationEvent::Downloaded { index, .. } if opts.report_blocks => {
+                                let data = f.lock().get(index).ok().flatten();
+                                if let Some(data) = data {
+                                    report(BuyerEvent::Block { index, data });
                                 }
                             }
                             ReplicationEvent::Length { .. } | ReplicationEvent::Downloaded { .. } => {

@@ -1,0 +1,351 @@
+//! Market benchmark: one seller, N concurrent buyers (default 1,000), each with its own
+//! rekeyed feed on its own connection, the seller appending 100 blocks/s. Reports the
+//! delivery latency (append → block verified and stored at a buyer: p50, p99, max), the
+//! seller's CPU and RSS; then the same load against the JS dazaar@1.6.1 seller.
+//!
+//! The Rust seller is a `dazaar sell` process selling through the ledger plugin (every
+//! buyer paid); blocks are appended by a `dazaar feed append` process fed one line per
+//! 10 ms, each line carrying its wall-clock time; the JS seller appends the same lines
+//! itself. Buyers run in this process.
+//!
+//! `cargo bench -p dazaar-tests --bench market` (`BENCH_BUYERS`, `BENCH_SECONDS` to change).
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use dazaar::market::{buy, BuyOptions, BuyerEvent, Identity};
+use dazaar::net::NetConfig;
+use dazaar_tests::*;
+use tokio::sync::{mpsc, watch};
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+fn status_kib(pid: u32, key: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with(key))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+struct Result {
+    label: String,
+    p50: u64,
+    p99: u64,
+    max: u64,
+    samples: usize,
+    buyers_ok: usize,
+    cpu: f64,
+    rss_mib: f64,
+    hwm_mib: f64,
+}
+
+/// Runs `buyers` live buyers against `addr` for `seconds`, measuring the latency of
+/// blocks whose content is `t=<ms>`. `seller_pid` is sampled for CPU and memory.
+async fn measure(
+    label: &str,
+    seller_key: [u8; 32],
+    addr: std::net::SocketAddr,
+    buyers: &[Identity],
+    dir: &std::path::Path,
+    seconds: u64,
+    seller_pid: u32,
+) -> Result {
+    let (stop, shutdown) = watch::channel(false);
+    let (tx, mut rx) = mpsc::channel::<(usize, u64)>(1 << 16);
+    let connected = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for (i, id) in buyers.iter().enumerate() {
+        let opts = BuyOptions {
+            seller_key,
+            addr,
+            out: dir.join(format!("{label}-b{i}")),
+            live: true,
+            accept_terms: true,
+            data_dir: dir.join(format!("{label}-d{i}")),
+            net: NetConfig {
+                max_connections: 8192,
+                ..NetConfig::default()
+            },
+            answer_timeout: Duration::from_secs(60),
+            send: Vec::new(),
+            report_blocks: true,
+        };
+        let id = id.clone();
+        let shutdown = shutdown.clone();
+        let tx = tx.clone();
+        let connected = connected.clone();
+        tasks.push(tokio::spawn(async move {
+            let (etx, mut erx) = mpsc::channel(1024);
+            let run = tokio::spawn(async move { buy(&id, opts, Some(etx), shutdown).await });
+            let mut synced = false;
+            while let Some(ev) = erx.recv().await {
+                match ev {
+                    BuyerEvent::Synced { .. } if !synced => {
+                        synced = true;
+                        connected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    BuyerEvent::Block { data, .. } if synced => {
+                        let at = now_ms();
+                        if let Some(t) = std::str::from_utf8(&data)
+                            .ok()
+                            .and_then(|s| s.strip_prefix("t="))
+                            .and_then(|t| t.parse::<u64>().ok())
+                        {
+                            let _ = tx.try_send((i, at.saturating_sub(t)));
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            let _ = run.await;
+        }));
+        // Pace the connection storm a little.
+        if i % 50 == 49 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    drop(tx);
+    // Wait until the buyers are in (or 60 s).
+    let start = std::time::Instant::now();
+    while connected.load(std::sync::atomic::Ordering::Relaxed) < buyers.len()
+        && start.elapsed() < Duration::from_secs(60)
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let buyers_ok = connected.load(std::sync::atomic::Ordering::Relaxed);
+    // Drop what arrived while connecting; measure a window.
+    while rx.try_recv().is_ok() {}
+    let cpu0 = cpu_ticks(seller_pid).unwrap_or(0);
+    let t0 = std::time::Instant::now();
+    let mut lat = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    while let Ok(Some((_, l))) = tokio::time::timeout_at(deadline, rx.recv()).await {
+        lat.push(l);
+    }
+    let elapsed = t0.elapsed().as_secs_f64();
+    let cpu1 = cpu_ticks(seller_pid).unwrap_or(0);
+    let ticks_per_s = 100.0; // Linux USER_HZ
+    let rss = status_kib(seller_pid, "VmRSS:").unwrap_or(0) as f64 / 1024.0;
+    let hwm = status_kib(seller_pid, "VmHWM:").unwrap_or(0) as f64 / 1024.0;
+    let _ = stop.send(true);
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+    }
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    Result {
+        label: label.to_owned(),
+        p50: pct(0.5),
+        p99: pct(0.99),
+        max: lat.last().copied().unwrap_or(0),
+        samples: lat.len(),
+        buyers_ok,
+        cpu: (cpu1.saturating_sub(cpu0)) as f64 / ticks_per_s / elapsed,
+        rss_mib: rss,
+        hwm_mib: hwm,
+    }
+}
+
+fn main() {
+    let n: usize = std::env::var("BENCH_BUYERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let seconds: u64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path();
+    let bin = dazaar_bin();
+    let buyers: Vec<Identity> = (0..n)
+        .map(|i| {
+            let mut m = [0u8; 32];
+            m[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+            Identity::from_master_key(m)
+        })
+        .collect();
+    let mut results = Vec::new();
+
+    // --- Rust seller ---
+    let feed = root.join("feed");
+    assert!(Command::new(&bin)
+        .args(["feed", "create"])
+        .arg(&feed)
+        .status()
+        .expect("create")
+        .success());
+    let plugins = root.join("plugins");
+    std::fs::create_dir_all(&plugins).expect("mkdir");
+    copy_plugin("ledger", &plugins, None);
+    let ledger = root.join("ledger.jsonl");
+    {
+        let mut f = std::fs::File::create(&ledger).expect("ledger");
+        for b in &buyers {
+            writeln!(
+                f,
+                "{{\"buyer\":\"{}\",\"amount\":100000,\"time\":{}}}",
+                hex::encode(b.buyer_key_pair().public_key()),
+                now_ms()
+            )
+            .expect("write");
+        }
+    }
+    let mut seller = Command::new(&bin)
+        .args(["--data-dir"])
+        .arg(root.join("seller"))
+        .args(["sell"])
+        .arg(&feed)
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--payment",
+            "ledger",
+            "--plugin-dir",
+        ])
+        .arg(&plugins)
+        .args([
+            "--plugin-config",
+            &format!("file = {:?}", ledger.display().to_string()),
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sell");
+    let mut line = String::new();
+    BufReader::new(seller.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("listening");
+    let seller = Proc(seller);
+    let info: serde_json::Value = serde_json::from_str(&line).expect("json");
+    let seller_key: [u8; 32] = hex::decode(info["sellerKey"].as_str().expect("key"))
+        .expect("hex")
+        .try_into()
+        .expect("32");
+    let addr: std::net::SocketAddr = info["addr"].as_str().expect("addr").parse().expect("addr");
+    let mut appender = Command::new(&bin)
+        .args(["feed", "append"])
+        .arg(&feed)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("append");
+    let mut stdin = appender.stdin.take().expect("stdin");
+    let appender = Proc(appender);
+    let stop_appending = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop_appending.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if writeln!(stdin, "t={}", now_ms())
+                    .and_then(|_| stdin.flush())
+                    .is_err()
+                {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let r = rt.block_on(measure(
+        "rust",
+        seller_key,
+        addr,
+        &buyers,
+        root,
+        seconds,
+        seller.0.id(),
+    ));
+    results.push(r);
+    stop_appending.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = writer.join();
+    drop(appender);
+    drop(seller);
+
+    // --- JS seller, same load ---
+    if let Some(js) = js_dir() {
+        let mut child = Command::new("node")
+            .arg(repo_root().join("tests/js/dazaar-peer.js"))
+            .args([
+                "sell",
+                "--blocks",
+                "1",
+                "--mode",
+                "paid",
+                "--append-ms",
+                "10",
+            ])
+            .env("NODE_PATH", js.join("node_modules"))
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("node");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("listening");
+        let js_seller = Proc(child);
+        let info: serde_json::Value = serde_json::from_str(&line).expect("json");
+        let seller_key: [u8; 32] = hex::decode(info["sellerKey"].as_str().expect("key"))
+            .expect("hex")
+            .try_into()
+            .expect("32");
+        let addr = std::net::SocketAddr::from((
+            [127, 0, 0, 1],
+            info["port"].as_u64().expect("port") as u16,
+        ));
+        let r = rt.block_on(measure(
+            "js",
+            seller_key,
+            addr,
+            &buyers,
+            root,
+            seconds,
+            js_seller.0.id(),
+        ));
+        results.push(r);
+    } else {
+        println!(
+            "(JS reference not installed: run tests/js/install.sh for the JS seller's figures)"
+        );
+    }
+
+    println!("market benchmark: {n} buyers, seller appending 100 blocks/s, {seconds} s window");
+    for r in &results {
+        println!(
+            "  {:<4} seller: buyers live {:>5}/{n}  latency p50 {:>5} ms  p99 {:>6} ms  max {:>6} ms  ({} deliveries)  seller CPU {:.2} cores  RSS {:.0} MiB (peak {:.0} MiB)",
+            r.label, r.buyers_ok, r.p50, r.p99, r.max, r.samples, r.cpu, r.rss_mib, r.hwm_mib
+        );
+    }
+}
