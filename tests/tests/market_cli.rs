@@ -455,3 +455,111 @@ fn pay_and_quote_from_a_card() {
     assert!(!p.status.success());
     assert!(String::from_utf8_lossy(&p.stderr).contains("the card is for seller"));
 }
+
+/// One process sells every `[[sell]]` of the config (a listener each); the master key is
+/// encrypted at rest and its passphrase comes from the variable the config names.
+#[test]
+fn config_sells_several_feeds_with_an_encrypted_identity() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (f1, f2) = (dir.path().join("one"), dir.path().join("two"));
+    make_feed(&f1, 5);
+    make_feed(&f2, 7);
+    let seller_data = dir.path().join("seller");
+    let master = "5a".repeat(32);
+    let o = Command::new(dazaar_bin())
+        .args([
+            "--data-dir",
+            s(&seller_data),
+            "id",
+            "--import-master-key",
+            &master,
+            "--encrypt",
+            "--json",
+        ])
+        .env("DAZAAR_PASSPHRASE", "open sesame")
+        .output()
+        .expect("id");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let key_file = std::fs::read_to_string(seller_data.join("master-key")).expect("key file");
+    assert!(
+        key_file.contains("argon2id") && !key_file.contains(&master),
+        "encrypted at rest"
+    );
+    let config = dir.path().join("dazaar.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\npassphrase_env = \"SELLER_PASS\"\n\n[[sell]]\nfeed = {:?}\nname = \"one\"\n\n[[sell]]\nfeed = {:?}\nname = \"two\"\n",
+            s(&seller_data),
+            s(&f1),
+            s(&f2)
+        ),
+    )
+    .expect("config");
+
+    // Without the passphrase (and no terminal): a clear error.
+    let o = Command::new(dazaar_bin())
+        .args(["--config", s(&config), "sell", "--json"])
+        .env_remove("SELLER_PASS")
+        .stdin(Stdio::null())
+        .output()
+        .expect("sell");
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("passphrase"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+
+    let mut child = Command::new(dazaar_bin())
+        .args(["--config", s(&config), "sell", "--json"])
+        .env("SELLER_PASS", "open sesame")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sell");
+    let stdout = child.stdout.take().expect("stdout");
+    let _seller = Proc(child);
+    let mut lines = BufReader::new(stdout).lines();
+    let mut listening = Vec::new();
+    while listening.len() < 2 {
+        let line = lines.next().expect("a line").expect("utf-8");
+        let v: serde_json::Value = serde_json::from_str(&line).expect("json");
+        if v["event"] == "listening" {
+            listening.push(v);
+        }
+    }
+    assert_ne!(listening[0]["addr"], listening[1]["addr"]);
+    for (n, (l, want)) in listening.iter().zip([5, 7]).enumerate() {
+        let out = dir.path().join(format!("bought{n}"));
+        let o = dazaar(&[
+            "--data-dir",
+            s(&dir.path().join("buyer")),
+            "buy",
+            l["sellerKey"].as_str().expect("key"),
+            "--connect",
+            l["addr"].as_str().expect("addr"),
+            "--out",
+            s(&out),
+            "--json",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(json_lines(&o.stdout).last().expect("done")["length"], want);
+    }
+    // The seller keys are the ones the (decrypted) master key derives.
+    let o = Command::new(dazaar_bin())
+        .args([
+            "--data-dir",
+            s(&seller_data),
+            "id",
+            "--feed",
+            s(&f1),
+            "--json",
+        ])
+        .env("DAZAAR_PASSPHRASE", "open sesame")
+        .output()
+        .expect("id");
+    assert_eq!(
+        json_lines(&o.stdout)[0]["sellerKey"],
+        listening[0]["sellerKey"]
+    );
+}

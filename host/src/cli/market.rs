@@ -54,17 +54,18 @@ impl Common {
     }
 
     /// Loads (or creates) the identity of the data dir. An encrypted master key takes its
-    /// passphrase from `DAZAAR_PASSPHRASE` (or the variable named by
-    /// `DAZAAR_PASSPHRASE_ENV`), else from a prompt on the terminal.
+    /// passphrase from the variable the config names (`passphrase_env`), else
+    /// `DAZAAR_PASSPHRASE`, else from a prompt on the terminal.
     pub fn identity(&self, settings: Option<&Settings>) -> Result<Identity> {
         let dir = self.data_dir(settings);
-        let var =
-            std::env::var("DAZAAR_PASSPHRASE_ENV").unwrap_or_else(|_| "DAZAAR_PASSPHRASE".into());
+        let var = settings
+            .and_then(|s| s.passphrase_env.clone())
+            .unwrap_or_else(|| "DAZAAR_PASSPHRASE".into());
         let passphrase = std::env::var(&var).ok();
         match Identity::load_or_create(&dir, passphrase.as_deref(), KdfParams::default()) {
             Err(market::IdentityError::PassphraseRequired(_)) if passphrase.is_none() => {
                 let pass = rpassword::prompt_password("dazaar master key passphrase: ").context(
-                    "reading the passphrase (set DAZAAR_PASSPHRASE to pass it without a terminal)",
+                    "reading the master key passphrase (set the variable named by passphrase_env, or DAZAAR_PASSPHRASE, to pass it without a terminal)",
                 )?;
                 Ok(Identity::load_or_create(
                     &dir,

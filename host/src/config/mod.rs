@@ -5,6 +5,7 @@
 //! data_dir = "~/.local/share/dazaar"
 //! listen = "0.0.0.0:0"
 //! plugin_dir = "plugins"
+//! passphrase_env = "DAZAAR_PASSPHRASE"  # optional: where the master key's passphrase is
 //!
 //! [discovery]
 //! dht = true
@@ -131,6 +132,9 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Where plugin libraries are.
     pub plugin_dir: PathBuf,
+    /// The environment variable holding the master key's passphrase, when it is
+    /// encrypted at rest (never the passphrase itself).
+    pub passphrase_env: Option<String>,
     /// How peers are found.
     pub discovery: DiscoverySettings,
     /// Products sold.
@@ -346,6 +350,7 @@ impl<'de> Deserialize<'de> for NumberText {
 #[serde(deny_unknown_fields)]
 struct RawFile {
     data_dir: Option<Spanned<String>>,
+    passphrase_env: Option<Spanned<String>>,
     listen: Option<Spanned<String>>,
     plugin_dir: Option<Spanned<String>>,
     #[serde(default)]
@@ -569,11 +574,16 @@ impl Ctx<'_> {
                 });
             }
         }
+        let passphrase_env = raw
+            .passphrase_env
+            .map(|v| v.into_inner())
+            .filter(|v| !v.is_empty());
         Ok(Settings {
             file: self.file.to_path_buf(),
             data_dir,
             listen,
             plugin_dir,
+            passphrase_env,
             discovery,
             sell,
             buy,
