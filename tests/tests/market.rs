@@ -1024,3 +1024,66 @@ async fn user_messages_reach_the_sellers_plugin() {
     .expect("exchange");
     assert!(none.is_none());
 }
+
+/// One live connection per buyer key: a second connection of the same buyer replaces the
+/// first, which the seller closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_live_connection_per_buyer() {
+    let sale = start_sale(
+        &[b"x".to_vec()],
+        PaymentGate::new(Vec::new(), Duration::from_secs(1)),
+        Duration::from_millis(200),
+        None,
+    )
+    .await;
+    let buyer = Identity::from_master_key([0xd1; 32]);
+    let (_keep, shutdown) = watch::channel(false);
+    let (tx1, mut rx1) = mpsc::channel(1024);
+    let first = {
+        let (b, opts, s) = (
+            buyer.clone(),
+            buy_options(&sale, "one", true),
+            shutdown.clone(),
+        );
+        tokio::spawn(async move { buy(&b, opts, Some(tx1), s).await })
+    };
+    // Wait until the first is synced.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), rx1.recv())
+            .await
+            .expect("first syncs")
+        {
+            Some(BuyerEvent::Synced { .. }) => break,
+            Some(_) => {}
+            None => panic!("first buyer ended early"),
+        }
+    }
+    assert_eq!(sale.product.connected_buyers(), 1);
+    let (tx2, mut rx2) = mpsc::channel(1024);
+    let second = {
+        let (b, opts, s) = (
+            buyer.clone(),
+            buy_options(&sale, "two", true),
+            shutdown.clone(),
+        );
+        tokio::spawn(async move { buy(&b, opts, Some(tx2), s).await })
+    };
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), rx2.recv())
+            .await
+            .expect("second syncs")
+        {
+            Some(BuyerEvent::Synced { .. }) => break,
+            Some(_) => {}
+            None => panic!("second buyer ended early"),
+        }
+    }
+    // The first connection is closed by the seller.
+    let ended = tokio::time::timeout(Duration::from_secs(5), first)
+        .await
+        .expect("the older connection was closed");
+    assert!(ended.is_ok());
+    assert_eq!(sale.product.connected_buyers(), 1);
+    assert!(!second.is_finished(), "the newer connection stays");
+    second.abort();
+}
