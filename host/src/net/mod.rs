@@ -377,6 +377,8 @@ struct Channel<S: Store> {
     feed: Arc<SharedFeed<S>>,
     rep: Replicator,
     announced_length: u64,
+    /// Downloads into the feed (its bitfield writes are deferred and flushed here).
+    downloading: bool,
 }
 
 /// One connection's state: the session and its channels.
@@ -395,8 +397,12 @@ impl<S: Store> Driver<S> {
     }
 
     fn add_channel(&mut self, spec: ChannelSpec<S>) -> Result<DiscoveryKey, NetError> {
+        let downloading = spec.config.downloading && spec.config.signer.is_none();
         let rep = {
-            let feed = spec.feed.lock();
+            let mut feed = spec.feed.lock();
+            if downloading {
+                feed.set_deferred_commit(true);
+            }
             Replicator::new(&feed, spec.config)
         };
         let dk = rep.discovery_key();
@@ -409,6 +415,7 @@ impl<S: Store> Driver<S> {
                 feed: spec.feed,
                 rep,
                 announced_length,
+                downloading,
             },
         );
         self.session.open_channel(&key)?;
@@ -503,6 +510,18 @@ impl<S: Store> Driver<S> {
         Ok(())
     }
 
+    /// Writes the bitfield pages of downloads made since the last call.
+    fn flush(&mut self) -> Result<(), NetError> {
+        for ch in self.channels.values() {
+            if ch.downloading {
+                ch.feed.lock().flush().map_err(|source| {
+                    NetError::Replication(ReplicationError::Feed { index: 0, source })
+                })?;
+            }
+        }
+        Ok(())
+    }
+
     fn tick(&mut self) -> Result<(), NetError> {
         let now = self.now();
         self.session.tick(now)?;
@@ -561,20 +580,39 @@ where
     T: AsyncRead + AsyncWrite + Unpin,
 {
     let session = Session::new(session_config, 0)?;
+    let mut options = options;
     let mut driver = Driver {
         session,
         channels: HashMap::new(),
         serve: HashMap::new(),
-        events: options.events,
+        events: options.events.take(),
         notify: Arc::new(Notify::new()),
         start: Instant::now(),
     };
-    for spec in options.serve {
+    for spec in std::mem::take(&mut options.serve) {
         let key = spec.key();
         driver
             .serve
             .insert(crate::crypto::discovery_key(&key), spec);
     }
+    let result = drive(&mut driver, stream, net, options).await;
+    // Downloads defer their bitfield writes; make them count before leaving.
+    if let Err(e) = driver.flush() {
+        tracing::warn!(error = %e, "writing the bitfield failed");
+    }
+    result
+}
+
+async fn drive<S, T>(
+    driver: &mut Driver<S>,
+    stream: T,
+    net: &NetConfig,
+    options: ConnectionOptions<S>,
+) -> Result<(), NetError>
+where
+    S: Store,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
     for spec in options.open {
         driver.add_channel(spec)?;
     }
@@ -603,6 +641,7 @@ where
             }
             progressed |= driver.session.pending_events() > 0;
             driver.handle_events(&mut report)?;
+            driver.flush()?;
             if out.len().saturating_sub(written) < net.write_high_water {
                 driver.pump(&mut report)?;
             }

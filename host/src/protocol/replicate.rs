@@ -1101,7 +1101,7 @@ impl Replicator {
         let value = if hash_only {
             None
         } else if feed.has(index) {
-            feed.get(index)
+            feed.get_for_upload(index)
                 .map_err(|source| ReplicationError::Feed { index, source })?
         } else {
             // Tree node but no block: JS sends nothing.

@@ -229,6 +229,8 @@ pub struct Feed<S: Store> {
     roots: Vec<Node>,
     bitfield: Bitfield,
     durability: Durability,
+    /// Verified downloads leave their bitfield pages for [`Feed::flush`].
+    defer_commit: bool,
 }
 
 impl<S: Store> std::fmt::Debug for Feed<S> {
@@ -310,6 +312,7 @@ impl<S: Store> Feed<S> {
             roots: Vec::new(),
             bitfield,
             durability: Durability::default(),
+            defer_commit: false,
         };
         feed.recover()?;
         Ok(feed)
@@ -439,6 +442,35 @@ impl<S: Store> Feed<S> {
                 Err(e)
             }
         }
+    }
+
+    /// Lets [`Feed::put`] leave the bitfield pages it changes unwritten until
+    /// [`Feed::flush`] (or [`Feed::sync`]): one page write per batch of downloads instead
+    /// of one per block. Blocks stored but not yet flushed are simply not held after a
+    /// crash (their bits are the commit point), so nothing unverified is ever trusted.
+    pub fn set_deferred_commit(&mut self, defer: bool) {
+        self.defer_commit = defer;
+    }
+
+    /// Writes the bitfield pages changed by deferred downloads.
+    pub fn flush(&mut self) -> Result<(), FeedError> {
+        self.commit()
+    }
+
+    /// Block `index` for sending to a remote, without re-hashing it: the remote verifies
+    /// it against the tree anyway (as JS, which never re-checks on upload). `None` when it
+    /// is not held.
+    pub fn get_for_upload(&self, index: u64) -> Result<Option<Vec<u8>>, FeedError> {
+        if index >= self.length || !self.bitfield.has_block(index) {
+            return Ok(None);
+        }
+        let leaf = self.node(2 * index)?.ok_or_else(|| {
+            FeedError::Corrupt(format!(
+                "block {index} is held but its tree node is missing"
+            ))
+        })?;
+        let offset = self.block_offset(index, &[])?;
+        Ok(Some(self.store.read_data(offset, leaf.size)?))
     }
 
     /// Chooses when appends are durable.
@@ -987,7 +1019,9 @@ impl<S: Store> Feed<S> {
         }
         TreeBits::set(&mut self.bitfield, 2 * index);
         let new_block = value.is_some() && self.bitfield.set_block(index, true);
-        self.commit()?;
+        if !self.defer_commit {
+            self.commit()?;
+        }
         Ok(PutOutcome {
             new_block,
             new_length,
