@@ -645,14 +645,13 @@ where
             if out.len().saturating_sub(written) < net.write_high_water {
                 driver.pump(&mut report)?;
             }
-            let more = driver.session.take_outgoing();
-            if !more.is_empty() {
+            if driver.session.outgoing_len() > 0 {
                 progressed = true;
                 if written == out.len() {
                     out.clear();
                     written = 0;
                 }
-                out.extend_from_slice(&more);
+                driver.session.take_outgoing_into(&mut out);
             }
             if unconsumed.is_empty()
                 || !progressed

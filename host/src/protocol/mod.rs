@@ -510,6 +510,17 @@ impl Session {
         std::mem::take(&mut self.outgoing)
     }
 
+    /// Appends the bytes ready to be written to `out` (reusing both buffers' capacity,
+    /// which `take_outgoing` cannot).
+    pub fn take_outgoing_into(&mut self, out: &mut Vec<u8>) {
+        if out.is_empty() {
+            std::mem::swap(out, &mut self.outgoing);
+        } else {
+            out.extend_from_slice(&self.outgoing);
+            self.outgoing.clear();
+        }
+    }
+
     /// Bytes waiting in the outgoing buffer (for back-pressure decisions).
     pub fn outgoing_len(&self) -> usize {
         self.outgoing.len()

@@ -231,6 +231,10 @@ pub struct Feed<S: Store> {
     durability: Durability,
     /// Verified downloads leave their bitfield pages for [`Feed::flush`].
     defer_commit: bool,
+    /// `(index, byte offset)` of the block after the last one read or stored: sequential
+    /// replication asks for offsets in order, and each costs a walk over the roots
+    /// otherwise. Offsets never change once a block exists.
+    next_offset: Mutex<Option<(u64, u64)>>,
 }
 
 impl<S: Store> std::fmt::Debug for Feed<S> {
@@ -313,6 +317,7 @@ impl<S: Store> Feed<S> {
             bitfield,
             durability: Durability::default(),
             defer_commit: false,
+            next_offset: Mutex::new(None),
         };
         feed.recover()?;
         Ok(feed)
@@ -411,6 +416,7 @@ impl<S: Store> Feed<S> {
             let pages = self.bitfield.take_dirty();
             self.store.write_bitfield(&pages)?;
         }
+        *self.offset_hint() = None;
         self.store.truncate(self.byte_length, length)?;
         Ok(())
     }
@@ -470,7 +476,9 @@ impl<S: Store> Feed<S> {
             ))
         })?;
         let offset = self.block_offset(index, &[])?;
-        Ok(Some(self.store.read_data(offset, leaf.size)?))
+        let data = self.store.read_data(offset, leaf.size)?;
+        self.remember_offset(index, offset, leaf.size);
+        Ok(Some(data))
     }
 
     /// Chooses when appends are durable.
@@ -676,8 +684,25 @@ impl<S: Store> Feed<S> {
         Ok(())
     }
 
+    fn offset_hint(&self) -> std::sync::MutexGuard<'_, Option<(u64, u64)>> {
+        match self.next_offset.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Remembers where block `index + 1` starts, given block `index`'s offset and size.
+    fn remember_offset(&self, index: u64, offset: u64, size: u64) {
+        *self.offset_hint() = Some((index.saturating_add(1), offset.saturating_add(size)));
+    }
+
     /// Byte offset of block `index` in the data: the sizes of the roots left of it.
     fn block_offset(&self, index: u64, extra: &[Node]) -> Result<u64, FeedError> {
+        if let Some((next, offset)) = *self.offset_hint() {
+            if next == index {
+                return Ok(offset);
+            }
+        }
         let mut offset = 0u64;
         for r in flat_tree::full_roots(2 * index) {
             let node = match extra.iter().find(|n| n.index == r) {
@@ -990,6 +1015,7 @@ impl<S: Store> Feed<S> {
         if let Some(v) = value {
             let offset = self.block_offset(index, &nodes)?;
             self.store.write_data(offset, v)?;
+            self.remember_offset(index, offset, v.len() as u64);
         }
         let mut new_length = None;
         if let Some((length, sig)) = signature {
