@@ -32,7 +32,7 @@ use std::sync::Arc;
 use super::{DiscoveryKey, Session, SessionError};
 use crate::crypto;
 use crate::storage::{merkle, Feed, FeedError, Node, NodeSet, Signer, Store};
-use crate::wire::{self, Data, Have, Message, Request, Status, Unhave, Want};
+use crate::wire::{self, Data, DataRef, Have, Message, Request, Status, Unhave, Want};
 
 /// Blocks per Want region (hypercore@9 asks in 1 Mi-block regions).
 pub const WANT_REGION: u64 = 1024 * 1024;
@@ -1112,21 +1112,14 @@ impl Replicator {
         } else {
             None
         };
-        let data = Data {
+        let data = DataRef {
             index,
-            value,
-            nodes: proof
-                .nodes
-                .iter()
-                .map(|n| wire::messages::Node {
-                    index: n.index,
-                    hash: n.hash.to_vec(),
-                    size: n.size,
-                })
-                .collect(),
-            signature: signature.map(|s| s.to_vec()),
+            value: value.as_deref(),
+            nodes: &proof.nodes,
+            signature: signature.as_ref(),
         };
-        self.send(session, Message::Data(data))
+        session.send_data(&self.discovery_key, &data)?;
+        Ok(())
     }
 
     /// The signature for `length`: the stored one, or the rekeyed signer's.

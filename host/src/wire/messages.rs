@@ -159,6 +159,87 @@ pub struct Data {
     pub signature: Option<Vec<u8>>,
 }
 
+/// A borrowed [`Data`] for the upload path: encodes to the same bytes without copying the
+/// block or allocating per proof node.
+#[derive(Debug, Clone, Copy)]
+pub struct DataRef<'a> {
+    /// Block index.
+    pub index: u64,
+    /// Block bytes; `None` for hash-only answers.
+    pub value: Option<&'a [u8]>,
+    /// Proof nodes.
+    pub nodes: &'a [crate::storage::Node],
+    /// Signature over the roots.
+    pub signature: Option<&'a [u8; 64]>,
+}
+
+impl DataRef<'_> {
+    fn node_len(n: &crate::storage::Node) -> usize {
+        1 + varint::encoded_len(n.index) + 2 + 32 + 1 + varint::encoded_len(n.size)
+    }
+
+    /// Length of the encoded body.
+    pub fn encoded_len(&self) -> usize {
+        let mut len = 1 + varint::encoded_len(self.index);
+        if let Some(v) = self.value {
+            len += 1 + varint::encoded_len(v.len() as u64) + v.len();
+        }
+        for n in self.nodes {
+            let inner = Self::node_len(n);
+            len += 1 + varint::encoded_len(inner as u64) + inner;
+        }
+        if self.signature.is_some() {
+            len += 2 + 64;
+        }
+        len
+    }
+
+    /// Appends the body (field order and presence as prost writes [`Data`]).
+    pub fn encode_body(&self, out: &mut Vec<u8>) {
+        out.push(0x08);
+        varint::encode(self.index, out);
+        if let Some(v) = self.value {
+            out.push(0x12);
+            varint::encode(v.len() as u64, out);
+            out.extend_from_slice(v);
+        }
+        for n in self.nodes {
+            out.push(0x1a);
+            varint::encode(Self::node_len(n) as u64, out);
+            out.push(0x08);
+            varint::encode(n.index, out);
+            out.push(0x12);
+            out.push(32);
+            out.extend_from_slice(&n.hash);
+            out.push(0x18);
+            varint::encode(n.size, out);
+        }
+        if let Some(sig) = self.signature {
+            out.push(0x22);
+            out.push(64);
+            out.extend_from_slice(sig);
+        }
+    }
+
+    /// The owned message.
+    pub fn to_data(&self) -> Data {
+        Data {
+            index: self.index,
+            value: self.value.map(<[u8]>::to_vec),
+            nodes: self
+                .nodes
+                .iter()
+                .map(|n| Node {
+                    index: n.index,
+                    hash: n.hash.to_vec(),
+                    size: n.size,
+                })
+                .collect(),
+            signature: self.signature.map(|s| s.to_vec()),
+        }
+    }
+}
+
 /// Type 10: close a channel; `discovery_key` only for a channel never opened by the sender.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct Close {
@@ -681,6 +762,44 @@ mod data_decode_tests {
         });
         assert_eq!(decode_data(&empty).unwrap(), reference(&empty).unwrap());
         assert!(decode_data(&[]).is_err() && reference(&[]).is_err());
+    }
+
+    #[test]
+    fn borrowed_data_encodes_like_prost() {
+        let nodes = [
+            crate::storage::Node {
+                index: 0,
+                hash: [1; 32],
+                size: 0,
+            },
+            crate::storage::Node {
+                index: 300,
+                hash: [2; 32],
+                size: 1 << 40,
+            },
+        ];
+        let sig = [3u8; 64];
+        let value = vec![4u8; 200];
+        for (value, nodes, signature) in [
+            (Some(value.as_slice()), &nodes[..], Some(&sig)),
+            (None, &nodes[..1], None),
+            (Some(&[][..]), &[][..], Some(&sig)),
+            (None, &[][..], None),
+        ] {
+            for index in [0u64, 1, 1 << 33] {
+                let r = DataRef {
+                    index,
+                    value,
+                    nodes,
+                    signature,
+                };
+                let mut ours = Vec::new();
+                r.encode_body(&mut ours);
+                let theirs = prost::Message::encode_to_vec(&r.to_data());
+                assert_eq!(ours, theirs);
+                assert_eq!(r.encoded_len(), theirs.len());
+            }
+        }
     }
 
     proptest! {
