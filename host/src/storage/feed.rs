@@ -1010,8 +1010,15 @@ impl<S: Store> Feed<S> {
         signature: Option<(u64, [u8; 64])>,
         roots: Option<Vec<Node>>,
     ) -> Result<PutOutcome, FeedError> {
-        // Nodes first, so that the data offset can be computed from them too.
-        self.store.write_nodes(&nodes)?;
+        // Nodes first, so that the data offset can be computed from them too. Nodes whose
+        // tree bit is set are stored already with this very hash (both verified against
+        // the same signed roots), so pipelined proofs that repeat them cost no writes.
+        let fresh: Vec<Node> = nodes
+            .iter()
+            .filter(|n| !self.bitfield.has_node(n.index))
+            .copied()
+            .collect();
+        self.store.write_nodes(&fresh)?;
         if let Some(v) = value {
             let offset = self.block_offset(index, &nodes)?;
             self.store.write_data(offset, v)?;
