@@ -246,3 +246,67 @@ async fn live_growth_reaches_a_following_client() {
     task.abort();
     stop.send(true).unwrap();
 }
+
+#[tokio::test]
+async fn rekeyed_view_is_served_under_the_signer_key() {
+    // The seller's feed served to one buyer under a per-buyer key: same blocks, the
+    // buyer verifies every signature against the signer's public key.
+    let feed = source(30);
+    let signer = Arc::new(RekeyedSigner::new(Ed25519KeyPair::from_seed(&[12; 32])));
+    let buyer_key = signer.public_key();
+    assert_ne!(buyer_key, feed.lock().key());
+    let (addr, stop, _server) = start_server(ChannelSpec {
+        feed: feed.clone(),
+        config: ReplicatorConfig::rekeyed(signer),
+    })
+    .await;
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        assert_good_clone(addr, buyer_key, 30),
+    )
+    .await
+    .expect("rekeyed clone in time");
+    // The seller's own key is not served on this server.
+    let seller_key = feed.lock().key();
+    let (result, local) = tokio::time::timeout(
+        Duration::from_secs(5),
+        clone_from_expecting_close(addr, seller_key),
+    )
+    .await
+    .expect("refusal in time");
+    assert!(result, "the server closes a channel it does not serve");
+    assert_eq!(local.lock().length(), 0);
+    stop.send(true).unwrap();
+}
+
+/// Opens `key` and reports whether the server closed the channel.
+async fn clone_from_expecting_close(
+    addr: SocketAddr,
+    key: [u8; 32],
+) -> (bool, Arc<SharedFeed<MemStore>>) {
+    let feed = SharedFeed::new(Feed::create_reader(MemStore::new(), key).unwrap());
+    let stream = dial(addr).await.unwrap();
+    let (tx, mut rx) = mpsc::channel(64);
+    let (ctx, crx) = mpsc::channel(4);
+    let net = fast();
+    let session = net.session_config(true, NoiseKeyPair::generate());
+    let options = ConnectionOptions {
+        open: vec![ChannelSpec {
+            feed: feed.clone(),
+            config: ReplicatorConfig::downloader(),
+        }],
+        events: Some(tx),
+        commands: Some(crx),
+        ..ConnectionOptions::default()
+    };
+    let task = tokio::spawn(async move { run_connection(stream, session, &net, options).await });
+    let mut closed = false;
+    while let Some(event) = rx.recv().await {
+        if let NetEvent::ChannelClosed { .. } = event {
+            closed = true;
+            let _ = ctx.send(Command::Shutdown).await;
+        }
+    }
+    let _ = task.await;
+    (closed, feed)
+}
