@@ -287,7 +287,7 @@ fn js_serves_and_rust_clones_then_live() {
     let port = info["port"].as_u64().unwrap();
     let key = info["key"].as_str().unwrap().to_string();
     let addr = format!("127.0.0.1:{port}");
-    let mut clone = Proc::spawn(dazaar(&[
+    let clone = Proc::spawn(dazaar(&[
         "feed",
         "clone",
         &key,

@@ -43,9 +43,10 @@ async fn termination() {
     }
 }
 
-fn print_line(value: &serde_json::Value) -> Result<()> {
+/// Prints one line of JSON and flushes (a parent process may be waiting for it).
+fn print_raw(line: &str) -> Result<()> {
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{value}").context("writing to stdout")?;
+    writeln!(out, "{line}").context("writing to stdout")?;
     out.flush().context("writing to stdout")
 }
 
@@ -68,9 +69,12 @@ pub fn serve(dir: &Path, listen: SocketAddr, json: bool, timeout_ms: u64) -> Res
             .with_context(|| format!("listening on {listen}"))?;
         let addr = listener.local_addr().context("listening")?;
         if json {
-            print_line(
-                &json!({"event": "listening", "addr": addr.to_string(), "key": hex::encode(key)}),
-            )?;
+            // Field order as documented (serde_json's map would sort the keys).
+            print_raw(&format!(
+                r#"{{"event":"listening","addr":{},"key":"{}"}}"#,
+                json!(addr.to_string()),
+                hex::encode(key)
+            ))?;
         } else {
             eprintln!("serving {} on {addr}", hex::encode(key));
         }
@@ -208,9 +212,9 @@ async fn clone_async(
                     if last_printed != Some(length) {
                         let event = if done { "length" } else { "done" };
                         if json {
-                            print_line(
-                                &json!({"event": event, "length": length, "byteLength": byte_length}),
-                            )?;
+                            print_raw(&format!(
+                                r#"{{"event":"{event}","length":{length},"byteLength":{byte_length}}}"#
+                            ))?;
                         } else if !done || live {
                             progress.suspend(|| {
                                 eprintln!("{event}: {length} blocks, {byte_length} bytes")

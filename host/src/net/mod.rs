@@ -390,6 +390,8 @@ struct Channel<S: Store> {
     feed: Arc<SharedFeed<S>>,
     rep: Replicator,
     announced_length: u64,
+    /// Downloads into the feed (its bitfield writes are deferred and flushed here).
+    downloading: bool,
 }
 
 /// One connection's state: the session and its channels.
@@ -414,8 +416,12 @@ impl<S: Store> Driver<S> {
             // Already open (e.g. served on the remote's Open before the owner asked).
             return Ok(dk);
         }
+        let downloading = spec.config.downloading && spec.config.signer.is_none();
         let rep = {
-            let feed = spec.feed.lock();
+            let mut feed = spec.feed.lock();
+            if downloading {
+                feed.set_deferred_commit(true);
+            }
             Replicator::new(&feed, spec.config)
         };
         let dk = rep.discovery_key();
@@ -428,6 +434,7 @@ impl<S: Store> Driver<S> {
                 feed: spec.feed,
                 rep,
                 announced_length,
+                downloading,
             },
         );
         self.session.open_channel(&key)?;
@@ -525,6 +532,18 @@ impl<S: Store> Driver<S> {
         Ok(())
     }
 
+    /// Writes the bitfield pages of downloads made since the last call.
+    fn flush(&mut self) -> Result<(), NetError> {
+        for ch in self.channels.values() {
+            if ch.downloading {
+                ch.feed.lock().flush().map_err(|source| {
+                    NetError::Replication(ReplicationError::Feed { index: 0, source })
+                })?;
+            }
+        }
+        Ok(())
+    }
+
     fn tick(&mut self) -> Result<(), NetError> {
         let now = self.now();
         self.session.tick(now)?;
@@ -583,11 +602,12 @@ where
     T: AsyncRead + AsyncWrite + Unpin,
 {
     let session = Session::new(session_config, 0)?;
+    let mut options = options;
     let mut driver = Driver {
         session,
         channels: HashMap::new(),
         serve: HashMap::new(),
-        events: options.events,
+        events: options.events.take(),
         notify: Arc::new(Notify::new()),
         start: Instant::now(),
         keep_unknown: options.keep_unknown,
@@ -595,12 +615,30 @@ where
     for name in &options.extensions {
         driver.session.register_extension(name)?;
     }
-    for spec in options.serve {
+    for spec in std::mem::take(&mut options.serve) {
         let key = spec.key();
         driver
             .serve
             .insert(crate::crypto::discovery_key(&key), spec);
     }
+    let result = drive(&mut driver, stream, net, options).await;
+    // Downloads defer their bitfield writes; make them count before leaving.
+    if let Err(e) = driver.flush() {
+        tracing::warn!(error = %e, "writing the bitfield failed");
+    }
+    result
+}
+
+async fn drive<S, T>(
+    driver: &mut Driver<S>,
+    stream: T,
+    net: &NetConfig,
+    options: ConnectionOptions<S>,
+) -> Result<(), NetError>
+where
+    S: Store,
+    T: AsyncRead + AsyncWrite + Unpin,
+{
     for spec in options.open {
         driver.add_channel(spec)?;
     }
@@ -629,17 +667,17 @@ where
             }
             progressed |= driver.session.pending_events() > 0;
             driver.handle_events(&mut report)?;
+            driver.flush()?;
             if out.len().saturating_sub(written) < net.write_high_water {
                 driver.pump(&mut report)?;
             }
-            let more = driver.session.take_outgoing();
-            if !more.is_empty() {
+            if driver.session.outgoing_len() > 0 {
                 progressed = true;
                 if written == out.len() {
                     out.clear();
                     written = 0;
                 }
-                out.extend_from_slice(&more);
+                driver.session.take_outgoing_into(&mut out);
             }
             if unconsumed.is_empty()
                 || !progressed

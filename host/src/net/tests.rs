@@ -1,1 +1,312 @@
+//! Bad peers against a real server over loopback TCP: garbage, an oversized frame, a
+//! wrong capability, a silent peer, and a server sending data with bad signatures. Each
+//! gets a closed connection and a typed error; nothing unverified is stored; the server
+//! keeps serving well-behaved clients.
 
+use super::*;
+use crate::crypto::{Ed25519KeyPair, NoiseKeyPair};
+use crate::noise::Handshake;
+use crate::storage::{MemStore, RekeyedSigner, Signer};
+use crate::wire::{frame_to_vec, Message, Open};
+
+const FAST_IDLE_MS: u64 = 400;
+
+fn source(n: u64) -> Arc<SharedFeed<MemStore>> {
+    let mut feed = Feed::create(MemStore::new(), Ed25519KeyPair::from_seed(&[3; 32])).unwrap();
+    let blocks: Vec<Vec<u8>> = (0..n).map(|i| format!("block {i}").into_bytes()).collect();
+    feed.append_batch(&blocks).unwrap();
+    SharedFeed::new(feed)
+}
+
+fn fast() -> NetConfig {
+    NetConfig {
+        idle_timeout_ms: FAST_IDLE_MS,
+        keep_alive_ms: FAST_IDLE_MS / 2,
+        ..NetConfig::default()
+    }
+}
+
+async fn start_server(
+    spec: ChannelSpec<MemStore>,
+) -> (
+    SocketAddr,
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<Result<(), NetError>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = watch::channel(false);
+    let options = ServeOptions {
+        key_pair: NoiseKeyPair::generate(),
+        initiator: false,
+        serve: vec![spec],
+        net: fast(),
+    };
+    (addr, tx, tokio::spawn(serve(listener, options, rx)))
+}
+
+/// Clones `key` from `addr`; returns the connection result and the local feed.
+async fn clone_from(
+    addr: SocketAddr,
+    key: [u8; 32],
+) -> (Result<(), NetError>, Arc<SharedFeed<MemStore>>) {
+    let feed = SharedFeed::new(Feed::create_reader(MemStore::new(), key).unwrap());
+    let stream = dial(addr).await.unwrap();
+    let (tx, mut rx) = mpsc::channel(64);
+    let (ctx, crx) = mpsc::channel(4);
+    let net = fast();
+    let session = net.session_config(true, NoiseKeyPair::generate());
+    let options = ConnectionOptions {
+        open: vec![ChannelSpec {
+            feed: feed.clone(),
+            config: ReplicatorConfig::downloader(),
+        }],
+        events: Some(tx),
+        commands: Some(crx),
+        ..ConnectionOptions::default()
+    };
+    let task = tokio::spawn(async move { run_connection(stream, session, &net, options).await });
+    while let Some(event) = rx.recv().await {
+        if let NetEvent::Replication {
+            event: ReplicationEvent::Synced { .. },
+            ..
+        } = event
+        {
+            let _ = ctx.send(Command::Shutdown).await;
+        }
+    }
+    let result = tokio::time::timeout(Duration::from_secs(5), task)
+        .await
+        .expect("connection ends in time")
+        .expect("task");
+    (result, feed)
+}
+
+async fn assert_good_clone(addr: SocketAddr, key: [u8; 32], length: u64) {
+    let (result, feed) = clone_from(addr, key).await;
+    result.expect("a good client is served");
+    let feed = feed.lock();
+    assert_eq!(feed.length(), length);
+    assert!(feed.has_all());
+}
+
+/// Reads until the server closes the connection; fails if it stays open for 3 s.
+async fn assert_closed(stream: &mut TcpStream) {
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(3), async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the server did not close the connection");
+}
+
+/// A raw initiator: completes the Noise handshake over TCP and then sends any plaintext.
+async fn raw_client(addr: SocketAddr) -> (TcpStream, crate::noise::Transport) {
+    let mut stream = dial(addr).await.unwrap();
+    let mut hs = Handshake::new(true, &NoiseKeyPair::generate()).unwrap();
+    stream.write_all(&hs.take_outgoing()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    while !hs.is_finished() {
+        let n = stream.read(&mut buf).await.unwrap();
+        assert!(n > 0, "server closed during handshake");
+        hs.receive(&buf[..n], &mut |_| true).unwrap();
+        let out = hs.take_outgoing();
+        if !out.is_empty() {
+            stream.write_all(&out).await.unwrap();
+        }
+    }
+    (stream, hs.finish().unwrap())
+}
+
+#[tokio::test]
+async fn bad_clients_are_disconnected_and_others_still_served() {
+    let feed = source(50);
+    let key = feed.lock().key();
+    let (addr, stop, server) = start_server(ChannelSpec {
+        feed: feed.clone(),
+        config: ReplicatorConfig::uploader(),
+    })
+    .await;
+    assert_good_clone(addr, key, 50).await;
+
+    // Garbage instead of a handshake.
+    let mut garbage = dial(addr).await.unwrap();
+    let junk: Vec<u8> = (0..300u32).map(|i| (i * 7 + 13) as u8).collect();
+    garbage.write_all(&junk).await.unwrap();
+    assert_closed(&mut garbage).await;
+
+    // An oversized frame after a good handshake (length varint of 9 MiB).
+    let (mut big, mut transport) = raw_client(addr).await;
+    let mut frame = Vec::new();
+    crate::wire::varint::encode(9 * 1024 * 1024, &mut frame);
+    frame.extend_from_slice(&[0x19, 0, 0, 0]);
+    transport.cipher.encrypt(&mut frame);
+    big.write_all(&frame).await.unwrap();
+    assert_closed(&mut big).await;
+
+    // A wrong capability for the served feed.
+    let (mut liar, mut transport) = raw_client(addr).await;
+    let open = Message::Open(Open {
+        discovery_key: crate::crypto::discovery_key(&key).to_vec(),
+        capability: Some(vec![0u8; 32]),
+    });
+    let mut frame = frame_to_vec(1, &open).unwrap();
+    transport.cipher.encrypt(&mut frame);
+    liar.write_all(&frame).await.unwrap();
+    assert_closed(&mut liar).await;
+
+    // A peer that goes silent after connecting: the idle timeout closes it.
+    let mut silent = dial(addr).await.unwrap();
+    let started = Instant::now();
+    assert_closed(&mut silent).await;
+    assert!(started.elapsed() >= Duration::from_millis(FAST_IDLE_MS / 2));
+
+    assert_good_clone(addr, key, 50).await;
+    stop.send(true).unwrap();
+    server.await.unwrap().unwrap();
+}
+
+/// Signs with one key while claiming another: every signature is wrong.
+struct Impostor {
+    claimed: [u8; 32],
+    real: RekeyedSigner,
+}
+
+impl Signer for Impostor {
+    fn public_key(&self) -> [u8; 32] {
+        self.claimed
+    }
+    fn sign(&self, tree_hash: &[u8; 32], length: u64) -> [u8; 64] {
+        self.real.sign(tree_hash, length)
+    }
+}
+
+#[tokio::test]
+async fn bad_signatures_from_a_server_fail_the_clone_and_store_nothing() {
+    let feed = source(20);
+    let key = feed.lock().key();
+    let impostor = Impostor {
+        claimed: key,
+        real: RekeyedSigner::new(Ed25519KeyPair::from_seed(&[66; 32])),
+    };
+    let (addr, stop, _server) = start_server(ChannelSpec {
+        feed,
+        config: ReplicatorConfig::rekeyed(Arc::new(impostor)),
+    })
+    .await;
+    let (result, local) = clone_from(addr, key).await;
+    match result {
+        Err(NetError::Replication(e)) => assert!(e.is_verification(), "{e}"),
+        other => panic!("expected a verification error, got {other:?}"),
+    }
+    let local = local.lock();
+    assert_eq!(local.length(), 0);
+    assert_eq!(local.downloaded(0, 20), 0);
+    stop.send(true).unwrap();
+}
+
+#[tokio::test]
+async fn live_growth_reaches_a_following_client() {
+    let feed = source(10);
+    let key = feed.lock().key();
+    let (addr, stop, _server) = start_server(ChannelSpec {
+        feed: feed.clone(),
+        config: ReplicatorConfig::uploader(),
+    })
+    .await;
+    let local = SharedFeed::new(Feed::create_reader(MemStore::new(), key).unwrap());
+    let mut length = local.watch_length();
+    let stream = dial(addr).await.unwrap();
+    let net = NetConfig::default();
+    let session = net.session_config(true, NoiseKeyPair::generate());
+    let options = ConnectionOptions {
+        open: vec![ChannelSpec {
+            feed: local.clone(),
+            config: ReplicatorConfig::downloader(),
+        }],
+        ..ConnectionOptions::default()
+    };
+    let task = tokio::spawn(async move { run_connection(stream, session, &net, options).await });
+    tokio::time::timeout(Duration::from_secs(5), length.wait_for(|l| *l == 10))
+        .await
+        .unwrap()
+        .unwrap();
+    feed.append_batch(&[b"eleven".as_slice(), b"twelve".as_slice()])
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), length.wait_for(|l| *l == 12))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(local.lock().get(11).unwrap().unwrap(), b"twelve");
+    task.abort();
+    stop.send(true).unwrap();
+}
+
+#[tokio::test]
+async fn rekeyed_view_is_served_under_the_signer_key() {
+    // The seller's feed served to one buyer under a per-buyer key: same blocks, the
+    // buyer verifies every signature against the signer's public key.
+    let feed = source(30);
+    let signer = Arc::new(RekeyedSigner::new(Ed25519KeyPair::from_seed(&[12; 32])));
+    let buyer_key = signer.public_key();
+    assert_ne!(buyer_key, feed.lock().key());
+    let (addr, stop, _server) = start_server(ChannelSpec {
+        feed: feed.clone(),
+        config: ReplicatorConfig::rekeyed(signer),
+    })
+    .await;
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        assert_good_clone(addr, buyer_key, 30),
+    )
+    .await
+    .expect("rekeyed clone in time");
+    // The seller's own key is not served on this server.
+    let seller_key = feed.lock().key();
+    let (result, local) = tokio::time::timeout(
+        Duration::from_secs(5),
+        clone_from_expecting_close(addr, seller_key),
+    )
+    .await
+    .expect("refusal in time");
+    assert!(result, "the server closes a channel it does not serve");
+    assert_eq!(local.lock().length(), 0);
+    stop.send(true).unwrap();
+}
+
+/// Opens `key` and reports whether the server closed the channel.
+async fn clone_from_expecting_close(
+    addr: SocketAddr,
+    key: [u8; 32],
+) -> (bool, Arc<SharedFeed<MemStore>>) {
+    let feed = SharedFeed::new(Feed::create_reader(MemStore::new(), key).unwrap());
+    let stream = dial(addr).await.unwrap();
+    let (tx, mut rx) = mpsc::channel(64);
+    let (ctx, crx) = mpsc::channel(4);
+    let net = fast();
+    let session = net.session_config(true, NoiseKeyPair::generate());
+    let options = ConnectionOptions {
+        open: vec![ChannelSpec {
+            feed: feed.clone(),
+            config: ReplicatorConfig::downloader(),
+        }],
+        events: Some(tx),
+        commands: Some(crx),
+        ..ConnectionOptions::default()
+    };
+    let task = tokio::spawn(async move { run_connection(stream, session, &net, options).await });
+    let mut closed = false;
+    while let Some(event) = rx.recv().await {
+        if let NetEvent::ChannelClosed { .. } = event {
+            closed = true;
+            let _ = ctx.send(Command::Shutdown).await;
+        }
+    }
+    let _ = task.await;
+    (closed, feed)
+}

@@ -9,8 +9,9 @@
 
 use std::fmt;
 
-use salsa20::cipher::{KeyIvInit, StreamCipher, StreamCipherSeek};
-use salsa20::XSalsa20;
+mod xsalsa;
+
+use xsalsa::XSalsa20Stream;
 
 use crate::crypto::NoiseKeyPair;
 use crate::wire::{varint, NoisePayload};
@@ -367,8 +368,8 @@ impl fmt::Debug for Transport {
 
 /// The two XSalsa20 keystreams of a connection (`lib/xor.js`).
 pub struct TransportCipher {
-    tx: XSalsa20,
-    rx: XSalsa20,
+    tx: XSalsa20Stream,
+    rx: XSalsa20Stream,
 }
 
 impl fmt::Debug for TransportCipher {
@@ -385,25 +386,25 @@ impl TransportCipher {
         remote_nonce: &[u8; NONCE_LEN],
     ) -> Self {
         Self {
-            tx: XSalsa20::new(&split.tx.into(), local_nonce.into()),
-            rx: XSalsa20::new(&split.rx.into(), remote_nonce.into()),
+            tx: XSalsa20Stream::new(&split.tx, local_nonce),
+            rx: XSalsa20Stream::new(&split.rx, remote_nonce),
         }
     }
 
     /// Encrypts outgoing bytes in place, advancing the send stream.
     pub fn encrypt(&mut self, data: &mut [u8]) {
-        self.tx.apply_keystream(data);
+        self.tx.apply(data);
     }
 
     /// Decrypts incoming bytes in place, advancing the receive stream.
     pub fn decrypt(&mut self, data: &mut [u8]) {
-        self.rx.apply_keystream(data);
+        self.rx.apply(data);
     }
 
     /// Moves the receive stream back by `count` bytes, for a caller that decrypted more than
     /// it ended up consuming.
     pub fn unread(&mut self, count: usize) {
-        let position: u64 = self.rx.current_pos();
+        let position = self.rx.position();
         self.rx.seek(position.saturating_sub(count as u64));
     }
 }

@@ -510,6 +510,17 @@ impl Session {
         std::mem::take(&mut self.outgoing)
     }
 
+    /// Appends the bytes ready to be written to `out` (reusing both buffers' capacity,
+    /// which `take_outgoing` cannot).
+    pub fn take_outgoing_into(&mut self, out: &mut Vec<u8>) {
+        if out.is_empty() {
+            std::mem::swap(out, &mut self.outgoing);
+        } else {
+            out.extend_from_slice(&self.outgoing);
+            self.outgoing.clear();
+        }
+    }
+
     /// Bytes waiting in the outgoing buffer (for back-pressure decisions).
     pub fn outgoing_len(&self) -> usize {
         self.outgoing.len()
@@ -630,6 +641,37 @@ impl Session {
             })?;
         self.check_budget(message.encoded_len().saturating_add(FRAME_OVERHEAD))?;
         self.send_frame(id, message)
+    }
+
+    /// Sends a Data message from borrowed parts (the upload hot path: no copies of the
+    /// block or the proof nodes). Same rules as [`Session::send`].
+    pub fn send_data(
+        &mut self,
+        discovery_key: &DiscoveryKey,
+        data: &crate::wire::DataRef<'_>,
+    ) -> Result<(), SessionError> {
+        self.alive()?;
+        let id = self
+            .channels
+            .get(discovery_key)
+            .and_then(|c| c.local_id)
+            .ok_or(SessionError::ChannelNotOpen {
+                discovery_key: *discovery_key,
+            })?;
+        self.check_budget(data.encoded_len().saturating_add(FRAME_OVERHEAD))?;
+        if !(self.established.is_some() && self.pending.is_empty()) {
+            return self.send_frame(id, Message::Data(data.to_data()));
+        }
+        let Some(e) = self.established.as_mut() else {
+            return Ok(());
+        };
+        let start = self.outgoing.len();
+        crate::wire::encode_data_frame(id, data, &mut self.outgoing)?;
+        if let Some(new_bytes) = self.outgoing.get_mut(start..) {
+            e.cipher.encrypt(new_bytes);
+        }
+        self.last_send = self.now;
+        Ok(())
     }
 
     /// Whether we opened the channel.

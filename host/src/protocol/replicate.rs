@@ -32,7 +32,7 @@ use std::sync::Arc;
 use super::{DiscoveryKey, Session, SessionError};
 use crate::crypto;
 use crate::storage::{merkle, Feed, FeedError, Node, NodeSet, Signer, Store};
-use crate::wire::{self, Data, Have, Message, Request, Status, Unhave, Want};
+use crate::wire::{self, Data, DataRef, Have, Message, Request, Status, Unhave, Want};
 
 /// Blocks per Want region (hypercore@9 asks in 1 Mi-block regions).
 pub const WANT_REGION: u64 = 1024 * 1024;
@@ -278,16 +278,98 @@ impl RemoteBits {
         }
     }
 
-    /// Sets a whole byte's worth of bits (`byte` bit 7 = block `start`), `start % 8 == 0`.
+    /// Sets a whole byte's worth of bits (`byte` bit 7 = block `start`).
     fn set_byte(&mut self, start: u64, byte: u8) {
-        for b in 0..8u64 {
-            let bit = byte & (0x80 >> b) != 0;
-            self.set(start + b, bit);
+        if start & 7 != 0 || start >= MAX_REMOTE_BLOCK {
+            for b in 0..8u64 {
+                self.set(start.saturating_add(b), byte & (0x80 >> b) != 0);
+            }
+            return;
+        }
+        let key = start >> 12;
+        if !self.pages.contains_key(&key) {
+            if byte == 0 || self.pages.len() >= MAX_REMOTE_PAGES {
+                return;
+            }
+            self.pages.insert(key, Box::new([0u64; 64]));
+        }
+        if let Some(word) = self
+            .pages
+            .get_mut(&key)
+            .and_then(|p| p.get_mut(((start >> 6) & 63) as usize))
+        {
+            // Our bit for block i is `1 << (i % 64)`; the byte's bit 7 is block `start`.
+            let shift = start & 63;
+            *word = (*word & !(0xffu64 << shift)) | (u64::from(byte.reverse_bits()) << shift);
+        }
+    }
+
+    /// Sets or clears blocks `[start, end)`, a word at a time.
+    fn set_range(&mut self, start: u64, end: u64, value: bool) {
+        let end = end.min(MAX_REMOTE_BLOCK);
+        let mut i = start;
+        while i < end {
+            if i & 63 == 0 && end - i >= 64 {
+                let key = i >> 12;
+                if !self.pages.contains_key(&key) {
+                    if !value || self.pages.len() >= MAX_REMOTE_PAGES {
+                        // Nothing to clear here, or no room: skip the rest of this page.
+                        i = ((key + 1) << 12).min(end);
+                        continue;
+                    }
+                    self.pages.insert(key, Box::new([0u64; 64]));
+                }
+                if let Some(word) = self
+                    .pages
+                    .get_mut(&key)
+                    .and_then(|p| p.get_mut(((i >> 6) & 63) as usize))
+                {
+                    *word = if value { u64::MAX } else { 0 };
+                }
+                i += 64;
+            } else {
+                self.set(i, value);
+                i += 1;
+            }
         }
     }
 
     fn clear(&mut self) {
         self.pages.clear();
+    }
+}
+
+#[cfg(test)]
+mod remote_bits_tests {
+    use super::*;
+
+    #[test]
+    fn bytes_and_ranges_match_bit_by_bit() {
+        let mut fast = RemoteBits::default();
+        let mut slow = RemoteBits::default();
+        for (at, byte) in [
+            (0u64, 0xf8u8),
+            (8, 0x01),
+            (64, 0xff),
+            (4096 + 8, 0x80),
+            (13, 0xaa),
+        ] {
+            fast.set_byte(at, byte);
+            for b in 0..8 {
+                slow.set(at + b, byte & (0x80 >> b) != 0);
+            }
+        }
+        fast.set_range(100, 9000, true);
+        fast.set_range(200, 260, false);
+        for i in 100..9000 {
+            slow.set(i, true);
+        }
+        for i in 200..260 {
+            slow.set(i, false);
+        }
+        for i in 0..10_000 {
+            assert_eq!(fast.get(i), slow.get(i), "block {i}");
+        }
     }
 }
 
@@ -609,9 +691,8 @@ impl Replicator {
                 if start == 0 && len >= self.remote_length {
                     self.remote_bits.clear();
                 } else {
-                    for i in start..start.saturating_add(len.min(MAX_HAVE_RANGE)) {
-                        self.remote_bits.set(i, false);
-                    }
+                    let end = start.saturating_add(len.min(MAX_HAVE_RANGE));
+                    self.remote_bits.set_range(start, end, false);
                 }
                 self.update(session, feed)
             }
@@ -820,9 +901,7 @@ impl Replicator {
                 let start = have.start.min(MAX_REMOTE_BLOCK);
                 let len = length.clamp(1, MAX_HAVE_RANGE);
                 let end = start.saturating_add(len).min(MAX_REMOTE_BLOCK);
-                for i in start..end {
-                    self.remote_bits.set(i, true);
-                }
+                self.remote_bits.set_range(start, end, true);
                 self.remote_length = self.remote_length.max(end);
             }
         }
@@ -1041,10 +1120,10 @@ impl Replicator {
             && feed.length() >= self.remote_length
             && self.selections.iter().all(|s| {
                 let end = s.end.unwrap_or(u64::MAX).min(self.remote_length);
-                s.cursor >= end || {
-                    // Blocks the remote lacks do not count; check what is left.
-                    (s.cursor..end).all(|i| feed.has(i) || !self.remote_bits.get(i))
-                }
+                s.cursor >= end
+                    || (end - s.cursor <= MAX_SCAN
+                        // Blocks the remote lacks do not count; check what is left.
+                        && (s.cursor..end).all(|i| feed.has(i) || !self.remote_bits.get(i)))
             });
         if synced && !self.synced {
             self.push_event(ReplicationEvent::Synced {
@@ -1101,7 +1180,7 @@ impl Replicator {
         let value = if hash_only {
             None
         } else if feed.has(index) {
-            feed.get(index)
+            feed.get_for_upload(index)
                 .map_err(|source| ReplicationError::Feed { index, source })?
         } else {
             // Tree node but no block: JS sends nothing.
@@ -1112,21 +1191,14 @@ impl Replicator {
         } else {
             None
         };
-        let data = Data {
+        let data = DataRef {
             index,
-            value,
-            nodes: proof
-                .nodes
-                .iter()
-                .map(|n| wire::messages::Node {
-                    index: n.index,
-                    hash: n.hash.to_vec(),
-                    size: n.size,
-                })
-                .collect(),
-            signature: signature.map(|s| s.to_vec()),
+            value: value.as_deref(),
+            nodes: &proof.nodes,
+            signature: signature.as_ref(),
         };
-        self.send(session, Message::Data(data))
+        session.send_data(&self.discovery_key, &data)?;
+        Ok(())
     }
 
     /// The signature for `length`: the stored one, or the rekeyed signer's.

@@ -229,6 +229,12 @@ pub struct Feed<S: Store> {
     roots: Vec<Node>,
     bitfield: Bitfield,
     durability: Durability,
+    /// Verified downloads leave their bitfield pages for [`Feed::flush`].
+    defer_commit: bool,
+    /// `(index, byte offset)` of the block after the last one read or stored: sequential
+    /// replication asks for offsets in order, and each costs a walk over the roots
+    /// otherwise. Offsets never change once a block exists.
+    next_offset: Mutex<Option<(u64, u64)>>,
 }
 
 impl<S: Store> std::fmt::Debug for Feed<S> {
@@ -310,6 +316,8 @@ impl<S: Store> Feed<S> {
             roots: Vec::new(),
             bitfield,
             durability: Durability::default(),
+            defer_commit: false,
+            next_offset: Mutex::new(None),
         };
         feed.recover()?;
         Ok(feed)
@@ -408,6 +416,7 @@ impl<S: Store> Feed<S> {
             let pages = self.bitfield.take_dirty();
             self.store.write_bitfield(&pages)?;
         }
+        *self.offset_hint() = None;
         self.store.truncate(self.byte_length, length)?;
         Ok(())
     }
@@ -439,6 +448,37 @@ impl<S: Store> Feed<S> {
                 Err(e)
             }
         }
+    }
+
+    /// Lets [`Feed::put`] leave the bitfield pages it changes unwritten until
+    /// [`Feed::flush`] (or [`Feed::sync`]): one page write per batch of downloads instead
+    /// of one per block. Blocks stored but not yet flushed are simply not held after a
+    /// crash (their bits are the commit point), so nothing unverified is ever trusted.
+    pub fn set_deferred_commit(&mut self, defer: bool) {
+        self.defer_commit = defer;
+    }
+
+    /// Writes the bitfield pages changed by deferred downloads.
+    pub fn flush(&mut self) -> Result<(), FeedError> {
+        self.commit()
+    }
+
+    /// Block `index` for sending to a remote, without re-hashing it: the remote verifies
+    /// it against the tree anyway (as JS, which never re-checks on upload). `None` when it
+    /// is not held.
+    pub fn get_for_upload(&self, index: u64) -> Result<Option<Vec<u8>>, FeedError> {
+        if index >= self.length || !self.bitfield.has_block(index) {
+            return Ok(None);
+        }
+        let leaf = self.node(2 * index)?.ok_or_else(|| {
+            FeedError::Corrupt(format!(
+                "block {index} is held but its tree node is missing"
+            ))
+        })?;
+        let offset = self.block_offset(index, &[])?;
+        let data = self.store.read_data(offset, leaf.size)?;
+        self.remember_offset(index, offset, leaf.size);
+        Ok(Some(data))
     }
 
     /// Chooses when appends are durable.
@@ -644,8 +684,25 @@ impl<S: Store> Feed<S> {
         Ok(())
     }
 
+    fn offset_hint(&self) -> std::sync::MutexGuard<'_, Option<(u64, u64)>> {
+        match self.next_offset.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Remembers where block `index + 1` starts, given block `index`'s offset and size.
+    fn remember_offset(&self, index: u64, offset: u64, size: u64) {
+        *self.offset_hint() = Some((index.saturating_add(1), offset.saturating_add(size)));
+    }
+
     /// Byte offset of block `index` in the data: the sizes of the roots left of it.
     fn block_offset(&self, index: u64, extra: &[Node]) -> Result<u64, FeedError> {
+        if let Some((next, offset)) = *self.offset_hint() {
+            if next == index {
+                return Ok(offset);
+            }
+        }
         let mut offset = 0u64;
         for r in flat_tree::full_roots(2 * index) {
             let node = match extra.iter().find(|n| n.index == r) {
@@ -953,11 +1010,19 @@ impl<S: Store> Feed<S> {
         signature: Option<(u64, [u8; 64])>,
         roots: Option<Vec<Node>>,
     ) -> Result<PutOutcome, FeedError> {
-        // Nodes first, so that the data offset can be computed from them too.
-        self.store.write_nodes(&nodes)?;
+        // Nodes first, so that the data offset can be computed from them too. Nodes whose
+        // tree bit is set are stored already with this very hash (both verified against
+        // the same signed roots), so pipelined proofs that repeat them cost no writes.
+        let fresh: Vec<Node> = nodes
+            .iter()
+            .filter(|n| !self.bitfield.has_node(n.index))
+            .copied()
+            .collect();
+        self.store.write_nodes(&fresh)?;
         if let Some(v) = value {
             let offset = self.block_offset(index, &nodes)?;
             self.store.write_data(offset, v)?;
+            self.remember_offset(index, offset, v.len() as u64);
         }
         let mut new_length = None;
         if let Some((length, sig)) = signature {
@@ -987,7 +1052,9 @@ impl<S: Store> Feed<S> {
         }
         TreeBits::set(&mut self.bitfield, 2 * index);
         let new_block = value.is_some() && self.bitfield.set_block(index, true);
-        self.commit()?;
+        if !self.defer_commit {
+            self.commit()?;
+        }
         Ok(PutOutcome {
             new_block,
             new_length,

@@ -298,10 +298,10 @@ impl FsStore {
         &self.dir
     }
 
-    fn io(&self, name: &str) -> impl Fn(io::Error) -> StoreError + '_ {
-        let file = self.dir.join(name);
+    fn io<'a>(&'a self, name: &'a str) -> impl Fn(io::Error) -> StoreError + 'a {
+        // The path is built only on error: this runs on every read and write.
         move |source| StoreError::Io {
-            file: file.clone(),
+            file: self.dir.join(name),
             source,
         }
     }

@@ -106,6 +106,31 @@ pub fn encode_frame(channel: u64, message: &Message, out: &mut Vec<u8>) -> Resul
     Ok(())
 }
 
+/// Appends the frame for a borrowed Data message on `channel` to `out`.
+pub fn encode_data_frame(
+    channel: u64,
+    data: &super::messages::DataRef<'_>,
+    out: &mut Vec<u8>,
+) -> Result<(), EncodeError> {
+    if channel > MAX_CHANNEL {
+        return Err(EncodeError::ChannelTooLarge(channel));
+    }
+    let body_len = data.encoded_len();
+    if body_len > MAX_BODY_LEN {
+        return Err(EncodeError::BodyTooLarge {
+            len: body_len,
+            max: MAX_BODY_LEN,
+        });
+    }
+    let header = channel << 4 | 9;
+    let length = varint::encoded_len(header) + body_len;
+    out.reserve(varint::encoded_len(length as u64) + length);
+    varint::encode(length as u64, out);
+    varint::encode(header, out);
+    data.encode_body(out);
+    Ok(())
+}
+
 /// Convenience: the frame for `message` on `channel` as a new vector.
 pub fn frame_to_vec(channel: u64, message: &Message) -> Result<Vec<u8>, EncodeError> {
     let mut out = Vec::new();

@@ -159,6 +159,87 @@ pub struct Data {
     pub signature: Option<Vec<u8>>,
 }
 
+/// A borrowed [`Data`] for the upload path: encodes to the same bytes without copying the
+/// block or allocating per proof node.
+#[derive(Debug, Clone, Copy)]
+pub struct DataRef<'a> {
+    /// Block index.
+    pub index: u64,
+    /// Block bytes; `None` for hash-only answers.
+    pub value: Option<&'a [u8]>,
+    /// Proof nodes.
+    pub nodes: &'a [crate::storage::Node],
+    /// Signature over the roots.
+    pub signature: Option<&'a [u8; 64]>,
+}
+
+impl DataRef<'_> {
+    fn node_len(n: &crate::storage::Node) -> usize {
+        1 + varint::encoded_len(n.index) + 2 + 32 + 1 + varint::encoded_len(n.size)
+    }
+
+    /// Length of the encoded body.
+    pub fn encoded_len(&self) -> usize {
+        let mut len = 1 + varint::encoded_len(self.index);
+        if let Some(v) = self.value {
+            len += 1 + varint::encoded_len(v.len() as u64) + v.len();
+        }
+        for n in self.nodes {
+            let inner = Self::node_len(n);
+            len += 1 + varint::encoded_len(inner as u64) + inner;
+        }
+        if self.signature.is_some() {
+            len += 2 + 64;
+        }
+        len
+    }
+
+    /// Appends the body (field order and presence as prost writes [`Data`]).
+    pub fn encode_body(&self, out: &mut Vec<u8>) {
+        out.push(0x08);
+        varint::encode(self.index, out);
+        if let Some(v) = self.value {
+            out.push(0x12);
+            varint::encode(v.len() as u64, out);
+            out.extend_from_slice(v);
+        }
+        for n in self.nodes {
+            out.push(0x1a);
+            varint::encode(Self::node_len(n) as u64, out);
+            out.push(0x08);
+            varint::encode(n.index, out);
+            out.push(0x12);
+            out.push(32);
+            out.extend_from_slice(&n.hash);
+            out.push(0x18);
+            varint::encode(n.size, out);
+        }
+        if let Some(sig) = self.signature {
+            out.push(0x22);
+            out.push(64);
+            out.extend_from_slice(sig);
+        }
+    }
+
+    /// The owned message.
+    pub fn to_data(&self) -> Data {
+        Data {
+            index: self.index,
+            value: self.value.map(<[u8]>::to_vec),
+            nodes: self
+                .nodes
+                .iter()
+                .map(|n| Node {
+                    index: n.index,
+                    hash: n.hash.to_vec(),
+                    size: n.size,
+                })
+                .collect(),
+            signature: self.signature.map(|s| s.to_vec()),
+        }
+    }
+}
+
 /// Type 10: close a channel; `discovery_key` only for a channel never opened by the sender.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct Close {
@@ -397,10 +478,7 @@ impl Message {
             6 => Message::Unwant(decode_checked(body, "Unwant", &[(1, "start")])?),
             7 => Message::Request(decode_checked(body, "Request", &[(1, "index")])?),
             8 => Message::Cancel(decode_checked(body, "Cancel", &[(1, "index")])?),
-            9 => {
-                check_node_fields(body)?;
-                Message::Data(decode_checked(body, "Data", &[(1, "index")])?)
-            }
+            9 => Message::Data(decode_data(body)?),
             10 => Message::Close(decode_checked(body, "Close", &[])?),
             11..=14 => Message::Unknown {
                 type_id: type_id as u8,
@@ -464,7 +542,9 @@ fn decode_checked<M: prost::Message + Default>(
 }
 
 /// `Data.nodes` entries are messages with three required fields; prost would fill them with
-/// zeros, so check each entry's field numbers first.
+/// zeros, so check each entry's field numbers first. (The reference path that
+/// [`decode_data`] is tested against.)
+#[cfg(test)]
 fn check_node_fields(body: &[u8]) -> Result<(), DecodeError> {
     let mut rest = body;
     while !rest.is_empty() {
@@ -486,8 +566,103 @@ fn check_node_fields(body: &[u8]) -> Result<(), DecodeError> {
     Ok(())
 }
 
+/// One field of a protobuf body with its value: a varint, or a length-delimited slice
+/// (fixed-width values are skipped, as no known field uses them).
+enum FieldValue<'a> {
+    Varint(u64),
+    Bytes(&'a [u8]),
+    Other,
+}
+
+fn next_value<'a>(
+    rest: &mut &'a [u8],
+    message: &'static str,
+) -> Result<(u32, FieldValue<'a>), DecodeError> {
+    let input: &'a [u8] = rest;
+    let (key, used) = varint::decode(input).map_err(|_| malformed(message, "bad field key"))?;
+    let tag = u32::try_from(key >> 3).map_err(|_| malformed(message, "field number too large"))?;
+    let after_key = input.get(used..).unwrap_or_default();
+    let (value, skip) = match key & 7 {
+        0 => {
+            let (v, n) =
+                varint::decode(after_key).map_err(|_| malformed(message, "bad varint field"))?;
+            (FieldValue::Varint(v), n)
+        }
+        1 => (FieldValue::Other, 8),
+        5 => (FieldValue::Other, 4),
+        2 => {
+            let (len, n) = varint::decode(after_key)
+                .map_err(|_| malformed(message, "bad length-delimited field"))?;
+            let len = usize::try_from(len).map_err(|_| malformed(message, "field too long"))?;
+            let end = n
+                .checked_add(len)
+                .ok_or_else(|| malformed(message, "field too long"))?;
+            let value = after_key
+                .get(n..end)
+                .ok_or_else(|| malformed(message, "truncated field"))?;
+            (FieldValue::Bytes(value), end)
+        }
+        _ => return Err(malformed(message, "unsupported wire type")),
+    };
+    *rest = after_key
+        .get(skip..)
+        .ok_or_else(|| malformed(message, "truncated field"))?;
+    Ok((tag, value))
+}
+
+/// `Data` in one pass (the hot message of replication), with the same outcome as the
+/// checked prost decoding: required fields enforced (also inside each `Node`), the last
+/// occurrence of a scalar wins, unknown fields skipped, a known field with the wrong wire
+/// type refused.
+fn decode_data(body: &[u8]) -> Result<Data, DecodeError> {
+    const WRONG: &str = "invalid wire type";
+    let mut index = None;
+    let mut data = Data::default();
+    let mut rest = body;
+    while !rest.is_empty() {
+        match next_value(&mut rest, "Data")? {
+            (1, FieldValue::Varint(v)) => index = Some(v),
+            (2, FieldValue::Bytes(b)) => data.value = Some(b.to_vec()),
+            (3, FieldValue::Bytes(b)) => data.nodes.push(decode_node(b)?),
+            (4, FieldValue::Bytes(b)) => data.signature = Some(b.to_vec()),
+            (1..=4, _) => return Err(malformed("Data", WRONG)),
+            _ => {}
+        }
+    }
+    data.index = index.ok_or(DecodeError::MissingField {
+        message: "Data",
+        field: "index",
+    })?;
+    Ok(data)
+}
+
+fn decode_node(body: &[u8]) -> Result<Node, DecodeError> {
+    const WRONG: &str = "invalid wire type";
+    let (mut index, mut hash, mut size) = (None, None, None);
+    let mut rest = body;
+    while !rest.is_empty() {
+        match next_value(&mut rest, "Data.Node")? {
+            (1, FieldValue::Varint(v)) => index = Some(v),
+            (2, FieldValue::Bytes(b)) => hash = Some(b),
+            (3, FieldValue::Varint(v)) => size = Some(v),
+            (1..=3, _) => return Err(malformed("Data.Node", WRONG)),
+            _ => {}
+        }
+    }
+    let missing = |field| DecodeError::MissingField {
+        message: "Data.Node",
+        field,
+    };
+    Ok(Node {
+        index: index.ok_or_else(|| missing("index"))?,
+        hash: hash.ok_or_else(|| missing("hash"))?.to_vec(),
+        size: size.ok_or_else(|| missing("size"))?,
+    })
+}
+
 struct RawField<'a> {
     tag: u32,
+    #[cfg_attr(not(test), allow(dead_code))]
     delimited: Option<&'a [u8]>,
 }
 
@@ -544,4 +719,105 @@ fn next_field<'a>(rest: &mut &'a [u8], message: &'static str) -> Result<RawField
         .get(skip..)
         .ok_or_else(|| malformed(message, "truncated field"))?;
     Ok(RawField { tag, delimited })
+}
+
+#[cfg(test)]
+mod data_decode_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn reference(body: &[u8]) -> Result<Data, DecodeError> {
+        check_node_fields(body)?;
+        decode_checked(body, "Data", &[(1, "index")])
+    }
+
+    fn sample() -> Vec<u8> {
+        let data = Data {
+            index: 300,
+            value: Some(b"hello".to_vec()),
+            nodes: vec![
+                Node {
+                    index: 1,
+                    hash: vec![7; 32],
+                    size: 10,
+                },
+                Node {
+                    index: 5,
+                    hash: vec![8; 32],
+                    size: 20,
+                },
+            ],
+            signature: Some(vec![9; 64]),
+        };
+        prost::Message::encode_to_vec(&data)
+    }
+
+    #[test]
+    fn one_pass_data_decoding_matches_the_checked_prost_path() {
+        let body = sample();
+        assert_eq!(decode_data(&body).unwrap(), reference(&body).unwrap());
+        let empty = prost::Message::encode_to_vec(&Data {
+            index: 0,
+            ..Data::default()
+        });
+        assert_eq!(decode_data(&empty).unwrap(), reference(&empty).unwrap());
+        assert!(decode_data(&[]).is_err() && reference(&[]).is_err());
+    }
+
+    #[test]
+    fn borrowed_data_encodes_like_prost() {
+        let nodes = [
+            crate::storage::Node {
+                index: 0,
+                hash: [1; 32],
+                size: 0,
+            },
+            crate::storage::Node {
+                index: 300,
+                hash: [2; 32],
+                size: 1 << 40,
+            },
+        ];
+        let sig = [3u8; 64];
+        let value = vec![4u8; 200];
+        for (value, nodes, signature) in [
+            (Some(value.as_slice()), &nodes[..], Some(&sig)),
+            (None, &nodes[..1], None),
+            (Some(&[][..]), &[][..], Some(&sig)),
+            (None, &[][..], None),
+        ] {
+            for index in [0u64, 1, 1 << 33] {
+                let r = DataRef {
+                    index,
+                    value,
+                    nodes,
+                    signature,
+                };
+                let mut ours = Vec::new();
+                r.encode_body(&mut ours);
+                let theirs = prost::Message::encode_to_vec(&r.to_data());
+                assert_eq!(ours, theirs);
+                assert_eq!(r.encoded_len(), theirs.len());
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn mutated_data_bodies_decode_the_same(flips in proptest::collection::vec((0usize..200, any::<u8>()), 0..4), cut in 0usize..200) {
+            let mut body = sample();
+            for (at, byte) in flips {
+                if let Some(b) = body.get_mut(at % 200) {
+                    *b = byte;
+                }
+            }
+            body.truncate(cut.max(1) * body.len() / 200 + 1);
+            let ours = decode_data(&body);
+            let theirs = reference(&body);
+            prop_assert_eq!(ours.is_ok(), theirs.is_ok(), "{:?} vs {:?}", ours, theirs);
+            if let (Ok(a), Ok(b)) = (ours, theirs) {
+                prop_assert_eq!(a, b);
+            }
+        }
+    }
 }

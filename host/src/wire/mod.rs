@@ -9,11 +9,12 @@ pub mod rle;
 pub mod varint;
 
 pub use frame::{
-    encode_frame, frame_to_vec, Decoded, EncodeError, Frame, FrameDecoder, FrameError, MAX_BODY_LEN,
+    encode_data_frame, encode_frame, frame_to_vec, Decoded, EncodeError, Frame, FrameDecoder,
+    FrameError, MAX_BODY_LEN,
 };
 pub use messages::{
-    Cancel, Close, Data, DecodeError, Extension, Have, Message, Node, NoisePayload, Open, Options,
-    Request, Status, Unhave, Unwant, Want,
+    Cancel, Close, Data, DataRef, DecodeError, Extension, Have, Message, Node, NoisePayload, Open,
+    Options, Request, Status, Unhave, Unwant, Want,
 };
 
 #[cfg(test)]

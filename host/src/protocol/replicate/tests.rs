@@ -466,3 +466,22 @@ fn too_many_remote_requests_is_fatal() {
         Some(ReplicationError::TooManyRequests { max: 4 })
     ));
 }
+
+#[test]
+fn empty_feed_is_synced_at_length_zero() {
+    let (mut server, mut client) = pair(
+        writer(0),
+        ReplicatorConfig::uploader(),
+        ReplicatorConfig::downloader(),
+    );
+    client.open();
+    run(&mut server, &mut client, 0);
+    assert!(client.rep.is_synced());
+    assert!(client.events.iter().any(|e| matches!(
+        e,
+        ReplicationEvent::Synced {
+            length: 0,
+            remote_length: 0
+        }
+    )));
+}
