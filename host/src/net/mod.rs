@@ -6,6 +6,44 @@
 //! for connections when it grows. [`spawn_refresh`] polls [`Feed::refresh`] so blocks
 //! appended by another process reach remote readers live.
 //!
+//! A seller serving one buyer a per-buyer (rekeyed) view of its feed, then pausing it:
+//!
+//! ```no_run
+//! # async fn seller(stream: tokio::net::TcpStream, feed: std::sync::Arc<dazaar::net::SharedFeed<dazaar::storage::FsStore>>,
+//! #                 noise: dazaar::crypto::NoiseKeyPair, rekeyed: dazaar::crypto::Ed25519KeyPair) -> Result<(), dazaar::net::NetError> {
+//! use std::sync::Arc;
+//! use dazaar::net::{self, ChannelSpec, Command, ConnectionOptions, NetConfig, NetEvent};
+//! use dazaar::protocol::replicate::ReplicatorConfig;
+//! use dazaar::storage::RekeyedSigner;
+//!
+//! let signer = Arc::new(RekeyedSigner::new(rekeyed));
+//! let spec = ChannelSpec { feed, config: ReplicatorConfig::rekeyed(signer.clone()) };
+//! let dk = dazaar::crypto::discovery_key(&dazaar::storage::Signer::public_key(&*signer));
+//! let (events_tx, mut events) = tokio::sync::mpsc::channel(256);
+//! let (commands, commands_rx) = tokio::sync::mpsc::channel(16);
+//! let config = NetConfig::default();
+//! let session = config.session_config(false, noise); // the seller is the responder
+//! let options = ConnectionOptions {
+//!     serve: vec![spec], // opened when the buyer asks for its discovery key
+//!     events: Some(events_tx),
+//!     commands: Some(commands_rx),
+//!     ..ConnectionOptions::default()
+//! };
+//! let task = tokio::spawn(async move { net::run_connection(stream, session, &config, options).await });
+//! while let Some(event) = events.recv().await {
+//!     if let NetEvent::Connected { remote_public_key: _buyer } = event {
+//!         // validate the buyer; on lapse: stop serving (sends Status{uploading: false})
+//!         let _ = commands.send(Command::SetUploading(dk, false)).await;
+//!     }
+//! }
+//! # let _ = task.await; Ok(()) }
+//! ```
+//!
+//! A buyer opens the channel itself (`ConnectionOptions::open`, initiator, with
+//! `SessionConfig::expected_remote_key` = the seller key) and watches
+//! [`NetEvent::Replication`] for [`ReplicationEvent::Synced`] (holds everything the seller
+//! has), [`ReplicationEvent::Length`] and [`ReplicationEvent::Downloaded`].
+//!
 //! Bounds: the outgoing buffer (no read while it is above [`NetConfig::write_high_water`]),
 //! the session's event queue and outgoing limit, the replicator's queues, the command and
 //! event channels (bounded `mpsc`; a slow event consumer slows the connection down), the
