@@ -199,17 +199,20 @@ impl<S: Store> SharedFeed<S> {
                 false
             }
         });
-        self.wake();
+        self.wake(None);
     }
 
-    fn wake(&self) {
+    /// Wakes the subscribed connections, except `except` (the caller itself).
+    fn wake(&self, except: Option<&Arc<Notify>>) {
         let mut subs = match self.subscribers.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
         subs.retain(|w| match w.upgrade() {
             Some(n) => {
-                n.notify_one();
+                if !except.is_some_and(|e| Arc::ptr_eq(e, &n)) {
+                    n.notify_one();
+                }
                 true
             }
             None => false,
@@ -224,7 +227,7 @@ impl<S: Store> SharedFeed<S> {
     }
 
     /// Records blocks channel `origin` downloaded and wakes the connections.
-    fn record_downloads(&self, origin: u64, blocks: &[u64]) {
+    fn record_downloads(&self, origin: u64, blocks: &[u64], waker: &Arc<Notify>) {
         {
             let mut log = self.log();
             for &block in blocks {
@@ -236,7 +239,7 @@ impl<S: Store> SharedFeed<S> {
                 log.entries.push_back((seq, block, origin));
             }
         }
-        self.wake();
+        self.wake(Some(waker));
     }
 
     /// Blocks downloaded by other channels since sequence `since`; returns them and the
@@ -600,7 +603,7 @@ impl<S: Store> Driver<S> {
                 });
             }
             if !downloaded.is_empty() {
-                ch.feed.record_downloads(ch.id, &downloaded);
+                ch.feed.record_downloads(ch.id, &downloaded, &self.notify);
             }
         }
         for (feed, length) in grown {
