@@ -15,6 +15,7 @@ use dazaar::protocol::replicate::{ReplicationEvent, ReplicatorConfig};
 use dazaar::storage::{Feed, FsStore};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
 
 /// How often `serve` looks for blocks appended by another process.
 const REFRESH_INTERVAL: Duration = Duration::from_millis(100);
@@ -184,8 +185,11 @@ async fn clone_async(
         ..ConnectionOptions::default()
     };
     let session = config.session_config(true, NoiseKeyPair::generate());
-    let connection =
-        tokio::spawn(async move { net::run_connection(stream, session, &config, options).await });
+    let span = tracing::info_span!("connection", peer = %addr, feed = %hex::encode(key));
+    let connection = tokio::spawn(
+        async move { net::run_connection(stream, session, &config, options).await }
+            .instrument(span),
+    );
     let dk = dazaar::crypto::discovery_key(&key);
     let progress = super::feed::progress_bar(0);
     let mut done = false;
