@@ -64,7 +64,7 @@ pub fn serve(dir: &Path, listen: SocketAddr, json: bool, timeout_ms: u64) -> Res
     let key = feed.key();
     let shared = SharedFeed::new(feed);
     let rt = runtime()?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("listening on {listen}"))?;
@@ -97,14 +97,20 @@ pub fn serve(dir: &Path, listen: SocketAddr, json: bool, timeout_ms: u64) -> Res
         };
         let server = tokio::spawn(net::serve(listener, options, stop_rx));
         termination().await;
+        tracing::debug!("signal: stopping");
         let _ = stop_tx.send(true);
         let _ = refresher.await;
+        tracing::debug!("refresher stopped");
         match server.await {
             Ok(result) => result.context("serving")?,
             Err(e) => bail!("server task failed: {e}"),
         }
+        tracing::debug!("server stopped");
         Ok(ExitCode::SUCCESS)
-    })
+    });
+    // Idle blocking-pool threads (feed refreshes) would otherwise hold the exit up.
+    rt.shutdown_timeout(Duration::from_millis(100));
+    result
 }
 
 fn parse_key(key: &str) -> Result<[u8; 32]> {
@@ -143,6 +149,7 @@ pub fn clone(
         json,
         timeout_ms,
     ));
+    rt.shutdown_timeout(Duration::from_millis(100));
     // Make what was downloaded durable even when the connection failed.
     shared.lock().sync().context("syncing the feed")?;
     result
