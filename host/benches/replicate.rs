@@ -3,7 +3,9 @@
 //! through tests/js/peer.js, skipped when the JS reference is not installed). Both
 //! sides keep the feed in memory, so the figures are about the protocol, hashing,
 //! verification and copying rather than the disk. A Rust→Rust clone into a
-//! file-system store is measured too. Prints MiB/s and ratios.
+//! file-system store is measured too. Prints MiB/s and ratios, and MiB per CPU-second
+//! of both sides together (the machine may be shared: wall-clock rates move with the
+//! load, CPU time much less).
 //!
 //! `cargo bench -p dazaar --bench replicate` (`BENCH_BLOCKS` changes the count).
 
@@ -134,6 +136,25 @@ async fn rust_clone<S: Store>(
     elapsed.expect("synced")
 }
 
+/// CPU seconds (user + system) used so far by process `pid` ("self" for this one).
+fn cpu_seconds(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) follow the last ')'.
+    let Some(rest) = stat.rsplit(')').next() else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields
+        .get(11..13)
+        .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
+        .unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks / hz.max(1.0)
+}
+
 fn main() {
     let count: u64 = std::env::var("BENCH_BLOCKS")
         .ok()
@@ -145,7 +166,8 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let mut rows: Vec<(&str, f64)> = Vec::new();
+    // (pairing, MiB/s, MiB per CPU-second of both sides)
+    let mut rows: Vec<(&str, f64, f64)> = Vec::new();
 
     // The Rust source feed, in memory.
     let pair = Ed25519KeyPair::generate();
@@ -158,20 +180,30 @@ fn main() {
     let source = SharedFeed::new(source);
 
     // Rust → Rust.
+    let cpu = cpu_seconds("self");
     let secs = rt.block_on(async {
         let (addr, _stop) = rust_server(source.clone()).await;
         let dest = SharedFeed::new(Feed::create_reader(MemStore::new(), key).expect("reader"));
         rust_clone(addr, dest, count).await
     });
-    rows.push(("Rust -> Rust (mem)", mib / secs));
+    rows.push((
+        "Rust -> Rust (mem)",
+        mib / secs,
+        mib / (cpu_seconds("self") - cpu),
+    ));
     let tmp = tempfile::tempdir().expect("tempdir");
+    let cpu = cpu_seconds("self");
     let secs = rt.block_on(async {
         let (addr, _stop) = rust_server(source.clone()).await;
         let store = FsStore::open(tmp.path().join("dst"), true).expect("store");
         let dest = SharedFeed::new(Feed::create_reader(store, key).expect("reader"));
         rust_clone(addr, dest, count).await
     });
-    rows.push(("Rust -> Rust (fs dest)", mib / secs));
+    rows.push((
+        "Rust -> Rust (fs dest)",
+        mib / secs,
+        mib / (cpu_seconds("self") - cpu),
+    ));
 
     if let Some(js) = js_dir() {
         let n = count.to_string();
@@ -181,6 +213,8 @@ fn main() {
         let port = info["port"].as_u64().expect("port");
         let js_key = info["key"].as_str().expect("key").to_string();
         let addr = format!("127.0.0.1:{port}");
+        let server_pid = server.0.id().to_string();
+        let server_cpu = cpu_seconds(&server_pid);
         let mut client = Js::spawn(
             &js,
             &[
@@ -194,7 +228,13 @@ fn main() {
             ],
         );
         let done = client.json();
-        rows.push(("JS -> JS", mib / done["seconds"].as_f64().expect("seconds")));
+        let cpu =
+            done["cpuSeconds"].as_f64().unwrap_or(0.0) + cpu_seconds(&server_pid) - server_cpu;
+        rows.push((
+            "JS -> JS",
+            mib / done["seconds"].as_f64().expect("seconds"),
+            mib / cpu,
+        ));
         drop(client);
 
         // JS → Rust.
@@ -202,19 +242,23 @@ fn main() {
             .expect("hex")
             .try_into()
             .expect("32 bytes");
+        let server_cpu = cpu_seconds(&server_pid);
+        let cpu = cpu_seconds("self");
         let secs = rt.block_on(async {
             let dest = SharedFeed::new(
                 Feed::create_reader(MemStore::new(), js_key_bytes).expect("reader"),
             );
             rust_clone(addr.parse().expect("addr"), dest, count).await
         });
-        rows.push(("JS -> Rust", mib / secs));
+        let cpu = cpu_seconds("self") - cpu + cpu_seconds(&server_pid) - server_cpu;
+        rows.push(("JS -> Rust", mib / secs, mib / cpu));
         drop(server);
 
         // Rust → JS.
         let (addr, stop) = rt.block_on(rust_server(source.clone()));
         let key_hex = hex::encode(key);
         let addr_s = addr.to_string();
+        let cpu = cpu_seconds("self");
         let mut client = Js::spawn(
             &js,
             &[
@@ -228,9 +272,11 @@ fn main() {
             ],
         );
         let done = client.json();
+        let cpu = cpu_seconds("self") - cpu + done["cpuSeconds"].as_f64().unwrap_or(0.0);
         rows.push((
             "Rust -> JS",
             mib / done["seconds"].as_f64().expect("seconds"),
+            mib / cpu,
         ));
         drop(client);
         drop(stop);
@@ -240,14 +286,22 @@ fn main() {
     rt.shutdown_timeout(Duration::from_secs(1));
 
     println!("clone of {count} blocks x {SIZE} B ({mib:.1} MiB) over loopback TCP");
-    let js_js = rows.iter().find(|r| r.0 == "JS -> JS").map(|r| r.1);
-    for (name, rate) in &rows {
+    println!(
+        "  {:<24} {:>15} {:>9} {:>17} {:>9}",
+        "pairing", "wall", "vs JS", "per CPU-second", "vs JS"
+    );
+    let js_js = rows.iter().find(|r| r.0 == "JS -> JS").map(|r| (r.1, r.2));
+    for (name, rate, per_cpu) in &rows {
         match js_js {
-            Some(base) => println!(
-                "  {name:<24} {rate:>9.1} MiB/s   {:>6.2}x JS->JS",
-                rate / base
+            Some((base, base_cpu)) => println!(
+                "  {name:<24} {rate:>9.1} MiB/s {:>8.2}x {per_cpu:>11.1} MiB/cs {:>8.2}x",
+                rate / base,
+                per_cpu / base_cpu
             ),
-            None => println!("  {name:<24} {rate:>9.1} MiB/s"),
+            None => println!(
+                "  {name:<24} {rate:>9.1} MiB/s {:>9} {per_cpu:>11.1} MiB/cs",
+                ""
+            ),
         }
     }
 }

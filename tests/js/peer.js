@@ -11,7 +11,7 @@
 //                     [--dir DIR] [--initiator 0|1] [--print] [--live-until M]
 //       downloads into DIR (random-access-file) or memory until it holds blocks [0, N)
 //       (then, with --live-until, until it holds [0, M)), printing
-//       {"event":"done","length","byteLength","seconds"} and with --print
+//       {"event":"done","length","byteLength","seconds","cpuSeconds"} and with --print
 //       {"blocks":[hex...]}. --listen accepts one connection instead of dialing
 //       (printing {"event":"listening","port"} first). Default role: the dialer is the
 //       initiator.
@@ -98,12 +98,14 @@ async function clone () {
   const want = Number(arg('length'))
   const liveUntil = arg('live-until') ? Number(arg('live-until')) : null
   const start = process.hrtime.bigint()
+  const cpuStart = process.cpuUsage()
   let phase = 0
   const check = async () => {
     const target = phase === 0 ? want : liveUntil
     if (feed.length < target || feed.downloaded(0, target) !== target) return
     const seconds = Number(process.hrtime.bigint() - start) / 1e9
-    out({ event: 'done', length: feed.length, byteLength: feed.byteLength, seconds })
+    const cpu = process.cpuUsage(cpuStart)
+    out({ event: 'done', length: feed.length, byteLength: feed.byteLength, seconds, cpuSeconds: (cpu.user + cpu.system) / 1e6 })
     if (flag('print')) {
       const blocks = []
       for (let i = 0; i < target; i++) blocks.push((await p(cb => feed.get(i, { wait: false }, cb))).toString('hex'))

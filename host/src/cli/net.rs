@@ -15,6 +15,7 @@ use dazaar::protocol::replicate::{ReplicationEvent, ReplicatorConfig};
 use dazaar::storage::{Feed, FsStore};
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
 
 /// How often `serve` looks for blocks appended by another process.
 const REFRESH_INTERVAL: Duration = Duration::from_millis(100);
@@ -63,7 +64,7 @@ pub fn serve(dir: &Path, listen: SocketAddr, json: bool, timeout_ms: u64) -> Res
     let key = feed.key();
     let shared = SharedFeed::new(feed);
     let rt = runtime()?;
-    rt.block_on(async move {
+    let result = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("listening on {listen}"))?;
@@ -96,14 +97,20 @@ pub fn serve(dir: &Path, listen: SocketAddr, json: bool, timeout_ms: u64) -> Res
         };
         let server = tokio::spawn(net::serve(listener, options, stop_rx));
         termination().await;
+        tracing::debug!("signal: stopping");
         let _ = stop_tx.send(true);
         let _ = refresher.await;
+        tracing::debug!("refresher stopped");
         match server.await {
             Ok(result) => result.context("serving")?,
             Err(e) => bail!("server task failed: {e}"),
         }
+        tracing::debug!("server stopped");
         Ok(ExitCode::SUCCESS)
-    })
+    });
+    // Idle blocking-pool threads (feed refreshes) would otherwise hold the exit up.
+    rt.shutdown_timeout(Duration::from_millis(100));
+    result
 }
 
 fn parse_key(key: &str) -> Result<[u8; 32]> {
@@ -142,6 +149,7 @@ pub fn clone(
         json,
         timeout_ms,
     ));
+    rt.shutdown_timeout(Duration::from_millis(100));
     // Make what was downloaded durable even when the connection failed.
     shared.lock().sync().context("syncing the feed")?;
     result
@@ -184,8 +192,11 @@ async fn clone_async(
         ..ConnectionOptions::default()
     };
     let session = config.session_config(true, NoiseKeyPair::generate());
-    let connection =
-        tokio::spawn(async move { net::run_connection(stream, session, &config, options).await });
+    let span = tracing::info_span!("connection", peer = %addr, feed = %hex::encode(key));
+    let connection = tokio::spawn(
+        async move { net::run_connection(stream, session, &config, options).await }
+            .instrument(span),
+    );
     let dk = dazaar::crypto::discovery_key(&key);
     let progress = super::feed::progress_bar(0);
     let mut done = false;

@@ -6,6 +6,44 @@
 //! for connections when it grows. [`spawn_refresh`] polls [`Feed::refresh`] so blocks
 //! appended by another process reach remote readers live.
 //!
+//! A seller serving one buyer a per-buyer (rekeyed) view of its feed, then pausing it:
+//!
+//! ```no_run
+//! # async fn seller(stream: tokio::net::TcpStream, feed: std::sync::Arc<dazaar::net::SharedFeed<dazaar::storage::FsStore>>,
+//! #                 noise: dazaar::crypto::NoiseKeyPair, rekeyed: dazaar::crypto::Ed25519KeyPair) -> Result<(), dazaar::net::NetError> {
+//! use std::sync::Arc;
+//! use dazaar::net::{self, ChannelSpec, Command, ConnectionOptions, NetConfig, NetEvent};
+//! use dazaar::protocol::replicate::ReplicatorConfig;
+//! use dazaar::storage::RekeyedSigner;
+//!
+//! let signer = Arc::new(RekeyedSigner::new(rekeyed));
+//! let spec = ChannelSpec { feed, config: ReplicatorConfig::rekeyed(signer.clone()) };
+//! let dk = dazaar::crypto::discovery_key(&dazaar::storage::Signer::public_key(&*signer));
+//! let (events_tx, mut events) = tokio::sync::mpsc::channel(256);
+//! let (commands, commands_rx) = tokio::sync::mpsc::channel(16);
+//! let config = NetConfig::default();
+//! let session = config.session_config(false, noise); // the seller is the responder
+//! let options = ConnectionOptions {
+//!     serve: vec![spec], // opened when the buyer asks for its discovery key
+//!     events: Some(events_tx),
+//!     commands: Some(commands_rx),
+//!     ..ConnectionOptions::default()
+//! };
+//! let task = tokio::spawn(async move { net::run_connection(stream, session, &config, options).await });
+//! while let Some(event) = events.recv().await {
+//!     if let NetEvent::Connected { remote_public_key: _buyer } = event {
+//!         // validate the buyer; on lapse: stop serving (sends Status{uploading: false})
+//!         let _ = commands.send(Command::SetUploading(dk, false)).await;
+//!     }
+//! }
+//! # let _ = task.await; Ok(()) }
+//! ```
+//!
+//! A buyer opens the channel itself (`ConnectionOptions::open`, initiator, with
+//! `SessionConfig::expected_remote_key` = the seller key) and watches
+//! [`NetEvent::Replication`] for [`ReplicationEvent::Synced`] (holds everything the seller
+//! has), [`ReplicationEvent::Length`] and [`ReplicationEvent::Downloaded`].
+//!
 //! Bounds: the outgoing buffer (no read while it is above [`NetConfig::write_high_water`]),
 //! the session's event queue and outgoing limit, the replicator's queues, the command and
 //! event channels (bounded `mpsc`; a slow event consumer slows the connection down), the
@@ -31,6 +69,22 @@ use crate::storage::{Feed, FeedError, Store};
 const READ_CHUNK: usize = 64 * 1024;
 /// Most connections registered for growth wake-ups on one feed.
 const MAX_SUBSCRIBERS: usize = 4096;
+/// Recent downloads kept for announcing to the other peers (older ones are dropped:
+/// a Have is advisory).
+const DOWNLOAD_LOG: usize = 4096;
+
+/// Channel ids, unique in the process (to not announce a download back to its source).
+static NEXT_CHANNEL_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// Blocks recently downloaded into a shared feed, for `Have{start: index}` to the other
+/// peers (hypercore announces every verified block to every other peer that sent a Want).
+#[derive(Debug, Default)]
+struct DownloadLog {
+    /// Sequence number of the next entry.
+    next: u64,
+    /// `(sequence, block, channel id that downloaded it)`, oldest first.
+    entries: std::collections::VecDeque<(u64, u64, u64)>,
+}
 
 /// A network failure. Every variant ends the connection.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +124,7 @@ pub struct SharedFeed<S: Store> {
     feed: Mutex<Feed<S>>,
     length: watch::Sender<u64>,
     subscribers: Mutex<Vec<Weak<Notify>>>,
+    downloads: Mutex<DownloadLog>,
 }
 
 impl<S: Store> std::fmt::Debug for SharedFeed<S> {
@@ -88,6 +143,7 @@ impl<S: Store> SharedFeed<S> {
             feed: Mutex::new(feed),
             length,
             subscribers: Mutex::new(Vec::new()),
+            downloads: Mutex::new(DownloadLog::default()),
         })
     }
 
@@ -146,17 +202,63 @@ impl<S: Store> SharedFeed<S> {
                 false
             }
         });
+        self.wake(None);
+    }
+
+    /// Wakes the subscribed connections, except `except` (the caller itself).
+    fn wake(&self, except: Option<&Arc<Notify>>) {
         let mut subs = match self.subscribers.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
         subs.retain(|w| match w.upgrade() {
             Some(n) => {
-                n.notify_one();
+                if !except.is_some_and(|e| Arc::ptr_eq(e, &n)) {
+                    n.notify_one();
+                }
                 true
             }
             None => false,
         });
+    }
+
+    fn log(&self) -> MutexGuard<'_, DownloadLog> {
+        match self.downloads.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Records blocks channel `origin` downloaded and wakes the connections.
+    fn record_downloads(&self, origin: u64, blocks: &[u64], waker: &Arc<Notify>) {
+        {
+            let mut log = self.log();
+            for &block in blocks {
+                let seq = log.next;
+                log.next += 1;
+                if log.entries.len() >= DOWNLOAD_LOG {
+                    log.entries.pop_front();
+                }
+                log.entries.push_back((seq, block, origin));
+            }
+        }
+        self.wake(Some(waker));
+    }
+
+    /// Blocks downloaded by other channels since sequence `since`; returns them and the
+    /// next sequence to ask from.
+    fn downloads_since(&self, since: u64, me: u64, out: &mut Vec<u64>) -> u64 {
+        let log = self.log();
+        let first = log.entries.front().map_or(log.next, |e| e.0);
+        let skip = usize::try_from(since.saturating_sub(first)).unwrap_or(usize::MAX);
+        if skip < log.entries.len() {
+            for &(_, block, origin) in log.entries.range(skip..) {
+                if origin != me {
+                    out.push(block);
+                }
+            }
+        }
+        log.next
     }
 
     fn subscribe(&self, notify: &Arc<Notify>) {
@@ -392,6 +494,10 @@ struct Channel<S: Store> {
     announced_length: u64,
     /// Downloads into the feed (its bitfield writes are deferred and flushed here).
     downloading: bool,
+    /// This channel's process-wide id.
+    id: u64,
+    /// Next entry of the feed's download log to announce.
+    download_seq: u64,
 }
 
 /// One connection's state: the session and its channels.
@@ -428,6 +534,7 @@ impl<S: Store> Driver<S> {
         let key = rep.key();
         spec.feed.subscribe(&self.notify);
         let announced_length = spec.feed.lock().length();
+        let download_seq = spec.feed.log().next;
         self.channels.insert(
             dk,
             Channel {
@@ -435,6 +542,8 @@ impl<S: Store> Driver<S> {
                 rep,
                 announced_length,
                 downloading,
+                id: NEXT_CHANNEL_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                download_seq,
             },
         );
         self.session.open_channel(&key)?;
@@ -499,15 +608,24 @@ impl<S: Store> Driver<S> {
 
     fn collect_replication(&mut self, report: &mut Vec<NetEvent>) {
         let mut grown = Vec::new();
+        let mut downloaded = Vec::new();
         for (dk, ch) in self.channels.iter_mut() {
+            downloaded.clear();
             while let Some(event) = ch.rep.poll_event() {
-                if let ReplicationEvent::Length { length, .. } = event {
-                    grown.push((ch.feed.clone(), length));
+                match event {
+                    ReplicationEvent::Length { length, .. } => {
+                        grown.push((ch.feed.clone(), length));
+                    }
+                    ReplicationEvent::Downloaded { index, .. } => downloaded.push(index),
+                    _ => {}
                 }
                 report.push(NetEvent::Replication {
                     discovery_key: *dk,
                     event,
                 });
+            }
+            if !downloaded.is_empty() {
+                ch.feed.record_downloads(ch.id, &downloaded, &self.notify);
             }
         }
         for (feed, length) in grown {
@@ -525,6 +643,12 @@ impl<S: Store> Driver<S> {
                 ch.rep
                     .on_local_append(&mut self.session, &feed, ch.announced_length)?;
                 ch.announced_length = length;
+            }
+            // Blocks other peers brought in: Have{start: index} to this remote.
+            let mut blocks = Vec::new();
+            ch.download_seq = ch.feed.downloads_since(ch.download_seq, ch.id, &mut blocks);
+            for index in blocks {
+                ch.rep.on_local_download(&mut self.session, index)?;
             }
             ch.rep.pump(&mut self.session, &mut feed, now)?;
         }

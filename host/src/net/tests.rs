@@ -310,3 +310,63 @@ async fn clone_from_expecting_close(
     let _ = task.await;
     (closed, feed)
 }
+
+#[tokio::test]
+async fn blocks_downloaded_from_one_peer_are_announced_to_another() {
+    // A relay holds a reader of the feed and serves it; a follower that sent a Want is
+    // told about blocks as the relay downloads them from the origin.
+    let origin = source(40);
+    let key = origin.lock().key();
+    let (origin_addr, stop_origin, _o) = start_server(ChannelSpec {
+        feed: origin.clone(),
+        config: ReplicatorConfig::uploader(),
+    })
+    .await;
+    let relay = SharedFeed::new(Feed::create_reader(MemStore::new(), key).unwrap());
+    let (relay_addr, stop_relay, _r) = start_server(ChannelSpec {
+        feed: relay.clone(),
+        config: ReplicatorConfig::uploader(),
+    })
+    .await;
+    // The follower connects to the (still empty) relay first.
+    let follower = SharedFeed::new(Feed::create_reader(MemStore::new(), key).unwrap());
+    let mut follower_length = follower.watch_length();
+    let stream = dial(relay_addr).await.unwrap();
+    let net = NetConfig::default();
+    let session = net.session_config(true, NoiseKeyPair::generate());
+    let options = ConnectionOptions {
+        open: vec![ChannelSpec {
+            feed: follower.clone(),
+            config: ReplicatorConfig::downloader(),
+        }],
+        ..ConnectionOptions::default()
+    };
+    let follower_task =
+        tokio::spawn(async move { run_connection(stream, session, &net, options).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Now the relay downloads from the origin.
+    let stream = dial(origin_addr).await.unwrap();
+    let net = NetConfig::default();
+    let session = net.session_config(true, NoiseKeyPair::generate());
+    let options = ConnectionOptions {
+        open: vec![ChannelSpec {
+            feed: relay.clone(),
+            config: ReplicatorConfig::downloader(),
+        }],
+        ..ConnectionOptions::default()
+    };
+    let relay_task =
+        tokio::spawn(async move { run_connection(stream, session, &net, options).await });
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        follower_length.wait_for(|l| *l == 40),
+    )
+    .await
+    .expect("the follower learns of the relay's downloads")
+    .unwrap();
+    assert!(follower.lock().has_all());
+    follower_task.abort();
+    relay_task.abort();
+    stop_origin.send(true).unwrap();
+    stop_relay.send(true).unwrap();
+}
