@@ -94,6 +94,8 @@ async fn measure(
             answer_timeout: Duration::from_secs(60),
             send: Vec::new(),
             report_blocks: true,
+            range: None,
+            tail: false,
         };
         let id = id.clone();
         let shutdown = shutdown.clone();

@@ -111,6 +111,8 @@ fn buy_options(sale: &Sale, buyer_dir: &str, live: bool) -> BuyOptions {
         answer_timeout: Duration::from_secs(5),
         send: Vec::new(),
         report_blocks: false,
+        range: None,
+        tail: false,
     }
 }
 
@@ -663,6 +665,8 @@ async fn rust_buyer_buys_from_js_seller() {
             answer_timeout: Duration::from_secs(10),
             send: Vec::new(),
             report_blocks: false,
+            range: None,
+            tail: false,
         };
         let (tx, mut rx) = mpsc::channel(4096);
         let (_never, shutdown) = watch::channel(false);
@@ -1086,4 +1090,80 @@ async fn one_live_connection_per_buyer() {
     assert_eq!(sale.product.connected_buyers(), 1);
     assert!(!second.is_finished(), "the newer connection stays");
     second.abort();
+}
+
+/// A sparse range, and a live tail that receives only what is appended after it starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sparse_range_and_live_tail() {
+    let blocks: Vec<Vec<u8>> = (0..100u32).map(|i| format!("b{i}").into_bytes()).collect();
+    let sale = start_sale(
+        &blocks,
+        PaymentGate::new(Vec::new(), Duration::from_secs(1)),
+        Duration::from_millis(200),
+        None,
+    )
+    .await;
+    let buyer = Identity::from_master_key([0xe1; 32]);
+    let (_keep, shutdown) = watch::channel(false);
+    let mut opts = buy_options(&sale, "range", false);
+    opts.range = Some((40, Some(50)));
+    let out = tokio::time::timeout(
+        Duration::from_secs(10),
+        buy(&buyer, opts, None, shutdown.clone()),
+    )
+    .await
+    .expect("in time")
+    .expect("range");
+    assert_eq!(out.length, 100);
+    let f = Feed::open(
+        FsStore::open(sale.dir.join("range/feed"), false).expect("store"),
+        None,
+    )
+    .expect("open");
+    assert_eq!(f.downloaded(0, 100), 10, "only the range");
+    assert_eq!(f.get(45).expect("get"), Some(blocks[45].clone()));
+    assert!(!f.has(39) && !f.has(50));
+
+    let mut opts = buy_options(&sale, "tail", true);
+    opts.tail = true;
+    let (tx, mut rx) = mpsc::channel(1024);
+    let tail = tokio::spawn(async move { buy(&buyer, opts, Some(tx), shutdown).await });
+    // Wait until the tail has started, then append.
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("tail starts")
+        {
+            Some(BuyerEvent::Progress { .. }) | Some(BuyerEvent::Synced { .. }) => break,
+            Some(_) => {}
+            None => panic!("tail ended"),
+        }
+    }
+    sale.product
+        .feed
+        .append_batch(&[b"new one".to_vec(), b"new two".to_vec()])
+        .expect("append");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let f = Feed::open(
+            FsStore::open_read_only(sale.dir.join("tail/feed")).expect("store"),
+            None,
+        )
+        .expect("open");
+        if f.has(101) {
+            assert_eq!(f.get(100).expect("get"), Some(b"new one".to_vec()));
+            assert_eq!(
+                f.downloaded(0, 100),
+                0,
+                "a tail does not download the history"
+            );
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the tail did not receive the new blocks"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tail.abort();
 }

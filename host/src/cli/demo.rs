@@ -169,6 +169,8 @@ async fn demo() -> Result<()> {
         answer_timeout: Duration::from_secs(10),
         send: Vec::new(),
         report_blocks: false,
+        range: None,
+        tail: false,
     };
     let (_keep, never) = watch::channel(false);
 

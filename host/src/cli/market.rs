@@ -141,6 +141,15 @@ pub struct BuyArgs {
     /// Accept the seller's terms of use (recorded in the data dir).
     #[arg(long)]
     pub accept_terms: bool,
+    /// Download only from this block on (a sparse range).
+    #[arg(long)]
+    pub start: Option<u64>,
+    /// Download only up to (not including) this block (a sparse range).
+    #[arg(long)]
+    pub end: Option<u64>,
+    /// Download only blocks appended from now on (a live tail; implies --live).
+    #[arg(long, conflicts_with_all = ["start", "end"])]
+    pub tail: bool,
     /// Give up when the seller has not answered in this many seconds.
     #[arg(long, default_value_t = 30)]
     pub timeout: u64,
@@ -455,13 +464,18 @@ pub fn buy(common: &Common, args: BuyArgs) -> Result<ExitCode> {
         seller_key,
         addr: args.connect,
         out: args.out.clone(),
-        live: args.live,
+        live: args.live || args.tail,
         accept_terms: args.accept_terms,
         data_dir,
         net: NetConfig::default(),
         answer_timeout: Duration::from_secs(args.timeout.max(1)),
         send: Vec::new(),
         report_blocks: false,
+        range: match (args.start, args.end) {
+            (None, None) => None,
+            (start, end) => Some((start.unwrap_or(0), end)),
+        },
+        tail: args.tail,
     };
     let json = args.json;
     let result = runtime()?.block_on(async move {
@@ -479,10 +493,8 @@ pub fn buy(common: &Common, args: BuyArgs) -> Result<ExitCode> {
                         bar.println(format!("feed {}", hex::encode(key)));
                     }
                 }
-                BuyerEvent::Valid(info) => {
-                    if json {
-                        print_json(json!({"event": "valid", "info": info}));
-                    }
+                BuyerEvent::Valid(info) if json => {
+                    print_json(json!({"event": "valid", "info": info}));
                 }
                 BuyerEvent::Invalid(error) => {
                     if json {
@@ -491,17 +503,11 @@ pub fn buy(common: &Common, args: BuyArgs) -> Result<ExitCode> {
                         bar.println(format!("not valid: {error}"));
                     }
                 }
-                BuyerEvent::Terms(terms) => {
-                    if !json {
-                        bar.println(format!("terms of use (accepted):\n{terms}"));
-                    }
+                BuyerEvent::Terms(terms) if !json => {
+                    bar.println(format!("terms of use (accepted):\n{terms}"));
                 }
-                BuyerEvent::UserMessage { name, message } => {
-                    if json {
-                        print_json(
-                            json!({"event": "user-message", "name": name, "message": message}),
-                        );
-                    }
+                BuyerEvent::UserMessage { name, message } if json => {
+                    print_json(json!({"event": "user-message", "name": name, "message": message}));
                 }
                 BuyerEvent::Progress { length, downloaded } => {
                     bar.set_length(*length);
@@ -510,12 +516,10 @@ pub fn buy(common: &Common, args: BuyArgs) -> Result<ExitCode> {
                 BuyerEvent::Synced {
                     length,
                     byte_length,
-                } => {
-                    if json && args.live {
-                        print_json(
-                            json!({"event": "synced", "length": length, "byteLength": byte_length}),
-                        );
-                    }
+                } if json && (args.live || args.tail) => {
+                    print_json(
+                        json!({"event": "synced", "length": length, "byteLength": byte_length}),
+                    );
                 }
                 _ => {}
             }

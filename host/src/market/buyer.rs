@@ -126,6 +126,11 @@ pub struct BuyOptions {
     pub send: Vec<UserMessage>,
     /// Report each block's bytes as it arrives ([`BuyerEvent::Block`]).
     pub report_blocks: bool,
+    /// Download only these blocks (sparse): `[start, end)`, `end` None = to the end and,
+    /// with `live`, on. `None`: everything.
+    pub range: Option<(u64, Option<u64>)>,
+    /// Download only blocks appended from now on (a live tail; implies `live`).
+    pub tail: bool,
 }
 
 /// How a purchase ended.
@@ -223,6 +228,7 @@ pub async fn buy(
 
     let mut feed: Option<Arc<SharedFeed<FsStore>>> = None;
     let mut feed_key: Option<[u8; 32]> = None;
+    let mut tail_started = false;
     let answer_deadline = tokio::time::Instant::now() + opts.answer_timeout;
     let outcome =
         |feed: &Option<Arc<SharedFeed<FsStore>>>, key: Option<[u8; 32]>| -> Option<BuyOutcome> {
@@ -276,9 +282,13 @@ pub async fn buy(
                                     Ok(f) => SharedFeed::new(f),
                                     Err(e) => return fail(e, &cmd_tx),
                                 };
-                                let _ = cmd_tx
-                                    .send(Command::Open(ChannelSpec { feed: f.clone(), config: ReplicatorConfig::downloader() }))
-                                    .await;
+                                let sparse = opts.range.is_some() || opts.tail;
+                                let config = if sparse { ReplicatorConfig::sparse() } else { ReplicatorConfig::downloader() };
+                                let _ = cmd_tx.send(Command::Open(ChannelSpec { feed: f.clone(), config })).await;
+                                if let Some((start, end)) = opts.range {
+                                    let dk = crate::crypto::discovery_key(&key);
+                                    let _ = cmd_tx.send(Command::Download(dk, start, end)).await;
+                                }
                                 feed = Some(f);
                                 feed_key = Some(key);
                                 report(BuyerEvent::Feed { key });
@@ -307,17 +317,33 @@ pub async fn buy(
                         }
                         _ => {}
                     },
-                    NetEvent::Replication { event, .. } => {
+                    NetEvent::Replication { event, discovery_key } => {
                         let Some(f) = &feed else { continue };
+                        if opts.tail && !tail_started {
+                            if let ReplicationEvent::RemoteLength { length } = event {
+                                tail_started = true;
+                                let _ = cmd_tx.send(Command::Download(discovery_key, length, None)).await;
+                                report(BuyerEvent::Progress { length, downloaded: 0 });
+                            }
+                        }
                         match event {
                             ReplicationEvent::Synced { length, remote_length } if length >= remote_length => {
                                 let (len, bytes, all) = {
                                     let f = f.lock();
-                                    (f.length(), f.byte_length(), f.has_all())
+                                    let all = match opts.range {
+                                        // A sparse range: done when every block of it is held.
+                                        Some((start, end)) => {
+                                            let end = end.unwrap_or(f.length()).min(f.length());
+                                            f.downloaded(start.min(end), end) == end - start.min(end)
+                                        }
+                                        None if opts.tail => tail_started,
+                                        None => f.has_all(),
+                                    };
+                                    (f.length(), f.byte_length(), all)
                                 };
                                 if all {
                                     report(BuyerEvent::Synced { length: len, byte_length: bytes });
-                                    if !opts.live {
+                                    if !opts.live && !opts.tail {
                                         let _ = cmd_tx.send(Command::Shutdown).await;
                                         let _ = (&mut conn).await;
                                         return outcome(&feed, feed_key)

@@ -426,6 +426,9 @@ pub enum Command<S: Store> {
     RegisterExtension(String),
     /// Send a stream-level extension message.
     SendExtension(String, Vec<u8>),
+    /// Download blocks `[start, end)` (`end` None: and everything after, live) on a sparse
+    /// channel.
+    Download(DiscoveryKey, u64, Option<u64>),
     /// Flush what is queued and end the connection.
     Shutdown,
 }
@@ -445,6 +448,12 @@ impl<S: Store> std::fmt::Debug for Command<S> {
                 .debug_tuple("SendExtension")
                 .field(n)
                 .field(&p.len())
+                .finish(),
+            Command::Download(dk, start, end) => f
+                .debug_tuple("Download")
+                .field(&hex::encode(dk))
+                .field(start)
+                .field(end)
                 .finish(),
             Command::Shutdown => f.write_str("Shutdown"),
         }
@@ -705,6 +714,12 @@ impl<S: Store> Driver<S> {
             Command::RegisterExtension(name) => self.session.register_extension(&name)?,
             Command::SendExtension(name, payload) => {
                 self.session.send_extension(&name, &payload)?
+            }
+            Command::Download(dk, start, end) => {
+                if let Some(ch) = self.channels.get_mut(&dk) {
+                    let mut feed = ch.feed.lock();
+                    ch.rep.download(&mut self.session, &mut feed, start, end)?;
+                }
             }
             Command::Shutdown => return Ok(true),
         }
