@@ -501,6 +501,10 @@ struct Channel<S: Store> {
     feed: Arc<SharedFeed<S>>,
     rep: Replicator,
     announced_length: u64,
+    /// Announce growth at most this often (ms; 0 = at once).
+    announce_interval_ms: u64,
+    /// When growth was last announced.
+    last_announce_ms: u64,
     /// Downloads into the feed (its bitfield writes are deferred and flushed here).
     downloading: bool,
     /// This channel's process-wide id.
@@ -532,6 +536,7 @@ impl<S: Store> Driver<S> {
             return Ok(dk);
         }
         let downloading = spec.config.downloading && spec.config.signer.is_none();
+        let announce_interval_ms = spec.config.announce_interval_ms;
         let rep = {
             let mut feed = spec.feed.lock();
             if downloading {
@@ -550,6 +555,8 @@ impl<S: Store> Driver<S> {
                 feed: spec.feed,
                 rep,
                 announced_length,
+                announce_interval_ms,
+                last_announce_ms: 0,
                 downloading,
                 id: NEXT_CHANNEL_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                 download_seq,
@@ -648,10 +655,13 @@ impl<S: Store> Driver<S> {
         for ch in self.channels.values_mut() {
             let mut feed = ch.feed.lock();
             let length = feed.length();
-            if length > ch.announced_length && ch.rep.is_open() {
+            let due = ch.announce_interval_ms == 0
+                || now >= ch.last_announce_ms.saturating_add(ch.announce_interval_ms);
+            if length > ch.announced_length && ch.rep.is_open() && due {
                 ch.rep
                     .on_local_append(&mut self.session, &feed, ch.announced_length)?;
                 ch.announced_length = length;
+                ch.last_announce_ms = now;
             }
             // Blocks other peers brought in: Have{start: index} to this remote.
             let mut blocks = Vec::new();
@@ -690,6 +700,14 @@ impl<S: Store> Driver<S> {
         let mut deadline = self.session.next_deadline();
         for ch in self.channels.values() {
             if let Some(d) = ch.rep.next_deadline() {
+                deadline = Some(deadline.map_or(d, |x| x.min(d)));
+            }
+            // Growth held back by the announce interval is announced when it ends.
+            if ch.announce_interval_ms > 0
+                && ch.rep.is_open()
+                && ch.feed.length() > ch.announced_length
+            {
+                let d = ch.last_announce_ms.saturating_add(ch.announce_interval_ms);
                 deadline = Some(deadline.map_or(d, |x| x.min(d)));
             }
         }

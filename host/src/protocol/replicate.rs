@@ -136,7 +136,16 @@ pub struct ReplicatorConfig {
     /// Serve the feed under `signer.public_key()` with signatures made by the signer
     /// (Dazaar's per-buyer rekeyed feeds). Such a channel never downloads.
     pub signer: Option<Arc<dyn Signer>>,
+    /// Announce local growth at most this often (ms; 0 = at once). Blocks are then
+    /// proven against the last announced length, so the Data messages of one
+    /// announcement share one signature: a seller signs per buyer per announcement, not
+    /// per append. The driver applies it ([`crate::net`]).
+    pub announce_interval_ms: u64,
 }
+
+/// How often a rekeyed channel announces growth by default: appends within this window
+/// share one per-buyer signature.
+pub const REKEYED_ANNOUNCE_INTERVAL_MS: u64 = 40;
 
 impl fmt::Debug for ReplicatorConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -164,6 +173,7 @@ impl Default for ReplicatorConfig {
             request_timeout_ms: DEFAULT_REQUEST_TIMEOUT_MS,
             upload_high_water: DEFAULT_UPLOAD_HIGH_WATER,
             signer: None,
+            announce_interval_ms: 0,
         }
     }
 }
@@ -182,6 +192,7 @@ impl ReplicatorConfig {
         Self {
             downloading: false,
             signer: Some(signer),
+            announce_interval_ms: REKEYED_ANNOUNCE_INTERVAL_MS,
             ..Self::default()
         }
     }
@@ -409,6 +420,9 @@ pub struct Replicator {
     request_deadline: Option<u64>,
     remote_requests: VecDeque<Request>,
     signature_cache: Option<(u64, [u8; 64])>,
+    /// The longest length announced to the remote (Have); proofs on a signer channel
+    /// are made against it so that they share a signature.
+    announced_length: u64,
     events: VecDeque<ReplicationEvent>,
     synced: bool,
     now: u64,
@@ -469,6 +483,7 @@ impl Replicator {
             request_deadline: None,
             remote_requests: VecDeque::new(),
             signature_cache: None,
+            announced_length: 0,
             events: VecDeque::new(),
             synced: false,
             now: 0,
@@ -652,6 +667,7 @@ impl Replicator {
         } else {
             Have::range(old_length, n)
         };
+        self.announced_length = self.announced_length.max(length);
         self.send(session, Message::Have(have))
     }
 
@@ -832,6 +848,7 @@ impl Replicator {
         if !self.remote_want && feed_length > 0 && feed.has(feed_length - 1) {
             self.send(session, Message::Have(Have::block(feed_length - 1)))?;
         }
+        self.announced_length = self.announced_length.max(feed_length);
         self.remote_want = true;
         let bitfield = feed.bitfield();
         let bits = if start == 0 && length == 0 {
@@ -1174,9 +1191,24 @@ impl Replicator {
             return Ok(());
         }
         let digest = request.nodes.unwrap_or(0);
-        let proof = feed
-            .proof(index, digest, &mut self.remote_tree, hash_only)
-            .map_err(|source| ReplicationError::Feed { index, source })?;
+        // A signer channel proves against the announced length (one signature per
+        // announcement); a block beyond it (the remote learned of it elsewhere) is proven
+        // against the current length, which then counts as announced.
+        let proof = if self.config.signer.is_some() && index < self.announced_length {
+            feed.proof_at(
+                index,
+                digest,
+                &mut self.remote_tree,
+                hash_only,
+                self.announced_length,
+            )
+        } else {
+            if self.config.signer.is_some() {
+                self.announced_length = feed.length();
+            }
+            feed.proof(index, digest, &mut self.remote_tree, hash_only)
+        }
+        .map_err(|source| ReplicationError::Feed { index, source })?;
         let value = if hash_only {
             None
         } else if feed.has(index) {

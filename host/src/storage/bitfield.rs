@@ -362,6 +362,26 @@ impl TreeBits for Bitfield {
     }
 }
 
+/// The tree nodes of a feed as it was at `length` blocks: a view of the stored nodes that
+/// hides everything a later append added (for proofs against an earlier signed length).
+#[derive(Debug, Clone, Copy)]
+pub struct Prefix<'a> {
+    /// The stored tree.
+    pub bitfield: &'a Bitfield,
+    /// The length to see the tree at.
+    pub length: u64,
+}
+
+impl TreeBits for Prefix<'_> {
+    fn get(&self, n: u64) -> bool {
+        flat_tree::within(n, self.length) && self.bitfield.has_node(n)
+    }
+    fn set_raw(&mut self, _n: u64) -> bool {
+        // A read-only view.
+        false
+    }
+}
+
 /// A sparse set of tree nodes: what one remote peer is known to hold (the uploader's
 /// `remoteTree`). Pages of 4096 bits, allocated on first use.
 #[derive(Debug, Default, Clone)]

@@ -752,8 +752,44 @@ impl<S: Store> Feed<S> {
         remote: &mut NodeSet,
         hash_only: bool,
     ) -> Result<Proof, FeedError> {
+        self.proof_in(&self.bitfield, index, digest, remote, hash_only)
+    }
+
+    /// The proof of block `index` against the feed as it was at `length` blocks (at most
+    /// the current length): `verified_by` is then `2 * length`, so every block proven
+    /// against one announced length shares one signature. A seller serving many buyers
+    /// their rekeyed views coalesces per-buyer signatures this way.
+    pub fn proof_at(
+        &self,
+        index: u64,
+        digest: u64,
+        remote: &mut NodeSet,
+        hash_only: bool,
+        length: u64,
+    ) -> Result<Proof, FeedError> {
+        if length >= self.length {
+            return self.proof(index, digest, remote, hash_only);
+        }
+        if index >= length {
+            return Err(FeedError::NotHeld(index));
+        }
+        let view = bitfield::Prefix {
+            bitfield: &self.bitfield,
+            length,
+        };
+        self.proof_in(&view, index, digest, remote, hash_only)
+    }
+
+    fn proof_in<T: TreeBits>(
+        &self,
+        tree: &T,
+        index: u64,
+        digest: u64,
+        remote: &mut NodeSet,
+        hash_only: bool,
+    ) -> Result<Proof, FeedError> {
         let leaf = 2 * index;
-        if index >= MAX_LENGTH || !self.bitfield.has_node(leaf) {
+        if index >= MAX_LENGTH || !tree.get(leaf) {
             return Err(FeedError::NotHeld(index));
         }
         let mut indexes = Vec::new();
@@ -763,7 +799,6 @@ impl<S: Store> Feed<S> {
         if digest == 1 {
             return self.proof_nodes(indexes, 0);
         }
-        let tree = &self.bitfield;
         let mut next = leaf;
         let has_root = digest & 1 == 1;
         let mut digest = digest >> 1;

@@ -557,3 +557,40 @@ fn refresh_sees_appends_from_another_handle() {
         .expect("proof");
     assert_eq!(p.verified_by, 6);
 }
+
+#[test]
+fn proofs_against_an_earlier_length_verify_with_its_signature() {
+    let mut feed = Feed::create(MemStore::new(), seed01()).expect("create");
+    let blocks: Vec<Vec<u8>> = (0..40u32).map(|i| format!("p{i}").into_bytes()).collect();
+    for b in &blocks {
+        feed.append(b).expect("append");
+    }
+    let signer = RekeyedSigner::new(Ed25519KeyPair::from_seed(&[12; 32]));
+    for length in [1u64, 7, 16, 23, 39] {
+        let roots = feed.roots_at(length).expect("roots");
+        let sig = signer.sign(&merkle::tree_hash(&roots), length);
+        let mut replica =
+            Feed::create_reader(MemStore::new(), signer.public_key()).expect("reader");
+        let mut remote = NodeSet::new();
+        for i in 0..length {
+            let p = feed
+                .proof_at(i, replica.digest(i), &mut remote, false, length)
+                .expect("proof");
+            assert!(
+                p.verified_by == 0 || p.verified_by == 2 * length,
+                "length {length}: vb {}",
+                p.verified_by
+            );
+            let s = if p.verified_by > 0 { Some(sig) } else { None };
+            replica
+                .put(i, Some(&blocks[i as usize]), &p.nodes, s.as_ref())
+                .expect("verifies");
+        }
+        assert_eq!(replica.length(), length);
+        assert!(
+            feed.proof_at(length, 0, &mut NodeSet::new(), false, length)
+                .is_err(),
+            "beyond the length"
+        );
+    }
+}
