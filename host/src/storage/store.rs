@@ -97,7 +97,9 @@ pub trait Store: Send + Sync + 'static {
 pub struct MemStore {
     key: Option<[u8; 32]>,
     secret: Option<[u8; 64]>,
-    data: Vec<u8>,
+    /// Written extents by offset: sparse, so a replica holding one late block does not
+    /// allocate everything before it.
+    data: BTreeMap<u64, Vec<u8>>,
     nodes: BTreeMap<u64, Node>,
     signatures: BTreeMap<u64, [u8; 64]>,
     pages: BTreeMap<u64, Page>,
@@ -139,20 +141,26 @@ impl Store for MemStore {
         let end = offset
             .checked_add(len)
             .ok_or_else(|| Self::mem_err("data range overflows"))?;
-        if end > self.data.len() as u64 {
+        // The extent that starts at or before `offset` must cover the whole range (blocks
+        // are read where they were written, alone or as part of a batch).
+        let (start, bytes) = self
+            .data
+            .range(..=offset)
+            .next_back()
+            .ok_or_else(|| Self::mem_err("data read past the end"))?;
+        let from = offset - start;
+        let to = end - start;
+        if to > bytes.len() as u64 {
             return Err(Self::mem_err("data read past the end"));
         }
-        Ok(self.data[offset as usize..end as usize].to_vec())
+        Ok(bytes[from as usize..to as usize].to_vec())
     }
     fn write_data(&mut self, offset: u64, bytes: &[u8]) -> Result<(), StoreError> {
-        let end = offset
+        offset
             .checked_add(bytes.len() as u64)
             .filter(|&e| e <= MEM_MAX_DATA)
             .ok_or_else(|| Self::mem_err("data beyond the memory store's limit"))?;
-        if end as usize > self.data.len() {
-            self.data.resize(end as usize, 0);
-        }
-        self.data[offset as usize..end as usize].copy_from_slice(bytes);
+        self.data.insert(offset, bytes.to_vec());
         Ok(())
     }
     fn read_node(&self, index: u64) -> Result<Option<Node>, StoreError> {
@@ -181,7 +189,10 @@ impl Store for MemStore {
         Ok(())
     }
     fn truncate(&mut self, byte_length: u64, length: u64) -> Result<(), StoreError> {
-        self.data.truncate(byte_length as usize);
+        self.data.retain(|&o, _| o < byte_length);
+        if let Some((&o, last)) = self.data.iter_mut().next_back() {
+            last.truncate(byte_length.saturating_sub(o) as usize);
+        }
         self.signatures.retain(|&i, _| i < length);
         self.nodes.retain(|&i, _| i < 2 * length);
         Ok(())
