@@ -4,6 +4,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Once;
 
+pub mod localstripe;
+pub mod stripe_mock;
+
 /// Block `i` of the crash test's deterministic feed: varied sizes, content tied to `i`.
 pub fn crash_block(i: u64) -> Vec<u8> {
     let len = (i * 7919 % 997) as usize;
@@ -77,6 +80,7 @@ pub fn target_dir() -> PathBuf {
 const PACKAGES: &[(&str, &str)] = &[
     ("free", "dazaar-free"),
     ("ledger", "dazaar-ledger"),
+    ("fiat_stripe", "dazaar-fiat-stripe"),
     ("faulty", "dazaar-fixture-faulty"),
     ("oldapi", "dazaar-fixture-old-api"),
     ("future", "dazaar-fixture-future-api"),
