@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Once;
 
+pub mod eos_mock;
 pub mod localstripe;
 pub mod stripe_mock;
 
@@ -81,6 +82,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("free", "dazaar-free"),
     ("ledger", "dazaar-ledger"),
     ("fiat_stripe", "dazaar-fiat-stripe"),
+    ("eos", "dazaar-eos"),
     ("faulty", "dazaar-fixture-faulty"),
     ("oldapi", "dazaar-fixture-old-api"),
     ("future", "dazaar-fixture-future-api"),
