@@ -393,3 +393,32 @@ fn route(request: &tiny_http::Request, body: &str, state: &Mutex<MockState>) -> 
         ),
     }
 }
+
+/// A `Stripe-Signature` header as Stripe writes it: HMAC-SHA256 over `t.body`.
+pub fn sign(secret: &str, body: &[u8], t: u64) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("hmac key");
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(body);
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// POSTs a signed event to a webhook listener on 127.0.0.1; returns the status code.
+pub fn post_webhook(port: u16, body: &str, signature: &str) -> u16 {
+    use std::io::Write;
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return 0;
+    };
+    let _ = write!(
+        s,
+        "POST /stripe HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nStripe-Signature: {signature}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
