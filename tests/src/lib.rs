@@ -4,6 +4,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Once;
 
+pub mod eos_mock;
+pub mod lnd_mock;
+/// The LND plugin's message declarations, shared with the mock node.
+#[path = "../../plugins/lnd/src/proto.rs"]
+pub mod lnd_proto;
+pub mod localstripe;
+pub mod stripe_mock;
+
 /// Block `i` of the crash test's deterministic feed: varied sizes, content tied to `i`.
 pub fn crash_block(i: u64) -> Vec<u8> {
     let len = (i * 7919 % 997) as usize;
@@ -77,6 +85,9 @@ pub fn target_dir() -> PathBuf {
 const PACKAGES: &[(&str, &str)] = &[
     ("free", "dazaar-free"),
     ("ledger", "dazaar-ledger"),
+    ("fiat_stripe", "dazaar-fiat-stripe"),
+    ("eos", "dazaar-eos"),
+    ("lnd", "dazaar-lnd"),
     ("faulty", "dazaar-fixture-faulty"),
     ("oldapi", "dazaar-fixture-old-api"),
     ("future", "dazaar-fixture-future-api"),
@@ -95,6 +106,24 @@ fn build_all() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.arg("build").arg("--quiet");
+        // Cargo sets the test crate's package variables (CARGO_PKG_NAME, CARGO_MANIFEST_DIR,
+        // ...) for this process. Build scripts that watch them (ring's does) would see them
+        // change between this build and the user's, and rebuild half the tree each time.
+        for (key, _) in std::env::vars_os() {
+            let Some(k) = key.to_str() else { continue };
+            if [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+            ]
+            .iter()
+            .any(|p| k.starts_with(p))
+                || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&k)
+            {
+                cmd.env_remove(&key);
+            }
+        }
         for (_, package) in PACKAGES {
             cmd.args(["-p", package]);
         }

@@ -13,6 +13,13 @@ use dazaar_plugin_api::{payment_memo, ApiVersion, Grant};
 use dazaar_tests::{copy_plugin, plugin_library, target_dir, thread_count};
 
 const BUYER: [u8; 32] = [0xb0; 32];
+
+/// The tests here run one at a time: one of them counts the process's threads, which the
+/// others would change by opening verifiers concurrently.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 const SELLER: [u8; 32] = [0x5e; 32];
 
 fn load(name: &str) -> Arc<LoadedPlugin> {
@@ -64,6 +71,7 @@ fn invalid_reason(v: Validation) -> String {
 
 #[test]
 fn free_plugin_loads_by_name_and_grants_free() {
+    let _serial = serial();
     let mut reg = PluginRegistry::new();
     let free = reg.load_named(&target_dir(), "free").unwrap();
     assert_eq!(free.name(), "free");
@@ -97,6 +105,7 @@ fn free_plugin_loads_by_name_and_grants_free() {
 
 #[test]
 fn no_entries_means_free() {
+    let _serial = serial();
     let g = PaymentGate::new(Vec::new(), Duration::from_secs(1));
     assert_eq!(
         g.validate(BUYER, SELLER),
@@ -109,6 +118,7 @@ fn no_entries_means_free() {
 
 #[test]
 fn scanning_a_directory_loads_plugins_and_explains_refusals() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     for name in [
         "free",
@@ -178,6 +188,7 @@ fn scanning_a_directory_loads_plugins_and_explains_refusals() {
 
 #[test]
 fn missing_file_and_wrong_name() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let mut reg = PluginRegistry::new();
     let e = reg.load_named(dir.path(), "nothere").unwrap_err();
@@ -192,6 +203,7 @@ fn missing_file_and_wrong_name() {
 
 #[test]
 fn plugin_built_against_api_1_0_loads_into_this_host() {
+    let _serial = serial();
     let path = plugin_library("oldapi");
 
     // abi_stable's own checked loader refuses it: the host's module has a field more.
@@ -226,6 +238,7 @@ fn plugin_built_against_api_1_0_loads_into_this_host() {
 
 #[test]
 fn plugin_error_makes_the_buyer_invalid() {
+    let _serial = serial();
     let g = gate(vec![(open("faulty", "mode = \"error\""), "faulty")]);
     let reason = invalid_reason(g.validate(BUYER, SELLER));
     assert_eq!(reason, "faulty: the faulty plugin refuses on purpose");
@@ -237,6 +250,7 @@ fn plugin_error_makes_the_buyer_invalid() {
 
 #[test]
 fn plugin_panic_makes_the_buyer_invalid_and_the_host_carries_on() {
+    let _serial = serial();
     let faulty = open("faulty", "mode = \"panic\"");
     let g = gate(vec![(Arc::clone(&faulty), "faulty")]);
     for _ in 0..3 {
@@ -259,6 +273,7 @@ fn plugin_panic_makes_the_buyer_invalid_and_the_host_carries_on() {
 
 #[test]
 fn panic_or_error_while_opening_is_an_error() {
+    let _serial = serial();
     let faulty = load("faulty");
     let e = faulty
         .open("mode = \"panic-open\"", limits(2000))
@@ -276,6 +291,7 @@ fn panic_or_error_while_opening_is_an_error() {
 
 #[test]
 fn hung_plugin_times_out_with_bounded_threads() {
+    let _serial = serial();
     let limits = CallLimits {
         timeout: Duration::from_millis(150),
         workers: 2,
@@ -320,6 +336,7 @@ fn hung_plugin_times_out_with_bounded_threads() {
 
 #[test]
 fn several_entries_first_success_wins_else_last_error() {
+    let _serial = serial();
     let erring = open("faulty", "mode = \"error\"");
     let panicking = open("faulty", "mode = \"panic\"");
     let free = open("free", "");
@@ -346,6 +363,7 @@ fn several_entries_first_success_wins_else_last_error() {
 
 #[test]
 fn user_messages_are_routed_to_the_sellers_plugin() {
+    let _serial = serial();
     let g = gate(vec![
         (open("free", ""), "free"),
         (open("faulty", "mode = \"ok\""), "faulty"),
@@ -368,6 +386,7 @@ fn user_messages_are_routed_to_the_sellers_plugin() {
 
 #[test]
 fn ledger_payment_added_while_selling_becomes_valid() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("ledger.jsonl");
     let config = format!("file = {:?}\nreload_ms = 0\n", file.display().to_string());
@@ -419,6 +438,7 @@ fn ledger_payment_added_while_selling_becomes_valid() {
 
 #[test]
 fn cli_lists_plugins_and_refusals() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     copy_plugin("free", dir.path(), None);
     copy_plugin("oldapi", dir.path(), None);
@@ -474,6 +494,7 @@ fn cli_lists_plugins_and_refusals() {
 
 #[test]
 fn cli_ledger_add_is_read_by_the_ledger_plugin() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("ledger.jsonl");
     let now = dazaar::payments::now_ms();
@@ -516,6 +537,7 @@ fn cli_ledger_add_is_read_by_the_ledger_plugin() {
 
 #[test]
 fn config_to_gate_end_to_end() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let plugins = dir.path().join("plugins");
     std::fs::create_dir(&plugins).unwrap();
@@ -589,6 +611,7 @@ interval = 1
 
 #[test]
 fn buyer_wallet_picks_a_plugin_for_the_card_and_asks_how_to_pay() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     copy_plugin("ledger", dir.path(), None);
     copy_plugin("free", dir.path(), None);

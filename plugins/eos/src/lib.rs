@@ -1,1 +1,492 @@
-//! EOS chain payment verifier plugin. Filled by the payment plugins issue.
+//! `dazaar_eos`: payments as EOS (Antelope) token transfers, read from the chain's
+//! history API over plain HTTP(S) (ureq + rustls).
+//!
+//! There is no maintained Rust client crate for the Antelope HTTP API (no crate named
+//! `eosio-rs` exists), so the few calls needed are made here directly.
+//!
+//! - **Seller**, `validate`: the seller account (`account` in the config, else the card's
+//!   `payTo`) is read incrementally, from the v1 history API (`POST
+//!   /v1/history/get_actions {account_name, pos, offset}`, paging by
+//!   `account_action_seq`) or Hyperion (`api = "hyperion"`: `GET
+//!   /v2/history/get_actions?account=..&filter=<contract>:transfer&skip=..&limit=..&sort=asc`).
+//!   A payment is a `transfer` action of the token contract (default `eosio.token`) to
+//!   the seller account, whose memo is exactly `dazaar: <seller> <buyer>`, whose
+//!   `quantity` (`"1.0000 EOS"`) has the card's symbol (and the configured `precision`,
+//!   if set); it counts at its block time (UTC). With `irreversible_only = true` only
+//!   actions at or below the node's last irreversible block count. The node is polled at
+//!   most every `poll_ms` (from validations); after a failure, the next try waits with
+//!   exponential backoff up to `max_backoff_ms`, and meanwhile every validation fails
+//!   closed with the reason. When the node answers again, buyers are valid again.
+//! - **Buyer**, `payment_request`: the transfer to make with an external wallet:
+//!   `{from, to, quantity, memo}` (as the `invoice`, an action JSON), plus `pay_to`,
+//!   `amount` (an asset string) and `memo`. Signing and pushing the transaction from the
+//!   plugin is not implemented.
+//!
+//! Card: currency `EOS` (or `EOS Testnet`; any other symbol through `symbol`), `payTo`
+//! the seller's account; amounts in whole tokens.
+//!
+//! Configuration (`[sell.payment.config]` / `[buy.payment.config]`):
+//! ```toml
+//! rpc = "https://eos.example:443"   # required: a node with history (v1) or Hyperion
+//! api = "v1"                        # v1 | hyperion
+//! token_contract = "eosio.token"
+//! account = "dazaarseller"          # default: the card's payTo
+//! symbol = "EOS"                    # default: from the card's currency
+//! precision = 4                     # if set, payments must have it; buyer formatting
+//! from = "buyeraccount"             # buyer: filled into the transfer
+//! irreversible_only = false
+//! poll_ms = 1000                    # at most one history read per interval
+//! max_backoff_ms = 30000            # after failures: 2x per failure, up to this
+//! timeout_ms = 5000
+//! page_size = 100                   # actions per request
+//! max_pages = 50                    # requests per poll
+//! max_payments = 100000             # payments remembered
+//! log_file = "/var/log/dazaar-eos.log"   # the plugin's own log (optional)
+//! log_level = "info"
+//! ```
+
+pub mod chain;
+pub mod history;
+pub mod logging;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use dazaar_plugin_api::{
+    export_payment_plugin, parse_payment_memo, Description, Grant, Key, Payment,
+    PaymentInstructions, PaymentPlugin, Request,
+};
+use serde::Deserialize;
+use serde_json::json;
+
+use chain::{Asset, Transfer};
+use history::{Api, History};
+
+/// The most seller accounts one verifier watches.
+const MAX_ACCOUNTS: usize = 16;
+
+/// The plugin's TOML table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    rpc: String,
+    #[serde(default = "default_api")]
+    api: Api,
+    #[serde(default = "default_contract")]
+    token_contract: String,
+    account: Option<String>,
+    symbol: Option<String>,
+    precision: Option<u32>,
+    from: Option<String>,
+    #[serde(default)]
+    irreversible_only: bool,
+    #[serde(default = "default_poll_ms")]
+    poll_ms: u64,
+    #[serde(default = "default_max_backoff_ms")]
+    max_backoff_ms: u64,
+    #[serde(default = "default_timeout_ms")]
+    timeout_ms: u64,
+    #[serde(default = "default_page_size")]
+    page_size: u64,
+    #[serde(default = "default_max_pages")]
+    max_pages: usize,
+    #[serde(default = "default_max_payments")]
+    max_payments: usize,
+    log_file: Option<String>,
+    log_level: Option<String>,
+}
+
+fn default_api() -> Api {
+    Api::V1
+}
+fn default_contract() -> String {
+    "eosio.token".into()
+}
+fn default_poll_ms() -> u64 {
+    1000
+}
+fn default_max_backoff_ms() -> u64 {
+    30_000
+}
+fn default_timeout_ms() -> u64 {
+    5000
+}
+fn default_page_size() -> u64 {
+    100
+}
+fn default_max_pages() -> usize {
+    50
+}
+fn default_max_payments() -> usize {
+    100_000
+}
+
+/// Whether `name` is an Antelope account name: 1–12 of `a-z`, `1-5`, `.`, not ending in
+/// `.`.
+pub fn is_account_name(name: &str) -> bool {
+    (1..=12).contains(&name.len())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || ('1'..='5').contains(&c) || c == '.')
+        && !name.ends_with('.')
+}
+
+fn check(text: &str) -> Result<(Config, tracing::Level), String> {
+    let c: Config = toml::from_str(text).map_err(|e| format!("eos config: {}", e.message()))?;
+    if !(c.rpc.starts_with("http://") || c.rpc.starts_with("https://")) {
+        return Err("eos config: rpc must be an http(s) URL".into());
+    }
+    for (key, name) in [
+        ("token_contract", Some(&c.token_contract)),
+        ("account", c.account.as_ref()),
+        ("from", c.from.as_ref()),
+    ] {
+        if let Some(n) = name {
+            if !is_account_name(n) {
+                return Err(format!("eos config: {key} {n:?} is not an account name"));
+            }
+        }
+    }
+    if let Some(s) = &c.symbol {
+        if Asset::parse(&format!("1 {s}")).is_none() {
+            return Err(format!(
+                "eos config: symbol {s:?} is not 1-7 uppercase letters"
+            ));
+        }
+    }
+    if c.precision.is_some_and(|p| p > 18) {
+        return Err("eos config: precision is at most 18".into());
+    }
+    if c.timeout_ms == 0 || c.page_size == 0 || c.max_pages == 0 || c.max_payments == 0 {
+        return Err(
+            "eos config: timeout_ms, page_size, max_pages, max_payments must be above 0".into(),
+        );
+    }
+    let level = logging::parse_level(c.log_level.as_deref().unwrap_or("info"))?;
+    Ok((c, level))
+}
+
+/// A payment found for a buyer.
+#[derive(Debug, Clone)]
+struct Found {
+    id: String,
+    quantity: Asset,
+    time_ms: u64,
+    block_num: u64,
+}
+
+/// What is known of one seller account.
+#[derive(Debug, Default)]
+struct Account {
+    cursor: u64,
+    lib: u64,
+    caught_up: bool,
+    by_buyer: HashMap<(Key, Key), Vec<Found>>,
+    payments: usize,
+    last_try: Option<Instant>,
+    failures: u32,
+    last_error: Option<String>,
+}
+
+impl Account {
+    /// Whether it is time to ask the node again.
+    fn due(&self, poll: Duration, max_backoff: Duration) -> bool {
+        let Some(at) = self.last_try else {
+            return true;
+        };
+        let wait = if self.failures == 0 {
+            poll
+        } else {
+            let factor = 1u32 << self.failures.min(16);
+            poll.max(Duration::from_millis(50))
+                .saturating_mul(factor)
+                .min(max_backoff)
+        };
+        at.elapsed() >= wait
+    }
+}
+
+/// The EOS verifier.
+pub struct EosPlugin {
+    config: Config,
+    history: History,
+    accounts: Mutex<HashMap<String, Account>>,
+    /// Held while one thread asks the node, so concurrent validations do not all poll.
+    polling: Mutex<()>,
+}
+
+impl std::fmt::Debug for EosPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EosPlugin")
+            .field("rpc", &self.config.rpc)
+            .finish()
+    }
+}
+
+impl EosPlugin {
+    fn account_for(&self, req: &Request<'_>) -> Result<String, String> {
+        let card = req
+            .terms
+            .pay_to
+            .as_ref()
+            .map(|p| p.to_string())
+            .into_option();
+        match (&self.config.account, card) {
+            (Some(a), Some(c)) if *a != c => Err(format!(
+                "the card's payTo {c:?} is not the configured account {a:?}"
+            )),
+            (Some(a), _) => Ok(a.clone()),
+            (None, Some(c)) if is_account_name(&c) => Ok(c),
+            (None, Some(c)) => Err(format!("the card's payTo {c:?} is not an account name")),
+            (None, None) => {
+                Err("no seller account: set payTo on the card or account in the config".into())
+            }
+        }
+    }
+
+    fn symbol_for(&self, currency: &str) -> Result<String, String> {
+        if let Some(s) = &self.config.symbol {
+            return Ok(s.clone());
+        }
+        let c = currency.trim();
+        if c.eq_ignore_ascii_case("EOS") || c.eq_ignore_ascii_case("EOS Testnet") {
+            return Ok("EOS".into());
+        }
+        let upper = c.to_ascii_uppercase();
+        if Asset::parse(&format!("1 {upper}")).is_some() {
+            Ok(upper)
+        } else {
+            Err(format!(
+                "currency {currency:?} is not a token symbol; set symbol in the config"
+            ))
+        }
+    }
+
+    /// Reads new actions of `account` if it is due.
+    fn refresh(&self, account: &str) -> Result<(), String> {
+        let poll = Duration::from_millis(self.config.poll_ms);
+        let max_backoff = Duration::from_millis(self.config.max_backoff_ms);
+        let _polling = self
+            .polling
+            .lock()
+            .map_err(|_| "the EOS plugin's poll lock is poisoned".to_owned())?;
+        let cursor = {
+            let mut accounts = self.lock()?;
+            if !accounts.contains_key(account) && accounts.len() >= MAX_ACCOUNTS {
+                return Err(format!("already watching {MAX_ACCOUNTS} accounts"));
+            }
+            let a = accounts.entry(account.to_owned()).or_default();
+            if !a.due(poll, max_backoff) {
+                return Ok(());
+            }
+            a.last_try = Some(Instant::now());
+            a.cursor
+        };
+        let result = self.history.fetch(account, cursor);
+        let mut accounts = self.lock()?;
+        let a = accounts.entry(account.to_owned()).or_default();
+        // Waits (poll interval, backoff) count from the end of this attempt.
+        a.last_try = Some(Instant::now());
+        match result {
+            Ok(batch) => {
+                a.failures = 0;
+                a.last_error = None;
+                a.cursor = batch.cursor;
+                a.caught_up = batch.caught_up;
+                if let Some(lib) = batch.lib {
+                    a.lib = a.lib.max(lib);
+                }
+                tracing::debug!(
+                    account,
+                    actions = batch.actions,
+                    cursor = a.cursor,
+                    "history read"
+                );
+                for t in batch.transfers {
+                    self.record(account, a, t);
+                }
+            }
+            Err(e) => {
+                a.failures = a.failures.saturating_add(1);
+                tracing::warn!(account, error = %e, failures = a.failures, "cannot read EOS history");
+                a.last_error = Some(e.to_string());
+            }
+        }
+        Ok(())
+    }
+
+    fn record(&self, account: &str, a: &mut Account, t: Transfer) {
+        if t.contract != self.config.token_contract || t.to != account || t.from == account {
+            return;
+        }
+        let Some((seller, buyer)) = parse_payment_memo(&t.memo) else {
+            return;
+        };
+        // The memo must be exactly the canonical (lowercase) text.
+        if t.memo != dazaar_plugin_api::payment_memo(&seller, &buyer) {
+            return;
+        }
+        let list = a.by_buyer.entry((seller, buyer)).or_default();
+        if list.iter().any(|f| f.id == t.id) {
+            return; // the same action seen twice (page overlap, re-indexing)
+        }
+        if a.payments >= self.config.max_payments {
+            tracing::warn!(account, "max_payments reached; a payment was not recorded");
+            return;
+        }
+        tracing::debug!(account, buyer = %hex::encode(buyer), quantity = ?t.quantity, "payment found");
+        a.payments += 1;
+        list.push(Found {
+            id: t.id,
+            quantity: t.quantity,
+            time_ms: t.time_ms,
+            block_num: t.block_num,
+        });
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, HashMap<String, Account>>, String> {
+        self.accounts
+            .lock()
+            .map_err(|_| "the EOS plugin's state is poisoned".to_owned())
+    }
+}
+
+impl PaymentPlugin for EosPlugin {
+    fn describe() -> Description {
+        Description {
+            name: "eos",
+            version: env!("CARGO_PKG_VERSION"),
+            methods: &["eos"],
+            currencies: &["EOS", "EOS Testnet"],
+        }
+    }
+
+    fn check_config(config: &str) -> Result<(), String> {
+        check(config).map(|_| ())
+    }
+
+    fn open(config: &str) -> Result<Self, String> {
+        let (config, level) = check(config)?;
+        if let Some(path) = &config.log_file {
+            logging::add_sink(std::path::Path::new(path), level)?;
+        }
+        let history = History::new(
+            &config.rpc,
+            config.api,
+            &config.token_contract,
+            Duration::from_millis(config.timeout_ms),
+            config.page_size,
+            config.max_pages,
+        );
+        tracing::info!(rpc = %config.rpc, api = ?config.api, "EOS plugin opened");
+        Ok(EosPlugin {
+            config,
+            history,
+            accounts: Mutex::new(HashMap::new()),
+            polling: Mutex::new(()),
+        })
+    }
+
+    fn validate(&self, req: &Request<'_>, now_ms: u64) -> Result<Grant, String> {
+        let rate = req
+            .terms
+            .rate()
+            .map_err(|e| format!("bad price on the card: {e}"))?;
+        let account = self.account_for(req)?;
+        let symbol = self.symbol_for(&req.terms.currency)?;
+        self.refresh(&account)?;
+        let accounts = self.lock()?;
+        let a = accounts
+            .get(&account)
+            .ok_or("the account's history is not loaded")?;
+        if let Some(e) = &a.last_error {
+            return Err(format!("cannot read EOS history: {e}"));
+        }
+        let payments: Vec<Payment> = a
+            .by_buyer
+            .get(&(req.seller, req.buyer))
+            .into_iter()
+            .flatten()
+            .filter(|f| f.quantity.symbol == symbol)
+            .filter(|f| {
+                self.config
+                    .precision
+                    .is_none_or(|p| f.quantity.precision == p)
+            })
+            .filter(|f| !self.config.irreversible_only || f.block_num <= a.lib)
+            .map(|f| Payment {
+                amount: f.quantity.amount(),
+                time_ms: f.time_ms,
+            })
+            .collect();
+        if payments.is_empty() {
+            return Err(if a.caught_up {
+                format!("no {symbol} transfer to {account} with this buyer's memo")
+            } else {
+                format!("still reading {account}'s history; no payment found yet")
+            });
+        }
+        if rate.is_active(&payments, now_ms) {
+            Ok(Grant::time_ms(rate.remaining_ms(&payments, now_ms)))
+        } else {
+            Err("the paid time has run out".to_owned())
+        }
+    }
+
+    fn payment_request(
+        &self,
+        req: &Request<'_>,
+        amount: &str,
+    ) -> Result<PaymentInstructions, String> {
+        let to = self.account_for(req)?;
+        let symbol = self.symbol_for(&req.terms.currency)?;
+        let precision = self.config.precision.unwrap_or(4);
+        let quantity = Asset::format(amount, precision, &symbol).ok_or_else(|| {
+            format!("amount {amount:?} is not a positive amount with at most {precision} decimals")
+        })?;
+        let memo = req.memo();
+        let from = self.config.from.clone().unwrap_or_default();
+        let mut action = json!({
+            "account": self.config.token_contract,
+            "name": "transfer",
+            "data": {"from": from, "to": to, "quantity": quantity, "memo": memo},
+        });
+        if !from.is_empty() {
+            action["authorization"] = json!([{"actor": from, "permission": "active"}]);
+        }
+        Ok(PaymentInstructions {
+            memo: Some(memo),
+            pay_to: Some(to),
+            amount: Some(quantity),
+            currency: Some(req.terms.currency.to_string()),
+            invoice: Some(action.to_string()),
+            note: Some(format!(
+                "transfer with {}::transfer from your wallet, with exactly this memo",
+                self.config.token_contract
+            )),
+            ..PaymentInstructions::default()
+        })
+    }
+}
+
+export_payment_plugin!(EosPlugin);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_config() {
+        assert!(is_account_name("eosio.token"));
+        assert!(is_account_name("alice12345"));
+        assert!(!is_account_name("Alice"));
+        assert!(!is_account_name("toolongaccount1"));
+        assert!(!is_account_name("bad6"));
+        assert!(EosPlugin::check_config("rpc = \"http://127.0.0.1:8888\"").is_ok());
+        assert!(EosPlugin::check_config("").is_err());
+        assert!(EosPlugin::check_config("rpc = \"x\"").is_err());
+        assert!(EosPlugin::check_config("rpc = \"http://a\"\naccount = \"BAD\"").is_err());
+        assert!(EosPlugin::check_config("rpc = \"http://a\"\napi = \"v3\"").is_err());
+    }
+}

@@ -1,1 +1,611 @@
-//! Lightning (LND gRPC) payment verifier plugin. Filled by the payment plugins issue.
+//! `dazaar_lnd`: Lightning payments through an LND node (gRPC over TLS, macaroon auth).
+//!
+//! Talks to LND with tonic and prost; the few `lnrpc.Lightning` messages used are declared
+//! by hand in [`proto`] with LND's field numbers (no `protoc`, no generated crate; the
+//! `lnd_grpc_rust` crate was not used because it needs OpenSSL).
+//!
+//! - **Seller**: at open, a background task lists the node's invoices (`ListInvoices`,
+//!   paged by add index) and then follows `SubscribeInvoices` from the last add/settle
+//!   index; when LND goes away it reconnects with exponential backoff (up to
+//!   `max_backoff_ms`), listing again. `validate` answers from what it learned: an invoice
+//!   counts when settled and its memo is exactly `dazaar: <seller> <buyer>`; it adds its
+//!   `value` in satoshis at its `settle_date`, priced by the card entry (`SATS`, `BTC`,
+//!   legacy `LightningSats` / `LightningBTC`). While the subscription is down, every
+//!   validation fails closed with the reason.
+//! - **Seller**, `user_message`: `lnd-pay-request {"amount": sats}` → `AddInvoice(memo =
+//!   the binding memo, value, private = true)` → `lnd-invoice {"request", "amount"}`.
+//! - **Buyer**: `payment_request` returns the `lnd-pay-request` message to send; on the
+//!   seller's `lnd-invoice`, `user_message` checks the invoice with `DecodePayReq` (amount
+//!   equal to the one asked for, description equal to the memo) and pays it with
+//!   `SendPaymentSync` when `pay = true`, or logs the BOLT 11 for an external wallet.
+//!
+//! Configuration:
+//! ```toml
+//! address = "127.0.0.1:10009"            # LND gRPC host:port
+//! tls_cert = "~/.lnd/tls.cert"           # the node's certificate (PEM)
+//! tls_domain = "localhost"               # optional: name to check in the certificate
+//! macaroon = "~/.lnd/data/chain/bitcoin/mainnet/invoice.macaroon"  # or:
+//! macaroon_hex_env = "LND_MACAROON_HEX"  # an env var holding the macaroon as hex
+//! network = "mainnet"                    # informational: mainnet | testnet | regtest | signet
+//! timeout_ms = 5000
+//! max_backoff_ms = 30000
+//! max_invoice_sats = 10000000            # largest invoice a buyer may ask for
+//! pay = false                            # buyer: pay checked invoices from this node
+//! log_file = "..."; log_level = "info"
+//! ```
+//! The macaroon is a secret: it is read from its file or variable, sent only as gRPC
+//! metadata, and never logged or put in an error.
+
+pub mod client;
+pub mod logging;
+pub mod proto;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use dazaar_plugin_api::{
+    export_payment_plugin, parse_payment_memo, payment_memo, Description, Grant, Key,
+    OutgoingMessage, Payment, PaymentInstructions, PaymentPlugin, Request,
+};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use client::{describe, Lnd};
+
+/// Buyer → seller: ask for an invoice.
+pub const MSG_PAY_REQUEST: &str = "lnd-pay-request";
+/// Seller → buyer: the invoice.
+pub const MSG_INVOICE: &str = "lnd-invoice";
+/// Settled invoices remembered (all buyers).
+const MAX_SETTLED: usize = 200_000;
+/// Invoices per ListInvoices page.
+const PAGE: u64 = 1000;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    address: String,
+    tls_cert: String,
+    tls_domain: Option<String>,
+    macaroon: Option<String>,
+    macaroon_hex_env: Option<String>,
+    #[serde(default = "default_network")]
+    network: String,
+    #[serde(default = "default_timeout_ms")]
+    timeout_ms: u64,
+    #[serde(default = "default_max_backoff_ms")]
+    max_backoff_ms: u64,
+    #[serde(default = "default_max_invoice")]
+    max_invoice_sats: u64,
+    #[serde(default)]
+    pay: bool,
+    log_file: Option<String>,
+    log_level: Option<String>,
+}
+
+fn default_network() -> String {
+    "mainnet".into()
+}
+fn default_timeout_ms() -> u64 {
+    5000
+}
+fn default_max_backoff_ms() -> u64 {
+    30_000
+}
+fn default_max_invoice() -> u64 {
+    10_000_000
+}
+
+fn expand_home(path: &str) -> std::path::PathBuf {
+    match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => std::path::Path::new(&home).join(rest),
+        _ => path.into(),
+    }
+}
+
+/// Checked settings: the certificate and the macaroon (hex) read.
+struct Checked {
+    config: Config,
+    cert: Vec<u8>,
+    macaroon_hex: String,
+    level: tracing::Level,
+}
+
+fn check(text: &str) -> Result<Checked, String> {
+    let config: Config =
+        toml::from_str(text).map_err(|e| format!("lnd config: {}", e.message()))?;
+    if !["mainnet", "testnet", "regtest", "signet", "simnet"].contains(&config.network.as_str()) {
+        return Err(format!("lnd config: unknown network {:?}", config.network));
+    }
+    if config.timeout_ms == 0 {
+        return Err("lnd config: timeout_ms must be above 0".into());
+    }
+    let cert_path = expand_home(&config.tls_cert);
+    let cert = std::fs::read(&cert_path).map_err(|e| {
+        format!(
+            "lnd config: cannot read tls_cert {}: {}",
+            cert_path.display(),
+            e.kind()
+        )
+    })?;
+    if !String::from_utf8_lossy(&cert).contains("-----BEGIN CERTIFICATE-----") {
+        return Err(format!(
+            "lnd config: {} is not a PEM certificate",
+            cert_path.display()
+        ));
+    }
+    let macaroon_hex = match (&config.macaroon, &config.macaroon_hex_env) {
+        (Some(_), Some(_)) => {
+            return Err("lnd config: set macaroon or macaroon_hex_env, not both".into())
+        }
+        (Some(path), None) => {
+            let p = expand_home(path);
+            let bytes = std::fs::read(&p).map_err(|e| {
+                format!(
+                    "lnd config: cannot read macaroon {}: {}",
+                    p.display(),
+                    e.kind()
+                )
+            })?;
+            if bytes.is_empty() {
+                return Err("lnd config: the macaroon file is empty".into());
+            }
+            hex::encode(bytes)
+        }
+        (None, Some(var)) => {
+            let v = std::env::var(var)
+                .map_err(|_| format!("lnd config: environment variable {var} is not set"))?;
+            let v = v.trim().to_ascii_lowercase();
+            if v.is_empty() || v.len() % 2 != 0 || !v.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Err(format!("lnd config: {var} does not hold a hex macaroon"));
+            }
+            v
+        }
+        (None, None) => return Err("lnd config: set macaroon (a file) or macaroon_hex_env".into()),
+    };
+    let level = logging::parse_level(config.log_level.as_deref().unwrap_or("info"))?;
+    Ok(Checked {
+        config,
+        cert,
+        macaroon_hex,
+        level,
+    })
+}
+
+/// Settled invoices by (seller, buyer): (payment hash, satoshis, settled at ms).
+type Settled = HashMap<(Key, Key), Vec<(Vec<u8>, i64, u64)>>;
+
+/// What the subscription learned.
+#[derive(Debug, Default)]
+struct State {
+    /// Settled invoices with a binding memo: (seller, buyer) → (r_hash, sats, settle ms).
+    settled: Settled,
+    count: usize,
+    /// Whether the list is complete and the subscription is live.
+    live: bool,
+    last_error: Option<String>,
+}
+
+impl State {
+    fn record(&mut self, inv: &proto::Invoice) {
+        let settled = inv.state == proto::INVOICE_SETTLED || inv.settled;
+        if !settled || inv.value <= 0 || inv.settle_date <= 0 {
+            return;
+        }
+        let Some((seller, buyer)) = parse_payment_memo(&inv.memo) else {
+            return;
+        };
+        if inv.memo != payment_memo(&seller, &buyer) {
+            return;
+        }
+        let list = self.settled.entry((seller, buyer)).or_default();
+        if list.iter().any(|(h, _, _)| *h == inv.r_hash) {
+            return;
+        }
+        if self.count >= MAX_SETTLED {
+            tracing::warn!("too many settled invoices remembered; one was not recorded");
+            return;
+        }
+        self.count += 1;
+        let at = u64::try_from(inv.settle_date)
+            .unwrap_or(0)
+            .saturating_mul(1000);
+        tracing::debug!(buyer = %hex::encode(buyer), sats = inv.value, "settled invoice");
+        list.push((inv.r_hash.clone(), inv.value, at));
+    }
+}
+
+/// The LND verifier.
+pub struct LndPlugin {
+    config: Config,
+    lnd: Lnd,
+    runtime: tokio::runtime::Runtime,
+    state: Arc<Mutex<State>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl std::fmt::Debug for LndPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LndPlugin")
+            .field("address", &self.config.address)
+            .finish()
+    }
+}
+
+impl Drop for LndPlugin {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Lists every invoice once, then follows the subscription; on any failure, marks the
+/// state not live, waits (backoff) and starts over.
+async fn follow(lnd: Lnd, state: Arc<Mutex<State>>, max_backoff: Duration) {
+    let mut failures: u32 = 0;
+    loop {
+        let error = match sync_once(&lnd, &state).await {
+            Ok(()) => "the invoice subscription ended".to_owned(),
+            Err(e) => e,
+        };
+        failures = failures.saturating_add(1);
+        tracing::warn!(error = %error, failures, "LND subscription down");
+        if let Ok(mut st) = state.lock() {
+            st.live = false;
+            st.last_error = Some(error);
+        }
+        let wait = Duration::from_millis(100)
+            .saturating_mul(1u32 << failures.min(10))
+            .min(max_backoff);
+        tokio::time::sleep(wait).await;
+        // A connection that stayed up a while resets the backoff.
+        if failures > 0 && state.lock().map(|s| s.live).unwrap_or(false) {
+            failures = 0;
+        }
+    }
+}
+
+async fn sync_once(lnd: &Lnd, state: &Arc<Mutex<State>>) -> Result<(), String> {
+    let mut offset = 0u64;
+    let mut add_index = 0u64;
+    let mut settle_index = 0u64;
+    loop {
+        let page = lnd
+            .list_invoices(proto::ListInvoiceRequest {
+                pending_only: false,
+                index_offset: offset,
+                num_max_invoices: PAGE,
+                reversed: false,
+            })
+            .await
+            .map_err(|s| format!("ListInvoices failed: {}", describe(&s)))?;
+        if let Ok(mut st) = state.lock() {
+            for inv in &page.invoices {
+                st.record(inv);
+            }
+        }
+        for inv in &page.invoices {
+            add_index = add_index.max(inv.add_index);
+            settle_index = settle_index.max(inv.settle_index);
+        }
+        if page.invoices.is_empty() || page.last_index_offset <= offset {
+            break;
+        }
+        offset = page.last_index_offset;
+    }
+    let mut stream = lnd
+        .subscribe_invoices(proto::InvoiceSubscription {
+            add_index,
+            settle_index,
+        })
+        .await
+        .map_err(|s| format!("SubscribeInvoices failed: {}", describe(&s)))?;
+    if let Ok(mut st) = state.lock() {
+        st.live = true;
+        st.last_error = None;
+    }
+    tracing::info!(add_index, settle_index, "following LND invoices");
+    loop {
+        match stream.message().await {
+            Ok(Some(inv)) => {
+                if let Ok(mut st) = state.lock() {
+                    st.record(&inv);
+                }
+            }
+            Ok(None) => return Ok(()),
+            Err(s) => return Err(format!("the invoice subscription failed: {}", describe(&s))),
+        }
+    }
+}
+
+/// Satoshis to the card's currency.
+fn card_amount(currency: &str, sats: i64) -> Result<f64, String> {
+    match currency.to_ascii_uppercase().as_str() {
+        "SATS" | "SAT" | "LIGHTNINGSATS" => Ok(sats as f64),
+        "BTC" | "LIGHTNINGBTC" => Ok(sats as f64 / 1e8),
+        other => Err(format!("currency {other:?} is not SATS or BTC")),
+    }
+}
+
+/// The card's amount text in satoshis, exactly (`"0.00001"` BTC is 1000 sats).
+fn to_sats(currency: &str, amount: &str) -> Result<i64, String> {
+    let bad = || format!("amount {amount:?} is not a whole number of satoshis");
+    let decimals = match currency.to_ascii_uppercase().as_str() {
+        "BTC" | "LIGHTNINGBTC" => 8,
+        _ => 0,
+    };
+    let t = amount.trim();
+    let (int, frac) = t.split_once('.').unwrap_or((t, ""));
+    let frac = frac.trim_end_matches('0');
+    if int.is_empty()
+        || !int.chars().all(|c| c.is_ascii_digit())
+        || !frac.chars().all(|c| c.is_ascii_digit())
+        || frac.len() > decimals
+        || int.len() > 15
+    {
+        return Err(bad());
+    }
+    let digits = format!("{int}{frac:0<decimals$}");
+    let sats: i64 = digits.parse().map_err(|_| bad())?;
+    if sats < 1 {
+        return Err(bad());
+    }
+    Ok(sats)
+}
+
+impl LndPlugin {
+    fn block_on<T>(&self, f: impl std::future::Future<Output = T>) -> T {
+        self.runtime.block_on(f)
+    }
+}
+
+impl PaymentPlugin for LndPlugin {
+    fn describe() -> Description {
+        Description {
+            name: "lnd",
+            version: env!("CARGO_PKG_VERSION"),
+            methods: &["lightning", "ln"],
+            currencies: &["SATS", "BTC", "LightningSats", "LightningBTC"],
+        }
+    }
+
+    fn check_config(config: &str) -> Result<(), String> {
+        check(config).map(|_| ())
+    }
+
+    fn open(config: &str) -> Result<Self, String> {
+        let Checked {
+            config,
+            cert,
+            macaroon_hex,
+            level,
+        } = check(config)?;
+        if let Some(path) = &config.log_file {
+            logging::add_sink(&expand_home(path), level)?;
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("dazaar-lnd")
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the LND runtime: {e}"))?;
+        let timeout = Duration::from_millis(config.timeout_ms);
+        // The channel's background tasks need the runtime.
+        let lnd = {
+            let _guard = runtime.enter();
+            Lnd::new(
+                &config.address,
+                &cert,
+                config.tls_domain.as_deref(),
+                &macaroon_hex,
+                timeout,
+            )?
+        };
+        let state = Arc::new(Mutex::new(State {
+            last_error: Some("connecting to LND".into()),
+            ..State::default()
+        }));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        {
+            let lnd = lnd.clone();
+            let state = Arc::clone(&state);
+            let max_backoff = Duration::from_millis(config.max_backoff_ms.max(100));
+            runtime.spawn(async move {
+                tokio::select! {
+                    _ = follow(lnd, state, max_backoff) => {}
+                    _ = stopped => {}
+                }
+            });
+        }
+        tracing::info!(address = %config.address, network = %config.network, "LND plugin opened");
+        Ok(LndPlugin {
+            config,
+            lnd,
+            runtime,
+            state,
+            stop: Some(stop),
+        })
+    }
+
+    fn validate(&self, req: &Request<'_>, now_ms: u64) -> Result<Grant, String> {
+        let rate = req
+            .terms
+            .rate()
+            .map_err(|e| format!("bad price on the card: {e}"))?;
+        let currency = req.terms.currency.as_str();
+        let st = self
+            .state
+            .lock()
+            .map_err(|_| "the LND plugin's state is poisoned".to_owned())?;
+        if !st.live {
+            return Err(format!(
+                "LND is not reachable: {}",
+                st.last_error.as_deref().unwrap_or("connecting")
+            ));
+        }
+        let mut payments = Vec::new();
+        for (_, sats, at) in st
+            .settled
+            .get(&(req.seller, req.buyer))
+            .into_iter()
+            .flatten()
+        {
+            payments.push(Payment {
+                amount: card_amount(currency, *sats)?,
+                time_ms: *at,
+            });
+        }
+        drop(st);
+        if payments.is_empty() {
+            return Err("no settled invoice with this buyer's memo".into());
+        }
+        if rate.is_active(&payments, now_ms) {
+            Ok(Grant::time_ms(rate.remaining_ms(&payments, now_ms)))
+        } else {
+            Err("the paid time has run out".to_owned())
+        }
+    }
+
+    fn user_message(
+        &self,
+        req: &Request<'_>,
+        name: &str,
+        message: &str,
+    ) -> Result<Option<(String, String)>, String> {
+        let body: Value = match name {
+            MSG_PAY_REQUEST | MSG_INVOICE => serde_json::from_str(message)
+                .map_err(|_| format!("{name}: the message is not JSON"))?,
+            _ => return Ok(None),
+        };
+        if name == MSG_PAY_REQUEST {
+            // Seller: make an invoice bound to this buyer.
+            let amount = body
+                .get("amount")
+                .and_then(|a| a.as_u64().or_else(|| a.as_str()?.parse().ok()))
+                .filter(|a| *a > 0 && *a <= self.config.max_invoice_sats)
+                .ok_or_else(|| {
+                    format!(
+                        "{MSG_PAY_REQUEST}: amount must be 1..{} satoshis",
+                        self.config.max_invoice_sats
+                    )
+                })?;
+            let value = i64::try_from(amount).map_err(|_| "amount too large".to_owned())?;
+            let added = self
+                .block_on(self.lnd.add_invoice(proto::Invoice {
+                    memo: req.memo(),
+                    value,
+                    private: true,
+                    ..proto::Invoice::default()
+                }))
+                .map_err(|s| format!("AddInvoice failed: {}", describe(&s)))?;
+            tracing::info!(buyer = %hex::encode(req.buyer), sats = amount, "invoice created");
+            let reply = json!({"request": added.payment_request, "amount": amount});
+            return Ok(Some((MSG_INVOICE.to_owned(), reply.to_string())));
+        }
+        // Buyer: the seller's invoice. Check before paying.
+        let request = body
+            .get("request")
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("{MSG_INVOICE}: no request"))?;
+        let asked = body.get("amount").and_then(Value::as_i64);
+        let decoded = self
+            .block_on(self.lnd.decode_pay_req(request))
+            .map_err(|s| format!("DecodePayReq failed: {}", describe(&s)))?;
+        if decoded.description != req.memo() {
+            return Err("the invoice's description is not this purchase's memo; not paying".into());
+        }
+        if asked != Some(decoded.num_satoshis) || decoded.num_satoshis <= 0 {
+            return Err(format!(
+                "the invoice is for {} sats, not the {} asked for; not paying",
+                decoded.num_satoshis,
+                asked.map_or("?".to_owned(), |a| a.to_string())
+            ));
+        }
+        if !self.config.pay {
+            tracing::info!(
+                invoice = request,
+                sats = decoded.num_satoshis,
+                "invoice checked; pay it with your wallet"
+            );
+            return Ok(None);
+        }
+        let sent = self
+            .block_on(self.lnd.send_payment_sync(request))
+            .map_err(|s| format!("SendPaymentSync failed: {}", describe(&s)))?;
+        if !sent.payment_error.is_empty() {
+            return Err(format!(
+                "payment failed: {}",
+                sent.payment_error.chars().take(200).collect::<String>()
+            ));
+        }
+        tracing::info!(sats = decoded.num_satoshis, "invoice paid");
+        Ok(None)
+    }
+
+    fn payment_request(
+        &self,
+        req: &Request<'_>,
+        amount: &str,
+    ) -> Result<PaymentInstructions, String> {
+        let sats = to_sats(&req.terms.currency, amount)?;
+        Ok(PaymentInstructions {
+            memo: Some(req.memo()),
+            amount: Some(sats.to_string()),
+            currency: Some("SATS".into()),
+            send: Some(OutgoingMessage {
+                name: MSG_PAY_REQUEST.to_owned(),
+                message: json!({ "amount": sats }),
+            }),
+            note: Some("the seller answers with an lnd-invoice to pay".into()),
+            ..PaymentInstructions::default()
+        })
+    }
+}
+
+export_payment_plugin!(LndPlugin);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amounts() {
+        assert_eq!(to_sats("SATS", "100"), Ok(100));
+        assert_eq!(to_sats("BTC", "0.00001"), Ok(1000));
+        assert!(to_sats("SATS", "1.5").is_err());
+        assert!(to_sats("SATS", "0").is_err());
+        assert_eq!(card_amount("LightningSats", 5), Ok(5.0));
+        assert!(card_amount("USD", 5).is_err());
+    }
+
+    #[test]
+    fn memo_binding() {
+        let mut st = State::default();
+        let memo = payment_memo(&[1; 32], &[2; 32]);
+        let inv = proto::Invoice {
+            memo: memo.clone(),
+            r_hash: vec![1],
+            value: 100,
+            settle_date: 1_700_000_000,
+            state: proto::INVOICE_SETTLED,
+            ..proto::Invoice::default()
+        };
+        st.record(&inv);
+        st.record(&inv); // the same invoice twice (list, then stream)
+        let open = proto::Invoice {
+            state: 0,
+            r_hash: vec![2],
+            ..inv.clone()
+        };
+        st.record(&open);
+        let upper = proto::Invoice {
+            memo: memo.to_uppercase(),
+            r_hash: vec![3],
+            ..inv.clone()
+        };
+        st.record(&upper);
+        assert_eq!(st.settled[&([1; 32], [2; 32])].len(), 1);
+    }
+}

@@ -1,0 +1,424 @@
+//! A local mock of the Stripe REST API, for the parts `localstripe` does not implement
+//! (Checkout Sessions, the search API) and for failure modes (slow, garbage, HTTP 500,
+//! hang-ups).
+//!
+//! It speaks real Stripe HTTP: form-encoded request bodies with bracketed keys,
+//! `Authorization: Bearer` checked against the configured key (401 with an error object
+//! otherwise), error objects `{"error":{"type","message"}}`, list pagination (`limit`,
+//! `starting_after`, `has_more`, newest first) and search pagination (`query`, `limit`,
+//! `page`, `has_more`, `next_page`). The search query language is the subset the plugin
+//! uses: clauses `metadata['key']:'value'` and `status:'value'` joined by ` AND `.
+//! It listens on 127.0.0.1 only.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+/// How the mock answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Like Stripe.
+    Normal,
+    /// Waits this long before answering.
+    Slow(Duration),
+    /// Answers 200 with a body that is not JSON.
+    Garbage,
+    /// Answers 500 with an `api_error` object.
+    Error500,
+    /// Closes the connection without an answer.
+    Hangup,
+}
+
+/// What the mock holds; tests change it directly.
+#[derive(Debug)]
+pub struct MockState {
+    /// The secret key it accepts.
+    pub key: String,
+    /// PaymentIntents, oldest first.
+    pub intents: Vec<Value>,
+    /// Checkout Sessions, oldest first.
+    pub sessions: Vec<Value>,
+    /// Current behaviour.
+    pub mode: Mode,
+    /// Requests served (any answer).
+    pub requests: usize,
+    /// The last form posted to create a Checkout Session, decoded.
+    pub last_form: Vec<(String, String)>,
+}
+
+/// A running mock; stops when dropped.
+pub struct MockStripe {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// Its state.
+    pub state: Arc<Mutex<MockState>>,
+    server: Arc<tiny_http::Server>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_s() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Decodes `%XX` and `+` in a form or query component.
+pub fn decode_component(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                match std::str::from_utf8(&bytes[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+                {
+                    Some(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `a=1&b=2` → pairs, decoded.
+pub fn decode_form(s: &str) -> Vec<(String, String)> {
+    s.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode_component(k), decode_component(v))
+        })
+        .collect()
+}
+
+fn error(status: u16, kind: &str, message: &str) -> (u16, String) {
+    (
+        status,
+        json!({"error": {"type": kind, "message": message}}).to_string(),
+    )
+}
+
+/// Parses the plugin's search query subset into (field, value) clauses.
+fn parse_query(q: &str) -> Option<Vec<(String, String)>> {
+    q.split(" AND ")
+        .map(|clause| {
+            let (field, value) = clause.trim().split_once(':')?;
+            let value = value.strip_prefix('\'')?.strip_suffix('\'')?;
+            Some((field.to_owned(), value.to_owned()))
+        })
+        .collect()
+}
+
+fn matches(obj: &Value, clauses: &[(String, String)]) -> bool {
+    clauses.iter().all(|(field, value)| {
+        if let Some(key) = field
+            .strip_prefix("metadata['")
+            .and_then(|f| f.strip_suffix("']"))
+        {
+            obj["metadata"][key].as_str() == Some(value)
+        } else {
+            obj[field.as_str()].as_str() == Some(value)
+        }
+    })
+}
+
+fn list_page(items: &[Value], params: &HashMap<String, String>, url: &str) -> (u16, String) {
+    let limit: usize = params
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(10);
+    if !(1..=100).contains(&limit) {
+        return error(400, "invalid_request_error", "limit must be 1..100");
+    }
+    // Newest first, as Stripe lists.
+    let newest: Vec<&Value> = items.iter().rev().collect();
+    let start = match params.get("starting_after") {
+        Some(id) => match newest.iter().position(|o| o["id"].as_str() == Some(id)) {
+            Some(i) => i + 1,
+            None => {
+                return error(
+                    400,
+                    "invalid_request_error",
+                    &format!("No such object: '{id}'"),
+                )
+            }
+        },
+        None => 0,
+    };
+    let page: Vec<&Value> = newest.iter().skip(start).take(limit).copied().collect();
+    let has_more = start + page.len() < newest.len();
+    (
+        200,
+        json!({"object": "list", "url": url, "data": page, "has_more": has_more}).to_string(),
+    )
+}
+
+impl MockStripe {
+    /// Starts a mock accepting `key`, on a free loopback port.
+    pub fn start(key: &str) -> MockStripe {
+        let server = Arc::new(tiny_http::Server::http("127.0.0.1:0").expect("bind mock"));
+        let port = server.server_addr().to_ip().expect("ip listener").port();
+        let state = Arc::new(Mutex::new(MockState {
+            key: key.to_owned(),
+            intents: Vec::new(),
+            sessions: Vec::new(),
+            mode: Mode::Normal,
+            requests: 0,
+            last_form: Vec::new(),
+        }));
+        let threads = (0..4)
+            .map(|_| {
+                let server = Arc::clone(&server);
+                let state = Arc::clone(&state);
+                std::thread::spawn(move || {
+                    while let Ok(request) = server.recv() {
+                        serve(request, &state);
+                    }
+                })
+            })
+            .collect();
+        MockStripe {
+            base: format!("http://127.0.0.1:{port}"),
+            state,
+            server,
+            threads,
+        }
+    }
+
+    /// Sets the behaviour.
+    pub fn set_mode(&self, mode: Mode) {
+        self.state.lock().unwrap().mode = mode;
+    }
+
+    /// Adds a PaymentIntent; returns its id.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_intent(
+        &self,
+        seller: &[u8; 32],
+        buyer: &[u8; 32],
+        amount: i64,
+        currency: &str,
+        created: u64,
+        status: &str,
+        refunded: i64,
+        disputed: bool,
+    ) -> String {
+        let mut st = self.state.lock().unwrap();
+        let id = format!("pi_mock{}", st.intents.len() + 1);
+        st.intents.push(json!({
+            "id": id, "object": "payment_intent", "amount": amount,
+            "amount_received": if status == "succeeded" { amount } else { 0 },
+            "currency": currency, "created": created, "status": status, "livemode": false,
+            "metadata": {"dazaar_seller": hex::encode(seller), "dazaar_buyer": hex::encode(buyer)},
+            "latest_charge": {"id": format!("ch_{id}"), "object": "charge",
+                "amount_refunded": refunded, "refunded": refunded >= amount, "disputed": disputed}
+        }));
+        id
+    }
+
+    /// Marks a Checkout Session paid (as if the buyer paid on the page); returns the
+    /// session object.
+    pub fn complete_session(&self, id: &str) -> Value {
+        let mut st = self.state.lock().unwrap();
+        let s = st
+            .sessions
+            .iter_mut()
+            .find(|s| s["id"] == id)
+            .expect("session");
+        s["payment_status"] = json!("paid");
+        s["status"] = json!("complete");
+        s["payment_intent"] = json!(format!("pi_for_{id}"));
+        s.clone()
+    }
+}
+
+impl Drop for MockStripe {
+    fn drop(&mut self) {
+        self.server.unblock();
+        for _ in 0..self.threads.len() {
+            self.server.unblock();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn serve(mut request: tiny_http::Request, state: &Mutex<MockState>) {
+    let mode = {
+        let mut st = state.lock().unwrap();
+        st.requests += 1;
+        st.mode
+    };
+    match mode {
+        Mode::Hangup => return, // dropping the request closes the connection
+        Mode::Slow(d) => std::thread::sleep(d),
+        _ => {}
+    }
+    let (status, body) = match mode {
+        Mode::Garbage => (200, "<html>upstream says hi</html>".to_owned()),
+        Mode::Error500 => error(500, "api_error", "Something went wrong on Stripe's end."),
+        _ => {
+            let mut body = String::new();
+            let _ = request.as_reader().take(1 << 20).read_to_string(&mut body);
+            route(&request, &body, state)
+        }
+    };
+    let response = tiny_http::Response::from_string(body)
+        .with_status_code(status)
+        .with_header(tiny_http::Header::from_bytes("Content-Type", "application/json").unwrap());
+    let _ = request.respond(response);
+}
+
+fn route(request: &tiny_http::Request, body: &str, state: &Mutex<MockState>) -> (u16, String) {
+    let mut st = state.lock().unwrap();
+    let auth = request
+        .headers()
+        .iter()
+        .find(|h| h.field.equiv("Authorization"))
+        .map(|h| h.value.as_str().to_owned())
+        .unwrap_or_default();
+    match auth.strip_prefix("Bearer ") {
+        Some(k) if k == st.key => {}
+        Some(k) => {
+            // Echoes the key it was given, so the plugin's scrubbing is tested.
+            return error(
+                401,
+                "invalid_request_error",
+                &format!("Invalid API Key provided: {k}"),
+            );
+        }
+        None => {
+            return error(
+                401,
+                "invalid_request_error",
+                "You did not provide an API key.",
+            )
+        }
+    }
+    let url = request.url().to_owned();
+    let (path, query) = url.split_once('?').unwrap_or((&url, ""));
+    let params: HashMap<String, String> = decode_form(query).into_iter().collect();
+    match (request.method(), path) {
+        (tiny_http::Method::Get, "/v1/payment_intents/search") => {
+            let Some(clauses) = params.get("query").and_then(|q| parse_query(q)) else {
+                return error(400, "invalid_request_error", "Invalid search query");
+            };
+            let limit: usize = params
+                .get("limit")
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(10);
+            let offset: usize = match params.get("page") {
+                Some(p) => match p.strip_prefix("page_").and_then(|n| n.parse().ok()) {
+                    Some(n) => n,
+                    None => return error(400, "invalid_request_error", "Invalid page"),
+                },
+                None => 0,
+            };
+            let hits: Vec<&Value> = st
+                .intents
+                .iter()
+                .rev()
+                .filter(|o| matches(o, &clauses))
+                .collect();
+            let page: Vec<&Value> = hits.iter().skip(offset).take(limit).copied().collect();
+            let has_more = offset + page.len() < hits.len();
+            let next = has_more.then(|| format!("page_{}", offset + page.len()));
+            (
+                200,
+                json!({"object": "search_result", "url": path, "data": page,
+                       "has_more": has_more, "next_page": next})
+                .to_string(),
+            )
+        }
+        (tiny_http::Method::Get, "/v1/payment_intents") => list_page(&st.intents, &params, path),
+        (tiny_http::Method::Get, "/v1/checkout/sessions") => list_page(&st.sessions, &params, path),
+        (tiny_http::Method::Post, "/v1/checkout/sessions") => {
+            let form = decode_form(body);
+            let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+            for required in [
+                "mode",
+                "success_url",
+                "cancel_url",
+                "line_items[0][price_data][currency]",
+                "line_items[0][price_data][unit_amount]",
+                "line_items[0][quantity]",
+            ] {
+                if get(required).is_none() {
+                    return error(
+                        400,
+                        "invalid_request_error",
+                        &format!("Missing required param: {required}."),
+                    );
+                }
+            }
+            let Some(amount) =
+                get("line_items[0][price_data][unit_amount]").and_then(|a| a.parse::<i64>().ok())
+            else {
+                return error(400, "invalid_request_error", "Invalid integer: unit_amount");
+            };
+            let id = format!("cs_test_mock{}", st.sessions.len() + 1);
+            let session = json!({
+                "id": id, "object": "checkout.session", "mode": "payment",
+                "url": format!("https://checkout.stripe.com/c/pay/{id}"),
+                "payment_status": "unpaid", "status": "open",
+                "amount_total": amount, "currency": get("line_items[0][price_data][currency]"),
+                "created": now_s(), "payment_intent": null,
+                "client_reference_id": get("client_reference_id"),
+                "metadata": {"dazaar_seller": get("metadata[dazaar_seller]"),
+                             "dazaar_buyer": get("metadata[dazaar_buyer]")},
+            });
+            st.last_form = form;
+            st.sessions.push(session.clone());
+            (200, session.to_string())
+        }
+        _ => error(
+            404,
+            "invalid_request_error",
+            &format!("Unrecognized request URL ({path})."),
+        ),
+    }
+}
+
+/// A `Stripe-Signature` header as Stripe writes it: HMAC-SHA256 over `t.body`.
+pub fn sign(secret: &str, body: &[u8], t: u64) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("hmac key");
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(body);
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// POSTs a signed event to a webhook listener on 127.0.0.1; returns the status code.
+pub fn post_webhook(port: u16, body: &str, signature: &str) -> u16 {
+    use std::io::Write;
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return 0;
+    };
+    let _ = write!(
+        s,
+        "POST /stripe HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nStripe-Signature: {signature}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}

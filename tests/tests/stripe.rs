@@ -1,0 +1,569 @@
+//! The Stripe plugin (`dazaar_fiat_stripe`), loaded as the host loads it, against a local
+//! mock of the Stripe API (`dazaar_tests::stripe_mock`: Checkout Sessions, search,
+//! failure modes) and against the real `localstripe` (PaymentIntents, refunds, signed
+//! webhooks). Only 127.0.0.1 is contacted. End-to-end `dazaar sell`/`buy` runs are not
+//! here: those commands do not exist yet.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dazaar::payments::{
+    now_ms, CallLimits, GrantKind, OpenedVerifier, PaymentEntry, PaymentGate, PaymentTerms,
+    PluginRegistry, UserMessage, Validation,
+};
+use dazaar_tests::localstripe::{free_port, LocalStripe};
+use dazaar_tests::plugin_library;
+use dazaar_tests::stripe_mock::{now_s, MockStripe, Mode};
+use serde_json::{json, Value};
+
+const KEY: &str = "sk_test_dazaar_0123456789abcdef";
+const WEBHOOK_SECRET: &str = "whsec_dazaar_test_secret";
+const SELLER: [u8; 32] = [0x5e; 32];
+const BUYER: [u8; 32] = [0xb0; 32];
+
+fn limits() -> CallLimits {
+    CallLimits {
+        timeout: Duration::from_secs(5),
+        workers: 2,
+        queue: 64,
+    }
+}
+
+/// A temp dir holding the key and webhook secret files.
+struct Secrets {
+    dir: tempfile::TempDir,
+}
+
+impl Secrets {
+    fn new(key: &str) -> Secrets {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("key"), format!("{key}\n")).unwrap();
+        std::fs::write(dir.path().join("whsec"), WEBHOOK_SECRET).unwrap();
+        Secrets { dir }
+    }
+    fn key_file(&self) -> String {
+        self.dir.path().join("key").display().to_string()
+    }
+    fn whsec_file(&self) -> String {
+        self.dir.path().join("whsec").display().to_string()
+    }
+}
+
+fn open(config: &str) -> Arc<OpenedVerifier> {
+    let mut reg = PluginRegistry::new();
+    let plugin = reg.load_path(&plugin_library("fiat_stripe")).unwrap();
+    plugin
+        .open(config, limits())
+        .unwrap_or_else(|e| panic!("open: {e}"))
+}
+
+fn config(base: &str, secrets: &Secrets, extra: &str) -> String {
+    format!(
+        "api_base = {base:?}\nsecret_key_file = {:?}\ntimeout_ms = 400\nrefresh_ms = 0\n{extra}",
+        secrets.key_file()
+    )
+}
+
+/// $1 per minute.
+fn usd_terms() -> Arc<PaymentTerms> {
+    Arc::new(PaymentTerms::new("stripe", "USD", "1", "minutes", "1"))
+}
+
+fn gate(v: &Arc<OpenedVerifier>) -> PaymentGate {
+    PaymentGate::new(
+        vec![PaymentEntry {
+            terms: usd_terms(),
+            verifier: Arc::clone(v),
+        }],
+        Duration::from_millis(1),
+    )
+}
+
+fn remaining(v: Validation) -> u64 {
+    match v {
+        Validation::Valid { grant, plugin } => {
+            assert_eq!(plugin.as_deref(), Some("fiat_stripe"));
+            assert_eq!(grant.kind, GrantKind::TIME);
+            grant.remaining
+        }
+        other => panic!("expected valid, got {other:?}"),
+    }
+}
+
+fn reason(v: Validation) -> String {
+    match v {
+        Validation::Invalid { reason } => reason,
+        other => panic!("expected invalid, got {other:?}"),
+    }
+}
+
+fn buyer(n: u8) -> [u8; 32] {
+    [n; 32]
+}
+
+#[test]
+fn stripe_paid_buyer_is_valid_and_wrong_payments_are_not() {
+    let mock = MockStripe::start(KEY);
+    let secrets = Secrets::new(KEY);
+    let v = open(&config(&mock.base, &secrets, ""));
+    let g = gate(&v);
+    let t = now_s();
+    mock.add_intent(&SELLER, &BUYER, 500, "usd", t, "succeeded", 0, false);
+    // Paid by someone else, for another buyer key or another seller.
+    mock.add_intent(&SELLER, &buyer(2), 500, "usd", t, "succeeded", 0, false);
+    mock.add_intent(&[0x77; 32], &buyer(3), 500, "usd", t, "succeeded", 0, false);
+    mock.add_intent(&SELLER, &buyer(4), 500, "eur", t, "succeeded", 0, false);
+    mock.add_intent(
+        &SELLER,
+        &buyer(5),
+        500,
+        "usd",
+        t,
+        "requires_payment_method",
+        0,
+        false,
+    );
+    mock.add_intent(&SELLER, &buyer(6), 500, "usd", t, "succeeded", 500, false);
+    mock.add_intent(&SELLER, &buyer(7), 500, "usd", t, "succeeded", 250, false);
+    mock.add_intent(&SELLER, &buyer(8), 500, "usd", t, "succeeded", 0, true);
+    mock.add_intent(&SELLER, &buyer(9), 1, "usd", t - 10, "succeeded", 0, false);
+
+    // $5 at $1/minute: five minutes, less the part of a second since `created`.
+    let ms = remaining(g.validate_uncached(BUYER, SELLER, now_ms()));
+    assert!((298_000..=300_000).contains(&ms), "{ms}");
+    // Half refunded: half the time.
+    let ms = remaining(g.validate_uncached(buyer(7), SELLER, now_ms()));
+    assert!((148_000..=150_000).contains(&ms), "{ms}");
+
+    let none = "fiat_stripe: no Stripe payment in USD found for this buyer";
+    assert_eq!(
+        reason(g.validate_uncached(buyer(1), SELLER, now_ms())),
+        none
+    );
+    assert_eq!(
+        reason(g.validate_uncached(buyer(3), SELLER, now_ms())),
+        none
+    );
+    for b in [4, 5, 6, 8] {
+        assert_eq!(
+            reason(g.validate_uncached(buyer(b), SELLER, now_ms())),
+            none,
+            "buyer {b}"
+        );
+    }
+    // One cent ten seconds ago bought 0.6 s.
+    assert_eq!(
+        reason(g.validate_uncached(buyer(9), SELLER, now_ms())),
+        "fiat_stripe: the paid time has run out"
+    );
+    // The same buyer under another seller key is not valid.
+    assert!(!g.validate_uncached(BUYER, [0x77; 32], now_ms()).is_valid());
+}
+
+#[test]
+fn stripe_search_follows_pages() {
+    let mock = MockStripe::start(KEY);
+    let secrets = Secrets::new(KEY);
+    let v = open(&config(&mock.base, &secrets, ""));
+    let t = now_s();
+    for _ in 0..250 {
+        mock.add_intent(&SELLER, &BUYER, 1, "usd", t, "succeeded", 0, false);
+    }
+    // 250 cents at $1/minute: 150 s.
+    let ms = remaining(gate(&v).validate_uncached(BUYER, SELLER, now_ms()));
+    assert!((148_000..=150_000).contains(&ms), "{ms}");
+    assert_eq!(mock.state.lock().unwrap().requests, 3, "three pages of 100");
+}
+
+#[test]
+fn stripe_backend_failures_fail_closed_and_recover() {
+    let mock = MockStripe::start(KEY);
+    let secrets = Secrets::new(KEY);
+    let v = open(&config(&mock.base, &secrets, ""));
+    let g = gate(&v);
+    mock.add_intent(&SELLER, &BUYER, 500, "usd", now_s(), "succeeded", 0, false);
+    assert!(g.validate_uncached(BUYER, SELLER, now_ms()).is_valid());
+
+    mock.set_mode(Mode::Slow(Duration::from_millis(1500)));
+    let start = Instant::now();
+    let r = reason(g.validate_uncached(BUYER, SELLER, now_ms()));
+    assert!(
+        start.elapsed() < Duration::from_millis(1200),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(
+        r.contains("cannot check payments: Stripe is unreachable"),
+        "{r}"
+    );
+
+    mock.set_mode(Mode::Garbage);
+    let r = reason(g.validate_uncached(BUYER, SELLER, now_ms()));
+    assert!(r.contains("unreadable answer from Stripe"), "{r}");
+
+    mock.set_mode(Mode::Error500);
+    let r = reason(g.validate_uncached(BUYER, SELLER, now_ms()));
+    assert!(r.contains("Stripe answered 500: api_error"), "{r}");
+
+    mock.set_mode(Mode::Hangup);
+    let r = reason(g.validate_uncached(BUYER, SELLER, now_ms()));
+    assert!(r.contains("cannot check payments"), "{r}");
+
+    // Back up: valid again, same verifier, no restart.
+    mock.set_mode(Mode::Normal);
+    std::thread::sleep(Duration::from_millis(1600)); // let the slow answer drain
+    assert!(g.validate_uncached(BUYER, SELLER, now_ms()).is_valid());
+
+    // Nothing listening at all.
+    let down = open(&config(
+        &format!("http://127.0.0.1:{}", free_port()),
+        &secrets,
+        "",
+    ));
+    let r = reason(gate(&down).validate_uncached(BUYER, SELLER, now_ms()));
+    assert!(r.contains("Stripe is unreachable"), "{r}");
+}
+
+#[test]
+fn stripe_checkout_session_carries_the_binding_metadata() {
+    let mock = MockStripe::start(KEY);
+    let secrets = Secrets::new(KEY);
+    let urls =
+        "success_url = \"https://seller.example/paid\"\ncancel_url = \"https://seller.example/\"\n";
+    let v = open(&config(&mock.base, &secrets, urls));
+
+    // Buyer side, with a key: creates the session directly.
+    let how = v.payment_request(BUYER, SELLER, &usd_terms(), "5").unwrap();
+    let url = how.checkout_url.clone().unwrap();
+    assert!(
+        url.starts_with("https://checkout.stripe.com/c/pay/cs_test_"),
+        "{url}"
+    );
+    assert_eq!(how.currency.as_deref(), Some("USD"));
+    let form = mock.state.lock().unwrap().last_form.clone();
+    let get = |k: &str| {
+        form.iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("no {k} in {form:?}"))
+    };
+    assert_eq!(get("mode"), "payment");
+    assert_eq!(get("line_items[0][price_data][unit_amount]"), "500");
+    assert_eq!(get("line_items[0][price_data][currency]"), "usd");
+    assert_eq!(get("metadata[dazaar_buyer]"), hex::encode(BUYER));
+    assert_eq!(get("metadata[dazaar_seller]"), hex::encode(SELLER));
+    assert_eq!(
+        get("payment_intent_data[metadata][dazaar_buyer]"),
+        hex::encode(BUYER)
+    );
+
+    // Seller side: a buyer's request over dazaar/user-message.
+    let g = gate(&v);
+    let msg = UserMessage {
+        name: "stripe-checkout-request".into(),
+        message: "{\"amount\":\"2.50\"}".into(),
+    };
+    let reply = g.user_message(buyer(2), SELLER, &msg).unwrap().unwrap();
+    assert_eq!(reply.name.as_str(), "stripe-checkout");
+    let body: Value = serde_json::from_str(reply.message.as_str()).unwrap();
+    assert_eq!(body["amount"], "2.50");
+    let session_id = body["id"].as_str().unwrap().to_owned();
+    assert!(body["url"].as_str().unwrap().ends_with(&session_id));
+    assert_eq!(
+        mock.state
+            .lock()
+            .unwrap()
+            .last_form
+            .iter()
+            .find(|(k, _)| k == "line_items[0][price_data][unit_amount]")
+            .unwrap()
+            .1,
+        "250"
+    );
+    let bad = UserMessage {
+        name: "stripe-checkout-request".into(),
+        message: "{\"amount\":\"2.505\"}".into(),
+    };
+    assert!(g.user_message(buyer(2), SELLER, &bad).is_err());
+
+    // Without a key the buyer asks the seller.
+    let keyless = open("");
+    let how = keyless
+        .payment_request(BUYER, SELLER, &usd_terms(), "5")
+        .unwrap();
+    let send = how.send.unwrap();
+    assert_eq!(send.name, "stripe-checkout-request");
+    assert_eq!(send.message, json!({"amount": "5"}));
+    assert!(
+        reason(gate(&keyless).validate_uncached(BUYER, SELLER, now_ms()))
+            .contains("no Stripe secret key configured")
+    );
+
+    // Listing Checkout Sessions (has_more / starting_after): only the paid one counts.
+    {
+        let mut st = mock.state.lock().unwrap();
+        for i in 0..150 {
+            st.sessions.insert(
+                0,
+                json!({"id": format!("cs_old{i}"), "object": "checkout.session",
+                "payment_status": "unpaid", "amount_total": 100, "currency": "usd", "created": 1,
+                "metadata": {}}),
+            );
+        }
+    }
+    let sessions = open(&config(
+        &mock.base,
+        &secrets,
+        "lookup = \"checkout_sessions\"\n",
+    ));
+    assert!(!gate(&sessions)
+        .validate_uncached(buyer(2), SELLER, now_ms())
+        .is_valid());
+    mock.complete_session(&session_id);
+    let ms = remaining(gate(&sessions).validate_uncached(buyer(2), SELLER, now_ms()));
+    assert!((148_000..=150_000).contains(&ms), "{ms}");
+}
+
+/// A `Stripe-Signature` header as Stripe writes it: HMAC-SHA256 of `t.body`.
+fn sign(secret: &str, body: &[u8], t: u64) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(body);
+    format!("t={t},v1={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// POSTs `body` to the webhook listener; returns the status code.
+fn post_webhook(port: u16, body: &str, signature: &str) -> u16 {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "POST /stripe HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nStripe-Signature: {signature}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    answer
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+fn wait_valid(g: &PaymentGate, b: [u8; 32], within: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if g.validate_uncached(b, SELLER, now_ms()).is_valid() {
+            return Some(start.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+#[test]
+fn stripe_webhook_payments_count_at_once_and_are_signature_checked() {
+    let mock = MockStripe::start(KEY);
+    let secrets = Secrets::new(KEY);
+    let port = free_port();
+    let v = open(&format!(
+        "api_base = {:?}\nsecret_key_file = {:?}\nrefresh_ms = 60000\nwebhook_listen = \"127.0.0.1:{port}\"\nwebhook_secret_file = {:?}\n",
+        mock.base,
+        secrets.key_file(),
+        secrets.whsec_file()
+    ));
+    let g = gate(&v);
+    assert!(!g.validate_uncached(BUYER, SELLER, now_ms()).is_valid()); // cached for 60 s
+
+    let id = mock.add_intent(&SELLER, &BUYER, 500, "usd", now_s(), "succeeded", 0, false);
+    let pi = mock.state.lock().unwrap().intents.last().unwrap().clone();
+    let event = json!({"id": "evt_1", "object": "event", "type": "payment_intent.succeeded",
+                       "data": {"object": pi}})
+    .to_string();
+    // Wrong secret, stale timestamp, no signature: refused, nothing counts.
+    let wrong = sign("whsec_other", event.as_bytes(), now_s());
+    assert_eq!(post_webhook(port, &event, &wrong), 400);
+    let stale = sign(WEBHOOK_SECRET, event.as_bytes(), now_s() - 301);
+    assert_eq!(post_webhook(port, &event, &stale), 400);
+    assert_eq!(post_webhook(port, &event, "t=1"), 400);
+    assert!(!g.validate_uncached(BUYER, SELLER, now_ms()).is_valid());
+
+    let good = sign(WEBHOOK_SECRET, event.as_bytes(), now_s());
+    assert_eq!(post_webhook(port, &event, &good), 200);
+    let ms = remaining(g.validate_uncached(BUYER, SELLER, now_ms()));
+    assert!((298_000..=300_000).contains(&ms), "{ms}");
+
+    // A refund event makes the plugin ask Stripe again, which knows of the refund.
+    {
+        let mut st = mock.state.lock().unwrap();
+        let pi = st
+            .intents
+            .iter_mut()
+            .find(|p| p["id"] == id.as_str())
+            .unwrap();
+        pi["latest_charge"]["amount_refunded"] = json!(500);
+    }
+    let refund = json!({"id": "evt_2", "object": "event", "type": "charge.refunded",
+        "data": {"object": {"id": "ch_1", "object": "charge", "payment_intent": id, "amount_refunded": 500}}})
+    .to_string();
+    let sig = sign(WEBHOOK_SECRET, refund.as_bytes(), now_s());
+    assert_eq!(post_webhook(port, &refund, &sig), 200);
+    assert!(!g.validate_uncached(BUYER, SELLER, now_ms()).is_valid());
+
+    // A paid Checkout Session delivered by webhook counts too.
+    let session = json!({"id": "cs_w1", "object": "checkout.session", "payment_status": "paid",
+        "amount_total": 100, "currency": "usd", "created": now_s(), "payment_intent": "pi_w1",
+        "metadata": {"dazaar_seller": hex::encode(SELLER), "dazaar_buyer": hex::encode(buyer(3))}});
+    let event =
+        json!({"type": "checkout.session.completed", "data": {"object": session}}).to_string();
+    assert!(!g.validate_uncached(buyer(3), SELLER, now_ms()).is_valid());
+    let sig = sign(WEBHOOK_SECRET, event.as_bytes(), now_s());
+    assert_eq!(post_webhook(port, &event, &sig), 200);
+    let ms = remaining(g.validate_uncached(buyer(3), SELLER, now_ms()));
+    assert!((58_000..=60_000).contains(&ms), "{ms}");
+}
+
+#[test]
+fn stripe_secrets_never_appear_in_logs_or_reasons() {
+    let mock = MockStripe::start(KEY);
+    let secrets = Secrets::new(KEY);
+    let wrong_key = "sk_test_wrong_key_that_must_not_leak";
+    let wrong = Secrets::new(wrong_key);
+    let log = secrets.dir.path().join("plugin.log");
+    let logging = format!(
+        "log_file = {:?}\nlog_level = \"trace\"\nsuccess_url = \"https://s.example/ok\"\ncancel_url = \"https://s.example/\"\n",
+        log.display().to_string()
+    );
+    let v = open(&config(&mock.base, &secrets, &logging));
+    mock.add_intent(&SELLER, &BUYER, 500, "usd", now_s(), "succeeded", 0, false);
+    let mut reasons = Vec::new();
+    assert!(gate(&v)
+        .validate_uncached(BUYER, SELLER, now_ms())
+        .is_valid());
+    v.payment_request(BUYER, SELLER, &usd_terms(), "5").unwrap();
+    mock.set_mode(Mode::Error500);
+    reasons.push(reason(gate(&v).validate_uncached(BUYER, SELLER, now_ms())));
+    mock.set_mode(Mode::Normal);
+
+    let bad = open(&config(&mock.base, &wrong, &logging));
+    let r = reason(gate(&bad).validate_uncached(BUYER, SELLER, now_ms()));
+    assert!(
+        r.contains("Stripe answered 401") && r.contains("[redacted]"),
+        "{r}"
+    );
+    reasons.push(r);
+    reasons.push(
+        bad.payment_request(BUYER, SELLER, &usd_terms(), "5")
+            .unwrap_err()
+            .to_string(),
+    );
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("GET from Stripe"),
+        "trace log is empty: {text}"
+    );
+    assert!(text.contains("TRACE"), "{text}");
+    for secret in [KEY, wrong_key, WEBHOOK_SECRET] {
+        assert!(!text.contains(secret), "a secret is in the log");
+        for r in &reasons {
+            assert!(!r.contains(secret), "a secret is in a reason: {r}");
+        }
+    }
+}
+
+/// The real localstripe: PaymentIntents paid by card, a declined card, a refund, and a
+/// signed webhook delivered by localstripe itself.
+#[test]
+fn stripe_against_localstripe() {
+    let Some(ls) = LocalStripe::start() else {
+        return;
+    };
+    let secrets = Secrets::new(KEY);
+    let post = |path: &str, form: &[(&str, &str)]| -> Result<Value, String> {
+        let r = ureq::post(&format!("{}{path}", ls.base))
+            .set("Authorization", &format!("Bearer {KEY}"))
+            .send_form(form);
+        match r {
+            Ok(resp) => Ok(serde_json::from_str(&resp.into_string().unwrap()).unwrap()),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    let pay = |b: [u8; 32], card: &str, amount: &str| -> Result<Value, String> {
+        let pm = post(
+            "/v1/payment_methods",
+            &[
+                ("type", "card"),
+                ("card[number]", card),
+                ("card[exp_month]", "12"),
+                ("card[exp_year]", "2040"),
+                ("card[cvc]", "123"),
+            ],
+        )?;
+        let seller = hex::encode(SELLER);
+        let buyer = hex::encode(b);
+        post(
+            "/v1/payment_intents",
+            &[
+                ("amount", amount),
+                ("currency", "usd"),
+                ("payment_method", pm["id"].as_str().unwrap()),
+                ("confirm", "true"),
+                ("metadata[dazaar_seller]", &seller),
+                ("metadata[dazaar_buyer]", &buyer),
+            ],
+        )
+    };
+
+    let v = open(&config(
+        &ls.base,
+        &secrets,
+        "lookup = \"payment_intents\"\n",
+    ));
+    let g = gate(&v);
+    let pi = pay(BUYER, "4242424242424242", "500").unwrap();
+    assert_eq!(pi["status"], "succeeded", "{pi}");
+    let ms = remaining(g.validate_uncached(BUYER, SELLER, now_ms()));
+    assert!((298_000..=300_000).contains(&ms), "{ms}");
+
+    // Declined card: the intent exists but did not succeed.
+    let _ = pay(buyer(2), "4000000000000341", "500");
+    assert!(!g.validate_uncached(buyer(2), SELLER, now_ms()).is_valid());
+    // Unpaid.
+    assert!(!g.validate_uncached(buyer(3), SELLER, now_ms()).is_valid());
+
+    // Refunded: the time it bought is gone.
+    post(
+        "/v1/refunds",
+        &[("payment_intent", pi["id"].as_str().unwrap())],
+    )
+    .unwrap();
+    assert!(!g.validate_uncached(BUYER, SELLER, now_ms()).is_valid());
+
+    // Webhooks from localstripe (it waits about a second before delivering).
+    let port = free_port();
+    let hooked = open(&format!(
+        "api_base = {:?}\nsecret_key_file = {:?}\nlookup = \"payment_intents\"\nrefresh_ms = 60000\nwebhook_listen = \"127.0.0.1:{port}\"\nwebhook_secret_file = {:?}\n",
+        ls.base, secrets.key_file(), secrets.whsec_file()
+    ));
+    let hg = gate(&hooked);
+    let cfg = ureq::post(&format!("{}/_config/webhooks/dazaar", ls.base)).send_form(&[
+        ("url", &format!("http://127.0.0.1:{port}/stripe")),
+        ("secret", WEBHOOK_SECRET),
+    ]);
+    assert!(cfg.is_ok(), "{cfg:?}");
+    assert!(!hg.validate_uncached(buyer(4), SELLER, now_ms()).is_valid()); // cached 60 s
+    let paid_at = Instant::now();
+    pay(buyer(4), "4242424242424242", "200").unwrap();
+    let took = wait_valid(&hg, buyer(4), Duration::from_secs(10))
+        .expect("the webhook made the buyer valid");
+    eprintln!(
+        "localstripe webhook: paid to valid in {:?}",
+        paid_at.elapsed().min(took + Duration::from_millis(5))
+    );
+    let ms = remaining(hg.validate_uncached(buyer(4), SELLER, now_ms()));
+    assert!((115_000..=120_000).contains(&ms), "{ms}");
+}
