@@ -145,16 +145,27 @@ pub fn run(cmd: FeedCmd) -> Result<ExitCode> {
     }
 }
 
-/// Opens the feed in `dir`, with a clear error when it is missing or not a feed.
+/// Opens the feed in `dir` to read it, with a clear error when it is missing or not a
+/// feed. Read-only: a writer's feed opened for writing is repaired after a crash (what
+/// lies past its verified length is dropped), which must never happen while another
+/// process is appending; so only `append` opens for writing.
 pub fn open_feed(dir: &Path) -> Result<Feed<FsStore>> {
+    open_feed_with(dir, false)
+}
+
+fn open_feed_with(dir: &Path, write: bool) -> Result<Feed<FsStore>> {
     if !dir.is_dir() {
         bail!("{}: no such feed directory", dir.display());
     }
     if !dir.join("key").is_file() {
         bail!("{}: not a feed (no key file)", dir.display());
     }
-    let store =
-        FsStore::open(dir, false).with_context(|| format!("opening feed {}", dir.display()))?;
+    let store = if write {
+        FsStore::open(dir, false)
+    } else {
+        FsStore::open_read_only(dir)
+    }
+    .with_context(|| format!("opening feed {}", dir.display()))?;
     Feed::open(store, None).with_context(|| format!("opening feed {}", dir.display()))
 }
 
@@ -188,7 +199,7 @@ fn append(
     block_size: Option<u64>,
     json: bool,
 ) -> Result<ExitCode> {
-    let mut feed = open_feed(dir)?;
+    let mut feed = open_feed_with(dir, true)?;
     if !feed.is_writable() {
         bail!(
             "{}: this feed has no secret key, so it cannot be appended to",

@@ -40,6 +40,9 @@ pub enum StoreError {
         /// The underlying error.
         source: io::Error,
     },
+    /// Another process (or handle) has the feed open for writing.
+    #[error("{0}: the feed is open for writing by another process")]
+    Locked(PathBuf),
     /// A file exists but is not what a hypercore v9 feed keeps there.
     #[error("{file}: {reason}")]
     NotAFeed {
@@ -298,6 +301,23 @@ impl FsStore {
             dir,
             read_only,
         };
+        if !read_only {
+            // One writer at a time: an exclusive advisory lock on `data`, released when
+            // the store is dropped (or the process dies). Readers take no lock.
+            use std::os::unix::io::AsRawFd;
+            // SAFETY: flock on a file descriptor we own; no memory is involved.
+            let rc = unsafe { libc::flock(store.data.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc != 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::WouldBlock {
+                    return Err(StoreError::Locked(store.dir.clone()));
+                }
+                return Err(StoreError::Io {
+                    file: store.dir.join("data"),
+                    source: err,
+                });
+            }
+        }
         store.check_header(&store.tree, "tree", &tree_header(), 5)?;
         store.check_header(&store.signatures, "signatures", &signatures_header(), 5)?;
         store.check_header(&store.bitfield, "bitfield", &bitfield_header(), 5)?;

@@ -594,3 +594,15 @@ fn proofs_against_an_earlier_length_verify_with_its_signature() {
         );
     }
 }
+
+#[test]
+fn one_writer_at_a_time() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let writer = FsStore::open(dir.path(), true).expect("first writer");
+    let err = FsStore::open(dir.path(), false).expect_err("second writer");
+    assert!(matches!(err, StoreError::Locked(_)), "{err}");
+    // Readers need no lock.
+    FsStore::open_read_only(dir.path()).expect("reader");
+    drop(writer);
+    FsStore::open(dir.path(), false).expect("writer after the first closed");
+}

@@ -581,6 +581,10 @@ fn next_value<'a>(
     let input: &'a [u8] = rest;
     let (key, used) = varint::decode(input).map_err(|_| malformed(message, "bad field key"))?;
     let tag = u32::try_from(key >> 3).map_err(|_| malformed(message, "field number too large"))?;
+    // As prost: field numbers are 1 ..= 2^29 - 1.
+    if tag == 0 || tag > 0x1fff_ffff {
+        return Err(malformed(message, "invalid field number"));
+    }
     let after_key = input.get(used..).unwrap_or_default();
     let (value, skip) = match key & 7 {
         0 => {
@@ -692,6 +696,10 @@ fn next_field<'a>(rest: &mut &'a [u8], message: &'static str) -> Result<RawField
     let input: &'a [u8] = rest;
     let (key, used) = varint::decode(input).map_err(|_| malformed(message, "bad field key"))?;
     let tag = u32::try_from(key >> 3).map_err(|_| malformed(message, "field number too large"))?;
+    // As prost: field numbers are 1 ..= 2^29 - 1.
+    if tag == 0 || tag > 0x1fff_ffff {
+        return Err(malformed(message, "invalid field number"));
+    }
     let after_key = input.get(used..).unwrap_or_default();
     let (skip, delimited) = match key & 7 {
         0 => {
