@@ -245,8 +245,10 @@ async fn hostile_announcers_are_dropped() {
     for addr in [fake, junk, sale.addr] {
         let adv = discovery::advertise(seller_key, addr, &opts(&boot), sale.stop_rx.clone())
             .expect("advertise");
-        wait_announced(&adv).await;
         advs.push(adv);
+    }
+    for adv in &advs {
+        wait_announced(adv).await;
     }
     let buyer = Identity::from_master_key([0x62; 32]);
     let (_never, shutdown) = watch::channel(false);
@@ -341,8 +343,13 @@ impl Drop for Proc {
 }
 
 fn spawn_json(args: &[&str]) -> (Proc, std::sync::mpsc::Receiver<serde_json::Value>) {
-    let mut child = Command::new(dazaar_bin())
-        .args(args)
+    let mut cmd = Command::new(dazaar_bin());
+    cmd.args(args);
+    spawn_json_cmd(cmd)
+}
+
+fn spawn_json_cmd(mut cmd: Command) -> (Proc, std::sync::mpsc::Receiver<serde_json::Value>) {
+    let mut child = cmd
         .env(discovery::NO_PUBLIC_DHT_ENV, "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -496,4 +503,119 @@ fn cli_dht_node_sell_buy_without_connect() {
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no way to find the seller"));
+}
+
+// ---- mDNS, between two network namespaces ------------------------------------------
+
+/// Two network namespaces joined by a veth pair (deleted on drop).
+struct Netns {
+    names: [String; 2],
+}
+
+impl Netns {
+    /// Creates them, or says why it cannot (not root, no `ip`, no netns support).
+    fn create() -> Result<Self, String> {
+        let id = std::process::id() % 100_000;
+        let names = [format!("dzs{id}"), format!("dzb{id}")];
+        let run = |args: &[&str]| -> Result<(), String> {
+            let out = Command::new("ip")
+                .args(args)
+                .output()
+                .map_err(|e| format!("cannot run ip: {e}"))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "ip {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ))
+            }
+        };
+        run(&["netns", "add", &names[0]])?;
+        let ns = Self { names };
+        let [s, b] = &ns.names;
+        // Only addresses inside these two namespaces, made here for this test.
+        let (veth_s, veth_b) = (format!("{s}v"), format!("{b}v"));
+        run(&["netns", "add", b])?;
+        run(&[
+            "link", "add", &veth_s, "netns", s, "type", "veth", "peer", "name", &veth_b, "netns", b,
+        ])?;
+        for (n, dev, ip) in [
+            (s, &veth_s, "10.237.41.1/24"),
+            (b, &veth_b, "10.237.41.2/24"),
+        ] {
+            run(&["-n", n, "addr", "add", ip, "dev", dev])?;
+            run(&["-n", n, "link", "set", dev, "multicast", "on", "up"])?;
+            run(&["-n", n, "link", "set", "lo", "up"])?;
+            run(&["-n", n, "route", "add", "224.0.0.0/4", "dev", dev])?;
+        }
+        Ok(ns)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for n in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", n]).output();
+        }
+    }
+}
+
+#[test]
+fn mdns_finds_seller_on_the_lan() {
+    let ns = match Netns::create() {
+        Ok(ns) => ns,
+        Err(why) => {
+            eprintln!("skipping the mDNS test: {why}");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let feed = dir.path().join("feed");
+    assert!(dazaar(&["feed", "create", s(&feed)]).status.success());
+    let input = dir.path().join("in.txt");
+    std::fs::write(&input, "lan\n").expect("write");
+    assert!(dazaar(&["feed", "append", s(&feed), s(&input)])
+        .status
+        .success());
+    let bin = dazaar_bin();
+    let bin = s(&bin).to_owned();
+    let seller_dir = dir.path().join("seller");
+    let mut cmd = Command::new("ip");
+    cmd.args([
+        "netns",
+        "exec",
+        &ns.names[0],
+        &bin,
+        "--data-dir",
+        s(&seller_dir),
+        "sell",
+    ])
+    .args([s(&feed), "--listen", "10.237.41.1:0", "--json", "--no-dht"]);
+    let (_seller, sell_rx) = spawn_json_cmd(cmd);
+    let first = next_event(&sell_rx, "listening");
+    let seller_key = first["sellerKey"].as_str().expect("key").to_owned();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.names[1], &bin, "--data-dir"])
+        .arg(dir.path().join("buyer"))
+        .args(["buy", &seller_key, "--out"])
+        .arg(dir.path().join("got"))
+        .args(["--json", "--no-dht", "--find-timeout", "10"])
+        .env(discovery::NO_PUBLIC_DHT_ENV, "1")
+        .output()
+        .expect("run buyer");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = json_lines(&out.stdout);
+    let found = lines
+        .iter()
+        .find(|v| v["event"] == "found")
+        .expect("found event");
+    assert_eq!(found["source"], "mdns");
+    assert_eq!(found["addr"], first["addr"]);
+    assert_eq!(lines.last().expect("done")["length"], 1);
 }
