@@ -490,6 +490,40 @@ fn cli_dht_node_sell_buy_without_connect() {
         .expect("found event");
     assert_eq!(found["source"], "cache");
 
+    // Static peers from the config's [discovery] table (DHT and mDNS off there).
+    let config = dir.path().join("dazaar.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\n[discovery]\ndht = false\nmdns = false\npeers = [{}]\n",
+            s(&dir.path().join("configured")),
+            first["addr"]
+        ),
+    )
+    .expect("write config");
+    let out = dazaar(&[
+        "--config",
+        s(&config),
+        "buy",
+        &seller_key,
+        "--out",
+        s(&dir.path().join("got4")),
+        "--json",
+        "--find-timeout",
+        "5",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = json_lines(&out.stdout);
+    let found = lines
+        .iter()
+        .find(|v| v["event"] == "found")
+        .expect("found event");
+    assert_eq!(found["source"], "static");
+
     // No way to find it: refused at once, not a hang.
     let out = dazaar(&[
         "--data-dir",

@@ -14,9 +14,9 @@ use dazaar::discovery::{self, Advertiser, BootstrapNode, DiscoveryOptions};
 use serde_json::json;
 use tokio::sync::watch;
 
-/// How sellers are announced and found (flags override `[discovery]` of the config).
+/// How a seller is announced (flags override `[discovery]` of the config).
 #[derive(Debug, Clone, Default, Args)]
-pub struct DiscoveryArgs {
+pub struct AnnounceArgs {
     /// A DHT bootstrap node (`IP:PORT`, repeatable), e.g. a `dazaar dht-node` of a private
     /// network. Default: the config's, else the public mainline nodes.
     #[arg(long, value_name = "ADDR")]
@@ -27,15 +27,9 @@ pub struct DiscoveryArgs {
     /// Do not use mDNS on the LAN.
     #[arg(long)]
     pub no_mdns: bool,
-    /// A candidate address of the seller (repeatable; buyer), added to the config's peers.
-    #[arg(long, value_name = "ADDR")]
-    pub peer: Vec<SocketAddr>,
-    /// Give up finding the seller after this many seconds (buyer).
-    #[arg(long, default_value_t = 30, value_name = "SECS")]
-    pub find_timeout: u64,
 }
 
-impl DiscoveryArgs {
+impl AnnounceArgs {
     /// The options: flags over the config's `[discovery]`.
     pub fn options(&self, settings: Option<&Settings>) -> Result<DiscoveryOptions> {
         let mut o = DiscoveryOptions::default();
@@ -59,6 +53,28 @@ impl DiscoveryArgs {
         }
         o.dht &= !self.no_dht;
         o.mdns &= !self.no_mdns;
+        Ok(o)
+    }
+}
+
+/// How a buyer finds the seller without `--connect`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct DiscoveryArgs {
+    /// DHT and mDNS switches, shared with `sell`.
+    #[command(flatten)]
+    pub announce: AnnounceArgs,
+    /// A candidate address of the seller (repeatable), added to the config's peers.
+    #[arg(long, value_name = "ADDR")]
+    pub peer: Vec<SocketAddr>,
+    /// Give up finding the seller after this many seconds.
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    pub find_timeout: u64,
+}
+
+impl DiscoveryArgs {
+    /// The options: flags over the config's `[discovery]`.
+    pub fn options(&self, settings: Option<&Settings>) -> Result<DiscoveryOptions> {
+        let mut o = self.announce.options(settings)?;
         o.peers.extend(self.peer.iter().copied());
         o.lookup_timeout = Duration::from_secs(self.find_timeout.max(1));
         Ok(o)

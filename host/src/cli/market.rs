@@ -124,7 +124,7 @@ pub struct SellArgs {
     pub json: bool,
     /// How the seller is announced (DHT, mDNS).
     #[command(flatten)]
-    pub discovery: super::discovery::DiscoveryArgs,
+    pub discovery: super::discovery::AnnounceArgs,
 }
 
 /// `dazaar buy`.
