@@ -193,7 +193,9 @@ async fn buyer_finds_seller_on_private_dht_and_buys() {
     let (_nodes, boot) = testnet().await;
     let sale = start_sale(&blocks(50)).await;
     let seller_key = sale.product.seller_key();
-    let adv = discovery::advertise(seller_key, sale.addr, &opts(&boot), sale.stop_rx.clone())
+    let mut seller_opts = opts(&boot);
+    seller_opts.reannounce = Duration::from_millis(200);
+    let adv = discovery::advertise(seller_key, sale.addr, &seller_opts, sale.stop_rx.clone())
         .expect("advertise");
     assert!(
         adv.on_dht(),
@@ -225,6 +227,14 @@ async fn buyer_finds_seller_on_private_dht_and_buys() {
     .await
     .expect("bought");
     assert_eq!(out.length, 50);
+    // The announcement is renewed.
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        adv.announced().wait_for(|n| *n >= 2),
+    )
+    .await
+    .expect("re-announced in time")
+    .expect("announcer alive");
     // Remembered for the next start.
     assert_eq!(
         discovery::peer_cache::load(&data_dir, &seller_key),

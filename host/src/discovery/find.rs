@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 use super::{dht, mdns, peer_cache, probe, stopped, DiscoveryError, DiscoveryOptions};
 use crate::crypto::NoiseKeyPair;
@@ -83,10 +84,21 @@ pub async fn find_seller(
     seller_key: [u8; 32],
     opts: &DiscoveryOptions,
     data_dir: Option<&Path>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<Found, DiscoveryError> {
     let span = tracing::info_span!("find", seller = %hex::encode(&seller_key[..8]));
-    let _enter = span.enter();
+    search(key_pair, seller_key, opts, data_dir, shutdown)
+        .instrument(span)
+        .await
+}
+
+async fn search(
+    key_pair: &NoiseKeyPair,
+    seller_key: [u8; 32],
+    opts: &DiscoveryOptions,
+    data_dir: Option<&Path>,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<Found, DiscoveryError> {
     let mut pending: VecDeque<Candidate> = VecDeque::new();
     for addr in &opts.peers {
         pending.push_back(Candidate {
