@@ -13,6 +13,9 @@ use crate::protocol::{Session, SessionConfig, SessionError};
 /// messages are far smaller; this stops a peer that streams garbage).
 const MAX_PROBE_BYTES: usize = 16 * 1024;
 
+/// Longest a finished probe waits for the seller to close after our half-close.
+const DRAIN: Duration = Duration::from_secs(1);
+
 /// Why a candidate is not the seller.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -69,7 +72,21 @@ async fn probe_inner(
         }
         if session.is_handshake_complete() {
             if session.remote_public_key() == Some(seller_key) {
-                let _ = stream.shutdown().await;
+                // Close politely in the background: half-close, then drain until the
+                // seller closes too (bounded), so our last handshake message is not lost
+                // to a reset caused by unread bytes.
+                tokio::spawn(async move {
+                    let _ = stream.shutdown().await;
+                    let mut sink = [0u8; 1024];
+                    let _ = tokio::time::timeout(DRAIN, async {
+                        while let Ok(n) = stream.read(&mut sink).await {
+                            if n == 0 {
+                                break;
+                            }
+                        }
+                    })
+                    .await;
+                });
                 return Ok(());
             }
             return Err(ProbeError::Handshake(SessionError::RemoteKeyRejected));
