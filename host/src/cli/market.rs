@@ -122,6 +122,9 @@ pub struct SellArgs {
     /// One JSON object per line on stdout.
     #[arg(long)]
     pub json: bool,
+    /// How the seller is announced (DHT, mDNS).
+    #[command(flatten)]
+    pub discovery: super::discovery::AnnounceArgs,
 }
 
 /// `dazaar buy`.
@@ -129,9 +132,10 @@ pub struct SellArgs {
 pub struct BuyArgs {
     /// The seller key (hex; the card's `id`).
     pub seller_key: String,
-    /// The seller's address.
+    /// The seller's address: dial it directly, with no discovery at all (default: find
+    /// the seller by its key on the DHT, mDNS and static peers).
     #[arg(long)]
-    pub connect: SocketAddr,
+    pub connect: Option<SocketAddr>,
     /// Where the feed goes.
     #[arg(long)]
     pub out: PathBuf,
@@ -156,6 +160,9 @@ pub struct BuyArgs {
     /// One JSON object per line on stdout.
     #[arg(long)]
     pub json: bool,
+    /// How the seller is found without --connect.
+    #[command(flatten)]
+    pub discovery: super::discovery::DiscoveryArgs,
 }
 
 /// `dazaar card ...`.
@@ -370,10 +377,12 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
         .or_else(|| settings.as_ref().map(|s| s.listen))
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
     let json = args.json;
+    let discovery = args.discovery.options(settings.as_ref())?;
     runtime()?.block_on(async move {
         let shutdown = signals();
         let (ev_tx, mut ev_rx) = mpsc::channel::<SellerEvent>(1024);
         let mut servers = Vec::new();
+        let mut advertisers = Vec::new();
         for (i, product) in products.iter().enumerate() {
             // One listener per product: the Noise static key is the product's seller key.
             let addr = if i == 0 { listen } else { SocketAddr::new(listen.ip(), 0) };
@@ -386,6 +395,7 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
             } else {
                 println!("selling feed {feed_key}\n  seller key {seller_key}\n  listening on {local}");
             }
+            advertisers.push(super::discovery::advertise(product.seller_key(), local, &discovery, shutdown.clone(), json)?);
             dazaar::net::spawn_refresh(product.feed.clone(), Duration::from_millis(20), shutdown.clone());
             servers.push(tokio::spawn(market::seller::serve(
                 listener,
@@ -409,6 +419,7 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
                 _ = stop.changed() => break,
             }
         }
+        drop(advertisers);
         for s in servers {
             let _ = s.await;
         }
@@ -460,9 +471,13 @@ pub fn buy(common: &Common, args: BuyArgs) -> Result<ExitCode> {
     let data_dir = common.data_dir(settings.as_ref());
     let identity = common.identity(settings.as_ref())?;
     let seller_key = parse_key(&args.seller_key, "the seller key")?;
-    let opts = BuyOptions {
+    let discovery = args.discovery.options(settings.as_ref())?;
+    let mut opts = BuyOptions {
         seller_key,
-        addr: args.connect,
+        // Without --connect, replaced by the address discovery finds.
+        addr: args
+            .connect
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
         out: args.out.clone(),
         live: args.live || args.tail,
         accept_terms: args.accept_terms,
@@ -480,6 +495,18 @@ pub fn buy(common: &Common, args: BuyArgs) -> Result<ExitCode> {
     let json = args.json;
     let result = runtime()?.block_on(async move {
         let shutdown = signals();
+        if args.connect.is_none() {
+            let kp = identity.buyer_key_pair();
+            opts.addr = super::discovery::find(
+                &kp,
+                seller_key,
+                &discovery,
+                &opts.data_dir,
+                shutdown.clone(),
+                json,
+            )
+            .await?;
+        }
         let (tx, mut rx) = mpsc::channel::<BuyerEvent>(4096);
         let buying =
             tokio::spawn(async move { market::buy(&identity, opts, Some(tx), shutdown).await });

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod config_cmd;
 mod demo;
+mod discovery;
 mod feed;
 mod market;
 mod net;
@@ -65,6 +66,8 @@ pub enum Command {
     Pay(market::PayArgs),
     /// What some seconds of access cost in each of a card's payment methods.
     Quote(market::QuoteArgs),
+    /// Run a mainline DHT node, e.g. the bootstrap node of a private network.
+    DhtNode(discovery::DhtNodeArgs),
     /// Show this data dir's buyer key (and a feed's seller key), or import a master key.
     Id(market::IdArgs),
 }
@@ -104,6 +107,7 @@ pub fn main() -> ExitCode {
         Command::Revoke(args) => market::revoke(&common, args, false),
         Command::Burn(args) => market::revoke(&common, args, true),
         Command::Id(args) => market::id(&common, args),
+        Command::DhtNode(args) => discovery::dht_node(args),
         Command::Pay(args) => market::pay(&common, args),
         Command::Quote(args) => market::quote(args),
     };
