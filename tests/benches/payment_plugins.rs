@@ -1,14 +1,15 @@
 //! Payment plugin throughput and payment latency against local backends:
 //! `cargo bench -p dazaar-tests --bench payment_plugins`.
 //!
-//! For the Stripe plugin (against `dazaar_tests::stripe_mock`) and the EOS plugin
-//! (against `dazaar_tests::eos_mock`), through the host's loader and call pool, with
-//! 1,000 distinct paying buyers:
+//! For the Stripe plugin (against `dazaar_tests::stripe_mock`), the EOS plugin (against
+//! `dazaar_tests::eos_mock`) and the LND plugin (against `dazaar_tests::lnd_mock`, gRPC
+//! over TLS), through the host's loader and call pool, with 1,000 distinct paying buyers:
 //! - validations per second when every validation asks the backend (`refresh_ms = 0` /
 //!   `poll_ms = 0`) and when the plugin answers from what it already read;
 //! - the time from a payment landing at the backend to the buyer being valid: Stripe by
 //!   a signed webhook (polling effectively off), EOS by its poll (`poll_ms` 1000 and 250),
-//!   with the seller validating every 20 ms.
+//!   LND by its invoice subscription, with the seller validating every 20 ms. (LND
+//!   validations never ask the node: they read what the subscription delivered.)
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -197,7 +198,66 @@ fn eos() {
     }
 }
 
+fn lnd() {
+    use dazaar_tests::lnd_mock::MockLnd;
+    let macaroon = b"bench-macaroon";
+    let node = MockLnd::start(&hex::encode(macaroon));
+    {
+        let mut s = node.state.lock().expect("mock");
+        for i in 0..BUYERS {
+            let r = s.add(&payment_memo(&SELLER, &buyer(i)), 3600, true);
+            s.settle(&r);
+        }
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("tls.cert"), &node.cert_pem).expect("cert");
+    std::fs::write(dir.path().join("m"), macaroon).expect("macaroon");
+    let v = open(
+        "lnd",
+        &format!(
+            "address = \"{}\"\ntls_cert = {:?}\ntls_domain = \"localhost\"\nmacaroon = {:?}\n",
+            node.addr,
+            dir.path().join("tls.cert").display().to_string(),
+            dir.path().join("m").display().to_string()
+        ),
+    );
+    let terms = Arc::new(PaymentTerms::new("lightning", "SATS", "1", "seconds", "1"));
+    let start = Instant::now();
+    while v.validate(buyer(0), SELLER, &terms, now_ms()).is_err() {
+        assert!(start.elapsed() < Duration::from_secs(10), "never synced");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!(
+        "lnd: listed 1,000 settled invoices in {:?} (TLS connect, ListInvoices, subscribe)",
+        start.elapsed()
+    );
+    rate(&v, &terms, 1);
+    println!(
+        "lnd: {:.0} validations/s (1,000 buyers)",
+        rate(&v, &terms, 5)
+    );
+    let mut lat = Vec::new();
+    for n in 0..20u32 {
+        let b = buyer(BUYERS + 500 + n);
+        let request = node
+            .state
+            .lock()
+            .expect("mock")
+            .add(&payment_memo(&SELLER, &b), 100, true);
+        assert!(v.validate(b, SELLER, &terms, now_ms()).is_err());
+        let landed = Instant::now();
+        assert!(node.state.lock().expect("mock").settle(&request));
+        lat.push(wait_valid(&v, &terms, b, landed));
+    }
+    println!(
+        "lnd: invoice settled to buyer valid by subscription: median {:?}, max {:?} (20 payments; 20 ms validation loop)",
+        median(lat.clone()),
+        lat.iter().max().copied().unwrap_or_default()
+    );
+}
+
 fn main() {
     stripe();
     eos();
+    lnd();
 }

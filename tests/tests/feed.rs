@@ -50,8 +50,14 @@ fn sigkill_during_append_leaves_a_verifying_prefix() {
         let committed = rx.try_iter().max().unwrap_or(0);
 
         let store = FsStore::open(&feed_dir, false).expect("reopen store");
-        let feed = Feed::open(store, Some(key))
-            .unwrap_or_else(|e| panic!("round {round}: reopen failed: {e}"));
+        let feed = match Feed::open(store, Some(key)) {
+            // Killed before it created the feed (a slow start on a loaded machine):
+            // nothing was committed, nothing can be lost.
+            Err(dazaar::storage::FeedError::NoFeed) if committed == 0 && last_length == 0 => {
+                continue
+            }
+            other => other.unwrap_or_else(|e| panic!("round {round}: reopen failed: {e}")),
+        };
         assert!(
             feed.length() >= committed.max(last_length),
             "round {round}: length {} lost appends (child committed {committed}, before {last_length})",

@@ -293,6 +293,25 @@ fn lnd_away_fails_closed_and_comes_back_without_restart() {
     let v2 = wait_for(&g, BUYER, Duration::from_secs(8), Validation::is_valid);
     assert!(v2.is_valid(), "{v2:?}");
 
+    // Garbage: something that is not LND (plain HTTP, no TLS) at the address.
+    let not_lnd = dazaar_tests::stripe_mock::MockStripe::start("sk_unused");
+    let addr = not_lnd.base.trim_start_matches("http://").to_owned();
+    let garbage = open(
+        &files
+            .config(&node, "")
+            .replace(&node.addr.to_string(), &addr),
+    );
+    let r = reason(wait_for(
+        &gate(&garbage),
+        BUYER,
+        Duration::from_secs(3),
+        |v| matches!(v, Validation::Invalid { reason } if !reason.contains("connecting")),
+    ));
+    assert!(
+        r.starts_with("lnd: LND is not reachable: ListInvoices failed"),
+        "{r}"
+    );
+
     // A wrong macaroon: refused by LND, the reason says so, and shows no macaroon.
     let wrong = Files::new(&node, b"wrong-macaroon-secret");
     let bad = open(&wrong.config(&node, ""));

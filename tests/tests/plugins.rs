@@ -651,3 +651,52 @@ fn buyer_wallet_picks_a_plugin_for_the_card_and_asks_how_to_pay() {
         "no payment plugin serves method `Lightning` with currency `SATS`"
     );
 }
+
+#[test]
+fn cli_lists_the_payment_plugins_with_methods_and_currencies() {
+    let _serial = serial();
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["fiat_stripe", "eos", "lnd"] {
+        copy_plugin(name, dir.path(), None);
+    }
+    let out = std::process::Command::new(dazaar_tests::dazaar_binary())
+        .args(["plugins", "list", "--json", "--plugin-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let plugins = v["plugins"].as_array().unwrap();
+    let find = |n: &str| {
+        plugins
+            .iter()
+            .find(|p| p["name"] == n)
+            .unwrap_or_else(|| panic!("{n} not listed: {v}"))
+    };
+    assert_eq!(find("eos")["methods"], serde_json::json!(["eos"]));
+    assert_eq!(
+        find("eos")["currencies"],
+        serde_json::json!(["EOS", "EOS Testnet"])
+    );
+    assert_eq!(
+        find("lnd")["methods"],
+        serde_json::json!(["lightning", "ln"])
+    );
+    assert_eq!(
+        find("lnd")["currencies"],
+        serde_json::json!(["SATS", "BTC", "LightningSats", "LightningBTC"])
+    );
+    assert_eq!(
+        find("fiat_stripe")["methods"],
+        serde_json::json!(["stripe", "card", "fiat"])
+    );
+    assert!(find("fiat_stripe")["currencies"]
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!("USD")));
+    assert!(v["refused"].as_array().unwrap().is_empty(), "{v}");
+}
