@@ -1,8 +1,8 @@
 //! The Lightning plugin (`dazaar_lnd`), loaded as the host loads it, against a local
 //! tonic gRPC server over TLS that implements the `lnrpc.Lightning` subset the plugin
 //! uses and checks the `macaroon` metadata (`dazaar_tests::lnd_mock`). Only 127.0.0.1 is
-//! contacted. End-to-end `dazaar sell`/`buy` runs are not here: those commands do not
-//! exist yet.
+//! contacted. The end-to-end sale through the `dazaar` binary (sell, pay, buy) is in
+//! `market_cli.rs`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -563,3 +563,149 @@ fn config_sells_several_feeds_with_an_encrypted_identity() {
         listening[0]["sellerKey"]
     );
 }
+
+/// A Lightning sale end to end through the `dazaar` binary, the LND plugin loaded from
+/// the plugin dir on both sides, against the local LND gRPC/TLS node of
+/// `dazaar_tests::lnd_mock` (it checks the macaroon): before paying the buyer gets zero
+/// blocks; `dazaar pay` asks the seller for an invoice (`lnd-pay-request` → AddInvoice →
+/// `lnd-invoice`), checks it and pays it (SendPaymentSync); the seller sees it settle
+/// (SubscribeInvoices) and `dazaar buy` receives the feed.
+#[test]
+fn lightning_sale_end_to_end_through_the_binary() {
+    let macaroon = b"\x02\x01\x03e2e-macaroon";
+    let node = dazaar_tests::lnd_mock::MockLnd::start(&hex::encode(macaroon));
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("tls.cert"), &node.cert_pem).expect("cert");
+    std::fs::write(dir.path().join("lnd.macaroon"), macaroon).expect("macaroon");
+    let lnd_config = format!(
+        "address = \"{}\"\ntls_cert = {:?}\ntls_domain = \"localhost\"\nmacaroon = {:?}\nnetwork = \"regtest\"\ntimeout_ms = 2000\nmax_backoff_ms = 200\n",
+        node.addr,
+        s(&dir.path().join("tls.cert")),
+        s(&dir.path().join("lnd.macaroon"))
+    );
+    let feed = dir.path().join("feed");
+    make_feed(&feed, 30);
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).expect("mkdir");
+    copy_plugin("lnd", &plugins, None);
+    let (_seller, info, _events) = sell(&[
+        "--data-dir",
+        s(&dir.path().join("seller")),
+        s(&feed),
+        "--listen",
+        "127.0.0.1:0",
+        "--payment",
+        "lnd",
+        "--plugin-dir",
+        s(&plugins),
+        "--plugin-config",
+        &lnd_config,
+        "--method",
+        "Lightning",
+        "--currency",
+        "SATS",
+        "--amount",
+        "1",
+        "--unit",
+        "seconds",
+        "--interval",
+        "1",
+        "--revalidate-ms",
+        "200",
+    ]);
+    let (key, addr) = (
+        info["sellerKey"].as_str().expect("key").to_owned(),
+        info["addr"].as_str().expect("addr").to_owned(),
+    );
+    let buyer_data = dir.path().join("buyer");
+    let out = dir.path().join("bought");
+
+    // Before paying: rejected, zero blocks.
+    let o = dazaar(&[
+        "--data-dir",
+        s(&buyer_data),
+        "buy",
+        &key,
+        "--connect",
+        &addr,
+        "--out",
+        s(&out),
+        "--json",
+    ]);
+    assert!(!o.status.success());
+    assert!(!out.join("key").exists());
+
+    // Pay 300 sats (300 seconds) for the card's Lightning entry.
+    let card = serde_json::json!({"id": key, "name": "ticks",
+        "payment": [{"method": "Lightning", "currency": "SATS", "amount": "1", "unit": "seconds", "interval": "1"}]});
+    let card_file = dir.path().join("card.json");
+    std::fs::write(&card_file, card.to_string()).expect("card");
+    let p = dazaar(&[
+        "--data-dir",
+        s(&buyer_data),
+        "pay",
+        &key,
+        "--plugin",
+        "lnd",
+        "--plugin-dir",
+        s(&plugins),
+        "--plugin-config",
+        &format!("{lnd_config}pay = true\n"),
+        "--card",
+        s(&card_file),
+        "--amount",
+        "300",
+        "--connect",
+        &addr,
+        "--json",
+    ]);
+    assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
+    let how = &json_lines(&p.stdout)[0];
+    assert_eq!(how["sellerReply"]["name"], "lnd-invoice", "{how}");
+    assert_eq!(how["sellerReply"]["message"]["amount"], 300);
+    let buyer_id = dazaar(&["--data-dir", s(&buyer_data), "id", "--json"]);
+    let buyer_key = json_lines(&buyer_id.stdout)[0]["buyerKey"]
+        .as_str()
+        .expect("buyer")
+        .to_owned();
+    let memo = format!("dazaar: {key} {buyer_key}");
+    {
+        let state = node.state.lock().expect("state");
+        assert!(
+            format!("{:?}", state.invoices).contains(&memo),
+            "the invoice carries the binding memo"
+        );
+    }
+
+    // Now the buyer is valid (within a revalidation period of the settlement).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let o = dazaar(&[
+            "--data-dir",
+            s(&buyer_data),
+            "buy",
+            &key,
+            "--connect",
+            &addr,
+            "--out",
+            s(&out),
+            "--json",
+        ]);
+        if o.status.success() {
+            let lines = json_lines(&o.stdout);
+            assert!(lines
+                .iter()
+                .any(|l| l["event"] == "valid" && l["info"]["type"] == "time"));
+            assert_eq!(lines.last().expect("done")["length"], 30);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the paid buyer never became valid: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let cat = dazaar(&["feed", "cat", s(&out), "--lines"]);
+    assert_eq!(String::from_utf8_lossy(&cat.stdout).lines().count(), 30);
+}
