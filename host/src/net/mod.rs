@@ -66,7 +66,11 @@ use crate::protocol::{DiscoveryKey, Event, Session, SessionConfig, SessionError}
 use crate::storage::{Feed, FeedError, Store};
 
 /// Bytes read from the socket at a time.
-const READ_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = 32 * 1024;
+/// A write buffer larger than this is shrunk once it has been written out.
+const IDLE_BUFFER_MAX: usize = 256 * 1024;
+/// What it is shrunk to.
+const IDLE_BUFFER_KEEP: usize = 16 * 1024;
 /// Most connections registered for growth wake-ups on one feed.
 const MAX_SUBSCRIBERS: usize = 4096;
 /// Recent downloads kept for announcing to the other peers (older ones are dropped:
@@ -820,6 +824,9 @@ where
                 let now = driver.now();
                 let n = driver.session.receive(&unconsumed, now)?;
                 unconsumed.drain(..n.min(unconsumed.len()));
+                if unconsumed.is_empty() && unconsumed.capacity() > IDLE_BUFFER_MAX {
+                    unconsumed.shrink_to(IDLE_BUFFER_KEEP);
+                }
                 progressed = n > 0;
             }
             progressed |= driver.session.pending_events() > 0;
@@ -881,6 +888,11 @@ where
                 if written >= out.len() {
                     out.clear();
                     written = 0;
+                    // An idle connection keeps a small buffer, not the largest burst it
+                    // ever wrote (a seller holds a thousand of them).
+                    if out.capacity() > IDLE_BUFFER_MAX {
+                        out.shrink_to(IDLE_BUFFER_KEEP);
+                    }
                 }
             }
             result = reader.read(&mut read_buf), if can_read => {

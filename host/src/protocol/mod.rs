@@ -519,6 +519,10 @@ impl Session {
             out.extend_from_slice(&self.outgoing);
             self.outgoing.clear();
         }
+        // Do not keep a burst's capacity around on an idle session.
+        if self.outgoing.capacity() > 256 * 1024 {
+            self.outgoing.shrink_to(16 * 1024);
+        }
     }
 
     /// Bytes waiting in the outgoing buffer (for back-pressure decisions).
