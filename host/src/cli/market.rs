@@ -402,6 +402,8 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
                 product.clone(),
                 NetConfig {
                     max_connections: 4096,
+                    // Many buyers at once: bound what each may have queued for writing.
+                    write_high_water: 256 * 1024,
                     ..NetConfig::default()
                 },
                 shutdown.clone(),
