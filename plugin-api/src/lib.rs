@@ -49,6 +49,8 @@
 
 pub mod abi;
 pub mod frozen;
+#[cfg(feature = "logging")]
+pub mod logging;
 pub mod memo;
 pub mod plugin;
 pub mod pricing;

@@ -47,7 +47,7 @@
 
 pub mod chain;
 pub mod history;
-pub mod logging;
+pub use dazaar_plugin_api::logging;
 
 use std::collections::HashMap;
 use std::sync::Mutex;

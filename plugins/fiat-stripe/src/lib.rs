@@ -30,7 +30,7 @@
 //! in major units (`"5"` USD), in minor units (cents) at Stripe.
 
 pub mod api;
-pub mod logging;
+pub use dazaar_plugin_api::logging;
 pub mod money;
 pub mod objects;
 pub mod secret;

@@ -37,7 +37,7 @@
 //! metadata, and never logged or put in an error.
 
 pub mod client;
-pub mod logging;
+pub use dazaar_plugin_api::logging;
 pub mod proto;
 
 use std::collections::HashMap;

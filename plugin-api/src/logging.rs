@@ -1,7 +1,8 @@
-//! Optional logging to a file. A plugin library has its own copy of `tracing`, separate
-//! from the host's, so its events go nowhere unless it installs a subscriber of its own:
-//! `log_file = "..."` (and `log_level`, default `info`) in the config does that, once per
-//! loaded library. Later opens with another `log_file` add that file as a further sink
+//! Optional logging to a file, for plugins (feature `logging`). A plugin library has its
+//! own copy of `tracing`, separate from the host's, so its events go nowhere unless it
+//! installs a subscriber of its own: `log_file = "..."` (and `log_level`, default `info`)
+//! in the config does that, once per loaded library (each cdylib compiles this module,
+//! and so these statics, in separately). Later opens with another `log_file` add that file as a further sink
 //! (at most [`MAX_SINKS`]).
 
 use std::fs::File;
