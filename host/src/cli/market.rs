@@ -15,7 +15,7 @@ use dazaar::market::{
 };
 use dazaar::net::{NetConfig, SharedFeed};
 use dazaar::payments::{CallLimits, PaymentEntry, PaymentGate, PaymentTerms, PluginRegistry};
-use dazaar::storage::{Feed, FsStore};
+use dazaar::storage::FsStore;
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
@@ -267,16 +267,9 @@ fn signals() -> watch::Receiver<bool> {
 }
 
 fn open_sold_feed(dir: &Path) -> Result<Arc<SharedFeed<FsStore>>> {
-    if !dir.join("key").is_file() {
-        bail!("{}: not a feed (no key file)", dir.display());
-    }
     // The seller only reads: appends come from `dazaar feed append` (or a writer's own
     // process) and are picked up by refresh.
-    let store =
-        FsStore::open_read_only(dir).with_context(|| format!("opening feed {}", dir.display()))?;
-    let feed =
-        Feed::open(store, None).with_context(|| format!("opening feed {}", dir.display()))?;
-    Ok(SharedFeed::new(feed))
+    Ok(SharedFeed::new(super::feed::open_feed(dir)?))
 }
 
 fn limits() -> CallLimits {
@@ -631,8 +624,7 @@ pub fn card(common: &Common, args: CardArgs) -> Result<ExitCode> {
                    feed_dir: &Path,
                    terms: Vec<PaymentTerms>|
      -> Result<()> {
-        let feed = Feed::open(FsStore::open_read_only(feed_dir)?, None)
-            .with_context(|| format!("opening feed {}", feed_dir.display()))?;
+        let feed = super::feed::open_feed(feed_dir)?;
         let seller = identity.seller_key_pair(&feed.key()).public_key();
         let mut card = dazaar::card::build(name, card_settings, &seller, &terms);
         let burnt = burnt_of(&seller, &feed.key())?;
@@ -688,8 +680,7 @@ pub fn revoke(common: &Common, args: RevokeArgs, burn: bool) -> Result<ExitCode>
     let data_dir = common.data_dir(settings.as_ref());
     let identity = common.identity(settings.as_ref())?;
     let buyer = parse_key(&args.buyer_key, "the buyer key")?;
-    let feed = Feed::open(FsStore::open_read_only(&args.feed)?, None)
-        .with_context(|| format!("opening feed {}", args.feed.display()))?;
+    let feed = super::feed::open_feed(&args.feed)?;
     let seller = identity.seller_key_pair(&feed.key()).public_key();
     market::revocation::revoke(&data_dir, &seller, &buyer, burn)?;
     let pair = identity.rekeyed_key_pair(&feed.key(), &buyer);
@@ -732,8 +723,7 @@ pub fn id(common: &Common, args: IdArgs) -> Result<ExitCode> {
     let buyer = hex::encode(identity.buyer_key_pair().public_key());
     let seller = match &args.feed {
         Some(f) => {
-            let feed = Feed::open(FsStore::open_read_only(f)?, None)
-                .with_context(|| format!("opening feed {}", f.display()))?;
+            let feed = super::feed::open_feed(f)?;
             Some(hex::encode(
                 identity.seller_key_pair(&feed.key()).public_key(),
             ))

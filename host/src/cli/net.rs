@@ -53,14 +53,8 @@ fn print_raw(line: &str) -> Result<()> {
 
 /// `dazaar feed serve DIR --listen ADDR`.
 pub fn serve(dir: &Path, listen: SocketAddr, json: bool, timeout_ms: u64) -> Result<ExitCode> {
-    if !dir.join("key").is_file() {
-        bail!("{}: not a feed (no key file)", dir.display());
-    }
     // Read-only: another process (`dazaar feed append`) may be writing the feed.
-    let store =
-        FsStore::open_read_only(dir).with_context(|| format!("opening feed {}", dir.display()))?;
-    let feed =
-        Feed::open(store, None).with_context(|| format!("opening feed {}", dir.display()))?;
+    let feed = super::feed::open_feed(dir)?;
     let key = feed.key();
     let shared = SharedFeed::new(feed);
     let rt = runtime()?;

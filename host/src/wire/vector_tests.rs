@@ -6,22 +6,10 @@ use serde_json::{json, Value};
 
 use super::*;
 
-/// Loads `shared/spec/vectors.json` (beside the repository clone, or /work/shared).
+/// The spec's vectors (the copy in `testdata/`, which a test keeps equal to
+/// `shared/spec/vectors.json`).
 pub(crate) fn load_vectors() -> Value {
-    let candidates = [
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../shared/spec/vectors.json"
-        ),
-        concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/spec/vectors.json"),
-        "/work/shared/spec/vectors.json",
-    ];
-    for path in candidates {
-        if let Ok(text) = std::fs::read_to_string(path) {
-            return serde_json::from_str(&text).expect("vectors.json is JSON");
-        }
-    }
-    panic!("shared/spec/vectors.json not found (looked in {candidates:?})");
+    crate::test_vectors::vectors()
 }
 
 /// The vectors of one group.
@@ -33,9 +21,7 @@ pub(crate) fn group(vectors: &Value, name: &str) -> Vec<Value> {
 }
 
 /// Hex string field → bytes.
-pub(crate) fn hex_of(value: &Value) -> Vec<u8> {
-    hex::decode(value.as_str().expect("hex string")).expect("valid hex")
-}
+pub(crate) use crate::test_vectors::hex_field as hex_of;
 
 fn opt_hex(value: &Value) -> Option<Vec<u8>> {
     value.as_str().map(|s| hex::decode(s).expect("valid hex"))
