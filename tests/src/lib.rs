@@ -164,7 +164,19 @@ pub fn copy_plugin(name: &str, dir: &Path, as_name: Option<&str>) -> PathBuf {
     dest
 }
 
-/// Threads of this process now (Linux), for checking that hung plugins stay bounded.
-pub fn thread_count() -> Option<usize> {
-    std::fs::read_dir("/proc/self/task").ok().map(|d| d.count())
+/// Threads of this process whose name starts with `prefix` (Linux), for checking that
+/// hung plugins stay bounded. Counting by name keeps the test harness's own threads, which
+/// come and go as other tests start and finish, out of the figure.
+pub fn thread_count(prefix: &str) -> Option<usize> {
+    let tasks = std::fs::read_dir("/proc/self/task").ok()?;
+    Some(
+        tasks
+            .flatten()
+            .filter(|t| {
+                std::fs::read_to_string(t.path().join("comm"))
+                    .map(|name| name.starts_with(prefix))
+                    .unwrap_or(false)
+            })
+            .count(),
+    )
 }

@@ -305,7 +305,14 @@ fn hung_plugin_times_out_with_bounded_threads() {
         }],
         Duration::from_millis(1),
     );
-    let before = thread_count();
+    // A thread names itself once it runs, and the pools of earlier tests (dropped) wind
+    // down on their own: wait until exactly this pool's two threads are there.
+    let named_by = Instant::now() + Duration::from_secs(5);
+    let mut before = thread_count("plugin-");
+    while before.is_some_and(|n| n != 2) && Instant::now() < named_by {
+        std::thread::sleep(Duration::from_millis(5));
+        before = thread_count("plugin-");
+    }
     let start = Instant::now();
     let mut reasons = Vec::new();
     for i in 0..12u8 {
@@ -325,7 +332,8 @@ fn hung_plugin_times_out_with_bounded_threads() {
         reasons.iter().any(|r| r.contains("too many calls waiting")),
         "{reasons:?}"
     );
-    if let (Some(b), Some(a)) = (before, thread_count()) {
+    if let (Some(b), Some(a)) = (before, thread_count("plugin-")) {
+        assert_eq!(b, 2, "plugin threads other than the pool's two");
         assert!(a <= b, "threads grew from {b} to {a} while the plugin hung");
     }
     // The host is fine: another plugin answers.
