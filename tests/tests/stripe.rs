@@ -689,6 +689,39 @@ fn stripe_sale_end_to_end_through_the_binary() {
         assert_eq!(session["amount_total"], 500);
     }
 
+    // For a person: the page to open, and its QR code.
+    let p = dazaar(&[
+        "--data-dir",
+        s(&buyer_data),
+        "pay",
+        &key,
+        "--plugin",
+        "fiat_stripe",
+        "--plugin-dir",
+        s(&plugins),
+        "--plugin-config",
+        "",
+        "--card",
+        s(&card_file),
+        "--amount",
+        "5",
+        "--connect",
+        &addr,
+        "--qr",
+    ]);
+    assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
+    let text = String::from_utf8_lossy(&p.stdout);
+    assert!(text.contains("open this page to pay:"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("https://checkout.stripe.com/c/pay/cs_")),
+        "{text}"
+    );
+    assert!(
+        text.lines().filter(|l| l.contains('\u{2588}')).count() > 10,
+        "{text}"
+    );
+
     // An open, unpaid session buys nothing.
     assert!(!buy().status.success());
     assert!(!out.join("key").exists());
