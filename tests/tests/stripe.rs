@@ -759,3 +759,34 @@ fn stripe_sale_end_to_end_through_the_binary() {
     let cat = dazaar(&["feed", "cat", s(&out), "--lines"]);
     assert_eq!(String::from_utf8_lossy(&cat.stdout).lines().count(), 20);
 }
+
+/// The plugin's events reach the host's own log (API 1.2 log sink) under the target
+/// `dazaar::plugin`, at trace level, and no secret is in them.
+#[test]
+fn stripe_plugin_logs_reach_the_host_log_without_secrets() {
+    let log = dazaar_tests::capture_host_log();
+    let mock = MockStripe::start(KEY);
+    let secrets = Secrets::new(KEY);
+    let v = open(&config(&mock.base, &secrets, ""));
+    mock.add_intent(&SELLER, &BUYER, 500, "usd", now_s(), "succeeded", 0, false);
+    assert!(gate(&v)
+        .validate_uncached(BUYER, SELLER, now_ms())
+        .is_valid());
+    mock.set_mode(Mode::Error500);
+    let why = reason(gate(&v).validate_uncached(buyer(9), SELLER, now_ms()));
+    assert!(why.contains("500"), "{why}");
+
+    let text = String::from_utf8_lossy(&log.lock().unwrap()).into_owned();
+    let from_plugin: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("dazaar::plugin") && l.contains("from=dazaar_fiat_stripe"))
+        .collect();
+    assert!(
+        from_plugin.iter().any(|l| l.contains("GET from Stripe"))
+            && from_plugin.iter().any(|l| l.contains("TRACE")),
+        "no plugin debug and trace events in the host log:\n{text}"
+    );
+    for secret in [KEY, WEBHOOK_SECRET] {
+        assert!(!text.contains(secret), "a secret is in the host log");
+    }
+}
