@@ -13,7 +13,10 @@ pub mod localstripe;
 pub mod proc;
 pub mod stripe_mock;
 
-pub use proc::{dazaar, dazaar_cmd, json_lines, make_text_feed, s, sell, spawn_listening, Proc};
+pub use proc::{
+    buy_once, buy_until_valid, dazaar, dazaar_cmd, feed_lines, json_lines, make_text_feed, s, sell,
+    spawn_listening, Proc,
+};
 
 /// Block `i` of the crash test's deterministic feed: varied sizes, content tied to `i`.
 pub fn crash_block(i: u64) -> Vec<u8> {

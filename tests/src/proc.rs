@@ -203,3 +203,57 @@ pub fn make_text_feed(dir: &Path, lines: usize) {
     let o = dazaar(&["feed", "append", s(dir), s(&input)]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
+
+/// `dazaar --data-dir DATA buy KEY --connect ADDR --out OUT --json`, once.
+pub fn buy_once(data: &Path, key: &str, addr: &str, out: &Path) -> Output {
+    dazaar(&[
+        "--data-dir",
+        s(data),
+        "buy",
+        key,
+        "--connect",
+        addr,
+        "--out",
+        s(out),
+        "--json",
+    ])
+}
+
+/// Buys (as [`buy_once`]) until the seller lets the buyer have the feed, for at most
+/// `within` (a payment reaches the seller's plugin within a revalidation period or a
+/// poll); returns the successful run's JSON lines. Panics with the last error after that.
+pub fn buy_until_valid(
+    data: &Path,
+    key: &str,
+    addr: &str,
+    out: &Path,
+    within: Duration,
+) -> Vec<Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        let o = buy_once(data, key, addr, out);
+        if o.status.success() {
+            return json_lines(&o.stdout);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the paid buyer never became valid: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// The text lines of a feed received into `out` (`dazaar feed cat --lines`).
+pub fn feed_lines(out: &Path) -> Vec<String> {
+    let cat = dazaar(&["feed", "cat", s(out), "--lines"]);
+    assert!(
+        cat.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cat.stderr)
+    );
+    String::from_utf8_lossy(&cat.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}

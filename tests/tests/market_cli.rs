@@ -3,7 +3,7 @@
 
 use std::path::Path;
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dazaar_tests::*;
 
@@ -566,34 +566,10 @@ fn lightning_sale_end_to_end_through_the_binary() {
     }
 
     // Now the buyer is valid (within a revalidation period of the settlement).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let o = dazaar(&[
-            "--data-dir",
-            s(&buyer_data),
-            "buy",
-            &key,
-            "--connect",
-            &addr,
-            "--out",
-            s(&out),
-            "--json",
-        ]);
-        if o.status.success() {
-            let lines = json_lines(&o.stdout);
-            assert!(lines
-                .iter()
-                .any(|l| l["event"] == "valid" && l["info"]["type"] == "time"));
-            assert_eq!(lines.last().expect("done")["length"], 30);
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the paid buyer never became valid: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    let cat = dazaar(&["feed", "cat", s(&out), "--lines"]);
-    assert_eq!(String::from_utf8_lossy(&cat.stdout).lines().count(), 30);
+    let lines = buy_until_valid(&buyer_data, &key, &addr, &out, Duration::from_secs(10));
+    assert!(lines
+        .iter()
+        .any(|l| l["event"] == "valid" && l["info"]["type"] == "time"));
+    assert_eq!(lines.last().expect("done")["length"], 30);
+    assert_eq!(feed_lines(&out).len(), 30);
 }

@@ -577,7 +577,10 @@ fn stripe_against_localstripe() {
 #[test]
 fn stripe_sale_end_to_end_through_the_binary() {
     use dazaar_tests::stripe_mock::{post_webhook, sign};
-    use dazaar_tests::{copy_plugin, dazaar, json_lines, make_text_feed, s, sell};
+    use dazaar_tests::{
+        buy_once, buy_until_valid, copy_plugin, dazaar, feed_lines, json_lines, make_text_feed, s,
+        sell,
+    };
 
     let mock = MockStripe::start(KEY);
     let secrets = Secrets::new(KEY);
@@ -625,19 +628,7 @@ fn stripe_sale_end_to_end_through_the_binary() {
     let addr = info["addr"].as_str().unwrap().to_owned();
     let buyer_data = dir.path().join("buyer");
     let out = dir.path().join("bought");
-    let buy = || {
-        dazaar(&[
-            "--data-dir",
-            s(&buyer_data),
-            "buy",
-            &key,
-            "--connect",
-            &addr,
-            "--out",
-            s(&out),
-            "--json",
-        ])
-    };
+    let buy = || buy_once(&buyer_data, &key, &addr, &out);
 
     // Before paying: refused, nothing received.
     let o = buy();
@@ -734,30 +725,16 @@ fn stripe_sale_end_to_end_through_the_binary() {
     let signature = sign(WEBHOOK_SECRET, event.as_bytes(), now_s());
     assert_eq!(post_webhook(port, &event, &signature), 200);
 
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let o = buy();
-        if o.status.success() {
-            let lines = json_lines(&o.stdout);
-            let valid = lines
-                .iter()
-                .find(|l| l["event"] == "valid")
-                .unwrap_or_else(|| panic!("no valid event: {lines:?}"));
-            assert_eq!(valid["info"]["type"], "time");
-            let left = valid["info"]["remaining"].as_u64().unwrap_or(0);
-            assert!((280_000..=300_000).contains(&left), "{valid}");
-            assert_eq!(lines.last().unwrap()["length"], 20);
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the paid buyer never became valid: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    let cat = dazaar(&["feed", "cat", s(&out), "--lines"]);
-    assert_eq!(String::from_utf8_lossy(&cat.stdout).lines().count(), 20);
+    let lines = buy_until_valid(&buyer_data, &key, &addr, &out, Duration::from_secs(10));
+    let valid = lines
+        .iter()
+        .find(|l| l["event"] == "valid")
+        .unwrap_or_else(|| panic!("no valid event: {lines:?}"));
+    assert_eq!(valid["info"]["type"], "time");
+    let left = valid["info"]["remaining"].as_u64().unwrap_or(0);
+    assert!((280_000..=300_000).contains(&left), "{valid}");
+    assert_eq!(lines.last().unwrap()["length"], 20);
+    assert_eq!(feed_lines(&out).len(), 20);
 }
 
 /// The plugin's events reach the host's own log (API 1.2 log sink) under the target
