@@ -11,11 +11,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto = "proto/lnd/lightning.proto";
     println!("cargo:rerun-if-changed={proto}");
     let descriptors = protox::compile([proto], ["proto/lnd"])?;
+    // tonic-build 0.12 does not hand its `disable_comments` to prost-build: the messages'
+    // comments are disabled on prost-build's own config, the service's on tonic-build's.
+    let mut messages = prost_build::Config::new();
+    messages.disable_comments(["."]);
     let mut builder = tonic_build::configure()
         .build_client(false)
         .build_server(true)
-        .generate_default_stubs(true)
-        .disable_comments(".");
+        .generate_default_stubs(true);
     for file in &descriptors.file {
         for service in &file.service {
             let service_name = format!("{}.{}", file.package(), service.name());
@@ -25,6 +28,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             builder = builder.disable_comments(service_name);
         }
     }
-    builder.compile_fds(descriptors)?;
+    builder.compile_fds_with_config(messages, descriptors)?;
     Ok(())
 }

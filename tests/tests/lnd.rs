@@ -1,8 +1,9 @@
 //! The Lightning plugin (`dazaar_lnd`), loaded as the host loads it, against a local
-//! tonic gRPC server over TLS that implements the `lnrpc.Lightning` subset the plugin
-//! uses and checks the `macaroon` metadata (`dazaar_tests::lnd_mock`). Only 127.0.0.1 is
-//! contacted. The end-to-end sale through the `dazaar` binary (sell, pay, buy) is in
-//! `market_cli.rs`.
+//! stand-in for LND (`dazaar_tests::lnd_mock`): real gRPC over TLS, its messages and
+//! service generated from LND's own `lightning.proto`, checking the `macaroon` metadata.
+//! Only 127.0.0.1 is contacted. The `wire` tests check the plugin's hand-written messages
+//! against that `lightning.proto` field by field. The end-to-end sale through the
+//! `dazaar` binary (sell, pay, buy) is in `market_cli.rs`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
