@@ -6,9 +6,13 @@ use std::sync::Once;
 
 pub mod eos_mock;
 pub mod lnd_mock;
-/// The LND plugin's message declarations, shared with the mock node.
-#[path = "../../plugins/lnd/src/proto.rs"]
-pub mod lnd_proto;
+/// LND's `lnrpc` package (messages and the `Lightning` server trait), generated at build
+/// time from LND's own `lightning.proto` (vendored in `tests/proto/lnd/`, see the README
+/// there) by protox and tonic-build; no `protoc` needed.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod lnrpc {
+    tonic::include_proto!("lnrpc");
+}
 pub mod localstripe;
 pub mod proc;
 pub mod stripe_mock;

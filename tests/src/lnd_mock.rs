@@ -1,21 +1,32 @@
-//! A local LND for the Lightning plugin's tests: a tonic gRPC server over TLS (a
-//! self-signed certificate made with rcgen for `localhost` and 127.0.0.1) implementing
-//! the subset of `lnrpc.Lightning` the plugin uses — AddInvoice, ListInvoices (paged by
-//! add index), SubscribeInvoices (replay after add/settle index, then live), DecodePayReq,
-//! SendPaymentSync — and checking the `macaroon` metadata of every call
-//! (`Unauthenticated` otherwise). It shares the plugin's message declarations
-//! (`plugins/lnd/src/proto.rs`). It listens on 127.0.0.1 only, can be stopped (all
+//! A local stand-in for LND (which cannot be installed here) for the Lightning plugin's
+//! tests: a real gRPC server over TLS whose messages and `lnrpc.Lightning` service are
+//! generated at build time from LND's own `lightning.proto` (vendored in
+//! `tests/proto/lnd/`, see [`crate::lnrpc`]) — not from the plugin's hand-written
+//! declarations, so a wrong field number or type in the plugin shows up as a failure.
+//!
+//! It implements the methods the plugin calls — AddInvoice, ListInvoices (paged by add
+//! index), SubscribeInvoices (replay after add/settle index, then live), DecodePayReq,
+//! SendPaymentSync — and every other method of the service answers `Unimplemented`.
+//! Every call must carry the accepted macaroon in its `macaroon` metadata
+//! (`Unauthenticated` otherwise). The TLS certificate is self-signed, made with rcgen for
+//! `localhost` and 127.0.0.1. It listens on 127.0.0.1 only, and can be stopped (all
 //! connections dropped) and started again on the same port with the same state.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use tonic::codegen::{empty_body, http, BoxFuture, BoxStream, Service, StdError};
+use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status};
 
-pub use crate::lnd_proto as proto;
+/// The node's messages: those of LND's `lightning.proto`.
+pub use crate::lnrpc as proto;
+use crate::lnrpc::lightning_server::{Lightning, LightningServer};
+
+/// `InvoiceState.SETTLED`, as the node reports it.
+pub const INVOICE_SETTLED: i32 = proto::invoice::InvoiceState::Settled as i32;
+/// `InvoiceState.OPEN`.
+pub const INVOICE_OPEN: i32 = proto::invoice::InvoiceState::Open as i32;
 
 /// How the node answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,8 +89,11 @@ impl LndState {
         else {
             return false;
         };
-        inv.state = proto::INVOICE_SETTLED;
-        inv.settled = true;
+        inv.state = INVOICE_SETTLED;
+        #[allow(deprecated)] // LND still sets the deprecated flag; older clients read it
+        {
+            inv.settled = true;
+        }
         inv.settle_date = now_s();
         inv.settle_index = settle_index;
         inv.amt_paid_sat = inv.value;
@@ -107,219 +121,143 @@ pub struct MockLnd {
     runtime: Option<tokio::runtime::Runtime>,
 }
 
-#[derive(Clone)]
-struct Lightning(Arc<Mutex<LndState>>);
+/// The service: LND's generated `Lightning` trait over the shared state.
+struct Node(Arc<Mutex<LndState>>);
 
-impl tonic::server::NamedService for Lightning {
-    const NAME: &'static str = "lnrpc.Lightning";
-}
+impl Node {
+    /// The state, after checking the call's macaroon.
+    #[allow(clippy::result_large_err)] // tonic::Status is what the service returns
+    fn authorized<T>(&self, req: &Request<T>) -> Result<MutexGuard<'_, LndState>, Status> {
+        let state = self.state()?;
+        match req.metadata().get("macaroon").and_then(|v| v.to_str().ok()) {
+            Some(m) if m == state.macaroon_hex => Ok(state),
+            Some(_) => Err(Status::unauthenticated(
+                "verification failed: signature mismatch",
+            )),
+            None => Err(Status::unauthenticated("expected 1 macaroon, got 0")),
+        }
+    }
 
-#[allow(clippy::result_large_err)] // tonic::Status is what the service returns
-fn authorized<T>(state: &Mutex<LndState>, req: &Request<T>) -> Result<(), Status> {
-    let want = state.lock().unwrap().macaroon_hex.clone();
-    match req.metadata().get("macaroon").and_then(|v| v.to_str().ok()) {
-        Some(m) if m == want => Ok(()),
-        Some(_) => Err(Status::unauthenticated(
-            "verification failed: signature mismatch",
-        )),
-        None => Err(Status::unauthenticated("expected 1 macaroon, got 0")),
+    #[allow(clippy::result_large_err)]
+    fn state(&self) -> Result<MutexGuard<'_, LndState>, Status> {
+        self.0
+            .lock()
+            .map_err(|_| Status::internal("mock state poisoned"))
     }
 }
 
-macro_rules! unary {
-    ($name:ident, $req:ty, $resp:ty, |$st:ident, $r:ident| $body:expr) => {
-        struct $name(Arc<Mutex<LndState>>);
-        impl tonic::server::UnaryService<$req> for $name {
-            type Response = $resp;
-            type Future = BoxFuture<Response<$resp>, Status>;
-            fn call(&mut self, request: Request<$req>) -> Self::Future {
-                let state = Arc::clone(&self.0);
-                Box::pin(async move {
-                    authorized(&state, &request)?;
-                    let $r = request.into_inner();
-                    let $st = state;
-                    let out: Result<$resp, Status> = async { $body }.await;
-                    out.map(Response::new)
-                })
-            }
-        }
-    };
-}
-
-unary!(
-    AddInvoice,
-    proto::Invoice,
-    proto::AddInvoiceResponse,
-    |st, r| {
-        let mut s = st.lock().unwrap();
+#[tonic::async_trait]
+impl Lightning for Node {
+    async fn add_invoice(
+        &self,
+        request: Request<proto::Invoice>,
+    ) -> Result<Response<proto::AddInvoiceResponse>, Status> {
+        let mut s = self.authorized(&request)?;
+        let r = request.into_inner();
         let request = s.add(&r.memo, r.value, r.private);
         let inv = s.invoices.last().cloned().unwrap_or_default();
-        Ok(proto::AddInvoiceResponse {
+        Ok(Response::new(proto::AddInvoiceResponse {
             r_hash: inv.r_hash,
             payment_request: request,
             add_index: inv.add_index,
-        })
+            payment_addr: inv.payment_addr,
+        }))
     }
-);
 
-unary!(
-    ListInvoices,
-    proto::ListInvoiceRequest,
-    proto::ListInvoiceResponse,
-    |st, r| {
-        let mode = st.lock().unwrap().mode;
+    async fn list_invoices(
+        &self,
+        request: Request<proto::ListInvoiceRequest>,
+    ) -> Result<Response<proto::ListInvoiceResponse>, Status> {
+        let mode = self.authorized(&request)?.mode;
         if let LndMode::SlowList(d) = mode {
             tokio::time::sleep(d).await;
         }
-        let s = st.lock().unwrap();
+        let r = request.into_inner();
+        let s = self.state()?;
         let page: Vec<proto::Invoice> = s
             .invoices
             .iter()
-            .filter(|i| i.add_index > r.index_offset && (!r.pending_only || i.state == 0))
+            .filter(|i| {
+                i.add_index > r.index_offset && (!r.pending_only || i.state == INVOICE_OPEN)
+            })
             .take(r.num_max_invoices.max(1) as usize)
             .cloned()
             .collect();
-        Ok(proto::ListInvoiceResponse {
+        Ok(Response::new(proto::ListInvoiceResponse {
             first_index_offset: page.first().map_or(r.index_offset, |i| i.add_index),
             last_index_offset: page.last().map_or(r.index_offset, |i| i.add_index),
             invoices: page,
-        })
+        }))
     }
-);
 
-unary!(DecodePayReq, proto::PayReqString, proto::PayReq, |st, r| {
-    let s = st.lock().unwrap();
-    let inv = s
-        .invoices
-        .iter()
-        .find(|i| i.payment_request == r.pay_req)
-        .ok_or_else(|| Status::invalid_argument("invalid payment request"))?;
-    Ok(proto::PayReq {
-        destination: "02".to_owned() + &"ab".repeat(32),
-        payment_hash: hex::encode(&inv.r_hash),
-        num_satoshis: inv.value,
-        timestamp: inv.creation_date,
-        expiry: inv.expiry,
-        description: inv.memo.clone(),
-        num_msat: inv.value * 1000,
-    })
-});
+    async fn subscribe_invoices(
+        &self,
+        request: Request<proto::InvoiceSubscription>,
+    ) -> Result<Response<BoxStream<proto::Invoice>>, Status> {
+        let mut s = self.authorized(&request)?;
+        let sub = request.get_ref();
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        for inv in &s.invoices {
+            if inv.add_index > sub.add_index
+                || (inv.settle_index > 0 && inv.settle_index > sub.settle_index)
+            {
+                let _ = tx.try_send(Ok(inv.clone()));
+            }
+        }
+        s.subscribers.push(tx);
+        let stream: BoxStream<proto::Invoice> =
+            Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
+        Ok(Response::new(stream))
+    }
 
-unary!(
-    SendPaymentSync,
-    proto::SendRequest,
-    proto::SendResponse,
-    |st, r| {
-        let mut s = st.lock().unwrap();
+    async fn decode_pay_req(
+        &self,
+        request: Request<proto::PayReqString>,
+    ) -> Result<Response<proto::PayReq>, Status> {
+        let s = self.authorized(&request)?;
+        let r = request.get_ref();
+        let inv = s
+            .invoices
+            .iter()
+            .find(|i| i.payment_request == r.pay_req)
+            .ok_or_else(|| Status::invalid_argument("invalid payment request"))?;
+        Ok(Response::new(proto::PayReq {
+            destination: "02".to_owned() + &"ab".repeat(32),
+            payment_hash: hex::encode(&inv.r_hash),
+            num_satoshis: inv.value,
+            timestamp: inv.creation_date,
+            expiry: inv.expiry,
+            description: inv.memo.clone(),
+            num_msat: inv.value * 1000,
+            ..proto::PayReq::default()
+        }))
+    }
+
+    async fn send_payment_sync(
+        &self,
+        request: Request<proto::SendRequest>,
+    ) -> Result<Response<proto::SendResponse>, Status> {
+        let mut s = self.authorized(&request)?;
+        let r = request.into_inner();
         if s.mode == LndMode::PaymentFails {
-            return Ok(proto::SendResponse {
+            return Ok(Response::new(proto::SendResponse {
                 payment_error: "unable to find a path to destination".into(),
                 ..proto::SendResponse::default()
-            });
+            }));
         }
+        let hash = s
+            .invoices
+            .iter()
+            .find(|i| i.payment_request == r.payment_request)
+            .map(|i| i.r_hash.clone());
         if !s.settle(&r.payment_request) {
             return Err(Status::invalid_argument("invalid payment request"));
         }
-        Ok(proto::SendResponse {
+        Ok(Response::new(proto::SendResponse {
             payment_preimage: vec![7; 32],
+            payment_hash: hash.unwrap_or_default(),
             ..proto::SendResponse::default()
-        })
-    }
-);
-
-struct Subscribe(Arc<Mutex<LndState>>);
-
-impl tonic::server::ServerStreamingService<proto::InvoiceSubscription> for Subscribe {
-    type Response = proto::Invoice;
-    type ResponseStream = BoxStream<proto::Invoice>;
-    type Future = BoxFuture<Response<Self::ResponseStream>, Status>;
-    fn call(&mut self, request: Request<proto::InvoiceSubscription>) -> Self::Future {
-        let state = Arc::clone(&self.0);
-        Box::pin(async move {
-            authorized(&state, &request)?;
-            let sub = request.into_inner();
-            let (tx, rx) = tokio::sync::mpsc::channel(256);
-            {
-                let mut s = state.lock().unwrap();
-                for inv in &s.invoices {
-                    if inv.add_index > sub.add_index
-                        || (inv.settle_index > 0 && inv.settle_index > sub.settle_index)
-                    {
-                        let _ = tx.try_send(Ok(inv.clone()));
-                    }
-                }
-                s.subscribers.push(tx);
-            }
-            let stream: BoxStream<proto::Invoice> =
-                Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
-            Ok(Response::new(stream))
-        })
-    }
-}
-
-impl<B> Service<http::Request<B>> for Lightning
-where
-    B: tonic::codegen::Body + Send + 'static,
-    B::Error: Into<StdError> + Send + 'static,
-{
-    type Response = http::Response<tonic::body::BoxBody>;
-    type Error = std::convert::Infallible;
-    type Future = BoxFuture<Self::Response, Self::Error>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: http::Request<B>) -> Self::Future {
-        let st = Arc::clone(&self.0);
-        match req.uri().path() {
-            "/lnrpc.Lightning/AddInvoice" => Box::pin(async move {
-                Ok(
-                    tonic::server::Grpc::new(tonic::codec::ProstCodec::default())
-                        .unary(AddInvoice(st), req)
-                        .await,
-                )
-            }),
-            "/lnrpc.Lightning/ListInvoices" => Box::pin(async move {
-                Ok(
-                    tonic::server::Grpc::new(tonic::codec::ProstCodec::default())
-                        .unary(ListInvoices(st), req)
-                        .await,
-                )
-            }),
-            "/lnrpc.Lightning/DecodePayReq" => Box::pin(async move {
-                Ok(
-                    tonic::server::Grpc::new(tonic::codec::ProstCodec::default())
-                        .unary(DecodePayReq(st), req)
-                        .await,
-                )
-            }),
-            "/lnrpc.Lightning/SendPaymentSync" => Box::pin(async move {
-                Ok(
-                    tonic::server::Grpc::new(tonic::codec::ProstCodec::default())
-                        .unary(SendPaymentSync(st), req)
-                        .await,
-                )
-            }),
-            "/lnrpc.Lightning/SubscribeInvoices" => Box::pin(async move {
-                Ok(
-                    tonic::server::Grpc::new(tonic::codec::ProstCodec::default())
-                        .server_streaming(Subscribe(st), req)
-                        .await,
-                )
-            }),
-            _ => Box::pin(async move {
-                Ok(http::Response::builder()
-                    .status(200)
-                    .header(
-                        "grpc-status",
-                        (tonic::Code::Unimplemented as i32).to_string(),
-                    )
-                    .header("content-type", "application/grpc")
-                    .body(empty_body())
-                    .unwrap())
-            }),
-        }
+        }))
     }
 }
 
@@ -357,7 +295,7 @@ impl MockLnd {
             .build()
             .expect("runtime");
         let identity = tonic::transport::Identity::from_pem(&self.cert_pem, &self.key_pem);
-        let svc = Lightning(Arc::clone(&self.state));
+        let svc = LightningServer::new(Node(Arc::clone(&self.state)));
         let addr = self.addr;
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         runtime.spawn(async move {

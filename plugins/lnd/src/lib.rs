@@ -2,7 +2,8 @@
 //!
 //! Talks to LND with tonic and prost; the few `lnrpc.Lightning` messages used are declared
 //! by hand in [`proto`] with LND's field numbers (no `protoc`, no generated crate; the
-//! `lnd_grpc_rust` crate was not used because it needs OpenSSL).
+//! `lnd_grpc_rust` crate was not used because it needs OpenSSL). The tests check these
+//! declarations against LND's own `lightning.proto` (`tests/proto/lnd/`).
 //!
 //! - **Seller**: at open, a background task lists the node's invoices (`ListInvoices`,
 //!   paged by add index) and then follows `SubscribeInvoices` from the last add/settle
@@ -18,6 +19,9 @@
 //!   seller's `lnd-invoice`, `user_message` checks the invoice with `DecodePayReq` (amount
 //!   equal to the one asked for, description equal to the memo) and pays it with
 //!   `SendPaymentSync` when `pay = true`, or logs the BOLT 11 for an external wallet.
+//!   LND removed `SendPaymentSync` in v0.21 (its replacement is the Router service's
+//!   `SendPaymentV2`), so paying from the plugin needs an LND before v0.21; the seller
+//!   side and checking invoices use methods that v0.21 still has.
 //!
 //! Configuration:
 //! ```toml

@@ -1,7 +1,9 @@
 //! The messages of LND's `lnrpc.Lightning` service this plugin uses, written by hand with
 //! prost's derive (no `protoc`). Only the fields read or written are declared; the field
 //! numbers and types are those of LND's `lightning.proto`, and unknown fields in
-//! answers are skipped by the decoder.
+//! answers are skipped by the decoder. The `wire` tests in `tests/tests/lnd.rs` encode each
+//! of these messages and decode it as the type generated from LND's `lightning.proto`
+//! (v0.20.3-beta, vendored in `tests/proto/lnd/`), and the reverse, field by field.
 
 /// `lnrpc.Invoice` (subset).
 #[derive(Clone, PartialEq, prost::Message)]
