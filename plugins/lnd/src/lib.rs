@@ -36,9 +36,14 @@
 //! The macaroon is a secret: it is read from its file or variable, sent only as gRPC
 //! metadata, and never logged or put in an error.
 
+pub mod bolt11;
 pub mod client;
 pub use dazaar_plugin_api::logging;
 pub mod proto;
+/// The test-only BOLT #11 encoder, shared with the integration tests.
+#[cfg(test)]
+#[path = "../../../tests/src/bolt11.rs"]
+mod test_encoder;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
