@@ -4,12 +4,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Once;
 
+pub mod bolt11;
 pub mod eos_mock;
 pub mod lnd_mock;
 /// The LND plugin's message declarations, shared with the mock node.
 #[path = "../../plugins/lnd/src/proto.rs"]
 pub mod lnd_proto;
-pub mod bolt11;
 pub mod localstripe;
 pub mod proc;
 pub mod stripe_mock;
