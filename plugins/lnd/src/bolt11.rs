@@ -281,10 +281,13 @@ fn parse_hrp(hrp: &str) -> Result<(Network, Option<u64>), Bolt11Error> {
         Some('u') => n.checked_mul(MSAT_PER_BTC / 1_000_000),
         Some('n') => n.checked_mul(MSAT_PER_BTC / 1_000_000_000),
         Some('p') => {
-            if n % 10 != 0 {
+            // 10 pico-bitcoin is one millisatoshi: a last digit other than 0 is less.
+            // (`is_multiple_of` is newer than the workspace's rust-version.)
+            let msat = n / 10;
+            if msat * 10 != n {
                 return Err(Bolt11Error::SubMillisatoshi);
             }
-            Some(n / 10)
+            Some(msat)
         }
         Some(_) => return Err(Bolt11Error::InvalidMultiplier),
     };
