@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Once;
 
+pub mod bolt11;
 pub mod eos_mock;
 pub mod lnd_mock;
 /// LND's `lnrpc` package (messages and the `Lightning` server trait), generated at build

@@ -760,3 +760,71 @@ fn lnd_mock_serves_lightning_proto_over_tls() {
         }
     });
 }
+
+#[test]
+fn lnd_bolt11_test_invoices_decode_with_the_plugins_decoder() {
+    use dazaar_lnd::bolt11::{decode, Bolt11Error, Network};
+    use dazaar_tests::bolt11::{encode, public_key, Describe, InvoiceSpec};
+    use k256::ecdsa::SigningKey;
+
+    let key = SigningKey::from_slice(&[0x42; 32]).unwrap();
+    let memo = payment_memo(&SELLER, &BUYER);
+    for (prefix, network) in [
+        ("bc", Network::Bitcoin),
+        ("tb", Network::Testnet),
+        ("bcrt", Network::Regtest),
+        ("tbs", Network::Signet),
+    ] {
+        for msat in [1_000, 250_000, 123_456_789, 2_000_000_000, 100_000_000_000] {
+            let spec = InvoiceSpec {
+                prefix: prefix.into(),
+                amount_msat: Some(msat),
+                description: Describe::Text(memo.clone()),
+                payment_hash: [0xab; 32],
+                payment_secret: Some([0xcd; 32]),
+                timestamp: 1_750_000_000,
+                expiry: Some(600),
+                payee_field: None,
+                features: Vec::new(),
+            };
+            let text = encode(&spec, &key);
+            let inv = decode(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(inv.network, network);
+            assert_eq!(inv.amount_msat, Some(msat));
+            assert_eq!(inv.timestamp, 1_750_000_000);
+            assert_eq!(inv.expiry, 600);
+            assert_eq!(inv.description.as_deref(), Some(memo.as_str()));
+            assert_eq!(inv.description_hash, None);
+            assert_eq!(inv.payment_hash, [0xab; 32]);
+            assert_eq!(inv.payment_secret, Some([0xcd; 32]));
+            assert_eq!(inv.payee, public_key(&key));
+            // Upper case is the same invoice.
+            assert_eq!(decode(&text.to_uppercase()), Ok(inv));
+
+            // One flipped character anywhere after the prefix: refused.
+            let mut bytes = text.clone().into_bytes();
+            let i = text.len() / 2;
+            bytes[i] = if bytes[i] == b'q' { b'p' } else { b'q' };
+            let flipped = String::from_utf8(bytes).unwrap();
+            assert_eq!(decode(&flipped), Err(Bolt11Error::BadChecksum), "{flipped}");
+        }
+    }
+    // A description hash, no amount, default expiry, and an `n` field.
+    let spec = InvoiceSpec {
+        prefix: "bcrt".into(),
+        amount_msat: None,
+        description: Describe::Hash([0x11; 32]),
+        payment_hash: [1; 32],
+        payment_secret: None,
+        timestamp: 1,
+        expiry: None,
+        payee_field: Some(public_key(&key)),
+        features: Vec::new(),
+    };
+    let inv = decode(&encode(&spec, &key)).unwrap();
+    assert_eq!(
+        (inv.amount_msat, inv.description, inv.description_hash),
+        (None, None, Some([0x11; 32]))
+    );
+    assert_eq!((inv.expiry, inv.payee), (3600, public_key(&key)));
+}

@@ -22,27 +22,49 @@
 //!   LND removed `SendPaymentSync` in v0.21 (its replacement is the Router service's
 //!   `SendPaymentV2`), so paying from the plugin needs an LND before v0.21; the seller
 //!   side and checking invoices use methods that v0.21 still has.
+//! - **Wallet-less buyer** (no `address`): `open` connects to nothing; `validate` always
+//!   fails closed ("no LND configured: this plugin is set up for buying only"), and so
+//!   does answering an `lnd-pay-request`. On the seller's `lnd-invoice`, `user_message`
+//!   decodes the BOLT 11 itself ([`bolt11`]: checksum, signature, payee key) and refuses
+//!   it unless its description is the memo (or its description hash the memo's SHA-256),
+//!   its amount is exactly the satoshis asked for (no "any amount" invoices), within
+//!   `max_invoice_sats`, for the configured `network` (mainnet `lnbc`, testnet `lntb`,
+//!   regtest `lnbcrt`, signet `lntbs`, simnet `lnsb`) and not expired; then it returns
+//!   nothing, and the host shows the checked invoice for an external wallet (`dazaar
+//!   pay` prints the seller's reply; a QR code is the host's business). `pay = true` without an `address` is a configuration error.
+//!   With LND configured, the invoice is checked by LND's `DecodePayReq` only (the
+//!   local decoder is not run there: the test suite's mock LND makes placeholder
+//!   invoices). Either way, once `payment_request` asked a seller for an amount for a
+//!   buyer, the seller's reply must be for that amount (remembered in this process);
+//!   before that, the reply's own amount is checked against the invoice.
 //!
 //! Configuration:
 //! ```toml
-//! address = "127.0.0.1:10009"            # LND gRPC host:port
-//! tls_cert = "~/.lnd/tls.cert"           # the node's certificate (PEM)
+//! address = "127.0.0.1:10009"            # LND gRPC host:port; leave out (with tls_cert
+//!                                        # and the macaroon) for a wallet-less buyer
+//! tls_cert = "~/.lnd/tls.cert"           # the node's certificate (PEM); with address
 //! tls_domain = "localhost"               # optional: name to check in the certificate
 //! macaroon = "~/.lnd/data/chain/bitcoin/mainnet/invoice.macaroon"  # or:
 //! macaroon_hex_env = "LND_MACAROON_HEX"  # an env var holding the macaroon as hex
-//! network = "mainnet"                    # informational: mainnet | testnet | regtest | signet
+//! network = "mainnet"                    # mainnet | testnet | regtest | signet | simnet:
+//!                                        # the invoices a wallet-less buyer accepts
 //! timeout_ms = 5000
 //! max_backoff_ms = 30000
-//! max_invoice_sats = 10000000            # largest invoice a buyer may ask for
+//! max_invoice_sats = 10000000            # largest invoice a buyer may ask for or accept
 //! pay = false                            # buyer: pay checked invoices from this node
 //! log_file = "..."; log_level = "info"
 //! ```
 //! The macaroon is a secret: it is read from its file or variable, sent only as gRPC
 //! metadata, and never logged or put in an error.
 
+pub mod bolt11;
 pub mod client;
 pub use dazaar_plugin_api::logging;
 pub mod proto;
+/// The test-only BOLT #11 encoder, shared with the integration tests.
+#[cfg(test)]
+#[path = "../../../tests/src/bolt11.rs"]
+mod test_encoder;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -55,6 +77,7 @@ use dazaar_plugin_api::{
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use bolt11::Network;
 use client::{describe, Lnd};
 
 /// Buyer → seller: ask for an invoice.
@@ -63,14 +86,16 @@ pub const MSG_PAY_REQUEST: &str = "lnd-pay-request";
 pub const MSG_INVOICE: &str = "lnd-invoice";
 /// Settled invoices remembered (all buyers).
 const MAX_SETTLED: usize = 200_000;
+/// Amounts asked for remembered (buyer side).
+const MAX_ASKED: usize = 10_000;
 /// Invoices per ListInvoices page.
 const PAGE: u64 = 1000;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Config {
-    address: String,
-    tls_cert: String,
+    address: Option<String>,
+    tls_cert: Option<String>,
     tls_domain: Option<String>,
     macaroon: Option<String>,
     macaroon_hex_env: Option<String>,
@@ -108,24 +133,63 @@ fn expand_home(path: &str) -> std::path::PathBuf {
     }
 }
 
-/// Checked settings: the certificate and the macaroon (hex) read.
-struct Checked {
-    config: Config,
+/// How to reach LND: the address, the certificate and the macaroon (hex) read.
+struct Connection {
+    address: String,
     cert: Vec<u8>,
     macaroon_hex: String,
+}
+
+/// Checked settings; `connection` is `None` for a wallet-less buyer.
+struct Checked {
+    config: Config,
+    connection: Option<Connection>,
+    network: Network,
     level: tracing::Level,
 }
+
+/// Why a wallet-less plugin cannot verify payments.
+const NO_LND: &str = "no LND configured: this plugin is set up for buying only";
 
 fn check(text: &str) -> Result<Checked, String> {
     let config: Config =
         toml::from_str(text).map_err(|e| format!("lnd config: {}", e.message()))?;
-    if !["mainnet", "testnet", "regtest", "signet", "simnet"].contains(&config.network.as_str()) {
-        return Err(format!("lnd config: unknown network {:?}", config.network));
-    }
+    let network = Network::from_name(&config.network)
+        .ok_or_else(|| format!("lnd config: unknown network {:?}", config.network))?;
     if config.timeout_ms == 0 {
         return Err("lnd config: timeout_ms must be above 0".into());
     }
-    let cert_path = expand_home(&config.tls_cert);
+    let level = logging::parse_level(config.log_level.as_deref().unwrap_or("info"))?;
+    let Some(address) = config.address.clone() else {
+        if config.pay {
+            return Err(
+                "lnd config: pay = true needs an LND address to pay from; without one, \
+                 invoices are shown for an external wallet"
+                    .into(),
+            );
+        }
+        if config.tls_cert.is_some()
+            || config.macaroon.is_some()
+            || config.macaroon_hex_env.is_some()
+        {
+            return Err(
+                "lnd config: tls_cert / macaroon are set but address is not; set the address \
+                 of LND, or remove them for a wallet-less buyer"
+                    .into(),
+            );
+        }
+        return Ok(Checked {
+            config,
+            connection: None,
+            network,
+            level,
+        });
+    };
+    let tls_cert = config
+        .tls_cert
+        .as_deref()
+        .ok_or("lnd config: address is set, so tls_cert must be too")?;
+    let cert_path = expand_home(tls_cert);
     let cert = std::fs::read(&cert_path).map_err(|e| {
         format!(
             "lnd config: cannot read tls_cert {}: {}",
@@ -168,11 +232,14 @@ fn check(text: &str) -> Result<Checked, String> {
         }
         (None, None) => return Err("lnd config: set macaroon (a file) or macaroon_hex_env".into()),
     };
-    let level = logging::parse_level(config.log_level.as_deref().unwrap_or("info"))?;
     Ok(Checked {
         config,
-        cert,
-        macaroon_hex,
+        connection: Some(Connection {
+            address,
+            cert,
+            macaroon_hex,
+        }),
+        network,
         level,
     })
 }
@@ -223,9 +290,14 @@ impl State {
 /// The LND verifier.
 pub struct LndPlugin {
     config: Config,
-    lnd: Lnd,
+    network: Network,
+    /// `None`: a wallet-less buyer (no LND configured).
+    lnd: Option<Lnd>,
     runtime: tokio::runtime::Runtime,
     state: Arc<Mutex<State>>,
+    /// Buyer: the satoshis last asked of each seller for each buyer (`payment_request`),
+    /// which the seller's invoice must be for.
+    asked: Mutex<HashMap<(Key, Key), u64>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -233,6 +305,7 @@ impl std::fmt::Debug for LndPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LndPlugin")
             .field("address", &self.config.address)
+            .field("network", &self.network)
             .finish()
     }
 }
@@ -359,6 +432,74 @@ fn to_sats(currency: &str, amount: &str) -> Result<i64, String> {
     Ok(sats)
 }
 
+/// Seconds since 1970.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Checks a seller's invoice locally (wallet-less buyer): a valid BOLT #11 signed by
+/// someone, for the configured network, described by this purchase's memo (or its
+/// SHA-256), for exactly the `asked` satoshis (within `max_sats`), and not expired at
+/// `now` (seconds). The reason for a refusal is one sentence.
+fn check_invoice(
+    request: &str,
+    memo: &str,
+    asked: Option<i64>,
+    network: Network,
+    max_sats: u64,
+    now: u64,
+) -> Result<bolt11::Invoice, String> {
+    let invoice = bolt11::decode(request)
+        .map_err(|e| format!("the seller's invoice is not a valid BOLT 11 invoice: {e}"))?;
+    if invoice.network != network {
+        return Err(format!(
+            "the invoice is for ln{}, not this plugin's network ln{}; not paying",
+            invoice.network.prefix(),
+            network.prefix()
+        ));
+    }
+    let described = match (&invoice.description, &invoice.description_hash) {
+        (Some(d), _) => d == memo,
+        (None, Some(h)) => {
+            use sha2::Digest;
+            *h == <[u8; 32]>::from(sha2::Sha256::digest(memo.as_bytes()))
+        }
+        (None, None) => false,
+    };
+    if !described {
+        return Err("the invoice's description is not this purchase's memo; not paying".into());
+    }
+    let asked = asked
+        .and_then(|a| u64::try_from(a).ok())
+        .filter(|a| *a > 0)
+        .ok_or("the seller's reply does not say a positive amount; not paying")?;
+    if asked > max_sats {
+        return Err(format!(
+            "the invoice is for {asked} sats, more than max_invoice_sats ({max_sats}); not paying"
+        ));
+    }
+    match invoice.amount_msat {
+        None => {
+            return Err("the invoice has no amount (any amount); not paying".into());
+        }
+        Some(msat) if Some(msat) != asked.checked_mul(1000) => {
+            return Err(format!(
+                "the invoice is for {msat} msat, not the {asked} sats asked for; not paying"
+            ));
+        }
+        Some(_) => {}
+    }
+    if invoice.is_expired(now) {
+        return Err(format!(
+            "the invoice expired at {} (unix seconds); not paying",
+            invoice.expires_at()
+        ));
+    }
+    Ok(invoice)
+}
+
 impl LndPlugin {
     fn block_on<T>(&self, f: impl std::future::Future<Output = T>) -> T {
         self.runtime.block_on(f)
@@ -382,8 +523,8 @@ impl PaymentPlugin for LndPlugin {
     fn open(config: &str) -> Result<Self, String> {
         let Checked {
             config,
-            cert,
-            macaroon_hex,
+            connection,
+            network,
             level,
         } = check(config)?;
         if let Some(path) = &config.log_file {
@@ -395,15 +536,35 @@ impl PaymentPlugin for LndPlugin {
             .enable_all()
             .build()
             .map_err(|e| format!("cannot start the LND runtime: {e}"))?;
+        let Some(connection) = connection else {
+            tracing::info!(
+                network = %config.network,
+                "LND plugin opened without LND (no address): buying only; checked invoices \
+                 are handed to the host to show for an external wallet, and no payment can \
+                 be verified"
+            );
+            return Ok(LndPlugin {
+                config,
+                network,
+                lnd: None,
+                runtime,
+                state: Arc::new(Mutex::new(State {
+                    last_error: Some(NO_LND.into()),
+                    ..State::default()
+                })),
+                asked: Mutex::default(),
+                stop: None,
+            });
+        };
         let timeout = Duration::from_millis(config.timeout_ms);
         // The channel's background tasks need the runtime.
         let lnd = {
             let _guard = runtime.enter();
             Lnd::new(
-                &config.address,
-                &cert,
+                &connection.address,
+                &connection.cert,
                 config.tls_domain.as_deref(),
-                &macaroon_hex,
+                &connection.macaroon_hex,
                 timeout,
             )?
         };
@@ -423,12 +584,14 @@ impl PaymentPlugin for LndPlugin {
                 }
             });
         }
-        tracing::info!(address = %config.address, network = %config.network, "LND plugin opened");
+        tracing::info!(address = %connection.address, network = %config.network, "LND plugin opened");
         Ok(LndPlugin {
             config,
-            lnd,
+            network,
+            lnd: Some(lnd),
             runtime,
             state,
+            asked: Mutex::default(),
             stop: Some(stop),
         })
     }
@@ -439,6 +602,9 @@ impl PaymentPlugin for LndPlugin {
             .rate()
             .map_err(|e| format!("bad price on the card: {e}"))?;
         let currency = req.terms.currency.as_str();
+        if self.lnd.is_none() {
+            return Err(NO_LND.into());
+        }
         let st = self
             .state
             .lock()
@@ -485,6 +651,7 @@ impl PaymentPlugin for LndPlugin {
         };
         if name == MSG_PAY_REQUEST {
             // Seller: make an invoice bound to this buyer.
+            let lnd = self.lnd.as_ref().ok_or_else(|| NO_LND.to_owned())?;
             let amount = body
                 .get("amount")
                 .and_then(|a| a.as_u64().or_else(|| a.as_str()?.parse().ok()))
@@ -497,7 +664,7 @@ impl PaymentPlugin for LndPlugin {
                 })?;
             let value = i64::try_from(amount).map_err(|_| "amount too large".to_owned())?;
             let added = self
-                .block_on(self.lnd.add_invoice(proto::Invoice {
+                .block_on(lnd.add_invoice(proto::Invoice {
                     memo: req.memo(),
                     value,
                     private: true,
@@ -513,9 +680,41 @@ impl PaymentPlugin for LndPlugin {
             .get("request")
             .and_then(Value::as_str)
             .ok_or_else(|| format!("{MSG_INVOICE}: no request"))?;
-        let asked = body.get("amount").and_then(Value::as_i64);
+        let mut asked = body.get("amount").and_then(Value::as_i64);
+        // What this plugin asked for, when it did (in this process): the reply must match.
+        let remembered = self
+            .asked
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&(req.seller, req.buyer)).copied());
+        if let Some(want) = remembered.and_then(|w| i64::try_from(w).ok()) {
+            if asked != Some(want) {
+                return Err(format!(
+                    "the seller's invoice reply is for {} sats, not the {want} asked for; not paying",
+                    asked.map_or("?".to_owned(), |a| a.to_string())
+                ));
+            }
+            asked = Some(want);
+        }
+        let Some(lnd) = &self.lnd else {
+            // Wallet-less: check the invoice here, then the host shows it for a wallet.
+            let invoice = check_invoice(
+                request,
+                &req.memo(),
+                asked,
+                self.network,
+                self.config.max_invoice_sats,
+                unix_now(),
+            )?;
+            tracing::info!(
+                invoice = request,
+                sats = invoice.amount_msat.unwrap_or(0) / 1000,
+                "invoice checked; pay it with your wallet"
+            );
+            return Ok(None);
+        };
         let decoded = self
-            .block_on(self.lnd.decode_pay_req(request))
+            .block_on(lnd.decode_pay_req(request))
             .map_err(|s| format!("DecodePayReq failed: {}", describe(&s)))?;
         if decoded.description != req.memo() {
             return Err("the invoice's description is not this purchase's memo; not paying".into());
@@ -536,7 +735,7 @@ impl PaymentPlugin for LndPlugin {
             return Ok(None);
         }
         let sent = self
-            .block_on(self.lnd.send_payment_sync(request))
+            .block_on(lnd.send_payment_sync(request))
             .map_err(|s| format!("SendPaymentSync failed: {}", describe(&s)))?;
         if !sent.payment_error.is_empty() {
             return Err(format!(
@@ -554,6 +753,12 @@ impl PaymentPlugin for LndPlugin {
         amount: &str,
     ) -> Result<PaymentInstructions, String> {
         let sats = to_sats(&req.terms.currency, amount)?;
+        if let (Ok(mut asked), Ok(n)) = (self.asked.lock(), u64::try_from(sats)) {
+            if asked.len() >= MAX_ASKED && !asked.contains_key(&(req.seller, req.buyer)) {
+                asked.clear();
+            }
+            asked.insert((req.seller, req.buyer), n);
+        }
         Ok(PaymentInstructions {
             memo: Some(req.memo()),
             amount: Some(sats.to_string()),
@@ -611,5 +816,167 @@ mod tests {
         };
         st.record(&upper);
         assert_eq!(st.settled[&([1; 32], [2; 32])].len(), 1);
+    }
+
+    mod wallet_less {
+        use super::super::*;
+        use crate::test_encoder::{encode, spec_key, Describe, InvoiceSpec};
+        use dazaar_plugin_api::PaymentTerms;
+
+        const SELLER: Key = [0x5e; 32];
+        const BUYER: Key = [0xb0; 32];
+        const NOW: u64 = 1_700_000_100;
+
+        fn memo() -> String {
+            payment_memo(&SELLER, &BUYER)
+        }
+
+        fn invoice(f: impl FnOnce(&mut InvoiceSpec)) -> String {
+            let mut spec = InvoiceSpec::regtest(250_000, &memo(), [4; 32], 1_700_000_000);
+            f(&mut spec);
+            encode(&spec, &spec_key())
+        }
+
+        fn checked(request: &str, asked: Option<i64>) -> Result<bolt11::Invoice, String> {
+            check_invoice(request, &memo(), asked, Network::Regtest, 10_000, NOW)
+        }
+
+        #[test]
+        fn the_checks() {
+            let good = invoice(|_| {});
+            let inv = checked(&good, Some(250)).unwrap();
+            assert_eq!(inv.amount_msat, Some(250_000));
+
+            let e = checked(
+                &invoice(|s| s.description = Describe::Text("dazaar: x".into())),
+                Some(250),
+            );
+            assert!(e
+                .unwrap_err()
+                .contains("description is not this purchase's memo"));
+            let other_buyer = payment_memo(&SELLER, &[1; 32]);
+            let e = checked(
+                &invoice(|s| s.description = Describe::Text(other_buyer)),
+                Some(250),
+            );
+            assert!(e.unwrap_err().contains("description"));
+            // A description hash of the memo is as good as the memo.
+            use sha2::Digest;
+            let hash: [u8; 32] = sha2::Sha256::digest(memo().as_bytes()).into();
+            assert!(checked(
+                &invoice(|s| s.description = Describe::Hash(hash)),
+                Some(250)
+            )
+            .is_ok());
+            let e = checked(
+                &invoice(|s| s.description = Describe::Hash([0; 32])),
+                Some(250),
+            );
+            assert!(e.unwrap_err().contains("description"));
+
+            let e = checked(&good, Some(100)).unwrap_err();
+            assert_eq!(
+                e,
+                "the invoice is for 250000 msat, not the 100 sats asked for; not paying"
+            );
+            assert!(checked(&invoice(|s| s.amount_msat = Some(250_001)), Some(250)).is_err());
+            let e = checked(&invoice(|s| s.amount_msat = None), Some(250)).unwrap_err();
+            assert!(e.contains("no amount"), "{e}");
+            assert!(checked(&good, None)
+                .unwrap_err()
+                .contains("positive amount"));
+            assert!(checked(&good, Some(-250)).is_err());
+            let big = invoice(|s| s.amount_msat = Some(20_000_000));
+            assert!(checked(&big, Some(20_000))
+                .unwrap_err()
+                .contains("max_invoice_sats"));
+
+            let e = checked(&invoice(|s| s.prefix = "bc".into()), Some(250)).unwrap_err();
+            assert_eq!(
+                e,
+                "the invoice is for lnbc, not this plugin's network lnbcrt; not paying"
+            );
+            assert!(checked(&invoice(|s| s.prefix = "tb".into()), Some(250)).is_err());
+
+            // Default expiry 3600 s from 1_700_000_000; NOW is 100 s later.
+            assert!(checked(&invoice(|s| s.expiry = None), Some(250)).is_ok());
+            let e = checked(&invoice(|s| s.expiry = Some(100)), Some(250)).unwrap_err();
+            assert!(e.contains("expired"), "{e}");
+            assert!(checked(&invoice(|s| s.expiry = Some(101)), Some(250)).is_ok());
+
+            let mut flipped = good.clone().into_bytes();
+            let i = flipped.len() - 10;
+            flipped[i] = if flipped[i] == b'q' { b'p' } else { b'q' };
+            let e = checked(&String::from_utf8(flipped).unwrap(), Some(250)).unwrap_err();
+            assert!(e.contains("not a valid BOLT 11"), "{e}");
+        }
+
+        fn terms() -> PaymentTerms {
+            PaymentTerms::new("Lightning", "SATS", "1", "seconds", "1")
+        }
+
+        #[test]
+        fn a_plugin_without_lnd_buys_but_does_not_verify() {
+            assert!(LndPlugin::check_config("network = \"regtest\"").is_ok());
+            let e = LndPlugin::check_config("pay = true").unwrap_err();
+            assert!(e.contains("pay = true needs an LND address"), "{e}");
+            let e = LndPlugin::check_config("tls_cert = \"/x\"").unwrap_err();
+            assert!(e.contains("address is not"), "{e}");
+
+            let plugin = LndPlugin::open("network = \"regtest\"\nmax_invoice_sats = 1000").unwrap();
+            let terms = terms();
+            let req = Request {
+                buyer: BUYER,
+                seller: SELLER,
+                terms: &terms,
+            };
+            assert_eq!(plugin.validate(&req, NOW * 1000).unwrap_err(), NO_LND);
+            // Selling needs LND too.
+            let e = plugin
+                .user_message(&req, MSG_PAY_REQUEST, "{\"amount\":5}")
+                .unwrap_err();
+            assert_eq!(e, NO_LND);
+
+            // Before asking, a reply is judged by its own amount (up to max_invoice_sats).
+            let now = unix_now();
+            let spec100 = InvoiceSpec::regtest(100_000, &memo(), [4; 32], now);
+            let reply100 = json!({"request": encode(&spec100, &spec_key()), "amount": 100});
+            assert_eq!(
+                plugin.user_message(&req, MSG_INVOICE, &reply100.to_string()),
+                Ok(None)
+            );
+            let how = plugin.payment_request(&req, "250").unwrap();
+            let send = how.send.unwrap();
+            assert_eq!(send.name, MSG_PAY_REQUEST);
+            assert_eq!(send.message, json!({"amount": 250}));
+
+            // Once 250 was asked for, a consistent reply for 100 is refused.
+            let e = plugin
+                .user_message(&req, MSG_INVOICE, &reply100.to_string())
+                .unwrap_err();
+            assert!(e.contains("not the 250 asked for"), "{e}");
+            // A fresh invoice with the memo and the amount: checked, then left to the host.
+            let mut spec = InvoiceSpec::regtest(250_000, &memo(), [4; 32], now);
+            let good = encode(&spec, &spec_key());
+            let reply = json!({"request": good, "amount": 250}).to_string();
+            assert_eq!(plugin.user_message(&req, MSG_INVOICE, &reply), Ok(None));
+            let tampered = json!({"request": good, "amount": 100}).to_string();
+            let e = plugin
+                .user_message(&req, MSG_INVOICE, &tampered)
+                .unwrap_err();
+            assert!(e.contains("not paying"), "{e}");
+            spec.timestamp = now - 7200;
+            spec.expiry = Some(3600);
+            let old = json!({"request": encode(&spec, &spec_key()), "amount": 250}).to_string();
+            let e = plugin.user_message(&req, MSG_INVOICE, &old).unwrap_err();
+            assert!(e.contains("expired"), "{e}");
+            assert!(plugin
+                .user_message(
+                    &req,
+                    MSG_INVOICE,
+                    "{\"request\":\"lnbcrt1garbage\",\"amount\":250}"
+                )
+                .is_err());
+        }
     }
 }
