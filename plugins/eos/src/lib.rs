@@ -47,6 +47,8 @@
 
 pub mod chain;
 pub mod history;
+pub mod keys;
+pub mod tx;
 pub use dazaar_plugin_api::logging;
 
 use std::collections::HashMap;
