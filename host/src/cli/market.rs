@@ -868,8 +868,14 @@ pub fn pay(common: &Common, args: PayArgs) -> Result<ExitCode> {
     if args.json {
         print_json(report);
     } else {
+        // A plugin that holds the buyer's wallet has already paid: say so first.
+        let verb = if how.paid.is_some() {
+            "paid with"
+        } else {
+            "pay with"
+        };
         println!(
-            "pay with {} ({} {}):",
+            "{verb} {} ({} {}):",
             plugin.name(),
             choice.terms.method,
             choice.terms.currency
