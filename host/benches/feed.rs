@@ -8,7 +8,7 @@
 use std::time::Instant;
 
 use dazaar::crypto::Ed25519KeyPair;
-use dazaar::storage::{Durability, Feed, FsStore, MemStore, NodeSet};
+use dazaar::storage::{Durability, Feed, FsStore, MemStore, NodeSet, Store};
 
 fn main() {
     let count: u64 = std::env::var("BENCH_BLOCKS")
@@ -133,6 +133,36 @@ fn main() {
         "rust proof verification (mem)".into(),
         proofs as f64 / t.elapsed().as_secs_f64(),
         "proofs/s",
+    ));
+
+    // A seller polls its feed for appends made by another process (every 20 ms): the
+    // cost of one poll of an unchanged feed, against reading the whole bitfield each
+    // time (what every poll cost before the stamp check).
+    let mut reader = Feed::open(FsStore::open_read_only(&dir).expect("store"), None).expect("open");
+    std::thread::sleep(dazaar::storage::REFRESH_STAMP_MARGIN * 2);
+    reader.refresh().expect("refresh"); // the first poll reads
+    let polls = 2000u32;
+    let t = Instant::now();
+    for _ in 0..polls {
+        reader.refresh().expect("refresh");
+    }
+    let per_poll = t.elapsed().as_secs_f64() / f64::from(polls);
+    let store = FsStore::open_read_only(&dir).expect("store");
+    let full_reads = 50u32;
+    let t = Instant::now();
+    for _ in 0..full_reads {
+        std::hint::black_box(store.read_bitfield().expect("read"));
+    }
+    let per_read = t.elapsed().as_secs_f64() / f64::from(full_reads);
+    rows.push((
+        "rust refresh poll, unchanged feed".into(),
+        per_poll * 1e9,
+        "ns/poll",
+    ));
+    rows.push((
+        "rust full bitfield read (poll without stamp check)".into(),
+        per_read * 1e9,
+        "ns/read",
     ));
 
     // JS hypercore@9 in the same run.

@@ -13,10 +13,10 @@ use abi_stable::{declare_root_module_statics, StableAbi};
 
 /// The API version this crate defines, as the loader compares it: plugins with the same
 /// major version load; a host accepts plugins built against an older or newer minor.
-pub const API_VERSION: ApiVersion = ApiVersion { major: 1, minor: 1 };
+pub const API_VERSION: ApiVersion = ApiVersion { major: 1, minor: 2 };
 
 /// [`API_VERSION`] as the `major.minor.patch` text recorded in every plugin's header.
-pub const API_VERSION_STRING: &str = "1.1.0";
+pub const API_VERSION_STRING: &str = "1.2.0";
 
 /// The name every Dazaar payment plugin's root module carries.
 pub const ROOT_MODULE_NAME: &str = "dazaar_payment_plugin";
@@ -214,7 +214,23 @@ pub trait Verifier: Send + Sync {
 /// An opened verifier as it crosses the boundary.
 pub type VerifierBox = Verifier_TO<'static, RBox<()>>;
 
-/// The root module every plugin exports (API 1.1).
+/// Where a plugin's log events go in the host: `level` is 1 error, 2 warn, 3 info,
+/// 4 debug, 5 trace; `target` the plugin's module path; `message` the event's message
+/// and fields as text. The host's function never panics and bounds what it keeps.
+#[repr(C)]
+#[derive(StableAbi, Clone, Copy)]
+pub struct LogSink {
+    /// Called once per event.
+    pub log: extern "C" fn(level: u8, target: RStr<'_>, message: RStr<'_>),
+}
+
+impl std::fmt::Debug for LogSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogSink")
+    }
+}
+
+/// The root module every plugin exports (API 1.2).
 ///
 /// The first three fields are the fixed prefix of the 1.x series. Fields after
 /// `open` were added in later minor versions: their accessors on
@@ -233,6 +249,11 @@ pub struct PaymentPluginMod {
     pub open: extern "C" fn(config: RStr<'_>) -> RResult<VerifierBox, RString>,
     /// (1.1) Checks the plugin's TOML table without opening anything (no network).
     pub check_config: extern "C" fn(config: RStr<'_>) -> RResult<(), RString>,
+    /// (1.2) Sends the plugin's log events at `max_level` (1..=5, 0 off) and above to the
+    /// host's `sink`, so they appear in the host's log. A plugin's `tracing` is its own
+    /// copy, separate from the host's; without this its events reach only its own
+    /// `log_file`, if any. Called once after loading; calling again replaces the sink.
+    pub set_log_sink: extern "C" fn(sink: LogSink, max_level: u8),
 }
 
 impl RootModule for PaymentPluginMod_Ref {

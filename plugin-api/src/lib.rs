@@ -56,9 +56,9 @@ pub mod plugin;
 pub mod pricing;
 
 pub use abi::{
-    ApiVersion, Grant, GrantKind, KeyBytes, PaymentPluginMod, PaymentPluginMod_Ref, PaymentTerms,
-    PluginInfo, UserMessage, Verifier, VerifierBox, Verifier_TO, API_VERSION, API_VERSION_STRING,
-    ROOT_MODULE_NAME,
+    ApiVersion, Grant, GrantKind, KeyBytes, LogSink, PaymentPluginMod, PaymentPluginMod_Ref,
+    PaymentTerms, PluginInfo, UserMessage, Verifier, VerifierBox, Verifier_TO, API_VERSION,
+    API_VERSION_STRING, ROOT_MODULE_NAME,
 };
 pub use memo::{parse_key, parse_payment_memo, payment_memo, Key};
 #[doc(hidden)]

@@ -1,23 +1,58 @@
-//! Optional logging to a file, for plugins (feature `logging`). A plugin library has its
-//! own copy of `tracing`, separate from the host's, so its events go nowhere unless it
-//! installs a subscriber of its own: `log_file = "..."` (and `log_level`, default `info`)
-//! in the config does that, once per loaded library (each cdylib compiles this module,
-//! and so these statics, in separately). Later opens with another `log_file` add that file as a further sink
-//! (at most [`MAX_SINKS`]).
+//! Logging for plugins (feature `logging`). A plugin library has its own copy of
+//! `tracing`, separate from the host's, so its events go nowhere unless it installs a
+//! subscriber of its own. This module installs one (once per loaded library: each cdylib
+//! compiles this module, and so these statics, in separately) with two outputs:
+//!
+//! - **the host's log**: the host hands the plugin a [`LogSink`](crate::LogSink) when it
+//!   loads it (API 1.2, `set_log_sink`), with the host's level; events at that level and
+//!   above are passed to it, and the host logs them under its target `dazaar::plugin`;
+//! - **log files**: `log_file = "..."` (and `log_level`, default `info`) in a plugin's
+//!   config adds a file; later opens with another `log_file` add further files (at most
+//!   [`MAX_SINKS`]). Every file gets events at the most verbose level asked for.
+//!
+//! Whatever a plugin logs reaches both: plugins must never log a secret.
 
+use std::fmt::Write as _;
 use std::fs::File;
 use std::io::Write;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Mutex, OnceLock};
 
+use abi_stable::std_types::RStr;
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Metadata, Subscriber};
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::{Layer, Registry};
+
+use crate::abi::LogSink;
 
 /// The most log files written at once.
 pub const MAX_SINKS: usize = 8;
 
+/// The longest message passed to the host; longer ones are cut (on a char boundary).
+pub const MAX_HOST_MESSAGE: usize = 4096;
+
 static SINKS: Mutex<Vec<File>> = Mutex::new(Vec::new());
 static INSTALLED: OnceLock<()> = OnceLock::new();
+/// Levels as numbers: 0 off, 1 error ... 5 trace.
+static FILE_LEVEL: AtomicU8 = AtomicU8::new(0);
+static HOST_LEVEL: AtomicU8 = AtomicU8::new(0);
+static HOST_SINK: Mutex<Option<LogSink>> = Mutex::new(None);
 
-/// Writes each formatted event to every sink.
+/// A level as the number the ABI uses (1 error ... 5 trace).
+pub fn level_number(level: &Level) -> u8 {
+    match *level {
+        Level::ERROR => 1,
+        Level::WARN => 2,
+        Level::INFO => 3,
+        Level::DEBUG => 4,
+        Level::TRACE => 5,
+    }
+}
+
+/// Writes each formatted event to every file sink.
 struct Fanout;
 
 impl Write for Fanout {
@@ -44,13 +79,91 @@ impl<'a> MakeWriter<'a> for MakeFanout {
     }
 }
 
+/// An event's message and fields as one line: `message key=value ...`.
+#[derive(Default)]
+struct Line(String);
+
+impl Visit for Line {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if self.0.len() > MAX_HOST_MESSAGE {
+            return;
+        }
+        if field.name() == "message" {
+            let rest = std::mem::take(&mut self.0);
+            let _ = write!(self.0, "{value:?}");
+            if !rest.is_empty() {
+                self.0.push(' ');
+                self.0.push_str(&rest);
+            }
+        } else {
+            if !self.0.is_empty() {
+                self.0.push(' ');
+            }
+            let _ = write!(self.0, "{}={value:?}", field.name());
+        }
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.record_debug(field, &format_args!("{value}"));
+        } else {
+            // Strings as they are, like the fmt subscriber does for `%` fields.
+            self.record_debug(field, &format_args!("{value:?}"));
+        }
+    }
+}
+
+/// Passes events to the host's sink.
+struct HostLayer;
+
+impl<S: Subscriber> Layer<S> for HostLayer {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let Some(sink) = HOST_SINK.lock().ok().and_then(|s| *s) else {
+            return;
+        };
+        let mut line = Line::default();
+        event.record(&mut line);
+        let mut text = line.0;
+        if text.len() > MAX_HOST_MESSAGE {
+            let mut end = MAX_HOST_MESSAGE;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+        }
+        let meta = event.metadata();
+        (sink.log)(
+            level_number(meta.level()),
+            RStr::from_str(meta.target()),
+            RStr::from_str(&text),
+        );
+    }
+}
+
+fn allowed(meta: &Metadata<'_>, max: &AtomicU8) -> bool {
+    level_number(meta.level()) <= max.load(Ordering::Relaxed)
+}
+
+/// Installs this library's subscriber, once.
+fn install() {
+    INSTALLED.get_or_init(|| {
+        let files = tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(MakeFanout)
+            .with_filter(filter_fn(|m| allowed(m, &FILE_LEVEL)));
+        let host = HostLayer.with_filter(filter_fn(|m| allowed(m, &HOST_LEVEL)));
+        let subscriber = Registry::default().with(files).with(host);
+        let _ = tracing::subscriber::set_global_default(subscriber);
+    });
+}
+
 /// Parses a level name.
 pub fn parse_level(text: &str) -> Result<tracing::Level, String> {
     text.parse::<tracing::Level>()
         .map_err(|_| format!("log_level {text:?} is not one of error, warn, info, debug, trace"))
 }
 
-/// Adds `path` as a log sink, installing this library's subscriber on first use.
+/// Adds `path` as a log file, installing this library's subscriber on first use.
 pub fn add_sink(path: &std::path::Path, level: tracing::Level) -> Result<(), String> {
     let file = std::fs::OpenOptions::new()
         .create(true)
@@ -66,13 +179,19 @@ pub fn add_sink(path: &std::path::Path, level: tracing::Level) -> Result<(), Str
         }
         sinks.push(file);
     }
-    INSTALLED.get_or_init(|| {
-        let subscriber = tracing_subscriber::fmt()
-            .with_max_level(level)
-            .with_ansi(false)
-            .with_writer(MakeFanout)
-            .finish();
-        let _ = tracing::subscriber::set_global_default(subscriber);
-    });
+    FILE_LEVEL.fetch_max(level_number(&level), Ordering::Relaxed);
+    install();
     Ok(())
+}
+
+/// Sends events at `max_level` (1 error ... 5 trace; 0 none) and above to the host's
+/// `sink` (what the host's `set_log_sink` call does). Replaces an earlier sink.
+pub fn set_host_sink(sink: LogSink, max_level: u8) {
+    if let Ok(mut s) = HOST_SINK.lock() {
+        *s = Some(sink);
+    }
+    HOST_LEVEL.store(max_level.min(5), Ordering::Relaxed);
+    install();
+    // Callsites that were disabled when the level was lower must be asked again.
+    tracing::callsite::rebuild_interest_cache();
 }

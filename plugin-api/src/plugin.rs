@@ -287,6 +287,16 @@ pub mod __private {
         guard("check_config", || P::check_config(config.as_str()))
     }
 
+    extern "C" fn set_log_sink(sink: crate::abi::LogSink, max_level: u8) {
+        // Nothing may unwind into the host.
+        let _ = std::panic::catch_unwind(|| {
+            #[cfg(feature = "logging")]
+            crate::logging::set_host_sink(sink, max_level);
+            #[cfg(not(feature = "logging"))]
+            let _ = (sink, max_level);
+        });
+    }
+
     /// The current root module for plugin `P`.
     pub fn module<P: PaymentPlugin>() -> PaymentPluginMod_Ref {
         PaymentPluginMod {
@@ -294,6 +304,7 @@ pub mod __private {
             describe: describe::<P>,
             open: open::<P>,
             check_config: check_config::<P>,
+            set_log_sink,
         }
         .leak_into_prefix()
     }

@@ -14,69 +14,19 @@
 //!
 //! Run: `cargo bench -p dazaar-tests --bench discovery`.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddrV4;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dazaar::discovery::{self, BootstrapNode};
-use dazaar_tests::dazaar_bin;
+use dazaar_tests::{dazaar, dazaar_cmd, Proc};
 use futures_lite::StreamExt;
 
 const RUNS: usize = 20;
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child by its pid.
-        unsafe {
-            libc::kill(self.0.id() as i32, libc::SIGTERM);
-        }
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_json(args: &[&str]) -> (Proc, std::sync::mpsc::Receiver<serde_json::Value>) {
-    let mut child = Command::new(dazaar_bin())
-        .args(args)
-        .env(discovery::NO_PUBLIC_DHT_ENV, "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn dazaar");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                let _ = tx.send(v);
-            }
-        }
-    });
-    (Proc(child), rx)
-}
-
-fn wait_event(rx: &std::sync::mpsc::Receiver<serde_json::Value>, event: &str) -> serde_json::Value {
-    loop {
-        let v = rx
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|_| panic!("no {event} event"));
-        if v["event"] == event {
-            return v;
-        }
-    }
-}
-
-fn dazaar(args: &[&str]) -> std::process::Output {
-    Command::new(dazaar_bin())
-        .args(args)
-        .env(discovery::NO_PUBLIC_DHT_ENV, "1")
-        .output()
-        .expect("run dazaar")
+fn wait_event(p: &Proc, event: &str) -> serde_json::Value {
+    p.event(event, Duration::from_secs(20))
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {
@@ -93,12 +43,17 @@ fn main() {
         .status
         .success());
 
-    let (_node, node_rx) = spawn_json(&["dht-node", "--listen", "127.0.0.1:0", "--json"]);
-    let boot = wait_event(&node_rx, "listening")["addr"]
+    let node = Proc::spawn(dazaar_cmd(&[
+        "dht-node",
+        "--listen",
+        "127.0.0.1:0",
+        "--json",
+    ]));
+    let boot = wait_event(&node, "listening")["addr"]
         .as_str()
         .expect("addr")
         .to_owned();
-    let (_seller, sell_rx) = spawn_json(&[
+    let seller = Proc::spawn(dazaar_cmd(&[
         "--data-dir",
         &p("seller"),
         "sell",
@@ -107,11 +62,11 @@ fn main() {
         "--bootstrap",
         &boot,
         "--no-mdns",
-    ]);
-    let listening = wait_event(&sell_rx, "listening");
+    ]));
+    let listening = wait_event(&seller, "listening");
     let key = listening["sellerKey"].as_str().expect("key").to_owned();
     let addr = listening["addr"].as_str().expect("addr").to_owned();
-    wait_event(&sell_rx, "announced");
+    wait_event(&seller, "announced");
 
     let mut by_key = Vec::new();
     let mut direct = Vec::new();

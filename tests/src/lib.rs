@@ -10,7 +10,13 @@ pub mod lnd_mock;
 #[path = "../../plugins/lnd/src/proto.rs"]
 pub mod lnd_proto;
 pub mod localstripe;
+pub mod proc;
 pub mod stripe_mock;
+
+pub use proc::{
+    buy_once, buy_until_valid, dazaar, dazaar_cmd, feed_lines, json_lines, make_text_feed, s, sell,
+    spawn_listening, Proc,
+};
 
 /// Block `i` of the crash test's deterministic feed: varied sizes, content tied to `i`.
 pub fn crash_block(i: u64) -> Vec<u8> {
@@ -179,4 +185,43 @@ pub fn thread_count(prefix: &str) -> Option<usize> {
             })
             .count(),
     )
+}
+
+/// Sends this test process's `tracing` events (the host library's, and through the plugin
+/// API's log sink the plugins') at every level to a buffer, and returns it. The
+/// subscriber is process-wide and installed once; later calls return the same buffer.
+pub fn capture_host_log() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
+    use std::sync::{Arc, Mutex, OnceLock};
+    static BUFFER: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    BUFFER
+        .get_or_init(|| {
+            let buffer = Arc::new(Mutex::new(Vec::new()));
+            let writer = Arc::clone(&buffer);
+            let subscriber = tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::TRACE)
+                .with_ansi(false)
+                .with_writer(move || CaptureWriter(Arc::clone(&writer)))
+                .finish();
+            tracing::subscriber::set_global_default(subscriber)
+                .expect("no other global subscriber in this test binary");
+            buffer
+        })
+        .clone()
+}
+
+struct CaptureWriter(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for CaptureWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut b) = self.0.lock() {
+            // Bounded: a test never needs more than a few MiB of log.
+            if b.len() < 16 << 20 {
+                b.extend_from_slice(buf);
+            }
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

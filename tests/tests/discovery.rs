@@ -3,10 +3,8 @@
 //! `DAZAAR_NO_PUBLIC_DHT=1` makes any fallback to the public nodes an error). mDNS is off
 //! in every test (it would multicast on the machine's interfaces).
 
-use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, SocketAddrV4};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,7 +16,7 @@ use dazaar::net::{NetConfig, SharedFeed};
 use dazaar::payments::PaymentGate;
 use dazaar::protocol::{Session, SessionConfig};
 use dazaar::storage::{Feed, FsStore};
-use dazaar_tests::dazaar_bin;
+use dazaar_tests::{dazaar, dazaar_bin, dazaar_cmd, json_lines, s, Proc};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
@@ -334,82 +332,8 @@ async fn no_announcement_where_nothing_could_reach_it() {
 
 // ---- the command line -------------------------------------------------------------
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child by its pid.
-        unsafe {
-            libc::kill(self.0.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_json(args: &[&str]) -> (Proc, std::sync::mpsc::Receiver<serde_json::Value>) {
-    let mut cmd = Command::new(dazaar_bin());
-    cmd.args(args);
-    spawn_json_cmd(cmd)
-}
-
-fn spawn_json_cmd(mut cmd: Command) -> (Proc, std::sync::mpsc::Receiver<serde_json::Value>) {
-    let mut child = cmd
-        .env(discovery::NO_PUBLIC_DHT_ENV, "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn dazaar");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                let _ = tx.send(v);
-            }
-        }
-    });
-    (Proc(child), rx)
-}
-
-fn next_event(rx: &std::sync::mpsc::Receiver<serde_json::Value>, event: &str) -> serde_json::Value {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let v = rx
-            .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("no {event} event"));
-        if v["event"] == event {
-            return v;
-        }
-    }
-}
-
-fn dazaar(args: &[&str]) -> std::process::Output {
-    Command::new(dazaar_bin())
-        .args(args)
-        .env(discovery::NO_PUBLIC_DHT_ENV, "1")
-        .output()
-        .expect("run dazaar")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8")
-}
-
-fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {
-    String::from_utf8_lossy(out)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+fn next_event(p: &Proc, event: &str) -> serde_json::Value {
+    p.event(event, Duration::from_secs(10))
 }
 
 #[test]
@@ -423,13 +347,18 @@ fn cli_dht_node_sell_buy_without_connect() {
         .status
         .success());
 
-    let (_node, node_rx) = spawn_json(&["dht-node", "--listen", "127.0.0.1:0", "--json"]);
-    let listening = next_event(&node_rx, "listening");
+    let node = Proc::spawn(dazaar_cmd(&[
+        "dht-node",
+        "--listen",
+        "127.0.0.1:0",
+        "--json",
+    ]));
+    let listening = next_event(&node, "listening");
     let boot = listening["addr"].as_str().expect("addr").to_owned();
     assert!(boot.starts_with("127.0.0.1:"), "{boot}");
 
     let seller_dir = dir.path().join("seller");
-    let (_seller, sell_rx) = spawn_json(&[
+    let seller = Proc::spawn(dazaar_cmd(&[
         "--data-dir",
         s(&seller_dir),
         "sell",
@@ -438,10 +367,10 @@ fn cli_dht_node_sell_buy_without_connect() {
         "--bootstrap",
         &boot,
         "--no-mdns",
-    ]);
-    let first = next_event(&sell_rx, "listening");
+    ]));
+    let first = next_event(&seller, "listening");
     let seller_key = first["sellerKey"].as_str().expect("key").to_owned();
-    let announced = next_event(&sell_rx, "announced");
+    let announced = next_event(&seller, "announced");
     assert_eq!(announced["via"], "dht");
 
     let buyer_dir = dir.path().join("buyer");
@@ -639,8 +568,9 @@ fn mdns_finds_seller_on_the_lan() {
         "sell",
     ])
     .args([s(&feed), "--listen", "10.237.41.1:0", "--json", "--no-dht"]);
-    let (_seller, sell_rx) = spawn_json_cmd(cmd);
-    let first = next_event(&sell_rx, "listening");
+    cmd.env(discovery::NO_PUBLIC_DHT_ENV, "1");
+    let seller = Proc::spawn(cmd);
+    let first = next_event(&seller, "listening");
     let seller_key = first["sellerKey"].as_str().expect("key").to_owned();
     let out = Command::new("ip")
         .args(["netns", "exec", &ns.names[1], &bin, "--data-dir"])

@@ -548,3 +548,150 @@ fn eos_keys_are_never_taken_inline_and_never_echoed() {
         assert!(!e.contains(&tampered[5..25]), "{e}");
     }
 }
+
+/// A sale through the binary: `dazaar sell` with the EOS plugin loaded from
+/// `plugin_dir`, reading the mock node's v1 history; a buyer is refused before paying;
+/// `dazaar pay --plugin eos` signs the transfer with the buyer's key (from a file) and
+/// pushes it to the node; the seller sees it in the history and `dazaar buy` receives
+/// the whole feed.
+#[test]
+fn eos_sale_end_to_end_through_the_binary() {
+    use dazaar_tests::{
+        buy_once, buy_until_valid, copy_plugin, dazaar, feed_lines, json_lines, make_text_feed, s,
+        sell,
+    };
+    let node = MockEos::start(ACCOUNT);
+    node.add_key(PAYER, BUYER_PUB);
+    let dir = tempfile::tempdir().unwrap();
+    let feed = dir.path().join("feed");
+    make_text_feed(&feed, 30);
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    copy_plugin("eos", &plugins, None);
+    let (_seller, info) = sell(&[
+        "--data-dir",
+        s(&dir.path().join("seller")),
+        s(&feed),
+        "--listen",
+        "127.0.0.1:0",
+        "--payment",
+        "eos",
+        "--plugin-dir",
+        s(&plugins),
+        "--plugin-config",
+        &format!(
+            "rpc = {:?}\naccount = {ACCOUNT:?}\npoll_ms = 100\n",
+            node.base
+        ),
+        "--method",
+        "eos",
+        "--currency",
+        "EOS",
+        "--amount",
+        "0.01",
+        "--unit",
+        "seconds",
+        "--interval",
+        "1",
+        "--revalidate-ms",
+        "200",
+    ]);
+    let (key, addr) = (
+        info["sellerKey"].as_str().unwrap().to_owned(),
+        info["addr"].as_str().unwrap().to_owned(),
+    );
+    let buyer_data = dir.path().join("buyer");
+    let out = dir.path().join("bought");
+
+    // Before paying: refused, zero blocks.
+    let o = buy_once(&buyer_data, &key, &addr, &out);
+    assert!(!o.status.success());
+    assert!(!out.join("key").exists());
+
+    // Pay 3 EOS (300 seconds at 0.01 EOS/s), signed by the buyer's key from a file.
+    let key_file = dir.path().join("eos.key");
+    std::fs::write(&key_file, format!("{BUYER_WIF}\n")).unwrap();
+    let card = json!({"id": key, "name": "ticks",
+        "payment": [{"method": "eos", "currency": "EOS", "amount": "0.01", "unit": "seconds",
+                     "interval": "1", "payTo": ACCOUNT}]});
+    let card_file = dir.path().join("card.json");
+    std::fs::write(&card_file, card.to_string()).unwrap();
+    let p = dazaar(&[
+        "--data-dir",
+        s(&buyer_data),
+        "pay",
+        &key,
+        "--connect",
+        &addr,
+        "--plugin",
+        "eos",
+        "--plugin-dir",
+        s(&plugins),
+        "--plugin-config",
+        &format!(
+            "rpc = {:?}\nfrom = {PAYER:?}\nprivate_key_file = {:?}\n",
+            node.base,
+            s(&key_file)
+        ),
+        "--card",
+        s(&card_file),
+        "--amount",
+        "3",
+        "--json",
+    ]);
+    assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
+    assert_no_key_material(&String::from_utf8_lossy(&p.stdout), "pay's output");
+    assert_no_key_material(&String::from_utf8_lossy(&p.stderr), "pay's log");
+    let how = &json_lines(&p.stdout)[0];
+    let id = how["paid"].as_str().expect("paid").to_owned();
+    assert_eq!(node.state.lock().unwrap().pushed, vec![id]);
+    assert_eq!(how["amount"], "3.0000 EOS");
+    let buyer_id = dazaar(&["--data-dir", s(&buyer_data), "id", "--json"]);
+    let buyer_key = json_lines(&buyer_id.stdout)[0]["buyerKey"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(how["memo"], format!("dazaar: {key} {buyer_key}"));
+    {
+        let st = node.state.lock().unwrap();
+        let last = st.actions.last().unwrap();
+        assert_eq!(last.data["memo"], how["memo"]);
+        assert_eq!(last.data["from"], PAYER);
+    }
+
+    // The seller reads it from the history: the buyer gets the whole feed.
+    let lines = buy_until_valid(&buyer_data, &key, &addr, &out, Duration::from_secs(10));
+    assert!(lines
+        .iter()
+        .any(|l| l["event"] == "valid" && l["info"]["type"] == "time"));
+    assert_eq!(lines.last().unwrap()["length"], 30);
+    assert_eq!(feed_lines(&out).len(), 30);
+
+    // The human form says it was paid.
+    let p = dazaar(&[
+        "--data-dir",
+        s(&buyer_data),
+        "pay",
+        &key,
+        "--plugin",
+        "eos",
+        "--plugin-dir",
+        s(&plugins),
+        "--plugin-config",
+        &format!(
+            "rpc = {:?}\nfrom = {PAYER:?}\nprivate_key_file = {:?}\n",
+            node.base,
+            s(&key_file)
+        ),
+        "--card",
+        s(&card_file),
+        "--amount",
+        "1",
+        "--no-qr",
+    ]);
+    assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
+    let text = String::from_utf8_lossy(&p.stdout);
+    assert!(text.starts_with("paid with eos (eos EOS):"), "{text}");
+    assert!(text.contains("  paid: "), "{text}");
+    assert_eq!(node.state.lock().unwrap().pushed.len(), 2);
+}

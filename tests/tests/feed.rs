@@ -89,13 +89,6 @@ fn sigkill_during_append_leaves_a_verifying_prefix() {
     );
 }
 
-fn dazaar(args: &[&str]) -> std::process::Output {
-    Command::new(dazaar_bin())
-        .args(args)
-        .output()
-        .expect("run dazaar")
-}
-
 #[test]
 fn cli_contract() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -1,91 +1,14 @@
 //! The market's command-line contract: `dazaar sell` / `buy` / `card` / `revoke` / `burn`
 //! between processes on loopback.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Stdio;
+use std::time::Duration;
 
 use dazaar_tests::*;
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        unsafe {
-            libc::kill(self.0.id() as i32, libc::SIGTERM);
-        }
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn dazaar(args: &[&str]) -> std::process::Output {
-    Command::new(dazaar_bin())
-        .args(args)
-        .output()
-        .expect("run dazaar")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8")
-}
-
-/// Starts `dazaar sell` and reads its first JSON line.
-fn sell(
-    args: &[&str],
-) -> (
-    Proc,
-    serde_json::Value,
-    std::sync::mpsc::Receiver<serde_json::Value>,
-) {
-    let mut child = Command::new(dazaar_bin())
-        .arg("sell")
-        .args(args)
-        .arg("--json")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn sell");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                let _ = tx.send(v);
-            }
-        }
-    });
-    let first = rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("listening line");
-    assert_eq!(first["event"], "listening");
-    (Proc(child), first, rx)
-}
-
-fn json_lines(out: &[u8]) -> Vec<serde_json::Value> {
-    String::from_utf8_lossy(out)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
-}
-
 fn make_feed(dir: &Path, lines: usize) {
-    assert!(dazaar(&["feed", "create", s(dir)]).status.success());
-    let input = dir.with_extension("txt");
-    let text: String = (0..lines).map(|i| format!("line {i}\n")).collect();
-    std::fs::write(&input, text).expect("write");
-    assert!(dazaar(&["feed", "append", s(dir), s(&input)])
-        .status
-        .success());
+    make_text_feed(dir, lines);
 }
 
 #[test]
@@ -94,7 +17,7 @@ fn free_sale_deny_and_wrong_seller_between_processes() {
     let feed = dir.path().join("feed");
     make_feed(&feed, 200);
     let seller_data = dir.path().join("seller");
-    let (_seller, info, _events) = sell(&[
+    let (_seller, info) = sell(&[
         "--data-dir",
         s(&seller_data),
         s(&feed),
@@ -148,7 +71,7 @@ fn free_sale_deny_and_wrong_seller_between_processes() {
     assert!(!dir.path().join("w/key").exists());
 
     // --deny: every buyer is rejected with the reason.
-    let (_denier, info, _ev) = sell(&[
+    let (_denier, info) = sell(&[
         "--data-dir",
         s(&seller_data),
         s(&feed),
@@ -193,7 +116,7 @@ fn paid_sale_live_appends_revoke_and_burn() {
     let seller_data = dir.path().join("seller");
     let buyer_data = dir.path().join("buyer");
     let plugin_config = format!("file = {:?}\nreload_ms = 0", s(&ledger));
-    let (_seller, info, _events) = sell(&[
+    let (_seller, info) = sell(&[
         "--data-dir",
         s(&seller_data),
         s(&feed),
@@ -255,42 +178,20 @@ fn paid_sale_live_appends_revoke_and_burn() {
         "600",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let mut buyer = Command::new(dazaar_bin())
-        .args([
-            "--data-dir",
-            s(&buyer_data),
-            "buy",
-            &key,
-            "--connect",
-            &addr,
-            "--out",
-            s(&out),
-            "--live",
-            "--json",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("buy");
-    let stdout = buyer.stdout.take().expect("stdout");
-    let buyer = Proc(buyer);
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
-                let _ = tx.send(v);
-            }
-        }
-    });
+    let buyer = Proc::spawn(dazaar_cmd(&[
+        "--data-dir",
+        s(&buyer_data),
+        "buy",
+        &key,
+        "--connect",
+        &addr,
+        "--out",
+        s(&out),
+        "--live",
+        "--json",
+    ]));
     let wait_for = |pred: &dyn Fn(&serde_json::Value) -> bool, what: &str| {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(v) = rx.recv_timeout(Duration::from_millis(100)) {
-                if pred(&v) {
-                    return v;
-                }
-            }
-        }
-        panic!("timed out waiting for {what}");
+        buyer.json_where(Duration::from_secs(10), what, pred)
     };
     let feed_ev = wait_for(&|v| v["event"] == "feed", "the feed");
     assert_ne!(
@@ -466,19 +367,18 @@ fn config_sells_several_feeds_with_an_encrypted_identity() {
     make_feed(&f2, 7);
     let seller_data = dir.path().join("seller");
     let master = "5a".repeat(32);
-    let o = Command::new(dazaar_bin())
-        .args([
-            "--data-dir",
-            s(&seller_data),
-            "id",
-            "--import-master-key",
-            &master,
-            "--encrypt",
-            "--json",
-        ])
-        .env("DAZAAR_PASSPHRASE", "open sesame")
-        .output()
-        .expect("id");
+    let o = dazaar_cmd(&[
+        "--data-dir",
+        s(&seller_data),
+        "id",
+        "--import-master-key",
+        &master,
+        "--encrypt",
+        "--json",
+    ])
+    .env("DAZAAR_PASSPHRASE", "open sesame")
+    .output()
+    .expect("id");
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let key_file = std::fs::read_to_string(seller_data.join("master-key")).expect("key file");
     assert!(
@@ -498,8 +398,7 @@ fn config_sells_several_feeds_with_an_encrypted_identity() {
     .expect("config");
 
     // Without the passphrase (and no terminal): a clear error.
-    let o = Command::new(dazaar_bin())
-        .args(["--config", s(&config), "sell", "--json"])
+    let o = dazaar_cmd(&["--config", s(&config), "sell", "--json"])
         .env_remove("SELLER_PASS")
         .stdin(Stdio::null())
         .output()
@@ -511,23 +410,13 @@ fn config_sells_several_feeds_with_an_encrypted_identity() {
         String::from_utf8_lossy(&o.stderr)
     );
 
-    let mut child = Command::new(dazaar_bin())
-        .args(["--config", s(&config), "sell", "--json"])
-        .env("SELLER_PASS", "open sesame")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("sell");
-    let stdout = child.stdout.take().expect("stdout");
-    let _seller = Proc(child);
-    let mut lines = BufReader::new(stdout).lines();
-    let mut listening = Vec::new();
-    while listening.len() < 2 {
-        let line = lines.next().expect("a line").expect("utf-8");
-        let v: serde_json::Value = serde_json::from_str(&line).expect("json");
-        if v["event"] == "listening" {
-            listening.push(v);
-        }
-    }
+    let mut cmd = dazaar_cmd(&["--config", s(&config), "sell", "--json"]);
+    cmd.env("SELLER_PASS", "open sesame");
+    let seller = Proc::spawn(cmd);
+    let listening = [
+        seller.event("listening", Duration::from_secs(10)),
+        seller.event("listening", Duration::from_secs(10)),
+    ];
     assert_ne!(listening[0]["addr"], listening[1]["addr"]);
     for (n, (l, want)) in listening.iter().zip([5, 7]).enumerate() {
         let out = dir.path().join(format!("bought{n}"));
@@ -546,18 +435,17 @@ fn config_sells_several_feeds_with_an_encrypted_identity() {
         assert_eq!(json_lines(&o.stdout).last().expect("done")["length"], want);
     }
     // The seller keys are the ones the (decrypted) master key derives.
-    let o = Command::new(dazaar_bin())
-        .args([
-            "--data-dir",
-            s(&seller_data),
-            "id",
-            "--feed",
-            s(&f1),
-            "--json",
-        ])
-        .env("DAZAAR_PASSPHRASE", "open sesame")
-        .output()
-        .expect("id");
+    let o = dazaar_cmd(&[
+        "--data-dir",
+        s(&seller_data),
+        "id",
+        "--feed",
+        s(&f1),
+        "--json",
+    ])
+    .env("DAZAAR_PASSPHRASE", "open sesame")
+    .output()
+    .expect("id");
     assert_eq!(
         json_lines(&o.stdout)[0]["sellerKey"],
         listening[0]["sellerKey"]
@@ -588,7 +476,7 @@ fn lightning_sale_end_to_end_through_the_binary() {
     let plugins = dir.path().join("plugins");
     std::fs::create_dir_all(&plugins).expect("mkdir");
     copy_plugin("lnd", &plugins, None);
-    let (_seller, info, _events) = sell(&[
+    let (_seller, info) = sell(&[
         "--data-dir",
         s(&dir.path().join("seller")),
         s(&feed),
@@ -678,34 +566,10 @@ fn lightning_sale_end_to_end_through_the_binary() {
     }
 
     // Now the buyer is valid (within a revalidation period of the settlement).
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let o = dazaar(&[
-            "--data-dir",
-            s(&buyer_data),
-            "buy",
-            &key,
-            "--connect",
-            &addr,
-            "--out",
-            s(&out),
-            "--json",
-        ]);
-        if o.status.success() {
-            let lines = json_lines(&o.stdout);
-            assert!(lines
-                .iter()
-                .any(|l| l["event"] == "valid" && l["info"]["type"] == "time"));
-            assert_eq!(lines.last().expect("done")["length"], 30);
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the paid buyer never became valid: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        std::thread::sleep(Duration::from_millis(300));
-    }
-    let cat = dazaar(&["feed", "cat", s(&out), "--lines"]);
-    assert_eq!(String::from_utf8_lossy(&cat.stdout).lines().count(), 30);
+    let lines = buy_until_valid(&buyer_data, &key, &addr, &out, Duration::from_secs(10));
+    assert!(lines
+        .iter()
+        .any(|l| l["event"] == "valid" && l["info"]["type"] == "time"));
+    assert_eq!(lines.last().expect("done")["length"], 30);
+    assert_eq!(feed_lines(&out).len(), 30);
 }

@@ -77,7 +77,7 @@ fn free_plugin_loads_by_name_and_grants_free() {
     assert_eq!(free.name(), "free");
     assert_eq!(free.version(), env!("CARGO_PKG_VERSION"));
     assert_eq!(free.api_version(), API_VERSION);
-    assert_eq!(free.declared_api(), "1.1.0");
+    assert_eq!(free.declared_api(), dazaar_plugin_api::API_VERSION_STRING);
     assert_eq!(free.methods().collect::<Vec<_>>(), ["free"]);
     assert!(free.serves("FREE", "anything"));
     assert!(!free.serves("lightning", "SATS"));
@@ -169,7 +169,7 @@ fn scanning_a_directory_loads_plugins_and_explains_refusals() {
         LoadError::IncompatibleApi { .. }
     ));
     assert!(
-        future.contains("plugin API 2.0.0") && future.contains("speaks 1.1"),
+        future.contains("plugin API 2.0.0") && future.contains(&format!("speaks {API_VERSION}")),
         "{future}"
     );
     match &by_file("free_copy").error {
@@ -472,7 +472,7 @@ fn cli_lists_plugins_and_refusals() {
         names,
         [serde_json::json!("free"), serde_json::json!("oldapi")]
     );
-    assert_eq!(v["plugins"][0]["api"], "1.1");
+    assert_eq!(v["plugins"][0]["api"], API_VERSION.to_string());
     assert_eq!(v["plugins"][0]["methods"], serde_json::json!(["free"]));
     assert_eq!(v["plugins"][1]["api"], "1.0");
     let refused = v["refused"].as_array().unwrap();

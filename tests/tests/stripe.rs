@@ -1,8 +1,8 @@
 //! The Stripe plugin (`dazaar_fiat_stripe`), loaded as the host loads it, against a local
 //! mock of the Stripe API (`dazaar_tests::stripe_mock`: Checkout Sessions, search,
 //! failure modes) and against the real `localstripe` (PaymentIntents, refunds, signed
-//! webhooks). Only 127.0.0.1 is contacted. End-to-end `dazaar sell`/`buy` runs are not
-//! here: those commands do not exist yet.
+//! webhooks), and a whole card sale through the `dazaar` binary. Only 127.0.0.1 is
+//! contacted.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -566,4 +566,204 @@ fn stripe_against_localstripe() {
     );
     let ms = remaining(hg.validate_uncached(buyer(4), SELLER, now_ms()));
     assert!((115_000..=120_000).contains(&ms), "{ms}");
+}
+
+/// A card sale through the binaries: `dazaar sell` with the Stripe plugin loaded from
+/// its `plugin_dir` (against the mock, which has Checkout Sessions), a buyer refused
+/// before paying, `dazaar pay` asking the seller's plugin for a Checkout Session over
+/// `dazaar/user-message`, the buyer paying on the page (the mock marks the session paid)
+/// and Stripe's signed `checkout.session.completed` webhook reaching the seller's plugin,
+/// then `dazaar buy` receiving the whole feed with the time the payment bought.
+#[test]
+fn stripe_sale_end_to_end_through_the_binary() {
+    use dazaar_tests::stripe_mock::{post_webhook, sign};
+    use dazaar_tests::{
+        buy_once, buy_until_valid, copy_plugin, dazaar, feed_lines, json_lines, make_text_feed, s,
+        sell,
+    };
+
+    let mock = MockStripe::start(KEY);
+    let secrets = Secrets::new(KEY);
+    let dir = tempfile::tempdir().unwrap();
+    let feed = dir.path().join("feed");
+    make_text_feed(&feed, 20);
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    copy_plugin("fiat_stripe", &plugins, None);
+    let port = free_port();
+    // Payments reach the seller by webhook; its own reads of Stripe are cached for a
+    // minute, so a buyer valid within seconds proves the webhook path.
+    let seller_config = format!(
+        "api_base = {:?}\nsecret_key_file = {:?}\nlookup = \"checkout_sessions\"\nrefresh_ms = 60000\ntimeout_ms = 2000\nwebhook_listen = \"127.0.0.1:{port}\"\nwebhook_secret_file = {:?}\nsuccess_url = \"https://seller.example/paid\"\ncancel_url = \"https://seller.example/\"\n",
+        mock.base,
+        secrets.key_file(),
+        secrets.whsec_file()
+    );
+    let (_seller, info) = sell(&[
+        "--data-dir",
+        s(&dir.path().join("seller")),
+        s(&feed),
+        "--listen",
+        "127.0.0.1:0",
+        "--payment",
+        "fiat_stripe",
+        "--plugin-dir",
+        s(&plugins),
+        "--plugin-config",
+        &seller_config,
+        "--method",
+        "stripe",
+        "--currency",
+        "USD",
+        "--amount",
+        "1",
+        "--unit",
+        "minutes",
+        "--interval",
+        "1",
+        "--revalidate-ms",
+        "200",
+    ]);
+    let key = info["sellerKey"].as_str().unwrap().to_owned();
+    let addr = info["addr"].as_str().unwrap().to_owned();
+    let buyer_data = dir.path().join("buyer");
+    let out = dir.path().join("bought");
+    let buy = || buy_once(&buyer_data, &key, &addr, &out);
+
+    // Before paying: refused, nothing received.
+    let o = buy();
+    assert!(!o.status.success());
+    assert!(!out.join("key").exists());
+
+    // Pay $5 (five minutes): the buyer holds no Stripe key, so it asks the seller.
+    let card = json!({"id": key, "name": "ticks",
+        "payment": [{"method": "stripe", "currency": "USD", "amount": "1", "unit": "minutes", "interval": "1"}]});
+    let card_file = dir.path().join("card.json");
+    std::fs::write(&card_file, card.to_string()).unwrap();
+    let p = dazaar(&[
+        "--data-dir",
+        s(&buyer_data),
+        "pay",
+        &key,
+        "--plugin",
+        "fiat_stripe",
+        "--plugin-dir",
+        s(&plugins),
+        "--plugin-config",
+        "",
+        "--card",
+        s(&card_file),
+        "--amount",
+        "5",
+        "--connect",
+        &addr,
+        "--json",
+    ]);
+    assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
+    let how = &json_lines(&p.stdout)[0];
+    assert_eq!(how["sellerReply"]["name"], "stripe-checkout", "{how}");
+    let reply = &how["sellerReply"]["message"];
+    assert_eq!(reply["amount"], "5");
+    let session_id = reply["id"].as_str().unwrap().to_owned();
+    assert!(reply["url"].as_str().unwrap().ends_with(&session_id));
+    let buyer_id = dazaar(&["--data-dir", s(&buyer_data), "id", "--json"]);
+    let buyer_key = json_lines(&buyer_id.stdout)[0]["buyerKey"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    {
+        let st = mock.state.lock().unwrap();
+        let session = st.sessions.iter().find(|s| s["id"] == session_id.as_str());
+        let session = session.expect("the seller's plugin created the session");
+        assert_eq!(session["metadata"]["dazaar_buyer"], buyer_key.as_str());
+        assert_eq!(session["metadata"]["dazaar_seller"], key.as_str());
+        assert_eq!(session["amount_total"], 500);
+    }
+
+    // For a person: the page to open, and its QR code.
+    let p = dazaar(&[
+        "--data-dir",
+        s(&buyer_data),
+        "pay",
+        &key,
+        "--plugin",
+        "fiat_stripe",
+        "--plugin-dir",
+        s(&plugins),
+        "--plugin-config",
+        "",
+        "--card",
+        s(&card_file),
+        "--amount",
+        "5",
+        "--connect",
+        &addr,
+        "--qr",
+    ]);
+    assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
+    let text = String::from_utf8_lossy(&p.stdout);
+    assert!(text.contains("open this page to pay:"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("https://checkout.stripe.com/c/pay/cs_")),
+        "{text}"
+    );
+    assert!(
+        text.lines().filter(|l| l.contains('\u{2588}')).count() > 10,
+        "{text}"
+    );
+
+    // An open, unpaid session buys nothing.
+    assert!(!buy().status.success());
+    assert!(!out.join("key").exists());
+
+    // The buyer pays on the page; Stripe tells the seller by webhook.
+    let session = mock.complete_session(&session_id);
+    let event = json!({"id": "evt_e2e", "object": "event", "type": "checkout.session.completed",
+        "data": {"object": session}})
+    .to_string();
+    let signature = sign(WEBHOOK_SECRET, event.as_bytes(), now_s());
+    assert_eq!(post_webhook(port, &event, &signature), 200);
+
+    let lines = buy_until_valid(&buyer_data, &key, &addr, &out, Duration::from_secs(10));
+    let valid = lines
+        .iter()
+        .find(|l| l["event"] == "valid")
+        .unwrap_or_else(|| panic!("no valid event: {lines:?}"));
+    assert_eq!(valid["info"]["type"], "time");
+    let left = valid["info"]["remaining"].as_u64().unwrap_or(0);
+    assert!((280_000..=300_000).contains(&left), "{valid}");
+    assert_eq!(lines.last().unwrap()["length"], 20);
+    assert_eq!(feed_lines(&out).len(), 20);
+}
+
+/// The plugin's events reach the host's own log (API 1.2 log sink) under the target
+/// `dazaar::plugin`, at trace level, and no secret is in them.
+#[test]
+fn stripe_plugin_logs_reach_the_host_log_without_secrets() {
+    let log = dazaar_tests::capture_host_log();
+    let mock = MockStripe::start(KEY);
+    let secrets = Secrets::new(KEY);
+    let v = open(&config(&mock.base, &secrets, ""));
+    mock.add_intent(&SELLER, &BUYER, 500, "usd", now_s(), "succeeded", 0, false);
+    assert!(gate(&v)
+        .validate_uncached(BUYER, SELLER, now_ms())
+        .is_valid());
+    mock.set_mode(Mode::Error500);
+    let why = reason(gate(&v).validate_uncached(buyer(9), SELLER, now_ms()));
+    assert!(why.contains("500"), "{why}");
+
+    let text = String::from_utf8_lossy(&log.lock().unwrap()).into_owned();
+    let from_plugin: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("dazaar::plugin") && l.contains("from=dazaar_fiat_stripe"))
+        .collect();
+    assert!(
+        from_plugin.iter().any(|l| l.contains("GET from Stripe"))
+            && from_plugin.iter().any(|l| l.contains("TRACE")),
+        "no plugin debug and trace events in the host log:\n{text}"
+    );
+    for secret in [KEY, WEBHOOK_SECRET] {
+        assert!(!text.contains(secret), "a secret is in the host log");
+    }
 }

@@ -2,11 +2,10 @@
 //! processes (live too), and interop with a JS hypercore@9 + hypercore-protocol@8 peer
 //! (tests/js/peer.js) in both directions and both Noise roles.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use dazaar::crypto::NoiseKeyPair;
@@ -16,82 +15,7 @@ use dazaar::storage::{Feed, FsStore, MemStore};
 use dazaar_tests::*;
 use serde_json::Value;
 
-/// A child process killed when dropped, with its stdout read line by line on a thread.
-struct Proc {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-    stdin: Option<ChildStdin>,
-}
-
-impl Proc {
-    fn spawn(mut cmd: Command) -> Proc {
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn");
-        let stdout = child.stdout.take().expect("stdout");
-        let stdin = child.stdin.take();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        Proc {
-            child,
-            lines: rx,
-            stdin,
-        }
-    }
-
-    fn json(&self, timeout: Duration) -> Value {
-        let line = self
-            .lines
-            .recv_timeout(timeout)
-            .expect("a JSON line from the child in time");
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"))
-    }
-
-    fn write_line(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin");
-        writeln!(stdin, "{line}").expect("write to child");
-        stdin.flush().expect("flush");
-    }
-
-    fn wait(mut self, timeout: Duration) -> std::process::ExitStatus {
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "child did not exit in time"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 const T: Duration = Duration::from_secs(10);
-
-fn dazaar(args: &[&str]) -> Command {
-    let mut cmd = Command::new(dazaar_bin());
-    cmd.args(args);
-    cmd
-}
 
 fn node_cmd(js: &Path, args: &[&str]) -> Command {
     let mut cmd = Command::new("node");
@@ -120,9 +44,9 @@ fn js_gen_block(i: u64, size: usize) -> Vec<u8> {
 }
 
 fn make_feed(dir: &Path, lines: u64) -> String {
-    let key = run_ok(dazaar(&["feed", "create", dir.to_str().unwrap()]));
+    let key = run_ok(dazaar_cmd(&["feed", "create", dir.to_str().unwrap()]));
     let input: String = (0..lines).map(|i| format!("line {i}\n")).collect();
-    let mut append = dazaar(&["feed", "append", dir.to_str().unwrap()])
+    let mut append = dazaar_cmd(&["feed", "append", dir.to_str().unwrap()])
         .stdin(Stdio::piped())
         .spawn()
         .expect("append");
@@ -150,7 +74,7 @@ fn serve_proc(dir: &Path, extra: &[&str]) -> (Proc, String, String) {
         "--json",
     ];
     args.extend_from_slice(extra);
-    let serve = Proc::spawn(dazaar(&args));
+    let serve = Proc::spawn(dazaar_cmd(&args));
     let first = serve.json(T);
     assert_eq!(first["event"], "listening");
     let addr = first["addr"].as_str().unwrap().to_string();
@@ -167,7 +91,7 @@ fn serve_and_clone_between_two_processes_with_resume_and_live() {
     let (_serve, addr, served_key) = serve_proc(&src, &[]);
     assert_eq!(served_key, key);
 
-    let out = run_ok(dazaar(&[
+    let out = run_ok(dazaar_cmd(&[
         "feed",
         "clone",
         &key,
@@ -190,7 +114,7 @@ fn serve_and_clone_between_two_processes_with_resume_and_live() {
 
     // Live: `clone --live` (resuming the same dir) sees appends made by another process
     // while `serve` runs.
-    let mut live = Proc::spawn(dazaar(&[
+    let live = Proc::spawn(dazaar_cmd(&[
         "feed",
         "clone",
         &key,
@@ -204,7 +128,7 @@ fn serve_and_clone_between_two_processes_with_resume_and_live() {
     let first = live.json(T);
     assert_eq!(first["event"], "done");
     assert_eq!(first["length"], 500);
-    let mut append = dazaar(&["feed", "append", src.to_str().unwrap()])
+    let mut append = dazaar_cmd(&["feed", "append", src.to_str().unwrap()])
         .stdin(Stdio::piped())
         .spawn()
         .unwrap();
@@ -218,8 +142,7 @@ fn serve_and_clone_between_two_processes_with_resume_and_live() {
     let grown = live.json(T);
     assert_eq!(grown["event"], "length");
     assert_eq!(grown["length"], 502);
-    live.child.kill().unwrap();
-    let _ = live.child.wait();
+    drop(live);
     let b = open(&dst);
     assert_eq!(b.get(501).unwrap().unwrap(), b"live 2");
 }
@@ -247,7 +170,7 @@ fn clone_errors_are_one_line_and_non_zero() {
     ];
     for (i, (args, expect)) in cases.into_iter().enumerate() {
         let out_dir = tmp.path().join(format!("out{i}"));
-        let mut cmd = dazaar(&["feed", "clone"]);
+        let mut cmd = dazaar_cmd(&["feed", "clone"]);
         cmd.args(&args).args(["--out", out_dir.to_str().unwrap()]);
         let out = cmd.output().unwrap();
         assert!(!out.status.success());
@@ -259,7 +182,7 @@ fn clone_errors_are_one_line_and_non_zero() {
     // A peer that accepts and never speaks: timeout.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let silent_addr = silent.local_addr().unwrap().to_string();
-    let out = dazaar(&[
+    let out = dazaar_cmd(&[
         "feed",
         "clone",
         &other,
@@ -287,7 +210,7 @@ fn js_serves_and_rust_clones_then_live() {
     let port = info["port"].as_u64().unwrap();
     let key = info["key"].as_str().unwrap().to_string();
     let addr = format!("127.0.0.1:{port}");
-    let clone = Proc::spawn(dazaar(&[
+    let clone = Proc::spawn(dazaar_cmd(&[
         "feed",
         "clone",
         &key,
@@ -358,7 +281,7 @@ fn rust_serves_js_clones_then_live_and_sparse() {
             feed.get(i).unwrap().unwrap()
         );
     }
-    let mut append = dazaar(&["feed", "append", src.to_str().unwrap()])
+    let mut append = dazaar_cmd(&["feed", "append", src.to_str().unwrap()])
         .stdin(Stdio::piped())
         .spawn()
         .unwrap();

@@ -771,6 +771,12 @@ pub struct PayArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// Draw a QR code of the invoice or payment page even when stdout is not a terminal.
+    #[arg(long, conflicts_with_all = ["no_qr", "json"])]
+    pub qr: bool,
+    /// Never draw a QR code (by default one is drawn when stdout is a terminal).
+    #[arg(long)]
+    pub no_qr: bool,
 }
 
 /// Runs `dazaar pay`: asks the buyer-side plugin how to pay (and, when it says so, the
@@ -868,32 +874,107 @@ pub fn pay(common: &Common, args: PayArgs) -> Result<ExitCode> {
     if args.json {
         print_json(report);
     } else {
-        // A plugin that holds the buyer's wallet has already paid: say so first.
-        let verb = if how.paid.is_some() {
-            "paid with"
-        } else {
-            "pay with"
+        use std::io::IsTerminal;
+        let qr = args.qr || (!args.no_qr && std::io::stdout().is_terminal());
+        print_payment(&report, plugin.name(), &choice.terms, qr);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Something the buyer pays with: a Lightning invoice or a checkout page.
+#[derive(Debug, PartialEq, Eq)]
+enum PayTarget {
+    Invoice(String),
+    Page(String),
+}
+
+/// What in a `dazaar pay` report the buyer acts on: the plugin's own invoice or page,
+/// and in the seller's reply an invoice (`request`, as in `lnd-invoice`) or a page
+/// (`url`, as in `stripe-checkout`).
+fn pay_targets(report: &serde_json::Value) -> Vec<PayTarget> {
+    let mut out = Vec::new();
+    let mut add = |t: PayTarget| {
+        if !out.contains(&t) {
+            out.push(t);
+        }
+    };
+    let text = |v: &serde_json::Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_owned);
+    if let Some(i) = text(&report["invoice"]) {
+        add(PayTarget::Invoice(i));
+    }
+    if let Some(u) = text(&report["checkout_url"]) {
+        add(PayTarget::Page(u));
+    }
+    let reply = &report["sellerReply"]["message"];
+    if let Some(i) = text(&reply["request"]) {
+        add(PayTarget::Invoice(i));
+    }
+    if let Some(u) = text(&reply["url"]) {
+        add(PayTarget::Page(u));
+    }
+    out
+}
+
+/// The human form of a `dazaar pay` report.
+fn print_payment(report: &serde_json::Value, plugin: &str, terms: &PaymentTerms, qr: bool) {
+    let field = |k: &str| report[k].as_str().map(str::to_owned);
+    // A plugin that holds the buyer's wallet may have paid in its first answer (`paid` =
+    // the payment id, e.g. an EOS transaction): then the fields say what was paid.
+    let paid_now = field("paid");
+    let verb = if paid_now.is_some() {
+        "paid with"
+    } else {
+        "pay with"
+    };
+    println!("{verb} {plugin} ({} {}):", terms.method, terms.currency);
+    if let (Some(amount), currency) = (field("amount"), field("currency")) {
+        println!("  amount: {amount} {}", currency.unwrap_or_default());
+    }
+    for (label, key) in [("pay to", "pay_to"), ("memo", "memo"), ("note", "note")] {
+        if let Some(v) = field(key) {
+            println!("  {label}: {v}");
+        }
+    }
+    if let Some(reply) = report["sellerReply"].as_object() {
+        let name = reply.get("name").and_then(|n| n.as_str()).unwrap_or("?");
+        println!("  the seller answered: {name}");
+    }
+    // A buyer plugin that paid by itself says so with a follow-up named `*-paid`.
+    let paid = paid_now.is_some()
+        || report["result"]["name"]
+            .as_str()
+            .is_some_and(|n| n.ends_with("-paid"));
+    let qr = qr && !paid;
+    let targets = if paid_now.is_some() {
+        Vec::new()
+    } else {
+        pay_targets(report)
+    };
+    for t in &targets {
+        let (label, text, payload) = match t {
+            PayTarget::Invoice(i) => ("Lightning invoice", i, super::qr::lightning_payload(i)),
+            PayTarget::Page(u) => ("open this page to pay", u, u.clone()),
         };
-        println!(
-            "{verb} {} ({} {}):",
-            plugin.name(),
-            choice.terms.method,
-            choice.terms.currency
-        );
-        if let Some(obj) = report.as_object() {
-            for (k, v) in obj {
-                if !v.is_null() {
-                    println!(
-                        "  {k}: {}",
-                        v.as_str()
-                            .map(str::to_owned)
-                            .unwrap_or_else(|| v.to_string())
-                    );
-                }
+        println!("  {label}:\n{text}");
+        if qr {
+            match super::qr::render(&payload) {
+                Some(code) => print!("{code}"),
+                None => println!("  (too long for a QR code)"),
             }
         }
     }
-    Ok(ExitCode::SUCCESS)
+    if let Some(id) = &paid_now {
+        println!("  paid: {id}");
+    } else if paid {
+        println!("  paid: {}", report["result"]["message"]);
+    } else if let Some(name) = report["result"]["name"].as_str() {
+        println!(
+            "  the plugin answered: {name} {}",
+            report["result"]["message"]
+        );
+    } else if targets.is_empty() && report.get("send").is_none() {
+        println!("  (the plugin gave nothing to pay; see its note)");
+    }
 }
 
 /// `dazaar quote`.

@@ -12,6 +12,7 @@ mod feed;
 mod market;
 mod net;
 mod plugins;
+mod qr;
 
 /// dazaar: sell and buy append-only data feeds over an encrypted peer-to-peer connection.
 #[derive(Debug, Parser)]

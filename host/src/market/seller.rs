@@ -18,7 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::ext;
@@ -239,38 +239,25 @@ pub async fn serve(
     shutdown: watch::Receiver<bool>,
     events: Option<mpsc::Sender<SellerEvent>>,
 ) -> std::io::Result<()> {
-    let slots = Arc::new(Semaphore::new(net.max_connections.max(1)));
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut stop = shutdown.clone();
-    loop {
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = stop.changed() => break,
-        };
-        let (stream, peer) = tokio::select! {
-            a = listener.accept() => match a {
-                Ok(a) => a,
-                Err(e) => { tracing::warn!(error = %e, "accept failed"); continue; }
-            },
-            _ = stop.changed() => break,
-        };
-        while tasks.try_join_next().is_some() {}
-        let _ = stream.set_nodelay(true);
-        let product = product.clone();
-        let net = net.clone();
-        let shutdown = shutdown.clone();
-        let events = events.clone();
-        let span =
-            tracing::info_span!("buyer", %peer, seller = %hex::encode(&product.seller_key()[..8]));
-        tasks.spawn(tracing::Instrument::instrument(
-            async move {
-                let _permit = permit;
-                handle_connection(stream, product, net, shutdown, events).await;
-            },
-            span,
-        ));
-    }
-    tasks.shutdown().await;
+    let seller = hex::encode(&product.seller_key()[..8]);
+    let max = net.max_connections;
+    let conn_shutdown = shutdown.clone();
+    net::accept_loop(
+        listener,
+        max,
+        shutdown,
+        |peer| tracing::info_span!("buyer", %peer, seller = %seller),
+        move |stream, _peer| {
+            handle_connection(
+                stream,
+                product.clone(),
+                net.clone(),
+                conn_shutdown.clone(),
+                events.clone(),
+            )
+        },
+    )
+    .await;
     Ok(())
 }
 

@@ -985,12 +985,59 @@ pub struct ServeOptions<S: Store> {
 pub async fn serve<S: Store>(
     listener: TcpListener,
     options: ServeOptions<S>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<(), NetError> {
     let options = Arc::new(options);
-    let slots = Arc::new(Semaphore::new(options.net.max_connections.max(1)));
+    let max = options.net.max_connections;
+    let conn_shutdown = shutdown.clone();
+    accept_loop(
+        listener,
+        max,
+        shutdown,
+        |peer| tracing::info_span!("connection", %peer),
+        move |stream, _peer| {
+            let options = options.clone();
+            let conn_shutdown = conn_shutdown.clone();
+            async move {
+                let session = options
+                    .net
+                    .session_config(options.initiator, options.key_pair.clone());
+                let conn = ConnectionOptions {
+                    serve: options.serve.clone(),
+                    shutdown: Some(conn_shutdown),
+                    ..ConnectionOptions::default()
+                };
+                match run_connection(stream, session, &options.net, conn).await {
+                    Ok(()) => tracing::debug!("connection closed"),
+                    Err(e) => tracing::info!(error = %e, "connection failed"),
+                }
+            }
+        },
+    )
+    .await;
+    Ok(())
+}
+
+/// Accepts connections on `listener` until `shutdown` turns true, at most
+/// `max_connections` at once (a further peer waits in the kernel's backlog until one
+/// ends), each run by `handle(stream, peer)` in its own task inside `span(peer)`. On
+/// shutdown the running tasks are cancelled and awaited.
+pub async fn accept_loop<H, F>(
+    listener: TcpListener,
+    max_connections: usize,
+    mut shutdown: watch::Receiver<bool>,
+    span: impl Fn(SocketAddr) -> tracing::Span,
+    handle: H,
+) where
+    H: Fn(TcpStream, SocketAddr) -> F,
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(max_connections.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     loop {
+        if *shutdown.borrow() {
+            break;
+        }
         let permit = tokio::select! {
             permit = slots.clone().acquire_owned() => match permit {
                 Ok(p) => p,
@@ -1012,33 +1059,16 @@ pub async fn serve<S: Store>(
             }
         };
         let _ = stream.set_nodelay(true);
-        let options = options.clone();
-        let conn_shutdown = shutdown.clone();
-        let span = tracing::info_span!("connection", %peer);
+        let task = handle(stream, peer);
         tasks.spawn(
             async move {
                 let _permit = permit;
-                let session = options
-                    .net
-                    .session_config(options.initiator, options.key_pair.clone());
-                let conn = ConnectionOptions {
-                    serve: options.serve.clone(),
-                    shutdown: Some(conn_shutdown),
-                    ..ConnectionOptions::default()
-                };
-                match run_connection(stream, session, &options.net, conn).await {
-                    Ok(()) => tracing::debug!("connection closed"),
-                    Err(e) => tracing::info!(error = %e, "connection failed"),
-                }
+                task.await;
             }
-            .instrument(span),
+            .instrument(span(peer)),
         );
-        if *shutdown.borrow() {
-            break;
-        }
     }
     tasks.shutdown().await;
-    Ok(())
 }
 
 #[cfg(test)]

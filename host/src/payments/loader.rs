@@ -251,6 +251,12 @@ impl LoadedPlugin {
             api,
             info,
         };
+        if let Some(set_log_sink) = plugin.module.set_log_sink() {
+            set_log_sink(
+                dazaar_plugin_api::LogSink { log: plugin_log },
+                host_log_level(),
+            );
+        }
         tracing::info!(
             plugin = %plugin.name(),
             version = %plugin.version(),
@@ -308,6 +314,51 @@ impl LoadedPlugin {
     pub fn has_check_config(&self) -> bool {
         self.module.check_config().is_some()
     }
+}
+
+/// The host's level as the ABI number (1 error ... 5 trace, 0 off): plugins pass on
+/// what the host would log.
+fn host_log_level() -> u8 {
+    use tracing::level_filters::LevelFilter;
+    match LevelFilter::current() {
+        LevelFilter::OFF => 0,
+        LevelFilter::ERROR => 1,
+        LevelFilter::WARN => 2,
+        LevelFilter::INFO => 3,
+        LevelFilter::DEBUG => 4,
+        _ => 5,
+    }
+}
+
+/// The most of one plugin log message the host keeps.
+const MAX_PLUGIN_LOG: usize = 4096;
+
+/// Where plugins' log events arrive (API 1.2 `set_log_sink`): logged under the target
+/// `dazaar::plugin`, with the plugin's own target as a field. Never unwinds into the
+/// plugin; bounds the text it keeps.
+extern "C" fn plugin_log(
+    level: u8,
+    target: abi_stable::std_types::RStr<'_>,
+    message: abi_stable::std_types::RStr<'_>,
+) {
+    let _ = std::panic::catch_unwind(|| {
+        let cut = |s: &str, max: usize| -> String {
+            let mut end = s.len().min(max);
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            s[..end].to_owned()
+        };
+        let from = cut(target.as_str(), 128);
+        let text = cut(message.as_str(), MAX_PLUGIN_LOG);
+        match level {
+            1 => tracing::error!(target: "dazaar::plugin", from = %from, "{text}"),
+            2 => tracing::warn!(target: "dazaar::plugin", from = %from, "{text}"),
+            3 => tracing::info!(target: "dazaar::plugin", from = %from, "{text}"),
+            4 => tracing::debug!(target: "dazaar::plugin", from = %from, "{text}"),
+            _ => tracing::trace!(target: "dazaar::plugin", from = %from, "{text}"),
+        }
+    });
 }
 
 /// A plugin name is what follows `dazaar_` in its file name: lowercase letters, digits, `_`.

@@ -19,11 +19,12 @@
 //! the tree) and reported as [`FeedError::Corrupt`], never returned as data.
 
 use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
 
 use super::bitfield::{self, Bitfield, NodeSet, TreeBits};
 use super::flat_tree;
 use super::merkle::{self, Node};
-use super::store::{Store, StoreError};
+use super::store::{BitfieldStamp, Store, StoreError};
 use crate::crypto::{self, Ed25519KeyPair};
 
 /// The largest block a feed accepts (as JS hypercore@9: the replication stream rejects
@@ -217,6 +218,10 @@ pub struct PutOutcome {
     pub new_length: Option<u64>,
 }
 
+/// How much older than the read the bitfield's modification time must be for
+/// [`Feed::refresh`] to trust an unchanged stamp (file systems keep times in coarse ticks).
+pub const REFRESH_STAMP_MARGIN: Duration = Duration::from_millis(100);
+
 /// A hypercore v9 feed over a store.
 pub struct Feed<S: Store> {
     store: S,
@@ -235,6 +240,8 @@ pub struct Feed<S: Store> {
     /// replication asks for offsets in order, and each costs a walk over the roots
     /// otherwise. Offsets never change once a block exists.
     next_offset: Mutex<Option<(u64, u64)>>,
+    /// What [`Feed::refresh`] last read: the bitfield's stamp and when it was read.
+    refreshed: Option<(BitfieldStamp, SystemTime)>,
 }
 
 impl<S: Store> std::fmt::Debug for Feed<S> {
@@ -318,6 +325,7 @@ impl<S: Store> Feed<S> {
             durability: Durability::default(),
             defer_commit: false,
             next_offset: Mutex::new(None),
+            refreshed: None,
         };
         feed.recover()?;
         Ok(feed)
@@ -425,8 +433,22 @@ impl<S: Store> Feed<S> {
     /// feed that `dazaar feed append` writes to). Re-reads the bitfield and, when it
     /// claims a longer feed whose signature verifies, moves to that length. A length
     /// caught mid-write is ignored until a later call. Returns whether the feed grew.
+    ///
+    /// Callers poll this often, so an unchanged bitfield is not read again: when the
+    /// store's size and modification time are those of the last read, and that
+    /// modification lay [`REFRESH_STAMP_MARGIN`] before the read, nothing was written
+    /// since (a write within the file system's timestamp granularity of the last read is
+    /// not trusted to change the time, so such a bitfield is read again).
     pub fn refresh(&mut self) -> Result<bool, FeedError> {
+        let stamp = self.store.bitfield_stamp();
+        if let (Some(now), Some((seen, read_at))) = (stamp, self.refreshed) {
+            if now == seen && now.modified + REFRESH_STAMP_MARGIN <= read_at {
+                return Ok(false);
+            }
+        }
+        let read_at = SystemTime::now();
         let bitfield = Bitfield::from_pages(self.store.read_bitfield()?);
+        self.refreshed = stamp.map(|s| (s, read_at));
         let claimed = bitfield::blocks(&bitfield, bitfield.tree_bit_len()).min(MAX_LENGTH);
         if claimed <= self.length {
             return Ok(false);
@@ -440,10 +462,13 @@ impl<S: Store> Feed<S> {
                 Ok(true)
             }
             Ok(None) => {
+                // Caught mid-write: read again next time whatever the stamp says.
+                self.refreshed = None;
                 self.bitfield = previous;
                 Ok(false)
             }
             Err(e) => {
+                self.refreshed = None;
                 self.bitfield = previous;
                 Err(e)
             }

@@ -10,9 +10,10 @@ pub mod store;
 pub use bitfield::NodeSet;
 pub use feed::{
     Durability, Feed, FeedError, Proof, PutOutcome, RekeyedSigner, Signer, VerifyError,
+    REFRESH_STAMP_MARGIN,
 };
 pub use merkle::Node;
-pub use store::{FsStore, MemStore, Store, StoreError};
+pub use store::{BitfieldStamp, FsStore, MemStore, Store, StoreError};
 
 #[cfg(test)]
 mod tests;

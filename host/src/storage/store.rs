@@ -93,6 +93,21 @@ pub trait Store: Send + Sync + 'static {
     fn is_read_only(&self) -> bool {
         false
     }
+    /// A cheap fingerprint of the stored bitfield (size and modification time), so that a
+    /// reader polling for another process's appends can skip re-reading an unchanged
+    /// bitfield. `None` when the store has no such thing (the caller then reads).
+    fn bitfield_stamp(&self) -> Option<BitfieldStamp> {
+        None
+    }
+}
+
+/// The size and modification time of a stored bitfield: see [`Store::bitfield_stamp`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BitfieldStamp {
+    /// Bytes.
+    pub len: u64,
+    /// Last modification.
+    pub modified: std::time::SystemTime,
 }
 
 /// A store in memory: for tests, for rekeyed views, for buyers that keep nothing.
@@ -531,6 +546,13 @@ impl Store for FsStore {
         self.signatures
             .write_all_at(signature, HEADER_LEN + block * SIGNATURE_LEN)
             .map_err(self.io("signatures"))
+    }
+    fn bitfield_stamp(&self) -> Option<BitfieldStamp> {
+        let meta = self.bitfield.metadata().ok()?;
+        Some(BitfieldStamp {
+            len: meta.len(),
+            modified: meta.modified().ok()?,
+        })
     }
     fn read_bitfield(&self) -> Result<Vec<(u64, Page)>, StoreError> {
         let len = self.bitfield.metadata().map_err(self.io("bitfield"))?.len();

@@ -559,6 +559,67 @@ fn refresh_sees_appends_from_another_handle() {
 }
 
 #[test]
+fn refresh_sees_every_append_even_within_one_timestamp_tick() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut writer =
+        Feed::create(FsStore::open(dir.path(), true).expect("store"), seed01()).expect("create");
+    writer.append(b"0").expect("append");
+    let mut server =
+        Feed::open(FsStore::open_read_only(dir.path()).expect("store"), None).expect("open");
+    // Appends and refreshes back to back: many land in the same mtime tick and leave the
+    // bitfield's size unchanged, so the stamp alone cannot tell them apart.
+    for i in 1..300u64 {
+        writer.append(format!("{i}").as_bytes()).expect("append");
+        assert!(server.refresh().expect("refresh"), "append {i} missed");
+        assert_eq!(server.length(), i + 1);
+    }
+    // Quiet, then one more append after the margin: seen.
+    std::thread::sleep(REFRESH_STAMP_MARGIN * 2);
+    assert!(!server.refresh().expect("refresh"));
+    assert!(!server.refresh().expect("refresh"));
+    writer.append(b"late").expect("append");
+    assert!(server.refresh().expect("refresh"));
+    assert_eq!(server.length(), 301);
+}
+
+#[test]
+fn refresh_does_not_reread_an_unchanged_bitfield() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut writer =
+        Feed::create(FsStore::open(dir.path(), true).expect("store"), seed01()).expect("create");
+    writer.append(b"first").expect("append");
+    let mut server =
+        Feed::open(FsStore::open_read_only(dir.path()).expect("store"), None).expect("open");
+    let bitfield = dir.path().join("bitfield");
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    let set_old = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&bitfield)
+            .expect("open bitfield")
+            .set_modified(old)
+            .expect("set mtime");
+    };
+    set_old();
+    assert!(!server.refresh().expect("refresh")); // reads, remembers the stamp
+                                                  // The next append changes the bitfield in place without changing its size; with the
+                                                  // time put back, the stamp is the one already read, so the poll does not read it...
+    writer.append(b"second").expect("append");
+    set_old();
+    assert!(!server.refresh().expect("refresh"));
+    assert_eq!(server.length(), 1);
+    // ...and as soon as the time moves, it does.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&bitfield)
+        .expect("open bitfield")
+        .set_modified(std::time::SystemTime::now())
+        .expect("set mtime");
+    assert!(server.refresh().expect("refresh"));
+    assert_eq!(server.length(), 2);
+}
+
+#[test]
 fn proofs_against_an_earlier_length_verify_with_its_signature() {
     let mut feed = Feed::create(MemStore::new(), seed01()).expect("create");
     let blocks: Vec<Vec<u8>> = (0..40u32).map(|i| format!("p{i}").into_bytes()).collect();
