@@ -28,7 +28,10 @@
 //!   transaction id, and the same fields say what was paid. A refusal by the node
 //!   (`unsatisfied_authorization`, `expired_tx_exception`, …) is the call's error.
 //!   Keys are legacy WIF (`5…`) or `PVT_K1_…`; a key is never accepted inline in the
-//!   TOML, and never logged or put in an error.
+//!   TOML, and never logged or put in an error. Paying takes two requests of up to
+//!   `timeout_ms` each, inside the host's call timeout (5 s for `dazaar pay`): keep
+//!   `timeout_ms` below half of it. A push that times out may still land; paying again
+//!   makes a new transaction (a new expiration), so check the seller's view first.
 //!
 //! Card: currency `EOS` (or `EOS Testnet`; any other symbol through `symbol`), `payTo`
 //! the seller's account; amounts in whole tokens.
