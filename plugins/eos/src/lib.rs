@@ -69,6 +69,7 @@ pub mod tx;
 pub use dazaar_plugin_api::logging;
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -78,8 +79,6 @@ use dazaar_plugin_api::{
 };
 use serde::Deserialize;
 use serde_json::json;
-
-use std::io::Read;
 
 use chain::{Asset, Transfer};
 use history::{Api, History};
