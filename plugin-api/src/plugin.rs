@@ -121,6 +121,11 @@ pub struct PaymentInstructions {
     /// Free text for a person.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
+    /// Set when the plugin has already paid (it holds the buyer's wallet): the payment's
+    /// id, e.g. a transaction id. The other fields then say what was paid, not what to
+    /// pay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paid: Option<String>,
 }
 
 /// The trait a plugin author implements. Plain Rust: errors are `String` reasons, and a

@@ -317,3 +317,381 @@ fn eos_buyer_gets_the_transfer_to_make() {
     let e = v.payment_request(BUYER, SELLER, &bare, "1").unwrap_err();
     assert!(e.to_string().contains("no seller account"), "{e}");
 }
+
+/// The EOSIO development key (published in the EOSIO tutorials), in both private forms.
+const BUYER_WIF: &str = "5KQwrPbwdL6PhXujxW37FSSQZ1JiwsST4cqQzDeyXtP79zkvFD3";
+const BUYER_PVT_K1: &str = "PVT_K1_2bfGi9rYsXQSXXTvJbDAPhHLQUojjaNLomdm3cEJ1XTzMqUt3V";
+const BUYER_PUB: &str = "EOS6MRyAjQq8ud7hVNYcfnVPJqcVpscN5So8BhtHuGYqET5GDW5CV";
+/// Another key: sha256("dazaar eos test key 2"), as eosjs prints it.
+const OTHER_WIF: &str = "5KFWGtFXWi5ngt51Gc2cypcjDmWhvKHncbXzaZ3QS9uN7bbigCJ";
+const OTHER_SECRET_HEX: &str = "bcf5651ab8601c6485ba4cc14a4c8a957da0e0d5ec1f6c02fd65de6d32e1a803";
+/// The development key's secret scalar.
+const BUYER_SECRET_HEX: &str = "d2653ff7cbb2d8ff129ac27ef5781ce68b2558c41a74af1f2ddca635cbeef07d";
+const PAYER: &str = "buyeraccount";
+
+/// Pieces of every key form that must never be written anywhere.
+fn key_material() -> Vec<String> {
+    let mut out = Vec::new();
+    for k in [
+        BUYER_WIF,
+        BUYER_PVT_K1,
+        OTHER_WIF,
+        BUYER_SECRET_HEX,
+        OTHER_SECRET_HEX,
+    ] {
+        out.push(k.to_owned());
+        out.push(k[10..30].to_owned());
+    }
+    out
+}
+
+fn assert_no_key_material(text: &str, what: &str) {
+    for m in key_material() {
+        assert!(
+            !text.contains(&m),
+            "{what} contains key material {m:?}: {text}"
+        );
+    }
+}
+
+/// A node that knows `PAYER`'s key, a seller verifier on it, and a key file.
+struct Chain {
+    node: MockEos,
+    seller: PaymentGate,
+    dir: tempfile::TempDir,
+}
+
+fn chain() -> Chain {
+    let node = MockEos::start(ACCOUNT);
+    node.add_key(PAYER, BUYER_PUB);
+    let seller = gate(&open(&format!("rpc = {:?}\npoll_ms = 0\n", node.base)));
+    Chain {
+        node,
+        seller,
+        dir: tempfile::tempdir().unwrap(),
+    }
+}
+
+impl Chain {
+    /// A buyer config whose key is in a file holding `key`.
+    fn buyer_config(&self, key: &str, extra: &str) -> String {
+        let path = self.dir.path().join(format!("key-{}", &key[..8]));
+        std::fs::write(&path, format!("{key}\n")).unwrap();
+        format!(
+            "rpc = {:?}\nfrom = {PAYER:?}\nprivate_key_file = {:?}\n{extra}",
+            self.node.base,
+            path.display().to_string()
+        )
+    }
+}
+
+#[test]
+fn eos_buyer_signs_and_pushes_the_transfer_and_the_seller_counts_it() {
+    let c = chain();
+    let log = c.dir.path().join("buyer.log");
+    let buyer = open(&c.buyer_config(
+        BUYER_PVT_K1,
+        &format!(
+            "log_file = {:?}\nlog_level = \"trace\"\n",
+            log.display().to_string()
+        ),
+    ));
+    assert_eq!(
+        reason(check(&c.seller, BUYER)),
+        format!("eos: no EOS transfer to {ACCOUNT} with this buyer's memo")
+    );
+
+    // Half an EOS at 1 EOS/hour: 30 minutes.
+    let how = buyer
+        .payment_request(BUYER, SELLER, &terms(), "0.5")
+        .unwrap();
+    let id = how.paid.clone().expect("paid");
+    assert_eq!(how.amount.as_deref(), Some("0.5000 EOS"));
+    assert!(how
+        .note
+        .as_deref()
+        .unwrap()
+        .starts_with("paid: transaction "));
+    {
+        let st = c.node.state.lock().unwrap();
+        assert_eq!(st.pushed, vec![id.clone()]);
+        let body: Value = serde_json::from_str(&st.push_bodies[0]).unwrap();
+        assert_eq!(body["compression"], 0);
+        assert_eq!(body["packed_context_free_data"], "");
+        assert!(body["signatures"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("SIG_K1_"));
+        assert_no_key_material(&st.push_bodies[0], "the push");
+        let last = st.actions.last().unwrap();
+        assert_eq!(
+            last.data,
+            json!({"from": PAYER, "to": ACCOUNT, "quantity": "0.5000 EOS", "memo": memo(BUYER)})
+        );
+    }
+    let ms = remaining(check(&c.seller, BUYER));
+    assert!((1_798_000..=1_800_000).contains(&ms), "{ms}");
+    // Another buyer is not paid by it.
+    assert!(!check(&c.seller, b(42)).is_valid());
+
+    // The same key in WIF, from an environment variable, pays again: time stacks.
+    std::env::set_var("DAZAAR_TEST_EOS_KEY_WIF", BUYER_WIF);
+    let wif_buyer = open(&format!(
+        "rpc = {:?}\nfrom = {PAYER:?}\nprivate_key_env = \"DAZAAR_TEST_EOS_KEY_WIF\"\n",
+        c.node.base
+    ));
+    let again = wif_buyer
+        .payment_request(BUYER, SELLER, &terms(), "0.25")
+        .unwrap();
+    assert_ne!(again.paid, Some(id));
+    let ms = remaining(check(&c.seller, BUYER));
+    assert!((2_698_000..=2_700_000).contains(&ms), "{ms}");
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("TRACE") || text.contains("DEBUG"), "{text}");
+    assert!(text.contains("transfer pushed"), "{text}");
+    assert_no_key_material(&text, "the plugin's log");
+}
+
+#[test]
+fn eos_push_signed_with_another_key_is_refused_and_pays_nothing() {
+    let c = chain();
+    let log = c.dir.path().join("wrong.log");
+    let buyer = open(&c.buyer_config(
+        OTHER_WIF,
+        &format!(
+            "log_file = {:?}\nlog_level = \"trace\"\n",
+            log.display().to_string()
+        ),
+    ));
+    let e = buyer
+        .payment_request(BUYER, SELLER, &terms(), "1")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("the transfer was not pushed"), "{e}");
+    assert!(e.contains("unsatisfied_authorization"), "{e}");
+    assert_no_key_material(&e, "the error");
+    assert!(c.node.state.lock().unwrap().pushed.is_empty());
+    assert_eq!(
+        reason(check(&c.seller, BUYER)),
+        format!("eos: no EOS transfer to {ACCOUNT} with this buyer's memo")
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("unsatisfied_authorization"), "{text}");
+    assert_no_key_material(&text, "the plugin's log");
+}
+
+#[test]
+fn eos_push_that_arrives_after_expiry_is_refused() {
+    let c = chain();
+    let buyer = open(&c.buyer_config(BUYER_WIF, "expire_seconds = 30\n"));
+    c.node.state.lock().unwrap().push_clock_shift_ms = 120_000;
+    let e = buyer
+        .payment_request(BUYER, SELLER, &terms(), "1")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("expired_tx_exception"), "{e}");
+    assert!(!check(&c.seller, BUYER).is_valid());
+    // On time, it goes through.
+    c.node.state.lock().unwrap().push_clock_shift_ms = 0;
+    assert!(buyer
+        .payment_request(BUYER, SELLER, &terms(), "1")
+        .unwrap()
+        .paid
+        .is_some());
+    assert!(check(&c.seller, BUYER).is_valid());
+}
+
+#[test]
+fn eos_keys_are_never_taken_inline_and_never_echoed() {
+    let mut reg = PluginRegistry::new();
+    let plugin = reg.load_path(&plugin_library("eos")).unwrap();
+    let limits = CallLimits {
+        timeout: Duration::from_secs(5),
+        workers: 1,
+        queue: 4,
+    };
+    let base = "rpc = \"http://127.0.0.1:9\"\nfrom = \"buyeraccount\"\n";
+    for config in [
+        format!("{base}private_key = {BUYER_WIF:?}\n"),
+        format!("{base}private_key = {BUYER_PVT_K1:?}\n"),
+        format!("{base}private_key_env = {BUYER_WIF:?}\n"),
+        format!("{base}wif = {BUYER_WIF:?}\n"),
+        format!("rpc = \"http://127.0.0.1:9\"\nfrom = {BUYER_WIF:?}\n"),
+    ] {
+        let e = plugin.open(&config, limits).unwrap_err().to_string();
+        assert!(e.contains("never put a key in the config"), "{e}");
+        assert_no_key_material(&e, "the error");
+    }
+    // A key file that is not a key, a variable that is not set, no `from`.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.key");
+    let mut tampered = BUYER_WIF.to_owned();
+    tampered.replace_range(20..21, "2");
+    std::fs::write(&bad, &tampered).unwrap();
+    for (config, expect) in [
+        (
+            format!("{base}private_key_file = {:?}\n", bad.display().to_string()),
+            "the private key's checksum does not match",
+        ),
+        (
+            format!("{base}private_key_env = \"DAZAAR_TEST_EOS_UNSET\"\n"),
+            "DAZAAR_TEST_EOS_UNSET (private_key_env) is not set",
+        ),
+        (
+            "rpc = \"http://127.0.0.1:9\"\nprivate_key_env = \"X\"\n".to_owned(),
+            "needs from",
+        ),
+    ] {
+        let e = plugin.open(&config, limits).unwrap_err().to_string();
+        assert!(e.contains(expect), "{e}");
+        assert!(!e.contains(&tampered[5..25]), "{e}");
+    }
+}
+
+/// A sale through the binary: `dazaar sell` with the EOS plugin loaded from
+/// `plugin_dir`, reading the mock node's v1 history; a buyer is refused before paying;
+/// `dazaar pay --plugin eos` signs the transfer with the buyer's key (from a file) and
+/// pushes it to the node; the seller sees it in the history and `dazaar buy` receives
+/// the whole feed.
+#[test]
+fn eos_sale_end_to_end_through_the_binary() {
+    use dazaar_tests::{
+        buy_once, buy_until_valid, copy_plugin, dazaar, feed_lines, json_lines, make_text_feed, s,
+        sell,
+    };
+    let node = MockEos::start(ACCOUNT);
+    node.add_key(PAYER, BUYER_PUB);
+    let dir = tempfile::tempdir().unwrap();
+    let feed = dir.path().join("feed");
+    make_text_feed(&feed, 30);
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    copy_plugin("eos", &plugins, None);
+    let (_seller, info) = sell(&[
+        "--data-dir",
+        s(&dir.path().join("seller")),
+        s(&feed),
+        "--listen",
+        "127.0.0.1:0",
+        "--payment",
+        "eos",
+        "--plugin-dir",
+        s(&plugins),
+        "--plugin-config",
+        &format!(
+            "rpc = {:?}\naccount = {ACCOUNT:?}\npoll_ms = 100\n",
+            node.base
+        ),
+        "--method",
+        "eos",
+        "--currency",
+        "EOS",
+        "--amount",
+        "0.01",
+        "--unit",
+        "seconds",
+        "--interval",
+        "1",
+        "--revalidate-ms",
+        "200",
+    ]);
+    let (key, addr) = (
+        info["sellerKey"].as_str().unwrap().to_owned(),
+        info["addr"].as_str().unwrap().to_owned(),
+    );
+    let buyer_data = dir.path().join("buyer");
+    let out = dir.path().join("bought");
+
+    // Before paying: refused, zero blocks.
+    let o = buy_once(&buyer_data, &key, &addr, &out);
+    assert!(!o.status.success());
+    assert!(!out.join("key").exists());
+
+    // Pay 3 EOS (300 seconds at 0.01 EOS/s), signed by the buyer's key from a file.
+    let key_file = dir.path().join("eos.key");
+    std::fs::write(&key_file, format!("{BUYER_WIF}\n")).unwrap();
+    let card = json!({"id": key, "name": "ticks",
+        "payment": [{"method": "eos", "currency": "EOS", "amount": "0.01", "unit": "seconds",
+                     "interval": "1", "payTo": ACCOUNT}]});
+    let card_file = dir.path().join("card.json");
+    std::fs::write(&card_file, card.to_string()).unwrap();
+    let p = dazaar(&[
+        "--data-dir",
+        s(&buyer_data),
+        "pay",
+        &key,
+        "--connect",
+        &addr,
+        "--plugin",
+        "eos",
+        "--plugin-dir",
+        s(&plugins),
+        "--plugin-config",
+        &format!(
+            "rpc = {:?}\nfrom = {PAYER:?}\nprivate_key_file = {:?}\n",
+            node.base,
+            s(&key_file)
+        ),
+        "--card",
+        s(&card_file),
+        "--amount",
+        "3",
+        "--json",
+    ]);
+    assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
+    assert_no_key_material(&String::from_utf8_lossy(&p.stdout), "pay's output");
+    assert_no_key_material(&String::from_utf8_lossy(&p.stderr), "pay's log");
+    let how = &json_lines(&p.stdout)[0];
+    let id = how["paid"].as_str().expect("paid").to_owned();
+    assert_eq!(node.state.lock().unwrap().pushed, vec![id]);
+    assert_eq!(how["amount"], "3.0000 EOS");
+    let buyer_id = dazaar(&["--data-dir", s(&buyer_data), "id", "--json"]);
+    let buyer_key = json_lines(&buyer_id.stdout)[0]["buyerKey"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(how["memo"], format!("dazaar: {key} {buyer_key}"));
+    {
+        let st = node.state.lock().unwrap();
+        let last = st.actions.last().unwrap();
+        assert_eq!(last.data["memo"], how["memo"]);
+        assert_eq!(last.data["from"], PAYER);
+    }
+
+    // The seller reads it from the history: the buyer gets the whole feed.
+    let lines = buy_until_valid(&buyer_data, &key, &addr, &out, Duration::from_secs(10));
+    assert!(lines
+        .iter()
+        .any(|l| l["event"] == "valid" && l["info"]["type"] == "time"));
+    assert_eq!(lines.last().unwrap()["length"], 30);
+    assert_eq!(feed_lines(&out).len(), 30);
+
+    // The human form says it was paid.
+    let p = dazaar(&[
+        "--data-dir",
+        s(&buyer_data),
+        "pay",
+        &key,
+        "--plugin",
+        "eos",
+        "--plugin-dir",
+        s(&plugins),
+        "--plugin-config",
+        &format!(
+            "rpc = {:?}\nfrom = {PAYER:?}\nprivate_key_file = {:?}\n",
+            node.base,
+            s(&key_file)
+        ),
+        "--card",
+        s(&card_file),
+        "--amount",
+        "1",
+        "--no-qr",
+    ]);
+    assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
+    let text = String::from_utf8_lossy(&p.stdout);
+    assert!(text.starts_with("paid with eos (eos EOS):"), "{text}");
+    assert!(text.contains("  paid: "), "{text}");
+    assert_eq!(node.state.lock().unwrap().pushed.len(), 2);
+}

@@ -881,11 +881,13 @@ pub fn pay(common: &Common, args: PayArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Something the buyer pays with: a Lightning invoice or a checkout page.
+/// Something the buyer pays with: a Lightning invoice, a checkout page, or an action to
+/// make in a wallet (an `invoice` that is a JSON object, as the EOS plugin gives).
 #[derive(Debug, PartialEq, Eq)]
 enum PayTarget {
     Invoice(String),
     Page(String),
+    Action(String),
 }
 
 /// What in a `dazaar pay` report the buyer acts on: the plugin's own invoice or page,
@@ -900,7 +902,11 @@ fn pay_targets(report: &serde_json::Value) -> Vec<PayTarget> {
     };
     let text = |v: &serde_json::Value| v.as_str().filter(|s| !s.is_empty()).map(str::to_owned);
     if let Some(i) = text(&report["invoice"]) {
-        add(PayTarget::Invoice(i));
+        if i.trim_start().starts_with('{') {
+            add(PayTarget::Action(i));
+        } else {
+            add(PayTarget::Invoice(i));
+        }
     }
     if let Some(u) = text(&report["checkout_url"]) {
         add(PayTarget::Page(u));
@@ -917,8 +923,16 @@ fn pay_targets(report: &serde_json::Value) -> Vec<PayTarget> {
 
 /// The human form of a `dazaar pay` report.
 fn print_payment(report: &serde_json::Value, plugin: &str, terms: &PaymentTerms, qr: bool) {
-    println!("pay with {plugin} ({} {}):", terms.method, terms.currency);
     let field = |k: &str| report[k].as_str().map(str::to_owned);
+    // A plugin that holds the buyer's wallet may have paid in its first answer (`paid` =
+    // the payment id, e.g. an EOS transaction): then the fields say what was paid.
+    let paid_now = field("paid");
+    let verb = if paid_now.is_some() {
+        "paid with"
+    } else {
+        "pay with"
+    };
+    println!("{verb} {plugin} ({} {}):", terms.method, terms.currency);
     if let (Some(amount), currency) = (field("amount"), field("currency")) {
         println!("  amount: {amount} {}", currency.unwrap_or_default());
     }
@@ -932,25 +946,33 @@ fn print_payment(report: &serde_json::Value, plugin: &str, terms: &PaymentTerms,
         println!("  the seller answered: {name}");
     }
     // A buyer plugin that paid by itself says so with a follow-up named `*-paid`.
-    let paid = report["result"]["name"]
-        .as_str()
-        .is_some_and(|n| n.ends_with("-paid"));
+    let paid = paid_now.is_some()
+        || report["result"]["name"]
+            .as_str()
+            .is_some_and(|n| n.ends_with("-paid"));
     let qr = qr && !paid;
-    let targets = pay_targets(report);
+    let targets = if paid_now.is_some() {
+        Vec::new()
+    } else {
+        pay_targets(report)
+    };
     for t in &targets {
         let (label, text, payload) = match t {
             PayTarget::Invoice(i) => ("Lightning invoice", i, super::qr::lightning_payload(i)),
             PayTarget::Page(u) => ("open this page to pay", u, u.clone()),
+            PayTarget::Action(a) => ("make this transfer in your wallet", a, String::new()),
         };
         println!("  {label}:\n{text}");
-        if qr {
+        if qr && !payload.is_empty() {
             match super::qr::render(&payload) {
                 Some(code) => print!("{code}"),
                 None => println!("  (too long for a QR code)"),
             }
         }
     }
-    if paid {
+    if let Some(id) = &paid_now {
+        println!("  paid: {id}");
+    } else if paid {
         println!("  paid: {}", report["result"]["message"]);
     } else if let Some(name) = report["result"]["name"].as_str() {
         println!(
@@ -1005,4 +1027,28 @@ pub fn quote(args: QuoteArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pay_targets_tell_an_action_from_an_invoice() {
+        let eos = json!({"invoice": "{\"account\":\"eosio.token\",\"name\":\"transfer\"}"});
+        assert_eq!(
+            pay_targets(&eos),
+            vec![PayTarget::Action(
+                "{\"account\":\"eosio.token\",\"name\":\"transfer\"}".into()
+            )]
+        );
+        let ln = json!({"invoice": "lnbcrt1", "sellerReply": {"message": {"request": "lnbcrt1", "url": "https://pay"}}});
+        assert_eq!(
+            pay_targets(&ln),
+            vec![
+                PayTarget::Invoice("lnbcrt1".into()),
+                PayTarget::Page("https://pay".into())
+            ]
+        );
+    }
 }

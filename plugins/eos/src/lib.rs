@@ -17,10 +17,21 @@
 //!   most every `poll_ms` (from validations); after a failure, the next try waits with
 //!   exponential backoff up to `max_backoff_ms`, and meanwhile every validation fails
 //!   closed with the reason. When the node answers again, buyers are valid again.
-//! - **Buyer**, `payment_request`: the transfer to make with an external wallet:
-//!   `{from, to, quantity, memo}` (as the `invoice`, an action JSON), plus `pay_to`,
-//!   `amount` (an asset string) and `memo`. Signing and pushing the transaction from the
-//!   plugin is not implemented.
+//! - **Buyer**, `payment_request`: without a key, the transfer to make with an external
+//!   wallet: `{from, to, quantity, memo}` (as the `invoice`, an action JSON), plus
+//!   `pay_to`, `amount` (an asset string) and `memo`. With a key (`private_key_env` or
+//!   `private_key_file`, and `from`), the plugin makes the transfer itself: it asks the
+//!   node for the chain id, head block time and last irreversible block
+//!   (`/v1/chain/get_info`), serializes the `transfer` action ([`tx`]), signs it
+//!   (secp256k1, Antelope-canonical, [`keys`]) and pushes it
+//!   (`/v1/chain/push_transaction`, [`push`]); the answer then has `paid` = the
+//!   transaction id, and the same fields say what was paid. A refusal by the node
+//!   (`unsatisfied_authorization`, `expired_tx_exception`, …) is the call's error.
+//!   Keys are legacy WIF (`5…`) or `PVT_K1_…`; a key is never accepted inline in the
+//!   TOML, and never logged or put in an error. Paying takes two requests of up to
+//!   `timeout_ms` each, inside the host's call timeout (5 s for `dazaar pay`): keep
+//!   `timeout_ms` below half of it. A push that times out may still land; paying again
+//!   makes a new transaction (a new expiration), so check the seller's view first.
 //!
 //! Card: currency `EOS` (or `EOS Testnet`; any other symbol through `symbol`), `payTo`
 //! the seller's account; amounts in whole tokens.
@@ -43,13 +54,22 @@
 //! max_payments = 100000             # payments remembered
 //! log_file = "/var/log/dazaar-eos.log"   # the plugin's own log (optional)
 //! log_level = "info"
+//! # buyer, to sign and push the transfer (else it is printed for an external wallet):
+//! private_key_env = "DAZAAR_EOS_KEY"     # an environment variable holding the key
+//! private_key_file = "~/.dazaar/eos.key" # or a file holding it (the variable wins)
+//! permission = "active"                 # from's permission that signs
+//! expire_seconds = 60                   # after the node's head block time
 //! ```
 
 pub mod chain;
 pub mod history;
+pub mod keys;
+pub mod push;
+pub mod tx;
 pub use dazaar_plugin_api::logging;
 
 use std::collections::HashMap;
+use std::io::Read;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -62,6 +82,9 @@ use serde_json::json;
 
 use chain::{Asset, Transfer};
 use history::{Api, History};
+use keys::PrivateKey;
+use push::{Node, TransferOrder};
+use zeroize::Zeroizing;
 
 /// The most seller accounts one verifier watches.
 const MAX_ACCOUNTS: usize = 16;
@@ -95,6 +118,26 @@ struct Config {
     max_payments: usize,
     log_file: Option<String>,
     log_level: Option<String>,
+    /// Buyer: the environment variable that holds the paying account's private key.
+    private_key_env: Option<String>,
+    /// Buyer: a file that holds it (`~` is the home directory).
+    private_key_file: Option<String>,
+    /// Buyer: the permission of `from` that signs.
+    #[serde(default = "default_permission")]
+    permission: String,
+    /// Buyer: how long after the head block time the transfer may still be included.
+    #[serde(default = "default_expire_seconds")]
+    expire_seconds: u32,
+    /// Only to refuse it with a clear reason: a key never goes in the config.
+    #[serde(default)]
+    private_key: Option<toml::Value>,
+}
+
+fn default_permission() -> String {
+    "active".into()
+}
+fn default_expire_seconds() -> u32 {
+    60
 }
 
 fn default_api() -> Api {
@@ -132,8 +175,41 @@ pub fn is_account_name(name: &str) -> bool {
         && !name.ends_with('.')
 }
 
+/// The longest key file read (a key is about 51 characters).
+const MAX_KEY_FILE: u64 = 4096;
+
+/// Whether `text` looks like a private key (so it is not a variable name or a path).
+fn looks_like_key(text: &str) -> bool {
+    let t = text.trim();
+    let b58 = |s: &str| s.chars().all(|c| c.is_ascii_alphanumeric());
+    (t.starts_with("PVT_") && t.len() > 40 && b58(&t[4..].replace('_', "")))
+        || ((50..=52).contains(&t.len()) && t.starts_with('5') && b58(t))
+}
+
 fn check(text: &str) -> Result<(Config, tracing::Level), String> {
+    // Before anything that could quote a value back (parse errors, field checks).
+    if text
+        .split(['"', '\'', ' ', '=', '\n', '\t'])
+        .any(looks_like_key)
+    {
+        return Err("eos config: it contains what looks like a private key; never put a key in the config (name an environment variable with private_key_env, or a file with private_key_file)".into());
+    }
     let c: Config = toml::from_str(text).map_err(|e| format!("eos config: {}", e.message()))?;
+    if c.private_key.is_some() {
+        return Err("eos config: private_key is not allowed: never put a key in the config; name an environment variable (private_key_env) or a file (private_key_file) that holds it".into());
+    }
+    if (c.private_key_env.is_some() || c.private_key_file.is_some()) && c.from.is_none() {
+        return Err("eos config: a private key (private_key_env / private_key_file) needs from, the paying account".into());
+    }
+    if !is_account_name(&c.permission) {
+        return Err(format!(
+            "eos config: permission {:?} is not a permission name",
+            c.permission
+        ));
+    }
+    if c.expire_seconds == 0 || c.expire_seconds > 3600 {
+        return Err("eos config: expire_seconds must be 1..=3600".into());
+    }
     if !(c.rpc.starts_with("http://") || c.rpc.starts_with("https://")) {
         return Err("eos config: rpc must be an http(s) URL".into());
     }
@@ -207,10 +283,71 @@ impl Account {
     }
 }
 
+/// Reads the buyer's key from `private_key_env` or `private_key_file` (the variable
+/// first when both are set). Errors name where the key was looked for, never its text.
+fn load_key(c: &Config) -> Result<Option<PrivateKey>, String> {
+    let text = if let Some(var) = &c.private_key_env {
+        match std::env::var(var) {
+            Ok(v) => Zeroizing::new(v),
+            Err(_) if c.private_key_file.is_some() => {
+                read_key_file(c.private_key_file.as_deref().unwrap_or_default())?
+            }
+            Err(_) => {
+                return Err(format!(
+                    "eos: the environment variable {var} (private_key_env) is not set or not UTF-8"
+                ))
+            }
+        }
+    } else if let Some(path) = &c.private_key_file {
+        read_key_file(path)?
+    } else {
+        return Ok(None);
+    };
+    PrivateKey::parse(&text)
+        .map(Some)
+        .map_err(|e| format!("eos: the buyer's private key: {e}"))
+}
+
+fn read_key_file(path: &str) -> Result<Zeroizing<String>, String> {
+    let expanded = match path.strip_prefix("~/") {
+        Some(rest) => match std::env::var_os("HOME") {
+            Some(home) => std::path::PathBuf::from(home).join(rest),
+            None => return Err("eos: private_key_file starts with ~ but HOME is not set".into()),
+        },
+        None => std::path::PathBuf::from(path),
+    };
+    let file = std::fs::File::open(&expanded).map_err(|e| {
+        format!(
+            "eos: cannot open private_key_file {}: {}",
+            expanded.display(),
+            e.kind()
+        )
+    })?;
+    let mut text = Zeroizing::new(String::new());
+    file.take(MAX_KEY_FILE + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| {
+            format!(
+                "eos: cannot read private_key_file {}: {}",
+                expanded.display(),
+                e.kind()
+            )
+        })?;
+    if text.len() as u64 > MAX_KEY_FILE {
+        return Err(format!(
+            "eos: private_key_file {} is larger than a key",
+            expanded.display()
+        ));
+    }
+    Ok(text)
+}
+
 /// The EOS verifier.
 pub struct EosPlugin {
     config: Config,
     history: History,
+    /// Buyer: the key that signs transfers, and the node to push them to.
+    wallet: Option<(PrivateKey, Node)>,
     accounts: Mutex<HashMap<String, Account>>,
     /// Held while one thread asks the node, so concurrent validations do not all poll.
     polling: Mutex<()>,
@@ -379,10 +516,15 @@ impl PaymentPlugin for EosPlugin {
             config.page_size,
             config.max_pages,
         );
+        let wallet = load_key(&config)?.map(|key| {
+            tracing::info!(public_key = %key.public_key().to_legacy_string(), "the buyer's key is loaded; payments are signed and pushed");
+            (key, Node::new(&config.rpc, Duration::from_millis(config.timeout_ms)))
+        });
         tracing::info!(rpc = %config.rpc, api = ?config.api, "EOS plugin opened");
         Ok(EosPlugin {
             config,
             history,
+            wallet,
             accounts: Mutex::new(HashMap::new()),
             polling: Mutex::new(()),
         })
@@ -453,7 +595,43 @@ impl PaymentPlugin for EosPlugin {
             "data": {"from": from, "to": to, "quantity": quantity, "memo": memo},
         });
         if !from.is_empty() {
-            action["authorization"] = json!([{"actor": from, "permission": "active"}]);
+            action["authorization"] =
+                json!([{"actor": from, "permission": self.config.permission}]);
+        }
+        if let Some((key, node)) = &self.wallet {
+            let asset = Asset::parse(&quantity)
+                .ok_or_else(|| format!("cannot read back the quantity {quantity:?}"))?;
+            let pushed = node
+                .transfer(
+                    key,
+                    &TransferOrder {
+                        contract: &self.config.token_contract,
+                        from: &from,
+                        permission: &self.config.permission,
+                        to: &to,
+                        quantity: &asset,
+                        memo: &memo,
+                    },
+                    self.config.expire_seconds,
+                )
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "the transfer was not pushed");
+                    format!("the transfer was not pushed: {e}")
+                })?;
+            tracing::info!(trx_id = %pushed.id, %from, %to, %quantity, "transfer pushed");
+            return Ok(PaymentInstructions {
+                memo: Some(memo),
+                pay_to: Some(to),
+                amount: Some(quantity),
+                currency: Some(req.terms.currency.to_string()),
+                invoice: Some(action.to_string()),
+                note: Some(format!(
+                    "paid: transaction {} pushed to {}; the seller counts it once its history shows it",
+                    pushed.id, self.config.rpc
+                )),
+                paid: Some(pushed.id),
+                ..PaymentInstructions::default()
+            });
         }
         Ok(PaymentInstructions {
             memo: Some(memo),
@@ -488,5 +666,28 @@ mod tests {
         assert!(EosPlugin::check_config("rpc = \"x\"").is_err());
         assert!(EosPlugin::check_config("rpc = \"http://a\"\naccount = \"BAD\"").is_err());
         assert!(EosPlugin::check_config("rpc = \"http://a\"\napi = \"v3\"").is_err());
+    }
+
+    #[test]
+    fn keys_are_refused_inline_without_being_echoed() {
+        let wif = "5KQwrPbwdL6PhXujxW37FSSQZ1JiwsST4cqQzDeyXtP79zkvFD3";
+        let pvt = "PVT_K1_2bfGi9rYsXQSXXTvJbDAPhHLQUojjaNLomdm3cEJ1XTzMqUt3V";
+        let base = "rpc = \"http://a\"\nfrom = \"buyer\"\n";
+        for config in [
+            format!("{base}private_key = \"{wif}\""),
+            format!("{base}private_key = '{pvt}'"),
+            format!("{base}private_key_file = \"{wif}\""),
+            format!("{base}memo = \"{pvt}\""),
+        ] {
+            let e = EosPlugin::check_config(&config).unwrap_err();
+            assert!(e.contains("never put a key in the config"), "{e}");
+            assert!(!e.contains(&wif[5..25]) && !e.contains(&pvt[10..30]), "{e}");
+        }
+        // Naming a variable or a file is fine; a variable name like PVT_KEY is not a key.
+        assert!(EosPlugin::check_config(&format!("{base}private_key_env = \"PVT_KEY\"")).is_ok());
+        assert!(EosPlugin::check_config(&format!("{base}private_key_file = \"~/k\"")).is_ok());
+        assert!(EosPlugin::check_config("rpc = \"http://a\"\nprivate_key_env = \"K\"").is_err());
+        assert!(EosPlugin::check_config(&format!("{base}permission = \"Owner\"")).is_err());
+        assert!(EosPlugin::check_config(&format!("{base}expire_seconds = 0")).is_err());
     }
 }
