@@ -230,3 +230,14 @@ impl std::io::Write for CaptureWriter {
         Ok(())
     }
 }
+
+/// When `RUST_LOG` is set, logs this test process's events to stderr (run the test with
+/// `--nocapture` to see them); otherwise does nothing.
+pub fn init_test_log() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+}

@@ -226,6 +226,7 @@ fn pay(file: &std::path::Path, buyer: &Identity, amount: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn paid_and_unpaid_buyers() {
+    dazaar_tests::init_test_log();
     let dir = tempfile::tempdir().expect("tempdir");
     let ledger = dir.path().join("ledger.jsonl");
     let blocks: Vec<Vec<u8>> = (0..300u32)
@@ -1166,4 +1167,80 @@ async fn sparse_range_and_live_tail() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tail.abort();
+}
+
+/// A buyer's Open for its one-time feed may reach the seller before the seller has set
+/// that feed up to serve (it tells the key, then opens; the two race with the buyer's
+/// answer). The seller must keep such an early Open pending, not close it: a buyer whose
+/// channel was closed that way used to wait forever with a valid payment. Here the buyer
+/// opens its feed right after the handshake, before it is told the key at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buyer_opening_its_feed_before_the_seller_is_still_served() {
+    use dazaar::net::{ChannelSpec, ConnectionOptions, NetEvent};
+    use dazaar::protocol::replicate::{ReplicationEvent, ReplicatorConfig};
+    use dazaar::storage::MemStore;
+    dazaar_tests::init_test_log();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = dir.path().join("ledger.jsonl");
+    let blocks: Vec<Vec<u8>> = (0..50u32)
+        .map(|i| format!("early {i}").into_bytes())
+        .collect();
+    let sale = start_sale(
+        &blocks,
+        ledger_gate(&ledger, Duration::from_millis(200)),
+        Duration::from_millis(200),
+        None,
+    )
+    .await;
+    let buyer = Identity::from_master_key([0x61; 32]);
+    pay(&ledger, &buyer, 600);
+    let key = sale
+        .product
+        .buyer_feed_key(&buyer.buyer_key_pair().public_key());
+    let feed = SharedFeed::new(Feed::create_reader(MemStore::new(), key).expect("reader"));
+
+    let stream = dazaar::net::dial(sale.addr).await.expect("dial");
+    let mut session = net().session_config(true, buyer.buyer_key_pair());
+    session.expected_remote_key = Some(sale.product.seller_key());
+    let (ev_tx, mut events) = mpsc::channel(1024);
+    let (_stop, shutdown) = watch::channel(false);
+    let options = ConnectionOptions {
+        open: vec![ChannelSpec {
+            feed: feed.clone(),
+            config: ReplicatorConfig::downloader(),
+        }],
+        events: Some(ev_tx),
+        shutdown: Some(shutdown),
+        extensions: dazaar::market::ext::ALL
+            .iter()
+            .map(|n| (*n).to_owned())
+            .collect(),
+        keep_unknown: true,
+        ..ConnectionOptions::default()
+    };
+    let cfg = net();
+    let conn =
+        tokio::spawn(
+            async move { dazaar::net::run_connection(stream, session, &cfg, options).await },
+        );
+    let synced = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(ev) = events.recv().await {
+            match ev {
+                NetEvent::ChannelClosed { .. } => {
+                    return Err("the seller closed the early channel")
+                }
+                NetEvent::Replication {
+                    event: ReplicationEvent::Synced { length, .. },
+                    ..
+                } if length == 50 && feed.lock().has_all() => return Ok(()),
+                _ => {}
+            }
+        }
+        Err("the connection ended")
+    })
+    .await
+    .expect("the early buyer was served within 10 s");
+    assert_eq!(synced, Ok(()));
+    assert_eq!(feed.lock().get(49).expect("get"), Some(blocks[49].clone()));
+    conn.abort();
 }

@@ -290,7 +290,11 @@ pub async fn handle_connection(
         shutdown: Some(shutdown),
         // JS registers these five, sends the seller id, then registers user-message.
         extensions: ext::SELLER_FIRST.iter().map(|n| (*n).to_owned()).collect(),
-        keep_unknown: false,
+        // The buyer opens its one-time feed as soon as it learns the key, which may be
+        // before this side has processed its own Open for it: keep such a channel pending
+        // (it gets nothing until opened here; the session bounds how many) rather than
+        // closing it, which would leave a paying buyer without its feed.
+        keep_unknown: true,
     };
     let net_for_conn = net.clone();
     let mut conn =
