@@ -1020,6 +1020,58 @@ mod tests {
             assert!(e.contains("not a valid BOLT 11"), "{e}");
         }
 
+        /// LND's reading of an invoice must agree with the local one in every checked field.
+        #[test]
+        fn lnds_decoding_must_agree() {
+            let text = invoice(|_| {});
+            let local = checked(&text, Some(250)).unwrap();
+            let agree = proto::PayReq {
+                destination: hex::encode(local.payee),
+                payment_hash: hex::encode(local.payment_hash),
+                num_satoshis: 250,
+                timestamp: 1_700_000_000,
+                expiry: 86_400,
+                description: memo(),
+                description_hash: String::new(),
+                num_msat: 250_000,
+            };
+            assert_eq!(check_decoded(&agree, &local, &memo(), NOW), Ok(()));
+            let refused = |f: &dyn Fn(&mut proto::PayReq)| {
+                let mut d = agree.clone();
+                f(&mut d);
+                check_decoded(&d, &local, &memo(), NOW).unwrap_err()
+            };
+            assert!(refused(&|d| d.destination = "02".to_owned() + &"ab".repeat(32))
+                .contains("payee"));
+            assert!(refused(&|d| d.payment_hash = "00".repeat(32)).contains("payment hash"));
+            assert!(refused(&|d| d.num_satoshis = 251).contains("amount"));
+            assert!(refused(&|d| d.num_msat = 250_001).contains("amount"));
+            assert!(refused(&|d| d.description = "dazaar: x".into()).contains("memo"));
+            assert!(refused(&|d| d.expiry = 100).contains("expired"));
+            // A description hash of the memo stands for the memo; another hash does not.
+            use sha2::Digest;
+            let hash = hex::encode(sha2::Sha256::digest(memo().as_bytes()));
+            let mut by_hash = agree.clone();
+            by_hash.description = String::new();
+            by_hash.description_hash = hash.to_uppercase();
+            assert_eq!(check_decoded(&by_hash, &local, &memo(), NOW), Ok(()));
+            by_hash.description_hash = "00".repeat(32);
+            assert!(check_decoded(&by_hash, &local, &memo(), NOW).is_err());
+        }
+
+        #[test]
+        fn payment_settings() {
+            assert!(LndPlugin::check_config("max_fee_sats = 0").is_ok());
+            // TOML integers are i64: a larger fee limit cannot even be written.
+            assert!(LndPlugin::check_config("max_fee_sats = 18446744073709551615").is_err());
+            assert!(LndPlugin::check_config("max_fee_sats = -1").is_err());
+            assert!(LndPlugin::check_config("timeout_ms = 600000").is_ok());
+            let e = LndPlugin::check_config("timeout_ms = 600001").unwrap_err();
+            assert!(e.contains("timeout_ms"), "{e}");
+            let c = check("").unwrap().config;
+            assert_eq!((c.max_fee_sats, c.timeout_ms), (100, 5000));
+        }
+
         fn terms() -> PaymentTerms {
             PaymentTerms::new("Lightning", "SATS", "1", "seconds", "1")
         }
