@@ -1,8 +1,9 @@
 //! The Lightning plugin (`dazaar_lnd`), loaded as the host loads it, against a local
 //! stand-in for LND (`dazaar_tests::lnd_mock`): real gRPC over TLS, its messages and
-//! service generated from LND's own `lightning.proto`, checking the `macaroon` metadata.
-//! Only 127.0.0.1 is contacted. The `wire` tests check the plugin's hand-written messages
-//! against that `lightning.proto` field by field. The end-to-end sale through the
+//! services generated from LND's own `lightning.proto` and `routerrpc/router.proto`
+//! (v0.21.2-beta), checking the `macaroon` metadata, making real BOLT 11 invoices. Only
+//! 127.0.0.1 is contacted. The `wire` tests check the plugin's hand-written messages
+//! against those files field by field. The end-to-end sale through the
 //! `dazaar` binary (sell, pay, buy) is in `market_cli.rs`.
 
 use std::sync::Arc;
@@ -861,8 +862,9 @@ mod wire {
     }
 }
 
-/// The mock node as a gRPC client sees it: the generated service answers the plugin's
-/// methods, `Unimplemented` for the rest, `Unauthenticated` without the macaroon.
+/// The mock node as a gRPC client sees it: the generated services (Lightning and Router)
+/// answer the plugin's methods, `Unimplemented` for the rest (SendPaymentSync included),
+/// `Unauthenticated` without the macaroon.
 #[test]
 fn lnd_mock_serves_lightning_proto_over_tls() {
     use dazaar_tests::lnd_mock::proto as lnd;
@@ -956,6 +958,69 @@ fn lnd_mock_serves_lightning_proto_over_tls() {
         .await
         .unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
+
+        // The Router service: same TLS server, same macaroon check, a stream of updates.
+        async fn pay(
+            channel: &tonic::transport::Channel,
+            macaroon: Option<&str>,
+            payment_request: &str,
+        ) -> Result<Vec<lnd::Payment>, tonic::Status> {
+            use dazaar_tests::routerrpc::SendPaymentRequest;
+            let mut grpc = tonic::client::Grpc::new(channel.clone());
+            grpc.ready().await.unwrap();
+            let mut req = tonic::Request::new(SendPaymentRequest {
+                payment_request: payment_request.to_owned(),
+                fee_limit_sat: 10,
+                no_inflight_updates: true,
+                ..SendPaymentRequest::default()
+            });
+            if let Some(m) = macaroon {
+                req.metadata_mut().insert("macaroon", m.parse().unwrap());
+            }
+            let mut stream = grpc
+                .server_streaming(
+                    req,
+                    PathAndQuery::from_static("/routerrpc.Router/SendPaymentV2"),
+                    tonic::codec::ProstCodec::<SendPaymentRequest, lnd::Payment>::default(),
+                )
+                .await?
+                .into_inner();
+            let mut updates = Vec::new();
+            while let Some(p) = stream.message().await? {
+                updates.push(p);
+            }
+            Ok(updates)
+        }
+        let to_pay = node.state.lock().unwrap().add("pay me", 33, false);
+        let err = pay(&channel, None, &to_pay).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        let err = pay(&channel, Some("00ff"), &to_pay).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        assert!(node.state.lock().unwrap().payment_calls.is_empty());
+        let updates = pay(&channel, Some(&good), &to_pay).await.unwrap();
+        assert_eq!(updates.len(), 1, "no in-flight updates: {updates:?}");
+        let p = &updates[0];
+        assert_eq!(p.status(), lnd::payment::PaymentStatus::Succeeded);
+        assert_eq!((p.value_sat, p.value_msat, p.fee_sat), (33, 33_000, 1));
+        let inv = dazaar_lnd::bolt11::decode(&to_pay).unwrap();
+        assert_eq!(p.payment_hash, hex::encode(inv.payment_hash));
+        // The preimage is real: its SHA-256 is the payment hash.
+        use sha2::Digest;
+        let preimage = hex::decode(&p.payment_preimage).unwrap();
+        assert_eq!(sha2::Sha256::digest(&preimage).as_slice(), inv.payment_hash);
+        let err = pay(&channel, Some(&good), &to_pay).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::AlreadyExists, "paid twice");
+        // An invoice this node does not know: no route to it.
+        let stranger = dazaar_tests::bolt11::encode(
+            &dazaar_tests::bolt11::InvoiceSpec::regtest(5_000, "x", [1; 32], 1_700_000_000),
+            &dazaar_tests::bolt11::spec_key(),
+        );
+        let updates = pay(&channel, Some(&good), &stranger).await.unwrap();
+        assert_eq!(updates[0].status(), lnd::payment::PaymentStatus::Failed);
+        assert_eq!(
+            updates[0].failure_reason(),
+            lnd::PaymentFailureReason::FailureReasonNoRoute
+        );
 
         for path in [
             "/lnrpc.Lightning/GetInfo",
