@@ -296,7 +296,6 @@ impl Lightning for Node {
             ..proto::PayReq::default()
         }))
     }
-
 }
 
 /// A final or in-flight `lnrpc.Payment` update.

@@ -251,7 +251,10 @@ fn lnd_buyer_checks_the_invoice_before_paying() {
         inv.description.as_deref(),
         Some(payment_memo(&SELLER, &BUYER).as_str())
     );
-    assert_eq!(hex::encode(inv.payee), dazaar_tests::lnd_mock::node_pubkey_hex());
+    assert_eq!(
+        hex::encode(inv.payee),
+        dazaar_tests::lnd_mock::node_pubkey_hex()
+    );
 
     // Refused before any payment: a tampered amount in the reply, an invoice bound to
     // someone else, an invoice for another amount than the one asked for, and an invoice
@@ -272,7 +275,11 @@ fn lnd_buyer_checks_the_invoice_before_paying() {
     let e = buyer
         .user_message(BUYER, SELLER, &terms(), reply(&other_memo, 250))
         .unwrap_err();
-    assert!(e.to_string().contains("description is not this purchase's memo"), "{e}");
+    assert!(
+        e.to_string()
+            .contains("description is not this purchase's memo"),
+        "{e}"
+    );
     let cheaper = node
         .state
         .lock()
@@ -340,7 +347,9 @@ fn lnd_buyer_checks_the_invoice_before_paying() {
     // A payment LND cannot route is an error with LND's reason, not a silent success,
     // and that buyer is not valid.
     node.state.lock().unwrap().mode = LndMode::PaymentFails;
-    buyer.payment_request(b(7), SELLER, &terms(), "120").unwrap();
+    buyer
+        .payment_request(b(7), SELLER, &terms(), "120")
+        .unwrap();
     let again = invoice_for(&sg, b(7), 120);
     let e = buyer
         .user_message(b(7), SELLER, &terms(), again)
@@ -385,13 +394,19 @@ fn lnd_buyer_checks_the_invoice_before_paying() {
     let body: Value = serde_json::from_str(pending.message.as_str()).unwrap();
     assert_eq!(body["status"], "IN_FLIGHT");
     assert_eq!(body["amount"], 120);
-    assert!(body["note"].as_str().unwrap().contains("may still succeed or fail"));
+    assert!(body["note"]
+        .as_str()
+        .unwrap()
+        .contains("may still succeed or fail"));
     assert!(!check(&sg, b(7)).is_valid());
 
     // The macaroon is in no log line, even at trace level.
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("invoice paid"), "{text}");
-    assert!(!text.contains(&hex::encode(MACAROON)), "a macaroon is in the log");
+    assert!(
+        !text.contains(&hex::encode(MACAROON)),
+        "a macaroon is in the log"
+    );
 }
 
 #[test]
@@ -854,7 +869,10 @@ mod wire {
         let flat = router.split_whitespace().collect::<Vec<_>>().join(" ");
         assert!(flat.contains("package routerrpc;") && flat.contains("service Router {"));
         assert!(flat.contains("import \"lightning.proto\";"));
-        assert_eq!(plugin::path::SEND_PAYMENT_V2, "/routerrpc.Router/SendPaymentV2");
+        assert_eq!(
+            plugin::path::SEND_PAYMENT_V2,
+            "/routerrpc.Router/SendPaymentV2"
+        );
         assert!(
             flat.contains("rpc SendPaymentV2 (SendPaymentRequest) returns (stream lnrpc.Payment);"),
             "router.proto's SendPaymentV2"
@@ -930,7 +948,10 @@ fn lnd_mock_serves_lightning_proto_over_tls() {
         // DecodePayReq answers what the BOLT 11 itself says.
         let inv = dazaar_lnd::bolt11::decode(&request).unwrap();
         assert_eq!(decoded.destination, hex::encode(inv.payee));
-        assert_eq!(decoded.destination, dazaar_tests::lnd_mock::node_pubkey_hex());
+        assert_eq!(
+            decoded.destination,
+            dazaar_tests::lnd_mock::node_pubkey_hex()
+        );
         assert_eq!(decoded.payment_hash, hex::encode(inv.payment_hash));
         assert_eq!(inv.amount_msat, Some(21_000));
         assert_eq!(inv.description.as_deref(), Some("memo"));

@@ -592,7 +592,11 @@ fn lightning_sale_end_to_end_through_the_binary() {
         "--connect",
         &addr,
     ]);
-    assert!(human.status.success(), "{}", String::from_utf8_lossy(&human.stderr));
+    assert!(
+        human.status.success(),
+        "{}",
+        String::from_utf8_lossy(&human.stderr)
+    );
     let text = String::from_utf8_lossy(&human.stdout);
     assert!(text.contains("the seller answered: lnd-invoice"), "{text}");
     assert!(text.contains("  paid: {"), "{text}");

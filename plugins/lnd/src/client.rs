@@ -161,7 +161,8 @@ impl Lnd {
         }
         // From here on the request may have reached LND: a timeout is not a failure.
         let deadline = tokio::time::Instant::now() + wait;
-        let codec = tonic::codec::ProstCodec::<proto::SendPaymentRequest, proto::Payment>::default();
+        let codec =
+            tonic::codec::ProstCodec::<proto::SendPaymentRequest, proto::Payment>::default();
         let call = grpc.server_streaming(
             self.request(req, false),
             PathAndQuery::from_static(path::SEND_PAYMENT_V2),
@@ -170,13 +171,19 @@ impl Lnd {
         let mut stream = match tokio::time::timeout_at(deadline, call).await {
             Ok(Ok(r)) => r.into_inner(),
             Ok(Err(status)) => return Err(status),
-            Err(_) => return Ok(PayOutcome::Pending { last: None, why: None }),
+            Err(_) => {
+                return Ok(PayOutcome::Pending {
+                    last: None,
+                    why: None,
+                })
+            }
         };
         let mut last = None;
         loop {
             match tokio::time::timeout_at(deadline, stream.message()).await {
                 Ok(Ok(Some(p)))
-                    if p.status == proto::PAYMENT_SUCCEEDED || p.status == proto::PAYMENT_FAILED =>
+                    if p.status == proto::PAYMENT_SUCCEEDED
+                        || p.status == proto::PAYMENT_FAILED =>
                 {
                     return Ok(PayOutcome::Final(p));
                 }

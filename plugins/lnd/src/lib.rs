@@ -544,7 +544,10 @@ fn check_decoded(
             "LND's DecodePayReq disagrees with the invoice's {what}; not paying"
         ))
     };
-    if !decoded.destination.eq_ignore_ascii_case(&hex::encode(local.payee)) {
+    if !decoded
+        .destination
+        .eq_ignore_ascii_case(&hex::encode(local.payee))
+    {
         return disagree("payee");
     }
     if !decoded
@@ -598,21 +601,26 @@ impl LndPlugin {
         let sats = invoice.amount_msat.unwrap_or(0) / 1000;
         let wait = Duration::from_millis(self.config.timeout_ms);
         let outcome = self
-            .block_on(lnd.send_payment_v2(
-                proto::SendPaymentRequest {
-                    payment_request: request.to_owned(),
-                    timeout_seconds: i32::try_from(self.config.timeout_ms.div_ceil(1000))
-                        .unwrap_or(i32::MAX)
-                        .max(1),
-                    fee_limit_sat: i64::try_from(self.config.max_fee_sats).unwrap_or(i64::MAX),
-                    no_inflight_updates: true,
-                },
-                wait,
-            ))
+            .block_on(
+                lnd.send_payment_v2(
+                    proto::SendPaymentRequest {
+                        payment_request: request.to_owned(),
+                        timeout_seconds: i32::try_from(self.config.timeout_ms.div_ceil(1000))
+                            .unwrap_or(i32::MAX)
+                            .max(1),
+                        fee_limit_sat: i64::try_from(self.config.max_fee_sats).unwrap_or(i64::MAX),
+                        no_inflight_updates: true,
+                    },
+                    wait,
+                ),
+            )
             .map_err(|s| format!("SendPaymentV2 failed: {}; not paid", describe(&s)))?;
         match outcome {
             PayOutcome::Final(p) if p.status == proto::PAYMENT_SUCCEEDED => {
-                let amount = u64::try_from(p.value_sat).ok().filter(|v| *v > 0).unwrap_or(sats);
+                let amount = u64::try_from(p.value_sat)
+                    .ok()
+                    .filter(|v| *v > 0)
+                    .unwrap_or(sats);
                 tracing::info!(payment_hash = %hash, sats = amount, fee_sat = p.fee_sat, "invoice paid");
                 let paid = json!({"payment_hash": hash, "amount": amount, "fee_sat": p.fee_sat});
                 Ok(Some((MSG_PAID.to_owned(), paid.to_string())))
@@ -841,7 +849,11 @@ impl PaymentPlugin for LndPlugin {
         let sats = invoice.amount_msat.unwrap_or(0) / 1000;
         let Some(lnd) = &self.lnd else {
             // Wallet-less: the host shows the checked invoice for a wallet.
-            tracing::info!(invoice = request, sats, "invoice checked; pay it with your wallet");
+            tracing::info!(
+                invoice = request,
+                sats,
+                "invoice checked; pay it with your wallet"
+            );
             return Ok(None);
         };
         // And by the node that would pay it: both must agree (defence in depth).
@@ -850,7 +862,11 @@ impl PaymentPlugin for LndPlugin {
             .map_err(|s| format!("DecodePayReq failed: {}", describe(&s)))?;
         check_decoded(&decoded, &invoice, &req.memo(), unix_now())?;
         if !self.config.pay {
-            tracing::info!(invoice = request, sats, "invoice checked; pay it with your wallet");
+            tracing::info!(
+                invoice = request,
+                sats,
+                "invoice checked; pay it with your wallet"
+            );
             return Ok(None);
         }
         self.pay(lnd, request, &invoice)
@@ -1041,8 +1057,9 @@ mod tests {
                 f(&mut d);
                 check_decoded(&d, &local, &memo(), NOW).unwrap_err()
             };
-            assert!(refused(&|d| d.destination = "02".to_owned() + &"ab".repeat(32))
-                .contains("payee"));
+            assert!(
+                refused(&|d| d.destination = "02".to_owned() + &"ab".repeat(32)).contains("payee")
+            );
             assert!(refused(&|d| d.payment_hash = "00".repeat(32)).contains("payment hash"));
             assert!(refused(&|d| d.num_satoshis = 251).contains("amount"));
             assert!(refused(&|d| d.num_msat = 250_001).contains("amount"));
