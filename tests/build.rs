@@ -1,6 +1,8 @@
-//! Generates the mock LND's server types from LND's own `lightning.proto` (vendored in
-//! `proto/lnd/`), without a `protoc` binary: protox compiles the file to descriptors in
-//! pure Rust, tonic-build turns them into prost messages and a tonic server trait.
+//! Generates the mock LND's server types from LND's own `lightning.proto` and
+//! `routerrpc/router.proto` (vendored in `proto/lnd/`; the router's file imports
+//! `lightning.proto`), without a `protoc` binary: protox compiles the files to descriptors
+//! in pure Rust, tonic-build turns them into prost messages and tonic server traits (the
+//! `lnrpc` and `routerrpc` packages).
 //!
 //! Methods the mock does not implement answer `Unimplemented` (tonic-build's default
 //! stubs). The proto's comments are left out of the generated code: they are not Rust
@@ -8,9 +10,14 @@
 //! `.proto` file.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let proto = "proto/lnd/lightning.proto";
-    println!("cargo:rerun-if-changed={proto}");
-    let descriptors = protox::compile([proto], ["proto/lnd"])?;
+    let protos = [
+        "proto/lnd/lightning.proto",
+        "proto/lnd/routerrpc/router.proto",
+    ];
+    for proto in protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let descriptors = protox::compile(protos, ["proto/lnd"])?;
     // tonic-build 0.12 does not hand its `disable_comments` to prost-build: the messages'
     // comments are disabled on prost-build's own config, the service's on tonic-build's.
     let mut messages = prost_build::Config::new();

@@ -14,6 +14,12 @@ pub mod lnd_mock;
 pub mod lnrpc {
     tonic::include_proto!("lnrpc");
 }
+/// LND's `routerrpc` package (the `Router` service: `SendPaymentV2`), generated like
+/// [`lnrpc`] from the vendored `routerrpc/router.proto`; its messages refer to `lnrpc`'s.
+#[allow(missing_docs, clippy::all, clippy::pedantic)]
+pub mod routerrpc {
+    tonic::include_proto!("routerrpc");
+}
 pub mod localstripe;
 pub mod proc;
 pub mod stripe_mock;

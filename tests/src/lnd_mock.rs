@@ -1,16 +1,21 @@
 //! A local stand-in for LND (which cannot be installed here) for the Lightning plugin's
-//! tests: a real gRPC server over TLS whose messages and `lnrpc.Lightning` service are
-//! generated at build time from LND's own `lightning.proto` (vendored in
+//! tests: a real gRPC server over TLS whose messages and `lnrpc.Lightning` and
+//! `routerrpc.Router` services are generated at build time from LND's own
+//! `lightning.proto` and `routerrpc/router.proto` (v0.21.2-beta, vendored in
 //! `tests/proto/lnd/`, see [`crate::lnrpc`]) — not from the plugin's hand-written
 //! declarations, so a wrong field number or type in the plugin shows up as a failure.
 //!
 //! It implements the methods the plugin calls — AddInvoice, ListInvoices (paged by add
-//! index), SubscribeInvoices (replay after add/settle index, then live), DecodePayReq,
-//! SendPaymentSync — and every other method of the service answers `Unimplemented`.
-//! Every call must carry the accepted macaroon in its `macaroon` metadata
-//! (`Unauthenticated` otherwise). The TLS certificate is self-signed, made with rcgen for
-//! `localhost` and 127.0.0.1. It listens on 127.0.0.1 only, and can be stopped (all
-//! connections dropped) and started again on the same port with the same state.
+//! index), SubscribeInvoices (replay after add/settle index, then live), DecodePayReq and
+//! the Router's SendPaymentV2 — and every other method of the two services answers
+//! `Unimplemented` (LND v0.21 has no `SendPaymentSync`). Invoices are real BOLT 11
+//! ([`crate::bolt11`]): signed by a fixed node key ([`node_key`]), for the network of
+//! [`LndState::network_prefix`] (regtest `lnbcrt` by default), described by the memo,
+//! for `value` sats, with the SHA-256 of a random preimage as payment hash. Every call
+//! must carry the accepted macaroon in its `macaroon` metadata (`Unauthenticated`
+//! otherwise). The TLS certificate is self-signed, made with rcgen for `localhost` and
+//! 127.0.0.1. It listens on 127.0.0.1 only, and can be stopped (all connections dropped)
+//! and started again on the same port with the same state.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -22,6 +27,8 @@ use tonic::{Request, Response, Status};
 /// The node's messages: those of LND's `lightning.proto`.
 pub use crate::lnrpc as proto;
 use crate::lnrpc::lightning_server::{Lightning, LightningServer};
+use crate::routerrpc::router_server::{Router, RouterServer};
+use crate::routerrpc::SendPaymentRequest;
 
 /// `InvoiceState.SETTLED`, as the node reports it.
 pub const INVOICE_SETTLED: i32 = proto::invoice::InvoiceState::Settled as i32;
@@ -35,9 +42,26 @@ pub enum LndMode {
     Normal,
     /// ListInvoices waits this long.
     SlowList(Duration),
-    /// SendPaymentSync answers with a payment error.
+    /// SendPaymentV2 streams a FAILED payment (`FAILURE_REASON_NO_ROUTE`).
     PaymentFails,
+    /// SendPaymentV2 never gives a final status (the stream stays open).
+    PaymentInFlight,
+    /// DecodePayReq says the invoice is for one satoshi more than it is.
+    DecodeDisagrees,
 }
+
+/// The mock node's identity key (fixed): it signs every invoice.
+pub fn node_key() -> k256::ecdsa::SigningKey {
+    k256::ecdsa::SigningKey::from_slice(&[0x4d; 32]).expect("a valid secp256k1 key")
+}
+
+/// The mock node's public key, hex (as LND's `destination` and `identity_pubkey`).
+pub fn node_pubkey_hex() -> String {
+    hex::encode(crate::bolt11::public_key(&node_key()))
+}
+
+/// The longest memo the mock accepts (a BOLT 11 `d` field holds at most 639 bytes).
+pub const MAX_MEMO: usize = 639;
 
 /// The node's invoices and the live subscriptions.
 #[derive(Debug)]
@@ -48,6 +72,15 @@ pub struct LndState {
     pub mode: LndMode,
     /// The macaroon (hex) it accepts.
     pub macaroon_hex: String,
+    /// The BOLT 11 currency prefix after `ln` of its invoices: `bcrt` (regtest) by default.
+    pub network_prefix: String,
+    /// Routing fee SendPaymentV2 charges (sats); above the request's `fee_limit_sat`, the
+    /// payment fails with no route.
+    pub route_fee_sat: i64,
+    /// Every SendPaymentV2 request received, in order.
+    pub payment_calls: Vec<SendPaymentRequest>,
+    /// Streams of payments left in flight (kept open).
+    held: Vec<tokio::sync::mpsc::Sender<Result<proto::Payment, Status>>>,
     subscribers: Vec<tokio::sync::mpsc::Sender<Result<proto::Invoice, Status>>>,
     next_settle: u64,
 }
@@ -58,19 +91,43 @@ impl LndState {
             .retain(|s| s.try_send(Ok(inv.clone())).is_ok());
     }
 
-    /// Adds an invoice; returns its payment request.
+    /// Adds an invoice (a real BOLT 11 signed by [`node_key`]; `value` 0 or less: "any
+    /// amount"); returns its payment request. The memo must be at most [`MAX_MEMO`] bytes.
     pub fn add(&mut self, memo: &str, value: i64, private: bool) -> String {
+        use sha2::Digest;
         let n = self.invoices.len() as u64 + 1;
-        let request = format!("lnbcrt{value}n1pmock{n:08}");
+        let preimage: [u8; 32] = rand::random();
+        let secret: [u8; 32] = rand::random();
+        let hash: [u8; 32] = sha2::Sha256::digest(preimage).into();
+        let now = now_s();
+        let amount_msat = u64::try_from(value)
+            .ok()
+            .filter(|v| *v > 0)
+            .map(|v| v * 1000);
+        let spec = crate::bolt11::InvoiceSpec {
+            prefix: self.network_prefix.clone(),
+            amount_msat,
+            description: crate::bolt11::Describe::Text(memo.to_owned()),
+            payment_hash: hash,
+            payment_secret: Some(secret),
+            timestamp: u64::try_from(now).unwrap_or(0),
+            expiry: Some(3600),
+            payee_field: None,
+            features: Vec::new(),
+        };
+        let request = crate::bolt11::encode(&spec, &node_key());
         let inv = proto::Invoice {
             memo: memo.to_owned(),
-            r_hash: n.to_be_bytes().to_vec(),
+            r_preimage: preimage.to_vec(),
+            r_hash: hash.to_vec(),
             value,
-            creation_date: now_s(),
+            value_msat: value.saturating_mul(1000),
+            creation_date: now,
             payment_request: request.clone(),
             expiry: 3600,
             private,
             add_index: n,
+            payment_addr: secret.to_vec(),
             ..proto::Invoice::default()
         };
         self.push(&inv);
@@ -97,6 +154,7 @@ impl LndState {
         inv.settle_date = now_s();
         inv.settle_index = settle_index;
         inv.amt_paid_sat = inv.value;
+        inv.amt_paid_msat = inv.value_msat;
         let inv = inv.clone();
         self.push(&inv);
         true
@@ -154,6 +212,9 @@ impl Lightning for Node {
     ) -> Result<Response<proto::AddInvoiceResponse>, Status> {
         let mut s = self.authorized(&request)?;
         let r = request.into_inner();
+        if r.memo.len() > MAX_MEMO {
+            return Err(Status::invalid_argument("memo too large"));
+        }
         let request = s.add(&r.memo, r.value, r.private);
         let inv = s.invoices.last().cloned().unwrap_or_default();
         Ok(Response::new(proto::AddInvoiceResponse {
@@ -221,43 +282,96 @@ impl Lightning for Node {
             .iter()
             .find(|i| i.payment_request == r.pay_req)
             .ok_or_else(|| Status::invalid_argument("invalid payment request"))?;
+        let extra = i64::from(s.mode == LndMode::DecodeDisagrees);
         Ok(Response::new(proto::PayReq {
-            destination: "02".to_owned() + &"ab".repeat(32),
+            destination: node_pubkey_hex(),
             payment_hash: hex::encode(&inv.r_hash),
-            num_satoshis: inv.value,
+            num_satoshis: inv.value + extra,
             timestamp: inv.creation_date,
             expiry: inv.expiry,
             description: inv.memo.clone(),
-            num_msat: inv.value * 1000,
+            num_msat: (inv.value + extra) * 1000,
+            payment_addr: inv.payment_addr.clone(),
+            cltv_expiry: 18,
             ..proto::PayReq::default()
         }))
     }
+}
 
-    async fn send_payment_sync(
+/// A final or in-flight `lnrpc.Payment` update.
+fn payment(
+    inv: Option<&proto::Invoice>,
+    request: &str,
+    status: proto::payment::PaymentStatus,
+) -> proto::Payment {
+    proto::Payment {
+        payment_hash: inv.map(|i| hex::encode(&i.r_hash)).unwrap_or_default(),
+        value_sat: inv.map_or(0, |i| i.value),
+        value_msat: inv.map_or(0, |i| i.value_msat),
+        payment_request: request.to_owned(),
+        status: status as i32,
+        creation_time_ns: now_s().saturating_mul(1_000_000_000),
+        ..proto::Payment::default()
+    }
+}
+
+#[tonic::async_trait]
+impl Router for Node {
+    /// Pays one of this node's own invoices (settling it) as LND would: FAILED with
+    /// `NO_ROUTE` for an invoice it does not know, under `PaymentFails`, or when its
+    /// routing fee is above `fee_limit_sat`; `AlreadyExists` for a settled one.
+    async fn send_payment_v2(
         &self,
-        request: Request<proto::SendRequest>,
-    ) -> Result<Response<proto::SendResponse>, Status> {
+        request: Request<SendPaymentRequest>,
+    ) -> Result<Response<BoxStream<proto::Payment>>, Status> {
+        use proto::payment::PaymentStatus;
         let mut s = self.authorized(&request)?;
         let r = request.into_inner();
-        if s.mode == LndMode::PaymentFails {
-            return Ok(Response::new(proto::SendResponse {
-                payment_error: "unable to find a path to destination".into(),
-                ..proto::SendResponse::default()
-            }));
+        s.payment_calls.push(r.clone());
+        if !r.payment_request.to_ascii_lowercase().starts_with("ln") {
+            return Err(Status::invalid_argument("invalid payment request"));
         }
-        let hash = s
+        let inv = s
             .invoices
             .iter()
             .find(|i| i.payment_request == r.payment_request)
-            .map(|i| i.r_hash.clone());
-        if !s.settle(&r.payment_request) {
-            return Err(Status::invalid_argument("invalid payment request"));
+            .cloned();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let failed = |reason: proto::PaymentFailureReason| {
+            let mut p = payment(inv.as_ref(), &r.payment_request, PaymentStatus::Failed);
+            p.failure_reason = reason as i32;
+            p
+        };
+        let update = match (&inv, s.mode) {
+            (Some(i), _) if i.state == INVOICE_SETTLED => {
+                return Err(Status::already_exists("invoice is already paid"));
+            }
+            (None, _) | (_, LndMode::PaymentFails) => {
+                Some(failed(proto::PaymentFailureReason::FailureReasonNoRoute))
+            }
+            (Some(_), _) if s.route_fee_sat > r.fee_limit_sat => {
+                Some(failed(proto::PaymentFailureReason::FailureReasonNoRoute))
+            }
+            (Some(i), LndMode::PaymentInFlight) => {
+                s.held.push(tx.clone());
+                (!r.no_inflight_updates)
+                    .then(|| payment(Some(i), &r.payment_request, PaymentStatus::InFlight))
+            }
+            (Some(i), _) => {
+                s.settle(&r.payment_request);
+                let mut p = payment(Some(i), &r.payment_request, PaymentStatus::Succeeded);
+                p.payment_preimage = hex::encode(&i.r_preimage);
+                p.fee_sat = s.route_fee_sat;
+                p.fee_msat = s.route_fee_sat.saturating_mul(1000);
+                Some(p)
+            }
+        };
+        if let Some(u) = update {
+            let _ = tx.try_send(Ok(u));
         }
-        Ok(Response::new(proto::SendResponse {
-            payment_preimage: vec![7; 32],
-            payment_hash: hash.unwrap_or_default(),
-            ..proto::SendResponse::default()
-        }))
+        let stream: BoxStream<proto::Payment> =
+            Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
+        Ok(Response::new(stream))
     }
 }
 
@@ -278,6 +392,10 @@ impl MockLnd {
                 invoices: Vec::new(),
                 mode: LndMode::Normal,
                 macaroon_hex: macaroon_hex.to_owned(),
+                network_prefix: "bcrt".to_owned(),
+                route_fee_sat: 1,
+                payment_calls: Vec::new(),
+                held: Vec::new(),
                 subscribers: Vec::new(),
                 next_settle: 0,
             })),
@@ -295,7 +413,8 @@ impl MockLnd {
             .build()
             .expect("runtime");
         let identity = tonic::transport::Identity::from_pem(&self.cert_pem, &self.key_pem);
-        let svc = LightningServer::new(Node(Arc::clone(&self.state)));
+        let lightning = LightningServer::new(Node(Arc::clone(&self.state)));
+        let router = RouterServer::new(Node(Arc::clone(&self.state)));
         let addr = self.addr;
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         runtime.spawn(async move {
@@ -310,7 +429,8 @@ impl MockLnd {
             let _ = tonic::transport::Server::builder()
                 .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
                 .expect("tls config")
-                .add_service(svc)
+                .add_service(lightning)
+                .add_service(router)
                 .serve_with_incoming(incoming)
                 .await;
         });
@@ -322,6 +442,7 @@ impl MockLnd {
     pub fn stop(&mut self) {
         if let Ok(mut s) = self.state.lock() {
             s.subscribers.clear();
+            s.held.clear();
         }
         if let Some(rt) = self.runtime.take() {
             rt.shutdown_background();

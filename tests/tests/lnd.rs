@@ -1,8 +1,9 @@
 //! The Lightning plugin (`dazaar_lnd`), loaded as the host loads it, against a local
 //! stand-in for LND (`dazaar_tests::lnd_mock`): real gRPC over TLS, its messages and
-//! service generated from LND's own `lightning.proto`, checking the `macaroon` metadata.
-//! Only 127.0.0.1 is contacted. The `wire` tests check the plugin's hand-written messages
-//! against that `lightning.proto` field by field. The end-to-end sale through the
+//! services generated from LND's own `lightning.proto` and `routerrpc/router.proto`
+//! (v0.21.2-beta), checking the `macaroon` metadata, making real BOLT 11 invoices. Only
+//! 127.0.0.1 is contacted. The `wire` tests check the plugin's hand-written messages
+//! against those files field by field. The end-to-end sale through the
 //! `dazaar` binary (sell, pay, buy) is in `market_cli.rs`.
 
 use std::sync::Arc;
@@ -197,12 +198,41 @@ fn lnd_settled_invoices_with_the_memo_make_buyers_valid() {
     assert!((298_000..=300_000).contains(&ms), "{ms}");
 }
 
+/// The seller's reply to a buyer's `lnd-pay-request` for `sats`.
+fn invoice_for(sg: &PaymentGate, buyer: [u8; 32], sats: u64) -> UserMessage {
+    let ask = UserMessage {
+        name: "lnd-pay-request".into(),
+        message: json!({ "amount": sats }).to_string().into(),
+    };
+    sg.user_message(buyer, SELLER, &ask).unwrap().unwrap()
+}
+
+fn reply(request: &str, amount: u64) -> UserMessage {
+    UserMessage {
+        name: "lnd-invoice".into(),
+        message: json!({"request": request, "amount": amount})
+            .to_string()
+            .into(),
+    }
+}
+
+fn payment_calls(node: &MockLnd) -> usize {
+    node.state.lock().unwrap().payment_calls.len()
+}
+
 #[test]
 fn lnd_buyer_checks_the_invoice_before_paying() {
     let node = MockLnd::start(&hex::encode(MACAROON));
     let files = Files::new(&node, MACAROON);
+    let log = files.dir.path().join("buyer.log");
     let seller = open(&files.config(&node, ""));
-    let buyer = open(&files.config(&node, "pay = true\n"));
+    let buyer = open(&files.config(
+        &node,
+        &format!(
+            "pay = true\nmax_fee_sats = 7\nlog_file = {:?}\nlog_level = \"trace\"\n",
+            log.display().to_string()
+        ),
+    ));
     let sg = gate(&seller);
 
     let how = buyer
@@ -211,37 +241,89 @@ fn lnd_buyer_checks_the_invoice_before_paying() {
     let send = how.send.unwrap();
     assert_eq!(send.name, "lnd-pay-request");
     assert_eq!(send.message, json!({"amount": 250}));
-    let ask = UserMessage {
-        name: send.name.clone().into(),
-        message: send.message.to_string().into(),
-    };
-    let invoice = sg.user_message(BUYER, SELLER, &ask).unwrap().unwrap();
-
-    // A tampered amount or an invoice bound to someone else: not paid.
+    let invoice = invoice_for(&sg, BUYER, 250);
     let body: Value = serde_json::from_str(invoice.message.as_str()).unwrap();
-    let tampered = UserMessage {
-        name: "lnd-invoice".into(),
-        message: json!({"request": body["request"], "amount": 100})
-            .to_string()
-            .into(),
-    };
+    let request = body["request"].as_str().unwrap().to_owned();
+    // A real BOLT 11 from the node, for the memo and the amount.
+    let inv = dazaar_lnd::bolt11::decode(&request).unwrap();
+    assert_eq!(inv.amount_msat, Some(250_000));
+    assert_eq!(
+        inv.description.as_deref(),
+        Some(payment_memo(&SELLER, &BUYER).as_str())
+    );
+    assert_eq!(
+        hex::encode(inv.payee),
+        dazaar_tests::lnd_mock::node_pubkey_hex()
+    );
+
+    // Refused before any payment: a tampered amount in the reply, an invoice bound to
+    // someone else, an invoice for another amount than the one asked for, and an invoice
+    // the node decodes differently from the local decoder.
     let e = buyer
-        .user_message(BUYER, SELLER, &terms(), tampered)
+        .user_message(BUYER, SELLER, &terms(), reply(&request, 100))
         .unwrap_err();
     assert!(e.to_string().contains("not paying"), "{e}");
     let e = buyer
         .user_message(b(9), SELLER, &terms(), invoice.clone())
         .unwrap_err();
     assert!(e.to_string().contains("description"), "{e}");
+    let other_memo = node
+        .state
+        .lock()
+        .unwrap()
+        .add(&payment_memo(&SELLER, &b(9)), 250, true);
+    let e = buyer
+        .user_message(BUYER, SELLER, &terms(), reply(&other_memo, 250))
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("description is not this purchase's memo"),
+        "{e}"
+    );
+    let cheaper = node
+        .state
+        .lock()
+        .unwrap()
+        .add(&payment_memo(&SELLER, &BUYER), 200, true);
+    let e = buyer
+        .user_message(BUYER, SELLER, &terms(), reply(&cheaper, 250))
+        .unwrap_err();
+    assert!(e.to_string().contains("not the 250 sats asked for"), "{e}");
+    node.state.lock().unwrap().mode = LndMode::DecodeDisagrees;
+    let e = buyer
+        .user_message(BUYER, SELLER, &terms(), invoice.clone())
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("LND's DecodePayReq disagrees with the invoice's amount"),
+        "{e}"
+    );
+    node.state.lock().unwrap().mode = LndMode::Normal;
+    assert_eq!(payment_calls(&node), 0, "SendPaymentV2 was called");
     assert!(!wait_for(&sg, BUYER, Duration::from_millis(300), Validation::is_valid).is_valid());
 
-    // The right invoice: paid with SendPaymentSync, and the seller sees it settle.
+    // The right invoice: paid with SendPaymentV2, reported to the host as `lnd-paid`,
+    // and the seller sees it settle.
+    let paid = buyer
+        .user_message(BUYER, SELLER, &terms(), invoice.clone())
+        .unwrap()
+        .expect("a follow-up");
+    assert_eq!(paid.name.as_str(), "lnd-paid");
+    let body: Value = serde_json::from_str(paid.message.as_str()).unwrap();
     assert_eq!(
-        buyer
-            .user_message(BUYER, SELLER, &terms(), invoice)
-            .unwrap(),
-        None
+        body,
+        json!({"payment_hash": hex::encode(inv.payment_hash), "amount": 250, "fee_sat": 1})
     );
+    {
+        let s = node.state.lock().unwrap();
+        assert_eq!(s.payment_calls.len(), 1);
+        let call = &s.payment_calls[0];
+        assert_eq!(call.payment_request, request);
+        assert_eq!(call.fee_limit_sat, 7, "max_fee_sats");
+        assert_eq!(call.timeout_seconds, 1, "timeout_ms 500, rounded up");
+        assert!(call.no_inflight_updates);
+        assert_eq!((call.amt, call.amt_msat, call.fee_limit_msat), (0, 0, 0));
+    }
     let ms = remaining(wait_for(
         &sg,
         BUYER,
@@ -249,14 +331,82 @@ fn lnd_buyer_checks_the_invoice_before_paying() {
         Validation::is_valid,
     ));
     assert!((248_000..=250_000).contains(&ms), "{ms}");
-
-    // A payment LND cannot route is an error, not a silent success.
-    node.state.lock().unwrap().mode = LndMode::PaymentFails;
-    let again = sg.user_message(BUYER, SELLER, &ask).unwrap().unwrap();
+    // The same invoice again: LND refuses it (already paid); nothing is paid twice.
     let e = buyer
-        .user_message(BUYER, SELLER, &terms(), again)
+        .user_message(BUYER, SELLER, &terms(), invoice)
         .unwrap_err();
-    assert!(e.to_string().contains("payment failed"), "{e}");
+    assert!(e.to_string().contains("AlreadyExists"), "{e}");
+
+    // The seller's plugin ignores an `lnd-paid` (were it ever sent to it).
+    let echoed = UserMessage {
+        name: "lnd-paid".into(),
+        message: paid.message.clone(),
+    };
+    assert_eq!(sg.user_message(BUYER, SELLER, &echoed).unwrap(), None);
+
+    // A payment LND cannot route is an error with LND's reason, not a silent success,
+    // and that buyer is not valid.
+    node.state.lock().unwrap().mode = LndMode::PaymentFails;
+    buyer
+        .payment_request(b(7), SELLER, &terms(), "120")
+        .unwrap();
+    let again = invoice_for(&sg, b(7), 120);
+    let e = buyer
+        .user_message(b(7), SELLER, &terms(), again)
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("payment failed: FAILURE_REASON_NO_ROUTE; not paid"),
+        "{e}"
+    );
+    assert_eq!(payment_calls(&node), 3);
+    assert!(!wait_for(&sg, b(7), Duration::from_millis(300), Validation::is_valid).is_valid());
+
+    // A routing fee above max_fee_sats: no route within the limit.
+    {
+        let mut s = node.state.lock().unwrap();
+        s.mode = LndMode::Normal;
+        s.route_fee_sat = 8;
+    }
+    let again = invoice_for(&sg, b(7), 120);
+    let e = buyer
+        .user_message(b(7), SELLER, &terms(), again)
+        .unwrap_err();
+    assert!(e.to_string().contains("FAILURE_REASON_NO_ROUTE"), "{e}");
+    assert!(!check(&sg, b(7)).is_valid());
+
+    // No final status within timeout_ms: reported as in flight, neither paid nor failed.
+    {
+        let mut s = node.state.lock().unwrap();
+        s.mode = LndMode::PaymentInFlight;
+        s.route_fee_sat = 1;
+    }
+    let again = invoice_for(&sg, b(7), 120);
+    let started = Instant::now();
+    let pending = buyer
+        .user_message(b(7), SELLER, &terms(), again)
+        .unwrap()
+        .expect("a follow-up");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(500), "{waited:?}");
+    assert!(waited < Duration::from_secs(3), "{waited:?}");
+    assert_eq!(pending.name.as_str(), "lnd-in-flight");
+    let body: Value = serde_json::from_str(pending.message.as_str()).unwrap();
+    assert_eq!(body["status"], "IN_FLIGHT");
+    assert_eq!(body["amount"], 120);
+    assert!(body["note"]
+        .as_str()
+        .unwrap()
+        .contains("may still succeed or fail"));
+    assert!(!check(&sg, b(7)).is_valid());
+
+    // The macaroon is in no log line, even at trace level.
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("invoice paid"), "{text}");
+    assert!(
+        !text.contains(&hex::encode(MACAROON)),
+        "a macaroon is in the log"
+    );
 }
 
 #[test]
@@ -534,6 +684,7 @@ mod wire {
             timestamp: 1_700_000_004,
             expiry: 3_605,
             description: "dazaar memo".into(),
+            description_hash: "cd".repeat(32),
             num_msat: 1_234_000,
         };
         let g: lnd::PayReq = cross(&p);
@@ -544,6 +695,7 @@ mod wire {
             timestamp,
             expiry,
             description,
+            description_hash,
             num_msat,
         } = &p;
         assert_eq!(&g.destination, destination);
@@ -552,54 +704,108 @@ mod wire {
         assert_eq!(&g.timestamp, timestamp);
         assert_eq!(&g.expiry, expiry);
         assert_eq!(&g.description, description);
+        assert_eq!(&g.description_hash, description_hash);
         assert_eq!(&g.num_msat, num_msat);
         let full = lnd::PayReq {
             fallback_addr: "bcrt1qexample".into(),
             cltv_expiry: 80,
             payment_addr: vec![3; 32],
-            description_hash: "00".repeat(32),
             ..g
         };
         assert_eq!(cross::<_, plugin::PayReq>(&full), p);
     }
 
     #[test]
-    fn lnd_wire_send_payment_sync_matches_lightning_proto() {
-        let p = plugin::SendRequest {
+    fn lnd_wire_send_payment_v2_matches_router_proto() {
+        use dazaar_tests::routerrpc as router;
+        let p = plugin::SendPaymentRequest {
             payment_request: "lnbcrt1pexample".into(),
+            timeout_seconds: 5,
+            fee_limit_sat: 100,
+            no_inflight_updates: true,
         };
-        let g: lnd::SendRequest = cross(&p);
-        let plugin::SendRequest { payment_request } = &p;
-        assert_eq!(&g.payment_request, payment_request);
-        assert_eq!(cross::<_, plugin::SendRequest>(&g), p);
-
-        let p = plugin::SendResponse {
-            payment_error: "no route".into(),
-            payment_preimage: vec![7; 32],
-            payment_hash: vec![6; 32],
-        };
-        let g: lnd::SendResponse = cross(&p);
-        let plugin::SendResponse {
-            payment_error,
-            payment_preimage,
-            payment_hash,
+        let g: router::SendPaymentRequest = cross(&p);
+        let plugin::SendPaymentRequest {
+            payment_request,
+            timeout_seconds,
+            fee_limit_sat,
+            no_inflight_updates,
         } = &p;
-        assert_eq!(&g.payment_error, payment_error);
-        assert_eq!(&g.payment_preimage, payment_preimage);
+        assert_eq!(&g.payment_request, payment_request);
+        assert_eq!(&g.timeout_seconds, timeout_seconds);
+        assert_eq!(&g.fee_limit_sat, fee_limit_sat);
+        assert_eq!(&g.no_inflight_updates, no_inflight_updates);
+        // Nothing else is set: no amount, fee in msat, or destination of its own.
+        assert_eq!((g.amt, g.amt_msat, g.fee_limit_msat), (0, 0, 0));
+        assert!(g.dest.is_empty() && g.payment_hash.is_empty());
+        assert_eq!(cross::<_, plugin::SendPaymentRequest>(&g), p);
+
+        let p = plugin::Payment {
+            payment_hash: "ab".repeat(32),
+            value_sat: 250,
+            value_msat: 250_000,
+            status: plugin::PAYMENT_FAILED,
+            fee_sat: 2,
+            fee_msat: 2_100,
+            failure_reason: 2,
+        };
+        let g: lnd::Payment = cross(&p);
+        let plugin::Payment {
+            payment_hash,
+            value_sat,
+            value_msat,
+            status,
+            fee_sat,
+            fee_msat,
+            failure_reason,
+        } = &p;
         assert_eq!(&g.payment_hash, payment_hash);
-        let full = lnd::SendResponse {
-            payment_route: Some(lnd::Route {
-                total_time_lock: 100,
-                total_amt_msat: 1_234_000,
-                ..lnd::Route::default()
-            }),
+        assert_eq!(&g.value_sat, value_sat);
+        assert_eq!(&g.value_msat, value_msat);
+        assert_eq!(&g.status, status);
+        assert_eq!(&g.fee_sat, fee_sat);
+        assert_eq!(&g.fee_msat, fee_msat);
+        assert_eq!(&g.failure_reason, failure_reason);
+        assert_eq!(
+            g.failure_reason(),
+            lnd::PaymentFailureReason::FailureReasonNoRoute
+        );
+        assert_eq!(
+            plugin::failure_reason(*failure_reason),
+            lnd::PaymentFailureReason::FailureReasonNoRoute.as_str_name()
+        );
+        // The status and failure reason constants are LND's enum values.
+        use lnd::payment::PaymentStatus;
+        for (ours, theirs) in [
+            (plugin::PAYMENT_IN_FLIGHT, PaymentStatus::InFlight),
+            (plugin::PAYMENT_SUCCEEDED, PaymentStatus::Succeeded),
+            (plugin::PAYMENT_FAILED, PaymentStatus::Failed),
+            (plugin::PAYMENT_INITIATED, PaymentStatus::Initiated),
+        ] {
+            assert_eq!(ours, theirs as i32, "{theirs:?}");
+        }
+        for n in 0..=6 {
+            let reason = lnd::PaymentFailureReason::try_from(n).unwrap();
+            assert_eq!(plugin::failure_reason(n), reason.as_str_name());
+        }
+        // The node's updates carry more than the plugin reads: skipped.
+        let full = lnd::Payment {
+            payment_preimage: "cd".repeat(32),
+            payment_request: "lnbcrt1pexample".into(),
+            creation_time_ns: 1_700_000_000_000_000_000,
+            payment_index: 9,
+            htlcs: vec![lnd::HtlcAttempt {
+                attempt_id: 1,
+                ..lnd::HtlcAttempt::default()
+            }],
             ..g
         };
-        assert_eq!(cross::<_, plugin::SendResponse>(&full), p);
+        assert_eq!(cross::<_, plugin::Payment>(&full), p);
     }
 
-    /// Each gRPC path the plugin calls names a method of `lnrpc.Lightning` in the vended
-    /// `lightning.proto`, with the request and answer types the plugin sends and reads.
+    /// Each gRPC path the plugin calls names a method of `lnrpc.Lightning` in the vendored
+    /// `lightning.proto` (or of `routerrpc.Router` in `routerrpc/router.proto`), with the
+    /// request and answer types the plugin sends and reads.
     #[test]
     fn lnd_wire_method_paths_match_lightning_proto() {
         let text = std::fs::read_to_string(
@@ -643,11 +849,6 @@ mod wire {
                 "DecodePayReq",
                 "(PayReqString) returns (PayReq)",
             ),
-            (
-                plugin::path::SEND_PAYMENT_SYNC,
-                "SendPaymentSync",
-                "(SendRequest) returns (SendResponse)",
-            ),
         ];
         assert!(text.contains("package lnrpc;") && text.contains("service Lightning {"));
         for (path, method, signature) in cases {
@@ -658,11 +859,30 @@ mod wire {
                 "{path}: lightning.proto declares {decl:?}"
             );
         }
+        // LND v0.21 has no SendPaymentSync: the plugin must not rely on it.
+        assert!(!text.contains("rpc SendPaymentSync"));
+
+        let router = std::fs::read_to_string(
+            dazaar_tests::repo_root().join("tests/proto/lnd/routerrpc/router.proto"),
+        )
+        .expect("vendored router.proto");
+        let flat = router.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(flat.contains("package routerrpc;") && flat.contains("service Router {"));
+        assert!(flat.contains("import \"lightning.proto\";"));
+        assert_eq!(
+            plugin::path::SEND_PAYMENT_V2,
+            "/routerrpc.Router/SendPaymentV2"
+        );
+        assert!(
+            flat.contains("rpc SendPaymentV2 (SendPaymentRequest) returns (stream lnrpc.Payment);"),
+            "router.proto's SendPaymentV2"
+        );
     }
 }
 
-/// The mock node as a gRPC client sees it: the generated service answers the plugin's
-/// methods, `Unimplemented` for the rest, `Unauthenticated` without the macaroon.
+/// The mock node as a gRPC client sees it: the generated services (Lightning and Router)
+/// answer the plugin's methods, `Unimplemented` for the rest (SendPaymentSync included),
+/// `Unauthenticated` without the macaroon.
 #[test]
 fn lnd_mock_serves_lightning_proto_over_tls() {
     use dazaar_tests::lnd_mock::proto as lnd;
@@ -725,6 +945,19 @@ fn lnd_mock_serves_lightning_proto_over_tls() {
         assert_eq!(decoded.num_satoshis, 21);
         assert_eq!(decoded.num_msat, 21_000);
         assert_eq!(decoded.description, "memo");
+        // DecodePayReq answers what the BOLT 11 itself says.
+        let inv = dazaar_lnd::bolt11::decode(&request).unwrap();
+        assert_eq!(decoded.destination, hex::encode(inv.payee));
+        assert_eq!(
+            decoded.destination,
+            dazaar_tests::lnd_mock::node_pubkey_hex()
+        );
+        assert_eq!(decoded.payment_hash, hex::encode(inv.payment_hash));
+        assert_eq!(inv.amount_msat, Some(21_000));
+        assert_eq!(inv.description.as_deref(), Some("memo"));
+        assert_eq!(decoded.timestamp, inv.timestamp as i64);
+        assert_eq!(decoded.expiry, inv.expiry as i64);
+        assert_eq!(inv.network, dazaar_lnd::bolt11::Network::Regtest);
 
         let err = call::<_, lnd::PayReq>(
             &channel,
@@ -747,7 +980,75 @@ fn lnd_mock_serves_lightning_proto_over_tls() {
         .unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
 
-        for path in ["/lnrpc.Lightning/GetInfo", "/lnrpc.Lightning/LookupInvoice"] {
+        // The Router service: same TLS server, same macaroon check, a stream of updates.
+        async fn pay(
+            channel: &tonic::transport::Channel,
+            macaroon: Option<&str>,
+            payment_request: &str,
+        ) -> Result<Vec<lnd::Payment>, tonic::Status> {
+            use dazaar_tests::routerrpc::SendPaymentRequest;
+            let mut grpc = tonic::client::Grpc::new(channel.clone());
+            grpc.ready().await.unwrap();
+            let mut req = tonic::Request::new(SendPaymentRequest {
+                payment_request: payment_request.to_owned(),
+                fee_limit_sat: 10,
+                no_inflight_updates: true,
+                ..SendPaymentRequest::default()
+            });
+            if let Some(m) = macaroon {
+                req.metadata_mut().insert("macaroon", m.parse().unwrap());
+            }
+            let mut stream = grpc
+                .server_streaming(
+                    req,
+                    PathAndQuery::from_static("/routerrpc.Router/SendPaymentV2"),
+                    tonic::codec::ProstCodec::<SendPaymentRequest, lnd::Payment>::default(),
+                )
+                .await?
+                .into_inner();
+            let mut updates = Vec::new();
+            while let Some(p) = stream.message().await? {
+                updates.push(p);
+            }
+            Ok(updates)
+        }
+        let to_pay = node.state.lock().unwrap().add("pay me", 33, false);
+        let err = pay(&channel, None, &to_pay).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        let err = pay(&channel, Some("00ff"), &to_pay).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        assert!(node.state.lock().unwrap().payment_calls.is_empty());
+        let updates = pay(&channel, Some(&good), &to_pay).await.unwrap();
+        assert_eq!(updates.len(), 1, "no in-flight updates: {updates:?}");
+        let p = &updates[0];
+        assert_eq!(p.status(), lnd::payment::PaymentStatus::Succeeded);
+        assert_eq!((p.value_sat, p.value_msat, p.fee_sat), (33, 33_000, 1));
+        let inv = dazaar_lnd::bolt11::decode(&to_pay).unwrap();
+        assert_eq!(p.payment_hash, hex::encode(inv.payment_hash));
+        // The preimage is real: its SHA-256 is the payment hash.
+        use sha2::Digest;
+        let preimage = hex::decode(&p.payment_preimage).unwrap();
+        assert_eq!(sha2::Sha256::digest(&preimage).as_slice(), inv.payment_hash);
+        let err = pay(&channel, Some(&good), &to_pay).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::AlreadyExists, "paid twice");
+        // An invoice this node does not know: no route to it.
+        let stranger = dazaar_tests::bolt11::encode(
+            &dazaar_tests::bolt11::InvoiceSpec::regtest(5_000, "x", [1; 32], 1_700_000_000),
+            &dazaar_tests::bolt11::spec_key(),
+        );
+        let updates = pay(&channel, Some(&good), &stranger).await.unwrap();
+        assert_eq!(updates[0].status(), lnd::payment::PaymentStatus::Failed);
+        assert_eq!(
+            updates[0].failure_reason(),
+            lnd::PaymentFailureReason::FailureReasonNoRoute
+        );
+
+        for path in [
+            "/lnrpc.Lightning/GetInfo",
+            "/lnrpc.Lightning/LookupInvoice",
+            "/lnrpc.Lightning/SendPaymentSync",
+            "/routerrpc.Router/TrackPaymentV2",
+        ] {
             let err = call::<_, lnd::GetInfoResponse>(
                 &channel,
                 path,

@@ -456,8 +456,9 @@ fn config_sells_several_feeds_with_an_encrypted_identity() {
 /// the plugin dir on both sides, against the local LND gRPC/TLS node of
 /// `dazaar_tests::lnd_mock` (it checks the macaroon): before paying the buyer gets zero
 /// blocks; `dazaar pay` asks the seller for an invoice (`lnd-pay-request` → AddInvoice →
-/// `lnd-invoice`), checks it and pays it (SendPaymentSync); the seller sees it settle
-/// (SubscribeInvoices) and `dazaar buy` receives the feed.
+/// `lnd-invoice`), checks it (locally and with DecodePayReq) and pays it (the Router's
+/// SendPaymentV2), reporting `lnd-paid`; the seller sees it settle (SubscribeInvoices) and
+/// `dazaar buy` receives the feed.
 #[test]
 fn lightning_sale_end_to_end_through_the_binary() {
     let macaroon = b"\x02\x01\x03e2e-macaroon";
@@ -551,6 +552,55 @@ fn lightning_sale_end_to_end_through_the_binary() {
     let how = &json_lines(&p.stdout)[0];
     assert_eq!(how["sellerReply"]["name"], "lnd-invoice", "{how}");
     assert_eq!(how["sellerReply"]["message"]["amount"], 300);
+    // The plugin paid from LND and told the host so (no preimage).
+    assert_eq!(how["result"]["name"], "lnd-paid", "{how}");
+    assert_eq!(how["result"]["message"]["amount"], 300, "{how}");
+    let hash = how["result"]["message"]["payment_hash"]
+        .as_str()
+        .expect("payment_hash")
+        .to_owned();
+    assert_eq!(hash.len(), 64, "{how}");
+    assert!(how["result"]["message"]["fee_sat"].is_i64(), "{how}");
+    assert!(how["result"]["message"].get("preimage").is_none(), "{how}");
+    {
+        let state = node.state.lock().expect("state");
+        assert_eq!(state.payment_calls.len(), 1, "one SendPaymentV2");
+        let paid = state
+            .invoices
+            .iter()
+            .find(|i| hex::encode(&i.r_hash) == hash)
+            .expect("the paid invoice");
+        assert_eq!(paid.state, dazaar_tests::lnd_mock::INVOICE_SETTLED);
+        assert_eq!(paid.value, 300);
+    }
+    // The human form says it was paid (and draws no QR code).
+    let human = dazaar(&[
+        "--data-dir",
+        s(&buyer_data),
+        "pay",
+        &key,
+        "--plugin",
+        "lnd",
+        "--plugin-dir",
+        s(&plugins),
+        "--plugin-config",
+        &format!("{lnd_config}pay = true\n"),
+        "--card",
+        s(&card_file),
+        "--amount",
+        "10",
+        "--connect",
+        &addr,
+    ]);
+    assert!(
+        human.status.success(),
+        "{}",
+        String::from_utf8_lossy(&human.stderr)
+    );
+    let text = String::from_utf8_lossy(&human.stdout);
+    assert!(text.contains("the seller answered: lnd-invoice"), "{text}");
+    assert!(text.contains("  paid: {"), "{text}");
+    assert!(text.contains("\"amount\":10"), "{text}");
     let buyer_id = dazaar(&["--data-dir", s(&buyer_data), "id", "--json"]);
     let buyer_key = json_lines(&buyer_id.stdout)[0]["buyerKey"]
         .as_str()

@@ -867,6 +867,8 @@ pub fn pay(common: &Common, args: PayArgs) -> Result<ExitCode> {
         ))?;
         let reply = reply.context("the seller did not answer the payment request")?;
         report["sellerReply"] = json!({"name": reply.name.as_str(), "message": serde_json::from_str::<serde_json::Value>(reply.message.as_str()).unwrap_or_default()});
+        // The plugin's follow-up (e.g. `lnd-paid` after paying from LND) is for the buyer:
+        // shown, never sent to the seller (whose plugins ignore names they do not know).
         if let Some(follow) = wallet.user_message(buyer, seller, &choice, &reply)? {
             report["result"] = json!({"name": follow.name.as_str(), "message": serde_json::from_str::<serde_json::Value>(follow.message.as_str()).unwrap_or_default()});
         }

@@ -1,6 +1,7 @@
 //! A minimal LND gRPC client: TLS with the node's certificate, the macaroon in the
-//! `macaroon` metadata of every call, and the few `lnrpc.Lightning` methods needed,
-//! called through tonic's generic client (no generated code).
+//! `macaroon` metadata of every call, and the few `lnrpc.Lightning` methods and the
+//! `routerrpc.Router` method needed, called through tonic's generic client (no generated
+//! code).
 
 use std::time::Duration;
 
@@ -10,6 +11,20 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Status, Streaming};
 
 use crate::proto::{self, path};
+
+/// How a payment ended, as far as this client saw.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PayOutcome {
+    /// A final update: `status` is SUCCEEDED or FAILED.
+    Final(proto::Payment),
+    /// No final update within the wait: the payment may still succeed or fail.
+    Pending {
+        /// The last non-final update, if any.
+        last: Option<proto::Payment>,
+        /// Why the wait ended before the timeout, if it did.
+        why: Option<String>,
+    },
+}
 
 /// A connection to one LND node (cheap to clone).
 #[derive(Clone)]
@@ -128,15 +143,66 @@ impl Lnd {
         .await
     }
 
-    /// SendPaymentSync.
-    pub async fn send_payment_sync(&self, pay_req: &str) -> Result<proto::SendResponse, Status> {
-        self.unary(
-            path::SEND_PAYMENT_SYNC,
-            proto::SendRequest {
-                payment_request: pay_req.to_owned(),
-            },
-        )
-        .await
+    /// Pays with the Router's SendPaymentV2 and follows its `lnrpc.Payment` updates for at
+    /// most `wait` after sending: [`PayOutcome::Final`] with the first SUCCEEDED or FAILED
+    /// update, or [`PayOutcome::Pending`] when none came in time (or the stream ended or
+    /// broke without one): then the payment may still succeed or fail. `Err`: the call was
+    /// refused (e.g. `AlreadyExists` for an invoice already paid) or could not be sent.
+    pub async fn send_payment_v2(
+        &self,
+        req: proto::SendPaymentRequest,
+        wait: Duration,
+    ) -> Result<PayOutcome, Status> {
+        let mut grpc = tonic::client::Grpc::new(self.channel.clone());
+        match tokio::time::timeout(self.timeout, grpc.ready()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(Status::unavailable(format!("not connected: {e}"))),
+            Err(_) => return Err(Status::unavailable("not connected within the timeout")),
+        }
+        // From here on the request may have reached LND: a timeout is not a failure.
+        let deadline = tokio::time::Instant::now() + wait;
+        let codec =
+            tonic::codec::ProstCodec::<proto::SendPaymentRequest, proto::Payment>::default();
+        let call = grpc.server_streaming(
+            self.request(req, false),
+            PathAndQuery::from_static(path::SEND_PAYMENT_V2),
+            codec,
+        );
+        let mut stream = match tokio::time::timeout_at(deadline, call).await {
+            Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(status)) => return Err(status),
+            Err(_) => {
+                return Ok(PayOutcome::Pending {
+                    last: None,
+                    why: None,
+                })
+            }
+        };
+        let mut last = None;
+        loop {
+            match tokio::time::timeout_at(deadline, stream.message()).await {
+                Ok(Ok(Some(p)))
+                    if p.status == proto::PAYMENT_SUCCEEDED
+                        || p.status == proto::PAYMENT_FAILED =>
+                {
+                    return Ok(PayOutcome::Final(p));
+                }
+                Ok(Ok(Some(p))) => last = Some(p),
+                Ok(Ok(None)) => {
+                    return Ok(PayOutcome::Pending {
+                        last,
+                        why: Some("the update stream ended without a final status".into()),
+                    })
+                }
+                Ok(Err(s)) => {
+                    return Ok(PayOutcome::Pending {
+                        last,
+                        why: Some(format!("the update stream broke: {}", describe(&s))),
+                    })
+                }
+                Err(_) => return Ok(PayOutcome::Pending { last, why: None }),
+            }
+        }
     }
 
     /// SubscribeInvoices: a stream of added and settled invoices after the indexes.
@@ -144,15 +210,27 @@ impl Lnd {
         &self,
         sub: proto::InvoiceSubscription,
     ) -> Result<Streaming<proto::Invoice>, Status> {
+        self.server_streaming(path::SUBSCRIBE_INVOICES, sub).await
+    }
+
+    /// Opens a server-streaming call (no deadline on the stream itself).
+    async fn server_streaming<Q, A>(
+        &self,
+        path: &'static str,
+        msg: Q,
+    ) -> Result<Streaming<A>, Status>
+    where
+        Q: prost::Message + Send + Sync + 'static,
+        A: prost::Message + Default + Send + Sync + 'static,
+    {
         let mut grpc = tonic::client::Grpc::new(self.channel.clone());
         grpc.ready()
             .await
             .map_err(|e| Status::unavailable(format!("not connected: {e}")))?;
-        let codec =
-            tonic::codec::ProstCodec::<proto::InvoiceSubscription, proto::Invoice>::default();
+        let codec = tonic::codec::ProstCodec::<Q, A>::default();
         let call = grpc.server_streaming(
-            self.request(sub, false),
-            PathAndQuery::from_static(path::SUBSCRIBE_INVOICES),
+            self.request(msg, false),
+            PathAndQuery::from_static(path),
             codec,
         );
         match tokio::time::timeout(self.timeout, call).await {

@@ -1,9 +1,10 @@
 //! `dazaar_lnd`: Lightning payments through an LND node (gRPC over TLS, macaroon auth).
 //!
-//! Talks to LND with tonic and prost; the few `lnrpc.Lightning` messages used are declared
-//! by hand in [`proto`] with LND's field numbers (no `protoc`, no generated crate; the
-//! `lnd_grpc_rust` crate was not used because it needs OpenSSL). The tests check these
-//! declarations against LND's own `lightning.proto` (`tests/proto/lnd/`).
+//! Talks to LND with tonic and prost; the few `lnrpc.Lightning` and `routerrpc.Router`
+//! messages used are declared by hand in [`proto`] with LND's field numbers (no `protoc`,
+//! no generated crate; the `lnd_grpc_rust` crate was not used because it needs OpenSSL).
+//! The tests check these declarations against LND's own `lightning.proto` and
+//! `routerrpc/router.proto` (v0.21.2-beta, `tests/proto/lnd/`).
 //!
 //! - **Seller**: at open, a background task lists the node's invoices (`ListInvoices`,
 //!   paged by add index) and then follows `SubscribeInvoices` from the last add/settle
@@ -15,28 +16,34 @@
 //!   validation fails closed with the reason.
 //! - **Seller**, `user_message`: `lnd-pay-request {"amount": sats}` → `AddInvoice(memo =
 //!   the binding memo, value, private = true)` → `lnd-invoice {"request", "amount"}`.
-//! - **Buyer**: `payment_request` returns the `lnd-pay-request` message to send; on the
-//!   seller's `lnd-invoice`, `user_message` checks the invoice with `DecodePayReq` (amount
-//!   equal to the one asked for, description equal to the memo) and pays it with
-//!   `SendPaymentSync` when `pay = true`, or logs the BOLT 11 for an external wallet.
-//!   LND removed `SendPaymentSync` in v0.21 (its replacement is the Router service's
-//!   `SendPaymentV2`), so paying from the plugin needs an LND before v0.21; the seller
-//!   side and checking invoices use methods that v0.21 still has.
-//! - **Wallet-less buyer** (no `address`): `open` connects to nothing; `validate` always
-//!   fails closed ("no LND configured: this plugin is set up for buying only"), and so
-//!   does answering an `lnd-pay-request`. On the seller's `lnd-invoice`, `user_message`
-//!   decodes the BOLT 11 itself ([`bolt11`]: checksum, signature, payee key) and refuses
-//!   it unless its description is the memo (or its description hash the memo's SHA-256),
-//!   its amount is exactly the satoshis asked for (no "any amount" invoices), within
-//!   `max_invoice_sats`, for the configured `network` (mainnet `lnbc`, testnet `lntb`,
-//!   regtest `lnbcrt`, signet `lntbs`, simnet `lnsb`) and not expired; then it returns
-//!   nothing, and the host shows the checked invoice for an external wallet (`dazaar
-//!   pay` prints the seller's reply; a QR code is the host's business). `pay = true` without an `address` is a configuration error.
-//!   With LND configured, the invoice is checked by LND's `DecodePayReq` only (the
-//!   local decoder is not run there: the test suite's mock LND makes placeholder
-//!   invoices). Either way, once `payment_request` asked a seller for an amount for a
-//!   buyer, the seller's reply must be for that amount (remembered in this process);
-//!   before that, the reply's own amount is checked against the invoice.
+//! - **Buyer**: `payment_request` returns the `lnd-pay-request` message to send. On the
+//!   seller's `lnd-invoice`, `user_message` decodes the BOLT 11 itself ([`bolt11`]:
+//!   checksum, signature, payee key) and refuses it unless its description is the memo (or
+//!   its description hash the memo's SHA-256), its amount is exactly the satoshis asked for
+//!   (no "any amount" invoices), within `max_invoice_sats`, for the configured `network`
+//!   (mainnet `lnbc`, testnet `lntb`, regtest `lnbcrt`, signet `lntbs`, simnet `lnsb`) and
+//!   not expired. Once `payment_request` asked a seller for an amount for a buyer, the
+//!   seller's reply must be for that amount (remembered in this process); before that, the
+//!   reply's own amount is checked against the invoice.
+//!   - **Wallet-less** (no `address`): `open` connects to nothing; `validate` always fails
+//!     closed ("no LND configured: this plugin is set up for buying only"), and so does
+//!     answering an `lnd-pay-request`. A checked invoice gives no follow-up: the host shows
+//!     it for an external wallet (`dazaar pay` prints the seller's reply; a QR code is the
+//!     host's business). `pay = true` without an `address` is a configuration error.
+//!   - **With LND**: the invoice is also decoded by the node (`DecodePayReq`), and both
+//!     readings must agree (payee, payment hash, amount, description or its hash, expiry);
+//!     either one disagreeing refuses it. With `pay = false` the checked invoice is left to
+//!     an external wallet as above. With `pay = true` it is paid through the Router
+//!     service's `SendPaymentV2` (`fee_limit_sat = max_fee_sats`, `timeout_seconds` = the
+//!     timeout, `no_inflight_updates`), waiting at most `timeout_ms` for the final
+//!     `lnrpc.Payment` update: SUCCEEDED → the follow-up `lnd-paid {"payment_hash",
+//!     "amount", "fee_sat"}` for the host (no preimage; `dazaar pay` shows it as paid, and
+//!     it is never sent to the seller); FAILED → an error with LND's `failure_reason`; no
+//!     final status in time → the follow-up `lnd-in-flight {"payment_hash", "amount",
+//!     "status": "IN_FLIGHT", "note"}`: neither paid nor failed, to check on the node
+//!     before paying again. (`Lightning.SendPaymentSync`, which LND removed in v0.21, is
+//!     not used.) Keep `timeout_ms` below the host's plugin call limit (5 s for `dazaar
+//!     pay`) so the answer reaches the host.
 //!
 //! Configuration:
 //! ```toml
@@ -47,11 +54,15 @@
 //! macaroon = "~/.lnd/data/chain/bitcoin/mainnet/invoice.macaroon"  # or:
 //! macaroon_hex_env = "LND_MACAROON_HEX"  # an env var holding the macaroon as hex
 //! network = "mainnet"                    # mainnet | testnet | regtest | signet | simnet:
-//!                                        # the invoices a wallet-less buyer accepts
-//! timeout_ms = 5000
+//!                                        # the invoices a buyer accepts
+//! timeout_ms = 5000                      # each LND call, and the wait for a payment's
+//!                                        # final status (1..=600000)
 //! max_backoff_ms = 30000
 //! max_invoice_sats = 10000000            # largest invoice a buyer may ask for or accept
 //! pay = false                            # buyer: pay checked invoices from this node
+//!                                        # (SendPaymentV2; the macaroon must allow sending)
+//! max_fee_sats = 100                     # buyer: most routing fees per payment (LND's
+//!                                        # fee_limit_sat; 0 = fee-free routes only)
 //! log_file = "..."; log_level = "info"
 //! ```
 //! The macaroon is a secret: it is read from its file or variable, sent only as gRPC
@@ -78,16 +89,25 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use bolt11::Network;
-use client::{describe, Lnd};
+use client::{describe, Lnd, PayOutcome};
 
 /// Buyer → seller: ask for an invoice.
 pub const MSG_PAY_REQUEST: &str = "lnd-pay-request";
 /// Seller → buyer: the invoice.
 pub const MSG_INVOICE: &str = "lnd-invoice";
+/// Buyer plugin → host, after paying: `{"payment_hash", "amount", "fee_sat"}`. The host's
+/// `dazaar pay` shows a follow-up whose name ends in `-paid` as paid; it is not sent to the
+/// seller (who would answer nothing: unknown names are ignored).
+pub const MSG_PAID: &str = "lnd-paid";
+/// Buyer plugin → host: the payment was sent but had no final status within the timeout
+/// (`{"payment_hash", "amount", "status": "IN_FLIGHT", "note"}`): neither paid nor failed.
+pub const MSG_IN_FLIGHT: &str = "lnd-in-flight";
 /// Settled invoices remembered (all buyers).
 const MAX_SETTLED: usize = 200_000;
 /// Amounts asked for remembered (buyer side).
 const MAX_ASKED: usize = 10_000;
+/// The longest `timeout_ms` (10 minutes): it also bounds how long paying waits.
+const MAX_TIMEOUT_MS: u64 = 600_000;
 /// Invoices per ListInvoices page.
 const PAGE: u64 = 1000;
 
@@ -107,6 +127,8 @@ struct Config {
     max_backoff_ms: u64,
     #[serde(default = "default_max_invoice")]
     max_invoice_sats: u64,
+    #[serde(default = "default_max_fee")]
+    max_fee_sats: u64,
     #[serde(default)]
     pay: bool,
     log_file: Option<String>,
@@ -124,6 +146,9 @@ fn default_max_backoff_ms() -> u64 {
 }
 fn default_max_invoice() -> u64 {
     10_000_000
+}
+fn default_max_fee() -> u64 {
+    100
 }
 
 fn expand_home(path: &str) -> std::path::PathBuf {
@@ -156,8 +181,13 @@ fn check(text: &str) -> Result<Checked, String> {
         toml::from_str(text).map_err(|e| format!("lnd config: {}", e.message()))?;
     let network = Network::from_name(&config.network)
         .ok_or_else(|| format!("lnd config: unknown network {:?}", config.network))?;
-    if config.timeout_ms == 0 {
-        return Err("lnd config: timeout_ms must be above 0".into());
+    if config.timeout_ms == 0 || config.timeout_ms > MAX_TIMEOUT_MS {
+        return Err(format!(
+            "lnd config: timeout_ms must be 1..={MAX_TIMEOUT_MS}"
+        ));
+    }
+    if i64::try_from(config.max_fee_sats).is_err() {
+        return Err("lnd config: max_fee_sats is too large".into());
     }
     let level = logging::parse_level(config.log_level.as_deref().unwrap_or("info"))?;
     let Some(address) = config.address.clone() else {
@@ -500,9 +530,119 @@ fn check_invoice(
     Ok(invoice)
 }
 
+/// Checks LND's reading of an invoice (`DecodePayReq`) against the local one, already
+/// checked by [`check_invoice`]: the same payee, payment hash, amount and description
+/// (or description hash), and not expired by LND's numbers either.
+fn check_decoded(
+    decoded: &proto::PayReq,
+    local: &bolt11::Invoice,
+    memo: &str,
+    now: u64,
+) -> Result<(), String> {
+    let disagree = |what: &str| {
+        Err(format!(
+            "LND's DecodePayReq disagrees with the invoice's {what}; not paying"
+        ))
+    };
+    if !decoded
+        .destination
+        .eq_ignore_ascii_case(&hex::encode(local.payee))
+    {
+        return disagree("payee");
+    }
+    if !decoded
+        .payment_hash
+        .eq_ignore_ascii_case(&hex::encode(local.payment_hash))
+    {
+        return disagree("payment hash");
+    }
+    let msat = local.amount_msat.and_then(|m| i64::try_from(m).ok());
+    let sats = msat.map(|m| m / 1000);
+    if Some(decoded.num_satoshis) != sats
+        || (decoded.num_msat != 0 && Some(decoded.num_msat) != msat)
+    {
+        return disagree("amount");
+    }
+    let described = if decoded.description.is_empty() {
+        use sha2::Digest;
+        decoded
+            .description_hash
+            .eq_ignore_ascii_case(&hex::encode(sha2::Sha256::digest(memo.as_bytes())))
+    } else {
+        decoded.description == memo
+    };
+    if !described {
+        return Err("the invoice's description is not this purchase's memo; not paying".into());
+    }
+    let expires = decoded.timestamp.saturating_add(decoded.expiry);
+    if i64::try_from(now).map_or(true, |n| n >= expires) {
+        return Err(format!(
+            "the invoice expired at {expires} (unix seconds) by LND's decoding; not paying"
+        ));
+    }
+    Ok(())
+}
+
 impl LndPlugin {
     fn block_on<T>(&self, f: impl std::future::Future<Output = T>) -> T {
         self.runtime.block_on(f)
+    }
+
+    /// Pays a checked invoice with the Router's SendPaymentV2, waiting at most
+    /// `timeout_ms` for the final status: `lnd-paid` on success, an error on failure,
+    /// `lnd-in-flight` when LND has not finished within the wait.
+    fn pay(
+        &self,
+        lnd: &Lnd,
+        request: &str,
+        invoice: &bolt11::Invoice,
+    ) -> Result<Option<(String, String)>, String> {
+        let hash = hex::encode(invoice.payment_hash);
+        let sats = invoice.amount_msat.unwrap_or(0) / 1000;
+        let wait = Duration::from_millis(self.config.timeout_ms);
+        let outcome = self
+            .block_on(
+                lnd.send_payment_v2(
+                    proto::SendPaymentRequest {
+                        payment_request: request.to_owned(),
+                        timeout_seconds: i32::try_from(self.config.timeout_ms.div_ceil(1000))
+                            .unwrap_or(i32::MAX)
+                            .max(1),
+                        fee_limit_sat: i64::try_from(self.config.max_fee_sats).unwrap_or(i64::MAX),
+                        no_inflight_updates: true,
+                    },
+                    wait,
+                ),
+            )
+            .map_err(|s| format!("SendPaymentV2 failed: {}; not paid", describe(&s)))?;
+        match outcome {
+            PayOutcome::Final(p) if p.status == proto::PAYMENT_SUCCEEDED => {
+                let amount = u64::try_from(p.value_sat)
+                    .ok()
+                    .filter(|v| *v > 0)
+                    .unwrap_or(sats);
+                tracing::info!(payment_hash = %hash, sats = amount, fee_sat = p.fee_sat, "invoice paid");
+                let paid = json!({"payment_hash": hash, "amount": amount, "fee_sat": p.fee_sat});
+                Ok(Some((MSG_PAID.to_owned(), paid.to_string())))
+            }
+            PayOutcome::Final(p) => {
+                let reason = proto::failure_reason(p.failure_reason);
+                tracing::warn!(payment_hash = %hash, reason, "payment failed");
+                Err(format!("payment failed: {reason}; not paid"))
+            }
+            PayOutcome::Pending { why, .. } => {
+                let why = why.unwrap_or_else(|| {
+                    format!("no final status within {} ms", self.config.timeout_ms)
+                });
+                tracing::warn!(payment_hash = %hash, why = %why, "payment still in flight");
+                let note = format!(
+                    "{why}: the payment is in flight and may still succeed or fail; check \
+                     the node (lncli trackpayment {hash}) before paying again"
+                );
+                let pending = json!({"payment_hash": hash, "amount": sats, "status": "IN_FLIGHT", "note": note});
+                Ok(Some((MSG_IN_FLIGHT.to_owned(), pending.to_string())))
+            }
+        }
     }
 }
 
@@ -696,55 +836,40 @@ impl PaymentPlugin for LndPlugin {
             }
             asked = Some(want);
         }
+        // Checked here first, with or without LND: a valid BOLT 11 for this network, this
+        // purchase's memo, exactly the amount asked for, within max_invoice_sats, not expired.
+        let invoice = check_invoice(
+            request,
+            &req.memo(),
+            asked,
+            self.network,
+            self.config.max_invoice_sats,
+            unix_now(),
+        )?;
+        let sats = invoice.amount_msat.unwrap_or(0) / 1000;
         let Some(lnd) = &self.lnd else {
-            // Wallet-less: check the invoice here, then the host shows it for a wallet.
-            let invoice = check_invoice(
-                request,
-                &req.memo(),
-                asked,
-                self.network,
-                self.config.max_invoice_sats,
-                unix_now(),
-            )?;
+            // Wallet-less: the host shows the checked invoice for a wallet.
             tracing::info!(
                 invoice = request,
-                sats = invoice.amount_msat.unwrap_or(0) / 1000,
+                sats,
                 "invoice checked; pay it with your wallet"
             );
             return Ok(None);
         };
+        // And by the node that would pay it: both must agree (defence in depth).
         let decoded = self
             .block_on(lnd.decode_pay_req(request))
             .map_err(|s| format!("DecodePayReq failed: {}", describe(&s)))?;
-        if decoded.description != req.memo() {
-            return Err("the invoice's description is not this purchase's memo; not paying".into());
-        }
-        if asked != Some(decoded.num_satoshis) || decoded.num_satoshis <= 0 {
-            return Err(format!(
-                "the invoice is for {} sats, not the {} asked for; not paying",
-                decoded.num_satoshis,
-                asked.map_or("?".to_owned(), |a| a.to_string())
-            ));
-        }
+        check_decoded(&decoded, &invoice, &req.memo(), unix_now())?;
         if !self.config.pay {
             tracing::info!(
                 invoice = request,
-                sats = decoded.num_satoshis,
+                sats,
                 "invoice checked; pay it with your wallet"
             );
             return Ok(None);
         }
-        let sent = self
-            .block_on(lnd.send_payment_sync(request))
-            .map_err(|s| format!("SendPaymentSync failed: {}", describe(&s)))?;
-        if !sent.payment_error.is_empty() {
-            return Err(format!(
-                "payment failed: {}",
-                sent.payment_error.chars().take(200).collect::<String>()
-            ));
-        }
-        tracing::info!(sats = decoded.num_satoshis, "invoice paid");
-        Ok(None)
+        self.pay(lnd, request, &invoice)
     }
 
     fn payment_request(
@@ -909,6 +1034,59 @@ mod tests {
             flipped[i] = if flipped[i] == b'q' { b'p' } else { b'q' };
             let e = checked(&String::from_utf8(flipped).unwrap(), Some(250)).unwrap_err();
             assert!(e.contains("not a valid BOLT 11"), "{e}");
+        }
+
+        /// LND's reading of an invoice must agree with the local one in every checked field.
+        #[test]
+        fn lnds_decoding_must_agree() {
+            let text = invoice(|_| {});
+            let local = checked(&text, Some(250)).unwrap();
+            let agree = proto::PayReq {
+                destination: hex::encode(local.payee),
+                payment_hash: hex::encode(local.payment_hash),
+                num_satoshis: 250,
+                timestamp: 1_700_000_000,
+                expiry: 86_400,
+                description: memo(),
+                description_hash: String::new(),
+                num_msat: 250_000,
+            };
+            assert_eq!(check_decoded(&agree, &local, &memo(), NOW), Ok(()));
+            let refused = |f: &dyn Fn(&mut proto::PayReq)| {
+                let mut d = agree.clone();
+                f(&mut d);
+                check_decoded(&d, &local, &memo(), NOW).unwrap_err()
+            };
+            assert!(
+                refused(&|d| d.destination = "02".to_owned() + &"ab".repeat(32)).contains("payee")
+            );
+            assert!(refused(&|d| d.payment_hash = "00".repeat(32)).contains("payment hash"));
+            assert!(refused(&|d| d.num_satoshis = 251).contains("amount"));
+            assert!(refused(&|d| d.num_msat = 250_001).contains("amount"));
+            assert!(refused(&|d| d.description = "dazaar: x".into()).contains("memo"));
+            assert!(refused(&|d| d.expiry = 100).contains("expired"));
+            // A description hash of the memo stands for the memo; another hash does not.
+            use sha2::Digest;
+            let hash = hex::encode(sha2::Sha256::digest(memo().as_bytes()));
+            let mut by_hash = agree.clone();
+            by_hash.description = String::new();
+            by_hash.description_hash = hash.to_uppercase();
+            assert_eq!(check_decoded(&by_hash, &local, &memo(), NOW), Ok(()));
+            by_hash.description_hash = "00".repeat(32);
+            assert!(check_decoded(&by_hash, &local, &memo(), NOW).is_err());
+        }
+
+        #[test]
+        fn payment_settings() {
+            assert!(LndPlugin::check_config("max_fee_sats = 0").is_ok());
+            // TOML integers are i64: a larger fee limit cannot even be written.
+            assert!(LndPlugin::check_config("max_fee_sats = 18446744073709551615").is_err());
+            assert!(LndPlugin::check_config("max_fee_sats = -1").is_err());
+            assert!(LndPlugin::check_config("timeout_ms = 600000").is_ok());
+            let e = LndPlugin::check_config("timeout_ms = 600001").unwrap_err();
+            assert!(e.contains("timeout_ms"), "{e}");
+            let c = check("").unwrap().config;
+            assert_eq!((c.max_fee_sats, c.timeout_ms), (100, 5000));
         }
 
         fn terms() -> PaymentTerms {
