@@ -35,7 +35,7 @@ impl Files {
     }
     fn config(&self, node: &MockLnd, extra: &str) -> String {
         format!(
-            "address = \"{}\"\ntls_cert = {:?}\ntls_domain = \"localhost\"\nmacaroon = {:?}\nnetwork = \"regtest\"\ntimeout_ms = 500\nmax_backoff_ms = 200\n{extra}",
+            "address = \"{}\"\ntls_cert = {:?}\ntls_domain = \"localhost\"\nmacaroon = {:?}\nnetwork = \"regtest\"\ntimeout_ms = 500\npay_timeout_ms = 500\nmax_backoff_ms = 200\n{extra}",
             node.addr,
             self.dir.path().join("tls.cert").display().to_string(),
             self.dir.path().join("invoice.macaroon").display().to_string()
@@ -320,7 +320,7 @@ fn lnd_buyer_checks_the_invoice_before_paying() {
         let call = &s.payment_calls[0];
         assert_eq!(call.payment_request, request);
         assert_eq!(call.fee_limit_sat, 7, "max_fee_sats");
-        assert_eq!(call.timeout_seconds, 1, "timeout_ms 500, rounded up");
+        assert_eq!(call.timeout_seconds, 1, "pay_timeout_ms 500, rounded up");
         assert!(call.no_inflight_updates);
         assert_eq!((call.amt, call.amt_msat, call.fee_limit_msat), (0, 0, 0));
     }
@@ -375,7 +375,7 @@ fn lnd_buyer_checks_the_invoice_before_paying() {
     assert!(e.to_string().contains("FAILURE_REASON_NO_ROUTE"), "{e}");
     assert!(!check(&sg, b(7)).is_valid());
 
-    // No final status within timeout_ms: reported as in flight, neither paid nor failed.
+    // No final status within pay_timeout_ms: reported as in flight, neither paid nor failed.
     {
         let mut s = node.state.lock().unwrap();
         s.mode = LndMode::PaymentInFlight;

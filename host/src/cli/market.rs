@@ -777,6 +777,10 @@ pub struct PayArgs {
     /// Never draw a QR code (by default one is drawn when stdout is a terminal).
     #[arg(long)]
     pub no_qr: bool,
+    /// How long the plugin may take to answer (a payment it makes itself, e.g. over
+    /// Lightning, can take a while), in seconds.
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub timeout: u64,
 }
 
 /// Runs `dazaar pay`: asks the buyer-side plugin how to pay (and, when it says so, the
@@ -829,7 +833,13 @@ pub fn pay(common: &Common, args: PayArgs) -> Result<ExitCode> {
             })
             .unwrap_or_default(),
     };
-    let verifier = plugin.open(&config, limits())?;
+    let verifier = plugin.open(
+        &config,
+        CallLimits {
+            timeout: Duration::from_secs(args.timeout),
+            ..limits()
+        },
+    )?;
     let card_payment = card_payment.unwrap_or_else(|| {
         let method = plugin.methods().next().unwrap_or(&args.plugin).to_owned();
         let terms = PaymentTerms::new(

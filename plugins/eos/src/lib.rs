@@ -29,7 +29,7 @@
 //!   (`unsatisfied_authorization`, `expired_tx_exception`, …) is the call's error.
 //!   Keys are legacy WIF (`5…`) or `PVT_K1_…`; a key is never accepted inline in the
 //!   TOML, and never logged or put in an error. Paying takes two requests of up to
-//!   `timeout_ms` each, inside the host's call timeout (5 s for `dazaar pay`): keep
+//!   `timeout_ms` each, inside the host's call timeout (`dazaar pay --timeout`, 120 s by default): keep
 //!   `timeout_ms` below half of it. A push that times out may still land; paying again
 //!   makes a new transaction (a new expiration), so check the seller's view first.
 //!

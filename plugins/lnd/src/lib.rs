@@ -35,15 +35,15 @@
 //!     either one disagreeing refuses it. With `pay = false` the checked invoice is left to
 //!     an external wallet as above. With `pay = true` it is paid through the Router
 //!     service's `SendPaymentV2` (`fee_limit_sat = max_fee_sats`, `timeout_seconds` = the
-//!     timeout, `no_inflight_updates`), waiting at most `timeout_ms` for the final
+//!     payment timeout, `no_inflight_updates`), waiting at most `pay_timeout_ms` for the final
 //!     `lnrpc.Payment` update: SUCCEEDED → the follow-up `lnd-paid {"payment_hash",
 //!     "amount", "fee_sat"}` for the host (no preimage; `dazaar pay` shows it as paid, and
 //!     it is never sent to the seller); FAILED → an error with LND's `failure_reason`; no
 //!     final status in time → the follow-up `lnd-in-flight {"payment_hash", "amount",
 //!     "status": "IN_FLIGHT", "note"}`: neither paid nor failed, to check on the node
 //!     before paying again. (`Lightning.SendPaymentSync`, which LND removed in v0.21, is
-//!     not used.) Keep `timeout_ms` below the host's plugin call limit (5 s for `dazaar
-//!     pay`) so the answer reaches the host.
+//!     not used.) Keep `pay_timeout_ms` below the host's limit for the call (`dazaar pay
+//!     --timeout`, 120 s by default) so the answer reaches the host.
 //!
 //! Configuration:
 //! ```toml
@@ -55,8 +55,9 @@
 //! macaroon_hex_env = "LND_MACAROON_HEX"  # an env var holding the macaroon as hex
 //! network = "mainnet"                    # mainnet | testnet | regtest | signet | simnet:
 //!                                        # the invoices a buyer accepts
-//! timeout_ms = 5000                      # each LND call, and the wait for a payment's
-//!                                        # final status (1..=600000)
+//! timeout_ms = 5000                      # each LND call (1..=600000)
+//! pay_timeout_ms = 60000                 # buyer: the wait for a payment's final
+//!                                        # status (1..=600000)
 //! max_backoff_ms = 30000
 //! max_invoice_sats = 10000000            # largest invoice a buyer may ask for or accept
 //! pay = false                            # buyer: pay checked invoices from this node
@@ -106,7 +107,7 @@ pub const MSG_IN_FLIGHT: &str = "lnd-in-flight";
 const MAX_SETTLED: usize = 200_000;
 /// Amounts asked for remembered (buyer side).
 const MAX_ASKED: usize = 10_000;
-/// The longest `timeout_ms` (10 minutes): it also bounds how long paying waits.
+/// The longest `timeout_ms` and `pay_timeout_ms` (10 minutes).
 const MAX_TIMEOUT_MS: u64 = 600_000;
 /// Invoices per ListInvoices page.
 const PAGE: u64 = 1000;
@@ -123,6 +124,8 @@ struct Config {
     network: String,
     #[serde(default = "default_timeout_ms")]
     timeout_ms: u64,
+    #[serde(default = "default_pay_timeout_ms")]
+    pay_timeout_ms: u64,
     #[serde(default = "default_max_backoff_ms")]
     max_backoff_ms: u64,
     #[serde(default = "default_max_invoice")]
@@ -140,6 +143,9 @@ fn default_network() -> String {
 }
 fn default_timeout_ms() -> u64 {
     5000
+}
+fn default_pay_timeout_ms() -> u64 {
+    60_000
 }
 fn default_max_backoff_ms() -> u64 {
     30_000
@@ -184,6 +190,11 @@ fn check(text: &str) -> Result<Checked, String> {
     if config.timeout_ms == 0 || config.timeout_ms > MAX_TIMEOUT_MS {
         return Err(format!(
             "lnd config: timeout_ms must be 1..={MAX_TIMEOUT_MS}"
+        ));
+    }
+    if config.pay_timeout_ms == 0 || config.pay_timeout_ms > MAX_TIMEOUT_MS {
+        return Err(format!(
+            "lnd config: pay_timeout_ms must be 1..={MAX_TIMEOUT_MS}"
         ));
     }
     if i64::try_from(config.max_fee_sats).is_err() {
@@ -589,7 +600,7 @@ impl LndPlugin {
     }
 
     /// Pays a checked invoice with the Router's SendPaymentV2, waiting at most
-    /// `timeout_ms` for the final status: `lnd-paid` on success, an error on failure,
+    /// `pay_timeout_ms` for the final status: `lnd-paid` on success, an error on failure,
     /// `lnd-in-flight` when LND has not finished within the wait.
     fn pay(
         &self,
@@ -599,13 +610,13 @@ impl LndPlugin {
     ) -> Result<Option<(String, String)>, String> {
         let hash = hex::encode(invoice.payment_hash);
         let sats = invoice.amount_msat.unwrap_or(0) / 1000;
-        let wait = Duration::from_millis(self.config.timeout_ms);
+        let wait = Duration::from_millis(self.config.pay_timeout_ms);
         let outcome = self
             .block_on(
                 lnd.send_payment_v2(
                     proto::SendPaymentRequest {
                         payment_request: request.to_owned(),
-                        timeout_seconds: i32::try_from(self.config.timeout_ms.div_ceil(1000))
+                        timeout_seconds: i32::try_from(self.config.pay_timeout_ms.div_ceil(1000))
                             .unwrap_or(i32::MAX)
                             .max(1),
                         fee_limit_sat: i64::try_from(self.config.max_fee_sats).unwrap_or(i64::MAX),
@@ -632,7 +643,7 @@ impl LndPlugin {
             }
             PayOutcome::Pending { why, .. } => {
                 let why = why.unwrap_or_else(|| {
-                    format!("no final status within {} ms", self.config.timeout_ms)
+                    format!("no final status within {} ms", self.config.pay_timeout_ms)
                 });
                 tracing::warn!(payment_hash = %hash, why = %why, "payment still in flight");
                 let note = format!(
@@ -1086,7 +1097,11 @@ mod tests {
             let e = LndPlugin::check_config("timeout_ms = 600001").unwrap_err();
             assert!(e.contains("timeout_ms"), "{e}");
             let c = check("").unwrap().config;
-            assert_eq!((c.max_fee_sats, c.timeout_ms), (100, 5000));
+            assert_eq!(
+                (c.max_fee_sats, c.timeout_ms, c.pay_timeout_ms),
+                (100, 5000, 60_000)
+            );
+            assert!(LndPlugin::check_config("pay_timeout_ms = 0").is_err());
         }
 
         fn terms() -> PaymentTerms {
