@@ -95,15 +95,7 @@ impl History {
 
     fn finish(result: Result<ureq::Response, ureq::Error>) -> Result<Value, HistoryError> {
         let read = |resp: ureq::Response| -> Result<String, HistoryError> {
-            let mut body = String::new();
-            resp.into_reader()
-                .take(MAX_BODY + 1)
-                .read_to_string(&mut body)
-                .map_err(|e| HistoryError::Unreadable(format!("reading the body: {}", e.kind())))?;
-            if body.len() as u64 > MAX_BODY {
-                return Err(HistoryError::Unreadable("answer larger than 16 MiB".into()));
-            }
-            Ok(body)
+            read_body(resp, MAX_BODY).map_err(HistoryError::Unreadable)
         };
         match result {
             Ok(resp) => {
@@ -224,4 +216,17 @@ impl History {
         batch.cursor = cursor;
         Ok(batch)
     }
+}
+
+/// A response body as text, at most `max` bytes; the reason otherwise.
+pub(crate) fn read_body(resp: ureq::Response, max: u64) -> Result<String, String> {
+    let mut body = String::new();
+    resp.into_reader()
+        .take(max + 1)
+        .read_to_string(&mut body)
+        .map_err(|e| format!("reading the body: {}", e.kind()))?;
+    if body.len() as u64 > max {
+        return Err(format!("answer larger than {} MiB", max >> 20));
+    }
+    Ok(body)
 }

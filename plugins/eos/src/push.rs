@@ -8,7 +8,6 @@
 //! error (`{"code":500,"error":{"name","what","details":[{"message"}]}}`) becomes a
 //! [`PushError::Refused`] with its name and text.
 
-use std::io::Read;
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -116,15 +115,7 @@ impl Node {
 
     fn post(&self, path: &str, body: &Value) -> Result<Value, PushError> {
         let read = |resp: ureq::Response| -> Result<String, PushError> {
-            let mut body = String::new();
-            resp.into_reader()
-                .take(MAX_BODY + 1)
-                .read_to_string(&mut body)
-                .map_err(|e| PushError::Unreadable(format!("reading the body: {}", e.kind())))?;
-            if body.len() as u64 > MAX_BODY {
-                return Err(PushError::Unreadable("answer larger than 4 MiB".into()));
-            }
-            Ok(body)
+            crate::history::read_body(resp, MAX_BODY).map_err(PushError::Unreadable)
         };
         let result = self
             .agent
