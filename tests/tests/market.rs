@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use dazaar::crypto::Ed25519KeyPair;
 use dazaar::market::{
-    buy, BuyError, BuyOptions, BuyerEvent, Identity, Product, ProductOptions, SellerEvent,
+    buy, BuyError, BuyOptions, BuyOutcome, BuyerEvent, Identity, Product, ProductOptions,
+    SellerEvent,
 };
 use dazaar::net::{NetConfig, SharedFeed};
 use dazaar::payments::PaymentGate;
@@ -185,6 +186,40 @@ async fn wrong_seller_key_is_refused_by_the_buyer() {
         .expect_err("wrong seller");
     assert!(matches!(err, BuyError::Net(_)), "{err}");
     assert!(!sale.dir.join("b2/feed/key").exists(), "nothing stored");
+}
+
+/// A buyer running in its own task, and the events it reports.
+fn spawn_buyer(
+    buyer: &Identity,
+    opts: BuyOptions,
+    shutdown: watch::Receiver<bool>,
+) -> (
+    tokio::task::JoinHandle<Result<BuyOutcome, BuyError>>,
+    mpsc::Receiver<BuyerEvent>,
+) {
+    let (tx, rx) = mpsc::channel(8192);
+    let buyer = buyer.clone();
+    let task = tokio::spawn(async move { buy(&buyer, opts, Some(tx), shutdown).await });
+    (task, rx)
+}
+
+/// The next buyer event for which `pred` holds, within `within`; panics with `what`
+/// when none comes (or the buyer ends) in time.
+async fn wait_event(
+    rx: &mut mpsc::Receiver<BuyerEvent>,
+    within: Duration,
+    what: &str,
+    pred: impl Fn(&BuyerEvent) -> bool,
+) -> BuyerEvent {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(e)) if pred(&e) => return e,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("{what}: the buyer ended"),
+            Err(_) => panic!("{what}: not within {within:?}"),
+        }
+    }
 }
 
 fn ledger_gate(file: &std::path::Path, revalidate: Duration) -> PaymentGate {
@@ -390,22 +425,19 @@ async fn lapse_stops_upload_and_paying_again_resumes() {
     });
 
     let (stop_buyer, shutdown) = watch::channel(false);
-    let (tx, mut rx) = mpsc::channel(8192);
     let opts = buy_options(&sale, "live", true);
     let out_dir = opts.out.clone();
-    let buying = tokio::spawn(async move { buy(&buyer, opts, Some(tx), shutdown).await });
+    let (buying, mut rx) = spawn_buyer(&buyer, opts, shutdown);
 
     // Wait for the lapse to be announced.
-    let mut invalid_seen = false;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
-    while let Ok(Some(e)) = tokio::time::timeout_at(deadline, rx.recv()).await {
-        if let BuyerEvent::Invalid(reason) = e {
-            assert!(!reason.is_empty());
-            invalid_seen = true;
-            break;
-        }
-    }
-    assert!(invalid_seen, "the buyer was told its payment lapsed");
+    let e = wait_event(
+        &mut rx,
+        Duration::from_secs(6),
+        "the buyer was told its payment lapsed",
+        |e| matches!(e, BuyerEvent::Invalid(_)),
+    )
+    .await;
+    assert!(matches!(e, BuyerEvent::Invalid(reason) if !reason.is_empty()));
     // Let more blocks be appended while unpaid, then check what arrived.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let cutoff = lapse_at + revalidate + Duration::from_millis(150);
@@ -428,15 +460,13 @@ async fn lapse_stops_upload_and_paying_again_resumes() {
     }
     let buyer_again = Identity::from_master_key([0x60; 32]);
     pay(&ledger, &buyer_again, 30);
-    let mut valid_again = false;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while let Ok(Some(e)) = tokio::time::timeout_at(deadline, rx.recv()).await {
-        if matches!(e, BuyerEvent::Valid(_)) {
-            valid_again = true;
-            break;
-        }
-    }
-    assert!(valid_again, "paying again made the buyer valid");
+    wait_event(
+        &mut rx,
+        Duration::from_secs(5),
+        "paying again made the buyer valid",
+        |e| matches!(e, BuyerEvent::Valid(_)),
+    )
+    .await;
     // It catches up on what it missed.
     let target = *late.last().expect("late");
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -744,12 +774,9 @@ async fn bad_buyers_do_not_disturb_paying_buyers() {
     pay(&ledger, &bob, 600);
 
     // Alice follows live.
-    let (tx, mut alice_events) = mpsc::channel(8192);
     let (stop_alice, alice_shutdown) = watch::channel(false);
-    let alice_task = {
-        let opts = buy_options(&sale, "alice", true);
-        tokio::spawn(async move { buy(&alice, opts, Some(tx), alice_shutdown).await })
-    };
+    let (alice_task, mut alice_events) =
+        spawn_buyer(&alice, buy_options(&sale, "alice", true), alice_shutdown);
 
     // 1,000 connections that never finish the handshake (half send a few bytes).
     let mut stalled = Vec::new();
@@ -1043,46 +1070,18 @@ async fn one_live_connection_per_buyer() {
     .await;
     let buyer = Identity::from_master_key([0xd1; 32]);
     let (_keep, shutdown) = watch::channel(false);
-    let (tx1, mut rx1) = mpsc::channel(1024);
-    let first = {
-        let (b, opts, s) = (
-            buyer.clone(),
-            buy_options(&sale, "one", true),
-            shutdown.clone(),
-        );
-        tokio::spawn(async move { buy(&b, opts, Some(tx1), s).await })
-    };
+    let (first, mut rx1) = spawn_buyer(&buyer, buy_options(&sale, "one", true), shutdown.clone());
     // Wait until the first is synced.
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), rx1.recv())
-            .await
-            .expect("first syncs")
-        {
-            Some(BuyerEvent::Synced { .. }) => break,
-            Some(_) => {}
-            None => panic!("first buyer ended early"),
-        }
-    }
+    wait_event(&mut rx1, Duration::from_secs(5), "first syncs", |e| {
+        matches!(e, BuyerEvent::Synced { .. })
+    })
+    .await;
     assert_eq!(sale.product.connected_buyers(), 1);
-    let (tx2, mut rx2) = mpsc::channel(1024);
-    let second = {
-        let (b, opts, s) = (
-            buyer.clone(),
-            buy_options(&sale, "two", true),
-            shutdown.clone(),
-        );
-        tokio::spawn(async move { buy(&b, opts, Some(tx2), s).await })
-    };
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), rx2.recv())
-            .await
-            .expect("second syncs")
-        {
-            Some(BuyerEvent::Synced { .. }) => break,
-            Some(_) => {}
-            None => panic!("second buyer ended early"),
-        }
-    }
+    let (second, mut rx2) = spawn_buyer(&buyer, buy_options(&sale, "two", true), shutdown.clone());
+    wait_event(&mut rx2, Duration::from_secs(5), "second syncs", |e| {
+        matches!(e, BuyerEvent::Synced { .. })
+    })
+    .await;
     // The first connection is closed by the seller.
     let ended = tokio::time::timeout(Duration::from_secs(5), first)
         .await
@@ -1127,19 +1126,12 @@ async fn sparse_range_and_live_tail() {
 
     let mut opts = buy_options(&sale, "tail", true);
     opts.tail = true;
-    let (tx, mut rx) = mpsc::channel(1024);
-    let tail = tokio::spawn(async move { buy(&buyer, opts, Some(tx), shutdown).await });
+    let (tail, mut rx) = spawn_buyer(&buyer, opts, shutdown);
     // Wait until the tail has started, then append.
-    loop {
-        match tokio::time::timeout(Duration::from_secs(5), rx.recv())
-            .await
-            .expect("tail starts")
-        {
-            Some(BuyerEvent::Progress { .. }) | Some(BuyerEvent::Synced { .. }) => break,
-            Some(_) => {}
-            None => panic!("tail ended"),
-        }
-    }
+    wait_event(&mut rx, Duration::from_secs(5), "tail starts", |e| {
+        matches!(e, BuyerEvent::Progress { .. } | BuyerEvent::Synced { .. })
+    })
+    .await;
     sale.product
         .feed
         .append_batch(&[b"new one".to_vec(), b"new two".to_vec()])
