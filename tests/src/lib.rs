@@ -25,8 +25,8 @@ pub mod proc;
 pub mod stripe_mock;
 
 pub use proc::{
-    buy_once, buy_until_valid, dazaar, dazaar_cmd, feed_lines, json_lines, make_text_feed, s, sell,
-    spawn_listening, Proc,
+    buy_once, buy_until_valid, buyer_key, dazaar, dazaar_cmd, feed_lines, json_lines,
+    make_text_feed, s, sell, spawn_listening, Proc,
 };
 
 /// Block `i` of the crash test's deterministic feed: varied sizes, content tied to `i`.

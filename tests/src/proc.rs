@@ -257,3 +257,17 @@ pub fn feed_lines(out: &Path) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+/// The buyer key (hex) of the identity in data dir `data` (`dazaar id --json`).
+pub fn buyer_key(data: &Path) -> String {
+    let id = dazaar(&["--data-dir", s(data), "id", "--json"]);
+    assert!(
+        id.status.success(),
+        "{}",
+        String::from_utf8_lossy(&id.stderr)
+    );
+    json_lines(&id.stdout)[0]["buyerKey"]
+        .as_str()
+        .expect("a buyer key")
+        .to_owned()
+}

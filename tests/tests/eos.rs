@@ -557,8 +557,8 @@ fn eos_keys_are_never_taken_inline_and_never_echoed() {
 #[test]
 fn eos_sale_end_to_end_through_the_binary() {
     use dazaar_tests::{
-        buy_once, buy_until_valid, copy_plugin, dazaar, feed_lines, json_lines, make_text_feed, s,
-        sell,
+        buy_once, buy_until_valid, buyer_key, copy_plugin, dazaar, feed_lines, json_lines,
+        make_text_feed, s, sell,
     };
     let node = MockEos::start(ACCOUNT);
     node.add_key(PAYER, BUYER_PUB);
@@ -646,11 +646,7 @@ fn eos_sale_end_to_end_through_the_binary() {
     let id = how["paid"].as_str().expect("paid").to_owned();
     assert_eq!(node.state.lock().unwrap().pushed, vec![id]);
     assert_eq!(how["amount"], "3.0000 EOS");
-    let buyer_id = dazaar(&["--data-dir", s(&buyer_data), "id", "--json"]);
-    let buyer_key = json_lines(&buyer_id.stdout)[0]["buyerKey"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let buyer_key = buyer_key(&buyer_data);
     assert_eq!(how["memo"], format!("dazaar: {key} {buyer_key}"));
     {
         let st = node.state.lock().unwrap();

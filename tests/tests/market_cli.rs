@@ -1,21 +1,16 @@
 //! The market's command-line contract: `dazaar sell` / `buy` / `card` / `revoke` / `burn`
 //! between processes on loopback.
 
-use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
 use dazaar_tests::*;
 
-fn make_feed(dir: &Path, lines: usize) {
-    make_text_feed(dir, lines);
-}
-
 #[test]
 fn free_sale_deny_and_wrong_seller_between_processes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let feed = dir.path().join("feed");
-    make_feed(&feed, 200);
+    make_text_feed(&feed, 200);
     let seller_data = dir.path().join("seller");
     let (_seller, info) = sell(&[
         "--data-dir",
@@ -108,7 +103,7 @@ fn free_sale_deny_and_wrong_seller_between_processes() {
 fn paid_sale_live_appends_revoke_and_burn() {
     let dir = tempfile::tempdir().expect("tempdir");
     let feed = dir.path().join("feed");
-    make_feed(&feed, 50);
+    make_text_feed(&feed, 50);
     let plugins = dir.path().join("plugins");
     std::fs::create_dir_all(&plugins).expect("mkdir");
     copy_plugin("ledger", &plugins, None);
@@ -141,11 +136,7 @@ fn paid_sale_live_appends_revoke_and_burn() {
         info["sellerKey"].as_str().expect("key").to_owned(),
         info["addr"].as_str().expect("addr").to_owned(),
     );
-    let id = dazaar(&["--data-dir", s(&buyer_data), "id", "--json"]);
-    let buyer_key = json_lines(&id.stdout)[0]["buyerKey"]
-        .as_str()
-        .expect("buyer")
-        .to_owned();
+    let buyer_key = buyer_key(&buyer_data);
 
     // Unpaid: rejected, nothing downloaded.
     let out = dir.path().join("bought");
@@ -277,7 +268,7 @@ fn paid_sale_live_appends_revoke_and_burn() {
 fn pay_and_quote_from_a_card() {
     let dir = tempfile::tempdir().expect("tempdir");
     let feed = dir.path().join("feed");
-    make_feed(&feed, 3);
+    make_text_feed(&feed, 3);
     let plugins = dir.path().join("plugins");
     std::fs::create_dir_all(&plugins).expect("mkdir");
     copy_plugin("ledger", &plugins, None);
@@ -335,11 +326,7 @@ fn pay_and_quote_from_a_card() {
     ]);
     assert!(p.status.success(), "{}", String::from_utf8_lossy(&p.stderr));
     let how = &json_lines(&p.stdout)[0];
-    let buyer_id = dazaar(&["--data-dir", s(&buyer_data), "id", "--json"]);
-    let buyer_key = json_lines(&buyer_id.stdout)[0]["buyerKey"]
-        .as_str()
-        .expect("buyer")
-        .to_owned();
+    let buyer_key = buyer_key(&buyer_data);
     assert_eq!(how["memo"], format!("dazaar: {seller_key} {buyer_key}"));
     assert_eq!(how["amount"], "5");
     // A card for another seller is refused.
@@ -363,8 +350,8 @@ fn pay_and_quote_from_a_card() {
 fn config_sells_several_feeds_with_an_encrypted_identity() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (f1, f2) = (dir.path().join("one"), dir.path().join("two"));
-    make_feed(&f1, 5);
-    make_feed(&f2, 7);
+    make_text_feed(&f1, 5);
+    make_text_feed(&f2, 7);
     let seller_data = dir.path().join("seller");
     let master = "5a".repeat(32);
     let o = dazaar_cmd(&[
@@ -473,7 +460,7 @@ fn lightning_sale_end_to_end_through_the_binary() {
         s(&dir.path().join("lnd.macaroon"))
     );
     let feed = dir.path().join("feed");
-    make_feed(&feed, 30);
+    make_text_feed(&feed, 30);
     let plugins = dir.path().join("plugins");
     std::fs::create_dir_all(&plugins).expect("mkdir");
     copy_plugin("lnd", &plugins, None);
@@ -601,11 +588,7 @@ fn lightning_sale_end_to_end_through_the_binary() {
     assert!(text.contains("the seller answered: lnd-invoice"), "{text}");
     assert!(text.contains("  paid: {"), "{text}");
     assert!(text.contains("\"amount\":10"), "{text}");
-    let buyer_id = dazaar(&["--data-dir", s(&buyer_data), "id", "--json"]);
-    let buyer_key = json_lines(&buyer_id.stdout)[0]["buyerKey"]
-        .as_str()
-        .expect("buyer")
-        .to_owned();
+    let buyer_key = buyer_key(&buyer_data);
     let memo = format!("dazaar: {key} {buyer_key}");
     {
         let state = node.state.lock().expect("state");

@@ -578,8 +578,8 @@ fn stripe_against_localstripe() {
 fn stripe_sale_end_to_end_through_the_binary() {
     use dazaar_tests::stripe_mock::{post_webhook, sign};
     use dazaar_tests::{
-        buy_once, buy_until_valid, copy_plugin, dazaar, feed_lines, json_lines, make_text_feed, s,
-        sell,
+        buy_once, buy_until_valid, buyer_key, copy_plugin, dazaar, feed_lines, json_lines,
+        make_text_feed, s, sell,
     };
 
     let mock = MockStripe::start(KEY);
@@ -666,11 +666,7 @@ fn stripe_sale_end_to_end_through_the_binary() {
     assert_eq!(reply["amount"], "5");
     let session_id = reply["id"].as_str().unwrap().to_owned();
     assert!(reply["url"].as_str().unwrap().ends_with(&session_id));
-    let buyer_id = dazaar(&["--data-dir", s(&buyer_data), "id", "--json"]);
-    let buyer_key = json_lines(&buyer_id.stdout)[0]["buyerKey"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let buyer_key = buyer_key(&buyer_data);
     {
         let st = mock.state.lock().unwrap();
         let session = st.sessions.iter().find(|s| s["id"] == session_id.as_str());
