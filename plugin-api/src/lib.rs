@@ -67,3 +67,28 @@ pub use plugin::{
     guard, Description, OutgoingMessage, PaymentInstructions, PaymentPlugin, Request,
 };
 pub use pricing::{Payment, PricingError, Rate, TimeUnit};
+
+/// The longest prefix of `text` that is at most `max` bytes and ends on a character
+/// boundary: how host and plugins bound the text they pass on or log.
+pub fn str_prefix(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+#[cfg(test)]
+mod str_prefix_tests {
+    use super::str_prefix;
+
+    #[test]
+    fn cuts_on_character_boundaries() {
+        assert_eq!(str_prefix("abc", 10), "abc");
+        assert_eq!(str_prefix("abc", 2), "ab");
+        assert_eq!(str_prefix("aé", 2), "a"); // é is two bytes
+        assert_eq!(str_prefix("aé", 3), "aé");
+        assert_eq!(str_prefix("ナ", 2), "");
+        assert_eq!(str_prefix("", 0), "");
+    }
+}

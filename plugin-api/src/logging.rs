@@ -123,19 +123,12 @@ impl<S: Subscriber> Layer<S> for HostLayer {
         };
         let mut line = Line::default();
         event.record(&mut line);
-        let mut text = line.0;
-        if text.len() > MAX_HOST_MESSAGE {
-            let mut end = MAX_HOST_MESSAGE;
-            while !text.is_char_boundary(end) {
-                end -= 1;
-            }
-            text.truncate(end);
-        }
+        let text = crate::str_prefix(&line.0, MAX_HOST_MESSAGE);
         let meta = event.metadata();
         (sink.log)(
             level_number(meta.level()),
             RStr::from_str(meta.target()),
-            RStr::from_str(&text),
+            RStr::from_str(text),
         );
     }
 }

@@ -342,15 +342,8 @@ extern "C" fn plugin_log(
     message: abi_stable::std_types::RStr<'_>,
 ) {
     let _ = std::panic::catch_unwind(|| {
-        let cut = |s: &str, max: usize| -> String {
-            let mut end = s.len().min(max);
-            while !s.is_char_boundary(end) {
-                end -= 1;
-            }
-            s[..end].to_owned()
-        };
-        let from = cut(target.as_str(), 128);
-        let text = cut(message.as_str(), MAX_PLUGIN_LOG);
+        let from = dazaar_plugin_api::str_prefix(target.as_str(), 128);
+        let text = dazaar_plugin_api::str_prefix(message.as_str(), MAX_PLUGIN_LOG);
         match level {
             1 => tracing::error!(target: "dazaar::plugin", from = %from, "{text}"),
             2 => tracing::warn!(target: "dazaar::plugin", from = %from, "{text}"),

@@ -304,11 +304,7 @@ const MAX_REASON: usize = 1024;
 /// `text`, cut to at most `max` bytes at a character boundary.
 fn bounded(mut text: String, max: usize) -> String {
     if text.len() > max {
-        let mut cut = max;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
+        text.truncate(dazaar_plugin_api::str_prefix(&text, max).len());
         text.push('…');
     }
     text

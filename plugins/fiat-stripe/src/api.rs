@@ -141,12 +141,7 @@ impl StripeApi {
                     })
                     .unwrap_or_else(|| "no error object".to_owned());
                 let mut message = self.key.scrub(&message);
-                message.truncate(
-                    (0..=message.len().min(300))
-                        .rev()
-                        .find(|i| message.is_char_boundary(*i))
-                        .unwrap_or(0),
-                );
+                message.truncate(dazaar_plugin_api::str_prefix(&message, 300).len());
                 tracing::debug!(status, %message, "Stripe error");
                 Err(ApiError::Status { status, message })
             }
