@@ -18,6 +18,7 @@ pub mod card;
 pub mod config;
 pub mod crypto;
 pub mod discovery;
+pub mod fs_atomic;
 pub mod market;
 pub mod net;
 pub mod noise;

@@ -58,7 +58,7 @@ pub fn remember(data_dir: &Path, seller_key: &[u8; 32], addr: SocketAddr) -> std
     }
     let list: Vec<String> = peers.iter().map(ToString::to_string).collect();
     let text = serde_json::json!({ "peers": list }).to_string();
-    crate::storage::store::write_file_atomic(&p, text.as_bytes())
+    crate::fs_atomic::write_file_atomic(&p, text.as_bytes())
 }
 
 #[cfg(test)]

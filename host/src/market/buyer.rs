@@ -167,7 +167,7 @@ fn check_terms(opts: &BuyOptions, terms: &str) -> Result<(), BuyError> {
                 source,
             })?;
         }
-        crate::storage::store::write_file_atomic(&path, terms.as_bytes())
+        crate::fs_atomic::write_file_atomic(&path, terms.as_bytes())
             .map_err(|source| BuyError::Io { path, source })?;
         return Ok(());
     }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::crypto::{self, Ed25519KeyPair, NoiseKeyPair};
-use crate::storage::store::write_file_atomic;
+use crate::fs_atomic::write_file_atomic;
 
 /// File name of the master key inside a data directory.
 pub const MASTER_KEY_FILE: &str = "master-key";

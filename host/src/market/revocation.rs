@@ -18,7 +18,7 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
-use crate::storage::store::write_file_atomic;
+use crate::fs_atomic::write_file_atomic;
 
 /// File name of the revocation list inside a data directory.
 pub const REVOCATIONS_FILE: &str = "revocations.json";

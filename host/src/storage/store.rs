@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -415,51 +415,19 @@ fn read_at_most(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     Ok(done)
 }
 
-/// Writes `bytes` to `path` atomically with mode 0600: a temporary file in the same
-/// directory, fsync, rename, fsync of the directory.
-pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
 impl Store for FsStore {
     fn read_key(&self) -> Result<Option<[u8; 32]>, StoreError> {
         self.read_key_file::<32>("key")
     }
     fn write_key(&mut self, key: &[u8; 32]) -> Result<(), StoreError> {
-        write_file_atomic(&self.dir.join("key"), key).map_err(self.io("key"))
+        crate::fs_atomic::write_file_atomic(&self.dir.join("key"), key).map_err(self.io("key"))
     }
     fn read_secret_key(&self) -> Result<Option<[u8; 64]>, StoreError> {
         self.read_key_file::<64>("secret_key")
     }
     fn write_secret_key(&mut self, secret: &[u8; 64]) -> Result<(), StoreError> {
-        write_file_atomic(&self.dir.join("secret_key"), secret).map_err(self.io("secret_key"))
+        crate::fs_atomic::write_file_atomic(&self.dir.join("secret_key"), secret)
+            .map_err(self.io("secret_key"))
     }
     fn read_data(&self, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
         let len = usize::try_from(len)
