@@ -281,18 +281,22 @@ impl Bitfield {
         8 * self.tree_bytes
     }
 
-    /// The number of blocks held in `[start, end)`.
+    /// The number of blocks held in `[start, end)`. Visits only the allocated pages in
+    /// the range, so a huge range (a remote may sign a length of 2^48) costs no more
+    /// than the pages actually held.
     pub fn count_blocks(&self, start: u64, end: u64) -> u64 {
+        if start >= end {
+            return 0;
+        }
+        // Blocks per page: the data region's bits.
+        const BLOCKS: u64 = DATA.page_size * 8;
         let mut total = 0;
-        let mut i = start;
-        while i < end {
-            if i.is_multiple_of(8) && i + 8 <= end {
-                total += u64::from(self.get_byte(DATA, i / 8).count_ones());
-                i += 8;
-            } else {
-                total += u64::from(self.has_block(i));
-                i += 1;
-            }
+        for (&n, page) in self.pages.range(start / BLOCKS..=(end - 1) / BLOCKS) {
+            let first = n * BLOCKS;
+            // The part of [start, end) in this page, as bit offsets into its data region.
+            let from = start.saturating_sub(first);
+            let to = (end - first).min(BLOCKS);
+            total += count_bits(&page[..DATA.page_size as usize], from, to);
         }
         total
     }
@@ -328,6 +332,24 @@ impl Bitfield {
     pub fn is_dirty(&self) -> bool {
         !self.dirty.is_empty()
     }
+}
+
+/// The set bits in `[from, to)` of `bytes` (bit `i` is bit `7 - i % 8` of byte `i / 8`,
+/// MSB first, as the data region stores blocks); `to` at most `8 * bytes.len()`.
+fn count_bits(bytes: &[u8], from: u64, to: u64) -> u64 {
+    let mut total = 0u64;
+    let mut i = from;
+    while i < to {
+        let byte = bytes.get((i / 8) as usize).copied().unwrap_or(0);
+        if i.is_multiple_of(8) && i + 8 <= to {
+            total += u64::from(byte.count_ones());
+            i += 8;
+        } else {
+            total += u64::from(byte & (128 >> (i & 7)) != 0);
+            i += 1;
+        }
+    }
+    total
 }
 
 /// Read access to a set of tree nodes, for the tree-index algorithms.

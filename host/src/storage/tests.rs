@@ -667,3 +667,65 @@ fn one_writer_at_a_time() {
     drop(writer);
     FsStore::open(dir.path(), false).expect("writer after the first closed");
 }
+
+/// Runs `work` on a thread and fails if it has not finished within 30 s: for a test
+/// whose bug is an hours-long loop (a hang, not slowness, is what it detects).
+fn finishes<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(work());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(30))
+        .expect("did not finish within 30 s")
+}
+
+#[test]
+fn a_signed_length_of_2_pow_48_costs_nothing_to_count() {
+    // A malicious seller signs a tree of 2^48 blocks and proves block 0 against it: the
+    // proof is 48 made-up siblings on the leftmost path and one signature.
+    let seller = seed01();
+    let value = b"x";
+    let mut top = Node::leaf(0, value);
+    let mut proof = Vec::new();
+    for depth in 0..48u64 {
+        let sibling = Node {
+            index: 3 * (1u64 << depth) - 1,
+            hash: [depth as u8; 32],
+            size: 0,
+        };
+        top = Node::parent_of(&top, &sibling);
+        proof.push(sibling);
+    }
+    let length = feed::MAX_LENGTH;
+    assert_eq!(top.index, length - 1, "the single root of 2^48 blocks");
+    let signature = Signer::sign(&seller, &merkle::tree_hash(&[top]), length);
+    let mut buyer = Feed::create_reader(MemStore::new(), seller.public_key()).expect("reader");
+    let outcome = buyer
+        .put(0, Some(value), &proof, Some(&signature))
+        .expect("verifies");
+    assert_eq!(outcome.new_length, Some(length));
+    let (all, held) = finishes(move || (buyer.has_all(), buyer.downloaded(0, buyer.length())));
+    assert!(!all);
+    assert_eq!(held, 1);
+}
+
+#[test]
+fn counting_blocks_visits_only_allocated_pages() {
+    let mut bf = bitfield::Bitfield::new();
+    for i in [0u64, 7, 8, 8191, 8192, 20_000, 1 << 40] {
+        bf.set_block(i, true);
+    }
+    let counts = finishes(move || {
+        (
+            bf.count_blocks(0, 1 << 48),
+            bf.count_blocks(1, 8192),
+            bf.count_blocks(8, 8193),
+            bf.count_blocks(8191, 8192),
+            bf.count_blocks(9, 8191),
+            bf.count_blocks(20_000, 20_000),
+            bf.count_blocks(100, 50),
+            bf.count_blocks(1 << 40, (1 << 40) + 1),
+        )
+    });
+    assert_eq!(counts, (7, 3, 3, 1, 0, 0, 0, 1));
+}
