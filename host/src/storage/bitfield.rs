@@ -332,6 +332,11 @@ impl Bitfield {
     pub fn is_dirty(&self) -> bool {
         !self.dirty.is_empty()
     }
+
+    /// How many pages are held in memory (pages never set, or loaded all zero, are not).
+    pub fn allocated_pages(&self) -> usize {
+        self.pages.len()
+    }
 }
 
 /// The set bits in `[from, to)` of `bytes` (bit `i` is bit `7 - i % 8` of byte `i / 8`,

@@ -415,6 +415,116 @@ fn read_at_most(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     Ok(done)
 }
 
+/// Tree nodes one bitfield page has bits for (its tree region: 2048 bytes).
+const NODES_PER_PAGE: u64 = 2048 * 8;
+
+/// Bitfield pages read at once.
+const READ_CHUNK_PAGES: u64 = 64;
+
+/// How many pages of a `bitfield` file of `len` bytes to read, and how many it has, next
+/// to a `tree` file of `tree_len` bytes. A page holds the bits of 16,384 tree nodes (and
+/// of the blocks whose leaves they are), and a node's bit is only set once the node is
+/// in the tree, so pages past the tree's last node can hold nothing true: a corrupt or
+/// sparse bitfield of a terabyte next to a small tree costs nothing to open.
+fn bitfield_pages_to_read(len: u64, tree_len: u64) -> (u64, u64) {
+    let page = PAGE_SIZE as u64;
+    let in_file = len.saturating_sub(HEADER_LEN).div_ceil(page);
+    let nodes = tree_len.saturating_sub(HEADER_LEN).div_ceil(NODE_LEN);
+    (in_file.min(nodes.div_ceil(NODES_PER_PAGE)), in_file)
+}
+
+/// What [`read_nonzero_pages`] found.
+struct PagesRead {
+    /// The non-zero pages, and the last one.
+    pages: Vec<(u64, Page)>,
+    /// How many pages were read from the file (holes are not).
+    scanned: u64,
+}
+
+/// The non-zero pages among the first `count` pages of a bitfield file, read in bounded
+/// chunks and skipping holes (a sparse file's unwritten ranges are never read), plus the
+/// last page even when zero, so that the page count (JS's pager length, on which the
+/// tree length the bitfield claims depends) is that of the file. Memory: the pages
+/// returned and one chunk.
+fn read_nonzero_pages(file: &File, count: u64) -> io::Result<PagesRead> {
+    let page_len = PAGE_SIZE as u64;
+    let end = HEADER_LEN.saturating_add(count.saturating_mul(page_len));
+    let mut pages: Vec<(u64, Page)> = Vec::new();
+    let mut chunk = vec![0u8; (READ_CHUNK_PAGES * page_len) as usize];
+    let mut pos = HEADER_LEN;
+    let mut scanned = 0u64;
+    while pos < end {
+        let Some((data, hole)) = next_data(file, pos)? else {
+            break;
+        };
+        if data >= end {
+            break;
+        }
+        // The pages that overlap [data, hole).
+        let first = data.saturating_sub(HEADER_LEN) / page_len;
+        let stop = (hole.min(end) - HEADER_LEN)
+            .div_ceil(page_len)
+            .max(first + 1);
+        let mut n = first;
+        while n < stop {
+            let k = (stop - n).min(READ_CHUNK_PAGES);
+            let buf = &mut chunk[..(k * page_len) as usize];
+            let got = read_at_most(file, buf, HEADER_LEN + n * page_len)?;
+            buf[got..].fill(0);
+            for (j, bytes) in buf.chunks_exact(PAGE_SIZE).enumerate() {
+                if bytes.iter().any(|&b| b != 0) {
+                    let mut page: Page = Box::new([0u8; PAGE_SIZE]);
+                    page.copy_from_slice(bytes);
+                    pages.push((n + j as u64, page));
+                }
+            }
+            n += k;
+            scanned += k;
+        }
+        pos = HEADER_LEN + stop * page_len;
+    }
+    if count > 0 && pages.last().map(|(n, _)| *n) != Some(count - 1) {
+        pages.push((count - 1, Box::new([0u8; PAGE_SIZE])));
+    }
+    Ok(PagesRead { pages, scanned })
+}
+
+/// The next range of `file` at or after `pos` that may hold data, `[data, hole)`, as
+/// `lseek(SEEK_DATA / SEEK_HOLE)` tells; `None` when only holes follow. A file system
+/// that cannot tell has the whole rest of the file read.
+fn next_data(file: &File, pos: u64) -> io::Result<Option<(u64, u64)>> {
+    use std::os::unix::io::AsRawFd;
+    let len = file.metadata()?.len();
+    if pos >= len {
+        return Ok(None);
+    }
+    let seek = |from: u64, whence: libc::c_int| -> io::Result<Option<u64>> {
+        let from = libc::off_t::try_from(from).map_err(|_| io::Error::other("offset too large"))?;
+        // SAFETY: lseek on a file descriptor we own; no memory is involved. The file
+        // offset it moves is used by none of our reads and writes (all positioned).
+        let at = unsafe { libc::lseek(file.as_raw_fd(), from, whence) };
+        if at < 0 {
+            let err = io::Error::last_os_error();
+            return match err.raw_os_error() {
+                Some(libc::ENXIO) => Ok(None),
+                _ => Err(err),
+            };
+        }
+        Ok(u64::try_from(at).ok())
+    };
+    let data = match seek(pos, libc::SEEK_DATA) {
+        Ok(Some(d)) => d,
+        Ok(None) => return Ok(None),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => return Ok(Some((pos, len))),
+        Err(e) => return Err(e),
+    };
+    let hole = match seek(data, libc::SEEK_HOLE) {
+        Ok(Some(h)) => h.min(len),
+        Ok(None) | Err(_) => len,
+    };
+    Ok(Some((data, hole.max(data + 1))))
+}
+
 impl Store for FsStore {
     fn read_key(&self) -> Result<Option<[u8; 32]>, StoreError> {
         self.read_key_file::<32>("key")
@@ -524,20 +634,24 @@ impl Store for FsStore {
     }
     fn read_bitfield(&self) -> Result<Vec<(u64, Page)>, StoreError> {
         let len = self.bitfield.metadata().map_err(self.io("bitfield"))?.len();
-        let mut pages = Vec::new();
-        let mut n = 0u64;
-        while HEADER_LEN + n * (PAGE_SIZE as u64) < len {
-            let mut page: Page = Box::new([0u8; PAGE_SIZE]);
-            read_at_most(
-                &self.bitfield,
-                &mut page[..],
-                HEADER_LEN + n * PAGE_SIZE as u64,
-            )
-            .map_err(self.io("bitfield"))?;
-            pages.push((n, page));
-            n += 1;
+        let tree_len = self.tree.metadata().map_err(self.io("tree"))?.len();
+        let (count, in_file) = bitfield_pages_to_read(len, tree_len);
+        if in_file > count {
+            tracing::warn!(
+                dir = %self.dir.display(),
+                pages = in_file,
+                kept = count,
+                "the bitfield is longer than the tree can use; ignoring the rest"
+            );
         }
-        Ok(pages)
+        let read = read_nonzero_pages(&self.bitfield, count).map_err(self.io("bitfield"))?;
+        tracing::debug!(
+            pages = count,
+            read = read.scanned,
+            kept = read.pages.len(),
+            "bitfield loaded"
+        );
+        Ok(read.pages)
     }
     fn write_bitfield(&mut self, pages: &[(u64, Page)]) -> Result<(), StoreError> {
         for (n, page) in pages {
@@ -567,5 +681,78 @@ impl Store for FsStore {
     }
     fn is_read_only(&self) -> bool {
         self.read_only
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bitfield file with one byte written `offset` bytes in (sparse before it).
+    fn sparse_bitfield(offset: u64) -> (tempfile::TempDir, File) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .open(dir.path().join("bitfield"))
+            .expect("create");
+        file.write_all_at(&bitfield_header(), 0).expect("header");
+        file.write_all_at(&[0x80], offset).expect("poke");
+        (dir, file)
+    }
+
+    #[test]
+    fn holes_are_skipped_not_read() {
+        // 8 GiB of hole, then one page with a bit: reading the hole would scan 2.4
+        // million pages.
+        let offset = 1u64 << 33;
+        let (_dir, file) = sparse_bitfield(offset);
+        let count = (offset + 1 - HEADER_LEN).div_ceil(PAGE_SIZE as u64);
+        let read = read_nonzero_pages(&file, count).expect("read");
+        let far = (offset - HEADER_LEN) / PAGE_SIZE as u64;
+        let numbers: Vec<u64> = read.pages.iter().map(|(n, _)| *n).collect();
+        assert_eq!(numbers, vec![far]);
+        assert!(read.scanned <= 2 * READ_CHUNK_PAGES, "{}", read.scanned);
+    }
+
+    #[test]
+    fn zero_pages_are_not_kept_but_the_page_count_is() {
+        let (_dir, file) = sparse_bitfield(HEADER_LEN + PAGE_SIZE as u64 * 3 + 5);
+        file.write_all_at(&[0u8; PAGE_SIZE * 8], HEADER_LEN + PAGE_SIZE as u64 * 4)
+            .expect("zeros");
+        let read = read_nonzero_pages(&file, 12).expect("read");
+        let numbers: Vec<u64> = read.pages.iter().map(|(n, _)| *n).collect();
+        // Page 3 holds the bit; page 11 (all zero, the file's last) keeps the count.
+        assert_eq!(numbers, vec![3, 11]);
+        assert!(read.pages[1].1.iter().all(|&b| b == 0));
+        // Fewer pages than the file has: only those are read.
+        let read = read_nonzero_pages(&file, 2).expect("read");
+        assert_eq!(read.pages.len(), 1);
+        assert_eq!(read.pages[0].0, 1);
+    }
+
+    #[test]
+    fn the_tree_bounds_the_pages_read() {
+        let page = PAGE_SIZE as u64;
+        // No tree: nothing.
+        assert_eq!(bitfield_pages_to_read(HEADER_LEN + 10 * page, 0), (0, 10));
+        // One node: page 0 only.
+        assert_eq!(
+            bitfield_pages_to_read(HEADER_LEN + 10 * page, HEADER_LEN + NODE_LEN),
+            (1, 10)
+        );
+        // Node 16384 is the first of page 1.
+        let tree = HEADER_LEN + (NODES_PER_PAGE + 1) * NODE_LEN;
+        assert_eq!(
+            bitfield_pages_to_read(HEADER_LEN + 10 * page, tree),
+            (2, 10)
+        );
+        // A bitfield shorter than the tree allows is read whole, a partial page included.
+        assert_eq!(
+            bitfield_pages_to_read(HEADER_LEN + page + 1, u64::MAX),
+            (2, 2)
+        );
+        assert_eq!(bitfield_pages_to_read(0, u64::MAX), (0, 0));
     }
 }

@@ -668,6 +668,18 @@ fn one_writer_at_a_time() {
     FsStore::open(dir.path(), false).expect("writer after the first closed");
 }
 
+/// Writes one byte at `offset` of `file` in the feed directory `dir` (a sparse file when
+/// far past its end).
+fn poke(dir: &std::path::Path, file: &str, offset: u64) {
+    use std::os::unix::fs::FileExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join(file))
+        .expect("open")
+        .write_all_at(&[0xff], offset)
+        .expect("poke");
+}
+
 /// Runs `work` on a thread and fails if it has not finished within 30 s: for a test
 /// whose bug is an hours-long loop (a hang, not slowness, is what it detects).
 fn finishes<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
@@ -677,6 +689,25 @@ fn finishes<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
     });
     rx.recv_timeout(std::time::Duration::from_secs(30))
         .expect("did not finish within 30 s")
+}
+
+#[test]
+fn a_sparse_bitfield_of_a_terabyte_opens_with_the_pages_the_tree_supports() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut feed =
+        Feed::create(FsStore::open(dir.path(), true).expect("store"), seed01()).expect("create");
+    feed.append_batch(&[b"one".to_vec(), b"two".to_vec(), b"three".to_vec()])
+        .expect("append");
+    drop(feed);
+    poke(dir.path(), "bitfield", 1 << 40);
+    let store = FsStore::open(dir.path(), false).expect("store");
+    // One page: the tree's 5 nodes fit in page 0; the rest is never read.
+    let pages = store.read_bitfield().expect("read");
+    assert_eq!(pages.len(), 1);
+    let feed = Feed::open(store, None).expect("open");
+    assert_eq!(feed.length(), 3);
+    assert_eq!(feed.get(2).expect("get"), Some(b"three".to_vec()));
+    assert_eq!(feed.bitfield().allocated_pages(), 1);
 }
 
 #[test]
