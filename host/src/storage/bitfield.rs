@@ -119,7 +119,23 @@ pub struct Bitfield {
     data_bytes: u64,
     tree_bytes: u64,
     index_bytes: u64,
+    /// Pages changed since they were last written (kept after a failed write, so that the
+    /// next commit writes them again).
     dirty: BTreeSet<u64>,
+    /// How to go back to the state last written, when writing fails: see
+    /// [`Bitfield::rollback`]. `None` when nothing changed since.
+    undo: Option<Undo>,
+}
+
+/// The bitfield as last written: the lengths, and each page changed since as it was then
+/// (`None`: not allocated). One page copy per page changed between two commits.
+#[derive(Clone)]
+struct Undo {
+    pager_len: u64,
+    data_bytes: u64,
+    tree_bytes: u64,
+    index_bytes: u64,
+    pages: BTreeMap<u64, Option<Box<[u8; PAGE_SIZE]>>>,
 }
 
 impl std::fmt::Debug for Bitfield {
@@ -171,6 +187,9 @@ impl Bitfield {
     fn set_byte(&mut self, view: View, i: u64, b: u8) -> bool {
         let page = i / view.page_size;
         let o = (i % view.page_size) as usize + view.offset;
+        if self.get_byte(view, i) != b {
+            self.remember_page(page);
+        }
         self.pager_len = self.pager_len.max(page + 1);
         let buf = self
             .pages
@@ -312,12 +331,13 @@ impl Bitfield {
         self.data_bytes
     }
 
-    /// The pages changed since the last call, with their bytes (to be written to disk).
-    pub fn take_dirty(&mut self) -> Vec<(u64, Box<[u8; PAGE_SIZE]>)> {
-        let dirty = std::mem::take(&mut self.dirty);
-        dirty
-            .into_iter()
-            .map(|n| {
+    /// The pages changed since they were last written, with their bytes (to be written to
+    /// disk). They stay dirty until [`Bitfield::mark_written`]: a write that fails leaves
+    /// them to be written again.
+    pub fn dirty_pages(&self) -> Vec<(u64, Box<[u8; PAGE_SIZE]>)> {
+        self.dirty
+            .iter()
+            .map(|&n| {
                 let page = self
                     .pages
                     .get(&n)
@@ -328,7 +348,60 @@ impl Bitfield {
             .collect()
     }
 
-    /// Whether there are changed pages not yet taken.
+    /// Records that the pages [`Bitfield::dirty_pages`] returned are on disk: this state
+    /// is the one a later [`Bitfield::rollback`] returns to.
+    pub fn mark_written(&mut self) {
+        self.dirty.clear();
+        self.undo = None;
+    }
+
+    /// Undoes every change since the last [`Bitfield::mark_written`] (or since loading),
+    /// after writing them failed: the bitfield is again what was last written. The pages
+    /// involved stay dirty (they were never marked written), so that the next commit
+    /// writes them again: a write that failed halfway may have left some of them changed
+    /// on disk. Returns whether anything was undone.
+    pub fn rollback(&mut self) -> bool {
+        let Some(undo) = self.undo.take() else {
+            return false;
+        };
+        for (n, page) in undo.pages {
+            match page {
+                Some(p) => {
+                    self.pages.insert(n, p);
+                }
+                None => {
+                    self.pages.remove(&n);
+                }
+            }
+        }
+        self.pager_len = undo.pager_len;
+        self.data_bytes = undo.data_bytes;
+        self.tree_bytes = undo.tree_bytes;
+        self.index_bytes = undo.index_bytes;
+        true
+    }
+
+    /// Keeps page `n` as it is now (and the lengths, on the first change) for
+    /// [`Bitfield::rollback`], unless it was kept since the last write.
+    fn remember_page(&mut self, n: u64) {
+        if self.undo.as_ref().is_some_and(|u| u.pages.contains_key(&n)) {
+            return;
+        }
+        let before = self.pages.get(&n).cloned();
+        let undo = match &mut self.undo {
+            Some(undo) => undo,
+            None => self.undo.insert(Undo {
+                pager_len: self.pager_len,
+                data_bytes: self.data_bytes,
+                tree_bytes: self.tree_bytes,
+                index_bytes: self.index_bytes,
+                pages: BTreeMap::new(),
+            }),
+        };
+        undo.pages.insert(n, before);
+    }
+
+    /// Whether there are changed pages not yet written.
     pub fn is_dirty(&self) -> bool {
         !self.dirty.is_empty()
     }
@@ -336,6 +409,16 @@ impl Bitfield {
     /// How many pages are held in memory (pages never set, or loaded all zero, are not).
     pub fn allocated_pages(&self) -> usize {
         self.pages.len()
+    }
+
+    /// The pages with a bit set, for comparing two bitfields in tests.
+    #[cfg(test)]
+    pub(crate) fn nonzero_pages(&self) -> Vec<(u64, Vec<u8>)> {
+        self.pages
+            .iter()
+            .filter(|(_, p)| p.iter().any(|&b| b != 0))
+            .map(|(n, p)| (*n, p.to_vec()))
+            .collect()
     }
 }
 
@@ -546,7 +629,7 @@ mod tests {
             bf.set_block(i, true);
             TreeBits::set(&mut bf, 2 * i);
         }
-        let pages = bf.take_dirty();
+        let pages = bf.dirty_pages();
         assert_eq!(pages.len(), 1);
         let page = &pages[0].1;
         assert_eq!(page[0], 0xf0);

@@ -242,6 +242,18 @@ pub struct Feed<S: Store> {
     next_offset: Mutex<Option<(u64, u64)>>,
     /// What [`Feed::refresh`] last read: the bitfield's stamp and when it was read.
     refreshed: Option<(BitfieldStamp, SystemTime)>,
+    /// The length, byte length and roots as last committed, while appends or downloads
+    /// since then are not (their bitfield pages unwritten): a commit that fails returns
+    /// to them, so that memory says what the disk does.
+    committed: Option<Committed>,
+}
+
+/// What a failed commit returns to: see `Feed::committed`.
+#[derive(Debug, Clone)]
+struct Committed {
+    length: u64,
+    byte_length: u64,
+    roots: Vec<Node>,
 }
 
 impl<S: Store> std::fmt::Debug for Feed<S> {
@@ -326,6 +338,7 @@ impl<S: Store> Feed<S> {
             defer_commit: false,
             next_offset: Mutex::new(None),
             refreshed: None,
+            committed: None,
         };
         feed.recover()?;
         Ok(feed)
@@ -421,8 +434,9 @@ impl<S: Store> Feed<S> {
             }
         }
         if self.bitfield.is_dirty() {
-            let pages = self.bitfield.take_dirty();
+            let pages = self.bitfield.dirty_pages();
             self.store.write_bitfield(&pages)?;
+            self.bitfield.mark_written();
         }
         *self.offset_hint() = None;
         self.store.truncate(self.byte_length, length)?;
@@ -459,6 +473,8 @@ impl<S: Store> Feed<S> {
                 self.length = claimed;
                 self.byte_length = roots.iter().map(|r| r.size).sum();
                 self.roots = roots;
+                // What was just read is what the disk holds.
+                self.committed = None;
                 Ok(true)
             }
             Ok(None) => {
@@ -674,6 +690,7 @@ impl<S: Store> Feed<S> {
         self.store.write_nodes(&nodes)?;
         self.store.write_signature(new_length - 1, &signature)?;
 
+        self.begin_change();
         for i in start..new_length {
             self.bitfield.set_block(i, true);
             TreeBits::set(&mut self.bitfield, 2 * i);
@@ -685,20 +702,89 @@ impl<S: Store> Feed<S> {
         Ok(new_length)
     }
 
+    /// Keeps the length, byte length and roots as they are (committed) before the first
+    /// change since the last commit; see [`Feed::commit`].
+    fn begin_change(&mut self) {
+        if self.committed.is_none() {
+            self.committed = Some(Committed {
+                length: self.length,
+                byte_length: self.byte_length,
+                roots: self.roots.clone(),
+            });
+        }
+    }
+
     /// Writes the bitfield pages that commit what was written before them.
+    ///
+    /// When that fails (a full disk, an I/O error), the feed returns to its last committed
+    /// state: the appends and downloads since are forgotten (their blocks, nodes and
+    /// signatures lie past what the bitfield commits, so they are simply overwritten or
+    /// fetched again later) and memory says what reopening the disk would. The pages a
+    /// failed write may have half-written are written back as they were; if that fails
+    /// too they stay dirty, and the next commit writes them.
     fn commit(&mut self) -> Result<(), FeedError> {
         if !self.bitfield.is_dirty() {
+            self.committed = None;
             return Ok(());
         }
+        match self.write_dirty_pages() {
+            Ok(()) => {
+                self.bitfield.mark_written();
+                self.committed = None;
+                Ok(())
+            }
+            Err(e) => {
+                self.rollback();
+                let pages = self.bitfield.dirty_pages();
+                match self.store.write_bitfield(&pages) {
+                    Ok(()) => self.bitfield.mark_written(),
+                    Err(again) => tracing::warn!(
+                        error = %again,
+                        "restoring the bitfield after a failed commit failed; retried at the next commit"
+                    ),
+                }
+                if self.writer.is_some() && !self.store.is_read_only() {
+                    // As on reopen: a writer keeps nothing past its length (this also
+                    // drops a stale signature an aborted batch left at its end).
+                    if let Err(again) = self.store.truncate(self.byte_length, self.length) {
+                        tracing::warn!(error = %again, "trimming after a failed commit failed");
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// The writes of [`Feed::commit`]: the bitfield pages, with fsyncs around them for
+    /// power-loss durability.
+    fn write_dirty_pages(&mut self) -> Result<(), FeedError> {
         if self.durability == Durability::Power {
             self.store.sync_data()?;
         }
-        let pages = self.bitfield.take_dirty();
+        let pages = self.bitfield.dirty_pages();
         self.store.write_bitfield(&pages)?;
         if self.durability == Durability::Power {
             self.store.sync_bitfield()?;
         }
         Ok(())
+    }
+
+    /// Returns memory to the last committed state (see [`Feed::commit`]).
+    fn rollback(&mut self) {
+        let undone = self.bitfield.rollback();
+        if let Some(c) = self.committed.take() {
+            self.length = c.length;
+            self.byte_length = c.byte_length;
+            self.roots = c.roots;
+        }
+        if undone {
+            tracing::warn!(
+                length = self.length,
+                "writing the bitfield failed: the feed is back at its last committed length"
+            );
+        }
+        // The hint may point past a block that is no longer held.
+        *self.offset_hint() = None;
     }
 
     /// Makes everything so far durable on disk (fsync).
@@ -1087,6 +1173,9 @@ impl<S: Store> Feed<S> {
         let mut new_length = None;
         if let Some((length, sig)) = signature {
             self.store.write_signature(length - 1, &sig)?;
+        }
+        self.begin_change();
+        if let Some((length, _)) = signature {
             if length > self.length {
                 if let Some(roots) = roots {
                     self.byte_length = roots.iter().map(|r| r.size).sum();

@@ -668,6 +668,300 @@ fn one_writer_at_a_time() {
     FsStore::open(dir.path(), false).expect("writer after the first closed");
 }
 
+/// What a [`FailingStore`] does on its writes (shared with the test, which keeps a handle
+/// while the feed owns the store).
+#[derive(Debug, Default)]
+struct WritePlan {
+    /// Writes that still succeed before one fails; `None`: none fails.
+    ok_before_failure: Option<u64>,
+    /// Whether every write after the failing one fails too (a disk that stays full).
+    sticky: bool,
+    /// Whether a write failed already (with `sticky`, all later ones fail).
+    failed: bool,
+}
+
+type Plan = std::sync::Arc<std::sync::Mutex<WritePlan>>;
+
+fn fail_after(plan: &Plan, ok: u64, sticky: bool) {
+    *plan.lock().expect("plan") = WritePlan {
+        ok_before_failure: Some(ok),
+        sticky,
+        failed: false,
+    };
+}
+
+fn disarm(plan: &Plan) {
+    *plan.lock().expect("plan") = WritePlan::default();
+}
+
+/// A store whose writes fail with ENOSPC as the plan says: each call that writes counts
+/// as one write, and each bitfield page as one (so a commit can fail halfway). Syncs and
+/// truncation fail only once the disk is "full" for good.
+struct FailingStore<S> {
+    inner: S,
+    plan: Plan,
+}
+
+impl<S: Store> FailingStore<S> {
+    fn new(inner: S) -> (Self, Plan) {
+        let plan = Plan::default();
+        (
+            FailingStore {
+                inner,
+                plan: plan.clone(),
+            },
+            plan,
+        )
+    }
+
+    fn full() -> StoreError {
+        StoreError::Io {
+            file: "<failing store>".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        }
+    }
+
+    /// Counts one write; errs when it is the one to fail.
+    fn write(&self) -> Result<(), StoreError> {
+        let mut plan = self.plan.lock().expect("plan");
+        if plan.failed && plan.sticky {
+            return Err(Self::full());
+        }
+        match plan.ok_before_failure {
+            Some(0) => {
+                plan.ok_before_failure = None;
+                plan.failed = true;
+                Err(Self::full())
+            }
+            Some(n) => {
+                plan.ok_before_failure = Some(n - 1);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// For syncs and truncation: fail only on a disk full for good.
+    fn other(&self) -> Result<(), StoreError> {
+        let plan = self.plan.lock().expect("plan");
+        if plan.failed && plan.sticky {
+            return Err(Self::full());
+        }
+        Ok(())
+    }
+}
+
+impl<S: Store> Store for FailingStore<S> {
+    fn read_key(&self) -> Result<Option<[u8; 32]>, StoreError> {
+        self.inner.read_key()
+    }
+    fn write_key(&mut self, key: &[u8; 32]) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.write_key(key)
+    }
+    fn read_secret_key(&self) -> Result<Option<[u8; 64]>, StoreError> {
+        self.inner.read_secret_key()
+    }
+    fn write_secret_key(&mut self, secret: &[u8; 64]) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.write_secret_key(secret)
+    }
+    fn read_data(&self, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        self.inner.read_data(offset, len)
+    }
+    fn write_data(&mut self, offset: u64, bytes: &[u8]) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.write_data(offset, bytes)
+    }
+    fn read_node(&self, index: u64) -> Result<Option<Node>, StoreError> {
+        self.inner.read_node(index)
+    }
+    fn write_nodes(&mut self, nodes: &[Node]) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.write_nodes(nodes)
+    }
+    fn read_signature(&self, block: u64) -> Result<Option<[u8; 64]>, StoreError> {
+        self.inner.read_signature(block)
+    }
+    fn write_signature(&mut self, block: u64, signature: &[u8; 64]) -> Result<(), StoreError> {
+        self.write()?;
+        self.inner.write_signature(block, signature)
+    }
+    fn read_bitfield(&self) -> Result<Vec<(u64, store::Page)>, StoreError> {
+        self.inner.read_bitfield()
+    }
+    fn write_bitfield(&mut self, pages: &[(u64, store::Page)]) -> Result<(), StoreError> {
+        // Page by page, so that a failure can leave the first pages written.
+        for page in pages {
+            self.write()?;
+            self.inner.write_bitfield(std::slice::from_ref(page))?;
+        }
+        Ok(())
+    }
+    fn truncate(&mut self, byte_length: u64, length: u64) -> Result<(), StoreError> {
+        self.other()?;
+        self.inner.truncate(byte_length, length)
+    }
+    fn sync_data(&mut self) -> Result<(), StoreError> {
+        self.other()?;
+        self.inner.sync_data()
+    }
+    fn sync_bitfield(&mut self) -> Result<(), StoreError> {
+        self.other()?;
+        self.inner.sync_bitfield()
+    }
+}
+
+fn is_disk_full(err: &FeedError) -> bool {
+    matches!(err, FeedError::Store(StoreError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOSPC))
+}
+
+/// Opens the feed in `dir` as a second, read-only handle (what a restart would find) and
+/// checks that `feed` says the same: length, bytes, roots, every block up to a bit past
+/// the length, and, with `same_pages`, the bitfield bytes themselves.
+fn assert_matches_disk<S: Store>(feed: &Feed<S>, dir: &std::path::Path, same_pages: bool) {
+    let disk = Feed::open(FsStore::open_read_only(dir).expect("reader"), None).expect("reopen");
+    assert_eq!(feed.length(), disk.length(), "length");
+    assert_eq!(feed.byte_length(), disk.byte_length(), "byte length");
+    assert_eq!(feed.roots(), disk.roots(), "roots");
+    assert_eq!(
+        feed.downloaded(0, feed.length()),
+        disk.downloaded(0, disk.length())
+    );
+    for i in 0..feed.length() + 8 {
+        assert_eq!(
+            feed.get(i).expect("memory"),
+            disk.get(i).expect("disk"),
+            "block {i}"
+        );
+    }
+    if same_pages {
+        assert_eq!(
+            feed.bitfield().nonzero_pages(),
+            disk.bitfield().nonzero_pages(),
+            "bitfield pages"
+        );
+    }
+}
+
+#[test]
+fn a_failed_append_commit_leaves_memory_as_on_disk_and_the_next_append_persists() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, plan) = FailingStore::new(FsStore::open(dir.path(), true).expect("store"));
+    let mut feed = Feed::create(store, seed01()).expect("create");
+    feed.append_batch(&[b"a".to_vec(), b"b".to_vec(), b"c".to_vec()])
+        .expect("append");
+    // Data, nodes and signature are written; the bitfield page, which commits them, is
+    // not (ENOSPC).
+    fail_after(&plan, 3, false);
+    let err = feed.append(b"lost").expect_err("disk full");
+    assert!(is_disk_full(&err), "{err}");
+    assert_eq!(feed.length(), 3);
+    assert!(!feed.has(3));
+    assert!(!feed.bitfield().is_dirty(), "nothing left to write");
+    assert_matches_disk(&feed, dir.path(), true);
+    // The disk has room again: the next append takes the failed one's place and persists.
+    assert_eq!(feed.append(b"kept").expect("append"), 4);
+    assert_matches_disk(&feed, dir.path(), true);
+    let store = feed.into_store().inner;
+    let dir_path = store.dir().to_path_buf();
+    drop(store);
+    let feed = Feed::open(FsStore::open(&dir_path, false).expect("reopen"), None).expect("open");
+    assert_eq!(feed.length(), 4);
+    assert_eq!(feed.get(3).expect("get"), Some(b"kept".to_vec()));
+    assert!(feed.signature_at(4).expect("sig").is_some());
+}
+
+/// A batch whose bits span two pages, on a disk that fills after the first page.
+fn fail_a_commit_halfway(sticky: bool) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, plan) = FailingStore::new(FsStore::open(dir.path(), true).expect("store"));
+    let mut feed = Feed::create(store, seed01()).expect("create");
+    // Block 8192 is the first of page 1.
+    let first: Vec<Vec<u8>> = (0..8190u32).map(|i| vec![i as u8]).collect();
+    feed.append_batch(&first).expect("append");
+    let before = feed.bitfield().nonzero_pages();
+    let batch: Vec<Vec<u8>> = (0..4u8).map(|i| vec![b'x', i]).collect();
+    // Data, nodes, signature, page 0: written. Page 1: fails.
+    fail_after(&plan, 4, sticky);
+    let err = feed.append_batch(&batch).expect_err("disk full");
+    assert!(is_disk_full(&err), "{err}");
+    assert_eq!(feed.length(), 8190);
+    assert_eq!(feed.downloaded(0, 9000), 8190);
+    assert_eq!(feed.bitfield().nonzero_pages(), before, "memory is back");
+    if sticky {
+        // Page 0 on disk keeps the new bits (writing it back failed), yet a restart
+        // recovers the same feed; the pages stay dirty for the next commit.
+        assert!(feed.bitfield().is_dirty());
+        assert_matches_disk(&feed, dir.path(), false);
+    } else {
+        // Page 0 was written back as it was.
+        assert!(!feed.bitfield().is_dirty());
+        assert_matches_disk(&feed, dir.path(), true);
+        assert!(feed.signature_at(8194).expect("sig").is_none(), "trimmed");
+    }
+    disarm(&plan);
+    assert_eq!(feed.append_batch(&batch).expect("append"), 8194);
+    assert!(!feed.bitfield().is_dirty());
+    assert_matches_disk(&feed, dir.path(), true);
+}
+
+#[test]
+fn a_commit_failing_halfway_is_written_back() {
+    fail_a_commit_halfway(false);
+}
+
+#[test]
+fn a_commit_failing_halfway_on_a_full_disk_is_retried_by_the_next() {
+    fail_a_commit_halfway(true);
+}
+
+#[test]
+fn a_failed_flush_of_downloads_forgets_them_until_they_are_stored_again() {
+    let mut source = Feed::create(MemStore::new(), seed01()).expect("create");
+    let blocks: Vec<Vec<u8>> = (0..20u32).map(|i| format!("d{i}").into_bytes()).collect();
+    source.append_batch(&blocks[..10]).expect("append");
+    source.append_batch(&blocks[10..]).expect("append");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, plan) = FailingStore::new(FsStore::open(dir.path(), true).expect("store"));
+    let mut clone = Feed::create_reader(store, source.key()).expect("reader");
+    clone.set_deferred_commit(true);
+    // Blocks `range` proven against the source at `length`.
+    let put = |clone: &mut Feed<FailingStore<FsStore>>, range: std::ops::Range<u64>, length| {
+        let mut remote = NodeSet::new();
+        for i in range {
+            let p = source
+                .proof_at(i, clone.digest(i), &mut remote, false, length)
+                .expect("proof");
+            let sig = source.signature_at(p.verified_by / 2).expect("sig");
+            clone
+                .put(i, Some(&blocks[i as usize]), &p.nodes, sig.as_ref())
+                .expect("verifies");
+        }
+    };
+    put(&mut clone, 0..5, 10);
+    clone.flush().expect("flush");
+    assert_eq!(clone.length(), 10);
+    put(&mut clone, 5..12, 20);
+    assert_eq!(clone.length(), 20);
+    assert_eq!(clone.downloaded(0, 20), 12);
+    fail_after(&plan, 0, false);
+    let err = clone.flush().expect_err("disk full");
+    assert!(is_disk_full(&err), "{err}");
+    // Back to what the first flush committed.
+    assert_eq!(clone.length(), 10);
+    assert_eq!(clone.downloaded(0, 20), 5);
+    assert!(!clone.has(7));
+    assert_eq!(clone.get(7).expect("get"), None);
+    assert_matches_disk(&clone, dir.path(), true);
+    // Downloaded again, they persist.
+    put(&mut clone, 5..12, 20);
+    clone.flush().expect("flush");
+    assert_eq!(clone.length(), 20);
+    assert_eq!(clone.downloaded(0, 20), 12);
+    assert_matches_disk(&clone, dir.path(), true);
+}
+
 /// Writes one byte at `offset` of `file` in the feed directory `dir` (a sparse file when
 /// far past its end).
 fn poke(dir: &std::path::Path, file: &str, offset: u64) {
