@@ -28,8 +28,9 @@ pub const ALL: [&str; 6] = [
 ];
 
 /// The largest extension payload we read (user messages are bounded further by the
-/// payments layer).
-pub const MAX_PAYLOAD: usize = 64 * 1024;
+/// payments layer); the session refuses larger ones
+/// ([`crate::protocol::SessionConfig::max_extension_payload`]).
+pub const MAX_PAYLOAD: usize = crate::protocol::DEFAULT_MAX_EXTENSION_PAYLOAD;
 
 /// The JS buyer's errors for terms of use, verbatim.
 pub const TERMS_NOT_ACCEPTED: &str = "Terms of Use must be accepted before data can be replicated";

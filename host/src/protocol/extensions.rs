@@ -78,6 +78,8 @@ impl Extensions {
 
     pub(crate) fn set_remote(&mut self, mut names: Vec<String>) {
         names.truncate(MAX_REMOTE_EXTENSIONS);
+        // `truncate` keeps the capacity: keep only what the names need.
+        names.shrink_to_fit();
         self.remote = Some(names);
     }
 

@@ -39,6 +39,12 @@ pub const DEFAULT_MAX_OUTGOING: usize = 16 * 1024 * 1024;
 pub const DEFAULT_MAX_EVENTS: usize = 1024;
 /// Default limit of channels (local and remote) per session.
 pub const DEFAULT_MAX_CHANNELS: usize = 256;
+/// Default limit of a stream-level extension payload we accept (Dazaar's messages are a
+/// few hundred bytes; terms of use are text).
+pub const DEFAULT_MAX_EXTENSION_PAYLOAD: usize = 64 * 1024;
+/// An inbound frame limit for a peer that only sends control messages (everything but
+/// Data): the largest extension payload plus room for its header and an Options list.
+pub const CONTROL_FRAME_LIMIT: usize = DEFAULT_MAX_EXTENSION_PAYLOAD + 4 * 1024;
 
 /// A 32-byte discovery key (`discoveryKey(feedKey)`).
 pub type DiscoveryKey = [u8; 32];
@@ -67,6 +73,14 @@ pub struct SessionConfig {
     pub max_events: usize,
     /// Limit of channels in the table.
     pub max_channels: usize,
+    /// Largest frame body accepted from the remote; a larger one is fatal
+    /// ([`FrameError::TooLarge`]). Only a downloader needs the protocol's 8 MiB (Data
+    /// blocks); a peer that only serves receives control messages and can set
+    /// [`CONTROL_FRAME_LIMIT`]. See [`Session::set_max_inbound_frame`].
+    pub max_inbound_frame: usize,
+    /// Largest stream-level extension payload accepted; a larger one is fatal
+    /// ([`SessionError::ExtensionTooLarge`]).
+    pub max_extension_payload: usize,
     /// Fixed nonce and ephemeral key, for reproducing recorded sessions in tests.
     pub handshake_params: Option<HandshakeParams>,
 }
@@ -94,6 +108,8 @@ impl SessionConfig {
             max_outgoing_bytes: DEFAULT_MAX_OUTGOING,
             max_events: DEFAULT_MAX_EVENTS,
             max_channels: DEFAULT_MAX_CHANNELS,
+            max_inbound_frame: crate::wire::MAX_BODY_LEN,
+            max_extension_payload: DEFAULT_MAX_EXTENSION_PAYLOAD,
             handshake_params: None,
         }
     }
@@ -210,6 +226,16 @@ pub enum SessionError {
     /// A message could not be encoded (too large).
     #[error("cannot encode message: {0}")]
     Encode(#[from] EncodeError),
+    /// Fatal: the remote sent a stream-level extension payload above the limit.
+    #[error("extension {name:?} payload of {len} bytes exceeds the {max} byte limit")]
+    ExtensionTooLarge {
+        /// The extension name (empty if the id maps to none).
+        name: String,
+        /// Payload length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 #[derive(Debug)]
@@ -218,7 +244,8 @@ struct Channel {
     key: Option<[u8; 32]>,
     local_id: Option<u64>,
     remote_id: Option<u64>,
-    remote_capability: Option<Vec<u8>>,
+    /// The remote's capability; anything but 32 bytes can never be right and is not kept.
+    remote_capability: Option<[u8; 32]>,
 }
 
 /// A frame waiting for the handshake; Open needs the split for its capability.
@@ -259,6 +286,7 @@ pub struct Session {
     max_outgoing: usize,
     max_events: usize,
     max_channels: usize,
+    max_extension_payload: usize,
     destroyed: bool,
 }
 
@@ -296,7 +324,7 @@ impl Session {
             established: None,
             expected_remote_key: config.expected_remote_key,
             authenticator: None,
-            decoder: FrameDecoder::new(),
+            decoder: FrameDecoder::with_max_body(config.max_inbound_frame),
             outgoing: Vec::new(),
             pending: VecDeque::new(),
             pending_bytes: 0,
@@ -314,6 +342,7 @@ impl Session {
             max_outgoing: config.max_outgoing_bytes,
             max_events: config.max_events.max(1),
             max_channels: config.max_channels,
+            max_extension_payload: config.max_extension_payload,
             destroyed: false,
         };
         session.drain_handshake_output();
@@ -340,6 +369,22 @@ impl Session {
     /// Whether the session failed or was destroyed.
     pub fn is_destroyed(&self) -> bool {
         self.destroyed
+    }
+
+    /// Changes the largest frame body accepted from the remote (from the next frame on): a
+    /// driver raises it to [`crate::wire::MAX_BODY_LEN`] when it starts downloading.
+    pub fn set_max_inbound_frame(&mut self, max: usize) {
+        self.decoder.set_max_body(max);
+    }
+
+    /// The largest frame body accepted from the remote.
+    pub fn max_inbound_frame(&self) -> usize {
+        self.decoder.max_body()
+    }
+
+    /// Received bytes held in the session: the partial frame in the decoder.
+    pub fn inbound_buffered(&self) -> usize {
+        self.decoder.buffered()
     }
 
     /// The remote static key, once known.
@@ -884,13 +929,28 @@ impl Session {
             Message::Open(open) => self.on_open(channel, open),
             Message::Close(close) => self.on_close(channel, close),
             Message::Options(options) if channel == 0 && remote_channel.is_none() => {
-                self.extensions.set_remote(options.extensions.clone());
+                // The decoder bounds the list (count and name length), so this copy for
+                // the event is small.
+                let names = options.extensions;
                 self.events.push_back(Event::RemoteExtensions {
-                    names: options.extensions,
+                    names: names.clone(),
                 });
+                self.extensions.set_remote(names);
                 Ok(())
             }
             Message::Extension(ext) if channel == 0 && remote_channel.is_none() => {
+                if ext.payload.len() > self.max_extension_payload {
+                    let name = self
+                        .extensions
+                        .resolve_remote(ext.id)
+                        .unwrap_or_default()
+                        .to_string();
+                    return Err(self.fail(SessionError::ExtensionTooLarge {
+                        name,
+                        len: ext.payload.len(),
+                        max: self.max_extension_payload,
+                    }));
+                }
                 if let Some(name) = self.extensions.resolve_remote(ext.id) {
                     self.events.push_back(Event::Extension {
                         name: name.to_string(),
@@ -948,7 +1008,9 @@ impl Session {
                 self.remote_ids.remove(&previous);
             }
         }
-        channel.remote_capability = open.capability;
+        channel.remote_capability = open
+            .capability
+            .and_then(|c| <[u8; 32]>::try_from(c.as_slice()).ok());
         tracing::debug!(remote_id, dk = %hex::encode(dk), "remote opened channel");
         if channel.local_id.is_none() {
             self.events
@@ -969,8 +1031,7 @@ impl Session {
         let expected = crypto::remote_capability(&key, &e.split.rx, &e.split.tx);
         let ok = channel
             .remote_capability
-            .as_deref()
-            .is_some_and(|c| constant_time_eq(c, &expected));
+            .is_some_and(|c| constant_time_eq(&c, &expected));
         if !ok {
             return Err(self.fail(SessionError::InvalidCapability { discovery_key: *dk }));
         }

@@ -54,10 +54,16 @@ pub const MAX_SELECTIONS: usize = 1024;
 const MAX_HAVE_BITFIELD: usize = 1 << 21;
 /// Highest block index a remote may announce (larger claims are clipped).
 const MAX_REMOTE_BLOCK: u64 = crate::storage::feed::MAX_LENGTH;
-/// Most bitmap pages (4096 blocks each) kept for the remote's blocks: 2^28 blocks.
+/// Most bitmap pages (4096 blocks each) kept for the remote's blocks: 2^28 blocks. A page
+/// the remote has completely costs a map entry only.
 const MAX_REMOTE_PAGES: usize = 1 << 16;
+/// Most pages with a partial bitmap (512 bytes each) kept per channel: 1 MiB.
+const MAX_REMOTE_PARTIAL_PAGES: usize = 1 << 11;
 /// Most blocks one Have without bitfield may mark.
 const MAX_HAVE_RANGE: u64 = 1 << 24;
+/// Most distinct Want ranges answered per feed length (hypercore@9 asks one per 1 Mi-block
+/// region; further ones wait for the feed to grow).
+const MAX_ANSWERED_WANTS: usize = 4096;
 /// Most blocks examined per scheduling pass (keeps one call cheap on sparse remotes).
 const MAX_SCAN: u64 = 1 << 16;
 
@@ -251,42 +257,172 @@ pub enum ReplicationEvent {
     },
 }
 
-/// The blocks a remote announced: a bitmap in 4096-block pages, bounded.
+/// One 4096-block page of a remote's bitmap: a remote that has everything (the usual
+/// seller) costs no bitmap at all.
+#[derive(Debug)]
+enum Page {
+    /// Every block of the page.
+    Full,
+    /// Some blocks: bit `i % 64` of word `(i / 64) % 64` is block `i`.
+    Bits(Box<[u64; 64]>),
+}
+
+/// The blocks a remote announced: a bitmap in 4096-block pages, bounded in pages and in
+/// allocated (partial) pages. At a bound, new announcements are forgotten: a block we do
+/// not know the remote has is just not requested from it.
 #[derive(Debug, Default)]
 struct RemoteBits {
-    pages: BTreeMap<u64, Box<[u64; 64]>>,
+    pages: BTreeMap<u64, Page>,
+    /// How many entries of `pages` are [`Page::Bits`].
+    partial: usize,
 }
 
 impl RemoteBits {
     fn get(&self, i: u64) -> bool {
-        self.pages.get(&(i >> 12)).is_some_and(|p| {
-            p.get(((i >> 6) & 63) as usize)
-                .is_some_and(|w| w & (1 << (i & 63)) != 0)
-        })
+        match self.pages.get(&(i >> 12)) {
+            None => false,
+            Some(Page::Full) => true,
+            Some(Page::Bits(p)) => p
+                .get(((i >> 6) & 63) as usize)
+                .is_some_and(|w| w & (1 << (i & 63)) != 0),
+        }
+    }
+
+    /// The first block in `[from, end)` the remote has, skipping pages it announced
+    /// nothing in (a remote that announced one block per page must not make every
+    /// scheduling pass look at each block in between).
+    fn next_set(&self, from: u64, end: u64) -> Option<u64> {
+        if from >= end {
+            return None;
+        }
+        for (&key, page) in self.pages.range(from >> 12..) {
+            let page_start = key << 12;
+            if page_start >= end {
+                return None;
+            }
+            let at = from.max(page_start);
+            match page {
+                Page::Full => return Some(at),
+                Page::Bits(words) => {
+                    let mut w = ((at >> 6) & 63) as usize;
+                    let mut mask = u64::MAX << (at & 63);
+                    while let Some(&word) = words.get(w) {
+                        let hit = word & mask;
+                        if hit != 0 {
+                            let i = page_start + (w as u64) * 64 + u64::from(hit.trailing_zeros());
+                            return (i < end).then_some(i);
+                        }
+                        w += 1;
+                        mask = u64::MAX;
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Pages allocated for partial bitmaps (for tests and bounds).
+    #[cfg(test)]
+    fn partial_pages(&self) -> usize {
+        self.partial
+    }
+
+    /// Applies `f` to word `word` of page `key`, allocating, compacting or freeing the
+    /// page as needed.
+    fn update_word(&mut self, key: u64, word: usize, f: impl FnOnce(u64) -> u64) {
+        if key >= MAX_REMOTE_BLOCK >> 12 {
+            return;
+        }
+        let can_alloc = self.partial < MAX_REMOTE_PARTIAL_PAGES;
+        match self.pages.get_mut(&key) {
+            None => {
+                let new = f(0);
+                if new == 0 || !can_alloc || self.pages.len() >= MAX_REMOTE_PAGES {
+                    return;
+                }
+                let mut bits = Box::new([0u64; 64]);
+                if let Some(w) = bits.get_mut(word) {
+                    *w = new;
+                }
+                self.pages.insert(key, Page::Bits(bits));
+                self.partial += 1;
+            }
+            Some(Page::Full) => {
+                let new = f(u64::MAX);
+                if new == u64::MAX {
+                    return;
+                }
+                if !can_alloc {
+                    // No room for the exception: forget the page rather than claim
+                    // blocks the remote said it lacks.
+                    self.pages.remove(&key);
+                    return;
+                }
+                let mut bits = Box::new([u64::MAX; 64]);
+                if let Some(w) = bits.get_mut(word) {
+                    *w = new;
+                }
+                self.pages.insert(key, Page::Bits(bits));
+                self.partial += 1;
+            }
+            Some(Page::Bits(bits)) => {
+                let Some(w) = bits.get_mut(word) else {
+                    return;
+                };
+                *w = f(*w);
+                let new = *w;
+                let replace = if new == u64::MAX && bits.iter().all(|&w| w == u64::MAX) {
+                    Some(Some(Page::Full))
+                } else if new == 0 && bits.iter().all(|&w| w == 0) {
+                    Some(None)
+                } else {
+                    None
+                };
+                match replace {
+                    Some(Some(full)) => {
+                        self.pages.insert(key, full);
+                        self.partial = self.partial.saturating_sub(1);
+                    }
+                    Some(None) => {
+                        self.pages.remove(&key);
+                        self.partial = self.partial.saturating_sub(1);
+                    }
+                    None => {}
+                }
+            }
+        }
+    }
+
+    /// Marks or clears a whole page without allocating a bitmap.
+    fn set_page(&mut self, key: u64, value: bool) {
+        if key >= MAX_REMOTE_BLOCK >> 12 {
+            return;
+        }
+        let old = if value {
+            if !self.pages.contains_key(&key) && self.pages.len() >= MAX_REMOTE_PAGES {
+                return;
+            }
+            self.pages.insert(key, Page::Full)
+        } else {
+            self.pages.remove(&key)
+        };
+        if matches!(old, Some(Page::Bits(_))) {
+            self.partial = self.partial.saturating_sub(1);
+        }
     }
 
     fn set(&mut self, i: u64, value: bool) {
         if i >= MAX_REMOTE_BLOCK {
             return;
         }
-        let key = i >> 12;
-        if !self.pages.contains_key(&key) {
-            if !value || self.pages.len() >= MAX_REMOTE_PAGES {
-                return;
-            }
-            self.pages.insert(key, Box::new([0u64; 64]));
-        }
-        if let Some(word) = self
-            .pages
-            .get_mut(&key)
-            .and_then(|p| p.get_mut(((i >> 6) & 63) as usize))
-        {
+        let bit = 1u64 << (i & 63);
+        self.update_word(i >> 12, ((i >> 6) & 63) as usize, |w| {
             if value {
-                *word |= 1 << (i & 63);
+                w | bit
             } else {
-                *word &= !(1 << (i & 63));
+                w & !bit
             }
-        }
+        });
     }
 
     /// Sets a whole byte's worth of bits (`byte` bit 7 = block `start`).
@@ -297,46 +433,35 @@ impl RemoteBits {
             }
             return;
         }
-        let key = start >> 12;
-        if !self.pages.contains_key(&key) {
-            if byte == 0 || self.pages.len() >= MAX_REMOTE_PAGES {
-                return;
-            }
-            self.pages.insert(key, Box::new([0u64; 64]));
-        }
-        if let Some(word) = self
-            .pages
-            .get_mut(&key)
-            .and_then(|p| p.get_mut(((start >> 6) & 63) as usize))
-        {
-            // Our bit for block i is `1 << (i % 64)`; the byte's bit 7 is block `start`.
-            let shift = start & 63;
-            *word = (*word & !(0xffu64 << shift)) | (u64::from(byte.reverse_bits()) << shift);
-        }
+        // Our bit for block i is `1 << (i % 64)`; the byte's bit 7 is block `start`.
+        let shift = start & 63;
+        self.update_word(start >> 12, ((start >> 6) & 63) as usize, |w| {
+            (w & !(0xffu64 << shift)) | (u64::from(byte.reverse_bits()) << shift)
+        });
     }
 
-    /// Sets or clears blocks `[start, end)`, a word at a time.
+    /// Sets or clears blocks `[start, end)`, a page or a word at a time.
     fn set_range(&mut self, start: u64, end: u64, value: bool) {
         let end = end.min(MAX_REMOTE_BLOCK);
         let mut i = start;
         while i < end {
-            if i & 63 == 0 && end - i >= 64 {
+            if i & 4095 == 0 && end - i >= 4096 {
+                self.set_page(i >> 12, value);
+                i += 4096;
+            } else if i & 63 == 0 && end - i >= 64 {
                 let key = i >> 12;
-                if !self.pages.contains_key(&key) {
-                    if !value || self.pages.len() >= MAX_REMOTE_PAGES {
-                        // Nothing to clear here, or no room: skip the rest of this page.
-                        i = ((key + 1) << 12).min(end);
-                        continue;
+                if !value && !self.pages.contains_key(&key) {
+                    // Nothing to clear in this page.
+                    i = ((key + 1) << 12).min(end);
+                    continue;
+                }
+                self.update_word(key, ((i >> 6) & 63) as usize, |_| {
+                    if value {
+                        u64::MAX
+                    } else {
+                        0
                     }
-                    self.pages.insert(key, Box::new([0u64; 64]));
-                }
-                if let Some(word) = self
-                    .pages
-                    .get_mut(&key)
-                    .and_then(|p| p.get_mut(((i >> 6) & 63) as usize))
-                {
-                    *word = if value { u64::MAX } else { 0 };
-                }
+                });
                 i += 64;
             } else {
                 self.set(i, value);
@@ -347,6 +472,7 @@ impl RemoteBits {
 
     fn clear(&mut self) {
         self.pages.clear();
+        self.partial = 0;
     }
 }
 
@@ -370,6 +496,19 @@ mod remote_bits_tests {
                 slow.set(at + b, byte & (0x80 >> b) != 0);
             }
         }
+        assert_eq!(fast.next_set(0, 10_000), Some(0));
+        // Set now: 0-4, 13, 15, 17, 19, 64-71, 4104.
+        assert_eq!(fast.next_set(5, 10_000), Some(13));
+        assert_eq!(fast.next_set(16, 10_000), Some(17));
+        assert_eq!(fast.next_set(20, 10_000), Some(64));
+        assert_eq!(fast.next_set(20, 64), None);
+        assert_eq!(
+            fast.next_set(72, 10_000),
+            Some(4096 + 8),
+            "skips the empty rest"
+        );
+        assert_eq!(fast.next_set(4096 + 9, 10_000), None);
+        assert_eq!(fast.next_set(0, 0), None);
         fast.set_range(100, 9000, true);
         fast.set_range(200, 260, false);
         for i in 100..9000 {
@@ -419,6 +558,8 @@ pub struct Replicator {
     inflight_order: VecDeque<u64>,
     request_deadline: Option<u64>,
     remote_requests: VecDeque<Request>,
+    /// Want ranges `(start, length)` answered at feed length `.0`.
+    answered_wants: (u64, std::collections::BTreeSet<(u64, u64)>),
     signature_cache: Option<(u64, [u8; 64])>,
     /// The longest length announced to the remote (Have); proofs on a signer channel
     /// are made against it so that they share a signature.
@@ -482,6 +623,7 @@ impl Replicator {
             inflight_order: VecDeque::new(),
             request_deadline: None,
             remote_requests: VecDeque::new(),
+            answered_wants: (0, Default::default()),
             signature_cache: None,
             announced_length: 0,
             events: VecDeque::new(),
@@ -579,6 +721,8 @@ impl Replicator {
         if !uploading {
             self.remote_requests.clear();
         }
+        // The remote asks for our bitfield again after a pause (its Wants were reset).
+        self.answered_wants.1.clear();
         if self.opened && !self.closed {
             self.send(
                 session,
@@ -600,6 +744,13 @@ impl Replicator {
             return Ok(());
         }
         self.config.downloading = downloading;
+        // A non-downloader keeps no map of the remote's blocks: drop it, or ask for it
+        // again (every Want region anew) when downloading starts.
+        self.remote_bits.clear();
+        if downloading {
+            self.wants = Some(Default::default());
+            self.inflight_wants = 0;
+        }
         if self.opened && !self.closed {
             self.send(
                 session,
@@ -845,6 +996,19 @@ impl Replicator {
             return Ok(());
         }
         let feed_length = feed.length();
+        // The answer to a Want depends only on our bitfield, which changes when the feed
+        // grows (blocks arriving otherwise are announced one by one): answer each range
+        // once per length, so that a 4-byte Want cannot make us copy and encode the whole
+        // bitfield (under the feed's lock) again and again.
+        if self.answered_wants.0 != feed_length {
+            self.answered_wants = (feed_length, Default::default());
+        }
+        if self.answered_wants.1.len() >= MAX_ANSWERED_WANTS
+            || !self.answered_wants.1.insert((start, length))
+        {
+            tracing::trace!(start, length, "Want already answered at this length");
+            return Ok(());
+        }
         if !self.remote_want && feed_length > 0 && feed.has(feed_length - 1) {
             self.send(session, Message::Have(Have::block(feed_length - 1)))?;
         }
@@ -888,6 +1052,16 @@ impl Replicator {
         }
         let old_remote_length = self.remote_length;
         match &have.bitfield {
+            // A peer that does not download never asks for blocks, so it keeps no map of
+            // the remote's (a seller would otherwise hold one per stranger).
+            Some(_) if !self.config.downloading => {}
+            None if !self.config.downloading => {
+                let start = have.start.min(MAX_REMOTE_BLOCK);
+                let len = length.clamp(1, MAX_HAVE_RANGE);
+                self.remote_length = self
+                    .remote_length
+                    .max(start.saturating_add(len).min(MAX_REMOTE_BLOCK));
+            }
             Some(rle) => {
                 if length == 0 || length == 1 {
                     // Legacy mode: the remote announces everything; no more Wants.
@@ -1094,7 +1268,11 @@ impl Replicator {
                 let mut j = i;
                 while j < end && self.inflight.len() < window && budget > 0 {
                     budget -= 1;
-                    if self.remote_bits.get(j) && !feed.has(j) && !self.inflight.contains_key(&j) {
+                    let Some(next) = self.remote_bits.next_set(j, end) else {
+                        break;
+                    };
+                    j = next;
+                    if !feed.has(j) && !self.inflight.contains_key(&j) {
                         self.request(session, feed, j)?;
                     }
                     j += 1;

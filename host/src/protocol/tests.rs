@@ -908,3 +908,135 @@ fn dazaar_seller_extension_sequence_plaintext() {
     raw.transport.cipher.decrypt(&mut wire);
     assert_eq!(hex::encode(wire), hex::encode(expected));
 }
+
+/// Sends `plaintext` through `raw` in pieces, draining events, until the session refuses or
+/// everything is consumed.
+fn feed_all(s: &mut Session, raw: &mut RawPeer, plaintext: &[u8]) -> Result<(), SessionError> {
+    let mut bytes = plaintext.to_vec();
+    raw.transport.cipher.encrypt(&mut bytes);
+    let mut rest: &[u8] = &bytes;
+    while !rest.is_empty() {
+        let n = s.receive(rest, 0)?;
+        rest = &rest[n..];
+        while s.poll_event().is_some() {}
+    }
+    Ok(())
+}
+
+#[test]
+fn an_options_frame_of_a_million_empty_names_is_refused() {
+    let (mut s, mut raw) = with_raw_peer(false);
+    // One stream-level Options frame: 1M times `0a 00` (an empty name).
+    let body = [0x0a, 0x00].repeat(1 << 20);
+    let mut frame = Vec::new();
+    crate::wire::varint::encode(body.len() as u64 + 1, &mut frame);
+    frame.push(0x01);
+    frame.extend_from_slice(&body);
+    let err = feed_all(&mut s, &mut raw, &frame).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SessionError::Frame(FrameError::Message {
+                source: crate::wire::DecodeError::TooLarge { .. },
+                ..
+            })
+        ),
+        "{err}"
+    );
+    assert!(s.remote_extensions().is_none());
+}
+
+#[test]
+fn remote_extension_lists_are_kept_small() {
+    let (mut s, mut raw) = with_raw_peer(false);
+    // The most names an Options frame may carry: the session keeps them without slack.
+    let names: Vec<String> = (0..crate::wire::messages::MAX_OPTIONS_NAMES)
+        .map(|i| format!("{i:04}"))
+        .collect();
+    let options = Message::Options(Options {
+        extensions: names,
+        ack: None,
+    });
+    feed_all(&mut s, &mut raw, &frame_to_vec(0, &options).unwrap()).unwrap();
+    let kept = s.remote_extensions().unwrap();
+    assert_eq!(kept.len(), crate::wire::messages::MAX_OPTIONS_NAMES);
+    assert!(kept.iter().all(|n| n.capacity() == n.len()));
+}
+
+#[test]
+fn oversized_extension_payloads_are_fatal() {
+    let mut config = SessionConfig::new(false, keys(1));
+    config.max_extension_payload = 1000;
+    let mut s = Session::new(config, 0).unwrap();
+    s.register_extension("dazaar/user-message").unwrap();
+    let mut hs = Handshake::new(true, &keys(2)).unwrap();
+    for _ in 0..3 {
+        let back = hs.take_outgoing();
+        if !back.is_empty() {
+            s.receive(&back, 0).unwrap();
+        }
+        let out = s.take_outgoing();
+        if !out.is_empty() {
+            hs.receive(&out, &mut |_| true).unwrap();
+        }
+    }
+    let mut raw = RawPeer {
+        transport: hs.finish().unwrap(),
+    };
+    let options = Message::Options(Options {
+        extensions: vec!["dazaar/user-message".into()],
+        ack: None,
+    });
+    let ext = |len: usize| {
+        Message::Extension(Extension {
+            id: 0,
+            payload: vec![b'x'; len],
+        })
+    };
+    let mut frames = frame_to_vec(0, &options).unwrap();
+    frames.extend(frame_to_vec(0, &ext(1000)).unwrap());
+    let mut events = Vec::new();
+    let mut bytes = frames;
+    raw.transport.cipher.encrypt(&mut bytes);
+    s.receive(&bytes, 0).unwrap();
+    while let Some(e) = s.poll_event() {
+        events.push(e);
+    }
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, Event::Extension { payload, .. } if payload.len() == 1000)));
+    let err = feed_all(&mut s, &mut raw, &frame_to_vec(0, &ext(1001)).unwrap()).unwrap_err();
+    assert!(
+        matches!(&err, SessionError::ExtensionTooLarge { name, len: 1001, max: 1000 } if name == "dazaar/user-message"),
+        "{err}"
+    );
+    assert!(s.is_destroyed());
+}
+
+#[test]
+fn the_inbound_frame_limit_is_a_setting_and_can_be_raised() {
+    let mut config = SessionConfig::new(false, keys(1));
+    config.max_inbound_frame = CONTROL_FRAME_LIMIT;
+    let s = Session::new(config, 0).unwrap();
+    assert_eq!(s.max_inbound_frame(), CONTROL_FRAME_LIMIT);
+
+    let (mut s, mut raw) = with_raw_peer(false);
+    s.set_max_inbound_frame(CONTROL_FRAME_LIMIT);
+    let big = Message::Unknown {
+        type_id: 11,
+        body: vec![0; CONTROL_FRAME_LIMIT + 1],
+    };
+    let frame = frame_to_vec(0, &big).unwrap();
+    // Refused from the length prefix on, before the body is buffered.
+    let err = feed_all(&mut s, &mut raw, &frame[..8]).unwrap_err();
+    assert!(
+        matches!(err, SessionError::Frame(FrameError::TooLarge { .. })),
+        "{err}"
+    );
+
+    let (mut s, mut raw) = with_raw_peer(false);
+    s.set_max_inbound_frame(CONTROL_FRAME_LIMIT);
+    s.set_max_inbound_frame(crate::wire::MAX_BODY_LEN);
+    feed_all(&mut s, &mut raw, &frame).unwrap();
+    assert_eq!(s.inbound_buffered(), 0);
+}

@@ -185,6 +185,22 @@ impl FrameDecoder {
         }
     }
 
+    /// The body limit in force.
+    pub fn max_body(&self) -> usize {
+        self.max_body
+    }
+
+    /// Changes the body limit for frames whose length has not been read yet (a frame in
+    /// progress keeps the limit it was checked against).
+    pub fn set_max_body(&mut self, max_body: usize) {
+        self.max_body = max_body;
+    }
+
+    /// Bytes of a partial frame held in the decoder.
+    pub fn buffered(&self) -> usize {
+        self.body.len() + self.varint_buf.len()
+    }
+
     /// Whether the decoder is between frames (no partial frame buffered).
     pub fn is_idle(&self) -> bool {
         self.state == State::Length && self.varint_buf.is_empty()

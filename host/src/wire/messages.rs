@@ -24,7 +24,9 @@ pub struct Open {
     pub capability: Option<Vec<u8>>,
 }
 
-/// Type 1: extension names (sorted) and the ack option.
+/// Type 1: extension names (sorted) and the ack option. Decoding refuses more than
+/// [`MAX_OPTIONS_NAMES`] names or a name longer than [`MAX_EXTENSION_NAME_LEN`] bytes, so
+/// that a frame of empty names cannot make the receiver allocate a `String` per two bytes.
 #[derive(Clone, PartialEq, Eq, prost::Message)]
 pub struct Options {
     /// Extension names, sorted by byte order.
@@ -327,6 +329,15 @@ impl Request {
     }
 }
 
+/// Most extension names one Options message may carry (dazaar uses six; JS peers a
+/// handful). A receiver could never map ids beyond its list anyway.
+pub const MAX_OPTIONS_NAMES: usize = 1024;
+/// Longest extension name accepted in Options, in bytes (dazaar's longest is 20).
+pub const MAX_EXTENSION_NAME_LEN: usize = 256;
+/// Most proof nodes one Data message may carry: a proof holds at most the roots and one
+/// path of a tree of at most 2^48 blocks, far below this.
+pub const MAX_DATA_NODES: usize = 512;
+
 /// Frame type number of [`Extension`].
 pub const EXTENSION_TYPE: u8 = 15;
 
@@ -394,6 +405,17 @@ pub enum DecodeError {
     /// A frame type outside 0..=15.
     #[error("frame type {0} does not exist")]
     UnknownType(u64),
+    /// A repeated field has more entries, or a field more bytes, than we accept (refused
+    /// before allocating for it).
+    #[error("{message} message: {field} exceeds the limit of {max}")]
+    TooLarge {
+        /// Message name.
+        message: &'static str,
+        /// What exceeded the limit (e.g. "extension names").
+        field: &'static str,
+        /// The limit.
+        max: usize,
+    },
 }
 
 impl Message {
@@ -470,7 +492,7 @@ impl Message {
     pub fn decode(type_id: u64, body: &[u8]) -> Result<Message, DecodeError> {
         Ok(match type_id {
             0 => Message::Open(decode_checked(body, "Open", &[(1, "discoveryKey")])?),
-            1 => Message::Options(decode_checked(body, "Options", &[])?),
+            1 => Message::Options(decode_options(body)?),
             2 => Message::Status(decode_checked(body, "Status", &[])?),
             3 => Message::Have(decode_checked(body, "Have", &[(1, "start")])?),
             4 => Message::Unhave(decode_checked(body, "Unhave", &[(1, "start")])?),
@@ -627,7 +649,16 @@ fn decode_data(body: &[u8]) -> Result<Data, DecodeError> {
         match next_value(&mut rest, "Data")? {
             (1, FieldValue::Varint(v)) => index = Some(v),
             (2, FieldValue::Bytes(b)) => data.value = Some(b.to_vec()),
-            (3, FieldValue::Bytes(b)) => data.nodes.push(decode_node(b)?),
+            (3, FieldValue::Bytes(b)) => {
+                if data.nodes.len() >= MAX_DATA_NODES {
+                    return Err(DecodeError::TooLarge {
+                        message: "Data",
+                        field: "proof nodes",
+                        max: MAX_DATA_NODES,
+                    });
+                }
+                data.nodes.push(decode_node(b)?)
+            }
             (4, FieldValue::Bytes(b)) => data.signature = Some(b.to_vec()),
             (1..=4, _) => return Err(malformed("Data", WRONG)),
             _ => {}
@@ -638,6 +669,44 @@ fn decode_data(body: &[u8]) -> Result<Data, DecodeError> {
         field: "index",
     })?;
     Ok(data)
+}
+
+/// `Options` in one pass, with the same outcome as prost's decoding for bodies within the
+/// limits: names are counted and measured before a `String` is made for them, so the
+/// decoded list holds at most [`MAX_OPTIONS_NAMES`] names of at most
+/// [`MAX_EXTENSION_NAME_LEN`] bytes whatever the frame size.
+fn decode_options(body: &[u8]) -> Result<Options, DecodeError> {
+    const WRONG: &str = "invalid wire type";
+    let mut options = Options::default();
+    let mut rest = body;
+    while !rest.is_empty() {
+        match next_value(&mut rest, "Options")? {
+            (1, FieldValue::Bytes(b)) => {
+                if options.extensions.len() >= MAX_OPTIONS_NAMES {
+                    return Err(DecodeError::TooLarge {
+                        message: "Options",
+                        field: "extension names",
+                        max: MAX_OPTIONS_NAMES,
+                    });
+                }
+                if b.len() > MAX_EXTENSION_NAME_LEN {
+                    return Err(DecodeError::TooLarge {
+                        message: "Options",
+                        field: "an extension name",
+                        max: MAX_EXTENSION_NAME_LEN,
+                    });
+                }
+                let name = std::str::from_utf8(b).map_err(|_| {
+                    malformed("Options", "invalid string value: data is not UTF-8 encoded")
+                })?;
+                options.extensions.push(name.to_owned());
+            }
+            (2, FieldValue::Varint(v)) => options.ack = Some(v != 0),
+            (1..=2, _) => return Err(malformed("Options", WRONG)),
+            _ => {}
+        }
+    }
+    Ok(options)
 }
 
 fn decode_node(body: &[u8]) -> Result<Node, DecodeError> {
@@ -821,6 +890,91 @@ mod data_decode_tests {
             }
             body.truncate(cut.max(1) * body.len() / 200 + 1);
             let ours = decode_data(&body);
+            let theirs = reference(&body);
+            prop_assert_eq!(ours.is_ok(), theirs.is_ok(), "{:?} vs {:?}", ours, theirs);
+            if let (Ok(a), Ok(b)) = (ours, theirs) {
+                prop_assert_eq!(a, b);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod options_decode_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn reference(body: &[u8]) -> Result<Options, DecodeError> {
+        decode_checked(body, "Options", &[])
+    }
+
+    #[test]
+    fn a_frame_of_a_million_empty_names_is_refused_before_allocating_them() {
+        // `0a 00` is one empty name: 1M of them fit in a 2 MiB body.
+        let body: Vec<u8> = [0x0a, 0x00].repeat(1 << 20);
+        let err = Message::decode(1, &body).unwrap_err();
+        assert!(
+            matches!(err, DecodeError::TooLarge { field: "extension names", max, .. } if max == MAX_OPTIONS_NAMES),
+            "{err:?}"
+        );
+        // Exactly the limit still decodes, and the list holds no more than that.
+        let body: Vec<u8> = [0x0a, 0x00].repeat(MAX_OPTIONS_NAMES);
+        let Message::Options(o) = Message::decode(1, &body).unwrap() else {
+            panic!("not Options")
+        };
+        assert_eq!(o.extensions.len(), MAX_OPTIONS_NAMES);
+        assert!(o.extensions.capacity() <= 2 * MAX_OPTIONS_NAMES);
+    }
+
+    #[test]
+    fn an_overlong_name_is_refused() {
+        let name = vec![b'a'; MAX_EXTENSION_NAME_LEN + 1];
+        let body = prost::Message::encode_to_vec(&Options {
+            extensions: vec![String::from_utf8(name).unwrap()],
+            ack: None,
+        });
+        assert!(matches!(
+            Message::decode(1, &body),
+            Err(DecodeError::TooLarge {
+                field: "an extension name",
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn options_decode_like_prost_within_the_limits() {
+        for o in [
+            Options::default(),
+            Options {
+                extensions: vec!["dazaar/invalid".into(), "dazaar/valid".into()],
+                ack: Some(true),
+            },
+            Options {
+                extensions: vec![String::new()],
+                ack: Some(false),
+            },
+        ] {
+            let body = prost::Message::encode_to_vec(&o);
+            assert_eq!(decode_options(&body).unwrap(), o);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn mutated_options_bodies_decode_the_same(flips in proptest::collection::vec((0usize..64, any::<u8>()), 0..4), cut in 0usize..64) {
+            let mut body = prost::Message::encode_to_vec(&Options {
+                extensions: vec!["dazaar/one-time-feed".into(), "dazaar/valid".into(), "x".into()],
+                ack: Some(true),
+            });
+            let len = body.len();
+            for (at, byte) in flips {
+                if let Some(b) = body.get_mut(at % len) {
+                    *b = byte;
+                }
+            }
+            body.truncate(cut % (len + 1));
+            let ours = decode_options(&body);
             let theirs = reference(&body);
             prop_assert_eq!(ours.is_ok(), theirs.is_ok(), "{:?} vs {:?}", ours, theirs);
             if let (Ok(a), Ok(b)) = (ours, theirs) {

@@ -485,3 +485,106 @@ fn empty_feed_is_synced_at_length_zero() {
         }
     )));
 }
+
+/// Opens a server (uploader of `n` blocks) and a downloading client and lets them settle.
+fn settled(n: u64) -> (Side, Side) {
+    let (mut server, mut client) = pair(
+        writer(n),
+        ReplicatorConfig::uploader(),
+        ReplicatorConfig::downloader(),
+    );
+    client.open();
+    run(&mut server, &mut client, 0);
+    assert!(server.error.is_none() && client.error.is_none());
+    (server, client)
+}
+
+#[test]
+fn a_have_flood_keeps_the_remote_map_bounded() {
+    let (mut server, mut client) = settled(10);
+    let dk = client.rep.discovery_key();
+    // One Have per 4096-block page: every page of the map would need its own bitmap.
+    let flood = |from: &mut Side| {
+        for k in 0..(1u64 << 16) {
+            from.session
+                .send(&dk, Message::Have(Have::block(k * 4096 + 1)))
+                .unwrap();
+        }
+        from.session.take_outgoing()
+    };
+    let bytes = flood(&mut server);
+    client.deliver(&bytes, 1);
+    assert!(client.error.is_none());
+    assert!(
+        client.rep.remote_bits.partial_pages() <= MAX_REMOTE_PARTIAL_PAGES,
+        "{} partial pages",
+        client.rep.remote_bits.partial_pages()
+    );
+    // A peer that only uploads keeps no map of the remote's blocks at all.
+    let bytes = flood(&mut client);
+    server.deliver(&bytes, 1);
+    assert!(server.error.is_none());
+    assert!(server.rep.remote_bits.pages.is_empty());
+}
+
+#[test]
+fn whole_pages_the_remote_has_cost_no_bitmap() {
+    let mut bits = RemoteBits::default();
+    bits.set_range(0, 1 << 24, true);
+    assert_eq!(bits.partial_pages(), 0);
+    assert_eq!(bits.pages.len(), (1 << 24) / 4096);
+    assert!(bits.get(0) && bits.get((1 << 24) - 1) && !bits.get(1 << 24));
+    // An exception inside a full page makes it a bitmap; filling it again compacts it.
+    bits.set(5000, false);
+    assert_eq!(bits.partial_pages(), 1);
+    assert!(!bits.get(5000) && bits.get(5001));
+    bits.set(5000, true);
+    assert_eq!(bits.partial_pages(), 0);
+    // Clearing a page frees it.
+    bits.set_range(8192, 8192 + 4096, false);
+    assert!(!bits.get(8192 + 100));
+    assert_eq!(bits.pages.len(), (1 << 24) / 4096 - 1);
+}
+
+#[test]
+fn a_repeated_want_is_answered_once_per_length() {
+    let (mut server, _client) = settled(100);
+    let legacy = || Message::Want(Want::range(0, 0));
+    let mut sizes = Vec::new();
+    for _ in 0..5 {
+        server.session.take_outgoing();
+        server
+            .rep
+            .on_message(&mut server.session, &mut server.feed, legacy(), 1)
+            .unwrap();
+        sizes.push(server.session.outgoing_len());
+    }
+    // The client's own Want (region 0, at length 100) was answered while settling; the
+    // legacy range is answered once, then no more at this length.
+    assert!(sizes[0] > 0, "{sizes:?}");
+    assert_eq!(&sizes[1..], &[0, 0, 0, 0], "{sizes:?}");
+    server.session.take_outgoing();
+    server
+        .rep
+        .on_message(
+            &mut server.session,
+            &mut server.feed,
+            Message::Want(Want::range(0, WANT_REGION)),
+            1,
+        )
+        .unwrap();
+    assert_eq!(server.session.outgoing_len(), 0, "answered while settling");
+    // The feed grew: the same Want is answered again.
+    let old = server.feed.length();
+    server.feed.append_batch(&[block(100)]).unwrap();
+    server
+        .rep
+        .on_local_append(&mut server.session, &server.feed, old)
+        .unwrap();
+    server.session.take_outgoing();
+    server
+        .rep
+        .on_message(&mut server.session, &mut server.feed, legacy(), 2)
+        .unwrap();
+    assert!(server.session.outgoing_len() > 0);
+}
