@@ -75,7 +75,8 @@ pub(crate) enum CallFailure {
     Lost,
 }
 
-type Job = Box<dyn FnOnce(&VerifierBox) + Send + 'static>;
+/// A call: it counts itself in the `AtomicU64` when it reaches the plugin.
+type Job = Box<dyn FnOnce(&VerifierBox, &AtomicU64) + Send + 'static>;
 
 /// A call waiting for a thread.
 struct Queued {
@@ -197,7 +198,8 @@ impl CallPool {
         let (reply, answer) = mpsc::sync_channel::<T>(1);
         self.submit(
             lane,
-            Box::new(move |verifier| {
+            Box::new(move |verifier, made| {
+                made.fetch_add(1, Ordering::Relaxed);
                 let _ = reply.send(f(verifier));
             }),
         )?;
@@ -223,9 +225,10 @@ impl CallPool {
         let (reply, answer) = tokio::sync::oneshot::channel::<T>();
         let submitted = self.submit(
             lane,
-            Box::new(move |verifier| {
+            Box::new(move |verifier, made| {
                 // A caller that dropped its future is not waiting: skip the plugin call.
                 if !reply.is_closed() {
+                    made.fetch_add(1, Ordering::Relaxed);
                     let _ = reply.send(f(verifier));
                 }
             }),
@@ -279,8 +282,162 @@ fn worker(shared: &Shared, verifier: &VerifierBox, takes_strangers: bool) {
         if Instant::now() >= next.deadline {
             continue;
         }
-        shared.made.fetch_add(1, Ordering::Relaxed);
         // The closure already guards plugin panics; this guards ours.
-        let _ = catch_unwind(AssertUnwindSafe(|| (next.job)(verifier)));
+        let _ = catch_unwind(AssertUnwindSafe(|| (next.job)(verifier, &shared.made)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use abi_stable::sabi_trait::TD_Opaque;
+    use abi_stable::std_types::{RErr, RNone, ROk, ROption, RResult, RStr, RString};
+    use dazaar_plugin_api::{Grant, KeyBytes, PaymentTerms, UserMessage, Verifier, Verifier_TO};
+
+    /// A verifier that keeps every call for a buyer whose key starts with 0 waiting until
+    /// the test opens `held`, and answers the others at once.
+    struct Held {
+        held: Arc<(Mutex<bool>, Condvar)>,
+    }
+
+    impl Verifier for Held {
+        fn validate(
+            &self,
+            buyer: KeyBytes,
+            _seller: KeyBytes,
+            _terms: &PaymentTerms,
+            _now_ms: u64,
+        ) -> RResult<Grant, RString> {
+            if buyer.bytes[0] == 0 {
+                let (lock, open) = &*self.held;
+                let mut released = lock.lock().unwrap();
+                while !*released {
+                    released = open.wait(released).unwrap();
+                }
+            }
+            ROk(Grant::free())
+        }
+
+        fn user_message(
+            &self,
+            _buyer: KeyBytes,
+            _seller: KeyBytes,
+            _terms: &PaymentTerms,
+            _message: &UserMessage,
+        ) -> RResult<ROption<UserMessage>, RString> {
+            ROk(RNone)
+        }
+
+        fn payment_request(
+            &self,
+            _buyer: KeyBytes,
+            _seller: KeyBytes,
+            _terms: &PaymentTerms,
+            _amount: RStr<'_>,
+        ) -> RResult<RString, RString> {
+            RErr("not here".into())
+        }
+    }
+
+    fn held_pool(workers: usize, queue: usize) -> (CallPool, Arc<(Mutex<bool>, Condvar)>) {
+        let held = Arc::new((Mutex::new(false), Condvar::new()));
+        let verifier = Verifier_TO::from_value(
+            Held {
+                held: Arc::clone(&held),
+            },
+            TD_Opaque,
+        );
+        let limits = CallLimits {
+            timeout: Duration::from_secs(10),
+            workers,
+            queue,
+        };
+        (CallPool::start(verifier, "test", limits).unwrap(), held)
+    }
+
+    fn release(held: &(Mutex<bool>, Condvar)) {
+        *held.0.lock().unwrap() = true;
+        held.1.notify_all();
+    }
+
+    fn ask(buyer: u8) -> impl FnOnce(&VerifierBox) -> bool + Send + 'static {
+        move |v| {
+            let terms = PaymentTerms::new("test", "", "1", "seconds", "1");
+            v.validate(KeyBytes::from([buyer; 32]), KeyBytes::from([9; 32]), &terms, 0)
+                .is_ok()
+        }
+    }
+
+    /// Waits (bounded) until `cond` holds: the pool's threads report through counters.
+    fn wait_for(cond: impl Fn() -> bool) {
+        let until = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < until, "condition not reached");
+            thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[tokio::test]
+    async fn strangers_that_hang_leave_a_thread_for_the_priority_lane() {
+        let (pool, held) = held_pool(3, 8);
+        // Strangers' calls that never return: two fill the threads that take them, two
+        // the stranger queue (8 / 4), the rest are shed at once.
+        let mut strangers = Vec::new();
+        for _ in 0..2 {
+            strangers.push(pool.call_async(Lane::Stranger, ask(0)));
+        }
+        wait_for(|| pool.calls_made() == 2);
+        for _ in 0..8 {
+            strangers.push(pool.call_async(Lane::Stranger, ask(0)));
+        }
+        assert_eq!(pool.calls_shed(), 6);
+        // A priority call is answered by the reserved thread.
+        assert_eq!(pool.call_async(Lane::Priority, ask(1)).await, Ok(true));
+        assert_eq!(pool.call(Lane::Priority, ask(1)), Ok(true));
+        assert_eq!(pool.calls_made(), 4);
+        release(&held);
+        let mut answered = 0;
+        let mut busy = 0;
+        for s in strangers {
+            match s.await {
+                Ok(true) => answered += 1,
+                Err(CallFailure::Busy) => busy += 1,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!((answered, busy), (4, 6));
+    }
+
+    #[tokio::test]
+    async fn priority_calls_go_before_waiting_strangers() {
+        // One thread for both lanes (plus the reserved one): once a stranger holds it, a
+        // waiting stranger stays queued while priority calls are served.
+        let (pool, held) = held_pool(2, 8);
+        let first = pool.call_async(Lane::Stranger, ask(0));
+        wait_for(|| pool.calls_made() == 1);
+        let second = pool.call_async(Lane::Stranger, ask(2));
+        for _ in 0..5 {
+            assert_eq!(pool.call_async(Lane::Priority, ask(1)).await, Ok(true));
+        }
+        // The queued stranger was not served by the reserved thread.
+        assert_eq!(pool.calls_made(), 6);
+        release(&held);
+        assert_eq!(first.await, Ok(true));
+        assert_eq!(second.await, Ok(true));
+        assert_eq!(pool.calls_made(), 7);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_future_costs_no_plugin_call() {
+        let (pool, held) = held_pool(2, 8);
+        let first = pool.call_async(Lane::Stranger, ask(0));
+        wait_for(|| pool.calls_made() == 1);
+        drop(pool.call_async(Lane::Stranger, ask(2)));
+        release(&held);
+        assert_eq!(first.await, Ok(true));
+        // The dropped caller's job is taken off the queue before this one, sees nobody
+        // waiting, and skips the plugin.
+        assert_eq!(pool.call_async(Lane::Stranger, ask(3)).await, Ok(true));
+        assert_eq!(pool.calls_made(), 2);
     }
 }
