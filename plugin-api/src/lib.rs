@@ -78,6 +78,22 @@ pub fn str_prefix(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
+/// How an error reason starts when it reports that the payment could not be checked (a
+/// backend that could not be reached, an answer that could not be read, a timeout), as
+/// opposed to a refusal. See [`unavailable`].
+pub const UNAVAILABLE_PREFIX: &str = "unavailable: ";
+
+/// An error reason for a failed check: `Err(unavailable(format!("LND: {status}")))`.
+///
+/// The host logs the detail and tells the peer only that the payment check is
+/// unavailable, so backend addresses and error texts never reach strangers. An error
+/// reason without this mark is a refusal ("no payment recorded for this buyer") and is
+/// sent to the buyer as it is. A plain text convention: no ABI change, and a host that
+/// predates it shows the reason with the prefix.
+pub fn unavailable(detail: impl std::fmt::Display) -> String {
+    format!("{UNAVAILABLE_PREFIX}{detail}")
+}
+
 #[cfg(test)]
 mod str_prefix_tests {
     use super::str_prefix;

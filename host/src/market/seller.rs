@@ -12,6 +12,7 @@
 //! resumes. One live connection per buyer key: a newer one replaces the older.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,7 +28,7 @@ use super::revocation::RevocationList;
 use crate::crypto::NoiseKeyPair;
 use crate::net::{self, ChannelSpec, Command, ConnectionOptions, NetConfig, NetEvent, SharedFeed};
 use crate::payments::{
-    encode_user_message, parse_user_message, GrantKind, PaymentGate, Validation,
+    encode_user_message, parse_user_message, GrantKind, MessageBudget, PaymentGate, Validation,
 };
 use crate::protocol::replicate::ReplicatorConfig;
 use crate::storage::{FsStore, RekeyedSigner};
@@ -171,9 +172,10 @@ impl Product {
         }
     }
 
-    /// Validates `buyer`; `fresh` skips the cached answer (a new connection: the buyer may
-    /// have just paid).
-    async fn validate(&self, buyer: [u8; 32], fresh: bool) -> Validation {
+    /// Validates `buyer`, connected from `ip`; `fresh` marks a new connection (the buyer
+    /// may have just paid: see [`PaymentGate::check`]). Waits on the plugin without
+    /// holding a thread.
+    async fn validate(&self, buyer: [u8; 32], fresh: bool, ip: Option<IpAddr>) -> Validation {
         if self.deny {
             return Validation::Invalid {
                 reason: "Access denied by the seller".into(),
@@ -184,19 +186,10 @@ impl Product {
                 reason: "Access revoked by the seller".into(),
             };
         }
-        let seller = self.seller_key();
-        if fresh {
-            self.gate.forget(buyer, seller);
-        } else if let Some(answer) = self.gate.cached(buyer, seller) {
-            return answer;
-        }
-        let gate = self.gate.clone();
-        match tokio::task::spawn_blocking(move || gate.validate(buyer, seller)).await {
-            Ok(v) => v,
-            Err(_) => Validation::Invalid {
-                reason: "payment check failed".into(),
-            },
-        }
+        let now = Instant::now().into_std();
+        self.gate
+            .check(buyer, self.seller_key(), ip, fresh, now)
+            .await
     }
 
     fn claim(&self, buyer: [u8; 32], conn: u64, commands: mpsc::Sender<Command<FsStore>>) {
@@ -270,6 +263,9 @@ pub async fn handle_connection(
     events: Option<mpsc::Sender<SellerEvent>>,
 ) {
     let conn_id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
+    // For the payment gate's per-IP limits on strangers.
+    let peer_ip = stream.peer_addr().ok().map(|a| a.ip());
+    let mut messages = product.gate.message_budget();
     let (ev_tx, mut ev_rx) = mpsc::channel::<NetEvent>(256);
     let (cmd_tx, cmd_rx) = mpsc::channel::<Command<FsStore>>(64);
     let session = net.session_config(false, product.seller_keys.clone());
@@ -352,14 +348,14 @@ pub async fn handle_connection(
                 }
                 Some(NetEvent::Extension { name, payload }) if name == ext::USER_MESSAGE => {
                     if let Some(b) = buyer {
-                        handle_user_message(&product, b, &payload, &cmd_tx).await;
+                        handle_user_message(&product, b, peer_ip, &mut messages, &payload, &cmd_tx).await;
                     }
                 }
                 Some(_) => {}
             },
             _ = tokio::time::sleep_until(wake), if next_check.is_some() => {
                 let Some(b) = buyer else { next_check = None; continue };
-                let answer = product.validate(b, valid.is_none()).await;
+                let answer = product.validate(b, valid.is_none(), peer_ip).await;
                 let mut next = Instant::now() + product.revalidate;
                 let ok = match answer {
                     Validation::Valid { ref grant, .. } => {
@@ -432,10 +428,13 @@ pub async fn handle_connection(
     report(SellerEvent::BuyerDisconnected { buyer, error });
 }
 
-/// Routes a buyer's user message to the payment plugins and sends the reply, if any.
+/// Routes a buyer's user message to the payment plugins and sends the reply, if any, or
+/// a short refusal when a limit was reached or the plugin failed.
 async fn handle_user_message(
     product: &Arc<Product>,
     buyer: [u8; 32],
+    ip: Option<IpAddr>,
+    budget: &mut MessageBudget,
     payload: &[u8],
     commands: &mpsc::Sender<Command<FsStore>>,
 ) {
@@ -446,21 +445,23 @@ async fn handle_user_message(
             return;
         }
     };
-    let gate = product.gate.clone();
-    let seller = product.seller_key();
-    let reply =
-        tokio::task::spawn_blocking(move || gate.user_message(buyer, seller, &message)).await;
-    match reply {
-        Ok(Ok(Some(reply))) => {
-            let _ = commands
-                .send(Command::SendExtension(
-                    ext::USER_MESSAGE.into(),
-                    encode_user_message(&reply),
-                ))
-                .await;
+    let now = Instant::now().into_std();
+    let reply = product
+        .gate
+        .answer_message(buyer, product.seller_key(), ip, budget, &message, now)
+        .await;
+    let reply = match reply {
+        Ok(Some(reply)) => reply,
+        Ok(None) => {
+            tracing::debug!("no plugin handles this user message");
+            return;
         }
-        Ok(Ok(None)) => tracing::debug!("no plugin handles this user message"),
-        Ok(Err(e)) => tracing::info!(error = %e, "a payment plugin failed on a user message"),
-        Err(_) => tracing::warn!("user message task failed"),
-    }
+        Err(refusal) => refusal.to_user_message(),
+    };
+    let _ = commands
+        .send(Command::SendExtension(
+            ext::USER_MESSAGE.into(),
+            encode_user_message(&reply),
+        ))
+        .await;
 }

@@ -5,8 +5,12 @@
 //!   .load_named(dir, "ledger") / .get("ledger") / .for_entry(method, currency)
 //! LoadedPlugin::open(config_toml, CallLimits)  -> Arc<OpenedVerifier> (own call threads)
 //! PaymentGate::new(vec![PaymentEntry { terms, verifier }], revalidate)
-//!   .validate(buyer, seller) -> Validation      cached, fail closed
-//!   .user_message(buyer, seller, &msg)          seller answers a buyer's request
+//!   .check(buyer, seller, ip, fresh, now).await -> Validation
+//!                                               seller, for a peer: cached, admission
+//!                                               control for strangers, fail closed
+//!   .answer_message(buyer, seller, ip, &mut budget, &msg, now).await
+//!                                               seller answers a buyer's request
+//!   .validate(buyer, seller) / .user_message(..) the same for trusted callers, blocking
 //! OpenedVerifier::payment_request(..)           buyer side: how to pay
 //! BuyerWallet::new(plugins).payment_request(buyer, seller, &card["payment"], None)
 //!                                               picks a plugin for the card, asks it
@@ -15,28 +19,39 @@
 //! From `dazaar.toml`: `Settings::payment_gate(&settings.sell[i], &mut registry, limits)`
 //! and `Settings::buyer_wallet(&mut registry, limits)` (in [`crate::config`]).
 //!
-//! Every plugin call runs on the verifier's own bounded thread pool with a timeout; an
-//! error, a panic (caught inside the plugin) or a timeout makes the buyer invalid with the
-//! reason, and the host carries on.
+//! Every plugin call runs on the verifier's own bounded thread pool with a timeout, in one
+//! of two lanes: buyers that were valid first, strangers in a bounded, shed-when-full
+//! share (see `pool`). A refusal makes the buyer invalid with the plugin's reason; an
+//! error, a panic (caught inside the plugin) or a timeout makes it invalid with a short
+//! public text, the detail going to the log; the host carries on. What strangers can make
+//! the gate do is bounded by [`GateLimits`] (see `gate`).
 
+mod admission;
 mod buyer;
+mod gate;
 mod loader;
 mod pool;
 mod registry;
 mod wire;
 
+pub use admission::{GateLimits, RateLimit, TokenBucket};
+
 pub use buyer::{BuyerPlugin, BuyerWallet, PaymentChoice};
 pub use dazaar_plugin_api::{
-    ApiVersion, Grant, GrantKind, Key, KeyBytes, PaymentInstructions, PaymentTerms, UserMessage,
-    API_VERSION,
+    unavailable, ApiVersion, Grant, GrantKind, Key, KeyBytes, PaymentInstructions, PaymentTerms,
+    UserMessage, API_VERSION, UNAVAILABLE_PREFIX,
 };
 pub(crate) use loader::is_plugin_name;
 pub use loader::{plugin_file_name, LoadError, LoadedPlugin};
 
+pub use gate::{
+    GateStats, MessageBudget, MessageRefusal, PaymentEntry, PaymentGate, Validation,
+    REFUSED_MESSAGE,
+};
 pub use pool::CallLimits;
 pub use registry::{
-    now_ms, LoadFailure, OpenedVerifier, PaymentEntry, PaymentError, PaymentGate, PluginRegistry,
-    Validation,
+    now_ms, LoadFailure, OpenedVerifier, PaymentError, PluginRegistry, PUBLIC_BUSY,
+    PUBLIC_UNAVAILABLE,
 };
 pub use wire::{
     encode_user_message, parse_user_message, terms_from_card, terms_to_card, WireError,

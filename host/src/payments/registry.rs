@@ -1,11 +1,12 @@
 //! The plugins a host has loaded, the verifiers it opened, and the gate that answers
 //! "is this buyer valid?" for one product.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use abi_stable::std_types::{RStr, RString};
 use dazaar_plugin_api::{
@@ -13,21 +14,55 @@ use dazaar_plugin_api::{
 };
 
 use super::loader::{plugin_file_name, LoadError, LoadedPlugin};
-use super::pool::{CallFailure, CallLimits, CallPool};
+use super::pool::{CallFailure, CallLimits, CallPool, Lane};
 use super::wire::MAX_USER_MESSAGE;
+
+/// What a peer is told when its payment could not be checked (a plugin or backend error,
+/// a timeout, a panic): the detail goes to the log, never to the peer.
+pub const PUBLIC_UNAVAILABLE: &str = "payment check unavailable, try later";
+
+/// What a peer is told when its check was not made because the seller is busy (admission
+/// control, or the plugin's queue for strangers is full).
+pub const PUBLIC_BUSY: &str = "payment check busy, try later";
+
+/// How a plugin's own error reason starts when the plugin itself panicked (the plugin
+/// API's guard writes it).
+const PANIC_PREFIX: &str = "plugin panicked in ";
 
 /// Why a plugin call gave no usable answer. The reason never includes the plugin's
 /// configuration.
+///
+/// Only a [`Plugin`](Self::Plugin) refusal is meant for the buyer; every other kind is a
+/// failure whose detail is for the seller's log ([`public_reason`](Self::public_reason)).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum PaymentError {
-    /// The plugin answered with an error (a panic inside it becomes one too).
+    /// The plugin refused, with a reason meant for the buyer ("no payment recorded for
+    /// this buyer").
     #[error("{plugin}: {reason}")]
     Plugin {
         /// Plugin name.
         plugin: String,
         /// Its reason.
         reason: String,
+    },
+    /// The plugin could not check: its error was marked with
+    /// [`dazaar_plugin_api::unavailable`] (a backend it could not reach, an answer it
+    /// could not read).
+    #[error("{plugin}: {detail}")]
+    Unavailable {
+        /// Plugin name.
+        plugin: String,
+        /// What failed (for the log).
+        detail: String,
+    },
+    /// The plugin panicked (caught inside it).
+    #[error("{plugin}: {detail}")]
+    Panicked {
+        /// Plugin name.
+        plugin: String,
+        /// The panic, as the plugin reported it.
+        detail: String,
     },
     /// No answer in time.
     #[error("{plugin}: no answer within {timeout_ms} ms")]
@@ -93,6 +128,37 @@ pub enum PaymentError {
 }
 
 impl PaymentError {
+    /// Whether this is a plugin's refusal, whose reason is meant for the buyer.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, PaymentError::Plugin { .. })
+    }
+
+    /// What a peer may be told: a refusal's reason (bounded), or a short public text for
+    /// every failure ([`PUBLIC_BUSY`], [`PUBLIC_UNAVAILABLE`]).
+    pub fn public_reason(&self) -> String {
+        match self {
+            PaymentError::Plugin { .. } => self.to_string(),
+            PaymentError::Busy { .. } => PUBLIC_BUSY.to_owned(),
+            _ => PUBLIC_UNAVAILABLE.to_owned(),
+        }
+    }
+
+    /// The plugin's plugin name, when the error has one.
+    pub fn plugin(&self) -> Option<&str> {
+        match self {
+            PaymentError::Plugin { plugin, .. }
+            | PaymentError::Unavailable { plugin, .. }
+            | PaymentError::Panicked { plugin, .. }
+            | PaymentError::TimedOut { plugin, .. }
+            | PaymentError::Busy { plugin }
+            | PaymentError::Lost { plugin }
+            | PaymentError::BadAnswer { plugin, .. }
+            | PaymentError::MissingFunction { plugin, .. }
+            | PaymentError::Threads { plugin, .. } => Some(plugin),
+            PaymentError::UnknownPlugin(_) | PaymentError::Unsupported { .. } => None,
+        }
+    }
+
     fn from_failure(plugin: &str, failure: CallFailure, timeout: Duration) -> PaymentError {
         let plugin = plugin.to_owned();
         match failure {
@@ -341,23 +407,49 @@ impl OpenedVerifier {
         &self.plugin
     }
 
+    /// Calls that reached the plugin so far (queued calls whose caller gave up are not
+    /// made, and not counted).
+    pub fn calls_made(&self) -> u64 {
+        self.pool.calls_made()
+    }
+
+    /// Calls refused at once because their lane's queue was full.
+    pub fn calls_shed(&self) -> u64 {
+        self.pool.calls_shed()
+    }
+
     fn call<T: Send + 'static>(
         &self,
         f: impl FnOnce(&VerifierBox) -> T + Send + 'static,
     ) -> Result<T, PaymentError> {
+        let plugin = self.plugin.name();
         self.pool
-            .call(f)
-            .map_err(|e| PaymentError::from_failure(self.plugin.name(), e, self.limits.timeout))
+            .call(Lane::Priority, f)
+            .map_err(|e| PaymentError::from_failure(plugin, e, self.limits.timeout))
     }
 
-    fn plugin_error(&self, reason: RString) -> PaymentError {
-        PaymentError::Plugin {
-            plugin: self.plugin.name().to_owned(),
-            reason: bounded(reason.into_string(), MAX_REASON),
+    /// `f` on the pool in `lane`, as a future that holds no thread while it waits.
+    fn call_async<T: Send + 'static>(
+        &self,
+        lane: Lane,
+        f: impl FnOnce(&VerifierBox) -> T + Send + 'static,
+    ) -> impl Future<Output = Result<T, PaymentError>> + Send + 'static {
+        let answer = self.pool.call_async(lane, f);
+        let plugin = self.plugin.name().to_owned();
+        let timeout = self.limits.timeout;
+        async move {
+            answer
+                .await
+                .map_err(|e| PaymentError::from_failure(&plugin, e, timeout))
         }
     }
 
-    /// Seller side: asks the plugin whether `buyer` may have the product (no cache).
+    fn plugin_error(&self, reason: RString) -> PaymentError {
+        plugin_error(self.plugin.name(), reason)
+    }
+
+    /// Seller side: asks the plugin whether `buyer` may have the product (no cache), on
+    /// this thread (priority lane).
     pub fn validate(
         &self,
         buyer: Key,
@@ -378,7 +470,35 @@ impl OpenedVerifier {
         .map_err(|r| self.plugin_error(r))
     }
 
-    /// A `dazaar/user-message` from the peer: the plugin's reply, if it has one.
+    /// [`validate`](Self::validate) in `lane`, as a future.
+    pub(crate) fn validate_async(
+        &self,
+        lane: Lane,
+        buyer: Key,
+        seller: Key,
+        terms: &Arc<PaymentTerms>,
+        now_ms: u64,
+    ) -> impl Future<Output = Result<Grant, PaymentError>> + Send + 'static {
+        let terms = Arc::clone(terms);
+        let answer = self.call_async(lane, move |v| {
+            v.validate(
+                KeyBytes::from(buyer),
+                KeyBytes::from(seller),
+                &terms,
+                now_ms,
+            )
+        });
+        let plugin = self.plugin.name().to_owned();
+        async move {
+            answer
+                .await?
+                .into_result()
+                .map_err(|r| plugin_error(&plugin, r))
+        }
+    }
+
+    /// A `dazaar/user-message` from the peer: the plugin's reply, if it has one (on this
+    /// thread, priority lane).
     pub fn user_message(
         &self,
         buyer: Key,
@@ -395,19 +515,29 @@ impl OpenedVerifier {
                 &message,
             )
         })?;
-        let reply = answer
-            .into_result()
-            .map(|o| o.into_option())
-            .map_err(|r| self.plugin_error(r))?;
-        match reply {
-            Some(m) if m.name.len() + m.message.len() > MAX_USER_MESSAGE => {
-                Err(PaymentError::BadAnswer {
-                    plugin: self.plugin.name().to_owned(),
-                    detail: "user message reply larger than the limit".to_owned(),
-                })
-            }
-            other => Ok(other),
-        }
+        user_message_reply(self.plugin.name(), answer)
+    }
+
+    /// [`user_message`](Self::user_message) in `lane`, as a future.
+    pub(crate) fn user_message_async(
+        &self,
+        lane: Lane,
+        buyer: Key,
+        seller: Key,
+        terms: &Arc<PaymentTerms>,
+        message: UserMessage,
+    ) -> impl Future<Output = Result<Option<UserMessage>, PaymentError>> + Send + 'static {
+        let terms = Arc::clone(terms);
+        let answer = self.call_async(lane, move |v| {
+            v.user_message(
+                KeyBytes::from(buyer),
+                KeyBytes::from(seller),
+                &terms,
+                &message,
+            )
+        });
+        let plugin = self.plugin.name().to_owned();
+        async move { user_message_reply(&plugin, answer.await?) }
     }
 
     /// Buyer side: how to pay `amount` for the product sold under `seller`.
@@ -448,194 +578,43 @@ impl OpenedVerifier {
     }
 }
 
-/// The answer to "may this buyer have the data?".
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Validation {
-    /// Yes: what the buyer gets, and the plugin that said so.
-    Valid {
-        /// Free, time or bytes left.
-        grant: Grant,
-        /// The plugin that granted it (`None` when the product is free: no entries).
-        plugin: Option<String>,
-    },
-    /// No, with the reason sent to the buyer.
-    Invalid {
-        /// Why.
-        reason: String,
-    },
-}
-
-impl Validation {
-    /// Whether access is granted.
-    pub fn is_valid(&self) -> bool {
-        matches!(self, Validation::Valid { .. })
-    }
-
-    /// The JSON the seller sends: the grant for `dazaar/valid`, or `{"error": reason}` for
-    /// `dazaar/invalid`.
-    pub fn to_wire_json(&self) -> serde_json::Value {
-        match self {
-            Validation::Valid { grant, .. } => grant
-                .to_json()
-                .unwrap_or_else(|| serde_json::json!({"error": "unknown access kind"})),
-            Validation::Invalid { reason } => serde_json::json!({ "error": reason }),
+/// A plugin's error reason, typed: a refusal (meant for the buyer), a failure the plugin
+/// marked as such, or its own panic. Bounded in length.
+fn plugin_error(plugin: &str, reason: RString) -> PaymentError {
+    let plugin = plugin.to_owned();
+    let reason = bounded(reason.into_string(), MAX_REASON);
+    if let Some(detail) = reason.strip_prefix(dazaar_plugin_api::UNAVAILABLE_PREFIX) {
+        PaymentError::Unavailable {
+            plugin,
+            detail: detail.to_owned(),
         }
+    } else if reason.starts_with(PANIC_PREFIX) {
+        PaymentError::Panicked {
+            plugin,
+            detail: reason,
+        }
+    } else {
+        PaymentError::Plugin { plugin, reason }
     }
 }
 
-/// The most buyers whose answers one gate remembers.
-const CACHE_LIMIT: usize = 100_000;
-
-/// One configured payment entry: the card terms and the verifier that checks them.
-#[derive(Debug, Clone)]
-pub struct PaymentEntry {
-    /// The card payment entry.
-    pub terms: Arc<PaymentTerms>,
-    /// The opened verifier.
-    pub verifier: Arc<OpenedVerifier>,
-}
-
-/// Answers "is this buyer valid?" for one product: tries each payment entry (the first
-/// success wins), caches the answer for the revalidation period, and fails closed.
-#[derive(Debug)]
-pub struct PaymentGate {
-    entries: Vec<PaymentEntry>,
-    revalidate: Duration,
-    cache: Mutex<HashMap<(Key, Key), (Instant, Validation)>>,
-}
-
-impl PaymentGate {
-    /// A gate over `entries`; answers are reused for `revalidate`. No entries: free.
-    pub fn new(entries: Vec<PaymentEntry>, revalidate: Duration) -> PaymentGate {
-        PaymentGate {
-            entries,
-            revalidate,
-            cache: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// The configured entries.
-    pub fn entries(&self) -> &[PaymentEntry] {
-        &self.entries
-    }
-
-    /// Whether `buyer` may have the product sold under `seller`, now. Uses the cached
-    /// answer if it is younger than the revalidation period (time left is aged).
-    pub fn validate(&self, buyer: Key, seller: Key) -> Validation {
-        if let Some(answer) = self.cached(buyer, seller) {
-            return answer;
-        }
-        let now = Instant::now();
-        let answer = self.validate_uncached(buyer, seller, now_ms());
-        if let Ok(mut cache) = self.cache.lock() {
-            if cache.len() >= CACHE_LIMIT {
-                let revalidate = self.revalidate;
-                cache.retain(|_, (at, _)| now.saturating_duration_since(*at) < revalidate);
-                if cache.len() >= CACHE_LIMIT {
-                    cache.clear();
-                }
-            }
-            cache.insert((buyer, seller), (now, answer.clone()));
-        }
-        answer
-    }
-
-    /// The cached answer for `buyer`, if still fresh, without calling any plugin: lets an
-    /// async caller answer at once and go to a blocking thread only on a miss.
-    pub fn cached(&self, buyer: Key, seller: Key) -> Option<Validation> {
-        let cache = self.cache.lock().ok()?;
-        let (at, answer) = cache.get(&(buyer, seller))?;
-        let age = Instant::now().saturating_duration_since(*at);
-        if age < self.revalidate {
-            age_answer(answer, age)
-        } else {
-            None
-        }
-    }
-
-    /// Forgets the cached answer for `buyer` (e.g. after it reports a payment).
-    pub fn forget(&self, buyer: Key, seller: Key) {
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.remove(&(buyer, seller));
-        }
-    }
-
-    /// Asks the plugins, without the cache: each entry in order, first success wins; if
-    /// none succeeds, the last error; no entries means free.
-    pub fn validate_uncached(&self, buyer: Key, seller: Key, now_ms: u64) -> Validation {
-        if self.entries.is_empty() {
-            return Validation::Valid {
-                grant: Grant::free(),
-                plugin: None,
-            };
-        }
-        let mut last = None;
-        for entry in &self.entries {
-            match entry.verifier.validate(buyer, seller, &entry.terms, now_ms) {
-                Ok(grant) if grant.to_json().is_some() => {
-                    return Validation::Valid {
-                        grant,
-                        plugin: Some(entry.verifier.plugin().name().to_owned()),
-                    }
-                }
-                Ok(_) => {
-                    last = Some(format!(
-                        "{}: unknown access kind",
-                        entry.verifier.plugin().name()
-                    ))
-                }
-                Err(e) => {
-                    if !matches!(e, PaymentError::Plugin { .. }) {
-                        tracing::warn!(error = %e, buyer = %hex::encode(buyer), "payment plugin failed");
-                    }
-                    last = Some(e.to_string());
-                }
-            }
-        }
-        Validation::Invalid {
-            reason: last.unwrap_or_else(|| "No payment is supported".to_owned()),
-        }
-    }
-
-    /// Routes a buyer's `dazaar/user-message` to the entries' plugins; the first reply wins.
-    /// `Ok(None)`: no plugin handles it.
-    pub fn user_message(
-        &self,
-        buyer: Key,
-        seller: Key,
-        message: &UserMessage,
-    ) -> Result<Option<UserMessage>, PaymentError> {
-        let mut last_err = None;
-        for entry in &self.entries {
-            match entry
-                .verifier
-                .user_message(buyer, seller, &entry.terms, message.clone())
-            {
-                Ok(Some(reply)) => return Ok(Some(reply)),
-                Ok(None) => {}
-                Err(e) => last_err = Some(e),
-            }
-        }
-        match last_err {
-            Some(e) => Err(e),
-            None => Ok(None),
-        }
-    }
-}
-
-/// A cached answer, `age` later: time left shrinks; a time grant that ran out is not
-/// served from the cache.
-fn age_answer(answer: &Validation, age: Duration) -> Option<Validation> {
-    match answer {
-        Validation::Valid { grant, plugin } if grant.kind == dazaar_plugin_api::GrantKind::TIME => {
-            let spent = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
-            let left = grant.remaining.checked_sub(spent).filter(|l| *l > 0)?;
-            Some(Validation::Valid {
-                grant: Grant::time_ms(left),
-                plugin: plugin.clone(),
+/// A plugin's answer to a user message, checked.
+fn user_message_reply(
+    plugin: &str,
+    answer: abi_stable::std_types::RResult<abi_stable::std_types::ROption<UserMessage>, RString>,
+) -> Result<Option<UserMessage>, PaymentError> {
+    let reply = answer
+        .into_result()
+        .map(|o| o.into_option())
+        .map_err(|r| plugin_error(plugin, r))?;
+    match reply {
+        Some(m) if m.name.len() + m.message.len() > MAX_USER_MESSAGE => {
+            Err(PaymentError::BadAnswer {
+                plugin: plugin.to_owned(),
+                detail: "user message reply larger than the limit".to_owned(),
             })
         }
-        other => Some(other.clone()),
+        other => Ok(other),
     }
 }
 
@@ -644,36 +623,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn plugin_errors_are_typed_by_their_mark() {
+        let e = plugin_error("p", "no payment recorded for this buyer".into());
+        assert!(e.is_refusal());
+        assert_eq!(e.public_reason(), "p: no payment recorded for this buyer");
+        let marked = dazaar_plugin_api::unavailable("HTTP 500 from 10.0.0.7");
+        let e = plugin_error("p", marked.into());
+        assert_eq!(
+            e,
+            PaymentError::Unavailable {
+                plugin: "p".into(),
+                detail: "HTTP 500 from 10.0.0.7".into()
+            }
+        );
+        assert_eq!(e.public_reason(), PUBLIC_UNAVAILABLE);
+        assert_eq!(e.to_string(), "p: HTTP 500 from 10.0.0.7");
+        let e = plugin_error("p", "plugin panicked in validate: boom".into());
+        assert!(matches!(e, PaymentError::Panicked { .. }));
+        assert_eq!(e.public_reason(), PUBLIC_UNAVAILABLE);
+        let busy = PaymentError::Busy { plugin: "p".into() };
+        assert_eq!(busy.public_reason(), PUBLIC_BUSY);
+        let slow = PaymentError::TimedOut {
+            plugin: "p".into(),
+            timeout_ms: 5,
+        };
+        assert_eq!(slow.public_reason(), PUBLIC_UNAVAILABLE);
+    }
+
+    #[test]
     fn reasons_are_bounded() {
         assert_eq!(bounded("short".into(), 10), "short");
         assert_eq!(bounded("ééé".into(), 3), "é…");
         assert_eq!(
             bounded("x".repeat(2000), MAX_REASON).len(),
             MAX_REASON + '…'.len_utf8()
-        );
-    }
-
-    #[test]
-    fn cached_time_grants_age() {
-        let v = Validation::Valid {
-            grant: Grant::time_ms(1000),
-            plugin: None,
-        };
-        assert_eq!(
-            age_answer(&v, Duration::from_millis(400)),
-            Some(Validation::Valid {
-                grant: Grant::time_ms(600),
-                plugin: None
-            })
-        );
-        assert_eq!(age_answer(&v, Duration::from_millis(1000)), None);
-        let free = Validation::Valid {
-            grant: Grant::free(),
-            plugin: None,
-        };
-        assert_eq!(
-            age_answer(&free, Duration::from_secs(9)),
-            Some(free.clone())
         );
     }
 }
