@@ -77,6 +77,7 @@ async fn start_sale(blocks: &[Vec<u8>]) -> Sale {
             deny: false,
             data_dir: root.join("seller"),
             handshake_timeout: dazaar::market::seller::HANDSHAKE_TIMEOUT,
+            unpaid_grace: dazaar::market::seller::UNPAID_GRACE,
         },
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

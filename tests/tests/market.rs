@@ -27,6 +27,8 @@ fn net() -> NetConfig {
         idle_timeout_ms: 5_000,
         keep_alive_ms: 1_000,
         max_connections: 4096,
+        // Every test peer comes from 127.0.0.1 (a thousand of them in one test).
+        max_connections_per_ip: 0,
         ..NetConfig::default()
     }
 }
@@ -75,6 +77,7 @@ async fn start_sale_with(
             deny: false,
             data_dir: root.join("seller"),
             handshake_timeout,
+            unpaid_grace: dazaar::market::seller::UNPAID_GRACE,
         },
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -135,6 +135,7 @@ async fn demo() -> Result<()> {
             deny: false,
             data_dir: tmp.join("seller"),
             handshake_timeout: market::seller::HANDSHAKE_TIMEOUT,
+            unpaid_grace: market::seller::UNPAID_GRACE,
         },
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

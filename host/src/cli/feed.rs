@@ -85,6 +85,13 @@ pub enum FeedCmd {
         /// Idle timeout of a connection in milliseconds.
         #[arg(long, value_name = "MS", default_value_t = dazaar::protocol::DEFAULT_IDLE_TIMEOUT_MS)]
         timeout_ms: u64,
+        /// A connection whose handshake has not finished in this many milliseconds is
+        /// dropped.
+        #[arg(long, value_name = "MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+        handshake_timeout_ms: u64,
+        /// Most connections at once from one IP address (0: no cap).
+        #[arg(long, value_name = "N", default_value_t = dazaar::net::DEFAULT_MAX_CONNECTIONS_PER_IP)]
+        max_connections_per_ip: usize,
     },
     /// Download the feed KEY from a peer into DIR (resuming), exiting once it holds
     /// everything the peer has; with --live keep following.
@@ -133,7 +140,18 @@ pub fn run(cmd: FeedCmd) -> Result<ExitCode> {
             listen,
             json,
             timeout_ms,
-        } => super::net::serve(&dir, listen, json, timeout_ms),
+            handshake_timeout_ms,
+            max_connections_per_ip,
+        } => super::net::serve(
+            &dir,
+            listen,
+            json,
+            super::net::ServeLimits {
+                timeout_ms,
+                handshake_timeout_ms,
+                max_connections_per_ip,
+            },
+        ),
         FeedCmd::Clone {
             key,
             connect,

@@ -119,6 +119,18 @@ pub struct SellArgs {
     /// Refuse every buyer.
     #[arg(long)]
     pub deny: bool,
+    /// Disconnect a buyer that is not valid for this many seconds (default: the config's
+    /// `limits.unpaid_grace_secs`, else 60).
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub unpaid_grace_secs: Option<u64>,
+    /// Most connections at once (default: the config's `limits.max_connections`, else
+    /// 4096); never more than the file descriptor limit allows.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: Option<u64>,
+    /// Most connections at once from one IP address, 0 for no cap (default: the config's
+    /// `limits.max_connections_per_ip`, else 32).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub max_connections_per_ip: Option<u64>,
     /// One JSON object per line on stdout.
     #[arg(long)]
     pub json: bool,
@@ -294,6 +306,16 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
         None => None,
     };
     let revalidate = Duration::from_millis(args.revalidate_ms.max(10));
+    let conn_limits = settings
+        .as_ref()
+        .map(|s| s.limits.clone())
+        .unwrap_or_default();
+    let unpaid_grace = args
+        .unpaid_grace_secs
+        .map(Duration::from_secs)
+        .or(conn_limits.unpaid_grace)
+        .unwrap_or(market::seller::UNPAID_GRACE);
+    let net_config = seller_net_config(&args, &conn_limits);
     let mut registry = PluginRegistry::new();
     if let Some(feed_dir) = &args.feed_dir {
         let feed = open_sold_feed(feed_dir)?;
@@ -339,6 +361,7 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
                 deny: args.deny,
                 data_dir: data_dir.clone(),
                 handshake_timeout: market::seller::HANDSHAKE_TIMEOUT,
+                unpaid_grace,
             },
         ));
     } else {
@@ -361,6 +384,7 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
                     deny: args.deny,
                     data_dir: data_dir.clone(),
                     handshake_timeout: market::seller::HANDSHAKE_TIMEOUT,
+                    unpaid_grace,
                 },
             ));
         }
@@ -384,7 +408,7 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
             let seller_key = hex::encode(product.seller_key());
             let feed_key = hex::encode(product.feed_key);
             if json {
-                print_json(json!({"event": "listening", "addr": local.to_string(), "sellerKey": seller_key, "feedKey": feed_key}));
+                print_json(json!({"event": "listening", "addr": local.to_string(), "sellerKey": seller_key, "feedKey": feed_key, "maxConnections": net_config.max_connections, "maxConnectionsPerIp": net_config.max_connections_per_ip}));
             } else {
                 println!("selling feed {feed_key}\n  seller key {seller_key}\n  listening on {local}");
             }
@@ -393,12 +417,7 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
             servers.push(tokio::spawn(market::seller::serve(
                 listener,
                 product.clone(),
-                NetConfig {
-                    max_connections: 4096,
-                    // Many buyers at once: bound what each may have queued for writing.
-                    write_high_water: 256 * 1024,
-                    ..NetConfig::default()
-                },
+                net_config.clone(),
                 shutdown.clone(),
                 Some(ev_tx.clone()),
             )));
@@ -421,6 +440,56 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The seller's connection settings: the flags, else the config's `[limits]`, else the
+/// defaults; the connection limit never above what RLIMIT_NOFILE allows (its soft limit
+/// is raised to the hard one first).
+fn seller_net_config(args: &SellArgs, limits: &dazaar::config::LimitSettings) -> NetConfig {
+    let configured = args
+        .max_connections
+        .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+        .or(limits.max_connections)
+        .unwrap_or(DEFAULT_MAX_CONNECTIONS);
+    let per_ip = args
+        .max_connections_per_ip
+        .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+        .or(limits.max_connections_per_ip)
+        .unwrap_or(dazaar::net::DEFAULT_MAX_CONNECTIONS_PER_IP);
+    NetConfig {
+        max_connections: fd_bounded_connections(configured),
+        max_connections_per_ip: per_ip,
+        // Many buyers at once: bound what each may have queued for writing.
+        write_high_water: 256 * 1024,
+        ..NetConfig::default()
+    }
+}
+
+/// The seller's default connection limit.
+const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+
+/// Raises RLIMIT_NOFILE and returns `configured` capped to what it allows (logged).
+pub(crate) fn fd_bounded_connections(configured: usize) -> usize {
+    match dazaar::net::raise_nofile_limit() {
+        Ok(limit) => {
+            let max = dazaar::net::connection_limit(configured, limit.soft);
+            if max < configured {
+                tracing::warn!(
+                    configured,
+                    max,
+                    nofile = limit.soft,
+                    "the file descriptor limit allows fewer connections than configured"
+                );
+            } else {
+                tracing::info!(max, nofile = limit.soft, "connection limit");
+            }
+            max
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read RLIMIT_NOFILE; keeping the configured connection limit");
+            configured
+        }
+    }
 }
 
 fn report_seller_event(ev: &SellerEvent, json: bool) {

@@ -51,8 +51,19 @@ fn print_raw(line: &str) -> Result<()> {
     out.flush().context("writing to stdout")
 }
 
+/// The connection settings of `dazaar feed serve`.
+pub struct ServeLimits {
+    /// Idle timeout (ms).
+    pub timeout_ms: u64,
+    /// Handshake deadline (ms).
+    pub handshake_timeout_ms: u64,
+    /// Per-IP connection cap (0: none).
+    pub max_connections_per_ip: usize,
+}
+
 /// `dazaar feed serve DIR --listen ADDR`.
-pub fn serve(dir: &Path, listen: SocketAddr, json: bool, timeout_ms: u64) -> Result<ExitCode> {
+pub fn serve(dir: &Path, listen: SocketAddr, json: bool, limits: ServeLimits) -> Result<ExitCode> {
+    let timeout_ms = limits.timeout_ms;
     // Read-only: another process (`dazaar feed append`) may be writing the feed.
     let feed = super::feed::open_feed(dir)?;
     let key = feed.key();
@@ -75,10 +86,14 @@ pub fn serve(dir: &Path, listen: SocketAddr, json: bool, timeout_ms: u64) -> Res
         }
         let (stop_tx, stop_rx) = watch::channel(false);
         let refresher = net::spawn_refresh(shared.clone(), REFRESH_INTERVAL, stop_rx.clone());
+        let defaults = NetConfig::default();
         let config = NetConfig {
             idle_timeout_ms: timeout_ms,
             keep_alive_ms: timeout_ms.div_ceil(2),
-            ..NetConfig::default()
+            handshake_timeout: Duration::from_millis(limits.handshake_timeout_ms),
+            max_connections_per_ip: limits.max_connections_per_ip,
+            max_connections: super::market::fd_bounded_connections(defaults.max_connections),
+            ..defaults
         };
         let options = net::ServeOptions {
             key_pair: NoiseKeyPair::generate(),

@@ -33,6 +33,11 @@
 //! [sell.payment.config]         # the plugin's own table, handed over as TOML text
 //! address = "https://127.0.0.1:10009"
 //!
+//! [limits]                      # optional; a seller facing strangers
+//! max_connections = 4096        # never more than RLIMIT_NOFILE allows
+//! max_connections_per_ip = 32   # 0: no per-address cap
+//! unpaid_grace_secs = 60        # a buyer not valid this long is disconnected
+//!
 //! [buy]
 //! [[buy.payment]]
 //! plugin = "lnd"
@@ -141,6 +146,20 @@ pub struct Settings {
     pub sell: Vec<SellSettings>,
     /// How this peer pays when it buys.
     pub buy: BuySettings,
+    /// Connection limits of a seller (`[limits]`); unset keys take the defaults.
+    pub limits: LimitSettings,
+}
+
+/// The `[limits]` section: what strangers may hold of a seller.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LimitSettings {
+    /// Most connections at once (further capped by RLIMIT_NOFILE).
+    pub max_connections: Option<usize>,
+    /// Most connections at once from one IP address (0: no cap).
+    pub max_connections_per_ip: Option<usize>,
+    /// A buyer not valid for this long is disconnected.
+    pub unpaid_grace: Option<Duration>,
 }
 
 /// The `[discovery]` section.
@@ -359,6 +378,16 @@ struct RawFile {
     sell: Vec<RawSell>,
     #[serde(default)]
     buy: Option<RawBuy>,
+    #[serde(default)]
+    limits: Option<RawLimits>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_connections: Option<Spanned<u64>>,
+    max_connections_per_ip: Option<Spanned<u64>>,
+    unpaid_grace_secs: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -574,6 +603,10 @@ impl Ctx<'_> {
                 });
             }
         }
+        let limits = match &raw.limits {
+            Some(l) => self.limits(l)?,
+            None => LimitSettings::default(),
+        };
         let passphrase_env = raw
             .passphrase_env
             .map(|v| v.into_inner())
@@ -587,6 +620,42 @@ impl Ctx<'_> {
             discovery,
             sell,
             buy,
+            limits,
+        })
+    }
+
+    fn limits(&self, l: &RawLimits) -> Result<LimitSettings, ConfigError> {
+        let ranged = |v: &Option<Spanned<u64>>,
+                      key: &str,
+                      range: std::ops::RangeInclusive<u64>|
+         -> Result<Option<u64>, ConfigError> {
+            match v {
+                Some(n) if !range.contains(n.get_ref()) => Err(self.error(
+                    Some(n.span()),
+                    format!("limits.{key}"),
+                    format!(
+                        "{} is outside {}..={}",
+                        n.get_ref(),
+                        range.start(),
+                        range.end()
+                    ),
+                )),
+                Some(n) => Ok(Some(*n.get_ref())),
+                None => Ok(None),
+            }
+        };
+        let to_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        Ok(LimitSettings {
+            max_connections: ranged(&l.max_connections, "max_connections", 1..=1_000_000)?
+                .map(to_usize),
+            max_connections_per_ip: ranged(
+                &l.max_connections_per_ip,
+                "max_connections_per_ip",
+                0..=1_000_000,
+            )?
+            .map(to_usize),
+            unpaid_grace: ranged(&l.unpaid_grace_secs, "unpaid_grace_secs", 1..=86_400)?
+                .map(Duration::from_secs),
         })
     }
 
@@ -723,6 +792,28 @@ mod tests {
         assert_eq!(ctx.line_col(0), (1, 1));
         assert_eq!(ctx.line_col(3), (2, 2));
         assert_eq!(ctx.line_col(5), (3, 1));
+    }
+
+    #[test]
+    fn limits_section() {
+        let file = Path::new("/etc/dazaar/dazaar.toml");
+        let s = parse(
+            "[limits]\nmax_connections = 100\nmax_connections_per_ip = 0\nunpaid_grace_secs = 5\n",
+            file,
+        )
+        .expect("parses");
+        assert_eq!(s.limits.max_connections, Some(100));
+        assert_eq!(s.limits.max_connections_per_ip, Some(0));
+        assert_eq!(s.limits.unpaid_grace, Some(Duration::from_secs(5)));
+        assert_eq!(
+            parse("", file).expect("empty").limits,
+            LimitSettings::default()
+        );
+        let e = parse("[limits]\nunpaid_grace_secs = 0\n", file).expect_err("zero grace");
+        assert_eq!(e.key(), Some("limits.unpaid_grace_secs"));
+        assert_eq!(e.line(), 2);
+        let e = parse("[limits]\nmax_conections = 3\n", file).expect_err("typo");
+        assert_eq!(e.key(), Some("limits.max_conections"));
     }
 
     #[test]

@@ -94,6 +94,8 @@ pub struct Product {
     pub revoked: RevocationList,
     /// Handshake deadline.
     pub handshake_timeout: Duration,
+    /// How long a buyer may stay connected while not valid.
+    pub unpaid_grace: Duration,
     identity: Identity,
     active: Mutex<HashMap<[u8; 32], ActiveConnection>>,
 }
@@ -119,12 +121,24 @@ pub struct ProductOptions {
     /// Where the revocation list is (the seller's data dir).
     pub data_dir: PathBuf,
     /// A connection whose Noise handshake has not finished by then is dropped (a peer
-    /// that opens connections and never finishes them holds no slot for long).
+    /// that opens connections and never finishes them holds no slot for long). It is
+    /// the [`NetConfig::handshake_timeout`] of this product's connections.
     pub handshake_timeout: Duration,
+    /// A buyer that is not valid for this long (from the handshake, or from when it
+    /// stopped being valid) is disconnected: long enough to pay through a user-message
+    /// flow, short enough that strangers hold no connection slot for good.
+    pub unpaid_grace: Duration,
 }
 
 /// The default handshake deadline.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub const HANDSHAKE_TIMEOUT: Duration = crate::net::DEFAULT_HANDSHAKE_TIMEOUT;
+
+/// The default [`ProductOptions::unpaid_grace`].
+pub const UNPAID_GRACE: Duration = Duration::from_secs(60);
+
+/// After a buyer is told to go, how long its connection may take to flush the last
+/// messages before it is cut (a peer that stops reading must not keep the slot).
+const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 
 impl Product {
     /// A product selling `feed` with the seller key derived from `identity`.
@@ -146,6 +160,7 @@ impl Product {
             revalidate: options.revalidate.max(Duration::from_millis(10)),
             deny: options.deny,
             handshake_timeout: options.handshake_timeout,
+            unpaid_grace: options.unpaid_grace,
             identity: identity.clone(),
             active: Mutex::new(HashMap::new()),
         })
@@ -223,8 +238,9 @@ impl Product {
 
 static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
 
-/// Accepts buyers on `listener` until `shutdown` turns true; at most
-/// `net.max_connections` at once.
+/// Accepts buyers on `listener` until `shutdown` turns true, with the limits of
+/// [`net::accept_loop`] (at most `net.max_connections` at once, at most
+/// `net.max_connections_per_ip` from one address).
 pub async fn serve(
     listener: TcpListener,
     product: Arc<Product>,
@@ -233,11 +249,11 @@ pub async fn serve(
     events: Option<mpsc::Sender<SellerEvent>>,
 ) -> std::io::Result<()> {
     let seller = hex::encode(&product.seller_key()[..8]);
-    let max = net.max_connections;
     let conn_shutdown = shutdown.clone();
+    let limits = net.clone();
     net::accept_loop(
         listener,
-        max,
+        &limits,
         shutdown,
         |peer| tracing::info_span!("buyer", %peer, seller = %seller),
         move |stream, _peer| {
@@ -255,6 +271,12 @@ pub async fn serve(
 }
 
 /// Runs one buyer's connection to the end.
+///
+/// No channel is served to a buyer before it is found valid, free product or not: a free
+/// product's feed key is public (it is the feed's own), so a peer can open it by that key
+/// without any one-time-feed message, and serving it on that Open would bypass `--deny`
+/// and revocation. The channel is opened here once the buyer is valid; an Open that came
+/// earlier waits (`keep_unknown`) and is closed if the buyer is found invalid.
 pub async fn handle_connection(
     stream: TcpStream,
     product: Arc<Product>,
@@ -268,19 +290,15 @@ pub async fn handle_connection(
     let mut messages = product.gate.message_budget();
     let (ev_tx, mut ev_rx) = mpsc::channel::<NetEvent>(256);
     let (cmd_tx, cmd_rx) = mpsc::channel::<Command<FsStore>>(64);
-    let session = net.session_config(false, product.seller_keys.clone());
-    let serve = if product.is_free() {
-        // A free product's "one-time feed" is the feed itself; a buyer may open it directly.
-        vec![ChannelSpec {
-            feed: product.feed.clone(),
-            config: ReplicatorConfig::uploader(),
-        }]
-    } else {
-        Vec::new()
+    let net = NetConfig {
+        handshake_timeout: product.handshake_timeout,
+        ..net
     };
+    let session = net.session_config(false, product.seller_keys.clone());
     let options = ConnectionOptions {
         open: Vec::new(),
-        serve,
+        // Nothing is served on the buyer's Open: see above.
+        serve: Vec::new(),
         events: Some(ev_tx),
         commands: Some(cmd_rx),
         shutdown: Some(shutdown),
@@ -328,15 +346,28 @@ pub async fn handle_connection(
     let mut valid: Option<bool> = None;
     let mut last_valid_sent: Option<Instant> = None;
     let mut next_check: Option<Instant> = None;
-    let handshake_deadline = Instant::now() + product.handshake_timeout;
+    // While the buyer is not valid: when it is disconnected for that.
+    let mut unpaid_deadline: Option<Instant> = None;
+    // After telling a buyer to go: when its connection is cut if it has not ended.
+    let mut cut_at: Option<Instant> = None;
+    let mut dropped: Option<String> = None;
     let result = loop {
         let wake = next_check.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         tokio::select! {
             res = &mut conn => break res,
-            _ = tokio::time::sleep_until(handshake_deadline), if buyer.is_none() => {
+            _ = sleep_until_opt(unpaid_deadline), if cut_at.is_none() => {
+                let reason = format!("not valid within {} s: disconnected", product.unpaid_grace.as_secs());
+                tracing::info!("{reason}");
+                dropped = Some(reason);
+                unpaid_deadline = None;
+                next_check = None;
+                cut_at = Some(Instant::now() + CLOSE_FLUSH);
+                // Flushes what is queued (the last dazaar/invalid), then closes.
+                let _ = cmd_tx.try_send(Command::Shutdown);
+            }
+            _ = sleep_until_opt(cut_at) => {
                 conn.abort();
-                tracing::debug!("handshake not finished in time: dropped");
-                break Ok(Err(crate::net::NetError::HandshakeTimeout));
+                break (&mut conn).await;
             }
             ev = ev_rx.recv() => match ev {
                 None => break (&mut conn).await,
@@ -345,6 +376,7 @@ pub async fn handle_connection(
                     product.claim(remote_public_key, conn_id, cmd_tx.clone());
                     report(SellerEvent::BuyerConnected { buyer: remote_public_key });
                     next_check = Some(Instant::now());
+                    unpaid_deadline = Some(Instant::now() + product.unpaid_grace);
                 }
                 Some(NetEvent::Extension { name, payload }) if name == ext::USER_MESSAGE => {
                     if let Some(b) = buyer {
@@ -391,6 +423,7 @@ pub async fn handle_connection(
                         if changed {
                             report(SellerEvent::BuyerValid { buyer: b, feed_key, info });
                         }
+                        unpaid_deadline = None;
                         true
                     }
                     Validation::Invalid { ref reason } => {
@@ -399,6 +432,17 @@ pub async fn handle_connection(
                                 let _ = cmd_tx.send(Command::SetUploading(dk, false)).await;
                             }
                             uploading = false;
+                        }
+                        if channel.is_none() {
+                            // An Open the buyer sent early (it knows the key: a free
+                            // product's, or a lapsed buyer's own) is refused, not left
+                            // waiting for a validity that did not come.
+                            let dk = crate::crypto::discovery_key(&product.buyer_feed_key(&b));
+                            let _ = cmd_tx.send(Command::Close(dk)).await;
+                        }
+                        if valid == Some(true) {
+                            // A buyer that stops being valid has the grace period to pay again.
+                            unpaid_deadline = Some(Instant::now() + product.unpaid_grace);
                         }
                         if valid != Some(false) {
                             let body = serde_json::json!({ "error": reason }).to_string().into_bytes();
@@ -416,16 +460,24 @@ pub async fn handle_connection(
     if let Some(b) = buyer {
         product.release(b, conn_id);
     }
-    let error = match result {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(e.to_string()),
-        Err(e) => Some(format!("connection task failed: {e}")),
+    let error = match (dropped, result) {
+        (Some(reason), _) => Some(reason),
+        (None, Ok(Ok(()))) => None,
+        (None, Ok(Err(e))) => Some(e.to_string()),
+        (None, Err(e)) => Some(format!("connection task failed: {e}")),
     };
     match &error {
         Some(e) => tracing::info!(error = %e, "buyer connection ended"),
         None => tracing::debug!("buyer connection closed"),
     }
     report(SellerEvent::BuyerDisconnected { buyer, error });
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Routes a buyer's user message to the payment plugins and sends the reply, if any, or

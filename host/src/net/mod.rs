@@ -77,6 +77,20 @@ const MAX_SUBSCRIBERS: usize = 4096;
 /// a Have is advisory).
 const DOWNLOAD_LOG: usize = 4096;
 
+/// The default handshake deadline ([`NetConfig::handshake_timeout`]).
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default per-IP connection cap ([`NetConfig::max_connections_per_ip`]).
+pub const DEFAULT_MAX_CONNECTIONS_PER_IP: usize = 32;
+/// File descriptors kept for everything but connections (feed files, plugins, DNS,
+/// discovery sockets) when the connection limit is derived from RLIMIT_NOFILE.
+const NOFILE_RESERVE: u64 = 64;
+/// First wait after an accept failure; doubled on every further failure.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// Longest wait after accept failures.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// At most one log line per this period for a repeated accept-loop condition.
+const LOG_EVERY: Duration = Duration::from_secs(5);
+
 /// Channel ids, unique in the process (to not announce a download back to its source).
 static NEXT_CHANNEL_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
@@ -320,6 +334,13 @@ pub struct NetConfig {
     pub write_high_water: usize,
     /// Most connections a server handles at once (more wait in the accept queue).
     pub max_connections: usize,
+    /// Most connections a server handles at once from one IP address; more are closed
+    /// as soon as they are accepted (0: no limit).
+    pub max_connections_per_ip: usize,
+    /// A connection whose Noise handshake has not finished by then fails with
+    /// [`NetError::HandshakeTimeout`] (zero: no deadline), so that a peer dripping bytes
+    /// holds no slot for long.
+    pub handshake_timeout: Duration,
 }
 
 impl Default for NetConfig {
@@ -329,6 +350,8 @@ impl Default for NetConfig {
             keep_alive_ms: crate::protocol::DEFAULT_KEEP_ALIVE_MS,
             write_high_water: 4 * 1024 * 1024,
             max_connections: 256,
+            max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         }
     }
 }
@@ -422,7 +445,8 @@ pub enum NetEvent {
 pub enum Command<S: Store> {
     /// Open a channel (a seller opening a buyer's rekeyed view after validation).
     Open(ChannelSpec<S>),
-    /// Close a channel.
+    /// Close a channel (ours, or one the remote opened that is pending under
+    /// [`ConnectionOptions::keep_unknown`]).
     Close(DiscoveryKey),
     /// Start or stop serving on a channel (sends Status).
     SetUploading(DiscoveryKey, bool),
@@ -724,7 +748,9 @@ impl<S: Store> Driver<S> {
                 self.add_channel(spec)?;
             }
             Command::Close(dk) => {
-                if self.channels.remove(&dk).is_some() {
+                // Also refuses a remote's Open left pending by `keep_unknown`.
+                let ours = self.channels.remove(&dk).is_some();
+                if ours || self.session.is_remote_open(&dk) {
                     self.session.close_channel(&dk)?;
                 }
             }
@@ -815,6 +841,9 @@ where
     let mut eof = false;
     let mut closing = false;
     let notify = driver.notify.clone();
+    // Every listener's peers get the same deadline (a dripped handshake holds no slot).
+    let handshake_deadline = (!net.handshake_timeout.is_zero())
+        .then(|| tokio::time::Instant::now() + net.handshake_timeout);
 
     loop {
         // Feed pending input, handle events, answer, until nothing moves.
@@ -911,6 +940,9 @@ where
             _ = tokio::time::sleep(sleep_for.unwrap_or(Duration::from_secs(3600))), if sleep_for.is_some() => {
                 driver.tick()?;
             }
+            _ = sleep_until_opt(handshake_deadline), if !driver.session.is_handshake_complete() => {
+                return Err(NetError::HandshakeTimeout);
+            }
             _ = notify.notified() => {
                 // A feed grew: pump() announces it.
             }
@@ -928,6 +960,13 @@ where
                 closing = true;
             }
         }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -981,18 +1020,19 @@ pub struct ServeOptions<S: Store> {
 
 /// Accepts connections on `listener` and serves `options.serve` to each, one task per
 /// connection, until `shutdown` turns true. Connection errors are logged; the server
-/// keeps serving the others.
+/// keeps serving the others. The limits of [`accept_loop`] and the handshake deadline of
+/// `options.net` apply.
 pub async fn serve<S: Store>(
     listener: TcpListener,
     options: ServeOptions<S>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), NetError> {
     let options = Arc::new(options);
-    let max = options.net.max_connections;
+    let net = options.net.clone();
     let conn_shutdown = shutdown.clone();
     accept_loop(
         listener,
-        max,
+        &net,
         shutdown,
         |peer| tracing::info_span!("connection", %peer),
         move |stream, _peer| {
@@ -1018,13 +1058,19 @@ pub async fn serve<S: Store>(
     Ok(())
 }
 
-/// Accepts connections on `listener` until `shutdown` turns true, at most
-/// `max_connections` at once (a further peer waits in the kernel's backlog until one
-/// ends), each run by `handle(stream, peer)` in its own task inside `span(peer)`. On
-/// shutdown the running tasks are cancelled and awaited.
+/// Accepts connections on `listener` until `shutdown` turns true, each run by
+/// `handle(stream, peer)` in its own task inside `span(peer)`. On shutdown the running
+/// tasks are cancelled and awaited.
+///
+/// Limits (from `net`): at most [`NetConfig::max_connections`] at once (a further peer
+/// waits in the kernel's backlog until one ends); at most
+/// [`NetConfig::max_connections_per_ip`] from one address (more are closed at once).
+/// A failing `accept` (EMFILE, ENFILE: out of file descriptors) is retried after a wait
+/// that doubles from 10 ms to 1 s and resets on success, so that a full descriptor table
+/// costs no CPU; repeated conditions are logged at most once per 5 s with a count.
 pub async fn accept_loop<H, F>(
     listener: TcpListener,
-    max_connections: usize,
+    net: &NetConfig,
     mut shutdown: watch::Receiver<bool>,
     span: impl Fn(SocketAddr) -> tracing::Span,
     handle: H,
@@ -1032,8 +1078,11 @@ pub async fn accept_loop<H, F>(
     H: Fn(TcpStream, SocketAddr) -> F,
     F: std::future::Future<Output = ()> + Send + 'static,
 {
-    let slots = Arc::new(Semaphore::new(max_connections.max(1)));
+    let slots = Arc::new(Semaphore::new(net.max_connections.max(1)));
+    let per_ip = Arc::new(PerIpLimit::new(net.max_connections_per_ip));
     let mut tasks = tokio::task::JoinSet::new();
+    let mut backoff = AcceptBackoff::default();
+    let mut refused_log = RateLimitedLog::default();
     loop {
         if *shutdown.borrow() {
             break;
@@ -1052,17 +1101,40 @@ pub async fn accept_loop<H, F>(
         // Reap finished tasks so the set stays bounded by the permits.
         while tasks.try_join_next().is_some() {}
         let (stream, peer) = match accepted {
-            Ok(a) => a,
+            Ok(a) => {
+                backoff.on_success();
+                a
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
+                let now = Instant::now();
+                let (wait, log) = backoff.on_error(&e, now);
+                if let Some(suppressed) = log {
+                    tracing::warn!(error = %e, suppressed, retry_in_ms = wait.as_millis() as u64, "accept failed");
+                }
+                drop(permit);
+                if !wait.is_zero() {
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.changed() => break,
+                    }
+                }
                 continue;
             }
+        };
+        let Some(ip_slot) = per_ip.try_take(peer.ip()) else {
+            if let Some(suppressed) = refused_log.hit(Instant::now()) {
+                tracing::warn!(ip = %peer.ip(), max = net.max_connections_per_ip, suppressed, "too many connections from one address: closed");
+            }
+            // Dropping the stream closes it; the permit goes back at once.
+            drop(stream);
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let task = handle(stream, peer);
         tasks.spawn(
             async move {
                 let _permit = permit;
+                let _ip_slot = ip_slot;
                 task.await;
             }
             .instrument(span(peer)),
@@ -1071,5 +1143,243 @@ pub async fn accept_loop<H, F>(
     tasks.shutdown().await;
 }
 
+/// A log line for a condition that may repeat very often: at most one per [`LOG_EVERY`],
+/// with the number of occurrences left out since the last one.
+#[derive(Debug, Default)]
+struct RateLimitedLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimitedLog {
+    /// Another occurrence at `now`: `Some(suppressed)` when a line is due now.
+    fn hit(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(t) if now.saturating_duration_since(t) < LOG_EVERY => {
+                self.suppressed = self.suppressed.saturating_add(1);
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+}
+
+/// The accept loop's reaction to failing accepts: how long to wait and when to log.
+#[derive(Debug, Default)]
+struct AcceptBackoff {
+    /// The next wait (zero after a success).
+    delay: Duration,
+    log: RateLimitedLog,
+}
+
+impl AcceptBackoff {
+    /// An accept failed with `error` at `now`: the wait before the next accept, and
+    /// `Some(suppressed)` when the failure is to be logged. A failure of one connection
+    /// (reset or aborted before it was accepted) is no reason to wait; anything else
+    /// (EMFILE, ENFILE, ENOBUFS, ENOMEM, ...) persists until something is freed, and
+    /// retrying at once would spin.
+    fn on_error(&mut self, error: &std::io::Error, now: Instant) -> (Duration, Option<u64>) {
+        use std::io::ErrorKind;
+        let transient = matches!(
+            error.kind(),
+            ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::Interrupted
+        );
+        let wait = if transient {
+            Duration::ZERO
+        } else {
+            self.delay = if self.delay.is_zero() {
+                ACCEPT_BACKOFF_MIN
+            } else {
+                self.delay.saturating_mul(2).min(ACCEPT_BACKOFF_MAX)
+            };
+            self.delay
+        };
+        (wait, self.log.hit(now))
+    }
+
+    /// An accept succeeded: the next failure waits the shortest time again.
+    fn on_success(&mut self) {
+        self.delay = Duration::ZERO;
+    }
+}
+
+/// Connections per IP address, for [`NetConfig::max_connections_per_ip`]. Only
+/// addresses with a live connection have an entry, so the map is bounded by the
+/// connection limit.
+#[derive(Debug)]
+struct PerIpLimit {
+    max: usize,
+    counts: Mutex<HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One connection's place in [`PerIpLimit`], given back when dropped.
+#[derive(Debug)]
+struct IpSlot {
+    limit: Arc<PerIpLimit>,
+    ip: std::net::IpAddr,
+}
+
+impl PerIpLimit {
+    fn new(max: usize) -> Self {
+        Self {
+            max,
+            counts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn counts(&self) -> MutexGuard<'_, HashMap<std::net::IpAddr, usize>> {
+        match self.counts.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// A place for one more connection from `ip`, or `None` when it has `max` already.
+    fn try_take(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<IpSlot> {
+        // An IPv4 peer on a dual-stack socket shows up as ::ffff:a.b.c.d: one address.
+        let ip = ip.to_canonical();
+        if self.max > 0 {
+            let mut counts = self.counts();
+            let n = counts.entry(ip).or_insert(0);
+            if *n >= self.max {
+                return None;
+            }
+            *n += 1;
+        }
+        Some(IpSlot {
+            limit: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        if self.limit.max == 0 {
+            return;
+        }
+        let mut counts = self.limit.counts();
+        if let Some(n) = counts.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// The file descriptor limit of this process after [`raise_nofile_limit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NofileLimit {
+    /// The soft limit now in force.
+    pub soft: u64,
+    /// The hard limit (the most the soft limit can be raised to).
+    pub hard: u64,
+}
+
+/// Raises this process's RLIMIT_NOFILE soft limit to its hard limit (a server holds one
+/// descriptor per connection, and the usual soft default of 1,024 is far below what the
+/// kernel allows), and returns the limits now in force.
+pub fn raise_nofile_limit() -> std::io::Result<NofileLimit> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit reads the struct we own.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            lim.rlim_cur = lim.rlim_max;
+        } else {
+            // An infinite hard limit cannot be the soft one (the kernel caps it at
+            // fs.nr_open): keep the soft limit and say so.
+            tracing::debug!(error = %std::io::Error::last_os_error(), "could not raise the soft RLIMIT_NOFILE");
+        }
+    }
+    Ok(NofileLimit {
+        soft: lim.rlim_cur as u64,
+        hard: lim.rlim_max as u64,
+    })
+}
+
+/// The number of connections to allow with `nofile` file descriptors: `configured`,
+/// but never more than the descriptors left after a reserve for files, plugins and
+/// discovery (64, or half of a smaller limit), and at least 1.
+pub fn connection_limit(configured: usize, nofile: u64) -> usize {
+    let reserve = NOFILE_RESERVE.min(nofile / 2);
+    let usable = usize::try_from(nofile.saturating_sub(reserve)).unwrap_or(usize::MAX);
+    configured.min(usable).max(1)
+}
+
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod accept_tests {
+    use super::*;
+
+    #[test]
+    fn accept_backoff_doubles_to_a_second_and_resets_on_success() {
+        let mut b = AcceptBackoff::default();
+        let emfile = std::io::Error::from_raw_os_error(libc::EMFILE);
+        let t0 = Instant::now();
+        let waits: Vec<u64> = (0..10)
+            .map(|_| b.on_error(&emfile, t0).0.as_millis() as u64)
+            .collect();
+        assert_eq!(waits, [10, 20, 40, 80, 160, 320, 640, 1000, 1000, 1000]);
+        b.on_success();
+        assert_eq!(b.on_error(&emfile, t0).0, ACCEPT_BACKOFF_MIN);
+        // A connection aborted before accept is no reason to wait.
+        let aborted = std::io::Error::from(std::io::ErrorKind::ConnectionAborted);
+        assert_eq!(b.on_error(&aborted, t0).0, Duration::ZERO);
+    }
+
+    #[test]
+    fn repeated_conditions_log_once_per_period_with_a_count() {
+        let mut log = RateLimitedLog::default();
+        let t0 = Instant::now();
+        assert_eq!(log.hit(t0), Some(0));
+        for i in 1..=99u64 {
+            assert_eq!(log.hit(t0 + Duration::from_millis(i * 10)), None);
+        }
+        assert_eq!(log.hit(t0 + LOG_EVERY), Some(99));
+        assert_eq!(log.hit(t0 + LOG_EVERY), None);
+    }
+
+    #[test]
+    fn per_ip_limit_counts_live_connections() {
+        let limit = Arc::new(PerIpLimit::new(2));
+        let a: std::net::IpAddr = "127.0.0.1".parse().expect("ip");
+        let mapped: std::net::IpAddr = "::ffff:127.0.0.1".parse().expect("ip");
+        let b: std::net::IpAddr = "127.0.0.2".parse().expect("ip");
+        let first = limit.try_take(a).expect("first");
+        let second = limit.try_take(mapped).expect("second: the same address");
+        assert!(limit.try_take(a).is_none(), "third from one address");
+        assert!(limit.try_take(b).is_some(), "another address");
+        drop(first);
+        let third = limit.try_take(a).expect("a place came free");
+        drop((second, third));
+        assert!(limit.counts().is_empty(), "no entry without a connection");
+        let unlimited = Arc::new(PerIpLimit::new(0));
+        let many: Vec<_> = (0..100).filter_map(|_| unlimited.try_take(a)).collect();
+        assert_eq!(many.len(), 100);
+    }
+
+    #[test]
+    fn connection_limit_leaves_descriptors_for_files() {
+        assert_eq!(connection_limit(4096, 1024), 960);
+        assert_eq!(connection_limit(4096, 1_048_576), 4096);
+        assert_eq!(connection_limit(4096, 100), 50);
+        assert_eq!(connection_limit(4096, 0), 1);
+    }
+}
