@@ -8,8 +8,9 @@
 //!
 //! - **Seller**: at open, a background task lists the node's invoices (`ListInvoices`,
 //!   paged by add index) and then follows `SubscribeInvoices` from the last add/settle
-//!   index; when LND goes away it reconnects with exponential backoff (up to
-//!   `max_backoff_ms`), listing again. `validate` answers from what it learned: an invoice
+//!   index; when LND goes away it reconnects with exponential backoff (200 ms doubling
+//!   up to `max_backoff_ms`, back to 200 ms after a subscription that stayed live 10 s),
+//!   listing again. `validate` answers from what it learned: an invoice
 //!   counts when settled and its memo is exactly `dazaar: <seller> <buyer>`; it adds its
 //!   `value` in satoshis at its `settle_date`, priced by the card entry (`SATS`, `BTC`,
 //!   legacy `LightningSats` / `LightningBTC`). While the subscription is down, every
@@ -294,8 +295,8 @@ struct State {
     /// Settled invoices with a binding memo: (seller, buyer) → (r_hash, sats, settle ms).
     settled: Settled,
     count: usize,
-    /// Whether the list is complete and the subscription is live.
-    live: bool,
+    /// Since when the list is complete and the subscription live (`None`: not live).
+    live_since: Option<tokio::time::Instant>,
     last_error: Option<String>,
 }
 
@@ -359,29 +360,74 @@ impl Drop for LndPlugin {
     }
 }
 
+/// The first wait after a failure.
+const BACKOFF_BASE: Duration = Duration::from_millis(200);
+/// A subscription that stayed live this long was a recovery: the next wait after it
+/// ends starts from [`BACKOFF_BASE`] again. Shorter (an LND that accepts and drops at
+/// once) and the waits keep growing, so a flapping node is not hammered.
+const BACKOFF_STABLE: Duration = Duration::from_secs(10);
+
+/// Reconnection waits: doubling per failure up to a maximum, reset by a session that
+/// stayed live for [`BACKOFF_STABLE`].
+#[derive(Debug, Clone)]
+struct Backoff {
+    failures: u32,
+    max: Duration,
+}
+
+impl Backoff {
+    fn new(max: Duration) -> Backoff {
+        Backoff { failures: 0, max }
+    }
+
+    /// A session ended after being live for `live_for` (`None`: it never got live);
+    /// returns how long to wait before the next.
+    fn next(&mut self, live_for: Option<Duration>) -> Duration {
+        if live_for.is_some_and(|d| d >= BACKOFF_STABLE) {
+            self.failures = 0;
+        }
+        self.failures = self.failures.saturating_add(1);
+        BACKOFF_BASE
+            .saturating_mul(1u32 << (self.failures - 1).min(10))
+            .min(self.max)
+    }
+}
+
 /// Lists every invoice once, then follows the subscription; on any failure, marks the
 /// state not live, waits (backoff) and starts over.
 async fn follow(lnd: Lnd, state: Arc<Mutex<State>>, max_backoff: Duration) {
-    let mut failures: u32 = 0;
+    follow_with(state, max_backoff, move |state| {
+        let lnd = lnd.clone();
+        async move { sync_once(&lnd, &state).await }
+    })
+    .await
+}
+
+/// [`follow`] with the session as a parameter, so the backoff can be tested with a
+/// scripted LND in virtual time.
+async fn follow_with<F, Fut>(state: Arc<Mutex<State>>, max_backoff: Duration, mut session: F)
+where
+    F: FnMut(Arc<Mutex<State>>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let mut backoff = Backoff::new(max_backoff);
     loop {
-        let error = match sync_once(&lnd, &state).await {
+        let error = match session(Arc::clone(&state)).await {
             Ok(()) => "the invoice subscription ended".to_owned(),
             Err(e) => e,
         };
-        failures = failures.saturating_add(1);
-        tracing::warn!(error = %error, failures, "LND subscription down");
-        if let Ok(mut st) = state.lock() {
-            st.live = false;
-            st.last_error = Some(error);
-        }
-        let wait = Duration::from_millis(100)
-            .saturating_mul(1u32 << failures.min(10))
-            .min(max_backoff);
+        // How long the session was live, read before the state is marked down.
+        let live_for = match state.lock() {
+            Ok(mut st) => {
+                let live_for = st.live_since.take().map(|t| t.elapsed());
+                st.last_error = Some(error.clone());
+                live_for
+            }
+            Err(_) => None,
+        };
+        let wait = backoff.next(live_for);
+        tracing::warn!(error = %error, failures = backoff.failures, wait_ms = wait.as_millis() as u64, "LND subscription down");
         tokio::time::sleep(wait).await;
-        // A connection that stayed up a while resets the backoff.
-        if failures > 0 && state.lock().map(|s| s.live).unwrap_or(false) {
-            failures = 0;
-        }
     }
 }
 
@@ -421,7 +467,7 @@ async fn sync_once(lnd: &Lnd, state: &Arc<Mutex<State>>) -> Result<(), String> {
         .await
         .map_err(|s| format!("SubscribeInvoices failed: {}", describe(&s)))?;
     if let Ok(mut st) = state.lock() {
-        st.live = true;
+        st.live_since = Some(tokio::time::Instant::now());
         st.last_error = None;
     }
     tracing::info!(add_index, settle_index, "following LND invoices");
@@ -760,7 +806,7 @@ impl PaymentPlugin for LndPlugin {
             .state
             .lock()
             .map_err(|_| "the LND plugin's state is poisoned".to_owned())?;
-        if !st.live {
+        if st.live_since.is_none() {
             return Err(format!(
                 "LND is not reachable: {}",
                 st.last_error.as_deref().unwrap_or("connecting")
@@ -914,6 +960,91 @@ export_payment_plugin!(LndPlugin);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs `follow_with` against a scripted LND in virtual time: session `n` (from 0)
+    /// stays live for `live[n]` (`None`: fails before getting live) and then fails.
+    /// Returns the virtual time between the end of each session and the start of the
+    /// next: the waits the backoff chose.
+    async fn waits(live: Vec<Option<Duration>>, max_backoff: Duration) -> Vec<Duration> {
+        use tokio::time::Instant;
+        let sessions = live.len();
+        let log: Arc<Mutex<Vec<(Instant, Instant)>>> = Arc::default();
+        let (done, all_done) = tokio::sync::oneshot::channel::<()>();
+        let mut done = Some(done);
+        let script = Arc::new(live);
+        let mut n = 0usize;
+        let state = Arc::new(Mutex::new(State::default()));
+        let record = Arc::clone(&log);
+        let follower = tokio::spawn(follow_with(state, max_backoff, move |state| {
+            let i = n;
+            n += 1;
+            let script = Arc::clone(&script);
+            let record = Arc::clone(&record);
+            let finished = if i == sessions { done.take() } else { None };
+            async move {
+                if let Some(f) = finished {
+                    let _ = f.send(());
+                    std::future::pending::<()>().await;
+                }
+                let start = Instant::now();
+                if let Some(up) = script[i] {
+                    state.lock().unwrap().live_since = Some(Instant::now());
+                    tokio::time::sleep(up).await;
+                }
+                record.lock().unwrap().push((start, Instant::now()));
+                Err("scripted failure".to_owned())
+            }
+        }));
+        // The session after the last one signals; then the follower is stopped.
+        all_done.await.unwrap();
+        let ended = Instant::now();
+        follower.abort();
+        let log = log.lock().unwrap();
+        let mut starts: Vec<Instant> = log.iter().skip(1).map(|(s, _)| *s).collect();
+        starts.push(ended);
+        log.iter()
+            .zip(starts)
+            .map(|((_, end), next)| next - *end)
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_grows_and_resets_after_a_stable_session() {
+        let ms = Duration::from_millis;
+        let s = Duration::from_secs;
+        // Five failed connects, a session live for a minute, one more failed connect.
+        let got = waits(vec![None, None, None, None, None, Some(s(60)), None], s(30)).await;
+        assert_eq!(
+            got,
+            vec![
+                ms(200),
+                ms(400),
+                ms(800),
+                ms(1600),
+                ms(3200),
+                ms(200),
+                ms(400)
+            ]
+        );
+        // Capped by max_backoff.
+        let got = waits(vec![None; 6], ms(1000)).await;
+        assert_eq!(
+            got,
+            vec![ms(200), ms(400), ms(800), ms(1000), ms(1000), ms(1000)]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_keeps_growing_for_a_flapping_node() {
+        let ms = Duration::from_millis;
+        // Live for a moment each time: not a recovery.
+        let got = waits(
+            vec![None, Some(ms(500)), Some(ms(500)), None],
+            Duration::from_secs(30),
+        )
+        .await;
+        assert_eq!(got, vec![ms(200), ms(400), ms(800), ms(1600)]);
+    }
 
     #[test]
     fn amounts() {
