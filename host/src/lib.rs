@@ -18,6 +18,8 @@ pub mod card;
 pub mod config;
 pub mod crypto;
 pub mod discovery;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod market;
 pub mod net;
 pub mod noise;
