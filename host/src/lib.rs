@@ -19,6 +19,8 @@ pub mod config;
 pub mod crypto;
 pub mod discovery;
 pub mod fs_atomic;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod market;
 pub mod net;
 pub mod noise;

@@ -62,6 +62,8 @@
 //! ```
 
 pub mod chain;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod history;
 pub mod keys;
 pub mod push;

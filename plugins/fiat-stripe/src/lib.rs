@@ -30,6 +30,8 @@
 //! in major units (`"5"` USD), in minor units (cents) at Stripe.
 
 pub mod api;
+#[doc(hidden)]
+pub mod fuzzing;
 pub use dazaar_plugin_api::logging;
 pub mod money;
 pub mod objects;

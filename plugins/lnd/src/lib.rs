@@ -72,6 +72,8 @@
 
 pub mod bolt11;
 pub mod client;
+#[doc(hidden)]
+pub mod fuzzing;
 pub use dazaar_plugin_api::logging;
 pub mod proto;
 /// The test-only BOLT #11 encoder, shared with the integration tests.
