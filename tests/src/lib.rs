@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Once;
 
+pub mod attack;
 pub mod bolt11;
 pub mod eos_mock;
 pub mod lnd_mock;
