@@ -606,3 +606,55 @@ fn lightning_sale_end_to_end_through_the_binary() {
     assert_eq!(lines.last().expect("done")["length"], 30);
     assert_eq!(feed_lines(&out).len(), 30);
 }
+
+/// A seller's terms of use reach the buyer's terminal with their control characters
+/// escaped: a hostile seller cannot clear the screen or reorder the text.
+#[test]
+fn terms_from_a_seller_are_printed_with_controls_escaped() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let feed = dir.path().join("feed");
+    make_text_feed(&feed, 3);
+    let terms = dir.path().join("terms.txt");
+    std::fs::write(
+        &terms,
+        "Be nice.\x1b[2J\x1b]0;pwned\x07\n\tNo resale: \u{202e}0001\u{202c} sat\n",
+    )
+    .expect("terms");
+    let (_seller, info) = sell(&[
+        "--data-dir",
+        s(&dir.path().join("seller")),
+        s(&feed),
+        "--listen",
+        "127.0.0.1:0",
+        "--terms",
+        s(&terms),
+    ]);
+    let o = dazaar(&[
+        "--data-dir",
+        s(&dir.path().join("buyer")),
+        "buy",
+        info["sellerKey"].as_str().expect("key"),
+        "--connect",
+        info["addr"].as_str().expect("addr"),
+        "--out",
+        s(&dir.path().join("bought")),
+        "--accept-terms",
+    ]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "{stderr}");
+    assert!(stdout.contains("terms of use (accepted):\n"), "{stdout}");
+    // Shown, escaped, with its line break and tab kept.
+    assert!(
+        stdout.contains(
+            "Be nice.\\x1b[2J\\x1b]0;pwned\\x07\n\tNo resale: \\u{202e}0001\\u{202c} sat"
+        ),
+        "{stdout}"
+    );
+    for out in [&o.stdout, &o.stderr] {
+        assert!(!out.contains(&0x1b), "an ESC reached the terminal");
+        assert!(!String::from_utf8_lossy(out).contains('\u{202e}'));
+    }
+}

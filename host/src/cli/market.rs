@@ -19,6 +19,8 @@ use dazaar::storage::FsStore;
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
+use super::terminal::{escape, Lines};
+
 /// Options shared by the market commands: where identity and state live.
 #[derive(Debug, Clone, Default)]
 pub struct Common {
@@ -525,7 +527,7 @@ fn report_seller_event(ev: &SellerEvent, json: bool) {
     if json {
         print_json(v);
     } else {
-        println!("{text}");
+        println!("{}", escape(&text, Lines::Escape));
     }
 }
 
@@ -581,7 +583,7 @@ pub fn buy(common: &Common, args: BuyArgs) -> Result<ExitCode> {
                     if json {
                         print_json(json!({"event": "feed", "key": hex::encode(key)}));
                     } else {
-                        bar.println(format!("feed {}", hex::encode(key)));
+                        bar.suspend(|| println!("feed {}", hex::encode(key)));
                     }
                 }
                 BuyerEvent::Valid(info) if json => {
@@ -591,11 +593,13 @@ pub fn buy(common: &Common, args: BuyArgs) -> Result<ExitCode> {
                     if json {
                         print_json(json!({"event": "invalid", "error": error}));
                     } else {
-                        bar.println(format!("not valid: {error}"));
+                        bar.suspend(|| println!("not valid: {}", escape(error, Lines::Escape)));
                     }
                 }
                 BuyerEvent::Terms(terms) if !json => {
-                    bar.println(format!("terms of use (accepted):\n{terms}"));
+                    bar.suspend(|| {
+                        println!("terms of use (accepted):\n{}", escape(terms, Lines::Keep))
+                    });
                 }
                 BuyerEvent::UserMessage { name, message } if json => {
                     print_json(json!({"event": "user-message", "name": name, "message": message}));
@@ -656,14 +660,15 @@ pub fn card(common: &Common, args: CardArgs) -> Result<ExitCode> {
                 .iter()
                 .map(|p| format!("{} {}", p.method, p.currency))
                 .collect();
+            let methods = if methods.is_empty() {
+                "free".to_string()
+            } else {
+                methods.join(", ")
+            };
             println!(
                 "valid card: seller {}, {}",
                 hex::encode(card.seller_key),
-                if methods.is_empty() {
-                    "free".to_string()
-                } else {
-                    methods.join(", ")
-                }
+                escape(&methods, Lines::Escape)
             );
         }
         return Ok(ExitCode::SUCCESS);
@@ -1013,7 +1018,13 @@ fn print_payment(report: &serde_json::Value, plugin: &str, terms: &PaymentTerms,
     } else {
         "pay with"
     };
-    println!("{verb} {plugin} ({} {}):", terms.method, terms.currency);
+    // Every text in the report comes from the plugin or the seller's reply.
+    let field = |k: &str| field(k).map(|v| escape(&v, Lines::Escape).into_owned());
+    println!(
+        "{verb} {plugin} ({} {}):",
+        escape(&terms.method, Lines::Escape),
+        escape(&terms.currency, Lines::Escape)
+    );
     if let (Some(amount), currency) = (field("amount"), field("currency")) {
         println!("  amount: {amount} {}", currency.unwrap_or_default());
     }
@@ -1024,7 +1035,7 @@ fn print_payment(report: &serde_json::Value, plugin: &str, terms: &PaymentTerms,
     }
     if let Some(reply) = report["sellerReply"].as_object() {
         let name = reply.get("name").and_then(|n| n.as_str()).unwrap_or("?");
-        println!("  the seller answered: {name}");
+        println!("  the seller answered: {}", escape(name, Lines::Escape));
     }
     // A buyer plugin that paid by itself says so with a follow-up named `*-paid`.
     let paid = paid_now.is_some()
@@ -1043,7 +1054,7 @@ fn print_payment(report: &serde_json::Value, plugin: &str, terms: &PaymentTerms,
             PayTarget::Page(u) => ("open this page to pay", u, u.clone()),
             PayTarget::Action(a) => ("make this transfer in your wallet", a, String::new()),
         };
-        println!("  {label}:\n{text}");
+        println!("  {label}:\n{}", escape(text, Lines::Escape));
         if qr && !payload.is_empty() {
             match super::qr::render(&payload) {
                 Some(code) => print!("{code}"),
@@ -1051,14 +1062,16 @@ fn print_payment(report: &serde_json::Value, plugin: &str, terms: &PaymentTerms,
             }
         }
     }
+    let message = report["result"]["message"].to_string();
+    let message = escape(&message, Lines::Escape);
     if let Some(id) = &paid_now {
-        println!("  paid: {id}");
+        println!("  paid: {}", escape(id, Lines::Escape));
     } else if paid {
-        println!("  paid: {}", report["result"]["message"]);
+        println!("  paid: {message}");
     } else if let Some(name) = report["result"]["name"].as_str() {
         println!(
-            "  the plugin answered: {name} {}",
-            report["result"]["message"]
+            "  the plugin answered: {} {message}",
+            escape(name, Lines::Escape)
         );
     } else if targets.is_empty() && report.get("send").is_none() {
         println!("  (the plugin gave nothing to pay; see its note)");
@@ -1104,7 +1117,11 @@ pub fn quote(args: QuoteArgs) -> Result<ExitCode> {
                 json!({"method": t.method.as_str(), "currency": t.currency.as_str(), "seconds": seconds, "amount": cost}),
             );
         } else {
-            println!("{} {}: {cost} for {seconds} s", t.method, t.currency);
+            println!(
+                "{} {}: {cost} for {seconds} s",
+                escape(&t.method, Lines::Escape),
+                escape(&t.currency, Lines::Escape)
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -13,6 +13,7 @@ mod market;
 mod net;
 mod plugins;
 mod qr;
+mod terminal;
 
 /// dazaar: sell and buy append-only data feeds over an encrypted peer-to-peer connection.
 #[derive(Debug, Parser)]
@@ -116,7 +117,9 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             // One clear line: the error and its causes, joined.
-            eprintln!("dazaar: {err:#}");
+            // It may quote a peer (a seller's reason for refusing us).
+            let text = format!("{err:#}");
+            eprintln!("dazaar: {}", terminal::escape(&text, terminal::Lines::Keep));
             ExitCode::FAILURE
         }
     }
