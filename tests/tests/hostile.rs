@@ -135,6 +135,12 @@ impl Hostile {
         }
     }
 
+    /// Closes our channel and opens it again (a fresh Open for the seller to decide on).
+    fn reopen(&mut self) {
+        self.session.close_channel(&self.dk).expect("close");
+        self.session.open_channel(&self.feed_key).expect("open");
+    }
+
     /// Runs the connection, requesting `blocks` every 50 ms, until `done` holds or
     /// `limit` passes (then returns false) or the seller ends the connection.
     async fn run(
@@ -326,7 +332,8 @@ async fn revoked_buyer_opening_the_free_feed_gets_no_data() {
 }
 
 /// A free buyer revoked while connected: it got blocks 0..10 while valid; once revoked
-/// (`dazaar/invalid`), its Requests for the blocks it does not hold get no Data.
+/// (`dazaar/invalid`), its Requests for the blocks it does not hold get no Data, also
+/// after it closes the channel and opens it again by the feed's key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buyer_revoked_while_connected_gets_no_more_data() {
     init_test_log();
@@ -353,6 +360,8 @@ async fn buyer_revoked_while_connected_gets_no_more_data() {
     // Until the seller notices (one revalidation), the buyer is still valid: ask nothing.
     let told = h.run(0..0, |s| s.invalid, Duration::from_secs(10)).await;
     assert!(told, "the revoked buyer was not told: {:?}", h.seen);
+    h.run(10..20, |_| false, Duration::from_millis(700)).await;
+    h.reopen();
     h.run(10..20, |_| false, Duration::from_millis(1500)).await;
     assert!(
         h.seen.data_after_invalid.is_empty(),
