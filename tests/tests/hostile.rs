@@ -608,7 +608,7 @@ fn hard_nofile() -> u64 {
     };
     // SAFETY: getrlimit writes into the struct we own.
     assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) }, 0);
-    lim.rlim_max as u64
+    lim.rlim_max
 }
 
 fn sell_cmd(data: &Path, feed: &Path, extra: &[&str]) -> Command {

@@ -1307,8 +1307,8 @@ pub fn raise_nofile_limit() -> std::io::Result<NofileLimit> {
         }
     }
     Ok(NofileLimit {
-        soft: lim.rlim_cur as u64,
-        hard: lim.rlim_max as u64,
+        soft: lim.rlim_cur,
+        hard: lim.rlim_max,
     })
 }
 
