@@ -932,3 +932,50 @@ async fn per_ip_cap_closes_the_extra_connection() {
         .log()
         .contains("too many connections from one address"));
 }
+
+/// The same bypass through the binary: `dazaar sell --deny` on a free feed serves no
+/// block to a stranger that opens the feed by its key and requests every block.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sell_deny_serves_no_block_to_a_stranger() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let feed = dir.path().join("feed");
+    make_text_feed(&feed, 20);
+    let seller = Seller::spawn(
+        sell_cmd(&dir.path().join("data"), &feed, &["--deny"]),
+        &dir.path().join("stderr"),
+        None,
+    );
+    let listening = seller.event("listening", Duration::from_secs(10));
+    let addr: SocketAddr = listening["addr"]
+        .as_str()
+        .expect("addr")
+        .parse()
+        .expect("addr");
+    let key = |field: &str| -> [u8; 32] {
+        hex::decode(listening[field].as_str().expect("key"))
+            .expect("hex")
+            .try_into()
+            .expect("32 bytes")
+    };
+    let mut h = Hostile::connect(
+        addr,
+        NoiseKeyPair::generate(),
+        key("sellerKey"),
+        key("feedKey"),
+    )
+    .await;
+    let refused = h
+        .run(
+            0..20,
+            |s| s.invalid && s.channel_closed,
+            Duration::from_secs(10),
+        )
+        .await;
+    assert!(refused, "the early Open was not refused: {:?}", h.seen);
+    h.run(0..20, |_| false, Duration::from_millis(1500)).await;
+    assert!(
+        h.seen.data.is_empty(),
+        "blocks served under --deny: {:?}",
+        h.seen.data
+    );
+}
