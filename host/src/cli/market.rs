@@ -459,7 +459,7 @@ fn seller_net_config(args: &SellArgs, limits: &dazaar::config::LimitSettings) ->
         .or(limits.max_connections_per_ip)
         .unwrap_or(dazaar::net::DEFAULT_MAX_CONNECTIONS_PER_IP);
     NetConfig {
-        max_connections: fd_bounded_connections(configured),
+        max_connections: dazaar::net::process_connection_limit(configured),
         max_connections_per_ip: per_ip,
         // Many buyers at once: bound what each may have queued for writing.
         write_high_water: 256 * 1024,
@@ -469,30 +469,6 @@ fn seller_net_config(args: &SellArgs, limits: &dazaar::config::LimitSettings) ->
 
 /// The seller's default connection limit.
 const DEFAULT_MAX_CONNECTIONS: usize = 4096;
-
-/// Raises RLIMIT_NOFILE and returns `configured` capped to what it allows (logged).
-pub(crate) fn fd_bounded_connections(configured: usize) -> usize {
-    match dazaar::net::raise_nofile_limit() {
-        Ok(limit) => {
-            let max = dazaar::net::connection_limit(configured, limit.soft);
-            if max < configured {
-                tracing::warn!(
-                    configured,
-                    max,
-                    nofile = limit.soft,
-                    "the file descriptor limit allows fewer connections than configured"
-                );
-            } else {
-                tracing::info!(max, nofile = limit.soft, "connection limit");
-            }
-            max
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read RLIMIT_NOFILE; keeping the configured connection limit");
-            configured
-        }
-    }
-}
 
 fn report_seller_event(ev: &SellerEvent, json: bool) {
     let (v, text) = match ev {

@@ -92,7 +92,7 @@ pub fn serve(dir: &Path, listen: SocketAddr, json: bool, limits: ServeLimits) ->
             keep_alive_ms: timeout_ms.div_ceil(2),
             handshake_timeout: Duration::from_millis(limits.handshake_timeout_ms),
             max_connections_per_ip: limits.max_connections_per_ip,
-            max_connections: super::market::fd_bounded_connections(defaults.max_connections),
+            max_connections: net::process_connection_limit(defaults.max_connections),
             ..defaults
         };
         let options = net::ServeOptions {

@@ -378,6 +378,12 @@ pub async fn handle_connection(
                     next_check = Some(Instant::now());
                     unpaid_deadline = Some(Instant::now() + product.unpaid_grace);
                 }
+                Some(NetEvent::ChannelClosed { discovery_key }) if channel == Some(discovery_key) => {
+                    // The buyer closed its feed: a new Open from it waits for the next
+                    // validation like a first one (opened if valid, refused if not).
+                    channel = None;
+                    uploading = false;
+                }
                 Some(NetEvent::Extension { name, payload }) if name == ext::USER_MESSAGE => {
                     if let Some(b) = buyer {
                         handle_user_message(&product, b, peer_ip, &mut messages, &payload, &cmd_tx).await;

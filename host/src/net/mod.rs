@@ -1307,9 +1307,35 @@ pub fn raise_nofile_limit() -> std::io::Result<NofileLimit> {
         }
     }
     Ok(NofileLimit {
-        soft: lim.rlim_cur as u64,
-        hard: lim.rlim_max as u64,
+        soft: lim.rlim_cur,
+        hard: lim.rlim_max,
     })
+}
+
+/// What a server of this process may accept: raises RLIMIT_NOFILE
+/// ([`raise_nofile_limit`]) and returns `configured` capped by [`connection_limit`]
+/// (logged; a warning when the descriptors allow fewer than configured).
+pub fn process_connection_limit(configured: usize) -> usize {
+    match raise_nofile_limit() {
+        Ok(limit) => {
+            let max = connection_limit(configured, limit.soft);
+            if max < configured {
+                tracing::warn!(
+                    configured,
+                    max,
+                    nofile = limit.soft,
+                    "the file descriptor limit allows fewer connections than configured"
+                );
+            } else {
+                tracing::info!(max, nofile = limit.soft, "connection limit");
+            }
+            max
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read RLIMIT_NOFILE; keeping the configured connection limit");
+            configured
+        }
+    }
 }
 
 /// The number of connections to allow with `nofile` file descriptors: `configured`,
