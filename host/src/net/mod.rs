@@ -1068,6 +1068,10 @@ where
         } else {
             report.clear();
         }
+        if report.capacity() > 64 {
+            // A burst of events must not keep this memory on an idle connection.
+            report = Vec::new();
+        }
         if driver.session.is_destroyed() {
             return Err(NetError::Session(SessionError::Destroyed));
         }
