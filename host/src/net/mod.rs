@@ -65,8 +65,23 @@ use crate::protocol::replicate::{
 use crate::protocol::{DiscoveryKey, Event, Session, SessionConfig, SessionError};
 use crate::storage::{Feed, FeedError, Store};
 
-/// Bytes read from the socket at a time.
+/// Bytes read from the socket at a time while data keeps coming.
 const READ_CHUNK: usize = 32 * 1024;
+/// The read buffer of a connection whose last read was small (most of them, idle): a
+/// seller holds thousands of connections.
+const IDLE_READ: usize = 2 * 1024;
+/// Received bytes a connection may hold (read buffer, unconsumed bytes, a partial frame)
+/// without drawing on the process-wide [`InboundBudget`]: enough for every control message.
+const FREE_INBOUND: usize = 16 * 1024;
+/// A connection that holds inbound budget this long while other connections wait for it
+/// is dropped (a peer dripping a large frame to pin the budget).
+const BUDGET_HOG_MS: u64 = 5_000;
+/// Stream-level extension messages that may wait in the owner's event channel: the
+/// payloads can be 64 KiB each, and an owner busy with a payment check does not read.
+const MAX_QUEUED_EXTENSIONS: usize = 4;
+/// Default process-wide budget for inbound buffers beyond [`FREE_INBOUND`] per
+/// connection.
+pub const DEFAULT_INBOUND_BUDGET: usize = 64 * 1024 * 1024;
 /// A write buffer larger than this is shrunk once it has been written out.
 const IDLE_BUFFER_MAX: usize = 256 * 1024;
 /// What it is shrunk to.
@@ -129,6 +144,176 @@ pub enum NetError {
     /// The remote closed the connection before the handshake finished.
     #[error("connection closed by the remote during the handshake")]
     ClosedDuringHandshake,
+    /// The connection held inbound buffer budget (a large partial frame) for too long
+    /// while other connections waited for it.
+    #[error("dropped: held {held} bytes of the inbound buffer budget for over {ms} ms while others waited")]
+    InboundBudget {
+        /// Bytes of budget held.
+        held: usize,
+        /// How long.
+        ms: u64,
+    },
+}
+
+/// A byte budget for received data held in memory, shared by connections (typically all
+/// of a process's): a connection that needs more than its free allowance takes from it,
+/// and stops reading while it cannot (back-pressure).
+#[derive(Debug)]
+pub struct InboundBudget {
+    limit: usize,
+    used: std::sync::atomic::AtomicUsize,
+    /// Connections waiting for budget.
+    waiting: std::sync::atomic::AtomicUsize,
+    freed: Notify,
+}
+
+impl InboundBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            used: std::sync::atomic::AtomicUsize::new(0),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
+            freed: Notify::new(),
+        })
+    }
+
+    /// The process-wide budget ([`DEFAULT_INBOUND_BUDGET`]) that [`NetConfig::default`]
+    /// uses.
+    pub fn global() -> Arc<Self> {
+        static GLOBAL: std::sync::OnceLock<Arc<InboundBudget>> = std::sync::OnceLock::new();
+        GLOBAL
+            .get_or_init(|| InboundBudget::new(DEFAULT_INBOUND_BUDGET))
+            .clone()
+    }
+
+    /// Bytes taken now.
+    pub fn used(&self) -> usize {
+        self.used.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The limit.
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Takes `n` bytes if they are available.
+    fn try_take(&self, n: usize) -> bool {
+        use std::sync::atomic::Ordering;
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|&u| u <= self.limit)
+            })
+            .is_ok()
+    }
+
+    /// Gives back `n` bytes.
+    fn release(&self, n: usize) {
+        use std::sync::atomic::Ordering;
+        if n == 0 {
+            return;
+        }
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                Some(used.saturating_sub(n))
+            });
+        self.freed.notify_waiters();
+    }
+
+    fn contended(&self) -> bool {
+        self.waiting.load(std::sync::atomic::Ordering::Relaxed) > 0
+    }
+}
+
+/// One connection's share of an [`InboundBudget`], given back when dropped.
+#[derive(Debug)]
+struct BudgetShare {
+    budget: Arc<InboundBudget>,
+    held: usize,
+    /// Since when budget is held (for [`BUDGET_HOG_MS`]).
+    since: Option<Instant>,
+    /// Whether this connection counts as waiting.
+    waiting: bool,
+}
+
+impl BudgetShare {
+    fn new(budget: Arc<InboundBudget>) -> Self {
+        Self {
+            budget,
+            held: 0,
+            since: None,
+            waiting: false,
+        }
+    }
+
+    /// Adjusts the share to cover `inbound` bytes held plus `headroom` for the next read
+    /// (beyond the free allowance). Returns false when the budget cannot cover it: the
+    /// connection must not read until it can.
+    fn cover(&mut self, inbound: usize, headroom: usize) -> bool {
+        let need = inbound
+            .saturating_add(headroom)
+            .saturating_sub(FREE_INBOUND);
+        let ok = if need <= self.held {
+            // Keep what covers the bytes held; give back the rest.
+            self.budget.release(self.held - need);
+            self.held = need;
+            true
+        } else if self.budget.try_take(need - self.held) {
+            self.held = need;
+            true
+        } else {
+            false
+        };
+        self.set_waiting(!ok);
+        ok
+    }
+
+    /// Records how many received bytes are pinned (a partial frame, bytes the session
+    /// has not taken): the hog clock runs while they exceed the free allowance.
+    fn pinned(&mut self, bytes: usize) {
+        if bytes <= FREE_INBOUND {
+            self.since = None;
+        } else if self.since.is_none() {
+            self.since = Some(Instant::now());
+        }
+    }
+
+    fn set_waiting(&mut self, waiting: bool) {
+        use std::sync::atomic::Ordering;
+        if waiting != self.waiting {
+            self.waiting = waiting;
+            if waiting {
+                self.budget.waiting.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.budget.waiting.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// The connection completed a frame: restart the hog clock.
+    fn progressed(&mut self) {
+        if self.since.is_some() {
+            self.since = Some(Instant::now());
+        }
+    }
+
+    /// Whether this connection has held budget for pinned bytes too long while others
+    /// wait for it.
+    fn hogging(&self) -> bool {
+        self.held > 0
+            && self.budget.contended()
+            && self
+                .since
+                .is_some_and(|t| t.elapsed() >= Duration::from_millis(BUDGET_HOG_MS))
+    }
+}
+
+impl Drop for BudgetShare {
+    fn drop(&mut self) {
+        self.set_waiting(false);
+        self.budget.release(self.held);
+    }
 }
 
 impl NetError {
@@ -341,6 +526,13 @@ pub struct NetConfig {
     /// [`NetError::HandshakeTimeout`] (zero: no deadline), so that a peer dripping bytes
     /// holds no slot for long.
     pub handshake_timeout: Duration,
+    /// Largest frame body a session accepts from the remote until it opens a channel
+    /// that downloads (then the protocol's 8 MiB, for Data blocks). A peer that only
+    /// serves (a seller) receives nothing larger than control messages.
+    pub max_inbound_frame: usize,
+    /// The budget for received bytes held in memory, shared by the connections that use
+    /// this configuration (by default process-wide, [`InboundBudget::global`]).
+    pub inbound_budget: Arc<InboundBudget>,
 }
 
 impl Default for NetConfig {
@@ -352,6 +544,8 @@ impl Default for NetConfig {
             max_connections: 256,
             max_connections_per_ip: DEFAULT_MAX_CONNECTIONS_PER_IP,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            max_inbound_frame: crate::protocol::CONTROL_FRAME_LIMIT,
+            inbound_budget: InboundBudget::global(),
         }
     }
 }
@@ -366,6 +560,7 @@ impl NetConfig {
         let mut config = SessionConfig::new(initiator, key_pair);
         config.idle_timeout_ms = self.idle_timeout_ms;
         config.keep_alive_ms = self.keep_alive_ms;
+        config.max_inbound_frame = self.max_inbound_frame;
         config
     }
 }
@@ -574,6 +769,11 @@ impl<S: Store> Driver<S> {
         };
         let dk = rep.discovery_key();
         let key = rep.key();
+        if downloading && self.session.max_inbound_frame() < crate::wire::MAX_BODY_LEN {
+            // Data blocks may be as large as the protocol allows.
+            self.session
+                .set_max_inbound_frame(crate::wire::MAX_BODY_LEN);
+        }
         spec.feed.subscribe(&self.notify);
         let announced_length = spec.feed.lock().length();
         let download_seq = spec.feed.log().next;
@@ -832,7 +1032,9 @@ where
     let mut commands = options.commands;
     let mut shutdown = options.shutdown;
     let (mut reader, mut writer) = tokio::io::split(stream);
-    let mut read_buf = vec![0u8; READ_CHUNK];
+    // Grown to READ_CHUNK while reads fill it, back to IDLE_READ when they do not.
+    let mut read_buf = vec![0u8; IDLE_READ];
+    let mut budget = BudgetShare::new(net.inbound_budget.clone());
     // Received bytes the session has not consumed yet (it stops when its queues are full).
     let mut unconsumed: Vec<u8> = Vec::new();
     let mut out: Vec<u8> = Vec::new();
@@ -853,8 +1055,9 @@ where
                 let now = driver.now();
                 let n = driver.session.receive(&unconsumed, now)?;
                 unconsumed.drain(..n.min(unconsumed.len()));
-                if unconsumed.is_empty() && unconsumed.capacity() > IDLE_BUFFER_MAX {
-                    unconsumed.shrink_to(IDLE_BUFFER_KEEP);
+                if unconsumed.is_empty() {
+                    // Needed only under back-pressure: hold no memory (and no budget) idle.
+                    unconsumed = Vec::new();
                 }
                 progressed = n > 0;
             }
@@ -882,12 +1085,21 @@ where
         if let Some(tx) = &driver.events {
             for event in report.drain(..) {
                 // Bounded: a slow consumer slows this connection down.
-                if tx.send(event).await.is_err() {
+                let sent = if matches!(event, NetEvent::Extension { .. }) {
+                    send_extension_event(tx, event).await
+                } else {
+                    tx.send(event).await.is_ok()
+                };
+                if !sent {
                     break;
                 }
             }
         } else {
             report.clear();
+        }
+        if report.capacity() > 64 {
+            // A burst of events must not keep this memory on an idle connection.
+            report = Vec::new();
         }
         if driver.session.is_destroyed() {
             return Err(NetError::Session(SessionError::Destroyed));
@@ -903,8 +1115,42 @@ where
             }
             return Ok(());
         }
-        let can_read =
+        let mut can_read =
             !eof && !closing && unconsumed.is_empty() && pending_out < net.write_high_water;
+        // Received bytes held here count against the shared budget; without budget for
+        // the next read, wait for some (the session's idle timeout still applies).
+        let inbound = driver
+            .session
+            .inbound_buffered()
+            .saturating_add(unconsumed.capacity())
+            .saturating_add(read_buf.len());
+        let starved = can_read && !budget.cover(inbound, read_buf.len());
+        if !can_read {
+            budget.cover(inbound, 0);
+            budget.set_waiting(false);
+        }
+        can_read &= !starved;
+        budget.pinned(
+            driver
+                .session
+                .inbound_buffered()
+                .saturating_add(unconsumed.len()),
+        );
+        if budget.hogging() {
+            return Err(NetError::InboundBudget {
+                held: budget.held,
+                ms: BUDGET_HOG_MS,
+            });
+        }
+        let mut hog_check = budget.since.filter(|_| budget.held > 0).map(|t| {
+            (t + Duration::from_millis(BUDGET_HOG_MS)).saturating_duration_since(Instant::now())
+        });
+        if starved {
+            // Budget freed between the check and the wait is not announced again: look
+            // now and then as well.
+            let retry = Duration::from_millis(50);
+            hog_check = Some(hog_check.map_or(retry, |d| d.min(retry)));
+        }
         let deadline = driver.next_deadline();
         let sleep_for = deadline.map(|d| Duration::from_millis(d.saturating_sub(driver.now())));
         tokio::select! {
@@ -931,11 +1177,30 @@ where
                 } else {
                     let chunk = read_buf.get(..n).unwrap_or_default();
                     let now = driver.now();
+                    let before = driver.session.inbound_buffered();
                     let used = driver.session.receive(chunk, now)?;
+                    let after = driver.session.inbound_buffered();
+                    if after == 0 || after < before {
+                        // A frame completed: whatever budget is held is in use, not pinned.
+                        budget.progressed();
+                    }
                     if let Some(rest) = chunk.get(used..) {
                         unconsumed.extend_from_slice(rest);
                     }
+                    if n == read_buf.len() && n < READ_CHUNK {
+                        // More is coming: read in larger pieces.
+                        read_buf.resize(READ_CHUNK, 0);
+                    } else if n <= IDLE_READ && read_buf.len() > IDLE_READ {
+                        read_buf.truncate(IDLE_READ);
+                        read_buf.shrink_to_fit();
+                    }
                 }
+            }
+            _ = budget.budget.freed.notified(), if starved => {
+                // Budget was given back: try again.
+            }
+            _ = tokio::time::sleep(hog_check.unwrap_or_default()), if hog_check.is_some() => {
+                // hogging() is checked at the top of the loop.
             }
             _ = tokio::time::sleep(sleep_for.unwrap_or(Duration::from_secs(3600))), if sleep_for.is_some() => {
                 driver.tick()?;
@@ -967,6 +1232,29 @@ async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+/// Sends an extension event once few others wait in the channel: an owner that is busy
+/// (a payment check) then holds at most [`MAX_QUEUED_EXTENSIONS`] payloads of this
+/// connection, and the connection stops reading until it catches up.
+async fn send_extension_event(tx: &mpsc::Sender<NetEvent>, event: NetEvent) -> bool {
+    let max = tx.max_capacity();
+    if max <= MAX_QUEUED_EXTENSIONS {
+        return tx.send(event).await.is_ok();
+    }
+    // Reserving all but MAX_QUEUED_EXTENSIONS - 1 slots waits until fewer than
+    // MAX_QUEUED_EXTENSIONS events are queued; one permit carries the event, the others
+    // go back at once.
+    match tx.reserve_many(max - MAX_QUEUED_EXTENSIONS + 1).await {
+        Ok(mut permits) => match permits.next() {
+            Some(permit) => {
+                permit.send(event);
+                true
+            }
+            None => false,
+        },
+        Err(_) => false,
     }
 }
 

@@ -370,3 +370,60 @@ async fn blocks_downloaded_from_one_peer_are_announced_to_another() {
     stop_origin.send(true).unwrap();
     stop_relay.send(true).unwrap();
 }
+
+#[tokio::test]
+async fn a_busy_owner_holds_few_extension_payloads() {
+    let (tx, mut rx) = mpsc::channel(64);
+    let ext = |i: u8| NetEvent::Extension {
+        name: "dazaar/user-message".into(),
+        payload: vec![i; 1000],
+    };
+    for i in 0..MAX_QUEUED_EXTENSIONS as u8 {
+        assert!(send_extension_event(&tx, ext(i)).await);
+    }
+    // The owner reads nothing (a payment check is running): the next one waits.
+    let next = send_extension_event(&tx, ext(99));
+    tokio::pin!(next);
+    tokio::select! {
+        biased;
+        _ = &mut next => panic!("a fifth extension payload was queued"),
+        _ = async {} => {}
+    }
+    assert_eq!(rx.len(), MAX_QUEUED_EXTENSIONS);
+    rx.recv().await.unwrap();
+    assert!(next.await);
+    assert_eq!(rx.len(), MAX_QUEUED_EXTENSIONS);
+}
+
+#[test]
+fn the_inbound_budget_is_shared_and_given_back() {
+    let budget = InboundBudget::new(100_000);
+    let mut a = BudgetShare::new(budget.clone());
+    let mut b = BudgetShare::new(budget.clone());
+    // Within the free allowance nothing is taken.
+    assert!(a.cover(FREE_INBOUND, 0));
+    assert_eq!(budget.used(), 0);
+    assert!(a.cover(FREE_INBOUND + 60_000, 30_000));
+    assert_eq!(budget.used(), 90_000);
+    // No room for b: it must not read, and the budget is contended.
+    assert!(!b.cover(FREE_INBOUND + 20_000, 0));
+    assert!(budget.contended());
+    assert_eq!(budget.used(), 90_000);
+    // a pins a partial frame for long while b waits: a is the hog.
+    a.pinned(FREE_INBOUND + 60_000);
+    assert!(!a.hogging());
+    a.since = Instant::now().checked_sub(Duration::from_millis(BUDGET_HOG_MS + 1));
+    assert!(a.hogging());
+    // Bytes read but not pinned (a read buffer) do not make a hog.
+    a.pinned(FREE_INBOUND);
+    assert!(!a.hogging());
+    // a's frame completed: it gives back what it no longer holds, b gets its share.
+    assert!(a.cover(FREE_INBOUND + 10_000, 0));
+    assert!(b.cover(FREE_INBOUND + 20_000, 0));
+    assert!(!budget.contended());
+    assert_eq!(budget.used(), 30_000);
+    drop(a);
+    assert_eq!(budget.used(), 20_000);
+    drop(b);
+    assert_eq!(budget.used(), 0);
+}

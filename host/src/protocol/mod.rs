@@ -577,7 +577,12 @@ impl Session {
 
     /// The next event, if any.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let event = self.events.pop_front();
+        if event.is_none() && self.events.capacity() > 64 {
+            // A burst of frames must not keep the queue's memory on an idle session.
+            self.events = VecDeque::new();
+        }
+        event
     }
 
     /// Events waiting in the queue.

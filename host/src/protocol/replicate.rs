@@ -675,7 +675,12 @@ impl Replicator {
 
     /// The next replication event.
     pub fn poll_event(&mut self) -> Option<ReplicationEvent> {
-        self.events.pop_front()
+        let event = self.events.pop_front();
+        if event.is_none() && self.events.capacity() > 64 {
+            // A burst (a Have flood) must not keep its queue's memory on an idle channel.
+            self.events = VecDeque::new();
+        }
+        event
     }
 
     /// Channel open on both sides (JS `Peer.onopen`): Status if either flag is false,

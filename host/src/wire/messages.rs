@@ -927,6 +927,31 @@ mod options_decode_tests {
     }
 
     #[test]
+    fn a_data_message_with_too_many_proof_nodes_is_refused() {
+        let node = Node {
+            index: 0,
+            hash: Vec::new(),
+            size: 0,
+        };
+        let data = |n: usize| {
+            prost::Message::encode_to_vec(&Data {
+                index: 1,
+                value: None,
+                nodes: vec![node.clone(); n],
+                signature: None,
+            })
+        };
+        assert!(Message::decode(9, &data(MAX_DATA_NODES)).is_ok());
+        assert!(matches!(
+            Message::decode(9, &data(MAX_DATA_NODES + 1)),
+            Err(DecodeError::TooLarge {
+                field: "proof nodes",
+                ..
+            })
+        ));
+    }
+
+    #[test]
     fn an_overlong_name_is_refused() {
         let name = vec![b'a'; MAX_EXTENSION_NAME_LEN + 1];
         let body = prost::Message::encode_to_vec(&Options {
