@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use dazaar::payments::{
     CallLimits, GateLimits, GrantKind, LoadError, LoadedPlugin, MessageRefusal, OpenedVerifier,
-    PaymentEntry, PaymentError, PaymentGate, PaymentTerms, PluginRegistry, RateLimit,
-    UserMessage, Validation, API_VERSION, PUBLIC_BUSY, PUBLIC_UNAVAILABLE,
+    PaymentEntry, PaymentError, PaymentGate, PaymentTerms, PluginRegistry, RateLimit, UserMessage,
+    Validation, API_VERSION, PUBLIC_BUSY, PUBLIC_UNAVAILABLE,
 };
 use dazaar_plugin_api::{payment_memo, ApiVersion, Grant};
 use dazaar_tests::{copy_plugin, plugin_library, target_dir, thread_count};
@@ -808,8 +808,9 @@ async fn a_paying_buyer_is_answered_while_strangers_flood_the_gate() {
                 .await
         }));
     }
-    // One waits in the strangers' queue; the other 1,998 are shed at once.
-    until("the flood is shed", || v.calls_shed() == 1998).await;
+    // One waits in the strangers' queue; the other 1,998 are shed at once (counted
+    // exactly below: here, enough for the pool to be full either way).
+    until("the flood is shed", || v.calls_shed() >= 1997).await;
 
     // The paying buyer reconnects (a fresh check: a plugin call), during the flood.
     let answer = gate
@@ -823,6 +824,7 @@ async fn a_paying_buyer_is_answered_while_strangers_flood_the_gate() {
         }
     );
     assert_eq!(v.calls_made(), 3);
+    assert_eq!(v.calls_shed(), 1998);
 
     std::fs::write(&hold, b"").unwrap();
     let (mut refused, mut busy, mut answered) = (0, 0, 0);
@@ -887,7 +889,10 @@ async fn admission_and_the_negative_cache_bound_plugin_calls_from_random_keys() 
 
     // Much later, the paying buyer becomes valid; then one IP's many keys get its burst.
     let t2 = t0 + Duration::from_secs(60);
-    assert!(gate.check(BUYER, SELLER, ip(7777), true, t2).await.is_valid());
+    assert!(gate
+        .check(BUYER, SELLER, ip(7777), true, t2)
+        .await
+        .is_valid());
     let mut answers = Vec::new();
     for i in 2000..2100 {
         answers.push(gate.check(stranger(i), SELLER, ip(5000), true, t2).await);
@@ -895,12 +900,21 @@ async fn admission_and_the_negative_cache_bound_plugin_calls_from_random_keys() 
     assert_eq!(count(answers), (4, 96));
     assert_eq!(v.calls_made(), 47);
     // The buyer that paid is not held back by that IP's empty bucket.
-    assert!(gate.check(BUYER, SELLER, ip(5000), true, t2).await.is_valid());
+    assert!(gate
+        .check(BUYER, SELLER, ip(5000), true, t2)
+        .await
+        .is_valid());
     assert_eq!(v.calls_made(), 48);
 
     // A refused key on a new connection, soon after: its refusal again, no plugin call.
     let again = gate
-        .check(stranger(2000), SELLER, ip(5000), true, t2 + Duration::from_secs(2))
+        .check(
+            stranger(2000),
+            SELLER,
+            ip(5000),
+            true,
+            t2 + Duration::from_secs(2),
+        )
         .await;
     assert_eq!(invalid_reason(again), PICKY_REFUSAL);
     assert_eq!(v.calls_made(), 48);
@@ -908,7 +922,13 @@ async fn admission_and_the_negative_cache_bound_plugin_calls_from_random_keys() 
     // Past `refused_for` a new connection of that key is checked afresh (it may have
     // just paid).
     let later = gate
-        .check(stranger(2000), SELLER, ip(5000), true, t2 + Duration::from_secs(4))
+        .check(
+            stranger(2000),
+            SELLER,
+            ip(5000),
+            true,
+            t2 + Duration::from_secs(4),
+        )
         .await;
     assert_eq!(invalid_reason(later), PICKY_REFUSAL);
     assert_eq!(v.calls_made(), 49);
@@ -935,7 +955,10 @@ async fn user_messages_are_limited_per_connection_ip_and_plugin() {
     // Per connection: three, then refused.
     let mut a = gate.message_budget();
     for _ in 0..3 {
-        pong(gate.answer_message(stranger(1), SELLER, ip(1), &mut a, &ping(), t0).await);
+        pong(
+            gate.answer_message(stranger(1), SELLER, ip(1), &mut a, &ping(), t0)
+                .await,
+        );
     }
     let refused = gate
         .answer_message(stranger(1), SELLER, ip(1), &mut a, &ping(), t0)
@@ -948,7 +971,10 @@ async fn user_messages_are_limited_per_connection_ip_and_plugin() {
     // Per IP: another connection from the same address gets the IP's last two.
     let mut b = gate.message_budget();
     for _ in 0..2 {
-        pong(gate.answer_message(stranger(2), SELLER, ip(1), &mut b, &ping(), t0).await);
+        pong(
+            gate.answer_message(stranger(2), SELLER, ip(1), &mut b, &ping(), t0)
+                .await,
+        );
     }
     let refused = gate
         .answer_message(stranger(2), SELLER, ip(1), &mut b, &ping(), t0)
@@ -957,7 +983,10 @@ async fn user_messages_are_limited_per_connection_ip_and_plugin() {
     // Per plugin: new connections from other addresses, until the plugin's eight.
     for i in 3..6 {
         let mut c = gate.message_budget();
-        pong(gate.answer_message(stranger(i), SELLER, ip(i), &mut c, &ping(), t0).await);
+        pong(
+            gate.answer_message(stranger(i), SELLER, ip(i), &mut c, &ping(), t0)
+                .await,
+        );
     }
     let mut d = gate.message_budget();
     let refused = gate
@@ -971,7 +1000,10 @@ async fn user_messages_are_limited_per_connection_ip_and_plugin() {
     assert!(gate.check(BUYER, SELLER, ip(1), true, t0).await.is_valid());
     let mut e = gate.message_budget();
     for _ in 0..3 {
-        pong(gate.answer_message(BUYER, SELLER, ip(1), &mut e, &ping(), t0).await);
+        pong(
+            gate.answer_message(BUYER, SELLER, ip(1), &mut e, &ping(), t0)
+                .await,
+        );
     }
     let refused = gate
         .answer_message(BUYER, SELLER, ip(1), &mut e, &ping(), t0)
@@ -981,7 +1013,10 @@ async fn user_messages_are_limited_per_connection_ip_and_plugin() {
 
     // Ten seconds later every bucket has earned one back.
     let t1 = t0 + ten_s;
-    pong(gate.answer_message(stranger(1), SELLER, ip(1), &mut a, &ping(), t1).await);
+    pong(
+        gate.answer_message(stranger(1), SELLER, ip(1), &mut a, &ping(), t1)
+            .await,
+    );
     assert_eq!(v.calls_made(), 13);
 }
 
@@ -1026,10 +1061,16 @@ async fn plugin_failures_reach_the_peer_as_a_public_text_and_the_log_in_detail()
     let key = stranger(7);
     let prefix = hex::encode(&key[..8]);
     for (mode, detail) in [
-        ("unavailable", "HTTP 500 from http://10.9.8.7:8080/v1/secret-path"),
+        (
+            "unavailable",
+            "HTTP 500 from http://10.9.8.7:8080/v1/secret-path",
+        ),
         ("panic", "faulty plugin panics on purpose"),
     ] {
-        let g = gate(vec![(open("faulty", &format!("mode = {mode:?}")), "faulty")]);
+        let g = gate(vec![(
+            open("faulty", &format!("mode = {mode:?}")),
+            "faulty",
+        )]);
         let answer = g.check(key, SELLER, ip(1), true, Instant::now()).await;
         let wire = answer.to_wire_json();
         assert_eq!(
@@ -1041,10 +1082,21 @@ async fn plugin_failures_reach_the_peer_as_a_public_text_and_the_log_in_detail()
         assert_eq!(wire, serde_json::json!({ "error": PUBLIC_UNAVAILABLE }));
         assert!(!wire.to_string().contains(detail), "{wire}");
         let reply = g
-            .answer_message(key, SELLER, ip(1), &mut g.message_budget(), &ping(), Instant::now())
+            .answer_message(
+                key,
+                SELLER,
+                ip(1),
+                &mut g.message_budget(),
+                &ping(),
+                Instant::now(),
+            )
             .await;
         assert_eq!(reply, Err(MessageRefusal::Unavailable));
-        assert!(!reply.unwrap_err().to_user_message().message.contains(detail));
+        assert!(!reply
+            .unwrap_err()
+            .to_user_message()
+            .message
+            .contains(detail));
         // The seller's log has the detail, the buyer's key prefix and the plugin.
         let log = logs.text();
         let line = log
@@ -1062,7 +1114,14 @@ async fn plugin_failures_reach_the_peer_as_a_public_text_and_the_log_in_detail()
         "faulty: the faulty plugin refuses on purpose"
     );
     let reply = g
-        .answer_message(key, SELLER, ip(1), &mut g.message_budget(), &ping(), Instant::now())
+        .answer_message(
+            key,
+            SELLER,
+            ip(1),
+            &mut g.message_budget(),
+            &ping(),
+            Instant::now(),
+        )
         .await;
     assert_eq!(
         reply,
