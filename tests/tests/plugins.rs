@@ -760,6 +760,8 @@ async fn until(what: &str, cond: impl Fn() -> bool) {
     }
 }
 
+// The serial guard spans the whole test on purpose (other tests count threads).
+#[allow(clippy::await_holding_lock)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paying_buyer_is_answered_while_strangers_flood_the_gate() {
     let _serial = serial();
@@ -848,6 +850,8 @@ async fn a_paying_buyer_is_answered_while_strangers_flood_the_gate() {
     assert_eq!(v.calls_made(), 4);
 }
 
+// The serial guard spans the whole test on purpose (other tests count threads).
+#[allow(clippy::await_holding_lock)]
 #[tokio::test]
 async fn admission_and_the_negative_cache_bound_plugin_calls_from_random_keys() {
     let _serial = serial();
@@ -936,6 +940,8 @@ async fn admission_and_the_negative_cache_bound_plugin_calls_from_random_keys() 
     assert_eq!(stats.checks_refused, 968 + 90 + 96);
 }
 
+// The serial guard spans the whole test on purpose (other tests count threads).
+#[allow(clippy::await_holding_lock)]
 #[tokio::test]
 async fn user_messages_are_limited_per_connection_ip_and_plugin() {
     let _serial = serial();
@@ -1047,6 +1053,8 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
     }
 }
 
+// The serial guard spans the whole test on purpose (other tests count threads).
+#[allow(clippy::await_holding_lock)]
 #[tokio::test]
 async fn plugin_failures_reach_the_peer_as_a_public_text_and_the_log_in_detail() {
     let _serial = serial();
