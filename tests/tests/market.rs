@@ -1239,3 +1239,69 @@ async fn buyer_opening_its_feed_before_the_seller_is_still_served() {
     assert_eq!(feed.lock().get(49).expect("get"), Some(blocks[49].clone()));
     conn.abort();
 }
+
+/// A gate over the faulty fixture plugin in `mode`.
+fn faulty_gate(mode: &str) -> PaymentGate {
+    use dazaar::payments::{CallLimits, PaymentEntry, PaymentTerms, PluginRegistry};
+    let mut registry = PluginRegistry::new();
+    let faulty = registry
+        .load_path(&dazaar_tests::plugin_library("faulty"))
+        .expect("load faulty .so");
+    let verifier = faulty
+        .open(&format!("mode = {mode:?}\n"), CallLimits::default())
+        .expect("open faulty");
+    let terms = Arc::new(PaymentTerms::new("faulty", "SATS", "1", "seconds", "1"));
+    PaymentGate::new(
+        vec![PaymentEntry { terms, verifier }],
+        Duration::from_millis(200),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_payment_backend_is_reported_to_the_buyer_as_a_public_text() {
+    let (_never, shutdown) = watch::channel(false);
+    // The plugin's backend fails: the buyer is told only that the check is unavailable
+    // (the address and path in the error stay in the seller's log).
+    let sale = start_sale(
+        &[b"x".to_vec()],
+        faulty_gate("unavailable"),
+        Duration::from_millis(200),
+        None,
+    )
+    .await;
+    let buyer = Identity::from_master_key([0x61; 32]);
+    let err = buy(
+        &buyer,
+        buy_options(&sale, "b", false),
+        None,
+        shutdown.clone(),
+    )
+    .await
+    .expect_err("not valid");
+    match &err {
+        BuyError::Rejected(reason) => {
+            assert_eq!(reason, dazaar::payments::PUBLIC_UNAVAILABLE)
+        }
+        other => panic!("expected a rejection, got {other}"),
+    }
+    let _ = sale.stop.send(true);
+
+    // A refusal is for the buyer: its reason goes through.
+    let sale = start_sale(
+        &[b"x".to_vec()],
+        faulty_gate("error"),
+        Duration::from_millis(200),
+        None,
+    )
+    .await;
+    let err = buy(&buyer, buy_options(&sale, "c", false), None, shutdown)
+        .await
+        .expect_err("not valid");
+    match &err {
+        BuyError::Rejected(reason) => {
+            assert_eq!(reason, "faulty: the faulty plugin refuses on purpose")
+        }
+        other => panic!("expected a rejection, got {other}"),
+    }
+    let _ = sale.stop.send(true);
+}

@@ -363,8 +363,13 @@ mod tests {
     fn ask(buyer: u8) -> impl FnOnce(&VerifierBox) -> bool + Send + 'static {
         move |v| {
             let terms = PaymentTerms::new("test", "", "1", "seconds", "1");
-            v.validate(KeyBytes::from([buyer; 32]), KeyBytes::from([9; 32]), &terms, 0)
-                .is_ok()
+            v.validate(
+                KeyBytes::from([buyer; 32]),
+                KeyBytes::from([9; 32]),
+                &terms,
+                0,
+            )
+            .is_ok()
         }
     }
 
