@@ -8,6 +8,10 @@
 //! `starting_after`, `has_more`, newest first) and search pagination (`query`, `limit`,
 //! `page`, `has_more`, `next_page`). The search query language is the subset the plugin
 //! uses: clauses `metadata['key']:'value'` and `status:'value'` joined by ` AND `.
+//! Rate limits as Stripe applies them: `429 Too Many Requests` with a `Retry-After`
+//! header (whole seconds) and an error object with `code: rate_limit`, either always
+//! ([`Mode::RateLimited`]) or past a number of searches per second
+//! ([`MockState::search_limit_per_s`]).
 //! It listens on 127.0.0.1 only.
 
 use std::collections::HashMap;
@@ -31,6 +35,9 @@ pub enum Mode {
     Error500,
     /// Closes the connection without an answer.
     Hangup,
+    /// Answers every request `429 Too Many Requests` with `Retry-After: <seconds>` and
+    /// Stripe's `rate_limit` error object, as Stripe does past an account's limit.
+    RateLimited(u64),
 }
 
 /// What the mock holds; tests change it directly.
@@ -46,6 +53,15 @@ pub struct MockState {
     pub mode: Mode,
     /// Requests served (any answer).
     pub requests: usize,
+    /// Search requests received (any answer).
+    pub searches: usize,
+    /// Requests answered 429.
+    pub throttled: usize,
+    /// Stripe's own search rate limit, if set: past this many search requests in one
+    /// wall-clock second, searches are answered 429 with `Retry-After: 1`.
+    pub search_limit_per_s: Option<usize>,
+    /// (second, searches in it) for [`MockState::search_limit_per_s`].
+    search_window: (u64, usize),
     /// The last form posted to create a Checkout Session, decoded.
     pub last_form: Vec<(String, String)>,
 }
@@ -178,6 +194,10 @@ impl MockStripe {
             sessions: Vec::new(),
             mode: Mode::Normal,
             requests: 0,
+            searches: 0,
+            throttled: 0,
+            search_limit_per_s: None,
+            search_window: (0, 0),
             last_form: Vec::new(),
         }));
         let threads = (0..4)
@@ -258,15 +278,51 @@ impl Drop for MockStripe {
     }
 }
 
+/// Stripe's answer past a rate limit.
+fn rate_limited(request: tiny_http::Request, retry_after_s: u64) {
+    let body = json!({"error": {
+        "type": "invalid_request_error",
+        "code": "rate_limit",
+        "message": "Request rate limit exceeded. Learn more about rate limits here https://stripe.com/docs/rate-limits.",
+    }});
+    let response = tiny_http::Response::from_string(body.to_string())
+        .with_status_code(429)
+        .with_header(tiny_http::Header::from_bytes("Content-Type", "application/json").unwrap())
+        .with_header(
+            tiny_http::Header::from_bytes("Retry-After", retry_after_s.to_string()).unwrap(),
+        );
+    let _ = request.respond(response);
+}
+
 fn serve(mut request: tiny_http::Request, state: &Mutex<MockState>) {
-    let mode = {
+    let is_search = request.url().contains("/search");
+    let (mode, over_limit) = {
         let mut st = state.lock().unwrap();
         st.requests += 1;
-        st.mode
+        let mut over = false;
+        if is_search {
+            st.searches += 1;
+            if let Some(limit) = st.search_limit_per_s {
+                let now = now_s();
+                if st.search_window.0 != now {
+                    st.search_window = (now, 0);
+                }
+                st.search_window.1 += 1;
+                over = st.search_window.1 > limit;
+            }
+        }
+        if over || matches!(st.mode, Mode::RateLimited(_)) {
+            st.throttled += 1;
+        }
+        (st.mode, over)
     };
+    if over_limit {
+        return rate_limited(request, 1);
+    }
     match mode {
         Mode::Hangup => return, // dropping the request closes the connection
         Mode::Slow(d) => std::thread::sleep(d),
+        Mode::RateLimited(s) => return rate_limited(request, s),
         _ => {}
     }
     let (status, body) = match mode {

@@ -241,6 +241,51 @@ fn eos_hyperion_v2_paging_and_irreversible_only() {
     assert!(check(&sg, BUYER).is_valid());
 }
 
+/// Dust sent to the seller's account with memos naming other sellers costs a stranger
+/// almost nothing; it must not fill `max_payments` and push a real payment out.
+#[test]
+fn eos_dust_naming_other_sellers_does_not_push_out_a_real_payment() {
+    let node = MockEos::start(ACCOUNT);
+    let v = open(&format!(
+        "rpc = {:?}
+page_size = 50
+poll_ms = 0
+max_payments = 10
+",
+        node.base
+    ));
+    let now = now_ms();
+    for i in 0..40u8 {
+        // One of them is a real payment to the other product.
+        let quantity = if i == 3 { "0.1000 EOS" } else { "0.0001 EOS" };
+        node.transfer(
+            "eosio.token",
+            "mallory",
+            ACCOUNT,
+            quantity,
+            &payment_memo(&[0x77; 32], &b(i)),
+            now,
+        );
+    }
+    node.transfer(
+        "eosio.token",
+        "alice",
+        ACCOUNT,
+        "1.0000 EOS",
+        &memo(BUYER),
+        now,
+    );
+    let g = gate(&v);
+    let ms = remaining(check(&g, BUYER));
+    assert!((3_598_000..=3_600_000).contains(&ms), "{ms}");
+
+    // Another product of the same verifier (another seller key, same account) is read
+    // for when it is first asked about, its earlier payments included.
+    let other = [0x77; 32];
+    let ms = remaining(g.validate_uncached(b(3), other, now_ms()));
+    assert!((350_000..=360_000).contains(&ms), "{ms}");
+}
+
 #[test]
 fn eos_node_failures_fail_closed_and_recover() {
     let node = MockEos::start(ACCOUNT);

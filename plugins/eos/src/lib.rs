@@ -10,7 +10,11 @@
 //!   `account_action_seq`) or Hyperion (`api = "hyperion"`: `GET
 //!   /v2/history/get_actions?account=..&filter=<contract>:transfer&skip=..&limit=..&sort=asc`).
 //!   A payment is a `transfer` action of the token contract (default `eosio.token`) to
-//!   the seller account, whose memo is exactly `dazaar: <seller> <buyer>`, whose
+//!   the seller account, whose memo is exactly `dazaar: <seller> <buyer>` with a seller
+//!   key this verifier has been asked about (transfers naming any other seller, such as
+//!   a stranger's dust, are not recorded and do not use up `max_payments`; a seller key
+//!   first asked about later makes the account's history be read again from the start,
+//!   so its earlier payments count), whose
 //!   `quantity` (`"1.0000 EOS"`) has the card's symbol (and the configured `precision`,
 //!   if set); it counts at its block time (UTC). With `irreversible_only = true` only
 //!   actions at or below the node's last irreversible block count. The node is polled at
@@ -51,7 +55,7 @@
 //! timeout_ms = 5000
 //! page_size = 100                   # actions per request
 //! max_pages = 50                    # requests per poll
-//! max_payments = 100000             # payments remembered
+//! max_payments = 100000             # payments remembered (to this verifier's sellers)
 //! log_file = "/var/log/dazaar-eos.log"   # the plugin's own log (optional)
 //! log_level = "info"
 //! # buyer, to sign and push the transfer (else it is printed for an external wallet):
@@ -70,7 +74,7 @@ pub mod push;
 pub mod tx;
 pub use dazaar_plugin_api::logging;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Read;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -90,6 +94,8 @@ use zeroize::Zeroizing;
 
 /// The most seller accounts one verifier watches.
 const MAX_ACCOUNTS: usize = 16;
+/// The most seller keys (products) one account is read for.
+const MAX_SELLERS: usize = 64;
 
 /// The plugin's TOML table.
 #[derive(Debug, Clone, Deserialize)]
@@ -261,6 +267,11 @@ struct Account {
     lib: u64,
     caught_up: bool,
     by_buyer: HashMap<(Key, Key), Vec<Found>>,
+    /// The seller keys (this verifier's products) validations asked about. Only
+    /// transfers whose memo names one of them are recorded: anyone can send dust to the
+    /// account with a memo naming some other seller, and those must not use up
+    /// `max_payments`.
+    sellers: HashSet<Key>,
     payments: usize,
     last_try: Option<Instant>,
     failures: u32,
@@ -402,8 +413,8 @@ impl EosPlugin {
         }
     }
 
-    /// Reads new actions of `account` if it is due.
-    fn refresh(&self, account: &str) -> Result<(), String> {
+    /// Reads new actions of `account` if it is due, recording payments to `seller`.
+    fn refresh(&self, account: &str, seller: Key) -> Result<(), String> {
         let poll = Duration::from_millis(self.config.poll_ms);
         let max_backoff = Duration::from_millis(self.config.max_backoff_ms);
         let _polling = self
@@ -416,6 +427,23 @@ impl EosPlugin {
                 return Err(format!("already watching {MAX_ACCOUNTS} accounts"));
             }
             let a = accounts.entry(account.to_owned()).or_default();
+            if !a.sellers.contains(&seller) {
+                if a.sellers.len() >= MAX_SELLERS {
+                    return Err(format!(
+                        "already reading {account} for {MAX_SELLERS} seller keys"
+                    ));
+                }
+                a.sellers.insert(seller);
+                if a.cursor > 0 {
+                    // Payments to this seller key may lie in history already read for
+                    // the others: read it again from the start (actions already
+                    // recorded are recognised by id).
+                    tracing::debug!(account, "a new seller key; reading the history again");
+                    a.cursor = 0;
+                    a.caught_up = false;
+                    a.last_try = None;
+                }
+            }
             if !a.due(poll, max_backoff) {
                 return Ok(());
             }
@@ -462,6 +490,9 @@ impl EosPlugin {
         let Some((seller, buyer)) = parse_payment_memo(&t.memo) else {
             return;
         };
+        if !a.sellers.contains(&seller) {
+            return; // names a seller this verifier does not serve
+        }
         // The memo must be exactly the canonical (lowercase) text.
         if t.memo != dazaar_plugin_api::payment_memo(&seller, &buyer) {
             return;
@@ -539,7 +570,7 @@ impl PaymentPlugin for EosPlugin {
             .map_err(|e| format!("bad price on the card: {e}"))?;
         let account = self.account_for(req)?;
         let symbol = self.symbol_for(&req.terms.currency)?;
-        self.refresh(&account)?;
+        self.refresh(&account, req.seller)?;
         let accounts = self.lock()?;
         let a = accounts
             .get(&account)

@@ -2,12 +2,17 @@
 //! form-encoded requests with `Authorization: Bearer`, JSON answers, error objects, and
 //! the two pagination styles (lists: `has_more` + `starting_after`; search: `has_more` +
 //! `next_page`).
+//!
+//! Every request goes through a [`Lane`] first (a request budget, and Stripe's
+//! `Retry-After` after a 429): a request the lane refuses is not sent.
 
 use std::io::Read;
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::limit::{parse_retry_after, Denied, Lane, Priority};
 use crate::secret::Secret;
 
 /// The largest answer read from Stripe (bytes).
@@ -36,6 +41,38 @@ pub enum ApiError {
     /// More pages than the configured limit.
     #[error("more than {0} pages of results; raise max_pages")]
     TooManyPages(usize),
+    /// Stripe answered 429 (now or earlier): no request until its `Retry-After` is over.
+    #[error("Stripe is rate-limiting this account (HTTP 429); calls resume in {}s", .0.as_secs().max(1))]
+    RateLimited(Duration),
+    /// The plugin's own request budget (`search_per_s` / `api_per_s`) is used up.
+    #[error("too many payment checks at once; try again shortly")]
+    OverBudget,
+}
+
+impl ApiError {
+    /// Whether the call was not made (or was refused) for lack of budget, so an older
+    /// answer may stand in for it.
+    pub fn is_throttled(&self) -> bool {
+        matches!(self, ApiError::RateLimited(_) | ApiError::OverBudget)
+    }
+}
+
+/// The two request budgets: Stripe limits search separately from everything else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/v1/*/search`.
+    Search,
+    /// Every other call (lists, creating Checkout Sessions and PaymentIntents).
+    Other,
+}
+
+/// Requests a second allowed per endpoint class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Search requests a second.
+    pub search_per_s: u32,
+    /// Other requests a second.
+    pub other_per_s: u32,
 }
 
 /// Percent-encodes a form or query component (everything but unreserved characters).
@@ -68,6 +105,8 @@ pub struct StripeApi {
     key: Secret,
     stripe_version: Option<String>,
     max_pages: usize,
+    search: Mutex<Lane>,
+    other: Mutex<Lane>,
 }
 
 impl std::fmt::Debug for StripeApi {
@@ -87,6 +126,7 @@ impl StripeApi {
         timeout: Duration,
         stripe_version: Option<String>,
         max_pages: usize,
+        budget: Budget,
     ) -> StripeApi {
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(timeout)
@@ -99,7 +139,61 @@ impl StripeApi {
             key,
             stripe_version,
             max_pages: max_pages.max(1),
+            search: Mutex::new(Lane::new(budget.search_per_s, 0, Instant::now())),
+            // A whole listing (`max_pages` requests) must fit in one burst, or a long
+            // list could never be read to its end.
+            other: Mutex::new(Lane::new(
+                budget.other_per_s,
+                u32::try_from(max_pages).unwrap_or(u32::MAX),
+                Instant::now(),
+            )),
         }
+    }
+
+    fn lane(&self, endpoint: Endpoint) -> &Mutex<Lane> {
+        match endpoint {
+            Endpoint::Search => &self.search,
+            Endpoint::Other => &self.other,
+        }
+    }
+
+    /// Takes a token of `endpoint`'s budget, or says why not.
+    fn admit(&self, endpoint: Endpoint, priority: Priority) -> Result<(), ApiError> {
+        let mut lane = self
+            .lane(endpoint)
+            .lock()
+            .map_err(|_| ApiError::Unreachable("the request budget is poisoned".into()))?;
+        match lane.admit(Instant::now(), priority) {
+            Ok(()) => Ok(()),
+            Err(Denied::RetryAfter(left)) => {
+                tracing::debug!(
+                    ?endpoint,
+                    left_ms = left.as_millis() as u64,
+                    "not calling Stripe: Retry-After"
+                );
+                Err(ApiError::RateLimited(left))
+            }
+            Err(Denied::Budget) => {
+                tracing::debug!(
+                    ?endpoint,
+                    ?priority,
+                    "not calling Stripe: request budget used up"
+                );
+                Err(ApiError::OverBudget)
+            }
+        }
+    }
+
+    /// Stripe answered 429: stop calling `endpoint` for `wait`.
+    fn back_off(&self, endpoint: Endpoint, wait: Duration) {
+        if let Ok(mut lane) = self.lane(endpoint).lock() {
+            lane.block(Instant::now(), wait);
+        }
+        tracing::warn!(
+            ?endpoint,
+            wait_s = wait.as_secs(),
+            "Stripe answered 429; pausing calls"
+        );
     }
 
     fn request(&self, method: &str, path_and_query: &str) -> ureq::Request {
@@ -113,7 +207,16 @@ impl StripeApi {
         req
     }
 
-    fn finish(&self, result: Result<ureq::Response, ureq::Error>) -> Result<Value, ApiError> {
+    fn finish(
+        &self,
+        endpoint: Endpoint,
+        result: Result<ureq::Response, ureq::Error>,
+    ) -> Result<Value, ApiError> {
+        if let Err(ureq::Error::Status(429, resp)) = &result {
+            let wait = parse_retry_after(resp.header("Retry-After"));
+            self.back_off(endpoint, wait);
+            return Err(ApiError::RateLimited(wait));
+        }
         match result {
             Ok(resp) => {
                 let status = resp.status();
@@ -156,16 +259,25 @@ impl StripeApi {
         }
     }
 
-    /// `GET path?query`.
-    pub fn get(&self, path_and_query: &str) -> Result<Value, ApiError> {
+    /// `GET path?query`, if the budget of `endpoint` allows it.
+    pub fn get(
+        &self,
+        endpoint: Endpoint,
+        priority: Priority,
+        path_and_query: &str,
+    ) -> Result<Value, ApiError> {
+        self.admit(endpoint, priority)?;
         tracing::debug!(path = path_and_query, "GET from Stripe");
-        self.finish(self.request("GET", path_and_query).call())
+        self.finish(endpoint, self.request("GET", path_and_query).call())
     }
 
-    /// `POST path` with a form body.
+    /// `POST path` with a form body, if the budget allows it. Creating things is never
+    /// done for a known buyer's revalidation, so it never uses the reserve.
     pub fn post_form(&self, path: &str, form: &[(&str, &str)]) -> Result<Value, ApiError> {
+        self.admit(Endpoint::Other, Priority::Unknown)?;
         tracing::debug!(path, "POST to Stripe");
         self.finish(
+            Endpoint::Other,
             self.request("POST", path)
                 .set("Content-Type", "application/x-www-form-urlencoded")
                 .send_string(&encode_form(form)),
@@ -174,7 +286,12 @@ impl StripeApi {
 
     /// Every object of a list endpoint (`/v1/payment_intents`, `/v1/checkout/sessions`),
     /// following `has_more` / `starting_after`, at most `max_pages` pages.
-    pub fn list_all(&self, path: &str, expand: &[&str]) -> Result<Vec<Value>, ApiError> {
+    pub fn list_all(
+        &self,
+        path: &str,
+        expand: &[&str],
+        priority: Priority,
+    ) -> Result<Listing, ApiError> {
         let mut out = Vec::new();
         let mut after: Option<String> = None;
         for _ in 0..self.max_pages {
@@ -187,7 +304,7 @@ impl StripeApi {
             if let Some(a) = &after {
                 q.push(("starting_after".to_owned(), a.clone()));
             }
-            let page = self.get(&with_query(path, &q))?;
+            let page = self.get(Endpoint::Other, priority, &with_query(path, &q))?;
             let (data, more) = page_data(&page)?;
             let last = data
                 .last()
@@ -202,10 +319,25 @@ impl StripeApi {
                         "has_more without a new last id".into(),
                     ))
                 }
-                (false, _) => return Ok(out),
+                (false, _) => {
+                    return Ok(Listing {
+                        objects: out,
+                        complete: true,
+                    })
+                }
             }
         }
-        Err(ApiError::TooManyPages(self.max_pages))
+        // Lists are newest first, so what was read is the newest `max_pages` pages:
+        // the payments that still buy time. Older ones are left out, not the whole list.
+        tracing::warn!(
+            path,
+            pages = self.max_pages,
+            "more objects than max_pages pages; only the newest are counted"
+        );
+        Ok(Listing {
+            objects: out,
+            complete: false,
+        })
     }
 
     /// Every result of a search (`/v1/payment_intents/search`), following `next_page`.
@@ -214,6 +346,7 @@ impl StripeApi {
         path: &str,
         query: &str,
         expand: &[&str],
+        priority: Priority,
     ) -> Result<Vec<Value>, ApiError> {
         let mut out = Vec::new();
         let mut page_token: Option<String> = None;
@@ -230,7 +363,7 @@ impl StripeApi {
             if let Some(p) = &page_token {
                 q.push(("page".to_owned(), p.clone()));
             }
-            let page = self.get(&with_query(path, &q))?;
+            let page = self.get(Endpoint::Search, priority, &with_query(path, &q))?;
             let (data, more) = page_data(&page)?;
             out.extend(data);
             if !more {
@@ -249,6 +382,16 @@ impl StripeApi {
         }
         Err(ApiError::TooManyPages(self.max_pages))
     }
+}
+
+/// What a list walk found.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    /// The objects, newest first.
+    pub objects: Vec<Value>,
+    /// Whether the end of the list was reached (false: only the newest `max_pages`
+    /// pages were read).
+    pub complete: bool,
 }
 
 fn with_query(path: &str, q: &[(String, String)]) -> String {

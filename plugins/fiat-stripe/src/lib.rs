@@ -10,11 +10,16 @@
 //!   turned into time by the card's price ([`dazaar_plugin_api::Rate`]). Payments are
 //!   found with the search API (`lookup = "search"`, the default) or by listing
 //!   PaymentIntents or Checkout Sessions (`lookup = "payment_intents"` /
-//!   `"checkout_sessions"`, for backends without search), and reused for `refresh_ms`.
+//!   `"checkout_sessions"`, for backends without search; a list longer than
+//!   `max_pages` counts its newest pages), and reused for `refresh_ms`.
 //!   With `webhook_listen`, signed `checkout.session.completed` /
-//!   `payment_intent.succeeded` events count at once, and refund and dispute events
-//!   force a fresh look. Any failure to ask Stripe (down, slow past `timeout_ms`,
-//!   garbage, an error status) makes the buyer not valid with the reason: fail closed.
+//!   `payment_intent.succeeded` events feed an index (buyer → payments) that answers
+//!   without asking Stripe while it makes the buyer valid; refund and dispute events
+//!   force a fresh look. Every request to Stripe takes a token of a budget first
+//!   (`search_per_s`, `api_per_s`; [`limit`]), and a 429 stops calls until its
+//!   `Retry-After`; meanwhile a recent earlier answer stands in. Any failure to ask
+//!   Stripe (down, slow past `timeout_ms`, garbage, an error status, throttled with
+//!   nothing to stand in) makes the buyer not valid with the reason: fail closed.
 //! - **Seller**, `user_message`: `stripe-checkout-request {"amount"}` from a buyer creates
 //!   a Checkout Session with the binding metadata and answers `stripe-checkout
 //!   {"url","id","amount","currency"}`.
@@ -32,6 +37,7 @@
 pub mod api;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod limit;
 pub use dazaar_plugin_api::logging;
 pub mod money;
 pub mod objects;
@@ -50,6 +56,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use api::{ApiError, StripeApi};
+use limit::Priority;
 use money::Currency;
 use objects::{read_payment, StripePayment, META_BUYER, META_SELLER};
 use secret::{Secret, SecretSource};
@@ -59,10 +66,7 @@ pub const MSG_CHECKOUT_REQUEST: &str = "stripe-checkout-request";
 /// The seller's answer.
 pub const MSG_CHECKOUT: &str = "stripe-checkout";
 
-/// How long a payment delivered by webhook is counted without the API confirming it
-/// (Stripe's search index lags up to about a minute).
-const PUSH_KEEP: Duration = Duration::from_secs(120);
-/// Webhook-delivered payments kept per buyer.
+/// Webhook-delivered payments kept per buyer (the oldest go first).
 const PUSH_PER_BUYER: usize = 64;
 
 /// How payments are found.
@@ -107,7 +111,15 @@ struct Config {
     max_buyers: usize,
     #[serde(default = "default_max_pages")]
     max_pages: usize,
+    #[serde(default = "default_search_per_s")]
+    search_per_s: u32,
+    #[serde(default = "default_api_per_s")]
+    api_per_s: u32,
+    #[serde(default = "default_max_stale_ms")]
+    max_stale_ms: u64,
     webhook_listen: Option<String>,
+    #[serde(default = "default_webhook_max_connections")]
+    webhook_max_connections: usize,
     webhook_secret_file: Option<String>,
     webhook_secret_env: Option<String>,
     #[serde(default = "default_tolerance")]
@@ -139,6 +151,20 @@ fn default_max_buyers() -> usize {
 fn default_max_pages() -> usize {
     20
 }
+fn default_search_per_s() -> u32 {
+    // Stripe's search limit per account.
+    20
+}
+fn default_api_per_s() -> u32 {
+    // Stripe's test-mode limit (live mode allows 100): safe for both.
+    25
+}
+fn default_max_stale_ms() -> u64 {
+    300_000
+}
+fn default_webhook_max_connections() -> usize {
+    256
+}
 fn default_tolerance() -> u64 {
     300
 }
@@ -160,9 +186,15 @@ fn check(text: &str) -> Result<Checked, String> {
     if !(config.api_base.starts_with("https://") || config.api_base.starts_with("http://")) {
         return Err("fiat_stripe config: api_base must be an http(s) URL".into());
     }
-    if config.timeout_ms == 0 || config.max_buyers == 0 || config.max_pages == 0 {
+    if config.timeout_ms == 0
+        || config.max_buyers == 0
+        || config.max_pages == 0
+        || config.search_per_s == 0
+        || config.api_per_s == 0
+        || config.webhook_max_connections == 0
+    {
         return Err(
-            "fiat_stripe config: timeout_ms, max_buyers and max_pages must be above 0".into(),
+            "fiat_stripe config: timeout_ms, max_buyers, max_pages, search_per_s, api_per_s and webhook_max_connections must be above 0".into(),
         );
     }
     let key = SecretSource::from_pair(
@@ -194,7 +226,7 @@ fn check(text: &str) -> Result<Checked, String> {
     })
 }
 
-/// One buyer's payments as last fetched.
+/// One buyer's payments as last fetched (search mode).
 #[derive(Debug)]
 struct Fetched {
     at: Instant,
@@ -204,68 +236,148 @@ struct Fetched {
 /// Payments by (seller, buyer).
 type ByBuyer = HashMap<(Key, Key), Vec<StripePayment>>;
 
+/// The last list walk (list modes), shared by every buyer.
+#[derive(Debug)]
+struct Snapshot {
+    at: Instant,
+    map: ByBuyer,
+    /// False when only the newest `max_pages` pages were read.
+    complete: bool,
+}
+
 /// What the plugin remembers. Every map is bounded.
 #[derive(Debug, Default)]
 struct State {
-    /// Per (seller, buyer), in `search` mode; at most `max_buyers`.
+    /// Search answers per (seller, buyer), with and without payments; at most
+    /// `max_buyers`.
     by_buyer: HashMap<(Key, Key), Fetched>,
-    /// Everything, in the list modes.
-    snapshot: Option<(Instant, ByBuyer)>,
-    /// Delivered by webhook, not yet confirmed by a fetch; at most `max_buyers` buyers.
-    pushed: HashMap<(Key, Key), Vec<(Instant, StripePayment)>>,
+    /// The list modes' last walk.
+    snapshot: Option<Snapshot>,
+    /// The webhook index: payments delivered by signed events, per (seller, buyer),
+    /// kept until a refund or dispute event names them or the buyer is evicted; at most
+    /// `max_buyers` buyers, [`PUSH_PER_BUYER`] payments each.
+    index: ByBuyer,
+}
+
+/// The newest payment time of a list (0 when empty), for eviction.
+fn newest(list: &[StripePayment]) -> u64 {
+    list.iter().map(|p| p.time_ms).max().unwrap_or(0)
 }
 
 impl State {
     /// A webhook reported a payment.
     fn push(&mut self, p: StripePayment, max_buyers: usize) {
         let key = (p.seller, p.buyer);
-        if !self.pushed.contains_key(&key) && self.pushed.len() >= max_buyers {
-            let now = Instant::now();
-            self.pushed
-                .retain(|_, v| v.iter().any(|(at, _)| now.duration_since(*at) < PUSH_KEEP));
-            if self.pushed.len() >= max_buyers {
-                tracing::warn!("webhook payment dropped: too many buyers pending");
-                return;
+        if !self.index.contains_key(&key) && self.index.len() >= max_buyers {
+            // Full: the buyer whose newest payment is oldest has most likely used up
+            // its time. Events are signed by Stripe, so only real payments get here.
+            if let Some(oldest) = self
+                .index
+                .iter()
+                .min_by_key(|(_, v)| newest(v))
+                .map(|(k, _)| *k)
+            {
+                tracing::warn!("webhook index full (max_buyers); the oldest buyer is dropped");
+                self.index.remove(&oldest);
             }
         }
-        let list = self.pushed.entry(key).or_default();
-        list.retain(|(_, q)| q.id != p.id);
+        let list = self.index.entry(key).or_default();
+        list.retain(|q| q.id != p.id);
         if list.len() >= PUSH_PER_BUYER {
-            list.remove(0);
+            if let Some(i) = list
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, q)| q.time_ms)
+                .map(|(i, _)| i)
+            {
+                list.remove(i);
+            }
         }
-        list.push((Instant::now(), p));
+        list.push(p);
     }
 
     /// A refund or dispute touched `intent`: forget what we know of it so the next
     /// validation asks Stripe.
     fn invalidate(&mut self, intent: &str) {
-        for list in self.pushed.values_mut() {
-            list.retain(|(_, p)| p.id != intent);
+        for list in self.index.values_mut() {
+            list.retain(|p| p.id != intent);
         }
-        self.pushed.retain(|_, v| !v.is_empty());
+        self.index.retain(|_, v| !v.is_empty());
         self.by_buyer
             .retain(|_, f| !f.payments.iter().any(|p| p.id == intent));
-        if let Some((_, map)) = &self.snapshot {
-            if map.values().flatten().any(|p| p.id == intent) {
+        if let Some(snap) = &self.snapshot {
+            if snap.map.values().flatten().any(|p| p.id == intent) {
                 self.snapshot = None;
             }
         }
     }
 
-    /// `fetched` plus webhook deliveries not yet in it.
-    fn merged(&mut self, key: &(Key, Key), mut fetched: Vec<StripePayment>) -> Vec<StripePayment> {
-        if let Some(list) = self.pushed.get_mut(key) {
-            let now = Instant::now();
-            list.retain(|(at, p)| {
-                now.duration_since(*at) < PUSH_KEEP && !fetched.iter().any(|f| f.id == p.id)
-            });
-            fetched.extend(list.iter().map(|(_, p)| p.clone()));
-            if list.is_empty() {
-                self.pushed.remove(key);
+    /// `fetched` plus indexed (webhook) payments not in it: Stripe's own answer wins for
+    /// an id both have (it knows of refunds), the index fills in what the search index
+    /// does not show yet.
+    fn merged(&self, key: &(Key, Key), mut fetched: Vec<StripePayment>) -> Vec<StripePayment> {
+        if let Some(list) = self.index.get(key) {
+            for p in list {
+                if !fetched.iter().any(|f| f.id == p.id) {
+                    fetched.push(p.clone());
+                }
             }
         }
         fetched
     }
+
+    /// What the last fetch said about `key` and when (search: per buyer; lists: the
+    /// snapshot), and whether that answer covered all of Stripe's objects.
+    fn cached(
+        &self,
+        lookup: Lookup,
+        key: &(Key, Key),
+    ) -> Option<(Instant, Vec<StripePayment>, bool)> {
+        match lookup {
+            Lookup::Search => self
+                .by_buyer
+                .get(key)
+                .map(|f| (f.at, f.payments.clone(), true)),
+            Lookup::PaymentIntents | Lookup::CheckoutSessions => self.snapshot.as_ref().map(|s| {
+                (
+                    s.at,
+                    s.map.get(key).cloned().unwrap_or_default(),
+                    s.complete,
+                )
+            }),
+        }
+    }
+
+    /// Stores one buyer's search answer, evicting when full: answers without payments
+    /// first (strangers' keys), so a flood of unknown keys cannot push out the buyers
+    /// who paid; then the oldest.
+    fn store(&mut self, key: (Key, Key), payments: Vec<StripePayment>, max_buyers: usize) {
+        if !self.by_buyer.contains_key(&key) && self.by_buyer.len() >= max_buyers {
+            let victim = self
+                .by_buyer
+                .iter()
+                .min_by_key(|(_, f)| (!f.payments.is_empty(), f.at))
+                .map(|(k, _)| *k);
+            if let Some(v) = victim {
+                self.by_buyer.remove(&v);
+            }
+        }
+        self.by_buyer.insert(
+            key,
+            Fetched {
+                at: Instant::now(),
+                payments,
+            },
+        );
+    }
+}
+
+/// A buyer's payments as the plugin could establish them.
+#[derive(Debug)]
+struct Known {
+    payments: Vec<StripePayment>,
+    /// False when a list walk stopped at `max_pages`: an older payment may exist.
+    complete: bool,
 }
 
 /// The Stripe verifier.
@@ -337,88 +449,135 @@ impl StripePlugin {
         })
     }
 
-    /// The payments bound to (seller, buyer), from the cache or from Stripe.
-    fn payments_for(&self, seller: Key, buyer: Key) -> Result<Vec<StripePayment>, String> {
+    /// The payments bound to (seller, buyer). In order: a fresh answer (younger than
+    /// `refresh_ms`); the webhook index, when it alone makes the buyer valid
+    /// (`enough`); Stripe, when the request budget allows; while Stripe is throttled
+    /// (budget used up, or 429 until its `Retry-After`), the last answer if younger
+    /// than `max_stale_ms` and enough. Otherwise the call fails: fail closed.
+    fn payments_for(
+        &self,
+        seller: Key,
+        buyer: Key,
+        enough: &dyn Fn(&[StripePayment]) -> bool,
+    ) -> Result<Known, String> {
         let key = (seller, buyer);
+        let lookup = self.config.lookup;
         let refresh = Duration::from_millis(self.config.refresh_ms);
+        let max_stale = Duration::from_millis(self.config.max_stale_ms);
         let api = self.api()?;
-        match self.config.lookup {
-            Lookup::Search => {
-                {
-                    let mut st = lock(&self.state)?;
-                    if let Some(f) = st.by_buyer.get(&key).filter(|f| f.at.elapsed() < refresh) {
-                        let fetched = f.payments.clone();
-                        return Ok(st.merged(&key, fetched));
-                    }
-                }
-                let query = format!(
-                    "metadata['{META_SELLER}']:'{}' AND metadata['{META_BUYER}']:'{}' AND status:'succeeded'",
-                    hex::encode(seller),
-                    hex::encode(buyer)
-                );
-                let found = api
-                    .search_all(
-                        "/v1/payment_intents/search",
-                        &query,
-                        &["data.latest_charge"],
-                    )
-                    .map_err(|e| self.failed(e))?;
-                let payments: Vec<StripePayment> = found
-                    .iter()
-                    .filter_map(read_payment)
-                    .filter(|p| p.seller == seller && p.buyer == buyer)
-                    .collect();
-                let mut st = lock(&self.state)?;
-                if !st.by_buyer.contains_key(&key) && st.by_buyer.len() >= self.config.max_buyers {
-                    st.by_buyer.retain(|_, f| f.at.elapsed() < refresh);
-                    if st.by_buyer.len() >= self.config.max_buyers {
-                        // Still full of fresh answers: drop the oldest.
-                        if let Some(oldest) = st
-                            .by_buyer
-                            .iter()
-                            .min_by_key(|(_, f)| f.at)
-                            .map(|(k, _)| *k)
-                        {
-                            st.by_buyer.remove(&oldest);
-                        }
-                    }
-                }
-                st.by_buyer.insert(
-                    key,
-                    Fetched {
-                        at: Instant::now(),
-                        payments: payments.clone(),
-                    },
-                );
-                Ok(st.merged(&key, payments))
+        let (known, stale_ok) = {
+            let st = lock(&self.state)?;
+            let cached = st.cached(lookup, &key);
+            let age = cached.as_ref().map(|(at, _, _)| at.elapsed());
+            let (fetched, complete) = cached.map_or((Vec::new(), true), |(_, p, c)| (p, c));
+            let known = Known {
+                payments: st.merged(&key, fetched),
+                complete,
+            };
+            if age.is_some_and(|a| a < refresh) {
+                return Ok(known);
             }
-            Lookup::PaymentIntents | Lookup::CheckoutSessions => {
-                {
-                    let mut st = lock(&self.state)?;
-                    if let Some((at, map)) = &st.snapshot {
-                        if at.elapsed() < refresh {
-                            let fetched = map.get(&key).cloned().unwrap_or_default();
-                            return Ok(st.merged(&key, fetched));
-                        }
+            if st.index.contains_key(&key) && enough(&known.payments) {
+                tracing::trace!(buyer = %hex::encode(buyer), "answered from the webhook index");
+                return Ok(known);
+            }
+            (known, age.is_some_and(|a| a < max_stale))
+        };
+        let priority = if known.payments.is_empty() {
+            Priority::Unknown
+        } else {
+            Priority::Known
+        };
+        let fetched = match lookup {
+            Lookup::Search => self.search(api, seller, buyer, priority),
+            Lookup::PaymentIntents | Lookup::CheckoutSessions => self.list(api),
+        };
+        match fetched {
+            Ok(()) => {
+                let st = lock(&self.state)?;
+                let (fetched, complete) = st
+                    .cached(lookup, &key)
+                    .map_or((Vec::new(), true), |(_, p, c)| (p, c));
+                Ok(Known {
+                    payments: st.merged(&key, fetched),
+                    complete,
+                })
+            }
+            Err(e) if e.is_throttled() => {
+                // Not asked: an older answer stands in, if it is recent and grants
+                // access; the index's payments are Stripe-signed and need no age.
+                let fallback = if stale_ok {
+                    known
+                } else {
+                    let st = lock(&self.state)?;
+                    Known {
+                        payments: st.merged(&key, Vec::new()),
+                        complete: known.complete,
                     }
-                }
-                let (path, expand) = match self.config.lookup {
-                    Lookup::CheckoutSessions => {
-                        ("/v1/checkout/sessions", "data.payment_intent.latest_charge")
-                    }
-                    _ => ("/v1/payment_intents", "data.latest_charge"),
                 };
-                let found = api.list_all(path, &[expand]).map_err(|e| self.failed(e))?;
-                let mut map: ByBuyer = HashMap::new();
-                for p in found.iter().filter_map(read_payment) {
-                    map.entry((p.seller, p.buyer)).or_default().push(p);
+                if enough(&fallback.payments) {
+                    tracing::debug!(buyer = %hex::encode(buyer), error = %e, "Stripe throttled; answered from what was known");
+                    Ok(fallback)
+                } else {
+                    Err(self.failed(e))
                 }
-                let mut st = lock(&self.state)?;
-                let fetched = map.get(&key).cloned().unwrap_or_default();
-                st.snapshot = Some((Instant::now(), map));
-                Ok(st.merged(&key, fetched))
             }
+            Err(e) => Err(self.failed(e)),
         }
+    }
+
+    /// Searches one buyer's payments and stores the answer.
+    fn search(
+        &self,
+        api: &StripeApi,
+        seller: Key,
+        buyer: Key,
+        priority: Priority,
+    ) -> Result<(), ApiError> {
+        let query = format!(
+            "metadata['{META_SELLER}']:'{}' AND metadata['{META_BUYER}']:'{}' AND status:'succeeded'",
+            hex::encode(seller),
+            hex::encode(buyer)
+        );
+        let found = api.search_all(
+            "/v1/payment_intents/search",
+            &query,
+            &["data.latest_charge"],
+            priority,
+        )?;
+        let payments: Vec<StripePayment> = found
+            .iter()
+            .filter_map(read_payment)
+            .filter(|p| p.seller == seller && p.buyer == buyer)
+            .collect();
+        let mut st = lock(&self.state).map_err(ApiError::Unreadable)?;
+        st.store((seller, buyer), payments, self.config.max_buyers);
+        Ok(())
+    }
+
+    /// Walks the configured list and stores it as the snapshot. The list is shared by
+    /// every buyer and walked at most once per `refresh_ms` whoever asks, so it runs as
+    /// a known buyer's request.
+    fn list(&self, api: &StripeApi) -> Result<(), ApiError> {
+        let (path, expand) = match self.config.lookup {
+            Lookup::CheckoutSessions => {
+                ("/v1/checkout/sessions", "data.payment_intent.latest_charge")
+            }
+            _ => ("/v1/payment_intents", "data.latest_charge"),
+        };
+        let listing = api.list_all(path, &[expand], Priority::Known)?;
+        let mut map: ByBuyer = HashMap::new();
+        // At most `max_pages` × 100 objects were read, so the map is bounded too.
+        for p in listing.objects.iter().filter_map(read_payment) {
+            map.entry((p.seller, p.buyer)).or_default().push(p);
+        }
+        let mut st = lock(&self.state).map_err(ApiError::Unreadable)?;
+        st.snapshot = Some(Snapshot {
+            at: Instant::now(),
+            map,
+            complete: listing.complete,
+        });
+        Ok(())
     }
 
     fn failed(&self, e: ApiError) -> String {
@@ -555,6 +714,10 @@ impl PaymentPlugin for StripePlugin {
                 Duration::from_millis(config.timeout_ms),
                 config.stripe_version.clone(),
                 config.max_pages,
+                api::Budget {
+                    search_per_s: config.search_per_s,
+                    other_per_s: config.api_per_s,
+                },
             )
         });
         let state = Arc::new(Mutex::new(State::default()));
@@ -566,6 +729,10 @@ impl PaymentPlugin for StripePlugin {
                     addr,
                     secret,
                     Duration::from_secs(config.webhook_tolerance_s),
+                    webhook::Limits {
+                        max_connections: config.webhook_max_connections,
+                        ..webhook::Limits::default()
+                    },
                     move |body| on_event(&st, max, body),
                 )?)
             }
@@ -586,21 +753,30 @@ impl PaymentPlugin for StripePlugin {
             .rate()
             .map_err(|e| format!("bad price on the card: {e}"))?;
         let currency = Currency::parse(&req.terms.currency)?;
-        let payments: Vec<Payment> = self
-            .payments_for(req.seller, req.buyer)?
-            .into_iter()
-            .filter(|p| p.currency == currency && p.net_minor > 0)
-            .map(|p| Payment {
-                amount: currency.to_major(p.net_minor),
-                time_ms: p.time_ms,
-            })
-            .collect();
+        let counted = |found: &[StripePayment]| -> Vec<Payment> {
+            found
+                .iter()
+                .filter(|p| p.currency == currency && p.net_minor > 0)
+                .map(|p| Payment {
+                    amount: currency.to_major(p.net_minor),
+                    time_ms: p.time_ms,
+                })
+                .collect()
+        };
+        let enough = |found: &[StripePayment]| rate.is_active(&counted(found), now_ms);
+        let known = self.payments_for(req.seller, req.buyer, &enough)?;
+        let payments = counted(&known.payments);
         tracing::trace!(buyer = %hex::encode(req.buyer), count = payments.len(), "payments counted");
         if payments.is_empty() {
-            return Err(format!(
-                "no Stripe payment in {} found for this buyer",
-                currency.code().to_uppercase()
-            ));
+            let code = currency.code().to_uppercase();
+            return Err(if known.complete {
+                format!("no Stripe payment in {code} found for this buyer")
+            } else {
+                format!(
+                    "no Stripe payment in {code} found for this buyer among the newest {} objects (max_pages)",
+                    self.config.max_pages.saturating_mul(100)
+                )
+            });
         }
         if rate.is_active(&payments, now_ms) {
             Ok(Grant::time_ms(rate.remaining_ms(&payments, now_ms)))
