@@ -41,6 +41,10 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause before a dropped client reconnects (keeps the churn, and port use, bounded).
 pub const RECONNECT_PAUSE: Duration = Duration::from_millis(250);
+/// Longest pause: a client dropped within a second of connecting (refused by a
+/// connection cap, say) doubles its pause up to this, so that a thousand refused
+/// strangers make a few hundred connects per second, not thousands.
+pub const MAX_RECONNECT_PAUSE: Duration = Duration::from_secs(5);
 /// Keep-alive period of held connections (the seller's idle timeout is 20 s).
 pub const KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// Drip period: one byte this often.
@@ -143,11 +147,23 @@ pub struct Stats {
     pub extensions_received: AtomicU64,
     /// Garbage rounds (connect, send, hang-up).
     pub rounds: AtomicU64,
+    /// Strangers whose first attempt is over: connected (idle, drip) or not, sent their
+    /// garbage, finished the handshake and sent their payload, or failed on the way. When
+    /// it equals the number of strangers, the attack is fully launched.
+    pub ready: AtomicU64,
 }
 
 impl Stats {
     fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts this stranger's first attempt as over (once per stranger).
+    fn settle(&self, ready: &mut bool) {
+        if !*ready {
+            *ready = true;
+            Self::add(&self.ready, 1);
+        }
     }
 
     /// A counter's value.
@@ -170,6 +186,7 @@ impl Stats {
             ("replies", &self.extensions_received),
             ("rounds", &self.rounds),
         ];
+        // `ready` is for callers that wait for the launch, not for reports.
         fields
             .iter()
             .filter_map(|(name, c)| {
@@ -483,9 +500,15 @@ pub fn spawn(
                 if sleep_or_stop(jitter, &mut stop).await {
                     return;
                 }
+                let mut ready = false;
+                let mut pause = RECONNECT_PAUSE;
                 loop {
-                    let delivered_once =
-                        run_once(kind, index, &target, &payloads, &stats, &mut stop).await;
+                    let began = tokio::time::Instant::now();
+                    let delivered_once = run_once(
+                        kind, index, &target, &payloads, &stats, &mut stop, &mut ready,
+                    )
+                    .await;
+                    stats.settle(&mut ready);
                     if *stop.borrow() {
                         return;
                     }
@@ -494,7 +517,12 @@ pub fn spawn(
                         let _ = stop.changed().await;
                         return;
                     }
-                    if sleep_or_stop(RECONNECT_PAUSE, &mut stop).await {
+                    pause = if began.elapsed() < Duration::from_secs(1) {
+                        (pause * 2).min(MAX_RECONNECT_PAUSE)
+                    } else {
+                        RECONNECT_PAUSE
+                    };
+                    if sleep_or_stop(pause, &mut stop).await {
                         return;
                     }
                 }
@@ -518,6 +546,7 @@ async fn run_once(
     payloads: &Payloads,
     stats: &Arc<Stats>,
     stop: &mut watch::Receiver<bool>,
+    ready: &mut bool,
 ) -> bool {
     let mut stream = match connect(target, index).await {
         Ok(s) => s,
@@ -527,6 +556,9 @@ async fn run_once(
         }
     };
     Stats::add(&stats.connects, 1);
+    if matches!(kind, Kind::Idle | Kind::Drip) {
+        stats.settle(ready);
+    }
     match kind {
         Kind::Idle => {
             let _open = OpenGuard::new(stats);
@@ -579,6 +611,7 @@ async fn run_once(
                 Stats::add(&stats.bytes_sent, bytes.len() as u64);
                 Stats::add(&stats.delivered, 1);
             }
+            stats.settle(ready);
             // Until the seller hangs up, at most 2 s.
             let mut buf = [0u8; 1024];
             let _ = tokio::time::timeout(Duration::from_secs(2), async {
@@ -592,7 +625,7 @@ async fn run_once(
             Stats::add(&stats.rounds, 1);
             false
         }
-        _ => stranger(kind, stream, target, payloads, stats, stop).await,
+        _ => stranger(kind, stream, target, payloads, stats, stop, ready).await,
     }
 }
 
@@ -604,6 +637,7 @@ async fn stranger(
     payloads: &Payloads,
     stats: &Arc<Stats>,
     stop: &mut watch::Receiver<bool>,
+    ready: &mut bool,
 ) -> bool {
     let _open = OpenGuard::new(stats);
     let s = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(stream)).await {
@@ -665,6 +699,7 @@ async fn stranger(
         }
         Kind::UserMessageSpam => {
             let mut ok = send(&mut writer, &mut tx, &user_message_options_frame(), stats).await;
+            stats.settle(ready);
             let frame = pay_request_frame(1000);
             let mut tick = tokio::time::interval(Duration::from_secs(1) / SPAM_RATE);
             while ok && !*stop.borrow() {
@@ -682,6 +717,7 @@ async fn stranger(
         }
         _ => {}
     }
+    stats.settle(ready);
     // Hold the connection with keep-alives until the seller drops it or we stop.
     loop {
         tokio::select! {
