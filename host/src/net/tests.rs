@@ -486,3 +486,65 @@ async fn a_server_takes_only_control_frames_and_a_downloader_gets_large_blocks()
     stop.send(true).unwrap();
     server.await.unwrap().unwrap();
 }
+
+/// Sends the start of a frame of `body` bytes (of which `sent` arrive), encrypted.
+async fn partial_frame(
+    stream: &mut TcpStream,
+    transport: &mut crate::noise::Transport,
+    body: usize,
+    sent: usize,
+) {
+    let mut frame = Vec::new();
+    crate::wire::varint::encode(body as u64 + 1, &mut frame);
+    frame.push(0x1b); // channel 1, type 11 (ignored by the receiver)
+    frame.resize(frame.len() + sent, 0);
+    transport.cipher.encrypt(&mut frame);
+    stream.write_all(&frame).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_peer_pinning_the_inbound_budget_is_dropped_when_others_wait() {
+    let budget = InboundBudget::new(100 * 1024);
+    let (addr, stop, server) = start_server_with(
+        ChannelSpec {
+            feed: source(5),
+            config: ReplicatorConfig::uploader(),
+        },
+        NetConfig {
+            idle_timeout_ms: 60_000,
+            keep_alive_ms: 30_000,
+            inbound_budget: budget.clone(),
+            ..NetConfig::default()
+        },
+    )
+    .await;
+    // A sends most of a 60 KiB frame and stops: the server holds it, from the budget.
+    let (mut hog, mut hog_transport) = raw_client(addr).await;
+    partial_frame(&mut hog, &mut hog_transport, 60 * 1024, 40 * 1024).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while budget.used() == 0 {
+        assert!(Instant::now() < deadline, "the server never took budget");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // B does the same and finds no budget left: it waits, and A, pinning budget while
+    // B waits, is dropped.
+    let (mut waiter, mut waiter_transport) = raw_client(addr).await;
+    partial_frame(&mut waiter, &mut waiter_transport, 60 * 1024, 40 * 1024).await;
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match hog.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the peer pinning the budget was not dropped"
+    );
+    stop.send(true).unwrap();
+    server.await.unwrap().unwrap();
+    drop(waiter);
+}
