@@ -33,6 +33,17 @@ async fn start_server(
     watch::Sender<bool>,
     tokio::task::JoinHandle<Result<(), NetError>>,
 ) {
+    start_server_with(spec, fast()).await
+}
+
+async fn start_server_with(
+    spec: ChannelSpec<MemStore>,
+    net: NetConfig,
+) -> (
+    SocketAddr,
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<Result<(), NetError>>,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = watch::channel(false);
@@ -40,7 +51,7 @@ async fn start_server(
         key_pair: NoiseKeyPair::generate(),
         initiator: false,
         serve: vec![spec],
-        net: fast(),
+        net,
     };
     (addr, tx, tokio::spawn(serve(listener, options, rx)))
 }
@@ -426,4 +437,114 @@ fn the_inbound_budget_is_shared_and_given_back() {
     assert_eq!(budget.used(), 20_000);
     drop(b);
     assert_eq!(budget.used(), 0);
+}
+
+#[tokio::test]
+async fn a_server_takes_only_control_frames_and_a_downloader_gets_large_blocks() {
+    // Blocks far above the control-frame limit reach a downloader (its limit is raised
+    // when it opens a downloading channel).
+    let mut feed = Feed::create(MemStore::new(), Ed25519KeyPair::from_seed(&[4; 32])).unwrap();
+    let big = vec![7u8; 4 * crate::protocol::CONTROL_FRAME_LIMIT];
+    feed.append_batch(&[big.as_slice(), b"small", big.as_slice()])
+        .unwrap();
+    let feed = SharedFeed::new(feed);
+    let key = feed.lock().key();
+    let (addr, stop, server) = start_server(ChannelSpec {
+        feed: feed.clone(),
+        config: ReplicatorConfig::uploader(),
+    })
+    .await;
+    let (result, copy) = clone_from(addr, key).await;
+    result.expect("a downloader receives large blocks");
+    assert_eq!(copy.lock().get(2).unwrap(), Some(big));
+
+    stop.send(true).unwrap();
+    server.await.unwrap().unwrap();
+
+    // The server (it only uploads) refuses a frame above the control limit (a long idle
+    // timeout: only the limit can close the connection within assert_closed's 3 s).
+    let (addr, stop, server) = start_server_with(
+        ChannelSpec {
+            feed,
+            config: ReplicatorConfig::uploader(),
+        },
+        NetConfig {
+            idle_timeout_ms: 60_000,
+            keep_alive_ms: 30_000,
+            ..NetConfig::default()
+        },
+    )
+    .await;
+    let (mut peer, mut transport) = raw_client(addr).await;
+    let mut frame = Vec::new();
+    crate::wire::varint::encode(crate::protocol::CONTROL_FRAME_LIMIT as u64 + 2, &mut frame);
+    frame.extend_from_slice(&[0x1b, 0, 0, 0]);
+    transport.cipher.encrypt(&mut frame);
+    peer.write_all(&frame).await.unwrap();
+    assert_closed(&mut peer).await;
+
+    stop.send(true).unwrap();
+    server.await.unwrap().unwrap();
+}
+
+/// Sends the start of a frame of `body` bytes (of which `sent` arrive), encrypted.
+async fn partial_frame(
+    stream: &mut TcpStream,
+    transport: &mut crate::noise::Transport,
+    body: usize,
+    sent: usize,
+) {
+    let mut frame = Vec::new();
+    crate::wire::varint::encode(body as u64 + 1, &mut frame);
+    frame.push(0x1b); // channel 1, type 11 (ignored by the receiver)
+    frame.resize(frame.len() + sent, 0);
+    transport.cipher.encrypt(&mut frame);
+    stream.write_all(&frame).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_peer_pinning_the_inbound_budget_is_dropped_when_others_wait() {
+    let budget = InboundBudget::new(100 * 1024);
+    let (addr, stop, server) = start_server_with(
+        ChannelSpec {
+            feed: source(5),
+            config: ReplicatorConfig::uploader(),
+        },
+        NetConfig {
+            idle_timeout_ms: 60_000,
+            keep_alive_ms: 30_000,
+            inbound_budget: budget.clone(),
+            ..NetConfig::default()
+        },
+    )
+    .await;
+    // A sends most of a 60 KiB frame and stops: the server holds it, from the budget.
+    let (mut hog, mut hog_transport) = raw_client(addr).await;
+    partial_frame(&mut hog, &mut hog_transport, 60 * 1024, 40 * 1024).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while budget.used() == 0 {
+        assert!(Instant::now() < deadline, "the server never took budget");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // B does the same and finds no budget left: it waits, and A, pinning budget while
+    // B waits, is dropped.
+    let (mut waiter, mut waiter_transport) = raw_client(addr).await;
+    partial_frame(&mut waiter, &mut waiter_transport, 60 * 1024, 40 * 1024).await;
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match hog.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the peer pinning the budget was not dropped"
+    );
+    stop.send(true).unwrap();
+    server.await.unwrap().unwrap();
+    drop(waiter);
 }
