@@ -113,7 +113,7 @@ fn raise_nofile() -> u64 {
         libc::setrlimit(libc::RLIMIT_NOFILE, &r);
         libc::getrlimit(libc::RLIMIT_NOFILE, &mut r);
     }
-    r.rlim_cur as u64
+    r.rlim_cur
 }
 
 /// Everything the phases share.
@@ -334,11 +334,9 @@ async fn buyer_task(
         let run = tokio::spawn(async move { buy(&id2, opts, Some(etx), shutdown).await });
         while let Some(ev) = erx.recv().await {
             match ev {
-                BuyerEvent::Synced { .. } => {
-                    if !synced {
-                        synced = true;
-                        let _ = tx.try_send(Sample::Synced { buyer: i });
-                    }
+                BuyerEvent::Synced { .. } if !synced => {
+                    synced = true;
+                    let _ = tx.try_send(Sample::Synced { buyer: i });
                 }
                 BuyerEvent::Invalid(_) => {
                     let _ = tx.try_send(Sample::Invalid { buyer: i });
@@ -614,7 +612,6 @@ fn phase(
     while let Ok(s) = rx.try_recv() {
         take(s, &mut synced, &mut blocks);
     }
-    drop(take);
     // Deliveries of blocks appended in the window, per buyer.
     let window: Vec<u64> = env
         .appended
