@@ -243,6 +243,9 @@ fn main() {
             "--plugin-config",
             &format!("file = {:?}", ledger.display().to_string()),
             "--json",
+            // Every buyer of the bench dials from 127.0.0.1.
+            "--max-connections-per-ip",
+            "0",
         ])
         .stdout(Stdio::piped())
         .spawn()
