@@ -89,8 +89,10 @@ fn stripe() {
         mock.add_intent(&SELLER, &buyer(i), 500, "usd", t, "succeeded", 0, false);
     }
     let terms = Arc::new(PaymentTerms::new("stripe", "USD", "1", "minutes", "1"));
+    // The plugin's own cost is measured here, not Stripe's rate limits: a request budget
+    // far above what the mock can serve.
     let base = format!(
-        "api_base = {:?}\nsecret_key_file = {:?}\n",
+        "api_base = {:?}\nsecret_key_file = {:?}\nsearch_per_s = 1000000\n",
         mock.base,
         key_file.display().to_string()
     );

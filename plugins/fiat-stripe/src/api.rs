@@ -45,7 +45,7 @@ pub enum ApiError {
     #[error("Stripe is rate-limiting this account (HTTP 429); calls resume in {}s", .0.as_secs().max(1))]
     RateLimited(Duration),
     /// The plugin's own request budget (`search_per_s` / `api_per_s`) is used up.
-    #[error("too many payment checks at once; try again shortly")]
+    #[error("too many requests to Stripe at once (request budget); try again shortly")]
     OverBudget,
 }
 

@@ -852,5 +852,15 @@ mod tests {
         let e =
             StripePlugin::check_config("secret_key_env = \"DAZAAR_NO_SUCH_VAR_X\"").unwrap_err();
         assert!(e.contains("DAZAAR_NO_SUCH_VAR_X"), "{e}");
+        for zero in ["search_per_s", "api_per_s", "webhook_max_connections"] {
+            let e = StripePlugin::check_config(&format!("{zero} = 0")).unwrap_err();
+            assert!(e.contains(zero), "{e}");
+        }
+        assert!(StripePlugin::check_config(
+            "search_per_s = 5
+api_per_s = 10
+max_stale_ms = 0"
+        )
+        .is_ok());
     }
 }
