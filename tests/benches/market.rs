@@ -246,6 +246,8 @@ fn main() {
             // Every buyer of the bench dials from 127.0.0.1.
             "--max-connections-per-ip",
             "0",
+            "--payment-checks-per-ip",
+            "0",
         ])
         .stdout(Stdio::piped())
         .spawn()

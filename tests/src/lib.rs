@@ -248,3 +248,29 @@ pub fn init_test_log() {
             .try_init();
     }
 }
+
+/// What the first entry's plugin answers for `buyer`, its failure detail included. A
+/// peer is told only a public text when a check fails (the gate's job, tested in
+/// tests/tests/plugins.rs); the plugin tests read the plugin's own reasons.
+pub fn plugin_check(
+    gate: &dazaar::payments::PaymentGate,
+    buyer: [u8; 32],
+    seller: [u8; 32],
+) -> dazaar::payments::Validation {
+    use dazaar::payments::Validation;
+    let Some(entry) = gate.entries().first() else {
+        panic!("the gate has no payment entry");
+    };
+    match entry
+        .verifier
+        .validate(buyer, seller, &entry.terms, dazaar::payments::now_ms())
+    {
+        Ok(grant) => Validation::Valid {
+            grant,
+            plugin: Some(entry.verifier.plugin().name().to_owned()),
+        },
+        Err(e) => Validation::Invalid {
+            reason: e.to_string(),
+        },
+    }
+}

@@ -308,10 +308,18 @@ fn eos_node_failures_fail_closed_and_recover() {
         node.set_mode(mode);
         std::thread::sleep(Duration::from_millis(120)); // past the backoff
         let start = Instant::now();
+        // The peer is told only that the check is unavailable; the plugin's detail is
+        // for the seller's log.
         let r = reason(check(&g, BUYER));
+        assert_eq!(r, dazaar::payments::PUBLIC_UNAVAILABLE, "{mode:?}");
+        let err = v
+            .validate(BUYER, SELLER, &terms(), now_ms())
+            .expect_err("the node fails");
+        assert!(!err.is_refusal(), "{mode:?}: a failure, not a refusal");
+        let detail = err.to_string();
         assert!(
-            r.starts_with("eos: cannot read EOS history: ") && r.contains(expect),
-            "{mode:?}: {r}"
+            detail.starts_with("eos: cannot read EOS history: ") && detail.contains(expect),
+            "{mode:?}: {detail}"
         );
         assert!(
             start.elapsed() < Duration::from_millis(900),
@@ -336,7 +344,12 @@ fn eos_node_failures_fail_closed_and_recover() {
         free_port()
     ));
     let r = reason(check(&gate(&down), BUYER));
-    assert!(r.contains("the node is unreachable"), "{r}");
+    assert_eq!(r, dazaar::payments::PUBLIC_UNAVAILABLE);
+    let detail = down
+        .validate(BUYER, SELLER, &terms(), now_ms())
+        .expect_err("no node")
+        .to_string();
+    assert!(detail.contains("the node is unreachable"), "{detail}");
 }
 
 #[test]

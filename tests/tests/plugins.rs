@@ -910,8 +910,23 @@ async fn admission_and_the_negative_cache_bound_plugin_calls_from_random_keys() 
         .is_valid());
     assert_eq!(v.calls_made(), 48);
 
-    // A refused key on a new connection, soon after: its refusal again, no plugin call.
+    // A refused key revalidated on its connection, soon after: its refusal again, no
+    // plugin call.
     let again = gate
+        .check(
+            stranger(2000),
+            SELLER,
+            ip(5000),
+            false,
+            t2 + Duration::from_secs(2),
+        )
+        .await;
+    assert_eq!(invalid_reason(again), PICKY_REFUSAL);
+    assert_eq!(v.calls_made(), 48);
+    assert_eq!(gate.stats().refusals_reused, 1);
+    // The same key on a new connection is checked afresh at once (it may have just paid:
+    // pay, then connect), within its IP's admission.
+    let reconnected = gate
         .check(
             stranger(2000),
             SELLER,
@@ -920,22 +935,21 @@ async fn admission_and_the_negative_cache_bound_plugin_calls_from_random_keys() 
             t2 + Duration::from_secs(2),
         )
         .await;
-    assert_eq!(invalid_reason(again), PICKY_REFUSAL);
-    assert_eq!(v.calls_made(), 48);
+    assert_eq!(invalid_reason(reconnected), PICKY_REFUSAL);
+    assert_eq!(v.calls_made(), 49);
     assert_eq!(gate.stats().refusals_reused, 1);
-    // Past `refused_for` a new connection of that key is checked afresh (it may have
-    // just paid).
+    // Past `refused_for` a revalidation asks the plugin again.
     let later = gate
         .check(
             stranger(2000),
             SELLER,
             ip(5000),
-            true,
-            t2 + Duration::from_secs(4),
+            false,
+            t2 + Duration::from_secs(6),
         )
         .await;
     assert_eq!(invalid_reason(later), PICKY_REFUSAL);
-    assert_eq!(v.calls_made(), 49);
+    assert_eq!(v.calls_made(), 50);
     let stats = gate.stats();
     assert_eq!(stats.checks_refused, 968 + 90 + 96);
 }

@@ -131,35 +131,35 @@ fn stripe_paid_buyer_is_valid_and_wrong_payments_are_not() {
     mock.add_intent(&SELLER, &buyer(9), 1, "usd", t - 10, "succeeded", 0, false);
 
     // $5 at $1/minute: five minutes, less the part of a second since `created`.
-    let ms = remaining(g.validate_uncached(BUYER, SELLER, now_ms()));
+    let ms = remaining(dazaar_tests::plugin_check(&g, BUYER, SELLER));
     assert!((298_000..=300_000).contains(&ms), "{ms}");
     // Half refunded: half the time.
-    let ms = remaining(g.validate_uncached(buyer(7), SELLER, now_ms()));
+    let ms = remaining(dazaar_tests::plugin_check(&g, buyer(7), SELLER));
     assert!((148_000..=150_000).contains(&ms), "{ms}");
 
     let none = "fiat_stripe: no Stripe payment in USD found for this buyer";
     assert_eq!(
-        reason(g.validate_uncached(buyer(1), SELLER, now_ms())),
+        reason(dazaar_tests::plugin_check(&g, buyer(1), SELLER)),
         none
     );
     assert_eq!(
-        reason(g.validate_uncached(buyer(3), SELLER, now_ms())),
+        reason(dazaar_tests::plugin_check(&g, buyer(3), SELLER)),
         none
     );
     for b in [4, 5, 6, 8] {
         assert_eq!(
-            reason(g.validate_uncached(buyer(b), SELLER, now_ms())),
+            reason(dazaar_tests::plugin_check(&g, buyer(b), SELLER)),
             none,
             "buyer {b}"
         );
     }
     // One cent ten seconds ago bought 0.6 s.
     assert_eq!(
-        reason(g.validate_uncached(buyer(9), SELLER, now_ms())),
+        reason(dazaar_tests::plugin_check(&g, buyer(9), SELLER)),
         "fiat_stripe: the paid time has run out"
     );
     // The same buyer under another seller key is not valid.
-    assert!(!g.validate_uncached(BUYER, [0x77; 32], now_ms()).is_valid());
+    assert!(!dazaar_tests::plugin_check(&g, BUYER, [0x77; 32]).is_valid());
 }
 
 #[test]
@@ -172,7 +172,7 @@ fn stripe_search_follows_pages() {
         mock.add_intent(&SELLER, &BUYER, 1, "usd", t, "succeeded", 0, false);
     }
     // 250 cents at $1/minute: 150 s.
-    let ms = remaining(gate(&v).validate_uncached(BUYER, SELLER, now_ms()));
+    let ms = remaining(dazaar_tests::plugin_check(&gate(&v), BUYER, SELLER));
     assert!((148_000..=150_000).contains(&ms), "{ms}");
     assert_eq!(mock.state.lock().unwrap().requests, 3, "three pages of 100");
 }
@@ -184,11 +184,11 @@ fn stripe_backend_failures_fail_closed_and_recover() {
     let v = open(&config(&mock.base, &secrets, ""));
     let g = gate(&v);
     mock.add_intent(&SELLER, &BUYER, 500, "usd", now_s(), "succeeded", 0, false);
-    assert!(g.validate_uncached(BUYER, SELLER, now_ms()).is_valid());
+    assert!(dazaar_tests::plugin_check(&g, BUYER, SELLER).is_valid());
 
     mock.set_mode(Mode::Slow(Duration::from_millis(1500)));
     let start = Instant::now();
-    let r = reason(g.validate_uncached(BUYER, SELLER, now_ms()));
+    let r = reason(dazaar_tests::plugin_check(&g, BUYER, SELLER));
     assert!(
         start.elapsed() < Duration::from_millis(1200),
         "{:?}",
@@ -200,21 +200,21 @@ fn stripe_backend_failures_fail_closed_and_recover() {
     );
 
     mock.set_mode(Mode::Garbage);
-    let r = reason(g.validate_uncached(BUYER, SELLER, now_ms()));
+    let r = reason(dazaar_tests::plugin_check(&g, BUYER, SELLER));
     assert!(r.contains("unreadable answer from Stripe"), "{r}");
 
     mock.set_mode(Mode::Error500);
-    let r = reason(g.validate_uncached(BUYER, SELLER, now_ms()));
+    let r = reason(dazaar_tests::plugin_check(&g, BUYER, SELLER));
     assert!(r.contains("Stripe answered 500: api_error"), "{r}");
 
     mock.set_mode(Mode::Hangup);
-    let r = reason(g.validate_uncached(BUYER, SELLER, now_ms()));
+    let r = reason(dazaar_tests::plugin_check(&g, BUYER, SELLER));
     assert!(r.contains("cannot check payments"), "{r}");
 
     // Back up: valid again, same verifier, no restart.
     mock.set_mode(Mode::Normal);
     std::thread::sleep(Duration::from_millis(1600)); // let the slow answer drain
-    assert!(g.validate_uncached(BUYER, SELLER, now_ms()).is_valid());
+    assert!(dazaar_tests::plugin_check(&g, BUYER, SELLER).is_valid());
 
     // Nothing listening at all.
     let down = open(&config(
@@ -222,7 +222,7 @@ fn stripe_backend_failures_fail_closed_and_recover() {
         &secrets,
         "",
     ));
-    let r = reason(gate(&down).validate_uncached(BUYER, SELLER, now_ms()));
+    let r = reason(dazaar_tests::plugin_check(&gate(&down), BUYER, SELLER));
     assert!(r.contains("Stripe is unreachable"), "{r}");
 }
 
@@ -297,7 +297,7 @@ fn stripe_checkout_session_carries_the_binding_metadata() {
     assert_eq!(send.name, "stripe-checkout-request");
     assert_eq!(send.message, json!({"amount": "5"}));
     assert!(
-        reason(gate(&keyless).validate_uncached(BUYER, SELLER, now_ms()))
+        reason(dazaar_tests::plugin_check(&gate(&keyless), BUYER, SELLER))
             .contains("no Stripe secret key configured")
     );
 
@@ -322,7 +322,11 @@ fn stripe_checkout_session_carries_the_binding_metadata() {
         .validate_uncached(buyer(2), SELLER, now_ms())
         .is_valid());
     mock.complete_session(&session_id);
-    let ms = remaining(gate(&sessions).validate_uncached(buyer(2), SELLER, now_ms()));
+    let ms = remaining(dazaar_tests::plugin_check(
+        &gate(&sessions),
+        buyer(2),
+        SELLER,
+    ));
     assert!((148_000..=150_000).contains(&ms), "{ms}");
 }
 
@@ -356,7 +360,7 @@ fn post_webhook(port: u16, body: &str, signature: &str) -> u16 {
 fn wait_valid(g: &PaymentGate, b: [u8; 32], within: Duration) -> Option<Duration> {
     let start = Instant::now();
     while start.elapsed() < within {
-        if g.validate_uncached(b, SELLER, now_ms()).is_valid() {
+        if dazaar_tests::plugin_check(&g, b, SELLER).is_valid() {
             return Some(start.elapsed());
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -376,7 +380,7 @@ fn stripe_webhook_payments_count_at_once_and_are_signature_checked() {
         secrets.whsec_file()
     ));
     let g = gate(&v);
-    assert!(!g.validate_uncached(BUYER, SELLER, now_ms()).is_valid()); // cached for 60 s
+    assert!(!dazaar_tests::plugin_check(&g, BUYER, SELLER).is_valid()); // cached for 60 s
 
     let id = mock.add_intent(&SELLER, &BUYER, 500, "usd", now_s(), "succeeded", 0, false);
     let pi = mock.state.lock().unwrap().intents.last().unwrap().clone();
@@ -389,11 +393,11 @@ fn stripe_webhook_payments_count_at_once_and_are_signature_checked() {
     let stale = sign(WEBHOOK_SECRET, event.as_bytes(), now_s() - 301);
     assert_eq!(post_webhook(port, &event, &stale), 400);
     assert_eq!(post_webhook(port, &event, "t=1"), 400);
-    assert!(!g.validate_uncached(BUYER, SELLER, now_ms()).is_valid());
+    assert!(!dazaar_tests::plugin_check(&g, BUYER, SELLER).is_valid());
 
     let good = sign(WEBHOOK_SECRET, event.as_bytes(), now_s());
     assert_eq!(post_webhook(port, &event, &good), 200);
-    let ms = remaining(g.validate_uncached(BUYER, SELLER, now_ms()));
+    let ms = remaining(dazaar_tests::plugin_check(&g, BUYER, SELLER));
     assert!((298_000..=300_000).contains(&ms), "{ms}");
 
     // A refund event makes the plugin ask Stripe again, which knows of the refund.
@@ -411,7 +415,7 @@ fn stripe_webhook_payments_count_at_once_and_are_signature_checked() {
     .to_string();
     let sig = sign(WEBHOOK_SECRET, refund.as_bytes(), now_s());
     assert_eq!(post_webhook(port, &refund, &sig), 200);
-    assert!(!g.validate_uncached(BUYER, SELLER, now_ms()).is_valid());
+    assert!(!dazaar_tests::plugin_check(&g, BUYER, SELLER).is_valid());
 
     // A paid Checkout Session delivered by webhook counts too.
     let session = json!({"id": "cs_w1", "object": "checkout.session", "payment_status": "paid",
@@ -419,10 +423,10 @@ fn stripe_webhook_payments_count_at_once_and_are_signature_checked() {
         "metadata": {"dazaar_seller": hex::encode(SELLER), "dazaar_buyer": hex::encode(buyer(3))}});
     let event =
         json!({"type": "checkout.session.completed", "data": {"object": session}}).to_string();
-    assert!(!g.validate_uncached(buyer(3), SELLER, now_ms()).is_valid());
+    assert!(!dazaar_tests::plugin_check(&g, buyer(3), SELLER).is_valid());
     let sig = sign(WEBHOOK_SECRET, event.as_bytes(), now_s());
     assert_eq!(post_webhook(port, &event, &sig), 200);
-    let ms = remaining(g.validate_uncached(buyer(3), SELLER, now_ms()));
+    let ms = remaining(dazaar_tests::plugin_check(&g, buyer(3), SELLER));
     assert!((58_000..=60_000).contains(&ms), "{ms}");
 }
 
@@ -445,11 +449,11 @@ fn stripe_secrets_never_appear_in_logs_or_reasons() {
         .is_valid());
     v.payment_request(BUYER, SELLER, &usd_terms(), "5").unwrap();
     mock.set_mode(Mode::Error500);
-    reasons.push(reason(gate(&v).validate_uncached(BUYER, SELLER, now_ms())));
+    reasons.push(reason(dazaar_tests::plugin_check(&gate(&v), BUYER, SELLER)));
     mock.set_mode(Mode::Normal);
 
     let bad = open(&config(&mock.base, &wrong, &logging));
-    let r = reason(gate(&bad).validate_uncached(BUYER, SELLER, now_ms()));
+    let r = reason(dazaar_tests::plugin_check(&gate(&bad), BUYER, SELLER));
     assert!(
         r.contains("Stripe answered 401") && r.contains("[redacted]"),
         "{r}"
@@ -526,14 +530,14 @@ fn stripe_against_localstripe() {
     let g = gate(&v);
     let pi = pay(BUYER, "4242424242424242", "500").unwrap();
     assert_eq!(pi["status"], "succeeded", "{pi}");
-    let ms = remaining(g.validate_uncached(BUYER, SELLER, now_ms()));
+    let ms = remaining(dazaar_tests::plugin_check(&g, BUYER, SELLER));
     assert!((298_000..=300_000).contains(&ms), "{ms}");
 
     // Declined card: the intent exists but did not succeed.
     let _ = pay(buyer(2), "4000000000000341", "500");
-    assert!(!g.validate_uncached(buyer(2), SELLER, now_ms()).is_valid());
+    assert!(!dazaar_tests::plugin_check(&g, buyer(2), SELLER).is_valid());
     // Unpaid.
-    assert!(!g.validate_uncached(buyer(3), SELLER, now_ms()).is_valid());
+    assert!(!dazaar_tests::plugin_check(&g, buyer(3), SELLER).is_valid());
 
     // Refunded: the time it bought is gone.
     post(
@@ -541,7 +545,7 @@ fn stripe_against_localstripe() {
         &[("payment_intent", pi["id"].as_str().unwrap())],
     )
     .unwrap();
-    assert!(!g.validate_uncached(BUYER, SELLER, now_ms()).is_valid());
+    assert!(!dazaar_tests::plugin_check(&g, BUYER, SELLER).is_valid());
 
     // Webhooks from localstripe (it waits about a second before delivering).
     let port = free_port();
@@ -555,7 +559,7 @@ fn stripe_against_localstripe() {
         ("secret", WEBHOOK_SECRET),
     ]);
     assert!(cfg.is_ok(), "{cfg:?}");
-    assert!(!hg.validate_uncached(buyer(4), SELLER, now_ms()).is_valid()); // cached 60 s
+    assert!(!dazaar_tests::plugin_check(&hg, buyer(4), SELLER).is_valid()); // cached 60 s
     let paid_at = Instant::now();
     pay(buyer(4), "4242424242424242", "200").unwrap();
     let took = wait_valid(&hg, buyer(4), Duration::from_secs(10))
@@ -564,7 +568,7 @@ fn stripe_against_localstripe() {
         "localstripe webhook: paid to valid in {:?}",
         paid_at.elapsed().min(took + Duration::from_millis(5))
     );
-    let ms = remaining(hg.validate_uncached(buyer(4), SELLER, now_ms()));
+    let ms = remaining(dazaar_tests::plugin_check(&hg, buyer(4), SELLER));
     assert!((115_000..=120_000).contains(&ms), "{ms}");
 }
 
@@ -746,7 +750,7 @@ fn stripe_plugin_logs_reach_the_host_log_without_secrets() {
         .validate_uncached(BUYER, SELLER, now_ms())
         .is_valid());
     mock.set_mode(Mode::Error500);
-    let why = reason(gate(&v).validate_uncached(buyer(9), SELLER, now_ms()));
+    let why = reason(dazaar_tests::plugin_check(&gate(&v), buyer(9), SELLER));
     assert!(why.contains("500"), "{why}");
 
     let text = String::from_utf8_lossy(&log.lock().unwrap()).into_owned();
@@ -774,17 +778,17 @@ fn stripe_429_retry_after_stops_calls_until_it_is_over() {
     let v = open(&config(&mock.base, &secrets, ""));
     let g = gate(&v);
     mock.add_intent(&SELLER, &BUYER, 500, "usd", now_s(), "succeeded", 0, false);
-    assert!(g.validate_uncached(BUYER, SELLER, now_ms()).is_valid());
+    assert!(dazaar_tests::plugin_check(&g, BUYER, SELLER).is_valid());
     assert_eq!(mock.state.lock().unwrap().requests, 1);
 
     mock.set_mode(Mode::RateLimited(30));
-    let r = reason(g.validate_uncached(buyer(2), SELLER, now_ms()));
+    let r = reason(dazaar_tests::plugin_check(&g, buyer(2), SELLER));
     assert!(r.contains("429"), "{r}");
     assert_eq!(mock.state.lock().unwrap().requests, 2);
     // Stripe would now answer; the plugin must not ask.
     mock.set_mode(Mode::Normal);
     for n in 3..40 {
-        let r = reason(g.validate_uncached(buyer(n), SELLER, now_ms()));
+        let r = reason(dazaar_tests::plugin_check(&g, buyer(n), SELLER));
         assert!(
             r.contains("rate-limiting") && r.contains("resume in"),
             "{r}"
@@ -792,7 +796,7 @@ fn stripe_429_retry_after_stops_calls_until_it_is_over() {
     }
     // The paying buyer is not cut off: its last answer stands in (max_stale_ms).
     for _ in 0..10 {
-        assert!(g.validate_uncached(BUYER, SELLER, now_ms()).is_valid());
+        assert!(dazaar_tests::plugin_check(&g, BUYER, SELLER).is_valid());
     }
     assert_eq!(
         mock.state.lock().unwrap().requests,
@@ -804,7 +808,7 @@ fn stripe_429_retry_after_stops_calls_until_it_is_over() {
     let v = open(&config(&mock.base, &secrets, ""));
     let g = gate(&v);
     mock.set_mode(Mode::RateLimited(1));
-    assert!(!g.validate_uncached(BUYER, SELLER, now_ms()).is_valid());
+    assert!(!dazaar_tests::plugin_check(&g, BUYER, SELLER).is_valid());
     let before = mock.state.lock().unwrap().requests;
     mock.set_mode(Mode::Normal);
     let took = wait_valid(&g, BUYER, Duration::from_secs(5)).expect("calls resumed");
@@ -831,7 +835,7 @@ fn stripe_request_budget_bounds_calls_and_paying_buyers_stay_valid() {
         mock.add_intent(&SELLER, b, 500, "usd", t, "succeeded", 0, false);
     }
     for b in &paid {
-        assert!(g.validate_uncached(*b, SELLER, now_ms()).is_valid());
+        assert!(dazaar_tests::plugin_check(&g, *b, SELLER).is_valid());
     }
     let start = Instant::now();
     let base = mock.state.lock().unwrap().searches;
@@ -844,7 +848,7 @@ fn stripe_request_budget_bounds_calls_and_paying_buyers_stay_valid() {
                 let mut paid_invalid = 0;
                 for _round in 0..8 {
                     for n in (1..=100u8).filter(|n| n % 4 == t) {
-                        let ok = g.validate_uncached(buyer(n), SELLER, now_ms()).is_valid();
+                        let ok = dazaar_tests::plugin_check(&g, buyer(n), SELLER).is_valid();
                         if paid.contains(&buyer(n)) && !ok {
                             paid_invalid += 1;
                         }
@@ -891,11 +895,11 @@ fn stripe_webhook_index_answers_without_searching() {
     let sig = sign(WEBHOOK_SECRET, event.as_bytes(), now_s());
     assert_eq!(post_webhook(port, &event, &sig), 200);
     for _ in 0..20 {
-        assert!(g.validate_uncached(BUYER, SELLER, now_ms()).is_valid());
+        assert!(dazaar_tests::plugin_check(&g, BUYER, SELLER).is_valid());
     }
     assert_eq!(mock.state.lock().unwrap().requests, 0, "searched anyway");
     // Unknown keys still fall back to search.
-    assert!(!g.validate_uncached(buyer(2), SELLER, now_ms()).is_valid());
+    assert!(!dazaar_tests::plugin_check(&g, buyer(2), SELLER).is_valid());
     assert_eq!(mock.state.lock().unwrap().requests, 1);
 }
 
@@ -917,9 +921,9 @@ fn stripe_list_past_max_pages_counts_the_newest() {
         mock.add_intent(&[0x77; 32], &buyer(9), 1, "usd", t, "succeeded", 0, false);
     }
     mock.add_intent(&SELLER, &BUYER, 500, "usd", t, "succeeded", 0, false);
-    let ms = remaining(g.validate_uncached(BUYER, SELLER, now_ms()));
+    let ms = remaining(dazaar_tests::plugin_check(&g, BUYER, SELLER));
     assert!((298_000..=300_000).contains(&ms), "{ms}");
-    let r = reason(g.validate_uncached(buyer(2), SELLER, now_ms()));
+    let r = reason(dazaar_tests::plugin_check(&g, buyer(2), SELLER));
     assert!(r.contains("among the newest 200"), "{r}");
 }
 
@@ -938,7 +942,7 @@ fn stripe_webhook_flows_while_clients_stall_and_idle() {
         secrets.whsec_file()
     ));
     let g = gate(&v);
-    assert!(!g.validate_uncached(BUYER, SELLER, now_ms()).is_valid()); // cached 60 s
+    assert!(!dazaar_tests::plugin_check(&g, BUYER, SELLER).is_valid()); // cached 60 s
 
     // Bodies announced and never sent: a small one and one of 100 kB (tiny_http read
     // bodies under 1 KiB on the connection's own thread, larger ones on the one thread
@@ -981,7 +985,7 @@ fn stripe_webhook_flows_while_clients_stall_and_idle() {
         answer.starts_with("HTTP/1.1 200"),
         "no answer to a signed event while clients stall: {answer:?}"
     );
-    let ms = remaining(g.validate_uncached(BUYER, SELLER, now_ms()));
+    let ms = remaining(dazaar_tests::plugin_check(&g, BUYER, SELLER));
     assert!((298_000..=300_000).contains(&ms), "{ms}");
     drop(idle);
     drop(stalled);
@@ -1020,7 +1024,7 @@ fn stripe_measure_100_buyers() {
         mock.add_intent(&SELLER, b, 500, "usd", t, "succeeded", 0, false);
     }
     for b in &paid {
-        assert!(g.validate_uncached(*b, SELLER, now_ms()).is_valid());
+        assert!(dazaar_tests::plugin_check(&g, *b, SELLER).is_valid());
     }
     let base = {
         let st = mock.state.lock().unwrap();
@@ -1036,7 +1040,7 @@ fn stripe_measure_100_buyers() {
                 let (mut checks, mut refused) = (0, 0);
                 while start.elapsed() < run {
                     for n in (1..=100u8).filter(|n| n % 4 == t) {
-                        let ok = g.validate_uncached(buyer(n), SELLER, now_ms()).is_valid();
+                        let ok = dazaar_tests::plugin_check(&g, buyer(n), SELLER).is_valid();
                         if paid.contains(&buyer(n)) {
                             checks += 1;
                             if !ok {

@@ -14,7 +14,9 @@ use dazaar::market::{
     self, BuyOptions, BuyerEvent, Identity, KdfParams, Product, ProductOptions, SellerEvent,
 };
 use dazaar::net::{NetConfig, SharedFeed};
-use dazaar::payments::{CallLimits, PaymentEntry, PaymentGate, PaymentTerms, PluginRegistry};
+use dazaar::payments::{
+    CallLimits, GateLimits, PaymentEntry, PaymentGate, PaymentTerms, PluginRegistry,
+};
 use dazaar::storage::FsStore;
 use serde_json::json;
 use tokio::sync::{mpsc, watch};
@@ -133,6 +135,11 @@ pub struct SellArgs {
     /// `limits.max_connections_per_ip`, else 32).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
     pub max_connections_per_ip: Option<u64>,
+    /// Fresh payment checks of unknown buyer keys per second from one IP address, 0 for no
+    /// limit (default: the config's `limits.payment_checks_per_ip`, else 4). For the
+    /// products of a config's `[[sell]]` tables, set `limits.payment_checks_per_ip`.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub payment_checks_per_ip: Option<u32>,
     /// One JSON object per line on stdout.
     #[arg(long)]
     pub json: bool,
@@ -345,12 +352,20 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
             dazaar_plugin_api::Rate::from_card(&terms.amount, &terms.unit, &terms.interval)
                 .map_err(|e| anyhow::anyhow!("the price: {e}"))?;
             let verifier = plugin.open(&args.plugin_config, limits())?;
-            PaymentGate::new(
+            let mut gate_limits = GateLimits::default();
+            if let Some(n) = args
+                .payment_checks_per_ip
+                .or(conn_limits.payment_checks_per_ip)
+            {
+                gate_limits = gate_limits.with_checks_per_ip(n);
+            }
+            PaymentGate::with_limits(
                 vec![PaymentEntry {
                     terms: Arc::new(terms),
                     verifier,
                 }],
                 revalidate,
+                gate_limits,
             )
         };
         products.push(Product::new(

@@ -37,6 +37,7 @@
 //! max_connections = 4096        # never more than RLIMIT_NOFILE allows
 //! max_connections_per_ip = 32   # 0: no per-address cap
 //! unpaid_grace_secs = 60        # a buyer not valid this long is disconnected
+//! payment_checks_per_ip = 4     # fresh checks of unknown keys per second per address
 //!
 //! [buy]
 //! [[buy.payment]]
@@ -58,7 +59,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::payments::{
-    BuyerPlugin, BuyerWallet, CallLimits, PaymentEntry, PaymentGate, PluginRegistry,
+    BuyerPlugin, BuyerWallet, CallLimits, GateLimits, PaymentEntry, PaymentGate, PluginRegistry,
 };
 
 use dazaar_plugin_api::{PaymentTerms, Rate, TimeUnit};
@@ -160,6 +161,9 @@ pub struct LimitSettings {
     pub max_connections_per_ip: Option<usize>,
     /// A buyer not valid for this long is disconnected.
     pub unpaid_grace: Option<Duration>,
+    /// Fresh payment checks of unknown buyer keys per second from one IP address
+    /// (0: no per-address limit).
+    pub payment_checks_per_ip: Option<u32>,
 }
 
 /// The `[discovery]` section.
@@ -302,7 +306,15 @@ impl Settings {
                 verifier,
             });
         }
-        Ok(PaymentGate::new(entries, product.revalidate))
+        let mut gate_limits = GateLimits::default();
+        if let Some(n) = self.limits.payment_checks_per_ip {
+            gate_limits = gate_limits.with_checks_per_ip(n);
+        }
+        Ok(PaymentGate::with_limits(
+            entries,
+            product.revalidate,
+            gate_limits,
+        ))
     }
 
     /// Loads and opens the buyer's payment plugins (`[[buy.payment]]`), in file order.
@@ -387,6 +399,7 @@ struct RawFile {
 struct RawLimits {
     max_connections: Option<Spanned<u64>>,
     max_connections_per_ip: Option<Spanned<u64>>,
+    payment_checks_per_ip: Option<Spanned<u64>>,
     unpaid_grace_secs: Option<Spanned<u64>>,
 }
 
@@ -656,6 +669,12 @@ impl Ctx<'_> {
             .map(to_usize),
             unpaid_grace: ranged(&l.unpaid_grace_secs, "unpaid_grace_secs", 1..=86_400)?
                 .map(Duration::from_secs),
+            payment_checks_per_ip: ranged(
+                &l.payment_checks_per_ip,
+                "payment_checks_per_ip",
+                0..=100_000,
+            )?
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
         })
     }
 

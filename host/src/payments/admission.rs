@@ -62,8 +62,12 @@ pub struct GateLimits {
 impl Default for GateLimits {
     fn default() -> Self {
         GateLimits {
-            checks_per_ip: RateLimit::new(4, Duration::from_millis(500)),
-            checks_global: RateLimit::new(32, Duration::from_millis(100)),
+            // A few fresh checks per address and second (a buyer connects, pays,
+            // reconnects); all strangers together get 100 per second, enough to bring a
+            // thousand buyers back after a restart in seconds, far below what the
+            // backends' own budgets allow.
+            checks_per_ip: RateLimit::new(8, Duration::from_millis(250)),
+            checks_global: RateLimit::new(256, Duration::from_millis(10)),
             refused_for: Duration::from_secs(3),
             messages_per_connection: RateLimit::new(4, Duration::from_secs(10)),
             messages_per_ip: RateLimit::new(16, Duration::from_secs(2)),
@@ -75,6 +79,20 @@ impl Default for GateLimits {
 }
 
 impl GateLimits {
+    /// These limits with fresh checks of unknown keys capped at `per_second` per peer IP
+    /// (burst: two seconds' worth), or not capped per IP when `per_second` is 0 (a seller
+    /// whose buyers all come through one address, such as a benchmark on loopback).
+    pub fn with_checks_per_ip(mut self, per_second: u32) -> GateLimits {
+        self.checks_per_ip = match per_second {
+            0 => RateLimit::UNLIMITED,
+            n => RateLimit::new(
+                n.saturating_mul(2),
+                Duration::from_nanos(1_000_000_000 / u64::from(n)),
+            ),
+        };
+        self
+    }
+
     /// No admission limits (every check and message reaches the plugins, as before these
     /// limits existed); the pool's lanes still apply.
     pub fn unlimited() -> GateLimits {

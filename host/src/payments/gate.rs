@@ -7,9 +7,10 @@
 //! is a stranger. For strangers, the seller-facing entry points ([`PaymentGate::check`],
 //! [`PaymentGate::answer_message`]):
 //!
-//! - reuse a recent refusal ([`GateLimits::refused_for`]) even on a new connection, so one
-//!   key reconnecting costs no plugin call; after that a new connection of a key that may
-//!   have just paid is checked afresh;
+//! - reuse a recent refusal ([`GateLimits::refused_for`]) when revalidating a
+//!   connection, so a stranger sitting on a connection costs few plugin calls; a new
+//!   connection is always checked afresh (the buyer may have just paid), within its IP's
+//!   admission;
 //! - admit a fresh plugin check only with a token from its IP's bucket and from the
 //!   global bucket; without one the answer is [`PUBLIC_BUSY`] (fail closed, not cached),
 //!   so a flood of random keys costs a bounded rate of plugin calls;
@@ -250,8 +251,9 @@ impl PaymentGate {
 
     /// Seller side, for a peer: whether `buyer` may have the product sold under
     /// `seller` at `now`. `ip` is the peer's address (for the per-IP limits); `fresh`
-    /// marks a new connection (the buyer may have just paid: a cached "yes" is not
-    /// reused, and a cached "no" only within [`GateLimits::refused_for`]).
+    /// marks a new connection (the buyer may have just paid: no cached answer is reused;
+    /// a stranger's fresh check needs admission). Revalidations of a connection reuse a
+    /// stranger's refusal for [`GateLimits::refused_for`].
     ///
     /// Waits on the plugin without holding a thread (needs a tokio runtime with timers).
     pub async fn check(
@@ -271,7 +273,11 @@ impl PaymentGate {
             let known = self.is_known(&st, &key, now);
             if let Some((at, answer)) = st.answers.get(&key) {
                 let age = now.saturating_duration_since(*at);
-                let recent_refusal = !known && !answer.is_valid() && age < self.limits.refused_for;
+                // A new connection is never answered from a refusal: the buyer may have
+                // paid since (pay, then connect). The admission buckets below bound how
+                // often one IP can make a stranger's key be checked afresh.
+                let recent_refusal =
+                    !fresh && !known && !answer.is_valid() && age < self.limits.refused_for;
                 if (!fresh && age < self.revalidate) || recent_refusal {
                     if let Some(answer) = age_answer(answer, age) {
                         if recent_refusal {

@@ -80,7 +80,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use dazaar_plugin_api::{
-    export_payment_plugin, parse_payment_memo, Description, Grant, Key, Payment,
+    export_payment_plugin, parse_payment_memo, unavailable, Description, Grant, Key, Payment,
     PaymentInstructions, PaymentPlugin, Request,
 };
 use serde::Deserialize;
@@ -570,13 +570,15 @@ impl PaymentPlugin for EosPlugin {
             .map_err(|e| format!("bad price on the card: {e}"))?;
         let account = self.account_for(req)?;
         let symbol = self.symbol_for(&req.terms.currency)?;
-        self.refresh(&account, req.seller)?;
-        let accounts = self.lock()?;
+        // Failures to read the chain are marked `unavailable`: the host logs them and tells
+        // the peer only that the check is unavailable.
+        self.refresh(&account, req.seller).map_err(unavailable)?;
+        let accounts = self.lock().map_err(unavailable)?;
         let a = accounts
             .get(&account)
-            .ok_or("the account's history is not loaded")?;
+            .ok_or_else(|| unavailable("the account's history is not loaded"))?;
         if let Some(e) = &a.last_error {
-            return Err(format!("cannot read EOS history: {e}"));
+            return Err(unavailable(format!("cannot read EOS history: {e}")));
         }
         let payments: Vec<Payment> = a
             .by_buyer

@@ -49,8 +49,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dazaar_plugin_api::{
-    export_payment_plugin, Description, Grant, Key, OutgoingMessage, Payment, PaymentInstructions,
-    PaymentPlugin, Request,
+    export_payment_plugin, unavailable, Description, Grant, Key, OutgoingMessage, Payment,
+    PaymentInstructions, PaymentPlugin, Request,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -764,7 +764,12 @@ impl PaymentPlugin for StripePlugin {
                 .collect()
         };
         let enough = |found: &[StripePayment]| rate.is_active(&counted(found), now_ms);
-        let known = self.payments_for(req.seller, req.buyer, &enough)?;
+        // Failures to ask Stripe (HTTP errors, 429, an exhausted budget) are marked
+        // `unavailable`: the host logs them and tells the peer only that the check is
+        // unavailable.
+        let known = self
+            .payments_for(req.seller, req.buyer, &enough)
+            .map_err(unavailable)?;
         let payments = counted(&known.payments);
         tracing::trace!(buyer = %hex::encode(req.buyer), count = payments.len(), "payments counted");
         if payments.is_empty() {
@@ -802,7 +807,7 @@ impl PaymentPlugin for StripePlugin {
             None | Some(Value::Null) => req.terms.amount.to_string(),
             Some(_) => return Err(format!("{MSG_CHECKOUT_REQUEST}: bad amount")),
         };
-        let how = self.create_checkout(req, &amount)?;
+        let how = self.create_checkout(req, &amount).map_err(unavailable)?;
         let reply = json!({
             "url": how.checkout_url,
             "id": how.invoice,

@@ -86,7 +86,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dazaar_plugin_api::{
-    export_payment_plugin, parse_payment_memo, payment_memo, Description, Grant, Key,
+    export_payment_plugin, parse_payment_memo, payment_memo, unavailable, Description, Grant, Key,
     OutgoingMessage, Payment, PaymentInstructions, PaymentPlugin, Request,
 };
 use serde::Deserialize;
@@ -801,18 +801,20 @@ impl PaymentPlugin for LndPlugin {
             .rate()
             .map_err(|e| format!("bad price on the card: {e}"))?;
         let currency = req.terms.currency.as_str();
+        // Failures to check (no node, node unreachable) are marked `unavailable`: the host
+        // logs them and tells the peer only that the check is unavailable.
         if self.lnd.is_none() {
-            return Err(NO_LND.into());
+            return Err(unavailable(NO_LND));
         }
         let st = self
             .state
             .lock()
-            .map_err(|_| "the LND plugin's state is poisoned".to_owned())?;
+            .map_err(|_| unavailable("the LND plugin's state is poisoned"))?;
         if st.live_since.is_none() {
-            return Err(format!(
+            return Err(unavailable(format!(
                 "LND is not reachable: {}",
                 st.last_error.as_deref().unwrap_or("connecting")
-            ));
+            )));
         }
         let mut payments = Vec::new();
         for (_, sats, at) in st
