@@ -576,8 +576,11 @@ pub fn config_toml(data: &[u8]) {
     }
 }
 
+/// A fuzz target body.
+pub type Target = fn(&[u8]);
+
 /// Every target, by the name its harness and corpus directory have.
-pub const TARGETS: [(&str, fn(&[u8])); 7] = [
+pub const TARGETS: [(&str, Target); 7] = [
     ("wire_frames", wire_frames),
     ("wire_session", wire_session),
     ("noise_handshake", noise_handshake),
