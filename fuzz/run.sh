@@ -20,10 +20,11 @@ seconds=$2
 shift 2
 
 if [ "$target" = all ]; then
+  failed=0
   for t in $(ls fuzz_targets | sed 's/\.rs$//'); do
-    "$0" "$t" "$seconds" "$@"
+    "$0" "$t" "$seconds" "$@" || failed=1
   done
-  exit 0
+  exit "$failed"
 fi
 if [ ! -f "fuzz_targets/$target.rs" ]; then
   echo "no such target: $target" >&2
@@ -33,13 +34,15 @@ fi
 mkdir -p "work/$target" "artifacts/$target" logs
 # --sanitizer none: the only cargo-fuzz mode that needs no nightly flag (ASan needs
 # -Zsanitizer). Overflow checks and debug assertions stay on (cargo-fuzz's default).
+set +e
 cargo fuzz run --sanitizer none --debug-assertions --codegen-units "${FUZZ_CGU:-16}" ${FUZZ_TARGET_DIR:+--target-dir "$FUZZ_TARGET_DIR"} \
   "$target" "work/$target" "corpus/$target" -- \
   -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
   -artifact_prefix="artifacts/$target/" "$@" 2>&1 | tee "logs/$target.log"
 status=${PIPESTATUS[0]}
+set -e
 # The execution count and coverage, from libFuzzer's final stats.
-runs=$(grep -E '^stat::number_of_executed_units' "logs/$target.log" | awk '{print $2}')
-cov=$(grep -E '#[0-9]+ +DONE' "logs/$target.log" | tail -1 | sed -E 's/.*cov: ([0-9]+).*/\1/')
+runs=$(grep -aE '^stat::number_of_executed_units' "logs/$target.log" | awk '{print $2}' || true)
+cov=$(grep -aE '#[0-9]+[[:space:]]+DONE' "logs/$target.log" | tail -1 | sed -E 's/.*cov: ([0-9]+).*/\1/' || true)
 echo "fuzz: $target: ${runs:-?} executions in ${seconds}s, coverage ${cov:-?}, exit $status"
 exit "$status"

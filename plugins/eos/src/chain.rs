@@ -93,7 +93,12 @@ pub fn parse_block_time(text: &str) -> Option<u64> {
         d.next()?.parse().ok()?,
         d.next()?.parse().ok()?,
     );
-    if d.next().is_some() || !(1..=12).contains(&mo) || !(1..=31).contains(&da) {
+    // Years past 9999 would overflow the day and millisecond arithmetic below.
+    if d.next().is_some()
+        || !(1970..=9999).contains(&y)
+        || !(1..=12).contains(&mo)
+        || !(1..=31).contains(&da)
+    {
         return None;
     }
     let (hms, frac) = time.split_once('.').unwrap_or((time, "0"));
@@ -103,7 +108,12 @@ pub fn parse_block_time(text: &str) -> Option<u64> {
         h.next()?.parse().ok()?,
         h.next()?.parse().ok()?,
     );
-    if h.next().is_some() || hh > 23 || mm > 59 || ss > 60 {
+    // Negative fields parse as i64 too; they would overflow the sum below.
+    if h.next().is_some()
+        || !(0..=23).contains(&hh)
+        || !(0..=59).contains(&mm)
+        || !(0..=60).contains(&ss)
+    {
         return None;
     }
     if frac.is_empty() || frac.len() > 9 || !frac.chars().all(|c| c.is_ascii_digit()) {

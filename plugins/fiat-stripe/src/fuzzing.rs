@@ -93,9 +93,8 @@ fn webhook(data: &[u8]) {
     let Ok(event) = serde_json::from_slice::<Value>(body) else {
         return;
     };
-    let kind = event.get("type").and_then(Value::as_str).unwrap_or("");
+    let _kind = event.get("type").and_then(Value::as_str).unwrap_or("");
     if let Some(obj) = event.get("data").and_then(|d| d.get("object")) {
-        let _ = kind;
         read_object(obj);
     }
 }
