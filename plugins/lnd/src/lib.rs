@@ -1258,7 +1258,10 @@ mod tests {
                 seller: SELLER,
                 terms: &terms,
             };
-            assert_eq!(plugin.validate(&req, NOW * 1000).unwrap_err(), NO_LND);
+            assert_eq!(
+                plugin.validate(&req, NOW * 1000).unwrap_err(),
+                unavailable(NO_LND)
+            );
             // Selling needs LND too.
             let e = plugin
                 .user_message(&req, MSG_PAY_REQUEST, "{\"amount\":5}")
