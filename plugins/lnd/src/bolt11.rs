@@ -149,7 +149,8 @@ impl Invoice {
     }
 }
 
-fn polymod(values: impl Iterator<Item = u8>) -> u32 {
+/// The bech32 checksum function (BIP-173).
+pub(crate) fn polymod(values: impl Iterator<Item = u8>) -> u32 {
     const GEN: [u32; 5] = [0x3b6a57b2, 0x26508e6d, 0x1ea119fa, 0x3d4233dd, 0x2a1462b3];
     let mut chk: u32 = 1;
     for v in values {
@@ -164,7 +165,8 @@ fn polymod(values: impl Iterator<Item = u8>) -> u32 {
     chk
 }
 
-fn hrp_expand(hrp: &[u8]) -> impl Iterator<Item = u8> + '_ {
+/// The human-readable part as the checksum reads it (BIP-173).
+pub(crate) fn hrp_expand(hrp: &[u8]) -> impl Iterator<Item = u8> + '_ {
     hrp.iter()
         .map(|c| c >> 5)
         .chain(std::iter::once(0))

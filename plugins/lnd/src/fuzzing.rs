@@ -9,7 +9,7 @@
 use k256::ecdsa::SigningKey;
 use sha2::{Digest, Sha256};
 
-use crate::bolt11::{self, Bolt11Error, Network, MAX_LEN};
+use crate::bolt11::{self, hrp_expand, polymod, Bolt11Error, Network, MAX_LEN};
 
 const CHARSET: &[u8; 32] = b"qpzry9x8gf2tvdw0s3jn54khce6mua7l";
 
@@ -29,28 +29,9 @@ const HRPS: [&str; 12] = [
     "ln",
 ];
 
-fn polymod(values: impl Iterator<Item = u8>) -> u32 {
-    const GEN: [u32; 5] = [0x3b6a57b2, 0x26508e6d, 0x1ea119fa, 0x3d4233dd, 0x2a1462b3];
-    let mut chk: u32 = 1;
-    for v in values {
-        let top = chk >> 25;
-        chk = ((chk & 0x1ff_ffff) << 5) ^ u32::from(v);
-        for (i, g) in GEN.iter().enumerate() {
-            if (top >> i) & 1 == 1 {
-                chk ^= g;
-            }
-        }
-    }
-    chk
-}
-
-/// `hrp 1 words checksum` as text.
+/// `hrp 1 words checksum` as text (the checksum from the decoder's own functions).
 fn bech32(hrp: &str, words: &[u8]) -> String {
-    let expanded = hrp
-        .bytes()
-        .map(|c| c >> 5)
-        .chain(std::iter::once(0))
-        .chain(hrp.bytes().map(|c| c & 31));
+    let expanded = hrp_expand(hrp.as_bytes());
     let pm = polymod(
         expanded
             .chain(words.iter().copied())
