@@ -67,29 +67,12 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.rsplit_once(')')?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
-fn status_kib(pid: u32, key: &str) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with(key))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 fn rss_mib(pid: u32) -> f64 {
-    status_kib(pid, "VmRSS:").unwrap_or(0) as f64 / 1024.0
+    procfs::rss_kib(pid).unwrap_or(0) as f64 / 1024.0
 }
 
 fn hwm_mib(pid: u32) -> f64 {
-    status_kib(pid, "VmHWM:").unwrap_or(0) as f64 / 1024.0
+    procfs::peak_rss_kib(pid).unwrap_or(0) as f64 / 1024.0
 }
 
 fn fd_count(pid: u32) -> usize {
@@ -556,7 +539,7 @@ fn phase(
         take(s, &mut synced, &mut blocks);
     }
     let seller_invalid0 = seller.log.paying_invalid.load(Ordering::Relaxed);
-    let cpu0 = cpu_ticks(seller.pid).unwrap_or(0);
+    let cpu0 = procfs::cpu_ticks(seller.pid).unwrap_or(0);
     let t0 = now_ms();
     let start = Instant::now();
     // A paying buyer that arrives now, while the attack runs: how long until it has the
@@ -580,7 +563,7 @@ fn phase(
         }
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let cpu1 = cpu_ticks(seller.pid).unwrap_or(0);
+    let cpu1 = procfs::cpu_ticks(seller.pid).unwrap_or(0);
     let t1 = now_ms();
     let rss = rss_mib(seller.pid);
     let hwm = hwm_mib(seller.pid);
@@ -653,7 +636,7 @@ fn phase(
         max: lat.last().copied().unwrap_or(0),
         expected,
         late: expected.saturating_sub(on_time),
-        cpu: (cpu1.saturating_sub(cpu0)) as f64 / 100.0 / elapsed,
+        cpu: (cpu1.saturating_sub(cpu0)) as f64 / procfs::ticks_per_second() as f64 / elapsed,
         rss,
         hwm,
         fds,

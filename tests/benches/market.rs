@@ -35,23 +35,6 @@ impl Drop for Proc {
     }
 }
 
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = stat.rsplit_once(')')?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-}
-
-fn status_kib(pid: u32, key: &str) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with(key))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 struct Result {
     label: String,
     p50: u64,
@@ -142,7 +125,7 @@ async fn measure(
     let buyers_ok = connected.load(std::sync::atomic::Ordering::Relaxed);
     // Drop what arrived while connecting; measure a window.
     while rx.try_recv().is_ok() {}
-    let cpu0 = cpu_ticks(seller_pid).unwrap_or(0);
+    let cpu0 = procfs::cpu_ticks(seller_pid).unwrap_or(0);
     let t0 = std::time::Instant::now();
     let mut lat = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
@@ -150,10 +133,10 @@ async fn measure(
         lat.push(l);
     }
     let elapsed = t0.elapsed().as_secs_f64();
-    let cpu1 = cpu_ticks(seller_pid).unwrap_or(0);
-    let ticks_per_s = 100.0; // Linux USER_HZ
-    let rss = status_kib(seller_pid, "VmRSS:").unwrap_or(0) as f64 / 1024.0;
-    let hwm = status_kib(seller_pid, "VmHWM:").unwrap_or(0) as f64 / 1024.0;
+    let cpu1 = procfs::cpu_ticks(seller_pid).unwrap_or(0);
+    let ticks_per_s = procfs::ticks_per_second() as f64;
+    let rss = procfs::rss_kib(seller_pid).unwrap_or(0) as f64 / 1024.0;
+    let hwm = procfs::peak_rss_kib(seller_pid).unwrap_or(0) as f64 / 1024.0;
     let _ = stop.send(true);
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(5), t).await;

@@ -23,6 +23,7 @@ pub mod routerrpc {
 }
 pub mod localstripe;
 pub mod proc;
+pub mod procfs;
 pub mod stripe_mock;
 
 pub use proc::{

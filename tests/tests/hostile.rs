@@ -141,6 +141,27 @@ impl Hostile {
         self.session.open_channel(&self.feed_key).expect("open");
     }
 
+    /// Asserts that this peer, asking for `blocks`, is told `dazaar/invalid` and has its
+    /// early Open refused, then keeps asking for a while and gets no Data at all.
+    async fn assert_refused_and_never_served(&mut self, blocks: Range<u64>, who: &str) {
+        let refused = self
+            .run(
+                blocks.clone(),
+                |s| s.invalid && s.channel_closed,
+                Duration::from_secs(10),
+            )
+            .await;
+        assert!(refused, "the early Open was not refused: {:?}", self.seen);
+        // It opens again and keeps asking.
+        self.run(blocks, |_| false, Duration::from_millis(1500))
+            .await;
+        assert!(
+            self.seen.data.is_empty(),
+            "blocks served to {who}: {:?}",
+            self.seen.data
+        );
+    }
+
     /// Runs the connection, requesting `blocks` every 50 ms, until `done` holds or
     /// `limit` passes (then returns false) or the seller ends the connection.
     async fn run(
@@ -284,21 +305,8 @@ async fn denied_stranger_opening_the_free_feed_gets_no_data() {
     init_test_log();
     let sale = free_sale(20, true, Duration::from_secs(60)).await;
     let mut h = sale.hostile(NoiseKeyPair::generate()).await;
-    let refused = h
-        .run(
-            0..20,
-            |s| s.invalid && s.channel_closed,
-            Duration::from_secs(10),
-        )
+    h.assert_refused_and_never_served(0..20, "a denied peer")
         .await;
-    assert!(refused, "the early Open was not refused: {:?}", h.seen);
-    // It opens again and keeps asking.
-    h.run(0..20, |_| false, Duration::from_millis(1500)).await;
-    assert!(
-        h.seen.data.is_empty(),
-        "blocks served to a denied peer: {:?}",
-        h.seen.data
-    );
 }
 
 /// A revoked buyer connecting again gets nothing, though the feed is free.
@@ -315,20 +323,8 @@ async fn revoked_buyer_opening_the_free_feed_gets_no_data() {
     )
     .expect("revoke");
     let mut h = sale.hostile(buyer).await;
-    let refused = h
-        .run(
-            0..20,
-            |s| s.invalid && s.channel_closed,
-            Duration::from_secs(10),
-        )
+    h.assert_refused_and_never_served(0..20, "a revoked peer")
         .await;
-    assert!(refused, "the early Open was not refused: {:?}", h.seen);
-    h.run(0..20, |_| false, Duration::from_millis(1500)).await;
-    assert!(
-        h.seen.data.is_empty(),
-        "blocks served to a revoked peer: {:?}",
-        h.seen.data
-    );
 }
 
 /// A free buyer revoked while connected: it got blocks 0..10 while valid; once revoked
@@ -571,17 +567,6 @@ impl Drop for Seller {
     }
 }
 
-/// CPU time (user + system) of process `pid` so far.
-fn cpu_time(pid: u32) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    let rest = stat.rsplit_once(')').expect("stat format").1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f[11].parse::<u64>().expect("utime") + f[12].parse::<u64>().expect("stime");
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Duration::from_millis(ticks * 1000 / hz)
-}
-
 /// The (soft, hard) "Max open files" of process `pid`.
 fn nofile_of(pid: u32) -> (u64, u64) {
     let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).expect("limits");
@@ -671,11 +656,11 @@ fn sell_with_few_descriptors_neither_spins_nor_floods_the_log() {
     for _ in 0..150 {
         idle.push(std::net::TcpStream::connect(addr).expect("connect"));
     }
-    let cpu_before = cpu_time(seller.pid());
+    let cpu_before = procfs::cpu_time(seller.pid()).expect("seller stat");
     // An observation window, not a synchronisation: a spinning accept loop burns a full
     // core in it, an idle one nothing.
     std::thread::sleep(Duration::from_secs(3));
-    let cpu = cpu_time(seller.pid()) - cpu_before;
+    let cpu = procfs::cpu_time(seller.pid()).expect("seller stat") - cpu_before;
     eprintln!(
         "seller with 64 descriptors, 150 idle sockets: {cpu:?} CPU in 3 s, {} accept failures logged",
         seller.log().matches("accept failed").count()
@@ -718,9 +703,9 @@ fn accept_failures_back_off() {
     for _ in 0..150 {
         idle.push(std::net::TcpStream::connect(addr).expect("connect"));
     }
-    let cpu_before = cpu_time(child.pid());
+    let cpu_before = procfs::cpu_time(child.pid()).expect("child stat");
     std::thread::sleep(Duration::from_secs(3));
-    let cpu = cpu_time(child.pid()) - cpu_before;
+    let cpu = procfs::cpu_time(child.pid()).expect("child stat") - cpu_before;
     let failures = child.log().matches("accept failed").count();
     assert!(failures >= 1, "no EMFILE happened: {}", child.log());
     assert!(failures <= 3, "{failures} log lines in 3 s");
@@ -964,18 +949,6 @@ async fn sell_deny_serves_no_block_to_a_stranger() {
         key("feedKey"),
     )
     .await;
-    let refused = h
-        .run(
-            0..20,
-            |s| s.invalid && s.channel_closed,
-            Duration::from_secs(10),
-        )
+    h.assert_refused_and_never_served(0..20, "a peer under --deny")
         .await;
-    assert!(refused, "the early Open was not refused: {:?}", h.seen);
-    h.run(0..20, |_| false, Duration::from_millis(1500)).await;
-    assert!(
-        h.seen.data.is_empty(),
-        "blocks served under --deny: {:?}",
-        h.seen.data
-    );
 }

@@ -31,16 +31,6 @@ enum Attack {
     Extension,
 }
 
-/// The seller's resident set size in KiB (`VmRSS`).
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
 /// A peer with a random key that speaks the protocol by hand.
 struct Hostile {
     stream: TcpStream,
@@ -230,7 +220,7 @@ fn hostile_floods_do_not_grow_the_sellers_memory_and_a_buyer_is_still_served() {
         let (seller, key, addr, feed_key) = start_seller(dir.path());
         // One sale first, so the baseline includes what serving a buyer allocates.
         buy(&key, &addr, &format!("{attack:?}-before"));
-        let before = rss_kib(seller.id());
+        let before = procfs::rss_kib(seller.id()).expect("VmRSS");
         let started = Instant::now();
         // All connections are held open until the measurement.
         let peers: Vec<Hostile> = std::thread::scope(|scope| {
@@ -250,7 +240,7 @@ fn hostile_floods_do_not_grow_the_sellers_memory_and_a_buyer_is_still_served() {
                 .map(|h| h.join().expect("hostile peer"))
                 .collect()
         });
-        let after = rss_kib(seller.id());
+        let after = procfs::rss_kib(seller.id()).expect("VmRSS");
         let growth = after.saturating_sub(before);
         total += growth;
         eprintln!(

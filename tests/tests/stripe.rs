@@ -360,7 +360,7 @@ fn post_webhook(port: u16, body: &str, signature: &str) -> u16 {
 fn wait_valid(g: &PaymentGate, b: [u8; 32], within: Duration) -> Option<Duration> {
     let start = Instant::now();
     while start.elapsed() < within {
-        if dazaar_tests::plugin_check(&g, b, SELLER).is_valid() {
+        if dazaar_tests::plugin_check(g, b, SELLER).is_valid() {
             return Some(start.elapsed());
         }
         std::thread::sleep(Duration::from_millis(10));
