@@ -116,10 +116,8 @@ fn full_valid_file() {
 
     let ledger = &a.payment[1];
     assert_eq!(ledger.method, None);
-    assert_eq!(
-        ledger.terms_with_method(&["ledger"]).method.as_str(),
-        "ledger"
-    );
+    assert_eq!(ledger.spec().method, None);
+    assert_eq!(ledger.spec().plugin, "ledger");
     assert!((ledger.rate.rate_per_second() - 1.5 / 3600.0).abs() < 1e-12);
 
     let b = &s.sell[1];

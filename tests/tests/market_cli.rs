@@ -658,3 +658,86 @@ fn terms_from_a_seller_are_printed_with_controls_escaped() {
         assert!(!String::from_utf8_lossy(out).contains('\u{202e}'));
     }
 }
+
+/// `dazaar card` writes, for an entry with no method, the method the seller validates:
+/// the plugin's first method (it once wrote the plugin's *name*, so a card for the
+/// fiat-stripe or LND plugin named a method no plugin serves and `dazaar pay --card`
+/// failed). `config check` and `sell` agree with it.
+#[test]
+fn card_names_the_method_the_seller_validates() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let feed = dir.path().join("feed");
+    make_text_feed(&feed, 3);
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).expect("mkdir");
+    let mut first = Vec::new();
+    for name in ["fiat_stripe", "lnd"] {
+        let file = copy_plugin(name, &plugins, None);
+        let o = dazaar(&["plugins", "check", s(&file), "--json"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let info: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+        first.push(info["methods"][0].as_str().expect("a method").to_owned());
+    }
+    assert_ne!(
+        first[0], "fiat_stripe",
+        "the regression needs a plugin whose first method is not its name"
+    );
+    let config = dir.path().join("dazaar.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nplugin_dir = {:?}\n\n[[sell]]\nfeed = {:?}\nname = \"ticks\"\n\n\
+             [[sell.payment]]\nplugin = \"fiat_stripe\"\ncurrency = \"USD\"\namount = \"1\"\nunit = \"hours\"\ninterval = \"1\"\n\n\
+             [[sell.payment]]\nplugin = \"lnd\"\ncurrency = \"SATS\"\namount = \"10\"\nunit = \"minutes\"\ninterval = \"1\"\n",
+            s(&dir.path().join("seller")),
+            s(&plugins),
+            s(&feed)
+        ),
+    )
+    .expect("config");
+    let card = dazaar(&["--config", s(&config), "card"]);
+    assert!(
+        card.status.success(),
+        "{}",
+        String::from_utf8_lossy(&card.stderr)
+    );
+    let card = &json_lines(&card.stdout)[0];
+    let methods: Vec<&str> = card["payment"]
+        .as_array()
+        .expect("payment")
+        .iter()
+        .map(|p| p["method"].as_str().expect("method"))
+        .collect();
+    assert_eq!(methods, [first[0].as_str(), first[1].as_str()]);
+    // The card is a valid card, and the buyer side picks the stripe entry from it.
+    let card_file = dir.path().join("card.json");
+    std::fs::write(&card_file, card.to_string()).expect("write");
+    let v = dazaar(&["card", "validate", s(&card_file), "--json"]);
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+
+    // `config check` settles the method the same way: a currency the plugin does not
+    // serve is caught there, not at the first buyer.
+    let check = dazaar(&["config", "check", s(&config)]);
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let text = std::fs::read_to_string(&config).expect("read");
+    std::fs::write(&config, text.replace("\"SATS\"", "\"XYZ\"")).expect("write");
+    let check = dazaar(&["config", "check", s(&config)]);
+    assert!(!check.status.success());
+    let err = String::from_utf8_lossy(&check.stderr);
+    assert!(
+        err.contains(&format!(
+            "plugin `lnd`: does not serve method `{}` with currency `XYZ`",
+            first[1]
+        )),
+        "{err}"
+    );
+    let card = dazaar(&["--config", s(&config), "card"]);
+    assert!(
+        !card.status.success(),
+        "a card the seller would not honour is not written"
+    );
+}

@@ -636,9 +636,14 @@ fn buyer_wallet_picks_a_plugin_for_the_card_and_asks_how_to_pay() {
         {"method": "ledger", "currency": "EUR", "amount": "5", "unit": "minutes", "interval": 1,
          "payTo": "IBAN XX00"}
     ]);
-    let entries = card.as_array().unwrap();
+    let entries: Vec<PaymentTerms> = card
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| dazaar::card::terms_from_card(e).unwrap())
+        .collect();
     let (choice, how) = wallet
-        .payment_request(BUYER, SELLER, entries, None)
+        .payment_request(BUYER, SELLER, &entries, None)
         .unwrap();
     assert_eq!(choice.verifier.plugin().name(), "ledger");
     assert_eq!(choice.terms.method.as_str(), "ledger");

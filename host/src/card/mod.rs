@@ -5,12 +5,112 @@
 //! `homepage`, `contact`, `provider`, `id`/`sellerKey` (hex), `keywords`, `version`,
 //! `payment` (array; empty or absent = free). Unknown fields are kept as they are.
 
-use serde_json::{Map, Value};
+use serde::{Serialize, Serializer};
+use serde_json::Value;
 
-use crate::config::CardSettings;
-use crate::payments::{terms_from_card, terms_to_card};
 use dazaar_plugin_api::pricing::Rate;
 use dazaar_plugin_api::PaymentTerms;
+
+mod entry;
+
+pub use entry::{terms_from_card, terms_to_card, EntryError};
+
+/// The descriptive fields of a card (a `[[sell]]`'s `card` table).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct CardFields {
+    /// Card `description`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Card `homepage`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub homepage: Option<String>,
+    /// Card `contact`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contact: Option<String>,
+    /// Card `provider`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// Card `keywords`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub keywords: Vec<String>,
+}
+
+/// A burnt buyer's rekeyed feed key pair, published in the card so that a copy of that
+/// buyer's feed no longer proves it came from the seller.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BurntKey {
+    /// The buyer's key.
+    #[serde(serialize_with = "hex_bytes")]
+    pub buyer: [u8; 32],
+    /// The buyer's rekeyed feed key.
+    #[serde(rename = "feedKey", serialize_with = "hex_bytes")]
+    pub feed_key: [u8; 32],
+    /// Its secret key (published on purpose: that is what burning means).
+    #[serde(rename = "secretKey", serialize_with = "hex_bytes")]
+    pub secret_key: Vec<u8>,
+}
+
+/// A card a seller writes: built with [`build`], written with `serde_json`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Card {
+    /// Product name.
+    pub name: String,
+    /// Description, homepage, contact, provider, keywords.
+    pub fields: CardFields,
+    /// The seller key of the product (written as both `id` and `sellerKey`).
+    pub seller_key: [u8; 32],
+    /// Payment entries (empty: free).
+    pub payment: Vec<PaymentTerms>,
+    /// Burnt buyers' key pairs.
+    pub burnt: Vec<BurntKey>,
+}
+
+fn hex_bytes<S: Serializer>(bytes: impl AsRef<[u8]>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&hex::encode(bytes))
+}
+
+fn card_entries<S: Serializer>(terms: &[PaymentTerms], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(terms.iter().map(terms_to_card))
+}
+
+/// The card's JSON shape (field order as JS dazaar writes cards).
+#[derive(Serialize)]
+struct CardJson<'a> {
+    name: &'a str,
+    #[serde(flatten)]
+    fields: &'a CardFields,
+    #[serde(serialize_with = "hex_bytes")]
+    id: &'a [u8; 32],
+    #[serde(rename = "sellerKey", serialize_with = "hex_bytes")]
+    seller_key: &'a [u8; 32],
+    #[serde(serialize_with = "card_entries")]
+    payment: &'a [PaymentTerms],
+    #[serde(skip_serializing_if = "<[BurntKey]>::is_empty")]
+    burnt: &'a [BurntKey],
+}
+
+impl Serialize for Card {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        CardJson {
+            name: &self.name,
+            fields: &self.fields,
+            id: &self.seller_key,
+            seller_key: &self.seller_key,
+            payment: &self.payment,
+            burnt: &self.burnt,
+        }
+        .serialize(s)
+    }
+}
+
+impl Card {
+    /// The card as JSON.
+    pub fn to_json(&self) -> Value {
+        // Serializing strings, lists and maps of strings into a `Value` cannot fail.
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
 
 /// Why a card is not valid.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -56,37 +156,20 @@ impl ValidCard {
     }
 }
 
-/// Builds the card of one product.
+/// Builds the card of one product (no burnt keys: the market adds them).
 pub fn build(
     name: &str,
-    card: &CardSettings,
+    fields: &CardFields,
     seller_key: &[u8; 32],
     payment: &[PaymentTerms],
-) -> Value {
-    let key = hex::encode(seller_key);
-    let mut obj = Map::new();
-    obj.insert("name".into(), name.into());
-    let text = |v: &Option<String>| v.as_ref().map(|s| Value::from(s.as_str()));
-    for (k, v) in [
-        ("description", text(&card.description)),
-        ("homepage", text(&card.homepage)),
-        ("contact", text(&card.contact)),
-        ("provider", text(&card.provider)),
-    ] {
-        if let Some(v) = v {
-            obj.insert(k.into(), v);
-        }
+) -> Card {
+    Card {
+        name: name.to_owned(),
+        fields: fields.clone(),
+        seller_key: *seller_key,
+        payment: payment.to_vec(),
+        burnt: Vec::new(),
     }
-    obj.insert("id".into(), key.clone().into());
-    obj.insert("sellerKey".into(), key.into());
-    if !card.keywords.is_empty() {
-        obj.insert("keywords".into(), card.keywords.clone().into());
-    }
-    obj.insert(
-        "payment".into(),
-        Value::Array(payment.iter().map(terms_to_card).collect()),
-    );
-    Value::Object(obj)
 }
 
 /// Parses and checks a card from its JSON text.
@@ -196,18 +279,18 @@ mod tests {
 
     #[test]
     fn build_writes_both_keys_and_round_trips() {
-        let settings = CardSettings {
+        let settings = CardFields {
             description: Some("ticks".into()),
             keywords: vec!["btc".into()],
-            ..CardSettings::default()
+            ..CardFields::default()
         };
         let terms = PaymentTerms::new("ledger", "USD", "1", "minutes", "1");
-        let json = build("Ticks", &settings, &[7; 32], &[terms]);
+        let json = build("Ticks", &settings, &[7; 32], &[terms]).to_json();
         assert_eq!(json["id"], json["sellerKey"]);
         let card = validate(&json).expect("valid");
         assert_eq!(card.seller_key, [7; 32]);
         assert_eq!(card.payment[0].unit.as_str(), "minutes");
-        let free = build("Free", &CardSettings::default(), &[1; 32], &[]);
+        let free = build("Free", &CardFields::default(), &[1; 32], &[]).to_json();
         assert!(validate(&free).expect("valid").is_free());
     }
 

@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use dazaar::crypto::Ed25519KeyPair;
+use dazaar::market::shop::{self, SellLimits};
 use dazaar::market::{self, BuyOptions, BuyerEvent, Identity, Product, ProductOptions};
 use dazaar::net::{NetConfig, SharedFeed};
-use dazaar::payments::{CallLimits, PaymentEntry, PaymentGate, PaymentTerms, PluginRegistry};
+use dazaar::payments::{PaymentSpec, PaymentTerms, PluginRegistry};
 use dazaar::storage::{Feed, FsStore};
 use tokio::sync::{mpsc, watch};
 
@@ -95,25 +96,30 @@ async fn demo() -> Result<()> {
     // The ledger payment plugin, loaded from its shared library.
     let plugin_dir = ledger_dir()?;
     let mut registry = PluginRegistry::new();
-    let ledger = registry
-        .load_named(&plugin_dir, "ledger")
-        .context("loading the ledger plugin")?;
     let ledger_file = tmp.join("seller/ledger.jsonl");
-    let verifier = ledger.open(
-        &format!(
-            "file = {:?}\nreload_ms = 0\n",
-            ledger_file.display().to_string()
-        ),
-        CallLimits {
-            timeout: Duration::from_secs(2),
-            workers: 1,
-            queue: 16,
-        },
-    )?;
-    // Price: 1 credit per second.
-    let terms = Arc::new(PaymentTerms::new("ledger", "credits", "1", "seconds", "1"));
+    let config = format!(
+        "file = {:?}\nreload_ms = 0\n",
+        ledger_file.display().to_string()
+    );
+    // Price: 1 credit per second, in the plugin's first method.
+    let price = PaymentTerms::new("", "credits", "1", "seconds", "1");
     let revalidate = Duration::from_millis(250);
-    let gate = PaymentGate::new(vec![PaymentEntry { terms, verifier }], revalidate);
+    let gate = shop::gate_for(
+        &mut registry,
+        &plugin_dir,
+        Some(&PaymentSpec {
+            plugin: "ledger",
+            method: None,
+            price: &price,
+            config: &config,
+        }),
+        revalidate,
+        &SellLimits::default(),
+    )
+    .context("loading the ledger plugin")?;
+    let ledger = registry
+        .get("ledger")
+        .context("the ledger plugin is not in the registry")?;
     step(
         t0,
         format!(

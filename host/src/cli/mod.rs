@@ -5,14 +5,19 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod buy;
+mod card;
+mod common;
 mod config_cmd;
 mod demo;
 mod discovery;
 mod feed;
 mod market;
 mod net;
+mod pay;
 mod plugins;
 mod qr;
+mod sell;
 mod terminal;
 
 /// dazaar: sell and buy append-only data feeds over an encrypted peer-to-peer connection.
@@ -53,11 +58,11 @@ pub enum Command {
     #[command(subcommand)]
     Ledger(plugins::LedgerCmd),
     /// Sell a feed (or every [[sell]] of the config) to paying buyers.
-    Sell(market::SellArgs),
+    Sell(sell::SellArgs),
     /// Buy a feed from a seller.
-    Buy(market::BuyArgs),
+    Buy(buy::BuyArgs),
     /// Write the Dazaar card of each sold feed, or check one (`card validate FILE`).
-    Card(market::CardArgs),
+    Card(card::CardArgs),
     /// Cut a buyer off (effective at its next revalidation).
     Revoke(market::RevokeArgs),
     /// Revoke a buyer and publish its rekeyed key pair (in the card), so copies it relays
@@ -65,9 +70,9 @@ pub enum Command {
     Burn(market::RevokeArgs),
     /// Ask a payment plugin how to pay a seller (and the seller for an invoice), then pay
     /// or print what to pay.
-    Pay(market::PayArgs),
+    Pay(pay::PayArgs),
     /// What some seconds of access cost in each of a card's payment methods.
-    Quote(market::QuoteArgs),
+    Quote(card::QuoteArgs),
     /// Run a mainline DHT node, e.g. the bootstrap node of a private network.
     DhtNode(discovery::DhtNodeArgs),
     /// Show this data dir's buyer key (and a feed's seller key), or import a master key.
@@ -93,25 +98,25 @@ fn init_logging(verbose: u8) {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.verbose);
-    let common = market::Common {
+    let common = common::Common {
         data_dir: cli.data_dir.clone(),
         config: cli.config.clone(),
     };
     let result = match cli.command {
         Command::Feed(cmd) => feed::run(cmd),
         Command::Demo => demo::run(),
-        Command::Plugins(cmd) => plugins::run(cmd),
+        Command::Plugins(cmd) => plugins::run(&common, cmd),
         Command::Config(cmd) => config_cmd::run(cmd),
         Command::Ledger(cmd) => plugins::run_ledger(cmd),
-        Command::Sell(args) => market::sell(&common, args),
-        Command::Buy(args) => market::buy(&common, args),
-        Command::Card(args) => market::card(&common, args),
+        Command::Sell(args) => sell::sell(&common, args),
+        Command::Buy(args) => buy::buy(&common, args),
+        Command::Card(args) => card::card(&common, args),
         Command::Revoke(args) => market::revoke(&common, args, false),
         Command::Burn(args) => market::revoke(&common, args, true),
         Command::Id(args) => market::id(&common, args),
         Command::DhtNode(args) => discovery::dht_node(args),
-        Command::Pay(args) => market::pay(&common, args),
-        Command::Quote(args) => market::quote(args),
+        Command::Pay(args) => pay::pay(&common, args),
+        Command::Quote(args) => card::quote(args),
     };
     match result {
         Ok(code) => code,

@@ -1,7 +1,7 @@
 //! `dazaar plugins ...` (list, check) and `dazaar ledger add`.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
@@ -9,12 +9,14 @@ use clap::Subcommand;
 use dazaar::payments::{now_ms, LoadedPlugin, PluginRegistry};
 use dazaar_plugin_api::parse_key;
 
+use super::common::Common;
+
 /// Plugin commands.
 #[derive(Debug, Subcommand)]
 pub enum PluginsCmd {
     /// List the plugins in the plugin directory, and the files that failed to load.
     List {
-        /// The plugin directory (default: `plugin_dir` of ./dazaar.toml, else ./plugins).
+        /// The plugin directory (default: `plugin_dir` of the config, else ./plugins).
         #[arg(long, value_name = "DIR")]
         plugin_dir: Option<PathBuf>,
         /// Print JSON.
@@ -57,16 +59,6 @@ pub enum LedgerCmd {
     },
 }
 
-fn default_plugin_dir() -> PathBuf {
-    let file = Path::new("dazaar.toml");
-    if file.is_file() {
-        if let Ok(settings) = dazaar::config::load(file) {
-            return settings.plugin_dir;
-        }
-    }
-    PathBuf::from("plugins")
-}
-
 fn plugin_json(p: &LoadedPlugin) -> serde_json::Value {
     serde_json::json!({
         "name": p.name(),
@@ -96,10 +88,11 @@ fn plugin_line(p: &LoadedPlugin) -> String {
 }
 
 /// Runs a plugin command.
-pub fn run(cmd: PluginsCmd) -> anyhow::Result<ExitCode> {
+pub fn run(common: &Common, cmd: PluginsCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         PluginsCmd::List { plugin_dir, json } => {
-            let dir = plugin_dir.unwrap_or_else(default_plugin_dir);
+            let settings = common.settings()?;
+            let dir = common.plugin_dir(plugin_dir.as_deref(), settings.as_ref());
             let registry = PluginRegistry::scan_dir(&dir)?;
             if json {
                 let out = serde_json::json!({

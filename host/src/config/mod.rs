@@ -55,11 +55,10 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::payments::{
-    BuyerPlugin, BuyerWallet, CallLimits, GateLimits, PaymentEntry, PaymentGate, PluginRegistry,
+    BuyerPlugin, BuyerWallet, CallLimits, GateLimits, PaymentGate, PaymentSpec, PluginRegistry,
 };
 
 use dazaar_plugin_api::{PaymentTerms, Rate, TimeUnit};
@@ -198,21 +197,8 @@ pub struct SellSettings {
     pub payment: Vec<SellPayment>,
 }
 
-/// The `card` table of a `[[sell]]`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct CardSettings {
-    /// Card `description`.
-    pub description: Option<String>,
-    /// Card `homepage`.
-    pub homepage: Option<String>,
-    /// Card `contact`.
-    pub contact: Option<String>,
-    /// Card `provider`.
-    pub provider: Option<String>,
-    /// Card `keywords`.
-    pub keywords: Vec<String>,
-}
+/// The `card` table of a `[[sell]]` (the card's descriptive fields).
+pub use crate::card::CardFields as CardSettings;
 
 /// One `[[sell.payment]]`: a card payment entry and the plugin that checks it.
 #[derive(Debug, Clone, PartialEq)]
@@ -233,17 +219,15 @@ pub struct SellPayment {
 }
 
 impl SellPayment {
-    /// The card entry with the method filled in from the plugin's methods if unset.
-    pub fn terms_with_method(&self, plugin_methods: &[&str]) -> PaymentTerms {
-        let mut terms = self.terms.clone();
-        if self.method.is_none() {
-            let m = plugin_methods
-                .first()
-                .copied()
-                .unwrap_or(self.plugin.as_str());
-            terms.method = m.into();
+    /// The entry as the payments setup reads it (`payments::open_entry`,
+    /// `payments::card_entry`): the method, when unset, is the plugin's first.
+    pub fn spec(&self) -> PaymentSpec<'_> {
+        PaymentSpec {
+            plugin: &self.plugin,
+            method: self.method.as_deref(),
+            price: &self.terms,
+            config: &self.config,
         }
-        terms
     }
 }
 
@@ -279,42 +263,90 @@ impl Settings {
         registry: &mut PluginRegistry,
         limits: CallLimits,
     ) -> Result<PaymentGate, ConfigError> {
-        let mut entries = Vec::with_capacity(product.payment.len());
-        for p in &product.payment {
-            let fail = |message: String| ConfigError::Plugin {
-                file: self.file.clone(),
-                line: p.line,
-                plugin: p.plugin.clone(),
-                message,
-            };
-            let plugin = registry
-                .load_named(&self.plugin_dir, &p.plugin)
-                .map_err(|e| fail(e.to_string()))?;
-            let methods: Vec<&str> = plugin.methods().collect();
-            let terms = p.terms_with_method(&methods);
-            if !plugin.serves(&terms.method, &terms.currency) {
-                return Err(fail(format!(
-                    "does not serve method `{}` with currency `{}`",
-                    terms.method, terms.currency
-                )));
-            }
-            let verifier = plugin
-                .open(&p.config, limits)
-                .map_err(|e| fail(e.to_string()))?;
-            entries.push(PaymentEntry {
-                terms: Arc::new(terms),
-                verifier,
-            });
-        }
         let mut gate_limits = GateLimits::default();
         if let Some(n) = self.limits.payment_checks_per_ip {
             gate_limits = gate_limits.with_checks_per_ip(n);
+        }
+        self.payment_gate_with(product, registry, limits, gate_limits)
+    }
+
+    /// [`Settings::payment_gate`] with the gate's limits given (the seller settles them
+    /// from its flags and this file's `[limits]`).
+    pub fn payment_gate_with(
+        &self,
+        product: &SellSettings,
+        registry: &mut PluginRegistry,
+        limits: CallLimits,
+        gate_limits: GateLimits,
+    ) -> Result<PaymentGate, ConfigError> {
+        let mut entries = Vec::with_capacity(product.payment.len());
+        for p in &product.payment {
+            let entry = crate::payments::open_entry(registry, &self.plugin_dir, &p.spec(), limits)
+                .map_err(|e| ConfigError::Plugin {
+                    file: self.file.clone(),
+                    line: p.line,
+                    plugin: p.plugin.clone(),
+                    message: e.to_string(),
+                })?;
+            entries.push(entry);
         }
         Ok(PaymentGate::with_limits(
             entries,
             product.revalidate,
             gate_limits,
         ))
+    }
+
+    /// Checks every payment entry without opening anything (`dazaar config check`): each
+    /// plugin loads, serves its `[[sell.payment]]` entry's method (the plugin's first when
+    /// unset) and currency at a price the pricing rules read, and accepts its settings
+    /// (through the plugin's `check_config`; a plugin built before that function is
+    /// skipped with a warning). Every problem is returned, in file order.
+    pub fn check_plugins(
+        &self,
+        registry: &mut PluginRegistry,
+        timeout: Duration,
+    ) -> Vec<ConfigError> {
+        let mut problems = Vec::new();
+        let entries = self
+            .sell
+            .iter()
+            .flat_map(|s| &s.payment)
+            .map(|p| (&p.plugin, Some(p), &p.config, p.line))
+            .chain(
+                self.buy
+                    .payment
+                    .iter()
+                    .map(|p| (&p.plugin, None, &p.config, p.line)),
+            );
+        for (plugin, sell, config, line) in entries {
+            let fail = |message: String| ConfigError::Plugin {
+                file: self.file.clone(),
+                line,
+                plugin: plugin.clone(),
+                message,
+            };
+            let loaded = match registry.load_named(&self.plugin_dir, plugin) {
+                Ok(p) => p,
+                Err(e) => {
+                    problems.push(fail(e.to_string()));
+                    continue;
+                }
+            };
+            if let Some(p) = sell {
+                if let Err(e) = crate::payments::terms_for(&loaded, p.method.as_deref(), &p.terms) {
+                    problems.push(fail(e.to_string()));
+                }
+            }
+            match loaded.check_config(config, timeout) {
+                Ok(()) => {}
+                Err(crate::payments::PaymentError::MissingFunction { .. }) => {
+                    tracing::warn!(plugin = %plugin, "plugin is too old to check its settings; skipped");
+                }
+                Err(e) => problems.push(fail(format!("settings: {e}"))),
+            }
+        }
+        problems
     }
 
     /// Loads and opens the buyer's payment plugins (`[[buy.payment]]`), in file order.

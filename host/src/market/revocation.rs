@@ -18,6 +18,8 @@ use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
+use super::identity::Identity;
+use crate::card::BurntKey;
 use crate::fs_atomic::write_file_atomic;
 
 /// File name of the revocation list inside a data directory.
@@ -115,6 +117,34 @@ pub fn revoke(
         reason: e.to_string(),
     })?;
     write_file_atomic(&path, &text).map_err(|source| RevocationError::Io { path, source })
+}
+
+/// The burnt buyers of the product sold under `identity` with feed `feed_key`, with their
+/// rekeyed key pairs, for the product's card.
+pub fn burnt_keys(
+    data_dir: &Path,
+    identity: &Identity,
+    feed_key: &[u8; 32],
+) -> Result<Vec<BurntKey>, RevocationError> {
+    let seller = identity.seller_key_pair(feed_key).public_key();
+    let map = load(data_dir)?;
+    let Some(buyers) = map.get(&hex::encode(seller)) else {
+        return Ok(Vec::new());
+    };
+    Ok(buyers
+        .iter()
+        .filter(|(_, r)| r.burnt)
+        .filter_map(|(buyer, _)| {
+            // A key that is not 64 hex digits was not written by `revoke`: skipped.
+            let buyer: [u8; 32] = hex::decode(buyer).ok()?.try_into().ok()?;
+            let pair = identity.rekeyed_key_pair(feed_key, &buyer);
+            Some(BurntKey {
+                buyer,
+                feed_key: pair.public_key(),
+                secret_key: pair.secret_key().to_vec(),
+            })
+        })
+        .collect())
 }
 
 /// The revoked buyers of one product, re-read from disk when the file changes.

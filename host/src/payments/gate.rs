@@ -221,6 +221,11 @@ impl PaymentGate {
         &self.entries
     }
 
+    /// How often buyers are revalidated (and how long answers are cached).
+    pub fn revalidate(&self) -> Duration {
+        self.revalidate
+    }
+
     /// The limits on strangers.
     pub fn limits(&self) -> &GateLimits {
         &self.limits

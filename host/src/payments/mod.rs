@@ -4,7 +4,10 @@
 //! PluginRegistry::scan_dir(plugin_dir)         load every library, record refusals
 //!   .load_named(dir, "ledger") / .get("ledger") / .for_entry(method, currency)
 //! LoadedPlugin::open(config_toml, CallLimits)  -> Arc<OpenedVerifier> (own call threads)
-//! PaymentGate::new(vec![PaymentEntry { terms, verifier }], revalidate)
+//! open_entry(&mut registry, dir, &PaymentSpec { plugin, method, price, config }, limits)
+//!                                              -> PaymentEntry: the card method (given, else
+//!                                              the plugin's first), checked to be served
+//! PaymentGate::new(vec![entry], revalidate)
 //!   .check(buyer, seller, ip, fresh, now).await -> Validation
 //!                                               seller, for a peer: cached, admission
 //!                                               control for strangers, fail closed
@@ -12,8 +15,9 @@
 //!                                               seller answers a buyer's request
 //!   .validate(buyer, seller) / .user_message(..) the same for trusted callers, blocking
 //! OpenedVerifier::payment_request(..)           buyer side: how to pay
-//! BuyerWallet::new(plugins).payment_request(buyer, seller, &card["payment"], None)
+//! BuyerWallet::new(plugins).payment_request(buyer, seller, &card.payment, None)
 //!                                               picks a plugin for the card, asks it
+//!   .pay(buyer, seller, &card.payment, None, ask_seller) -> PaymentReport
 //! ```
 //!
 //! From `dazaar.toml`: `Settings::payment_gate(&settings.sell[i], &mut registry, limits)`
@@ -32,11 +36,12 @@ mod gate;
 mod loader;
 mod pool;
 mod registry;
+mod setup;
 mod wire;
 
 pub use admission::{GateLimits, RateLimit, TokenBucket};
 
-pub use buyer::{BuyerPlugin, BuyerWallet, PaymentChoice};
+pub use buyer::{BuyerPlugin, BuyerWallet, PayError, PayTarget, PaymentChoice, PaymentReport};
 pub use dazaar_plugin_api::{
     unavailable, ApiVersion, Grant, GrantKind, Key, KeyBytes, PaymentInstructions, PaymentTerms,
     UserMessage, API_VERSION, UNAVAILABLE_PREFIX,
@@ -44,6 +49,7 @@ pub use dazaar_plugin_api::{
 pub(crate) use loader::is_plugin_name;
 pub use loader::{plugin_file_name, LoadError, LoadedPlugin};
 
+pub use crate::card::{terms_from_card, terms_to_card};
 pub use gate::{
     GateStats, MessageBudget, MessageRefusal, PaymentEntry, PaymentGate, Validation,
     REFUSED_MESSAGE,
@@ -53,7 +59,5 @@ pub use registry::{
     now_ms, LoadFailure, OpenedVerifier, PaymentError, PluginRegistry, PUBLIC_BUSY,
     PUBLIC_UNAVAILABLE,
 };
-pub use wire::{
-    encode_user_message, parse_user_message, terms_from_card, terms_to_card, WireError,
-    MAX_USER_MESSAGE,
-};
+pub use setup::{card_entry, open_entry, terms_for, PaymentSpec, SetupError};
+pub use wire::{encode_user_message, parse_user_message, WireError, MAX_USER_MESSAGE};

@@ -1,0 +1,125 @@
+//! What every command shares: the global options (data dir, config, plugin dir), the
+//! async runtime, the shutdown signal, key arguments and `--json` lines.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use dazaar::config::Settings;
+use dazaar::market::{self, Identity, KdfParams};
+use tokio::sync::watch;
+
+/// Options shared by the commands: where identity, state and configuration live.
+#[derive(Debug, Clone, Default)]
+pub struct Common {
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+    /// `--config`.
+    pub config: Option<PathBuf>,
+}
+
+impl Common {
+    /// The configuration: `--config`, else `./dazaar.toml` when it exists.
+    pub fn settings(&self) -> Result<Option<Settings>> {
+        let path = match &self.config {
+            Some(p) => p.clone(),
+            None if Path::new("dazaar.toml").is_file() => PathBuf::from("dazaar.toml"),
+            None => return Ok(None),
+        };
+        Ok(Some(dazaar::config::load(&path)?))
+    }
+
+    /// The data dir: `--data-dir`, else the config's, else `~/.local/share/dazaar`.
+    pub fn data_dir(&self, settings: Option<&Settings>) -> PathBuf {
+        if let Some(d) = &self.data_dir {
+            return d.clone();
+        }
+        if let Some(s) = settings {
+            return s.data_dir.clone();
+        }
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."));
+        home.join(".local/share/dazaar")
+    }
+
+    /// The plugin dir: `flag`, else the config's `plugin_dir`, else `./plugins`.
+    pub fn plugin_dir(&self, flag: Option<&Path>, settings: Option<&Settings>) -> PathBuf {
+        flag.map(Path::to_owned)
+            .or_else(|| settings.map(|s| s.plugin_dir.clone()))
+            .unwrap_or_else(|| PathBuf::from("plugins"))
+    }
+
+    /// Loads (or creates) the identity of the data dir. An encrypted master key takes its
+    /// passphrase from the variable the config names (`passphrase_env`), else
+    /// `DAZAAR_PASSPHRASE`, else from a prompt on the terminal.
+    pub fn identity(&self, settings: Option<&Settings>) -> Result<Identity> {
+        let dir = self.data_dir(settings);
+        let var = settings
+            .and_then(|s| s.passphrase_env.clone())
+            .unwrap_or_else(|| "DAZAAR_PASSPHRASE".into());
+        let passphrase = std::env::var(&var).ok();
+        match Identity::load_or_create(&dir, passphrase.as_deref(), KdfParams::default()) {
+            Err(market::IdentityError::PassphraseRequired(_)) if passphrase.is_none() => {
+                let pass = rpassword::prompt_password("dazaar master key passphrase: ").context(
+                    "reading the master key passphrase (set the variable named by passphrase_env, or DAZAAR_PASSPHRASE, to pass it without a terminal)",
+                )?;
+                Ok(Identity::load_or_create(
+                    &dir,
+                    Some(&pass),
+                    KdfParams::default(),
+                )?)
+            }
+            other => Ok(other?),
+        }
+    }
+}
+
+/// Reads a 32-byte key given in hex; `what` names it in the error.
+pub fn parse_key(hex_key: &str, what: &str) -> Result<[u8; 32]> {
+    let bytes = hex::decode(hex_key.trim()).with_context(|| format!("{what} is not hex"))?;
+    bytes
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("{what} is not 32 bytes (64 hex digits)"))
+}
+
+/// The async runtime of a command.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// Prints one JSON value on one line and flushes (a parent process may be waiting).
+pub fn print_json(v: impl std::fmt::Display) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{v}");
+    let _ = out.flush();
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+pub async fn termination() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+/// A shutdown signal that turns true on SIGINT or SIGTERM (call inside the runtime).
+pub fn signals() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        termination().await;
+        let _ = tx.send(true);
+    });
+    rx
+}

@@ -1,0 +1,228 @@
+//! `dazaar sell`: parses the flags, sets up the products through
+//! [`dazaar::market::shop`], and renders the seller's events.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use dazaar::market::shop::{self, SellLimits, Shop, ShopOptions};
+use dazaar::market::SellerEvent;
+use dazaar::payments::{PaymentSpec, PaymentTerms, PluginRegistry};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::common::{print_json, runtime, signals, Common};
+use super::terminal::{escape, Lines};
+
+/// `dazaar sell`.
+#[derive(Debug, Args)]
+pub struct SellArgs {
+    /// The feed to sell (else every `[[sell]]` of the config).
+    pub feed_dir: Option<PathBuf>,
+    /// Where to listen (default: the config's `listen`, else 127.0.0.1:0).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// `free`, or the name of a payment plugin in the plugin dir.
+    #[arg(long, default_value = "free")]
+    pub payment: String,
+    /// The plugin's own settings (TOML), e.g. `file = "ledger.jsonl"`.
+    #[arg(long, default_value = "")]
+    pub plugin_config: String,
+    /// Where payment plugins are (default: the config's, else ./plugins).
+    #[arg(long)]
+    pub plugin_dir: Option<PathBuf>,
+    /// Price: amount per interval.
+    #[arg(long, default_value = "1")]
+    pub amount: String,
+    /// Price: currency.
+    #[arg(long, default_value = "credits")]
+    pub currency: String,
+    /// Price: the interval's unit (seconds, minutes, hours).
+    #[arg(long, default_value = "seconds")]
+    pub unit: String,
+    /// Price: the interval.
+    #[arg(long, default_value = "1")]
+    pub interval: String,
+    /// Card method (default: the plugin's first).
+    #[arg(long)]
+    pub method: Option<String>,
+    /// A file with terms of use buyers must accept.
+    #[arg(long)]
+    pub terms: Option<PathBuf>,
+    /// Revalidate buyers this often (ms).
+    #[arg(long, default_value_t = 1000)]
+    pub revalidate_ms: u64,
+    /// Refuse every buyer.
+    #[arg(long)]
+    pub deny: bool,
+    /// Disconnect a buyer that is not valid for this many seconds (default: the config's
+    /// `limits.unpaid_grace_secs`, else 60).
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub unpaid_grace_secs: Option<u64>,
+    /// Most connections at once (default: the config's `limits.max_connections`, else
+    /// 4096); never more than the file descriptor limit allows.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_connections: Option<u64>,
+    /// Most connections at once from one IP address, 0 for no cap (default: the config's
+    /// `limits.max_connections_per_ip`, else 32).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub max_connections_per_ip: Option<u64>,
+    /// Fresh payment checks of unknown buyer keys per second from one IP address, 0 for no
+    /// limit (default: the config's `limits.payment_checks_per_ip`, else 4). For the
+    /// products of a config's `[[sell]]` tables, set `limits.payment_checks_per_ip`.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub payment_checks_per_ip: Option<u32>,
+    /// One JSON object per line on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// How the seller is announced (DHT, mDNS).
+    #[command(flatten)]
+    pub discovery: super::discovery::AnnounceArgs,
+}
+
+impl SellArgs {
+    /// The limits given as flags (unset ones fall back to the config's `[limits]`).
+    fn limits(&self) -> SellLimits {
+        let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        SellLimits {
+            max_connections: self.max_connections.map(size),
+            max_connections_per_ip: self.max_connections_per_ip.map(size),
+            unpaid_grace: self.unpaid_grace_secs.map(Duration::from_secs),
+            payment_checks_per_ip: self.payment_checks_per_ip,
+        }
+    }
+}
+
+/// Runs `dazaar sell`.
+pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
+    let settings = common.settings()?;
+    let terms = match &args.terms {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("{}: cannot read the terms", p.display()))?,
+        ),
+        None => None,
+    };
+    let config_limits = settings
+        .as_ref()
+        .map(|s| s.limits.clone())
+        .unwrap_or_default();
+    let options = ShopOptions {
+        data_dir: common.data_dir(settings.as_ref()),
+        deny: args.deny,
+        terms,
+        limits: args.limits().or(&config_limits),
+    };
+    let identity = common.identity(settings.as_ref())?;
+    let mut registry = PluginRegistry::new();
+    let products = match (&args.feed_dir, &settings) {
+        (Some(feed_dir), _) => {
+            let price =
+                PaymentTerms::new("", &args.currency, &args.amount, &args.unit, &args.interval);
+            let spec = (args.payment != "free").then(|| PaymentSpec {
+                plugin: &args.payment,
+                method: args.method.as_deref(),
+                price: &price,
+                config: &args.plugin_config,
+            });
+            let plugin_dir = common.plugin_dir(args.plugin_dir.as_deref(), settings.as_ref());
+            let revalidate = Duration::from_millis(args.revalidate_ms.max(10));
+            let gate = shop::gate_for(
+                &mut registry,
+                &plugin_dir,
+                spec.as_ref(),
+                revalidate,
+                &options.limits,
+            )?;
+            vec![shop::product(&identity, feed_dir, gate, &options)?]
+        }
+        (None, Some(settings)) => shop::products(settings, &identity, &mut registry, &options)?,
+        (None, None) => {
+            anyhow::bail!("nothing to sell: give a feed directory or a config with [[sell]] tables")
+        }
+    };
+    let listen = args
+        .listen
+        .or_else(|| settings.as_ref().map(|s| s.listen))
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+    let net_config = options.limits.net_config();
+    let json = args.json;
+    let discovery = args.discovery.options(settings.as_ref())?;
+    runtime()?.block_on(async move {
+        let shutdown = signals();
+        let shop = Shop::bind(products, listen).await?;
+        let mut advertisers = Vec::new();
+        for l in shop.listening() {
+            let seller_key = hex::encode(l.seller_key);
+            let feed_key = hex::encode(l.feed_key);
+            if json {
+                print_json(json!({"event": "listening", "addr": l.addr.to_string(), "sellerKey": seller_key, "feedKey": feed_key, "maxConnections": net_config.max_connections, "maxConnectionsPerIp": net_config.max_connections_per_ip}));
+            } else {
+                println!("selling feed {feed_key}\n  seller key {seller_key}\n  listening on {}", l.addr);
+            }
+            advertisers.push(super::discovery::advertise(
+                l.seller_key,
+                l.addr,
+                &discovery,
+                shutdown.clone(),
+                json,
+            )?);
+        }
+        let (ev_tx, mut ev_rx) = mpsc::channel::<SellerEvent>(1024);
+        let serving = tokio::spawn(shop.run(net_config, shutdown.clone(), Some(ev_tx)));
+        let mut stop = shutdown.clone();
+        loop {
+            tokio::select! {
+                ev = ev_rx.recv() => match ev {
+                    Some(ev) => report_seller_event(&ev, json),
+                    None => break,
+                },
+                _ = stop.changed() => break,
+            }
+        }
+        drop(advertisers);
+        let _ = serving.await;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report_seller_event(ev: &SellerEvent, json: bool) {
+    let (v, text) = match ev {
+        SellerEvent::BuyerConnected { buyer } => (
+            json!({"event": "buyer-connected", "buyer": hex::encode(buyer)}),
+            format!("buyer {} connected", &hex::encode(buyer)[..16]),
+        ),
+        SellerEvent::BuyerValid {
+            buyer,
+            feed_key,
+            info,
+        } => (
+            json!({"event": "buyer-valid", "buyer": hex::encode(buyer), "feedKey": hex::encode(feed_key), "info": info}),
+            format!("buyer {} valid: {info}", &hex::encode(buyer)[..16]),
+        ),
+        SellerEvent::BuyerInvalid { buyer, reason } => (
+            json!({"event": "buyer-invalid", "buyer": hex::encode(buyer), "error": reason}),
+            format!("buyer {} invalid: {reason}", &hex::encode(buyer)[..16]),
+        ),
+        SellerEvent::BuyerDisconnected { buyer, error } => (
+            json!({"event": "buyer-disconnected", "buyer": buyer.map(hex::encode), "error": error}),
+            format!(
+                "buyer {} disconnected{}",
+                buyer
+                    .map(|b| hex::encode(b)[..16].to_string())
+                    .unwrap_or_else(|| "(before the handshake)".into()),
+                error.as_ref().map(|e| format!(": {e}")).unwrap_or_default()
+            ),
+        ),
+        _ => return,
+    };
+    if json {
+        print_json(v);
+    } else {
+        println!("{}", escape(&text, Lines::Escape));
+    }
+}

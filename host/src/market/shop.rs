@@ -1,0 +1,436 @@
+//! A seller of one or more products: the setup `dazaar sell` runs, as a library.
+//!
+//! ```text
+//! SellLimits::from(flags).or(&settings.limits)       flags, else the config, else defaults
+//! shop::products(&settings, &identity, &mut registry, &options)   every [[sell]]
+//! shop::product(&identity, feed_dir, gate, &options)              one feed, one gate
+//! Shop::bind(products, listen).await -> listening addresses
+//!   .run(net, shutdown, events).await                             until shutdown
+//! ```
+//!
+//! Each product has its own listener, because the Noise static key a buyer dials is the
+//! product's seller key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use super::identity::Identity;
+use super::revocation::{burnt_keys, RevocationError};
+use super::seller::{self, Product, ProductOptions, SellerEvent};
+use crate::card::{self, Card, CardFields};
+use crate::config::{ConfigError, LimitSettings, Settings};
+use crate::net::{NetConfig, SharedFeed};
+use crate::payments::{
+    card_entry, open_entry, CallLimits, GateLimits, PaymentGate, PaymentSpec, PluginRegistry,
+    SetupError,
+};
+use crate::storage::{Feed, FeedError, FsStore, StoreError};
+
+/// Why a seller cannot start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ShopError {
+    /// The directory of a feed to sell does not exist.
+    #[error("{0}: no such feed directory")]
+    NoFeedDir(PathBuf),
+    /// The directory holds no feed (no `key` file).
+    #[error("{0}: not a feed (no key file)")]
+    NotAFeed(PathBuf),
+    /// The feed's files could not be opened.
+    #[error("opening feed {dir}: {source}")]
+    Store {
+        /// The feed's directory.
+        dir: PathBuf,
+        /// What failed.
+        source: StoreError,
+    },
+    /// The feed could not be read.
+    #[error("opening feed {dir}: {source}")]
+    Feed {
+        /// The feed's directory.
+        dir: PathBuf,
+        /// What failed.
+        source: FeedError,
+    },
+    /// A payment entry of the configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The payment entry given by flags.
+    #[error("plugin `{plugin}`: {source}")]
+    Payment {
+        /// The plugin's name.
+        plugin: String,
+        /// What failed.
+        source: SetupError,
+    },
+    /// The configuration sells nothing.
+    #[error("{0}: no [[sell]] table")]
+    NothingToSell(PathBuf),
+    /// The revocation list (for a card's burnt keys).
+    #[error(transparent)]
+    Revocation(#[from] RevocationError),
+    /// A listener could not be bound.
+    #[error("listening on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// What failed.
+        source: std::io::Error,
+    },
+}
+
+/// The seller's default connection limit.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+
+/// How many bytes one buyer may have queued for writing before the seller stops reading
+/// from it (many buyers at once: each is bounded).
+pub const SELLER_WRITE_HIGH_WATER: usize = 256 * 1024;
+
+/// Plugin call limits of a seller's verifiers.
+pub const SELLER_CALL_LIMITS: CallLimits = CallLimits {
+    timeout: Duration::from_secs(5),
+    workers: 2,
+    queue: 256,
+};
+
+/// A seller's connection limits, settled once: given ones (flags) first, then the
+/// configuration's `[limits]` (see [`SellLimits::or`]), then the defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SellLimits {
+    /// Most connections at once (further capped by RLIMIT_NOFILE).
+    pub max_connections: Option<usize>,
+    /// Most connections at once from one IP address (0: no cap).
+    pub max_connections_per_ip: Option<usize>,
+    /// A buyer not valid for this long is disconnected.
+    pub unpaid_grace: Option<Duration>,
+    /// Fresh payment checks of unknown buyer keys per second from one IP address (0: no
+    /// per-address limit).
+    pub payment_checks_per_ip: Option<u32>,
+}
+
+impl SellLimits {
+    /// These limits where set, else `fallback`'s.
+    pub fn or(self, fallback: &LimitSettings) -> SellLimits {
+        SellLimits {
+            max_connections: self.max_connections.or(fallback.max_connections),
+            max_connections_per_ip: self
+                .max_connections_per_ip
+                .or(fallback.max_connections_per_ip),
+            unpaid_grace: self.unpaid_grace.or(fallback.unpaid_grace),
+            payment_checks_per_ip: self
+                .payment_checks_per_ip
+                .or(fallback.payment_checks_per_ip),
+        }
+    }
+
+    /// The connection settings: at most `max_connections` (never above what
+    /// RLIMIT_NOFILE allows: its soft limit is raised to the hard one first), at most
+    /// `max_connections_per_ip` from one address, a bounded write queue per buyer.
+    pub fn net_config(&self) -> NetConfig {
+        let configured = self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        NetConfig {
+            max_connections: crate::net::process_connection_limit(configured),
+            max_connections_per_ip: self
+                .max_connections_per_ip
+                .unwrap_or(crate::net::DEFAULT_MAX_CONNECTIONS_PER_IP),
+            write_high_water: SELLER_WRITE_HIGH_WATER,
+            ..NetConfig::default()
+        }
+    }
+
+    /// How long a buyer may stay connected while not valid.
+    pub fn unpaid_grace(&self) -> Duration {
+        self.unpaid_grace.unwrap_or(seller::UNPAID_GRACE)
+    }
+
+    /// What strangers may make the payment gate do.
+    pub fn gate_limits(&self) -> GateLimits {
+        match self.payment_checks_per_ip {
+            Some(n) => GateLimits::default().with_checks_per_ip(n),
+            None => GateLimits::default(),
+        }
+    }
+}
+
+/// What every product of a seller shares.
+#[derive(Debug, Clone)]
+pub struct ShopOptions {
+    /// The seller's data dir (revocations).
+    pub data_dir: PathBuf,
+    /// Refuse every buyer.
+    pub deny: bool,
+    /// Terms of use for products that name none of their own.
+    pub terms: Option<String>,
+    /// The settled limits.
+    pub limits: SellLimits,
+}
+
+impl ShopOptions {
+    fn product(&self, revalidate: Duration, terms: Option<String>) -> ProductOptions {
+        ProductOptions {
+            terms: terms.or_else(|| self.terms.clone()),
+            revalidate,
+            deny: self.deny,
+            data_dir: self.data_dir.clone(),
+            handshake_timeout: seller::HANDSHAKE_TIMEOUT,
+            unpaid_grace: self.limits.unpaid_grace(),
+        }
+    }
+}
+
+/// Opens the feed in `dir` to sell it. Read-only: appends come from `dazaar feed append`
+/// (or the writer's own process) and are picked up by the refresh task [`Shop::run`]
+/// starts.
+pub fn open_sold_feed(dir: &Path) -> Result<Arc<SharedFeed<FsStore>>, ShopError> {
+    if !dir.is_dir() {
+        return Err(ShopError::NoFeedDir(dir.to_owned()));
+    }
+    if !dir.join("key").is_file() {
+        return Err(ShopError::NotAFeed(dir.to_owned()));
+    }
+    let store = FsStore::open_read_only(dir).map_err(|source| ShopError::Store {
+        dir: dir.to_owned(),
+        source,
+    })?;
+    let feed = Feed::open(store, None).map_err(|source| ShopError::Feed {
+        dir: dir.to_owned(),
+        source,
+    })?;
+    Ok(SharedFeed::new(feed))
+}
+
+/// The key of the feed in `dir`.
+pub fn feed_key(dir: &Path) -> Result<[u8; 32], ShopError> {
+    Ok(open_sold_feed(dir)?.lock().key())
+}
+
+/// The gate of a product sold with one payment entry (`dazaar sell DIR --payment P`):
+/// `None` sells it free.
+pub fn gate_for(
+    registry: &mut PluginRegistry,
+    plugin_dir: &Path,
+    payment: Option<&PaymentSpec<'_>>,
+    revalidate: Duration,
+    limits: &SellLimits,
+) -> Result<PaymentGate, ShopError> {
+    let entries =
+        match payment {
+            None => Vec::new(),
+            Some(spec) => vec![open_entry(registry, plugin_dir, spec, SELLER_CALL_LIMITS)
+                .map_err(|source| ShopError::Payment {
+                    plugin: spec.plugin.to_owned(),
+                    source,
+                })?],
+        };
+    Ok(PaymentGate::with_limits(
+        entries,
+        revalidate,
+        limits.gate_limits(),
+    ))
+}
+
+/// One product: the feed in `feed_dir` behind `gate`.
+pub fn product(
+    identity: &Identity,
+    feed_dir: &Path,
+    gate: PaymentGate,
+    options: &ShopOptions,
+) -> Result<Arc<Product>, ShopError> {
+    let feed = open_sold_feed(feed_dir)?;
+    let revalidate = gate.revalidate();
+    Ok(Product::new(
+        identity,
+        feed,
+        Arc::new(gate),
+        options.product(revalidate, None),
+    ))
+}
+
+/// Every `[[sell]]` product of `settings`, with its plugins loaded through `registry` (each
+/// library once) and its gate opened; the first entry that fails stops the setup with its
+/// file and line.
+pub fn products(
+    settings: &Settings,
+    identity: &Identity,
+    registry: &mut PluginRegistry,
+    options: &ShopOptions,
+) -> Result<Vec<Arc<Product>>, ShopError> {
+    if settings.sell.is_empty() {
+        return Err(ShopError::NothingToSell(settings.file.clone()));
+    }
+    let mut out = Vec::with_capacity(settings.sell.len());
+    for sell in &settings.sell {
+        let feed = open_sold_feed(&sell.feed)?;
+        let gate = settings.payment_gate_with(
+            sell,
+            registry,
+            SELLER_CALL_LIMITS,
+            options.limits.gate_limits(),
+        )?;
+        out.push(Product::new(
+            identity,
+            feed,
+            Arc::new(gate),
+            options.product(sell.revalidate, sell.terms.clone()),
+        ));
+    }
+    Ok(out)
+}
+
+/// The card of the feed in `feed_dir` sold free as `name`, with its burnt keys.
+pub fn free_card(
+    identity: &Identity,
+    data_dir: &Path,
+    name: &str,
+    feed_dir: &Path,
+) -> Result<Card, ShopError> {
+    let feed_key = feed_key(feed_dir)?;
+    product_card(
+        identity,
+        data_dir,
+        name,
+        &CardFields::default(),
+        &feed_key,
+        Vec::new(),
+    )
+}
+
+/// The card of every `[[sell]]` product of `settings`, with the same card methods the
+/// products' gates validate (the plugins are loaded through `registry` to learn them) and
+/// the burnt keys of `data_dir`'s revocation list.
+pub fn cards(
+    settings: &Settings,
+    identity: &Identity,
+    registry: &mut PluginRegistry,
+    data_dir: &Path,
+) -> Result<Vec<Card>, ShopError> {
+    let mut out = Vec::with_capacity(settings.sell.len());
+    for sell in &settings.sell {
+        let mut terms = Vec::with_capacity(sell.payment.len());
+        for p in &sell.payment {
+            terms.push(
+                card_entry(registry, &settings.plugin_dir, &p.spec()).map_err(|e| {
+                    ConfigError::Plugin {
+                        file: settings.file.clone(),
+                        line: p.line,
+                        plugin: p.plugin.clone(),
+                        message: e.to_string(),
+                    }
+                })?,
+            );
+        }
+        let feed_key = feed_key(&sell.feed)?;
+        out.push(product_card(
+            identity, data_dir, &sell.name, &sell.card, &feed_key, terms,
+        )?);
+    }
+    Ok(out)
+}
+
+fn product_card(
+    identity: &Identity,
+    data_dir: &Path,
+    name: &str,
+    fields: &CardFields,
+    feed_key: &[u8; 32],
+    terms: Vec<crate::payments::PaymentTerms>,
+) -> Result<Card, ShopError> {
+    let seller = identity.seller_key_pair(feed_key).public_key();
+    let mut card = card::build(name, fields, &seller, &terms);
+    card.burnt = burnt_keys(data_dir, identity, feed_key)?;
+    Ok(card)
+}
+
+/// One product's listener, bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Listening {
+    /// The bound address.
+    pub addr: SocketAddr,
+    /// The product's seller key (the key buyers dial).
+    pub seller_key: [u8; 32],
+    /// The product's feed key.
+    pub feed_key: [u8; 32],
+}
+
+/// Products with their listeners bound, ready to serve.
+#[derive(Debug)]
+pub struct Shop {
+    products: Vec<(Arc<Product>, TcpListener)>,
+}
+
+impl Shop {
+    /// Binds one listener per product: the first on `listen`, the others on the same IP
+    /// and a free port.
+    pub async fn bind(products: Vec<Arc<Product>>, listen: SocketAddr) -> Result<Shop, ShopError> {
+        let mut bound = Vec::with_capacity(products.len());
+        for (i, product) in products.into_iter().enumerate() {
+            let addr = if i == 0 {
+                listen
+            } else {
+                SocketAddr::new(listen.ip(), 0)
+            };
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|source| ShopError::Listen { addr, source })?;
+            bound.push((product, listener));
+        }
+        Ok(Shop { products: bound })
+    }
+
+    /// Where each product listens, in order.
+    pub fn listening(&self) -> Vec<Listening> {
+        self.products
+            .iter()
+            .filter_map(|(p, l)| {
+                Some(Listening {
+                    addr: l.local_addr().ok()?,
+                    seller_key: p.seller_key(),
+                    feed_key: p.feed_key,
+                })
+            })
+            .collect()
+    }
+
+    /// The products, in order.
+    pub fn products(&self) -> impl Iterator<Item = &Arc<Product>> {
+        self.products.iter().map(|(p, _)| p)
+    }
+
+    /// Serves every product until `shutdown` turns true: picks up appends to each feed
+    /// every 20 ms and accepts buyers with `net`'s limits, reporting to `events`.
+    pub async fn run(
+        self,
+        net: NetConfig,
+        shutdown: watch::Receiver<bool>,
+        events: Option<mpsc::Sender<SellerEvent>>,
+    ) {
+        let mut servers = Vec::with_capacity(self.products.len());
+        for (product, listener) in self.products {
+            crate::net::spawn_refresh(
+                product.feed.clone(),
+                Duration::from_millis(20),
+                shutdown.clone(),
+            );
+            servers.push(tokio::spawn(seller::serve(
+                listener,
+                product,
+                net.clone(),
+                shutdown.clone(),
+                events.clone(),
+            )));
+        }
+        drop(events);
+        for s in servers {
+            match s.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "a product's listener stopped"),
+                Err(e) => tracing::warn!(error = %e, "a product's listener task failed"),
+            }
+        }
+    }
+}
