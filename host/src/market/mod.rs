@@ -5,6 +5,7 @@ pub mod ext;
 pub mod identity;
 pub mod revocation;
 pub mod seller;
+pub mod seller_state;
 pub mod shop;
 
 pub use buyer::{buy, exchange, BuyError, BuyOptions, BuyOutcome, BuyerEvent};

@@ -25,17 +25,14 @@ use tokio::time::Instant;
 use super::ext;
 use super::identity::Identity;
 use super::revocation::RevocationList;
+use super::seller_state::{Action, SellerState, StateSettings};
 use crate::crypto::NoiseKeyPair;
 use crate::net::{self, ChannelSpec, Command, ConnectionOptions, NetConfig, NetEvent, SharedFeed};
 use crate::payments::{
-    encode_user_message, parse_user_message, GrantKind, MessageBudget, PaymentGate, Validation,
+    encode_user_message, parse_user_message, MessageBudget, PaymentGate, Validation,
 };
 use crate::protocol::replicate::ReplicatorConfig;
 use crate::storage::{FsStore, RekeyedSigner};
-
-/// How often `dazaar/valid` is repeated while nothing changes (JS sends it on every
-/// validation; once in a while is enough to keep the buyer's view of time left fresh).
-const VALID_REPEAT: Duration = Duration::from_secs(5);
 
 /// What a seller reports (for the CLI, logs and tests).
 #[derive(Debug, Clone, PartialEq)]
@@ -135,10 +132,6 @@ pub const HANDSHAKE_TIMEOUT: Duration = crate::net::DEFAULT_HANDSHAKE_TIMEOUT;
 
 /// The default [`ProductOptions::unpaid_grace`].
 pub const UNPAID_GRACE: Duration = Duration::from_secs(60);
-
-/// After a buyer is told to go, how long its connection may take to flush the last
-/// messages before it is cut (a peer that stops reading must not keep the slot).
-const CLOSE_FLUSH: Duration = Duration::from_secs(2);
 
 impl Product {
     /// A product selling `feed` with the seller key derived from `identity`.
@@ -340,134 +333,109 @@ pub async fn handle_connection(
             let _ = tx.try_send(e);
         }
     };
-    let mut buyer: Option<[u8; 32]> = None;
-    let mut channel: Option<[u8; 32]> = None;
-    let mut uploading = false;
-    let mut valid: Option<bool> = None;
-    let mut last_valid_sent: Option<Instant> = None;
-    let mut next_check: Option<Instant> = None;
-    // While the buyer is not valid: when it is disconnected for that.
-    let mut unpaid_deadline: Option<Instant> = None;
-    // After telling a buyer to go: when its connection is cut if it has not ended.
-    let mut cut_at: Option<Instant> = None;
-    let mut dropped: Option<String> = None;
-    let result = loop {
-        let wake = next_check.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+    let mut state = SellerState::new(StateSettings {
+        revalidate: product.revalidate,
+        unpaid_grace: product.unpaid_grace,
+    });
+    let result = 'conn: loop {
+        while let Some(action) = state.poll_action() {
+            match action {
+                Action::Validate { buyer, fresh } => {
+                    let answer = product.validate(buyer, fresh, peer_ip).await;
+                    let feed_key = product.buyer_feed_key(&buyer);
+                    state.handle_validation(&answer, feed_key, Instant::now().into_std());
+                }
+                Action::OpenFeed { buyer, feed_key } => {
+                    let config = if product.is_free() {
+                        ReplicatorConfig::uploader()
+                    } else {
+                        ReplicatorConfig::rekeyed(Arc::new(RekeyedSigner::new(
+                            product.identity.rekeyed_key_pair(&product.feed_key, &buyer),
+                        )))
+                    };
+                    let _ = cmd_tx
+                        .send(Command::SendExtension(
+                            ext::ONE_TIME_FEED.into(),
+                            feed_key.to_vec(),
+                        ))
+                        .await;
+                    let _ = cmd_tx
+                        .send(Command::Open(ChannelSpec {
+                            feed: product.feed.clone(),
+                            config,
+                        }))
+                        .await;
+                }
+                Action::SetUploading {
+                    discovery_key,
+                    uploading,
+                } => {
+                    let _ = cmd_tx
+                        .send(Command::SetUploading(discovery_key, uploading))
+                        .await;
+                }
+                Action::Close { discovery_key } => {
+                    let _ = cmd_tx.send(Command::Close(discovery_key)).await;
+                }
+                Action::SendValid(info) => {
+                    let _ = cmd_tx
+                        .send(Command::SendExtension(
+                            ext::VALID.into(),
+                            info.to_string().into_bytes(),
+                        ))
+                        .await;
+                }
+                Action::SendInvalid(reason) => {
+                    let body = serde_json::json!({ "error": reason })
+                        .to_string()
+                        .into_bytes();
+                    let _ = cmd_tx
+                        .send(Command::SendExtension(ext::INVALID.into(), body))
+                        .await;
+                }
+                Action::Report(event) => report(event),
+                Action::Shutdown => {
+                    if let Some(reason) = state.dropped() {
+                        tracing::info!("{reason}");
+                    }
+                    // Flushes what is queued (the last dazaar/invalid), then closes.
+                    let _ = cmd_tx.try_send(Command::Shutdown);
+                }
+                Action::Abort => {
+                    conn.abort();
+                    break 'conn (&mut conn).await;
+                }
+                _ => {}
+            }
+        }
+        let wake = state.poll_timeout().map(Instant::from_std);
         tokio::select! {
             res = &mut conn => break res,
-            _ = sleep_until_opt(unpaid_deadline), if cut_at.is_none() => {
-                let reason = format!("not valid within {} s: disconnected", product.unpaid_grace.as_secs());
-                tracing::info!("{reason}");
-                dropped = Some(reason);
-                unpaid_deadline = None;
-                next_check = None;
-                cut_at = Some(Instant::now() + CLOSE_FLUSH);
-                // Flushes what is queued (the last dazaar/invalid), then closes.
-                let _ = cmd_tx.try_send(Command::Shutdown);
-            }
-            _ = sleep_until_opt(cut_at) => {
-                conn.abort();
-                break (&mut conn).await;
-            }
+            _ = sleep_until_opt(wake) => state.handle_timeout(Instant::now().into_std()),
             ev = ev_rx.recv() => match ev {
                 None => break (&mut conn).await,
                 Some(NetEvent::Connected { remote_public_key }) => {
-                    buyer = Some(remote_public_key);
                     product.claim(remote_public_key, conn_id, cmd_tx.clone());
-                    report(SellerEvent::BuyerConnected { buyer: remote_public_key });
-                    next_check = Some(Instant::now());
-                    unpaid_deadline = Some(Instant::now() + product.unpaid_grace);
+                    state.handle_connected(remote_public_key, Instant::now().into_std());
                 }
-                Some(NetEvent::ChannelClosed { discovery_key }) if channel == Some(discovery_key) => {
-                    // The buyer closed its feed: a new Open from it waits for the next
-                    // validation like a first one (opened if valid, refused if not).
-                    channel = None;
-                    uploading = false;
+                Some(NetEvent::ChannelClosed { discovery_key }) => {
+                    state.handle_channel_closed(discovery_key);
                 }
                 Some(NetEvent::Extension { name, payload }) if name == ext::USER_MESSAGE => {
-                    if let Some(b) = buyer {
+                    if let Some(b) = state.buyer() {
                         handle_user_message(&product, b, peer_ip, &mut messages, &payload, &cmd_tx).await;
                     }
                 }
                 Some(_) => {}
             },
-            _ = tokio::time::sleep_until(wake), if next_check.is_some() => {
-                let Some(b) = buyer else { next_check = None; continue };
-                let answer = product.validate(b, valid.is_none(), peer_ip).await;
-                let mut next = Instant::now() + product.revalidate;
-                let ok = match answer {
-                    Validation::Valid { ref grant, .. } => {
-                        if grant.kind == GrantKind::TIME {
-                            // Check again right when the time runs out.
-                            next = next.min(Instant::now() + Duration::from_millis(grant.remaining.saturating_add(1)));
-                        }
-                        let info = answer.to_wire_json();
-                        let feed_key = product.buyer_feed_key(&b);
-                        if channel.is_none() {
-                            let config = if product.is_free() {
-                                ReplicatorConfig::uploader()
-                            } else {
-                                ReplicatorConfig::rekeyed(Arc::new(RekeyedSigner::new(
-                                    product.identity.rekeyed_key_pair(&product.feed_key, &b),
-                                )))
-                            };
-                            let _ = cmd_tx.send(Command::SendExtension(ext::ONE_TIME_FEED.into(), feed_key.to_vec())).await;
-                            let _ = cmd_tx.send(Command::Open(ChannelSpec { feed: product.feed.clone(), config })).await;
-                            channel = Some(crate::crypto::discovery_key(&feed_key));
-                            uploading = true;
-                        } else if !uploading {
-                            if let Some(dk) = channel {
-                                let _ = cmd_tx.send(Command::SetUploading(dk, true)).await;
-                            }
-                            uploading = true;
-                        }
-                        let changed = valid != Some(true);
-                        if changed || last_valid_sent.is_none_or(|t| t.elapsed() >= VALID_REPEAT) {
-                            let _ = cmd_tx.send(Command::SendExtension(ext::VALID.into(), info.to_string().into_bytes())).await;
-                            last_valid_sent = Some(Instant::now());
-                        }
-                        if changed {
-                            report(SellerEvent::BuyerValid { buyer: b, feed_key, info });
-                        }
-                        unpaid_deadline = None;
-                        true
-                    }
-                    Validation::Invalid { ref reason } => {
-                        if uploading {
-                            if let Some(dk) = channel {
-                                let _ = cmd_tx.send(Command::SetUploading(dk, false)).await;
-                            }
-                            uploading = false;
-                        }
-                        if channel.is_none() {
-                            // An Open the buyer sent early (it knows the key: a free
-                            // product's, or a lapsed buyer's own) is refused, not left
-                            // waiting for a validity that did not come.
-                            let dk = crate::crypto::discovery_key(&product.buyer_feed_key(&b));
-                            let _ = cmd_tx.send(Command::Close(dk)).await;
-                        }
-                        if valid == Some(true) {
-                            // A buyer that stops being valid has the grace period to pay again.
-                            unpaid_deadline = Some(Instant::now() + product.unpaid_grace);
-                        }
-                        if valid != Some(false) {
-                            let body = serde_json::json!({ "error": reason }).to_string().into_bytes();
-                            let _ = cmd_tx.send(Command::SendExtension(ext::INVALID.into(), body)).await;
-                            report(SellerEvent::BuyerInvalid { buyer: b, reason: reason.clone() });
-                        }
-                        false
-                    }
-                };
-                valid = Some(ok);
-                next_check = Some(next);
-            }
         }
     };
+    let buyer = state.buyer();
     if let Some(b) = buyer {
         product.release(b, conn_id);
     }
-    let error = match (dropped, result) {
-        (Some(reason), _) => Some(reason),
+    let error = match (state.dropped(), result) {
+        (Some(reason), _) => Some(reason.to_owned()),
         (None, Ok(Ok(()))) => None,
         (None, Ok(Err(e))) => Some(e.to_string()),
         (None, Err(e)) => Some(format!("connection task failed: {e}")),
