@@ -1,6 +1,5 @@
 //! Discovery flags of `dazaar sell` / `dazaar buy`, and `dazaar dht-node`.
 
-use std::io::Write;
 use std::net::{SocketAddr, SocketAddrV4};
 use std::path::Path;
 use std::process::ExitCode;
@@ -13,6 +12,8 @@ use dazaar::crypto::NoiseKeyPair;
 use dazaar::discovery::{self, Advertiser, BootstrapNode, DiscoveryOptions};
 use serde_json::json;
 use tokio::sync::watch;
+
+use super::common::{print_json, termination};
 
 /// How a seller is announced (flags override `[discovery]` of the config).
 #[derive(Debug, Clone, Default, Args)]
@@ -79,12 +80,6 @@ impl DiscoveryArgs {
         o.lookup_timeout = Duration::from_secs(self.find_timeout.max(1));
         Ok(o)
     }
-}
-
-fn print_json(v: serde_json::Value) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{v}");
-    let _ = out.flush();
 }
 
 /// Makes a seller listening on `local` findable (see [`discovery::advertise`]); with
@@ -168,18 +163,7 @@ pub fn dht_node(args: DhtNodeArgs) -> Result<ExitCode> {
                 "DHT node listening on {addr} (give --bootstrap {addr} to sellers and buyers)"
             );
         }
-        let term = async {
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(mut s) => {
-                    s.recv().await;
-                }
-                Err(_) => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term => {}
-        }
+        termination().await;
         drop(node);
         anyhow::Ok(())
     })?;

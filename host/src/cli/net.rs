@@ -17,6 +17,8 @@ use serde_json::json;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
+use super::common::termination;
+
 /// How often `serve` looks for blocks appended by another process.
 const REFRESH_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -26,22 +28,6 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("starting the async runtime")
-}
-
-/// Resolves when SIGINT or SIGTERM arrives.
-async fn termination() {
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term => {}
-    }
 }
 
 /// Prints one line of JSON and flushes (a parent process may be waiting for it).

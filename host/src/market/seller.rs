@@ -405,7 +405,6 @@ pub async fn handle_connection(
                     conn.abort();
                     break 'conn (&mut conn).await;
                 }
-                _ => {}
             }
         }
         let wake = state.poll_timeout().map(Instant::from_std);

@@ -465,7 +465,7 @@ mod tests {
         let mut s = SellerState::new(settings());
         s.handle_connected(BUYER, t0);
         drain(&mut s);
-        let mut now = t0;
+        let mut now;
         // Invalid every second until the grace runs out at 60 s.
         loop {
             let at = s.poll_timeout().expect("timeout");
