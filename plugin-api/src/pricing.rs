@@ -29,6 +29,17 @@ pub enum PricingError {
     /// The interval is not a positive finite number.
     #[error("interval {0:?} is not a positive number")]
     BadInterval(String),
+    /// The amount over the interval is too large or too small a rate to compute with
+    /// (it would be infinite, or round to zero, which means free).
+    #[error("amount {amount:?} per {interval:?} {unit} is not a usable rate")]
+    BadRate {
+        /// The card's amount.
+        amount: String,
+        /// The card's interval.
+        interval: String,
+        /// The card's unit.
+        unit: TimeUnit,
+    },
     /// `minSeconds` is negative or not finite.
     #[error("minSeconds {0} is not a non-negative number")]
     BadMinSeconds(f64),
@@ -101,13 +112,22 @@ fn positive(text: &str) -> Option<f64> {
 
 impl Rate {
     /// Builds a rate from a card entry's `amount`, `unit` and `interval` (as text, since
-    /// cards carry them as strings or numbers).
+    /// cards carry them as strings or numbers). A card's rate is never free: a price so
+    /// extreme that its rate overflows or rounds to zero is an error.
     pub fn from_card(amount: &str, unit: &str, interval: &str) -> Result<Rate, PricingError> {
         let unit: TimeUnit = unit.parse()?;
         let amount_v = positive(amount).ok_or_else(|| PricingError::BadAmount(amount.into()))?;
         let interval_v =
             positive(interval).ok_or_else(|| PricingError::BadInterval(interval.into()))?;
-        Ok(Rate::per_second(amount_v / (interval_v * unit.seconds())))
+        let per_second = amount_v / (interval_v * unit.seconds());
+        if !(per_second.is_finite() && per_second > 0.0) {
+            return Err(PricingError::BadRate {
+                amount: amount.into(),
+                interval: interval.into(),
+                unit,
+            });
+        }
+        Ok(Rate::per_second(per_second))
     }
 
     /// A rate of `per_second` units of money per second, without window options.
@@ -189,8 +209,9 @@ impl Rate {
             return 0;
         }
         let ms = (self.remaining_funds(payments, now_ms) / self.per_second * 1000.0).floor();
-        if ms.is_finite() && ms > 0.0 {
-            // Saturating float-to-int conversion.
+        if ms > 0.0 {
+            // Saturating float-to-int conversion: more than u64::MAX (or infinitely many)
+            // milliseconds are u64::MAX, not none.
             ms as u64
         } else {
             0
@@ -262,6 +283,37 @@ mod tests {
             Err(PricingError::BadInterval(_))
         ));
         assert!(Rate::per_second(1.0).with_min_seconds(-1.0).is_err());
+    }
+
+    #[test]
+    fn extreme_prices_are_errors_not_free() {
+        // Both would become a free rate (infinite, or rounded to zero) without the check.
+        let huge = Rate::from_card("1e300", "seconds", "1e-300");
+        assert!(
+            matches!(huge, Err(PricingError::BadRate { .. })),
+            "{huge:?}"
+        );
+        let tiny = Rate::from_card("1e-300", "hours", "1e300");
+        assert!(
+            matches!(tiny, Err(PricingError::BadRate { .. })),
+            "{tiny:?}"
+        );
+        assert_eq!(
+            tiny.unwrap_err().to_string(),
+            "amount \"1e-300\" per \"1e300\" hours is not a usable rate"
+        );
+        // Extreme but computable prices are fine.
+        assert!(Rate::from_card("1e300", "seconds", "1").is_ok());
+        assert!(Rate::from_card("1e-300", "seconds", "1").is_ok());
+    }
+
+    #[test]
+    fn remaining_time_saturates() {
+        // More milliseconds than a u64 holds (here infinitely many): all of them, not none.
+        let r = Rate::per_second(f64::MIN_POSITIVE);
+        assert_eq!(r.remaining_ms(&[pay(1e300, T0)], T0), u64::MAX);
+        let r = Rate::per_second(1.0);
+        assert_eq!(r.remaining_ms(&[pay(f64::MAX, 0)], u64::MAX), u64::MAX);
     }
 
     // The cases of payment-tracker's own test.js, with virtual time.
