@@ -7,7 +7,8 @@
 //!
 //! Also here, for plugins and host alike:
 //! - [`pricing`]: the price-to-time rules of `payment-tracker@0.1.0` ([`Rate`],
-//!   [`Payment`]), so every plugin reports payments and agrees on the time left;
+//!   [`Payment`]), so every plugin reports payments and agrees on the time left, and
+//!   answers `validate` the same way ([`Rate::grant`], [`Refusal`]);
 //! - [`memo`]: the memo binding a payment to a buyer, `dazaar: <seller> <buyer>`.
 //!
 //! # Versions
@@ -66,7 +67,7 @@ pub use plugin::__private;
 pub use plugin::{
     guard, Description, OutgoingMessage, PaymentInstructions, PaymentPlugin, Request,
 };
-pub use pricing::{Payment, PricingError, Rate, TimeUnit};
+pub use pricing::{Payment, PricingError, Rate, Refusal, TimeUnit};
 
 /// The longest prefix of `text` that is at most `max` bytes and ends on a character
 /// boundary: how host and plugins bound the text they pass on or log.
