@@ -597,18 +597,15 @@ impl PaymentPlugin for EosPlugin {
                 time_ms: f.time_ms,
             })
             .collect();
-        if payments.is_empty() {
-            return Err(if a.caught_up {
-                format!("no {symbol} transfer to {account} with this buyer's memo")
-            } else {
-                format!("still reading {account}'s history; no payment found yet")
-            });
-        }
-        if rate.is_active(&payments, now_ms) {
-            Ok(Grant::time_ms(rate.remaining_ms(&payments, now_ms)))
-        } else {
-            Err("the paid time has run out".to_owned())
-        }
+        rate.grant(&payments, now_ms).map_err(|r| {
+            r.reason(|| {
+                if a.caught_up {
+                    format!("no {symbol} transfer to {account} with this buyer's memo")
+                } else {
+                    format!("still reading {account}'s history; no payment found yet")
+                }
+            })
+        })
     }
 
     fn payment_request(

@@ -772,22 +772,19 @@ impl PaymentPlugin for StripePlugin {
             .map_err(unavailable)?;
         let payments = counted(&known.payments);
         tracing::trace!(buyer = %hex::encode(req.buyer), count = payments.len(), "payments counted");
-        if payments.is_empty() {
-            let code = currency.code().to_uppercase();
-            return Err(if known.complete {
-                format!("no Stripe payment in {code} found for this buyer")
-            } else {
-                format!(
-                    "no Stripe payment in {code} found for this buyer among the newest {} objects (max_pages)",
-                    self.config.max_pages.saturating_mul(100)
-                )
-            });
-        }
-        if rate.is_active(&payments, now_ms) {
-            Ok(Grant::time_ms(rate.remaining_ms(&payments, now_ms)))
-        } else {
-            Err("the paid time has run out".to_owned())
-        }
+        rate.grant(&payments, now_ms).map_err(|r| {
+            r.reason(|| {
+                let code = currency.code().to_uppercase();
+                if known.complete {
+                    format!("no Stripe payment in {code} found for this buyer")
+                } else {
+                    format!(
+                        "no Stripe payment in {code} found for this buyer among the newest {} objects (max_pages)",
+                        self.config.max_pages.saturating_mul(100)
+                    )
+                }
+            })
+        })
     }
 
     fn user_message(

@@ -220,34 +220,23 @@ impl PaymentPlugin for Ledger {
             .terms
             .rate()
             .map_err(|e| format!("bad price on the card: {e}"))?;
-        if rate.is_free() {
-            return Ok(Grant::free());
-        }
         let mut state = self
             .state
             .lock()
             .map_err(|_| "ledger state is poisoned".to_owned())?;
         self.refresh(&mut state);
-        let Some(entries) = state.1.by_buyer.get(&req.buyer) else {
-            return Err("no payment recorded for this buyer".to_owned());
-        };
-        let payments: Vec<Payment> = entries
-            .iter()
-            .filter(|e| match e.seller {
-                Some(s) => s == req.seller,
-                None => true,
-            })
+        let payments: Vec<Payment> = state
+            .1
+            .by_buyer
+            .get(&req.buyer)
+            .into_iter()
+            .flatten()
+            .filter(|e| e.seller.is_none_or(|s| s == req.seller))
             .map(|e| e.payment)
             .collect();
         drop(state);
-        if payments.is_empty() {
-            return Err("no payment recorded for this buyer".to_owned());
-        }
-        if rate.is_active(&payments, now_ms) {
-            Ok(Grant::time_ms(rate.remaining_ms(&payments, now_ms)))
-        } else {
-            Err("the paid time has run out".to_owned())
-        }
+        rate.grant(&payments, now_ms)
+            .map_err(|r| r.reason(|| "no payment recorded for this buyer".to_owned()))
     }
 
     fn payment_request(

@@ -829,14 +829,8 @@ impl PaymentPlugin for LndPlugin {
             });
         }
         drop(st);
-        if payments.is_empty() {
-            return Err("no settled invoice with this buyer's memo".into());
-        }
-        if rate.is_active(&payments, now_ms) {
-            Ok(Grant::time_ms(rate.remaining_ms(&payments, now_ms)))
-        } else {
-            Err("the paid time has run out".to_owned())
-        }
+        rate.grant(&payments, now_ms)
+            .map_err(|r| r.reason(|| "no settled invoice with this buyer's memo".to_owned()))
     }
 
     fn user_message(
