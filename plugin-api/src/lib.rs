@@ -9,7 +9,8 @@
 //! - [`pricing`]: the price-to-time rules of `payment-tracker@0.1.0` ([`Rate`],
 //!   [`Payment`]), so every plugin reports payments and agrees on the time left, and
 //!   answers `validate` the same way ([`Rate::grant`], [`Refusal`]);
-//! - [`memo`]: the memo binding a payment to a buyer, `dazaar: <seller> <buyer>`.
+//! - [`memo`]: the memo binding a payment to a buyer, `dazaar: <seller> <buyer>`;
+//! - [`settings`]: reading a plugin's config ([`expand_home`]).
 //!
 //! # Versions
 //!
@@ -55,6 +56,7 @@ pub mod logging;
 pub mod memo;
 pub mod plugin;
 pub mod pricing;
+pub mod settings;
 
 pub use abi::{
     ApiVersion, Grant, GrantKind, KeyBytes, LogSink, PaymentPluginMod, PaymentPluginMod_Ref,
@@ -68,6 +70,7 @@ pub use plugin::{
     guard, Description, OutgoingMessage, PaymentInstructions, PaymentPlugin, Request,
 };
 pub use pricing::{Payment, PricingError, Rate, Refusal, TimeUnit};
+pub use settings::{expand_home, HomeNotSet};
 
 /// The longest prefix of `text` that is at most `max` bytes and ends on a character
 /// boundary: how host and plugins bound the text they pass on or log.

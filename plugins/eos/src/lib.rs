@@ -80,8 +80,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use dazaar_plugin_api::{
-    export_payment_plugin, parse_payment_memo, unavailable, Description, Grant, Key, Payment,
-    PaymentInstructions, PaymentPlugin, Request,
+    expand_home, export_payment_plugin, parse_payment_memo, unavailable, Description, Grant, Key,
+    Payment, PaymentInstructions, PaymentPlugin, Request,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -322,13 +322,7 @@ fn load_key(c: &Config) -> Result<Option<PrivateKey>, String> {
 }
 
 fn read_key_file(path: &str) -> Result<Zeroizing<String>, String> {
-    let expanded = match path.strip_prefix("~/") {
-        Some(rest) => match std::env::var_os("HOME") {
-            Some(home) => std::path::PathBuf::from(home).join(rest),
-            None => return Err("eos: private_key_file starts with ~ but HOME is not set".into()),
-        },
-        None => std::path::PathBuf::from(path),
-    };
+    let expanded = expand_home(path).map_err(|e| format!("eos: private_key_file {e}"))?;
     let file = std::fs::File::open(&expanded).map_err(|e| {
         format!(
             "eos: cannot open private_key_file {}: {}",

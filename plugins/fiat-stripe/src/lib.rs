@@ -49,8 +49,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dazaar_plugin_api::{
-    export_payment_plugin, unavailable, Description, Grant, Key, OutgoingMessage, Payment,
-    PaymentInstructions, PaymentPlugin, Request,
+    expand_home, export_payment_plugin, unavailable, Description, Grant, Key, OutgoingMessage,
+    Payment, PaymentInstructions, PaymentPlugin, Request,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -705,7 +705,9 @@ impl PaymentPlugin for StripePlugin {
             log_level,
         } = check(config)?;
         if let Some(path) = &config.log_file {
-            logging::add_sink(&secret::expand_home(path), log_level)?;
+            let path =
+                expand_home(path).map_err(|e| format!("fiat_stripe config: log_file {e}"))?;
+            logging::add_sink(&path, log_level)?;
         }
         let api = key.map(|k| {
             StripeApi::new(

@@ -86,8 +86,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dazaar_plugin_api::{
-    export_payment_plugin, parse_payment_memo, payment_memo, unavailable, Description, Grant, Key,
-    OutgoingMessage, Payment, PaymentInstructions, PaymentPlugin, Request,
+    expand_home, export_payment_plugin, parse_payment_memo, payment_memo, unavailable, Description,
+    Grant, Key, OutgoingMessage, Payment, PaymentInstructions, PaymentPlugin, Request,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -160,13 +160,6 @@ fn default_max_fee() -> u64 {
     100
 }
 
-fn expand_home(path: &str) -> std::path::PathBuf {
-    match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
-        (Some(rest), Some(home)) => std::path::Path::new(&home).join(rest),
-        _ => path.into(),
-    }
-}
-
 /// How to reach LND: the address, the certificate and the macaroon (hex) read.
 struct Connection {
     address: String,
@@ -233,7 +226,7 @@ fn check(text: &str) -> Result<Checked, String> {
         .tls_cert
         .as_deref()
         .ok_or("lnd config: address is set, so tls_cert must be too")?;
-    let cert_path = expand_home(tls_cert);
+    let cert_path = expand_home(tls_cert).map_err(|e| format!("lnd config: tls_cert {e}"))?;
     let cert = std::fs::read(&cert_path).map_err(|e| {
         format!(
             "lnd config: cannot read tls_cert {}: {}",
@@ -252,7 +245,7 @@ fn check(text: &str) -> Result<Checked, String> {
             return Err("lnd config: set macaroon or macaroon_hex_env, not both".into())
         }
         (Some(path), None) => {
-            let p = expand_home(path);
+            let p = expand_home(path).map_err(|e| format!("lnd config: macaroon {e}"))?;
             let bytes = std::fs::read(&p).map_err(|e| {
                 format!(
                     "lnd config: cannot read macaroon {}: {}",
@@ -727,7 +720,8 @@ impl PaymentPlugin for LndPlugin {
             level,
         } = check(config)?;
         if let Some(path) = &config.log_file {
-            logging::add_sink(&expand_home(path), level)?;
+            let path = expand_home(path).map_err(|e| format!("lnd config: log_file {e}"))?;
+            logging::add_sink(&path, level)?;
         }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
