@@ -10,7 +10,8 @@
 //!   [`Payment`]), so every plugin reports payments and agrees on the time left, and
 //!   answers `validate` the same way ([`Rate::grant`], [`Refusal`]);
 //! - [`memo`]: the memo binding a payment to a buyer, `dazaar: <seller> <buyer>`;
-//! - [`settings`]: reading a plugin's config ([`expand_home`]).
+//! - [`settings`]: reading a plugin's config ([`expand_home`]; with the `logging`
+//!   feature, `logging::LogSettings` for `log_file` / `log_level`).
 //!
 //! # Versions
 //!

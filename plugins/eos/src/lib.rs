@@ -56,7 +56,7 @@
 //! page_size = 100                   # actions per request
 //! max_pages = 50                    # requests per poll
 //! max_payments = 100000             # payments remembered (to this verifier's sellers)
-//! log_file = "/var/log/dazaar-eos.log"   # the plugin's own log (optional)
+//! log_file = "/var/log/dazaar-eos.log"   # the plugin's own log (optional; ~/ is home)
 //! log_level = "info"
 //! # buyer, to sign and push the transfer (else it is printed for an external wallet):
 //! private_key_env = "DAZAAR_EOS_KEY"     # an environment variable holding the key
@@ -79,6 +79,7 @@ use std::io::Read;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use dazaar_plugin_api::logging::LogSettings;
 use dazaar_plugin_api::{
     expand_home, export_payment_plugin, parse_payment_memo, unavailable, Description, Grant, Key,
     Payment, PaymentInstructions, PaymentPlugin, Request,
@@ -194,7 +195,7 @@ fn looks_like_key(text: &str) -> bool {
         || ((50..=52).contains(&t.len()) && t.starts_with('5') && b58(t))
 }
 
-fn check(text: &str) -> Result<(Config, tracing::Level), String> {
+fn check(text: &str) -> Result<(Config, LogSettings), String> {
     // Before anything that could quote a value back (parse errors, field checks).
     if text
         .split(['"', '\'', ' ', '=', '\n', '\t'])
@@ -247,8 +248,9 @@ fn check(text: &str) -> Result<(Config, tracing::Level), String> {
             "eos config: timeout_ms, page_size, max_pages, max_payments must be above 0".into(),
         );
     }
-    let level = logging::parse_level(c.log_level.as_deref().unwrap_or("info"))?;
-    Ok((c, level))
+    let log = LogSettings::parse(c.log_file.as_deref(), c.log_level.as_deref())
+        .map_err(|e| format!("eos config: {e}"))?;
+    Ok((c, log))
 }
 
 /// A payment found for a buyer.
@@ -531,10 +533,8 @@ impl PaymentPlugin for EosPlugin {
     }
 
     fn open(config: &str) -> Result<Self, String> {
-        let (config, level) = check(config)?;
-        if let Some(path) = &config.log_file {
-            logging::add_sink(std::path::Path::new(path), level)?;
-        }
+        let (config, log) = check(config)?;
+        log.apply()?;
         let history = History::new(
             &config.rpc,
             config.api,

@@ -48,9 +48,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use dazaar_plugin_api::logging::LogSettings;
 use dazaar_plugin_api::{
-    expand_home, export_payment_plugin, unavailable, Description, Grant, Key, OutgoingMessage,
-    Payment, PaymentInstructions, PaymentPlugin, Request,
+    export_payment_plugin, unavailable, Description, Grant, Key, OutgoingMessage, Payment,
+    PaymentInstructions, PaymentPlugin, Request,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -177,7 +178,7 @@ struct Checked {
     config: Config,
     key: Option<Secret>,
     webhook_secret: Option<Secret>,
-    log_level: tracing::Level,
+    log: LogSettings,
 }
 
 fn check(text: &str) -> Result<Checked, String> {
@@ -217,12 +218,13 @@ fn check(text: &str) -> Result<Checked, String> {
                 .into(),
         );
     }
-    let log_level = logging::parse_level(config.log_level.as_deref().unwrap_or("info"))?;
+    let log = LogSettings::parse(config.log_file.as_deref(), config.log_level.as_deref())
+        .map_err(|e| format!("fiat_stripe config: {e}"))?;
     Ok(Checked {
         config,
         key,
         webhook_secret,
-        log_level,
+        log,
     })
 }
 
@@ -702,13 +704,9 @@ impl PaymentPlugin for StripePlugin {
             config,
             key,
             webhook_secret,
-            log_level,
+            log,
         } = check(config)?;
-        if let Some(path) = &config.log_file {
-            let path =
-                expand_home(path).map_err(|e| format!("fiat_stripe config: log_file {e}"))?;
-            logging::add_sink(&path, log_level)?;
-        }
+        log.apply()?;
         let api = key.map(|k| {
             StripeApi::new(
                 &config.api_base,

@@ -85,6 +85,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use dazaar_plugin_api::logging::LogSettings;
 use dazaar_plugin_api::{
     expand_home, export_payment_plugin, parse_payment_memo, payment_memo, unavailable, Description,
     Grant, Key, OutgoingMessage, Payment, PaymentInstructions, PaymentPlugin, Request,
@@ -172,7 +173,7 @@ struct Checked {
     config: Config,
     connection: Option<Connection>,
     network: Network,
-    level: tracing::Level,
+    log: LogSettings,
 }
 
 /// Why a wallet-less plugin cannot verify payments.
@@ -196,7 +197,8 @@ fn check(text: &str) -> Result<Checked, String> {
     if i64::try_from(config.max_fee_sats).is_err() {
         return Err("lnd config: max_fee_sats is too large".into());
     }
-    let level = logging::parse_level(config.log_level.as_deref().unwrap_or("info"))?;
+    let log = LogSettings::parse(config.log_file.as_deref(), config.log_level.as_deref())
+        .map_err(|e| format!("lnd config: {e}"))?;
     let Some(address) = config.address.clone() else {
         if config.pay {
             return Err(
@@ -219,7 +221,7 @@ fn check(text: &str) -> Result<Checked, String> {
             config,
             connection: None,
             network,
-            level,
+            log,
         });
     };
     let tls_cert = config
@@ -277,7 +279,7 @@ fn check(text: &str) -> Result<Checked, String> {
             macaroon_hex,
         }),
         network,
-        level,
+        log,
     })
 }
 
@@ -717,12 +719,9 @@ impl PaymentPlugin for LndPlugin {
             config,
             connection,
             network,
-            level,
+            log,
         } = check(config)?;
-        if let Some(path) = &config.log_file {
-            let path = expand_home(path).map_err(|e| format!("lnd config: log_file {e}"))?;
-            logging::add_sink(&path, level)?;
-        }
+        log.apply()?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("dazaar-lnd")
