@@ -11,7 +11,8 @@
 //!   answers `validate` the same way ([`Rate::grant`], [`Refusal`]);
 //! - [`memo`]: the memo binding a payment to a buyer, `dazaar: <seller> <buyer>`;
 //! - [`settings`]: reading a plugin's config ([`expand_home`]; with the `logging`
-//!   feature, `logging::LogSettings` for `log_file` / `log_level`).
+//!   feature, `logging::LogSettings` for `log_file` / `log_level`);
+//! - [`backoff`]: capped exponential waits between retries of a failing backend.
 //!
 //! # Versions
 //!
@@ -51,6 +52,7 @@
 #![allow(non_local_definitions)]
 
 pub mod abi;
+pub mod backoff;
 pub mod frozen;
 #[cfg(feature = "logging")]
 pub mod logging;
@@ -64,6 +66,7 @@ pub use abi::{
     PaymentTerms, PluginInfo, UserMessage, Verifier, VerifierBox, Verifier_TO, API_VERSION,
     API_VERSION_STRING, ROOT_MODULE_NAME,
 };
+pub use backoff::Backoff;
 pub use memo::{parse_key, parse_payment_memo, payment_memo, Key};
 #[doc(hidden)]
 pub use plugin::__private;

@@ -81,8 +81,8 @@ use std::time::{Duration, Instant};
 
 use dazaar_plugin_api::logging::LogSettings;
 use dazaar_plugin_api::{
-    expand_home, export_payment_plugin, parse_payment_memo, unavailable, Description, Grant, Key,
-    Payment, PaymentInstructions, PaymentPlugin, Request,
+    expand_home, export_payment_plugin, parse_payment_memo, unavailable, Backoff, Description,
+    Grant, Key, Payment, PaymentInstructions, PaymentPlugin, Request,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -281,18 +281,16 @@ struct Account {
 }
 
 impl Account {
-    /// Whether it is time to ask the node again.
-    fn due(&self, poll: Duration, max_backoff: Duration) -> bool {
+    /// Whether it is time to ask the node again: `poll` after a success, `backoff`'s
+    /// wait after failures.
+    fn due(&self, poll: Duration, backoff: Backoff) -> bool {
         let Some(at) = self.last_try else {
             return true;
         };
         let wait = if self.failures == 0 {
             poll
         } else {
-            let factor = 1u32 << self.failures.min(16);
-            poll.max(Duration::from_millis(50))
-                .saturating_mul(factor)
-                .min(max_backoff)
+            backoff.wait(self.failures)
         };
         at.elapsed() >= wait
     }
@@ -412,7 +410,11 @@ impl EosPlugin {
     /// Reads new actions of `account` if it is due, recording payments to `seller`.
     fn refresh(&self, account: &str, seller: Key) -> Result<(), String> {
         let poll = Duration::from_millis(self.config.poll_ms);
-        let max_backoff = Duration::from_millis(self.config.max_backoff_ms);
+        // After failures: twice the poll interval (at least 100 ms), doubling.
+        let backoff = Backoff::new(
+            poll.max(Duration::from_millis(50)).saturating_mul(2),
+            Duration::from_millis(self.config.max_backoff_ms),
+        );
         let _polling = self
             .polling
             .lock()
@@ -440,7 +442,7 @@ impl EosPlugin {
                     a.last_try = None;
                 }
             }
-            if !a.due(poll, max_backoff) {
+            if !a.due(poll, backoff) {
                 return Ok(());
             }
             a.last_try = Some(Instant::now());

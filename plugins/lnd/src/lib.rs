@@ -87,8 +87,8 @@ use std::time::Duration;
 
 use dazaar_plugin_api::logging::LogSettings;
 use dazaar_plugin_api::{
-    expand_home, export_payment_plugin, parse_payment_memo, payment_memo, unavailable, Description,
-    Grant, Key, OutgoingMessage, Payment, PaymentInstructions, PaymentPlugin, Request,
+    expand_home, export_payment_plugin, parse_payment_memo, payment_memo, unavailable, Backoff,
+    Description, Grant, Key, OutgoingMessage, Payment, PaymentInstructions, PaymentPlugin, Request,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -364,17 +364,20 @@ const BACKOFF_BASE: Duration = Duration::from_millis(200);
 /// once) and the waits keep growing, so a flapping node is not hammered.
 const BACKOFF_STABLE: Duration = Duration::from_secs(10);
 
-/// Reconnection waits: doubling per failure up to a maximum, reset by a session that
-/// stayed live for [`BACKOFF_STABLE`].
+/// Reconnection waits: [`Backoff`] from [`BACKOFF_BASE`] per failure, with the failures
+/// counted again from zero after a session that stayed live for [`BACKOFF_STABLE`].
 #[derive(Debug, Clone)]
-struct Backoff {
+struct Reconnect {
     failures: u32,
-    max: Duration,
+    backoff: Backoff,
 }
 
-impl Backoff {
-    fn new(max: Duration) -> Backoff {
-        Backoff { failures: 0, max }
+impl Reconnect {
+    fn new(max: Duration) -> Reconnect {
+        Reconnect {
+            failures: 0,
+            backoff: Backoff::new(BACKOFF_BASE, max),
+        }
     }
 
     /// A session ended after being live for `live_for` (`None`: it never got live);
@@ -384,9 +387,7 @@ impl Backoff {
             self.failures = 0;
         }
         self.failures = self.failures.saturating_add(1);
-        BACKOFF_BASE
-            .saturating_mul(1u32 << (self.failures - 1).min(10))
-            .min(self.max)
+        self.backoff.wait(self.failures)
     }
 }
 
@@ -407,7 +408,7 @@ where
     F: FnMut(Arc<Mutex<State>>) -> Fut,
     Fut: std::future::Future<Output = Result<(), String>>,
 {
-    let mut backoff = Backoff::new(max_backoff);
+    let mut backoff = Reconnect::new(max_backoff);
     loop {
         let error = match session(Arc::clone(&state)).await {
             Ok(()) => "the invoice subscription ended".to_owned(),
