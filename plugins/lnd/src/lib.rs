@@ -68,7 +68,12 @@
 //! log_file = "..."; log_level = "info"
 //! ```
 //! The macaroon is a secret: it is read from its file or variable, sent only as gRPC
-//! metadata, and never logged or put in an error.
+//! metadata, and never logged or put in an error. Paths may start with `~/` (the home
+//! directory).
+//!
+//! Card methods: `lnd` (the name the seed's own card example uses; first, so it is what
+//! the host puts on a sell entry that names no method), `lightning`, `ln`. Currencies:
+//! `SATS`, `BTC`, `LightningSats`, `LightningBTC`.
 
 pub mod bolt11;
 pub mod client;
@@ -706,7 +711,9 @@ impl PaymentPlugin for LndPlugin {
         Description {
             name: "lnd",
             version: env!("CARGO_PKG_VERSION"),
-            methods: &["lightning", "ln"],
+            // "lnd" first: the seed's card example uses it, and the host defaults a sell
+            // entry without a method to the first one.
+            methods: &["lnd", "lightning", "ln"],
             currencies: &["SATS", "BTC", "LightningSats", "LightningBTC"],
         }
     }
@@ -952,6 +959,7 @@ export_payment_plugin!(LndPlugin);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dazaar_plugin_api::PaymentTerms;
 
     /// Runs `follow_with` against a scripted LND in virtual time: session `n` (from 0)
     /// stays live for `live[n]` (`None`: fails before getting live) and then fails.
@@ -1046,6 +1054,79 @@ mod tests {
         assert!(to_sats("SATS", "0").is_err());
         assert_eq!(card_amount("LightningSats", 5), Ok(5.0));
         assert!(card_amount("USD", 5).is_err());
+    }
+
+    /// A seller's plugin with `state` as if its subscription were running, and a lazy
+    /// channel to nothing (no call is made).
+    fn seller_with(state: State) -> LndPlugin {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let lnd = {
+            let _guard = runtime.enter();
+            Lnd::new("127.0.0.1:9", b"", None, "00", Duration::from_secs(1)).unwrap()
+        };
+        LndPlugin {
+            config: check("").unwrap().config,
+            network: Network::Bitcoin,
+            lnd: Some(lnd),
+            runtime,
+            state: Arc::new(Mutex::new(state)),
+            asked: Mutex::default(),
+            stop: None,
+        }
+    }
+
+    /// The seed's card example says `"method": "lnd"`: the plugin lists that method, first
+    /// (so the host gives it to a sell entry without a method), and validates such a
+    /// card's payments like any other.
+    #[test]
+    fn a_seed_style_card_with_method_lnd_is_served() {
+        let described = LndPlugin::describe();
+        assert_eq!(described.methods, ["lnd", "lightning", "ln"]);
+        // The host's match is case-insensitive; the seed's currency is the legacy name.
+        assert!(described
+            .methods
+            .iter()
+            .any(|m| m.eq_ignore_ascii_case("LND")));
+        assert!(described.currencies.contains(&"LightningSats"));
+
+        let (seller, buyer) = ([1; 32], [2; 32]);
+        let settled_at = 1_700_000_000;
+        let mut state = State {
+            live_since: Some(tokio::time::Instant::now()),
+            ..State::default()
+        };
+        state.record(&proto::Invoice {
+            memo: payment_memo(&seller, &buyer),
+            r_hash: vec![1],
+            value: 100,
+            settle_date: settled_at,
+            state: proto::INVOICE_SETTLED,
+            ..proto::Invoice::default()
+        });
+        let plugin = seller_with(state);
+        let terms = PaymentTerms::new("lnd", "LightningSats", "1", "seconds", "1");
+        let req = |buyer| Request {
+            buyer,
+            seller,
+            terms: &terms,
+        };
+        let at = |s: i64| u64::try_from(s * 1000).unwrap();
+        // 100 sats at 1 sat/s, 40 s later.
+        assert_eq!(
+            plugin.validate(&req(buyer), at(settled_at + 40)),
+            Ok(Grant::time_ms(60_000))
+        );
+        assert_eq!(
+            plugin.validate(&req(buyer), at(settled_at + 100)),
+            Err("the paid time has run out".to_owned())
+        );
+        assert_eq!(
+            plugin.validate(&req([3; 32]), at(settled_at)),
+            Err("no settled invoice with this buyer's memo".to_owned())
+        );
     }
 
     #[test]
