@@ -3,7 +3,7 @@
 //! subscriber of its own. This module installs one (once per loaded library: each cdylib
 //! compiles this module, and so these statics, in separately) with two outputs:
 //!
-//! - **the host's log**: the host hands the plugin a [`LogSink`](crate::LogSink) when it
+//! - **the host's log**: the host hands the plugin a [`LogSink`] when it
 //!   loads it (API 1.2, `set_log_sink`), with the host's level; events at that level and
 //!   above are passed to it, and the host logs them under its target `dazaar::plugin`;
 //! - **log files**: `log_file = "..."` (and `log_level`, default `info`) in a plugin's
