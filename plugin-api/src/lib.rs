@@ -7,8 +7,12 @@
 //!
 //! Also here, for plugins and host alike:
 //! - [`pricing`]: the price-to-time rules of `payment-tracker@0.1.0` ([`Rate`],
-//!   [`Payment`]), so every plugin reports payments and agrees on the time left;
-//! - [`memo`]: the memo binding a payment to a buyer, `dazaar: <seller> <buyer>`.
+//!   [`Payment`]), so every plugin reports payments and agrees on the time left, and
+//!   answers `validate` the same way ([`Rate::grant`], [`Refusal`]);
+//! - [`memo`]: the memo binding a payment to a buyer, `dazaar: <seller> <buyer>`;
+//! - [`settings`]: reading a plugin's config ([`expand_home`]; with the `logging`
+//!   feature, `logging::LogSettings` for `log_file` / `log_level`);
+//! - [`backoff`]: capped exponential waits between retries of a failing backend.
 //!
 //! # Versions
 //!
@@ -48,25 +52,29 @@
 #![allow(non_local_definitions)]
 
 pub mod abi;
+pub mod backoff;
 pub mod frozen;
 #[cfg(feature = "logging")]
 pub mod logging;
 pub mod memo;
 pub mod plugin;
 pub mod pricing;
+pub mod settings;
 
 pub use abi::{
     ApiVersion, Grant, GrantKind, KeyBytes, LogSink, PaymentPluginMod, PaymentPluginMod_Ref,
     PaymentTerms, PluginInfo, UserMessage, Verifier, VerifierBox, Verifier_TO, API_VERSION,
     API_VERSION_STRING, ROOT_MODULE_NAME,
 };
+pub use backoff::Backoff;
 pub use memo::{parse_key, parse_payment_memo, payment_memo, Key};
 #[doc(hidden)]
 pub use plugin::__private;
 pub use plugin::{
     guard, Description, OutgoingMessage, PaymentInstructions, PaymentPlugin, Request,
 };
-pub use pricing::{Payment, PricingError, Rate, TimeUnit};
+pub use pricing::{Payment, PricingError, Rate, Refusal, TimeUnit};
+pub use settings::{expand_home, HomeNotSet};
 
 /// The longest prefix of `text` that is at most `max` bytes and ends on a character
 /// boundary: how host and plugins bound the text they pass on or log.

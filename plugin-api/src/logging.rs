@@ -3,12 +3,13 @@
 //! subscriber of its own. This module installs one (once per loaded library: each cdylib
 //! compiles this module, and so these statics, in separately) with two outputs:
 //!
-//! - **the host's log**: the host hands the plugin a [`LogSink`](crate::LogSink) when it
+//! - **the host's log**: the host hands the plugin a [`LogSink`] when it
 //!   loads it (API 1.2, `set_log_sink`), with the host's level; events at that level and
 //!   above are passed to it, and the host logs them under its target `dazaar::plugin`;
 //! - **log files**: `log_file = "..."` (and `log_level`, default `info`) in a plugin's
-//!   config adds a file; later opens with another `log_file` add further files (at most
-//!   [`MAX_SINKS`]). Every file gets events at the most verbose level asked for.
+//!   config adds a file ([`LogSettings`]); later opens with another `log_file` add
+//!   further files (at most [`MAX_SINKS`]). Every file gets events at the most verbose
+//!   level asked for.
 //!
 //! Whatever a plugin logs reaches both: plugins must never log a secret.
 
@@ -27,6 +28,7 @@ use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::{Layer, Registry};
 
 use crate::abi::LogSink;
+use crate::settings::{expand_home, HomeNotSet};
 
 /// The most log files written at once.
 pub const MAX_SINKS: usize = 8;
@@ -150,10 +152,59 @@ fn install() {
     });
 }
 
-/// Parses a level name.
+/// Parses a level name (as [`LogSettings::parse`] reads `log_level`).
 pub fn parse_level(text: &str) -> Result<tracing::Level, String> {
     text.parse::<tracing::Level>()
-        .map_err(|_| format!("log_level {text:?} is not one of error, warn, info, debug, trace"))
+        .map_err(|_| LogSettingsError::Level(text.to_owned()).to_string())
+}
+
+/// Why a plugin's `log_file` / `log_level` settings were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LogSettingsError {
+    /// `log_level` is not a level name.
+    #[error("log_level {0:?} is not one of error, warn, info, debug, trace")]
+    Level(String),
+    /// `log_file` starts with `~/` and there is no home directory.
+    #[error("log_file {0}")]
+    Home(#[from] HomeNotSet),
+}
+
+/// A plugin's `log_file` and `log_level` settings, checked. A plugin keeps both keys in
+/// its own config struct (so unknown keys are still refused there) and passes their
+/// values to [`LogSettings::parse`] when it checks the config, then calls
+/// [`LogSettings::apply`] when it opens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    /// The plugin's own log file (`~/` expanded), if it has one.
+    pub file: Option<std::path::PathBuf>,
+    /// The most verbose level written to it (`info` unless set).
+    pub level: Level,
+}
+
+impl LogSettings {
+    /// Checks the `log_file` and `log_level` values, without opening anything.
+    pub fn parse(
+        log_file: Option<&str>,
+        log_level: Option<&str>,
+    ) -> Result<LogSettings, LogSettingsError> {
+        let level = match log_level {
+            None => Level::INFO,
+            Some(text) => text
+                .parse()
+                .map_err(|_| LogSettingsError::Level(text.to_owned()))?,
+        };
+        let file = log_file.map(expand_home).transpose()?;
+        Ok(LogSettings { file, level })
+    }
+
+    /// Starts writing this library's events to the file, if there is one ([`add_sink`]).
+    pub fn apply(&self) -> Result<(), String> {
+        match &self.file {
+            Some(path) => add_sink(path, self.level),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Adds `path` as a log file, installing this library's subscriber on first use.
@@ -187,4 +238,57 @@ pub fn set_host_sink(sink: LogSink, max_level: u8) {
     install();
     // Callsites that were disabled when the level was lower must be asked again.
     tracing::callsite::rebuild_interest_cache();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_settings() {
+        assert_eq!(
+            LogSettings::parse(None, None),
+            Ok(LogSettings {
+                file: None,
+                level: Level::INFO
+            })
+        );
+        let s = LogSettings::parse(Some("/var/log/p.log"), Some("trace")).unwrap();
+        assert_eq!(
+            s.file.as_deref(),
+            Some(std::path::Path::new("/var/log/p.log"))
+        );
+        assert_eq!(s.level, Level::TRACE);
+        assert_eq!(
+            LogSettings::parse(None, Some("debug")).map(|s| s.level),
+            Ok(Level::DEBUG)
+        );
+        let e = LogSettings::parse(None, Some("loud")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "log_level \"loud\" is not one of error, warn, info, debug, trace"
+        );
+        // `~/` is the home directory, as for every path setting.
+        assert_eq!(
+            LogSettings::parse(Some("~/p.log"), None).map(|s| s.file),
+            crate::settings::expand_home("~/p.log")
+                .map(Some)
+                .map_err(LogSettingsError::from)
+        );
+        // No file, nothing to open.
+        assert_eq!(LogSettings::parse(None, None).unwrap().apply(), Ok(()));
+    }
+
+    #[test]
+    fn applying_opens_the_file() {
+        let dir = std::env::temp_dir().join(format!("dazaar-log-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("plugin.log");
+        let s = LogSettings::parse(path.to_str(), Some("warn")).unwrap();
+        assert_eq!(s.apply(), Ok(()));
+        assert!(path.exists());
+        let bad = LogSettings::parse(dir.join("no/such/dir.log").to_str(), None).unwrap();
+        assert!(bad.apply().unwrap_err().starts_with("cannot open log_file"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

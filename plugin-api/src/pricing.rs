@@ -12,9 +12,14 @@
 //!
 //! One deliberate difference from the JS package: an unknown unit is an error here, where
 //! JS computes an infinite rate.
+//!
+//! [`Rate::grant`] is a plugin's answer to `validate` once it has gathered the buyer's
+//! payments: free, time left, or a [`Refusal`].
 
 use std::fmt;
 use std::str::FromStr;
+
+use crate::abi::Grant;
 
 /// Why a price could not be turned into a rate.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -29,6 +34,17 @@ pub enum PricingError {
     /// The interval is not a positive finite number.
     #[error("interval {0:?} is not a positive number")]
     BadInterval(String),
+    /// The amount over the interval is too large or too small a rate to compute with
+    /// (it would be infinite, or round to zero, which means free).
+    #[error("amount {amount:?} per {interval:?} {unit} is not a usable rate")]
+    BadRate {
+        /// The card's amount.
+        amount: String,
+        /// The card's interval.
+        interval: String,
+        /// The card's unit.
+        unit: TimeUnit,
+    },
     /// `minSeconds` is negative or not finite.
     #[error("minSeconds {0} is not a non-negative number")]
     BadMinSeconds(f64),
@@ -101,13 +117,22 @@ fn positive(text: &str) -> Option<f64> {
 
 impl Rate {
     /// Builds a rate from a card entry's `amount`, `unit` and `interval` (as text, since
-    /// cards carry them as strings or numbers).
+    /// cards carry them as strings or numbers). A card's rate is never free: a price so
+    /// extreme that its rate overflows or rounds to zero is an error.
     pub fn from_card(amount: &str, unit: &str, interval: &str) -> Result<Rate, PricingError> {
         let unit: TimeUnit = unit.parse()?;
         let amount_v = positive(amount).ok_or_else(|| PricingError::BadAmount(amount.into()))?;
         let interval_v =
             positive(interval).ok_or_else(|| PricingError::BadInterval(interval.into()))?;
-        Ok(Rate::per_second(amount_v / (interval_v * unit.seconds())))
+        let per_second = amount_v / (interval_v * unit.seconds());
+        if !(per_second.is_finite() && per_second > 0.0) {
+            return Err(PricingError::BadRate {
+                amount: amount.into(),
+                interval: interval.into(),
+                unit,
+            });
+        }
+        Ok(Rate::per_second(per_second))
     }
 
     /// A rate of `per_second` units of money per second, without window options.
@@ -189,8 +214,9 @@ impl Rate {
             return 0;
         }
         let ms = (self.remaining_funds(payments, now_ms) / self.per_second * 1000.0).floor();
-        if ms.is_finite() && ms > 0.0 {
-            // Saturating float-to-int conversion.
+        if ms > 0.0 {
+            // Saturating float-to-int conversion: more than u64::MAX (or infinitely many)
+            // milliseconds are u64::MAX, not none.
             ms as u64
         } else {
             0
@@ -201,6 +227,50 @@ impl Rate {
     /// otherwise funds must be above zero.
     pub fn is_active(&self, payments: &[Payment], now_ms: u64) -> bool {
         self.is_free() || self.remaining_funds(payments, now_ms) > 0.0
+    }
+
+    /// A plugin's answer for a buyer whose payments (for this product, in the card's
+    /// currency) are `payments`: [`Grant::free`] for a free rate, else
+    /// [`Refusal::NoPayment`] when there are none, [`Grant::time_ms`] with the time left
+    /// while the buyer [is active](Rate::is_active), and [`Refusal::TimeRanOut`] after.
+    ///
+    /// Funds above zero but worth less than a millisecond still grant access, with
+    /// `remaining` 0: the host asks again at once.
+    pub fn grant(&self, payments: &[Payment], now_ms: u64) -> Result<Grant, Refusal> {
+        if self.is_free() {
+            Ok(Grant::free())
+        } else if payments.is_empty() {
+            Err(Refusal::NoPayment)
+        } else if self.is_active(payments, now_ms) {
+            Ok(Grant::time_ms(self.remaining_ms(payments, now_ms)))
+        } else {
+            Err(Refusal::TimeRanOut)
+        }
+    }
+}
+
+/// Why [`Rate::grant`] refused a buyer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Refusal {
+    /// No payment from this buyer counts. Plugins usually say where they looked, with
+    /// [`Refusal::reason`].
+    #[error("no payment found for this buyer")]
+    NoPayment,
+    /// Payments were made, but the time they bought is over.
+    #[error("the paid time has run out")]
+    TimeRanOut,
+}
+
+impl Refusal {
+    /// The reason to give the buyer: `no_payment()` (the plugin's own words, e.g. "no
+    /// settled invoice with this buyer's memo") for [`Refusal::NoPayment`], the refusal's
+    /// own text otherwise.
+    pub fn reason(self, no_payment: impl FnOnce() -> String) -> String {
+        match self {
+            Refusal::NoPayment => no_payment(),
+            other => other.to_string(),
+        }
     }
 }
 
@@ -262,6 +332,37 @@ mod tests {
             Err(PricingError::BadInterval(_))
         ));
         assert!(Rate::per_second(1.0).with_min_seconds(-1.0).is_err());
+    }
+
+    #[test]
+    fn extreme_prices_are_errors_not_free() {
+        // Both would become a free rate (infinite, or rounded to zero) without the check.
+        let huge = Rate::from_card("1e300", "seconds", "1e-300");
+        assert!(
+            matches!(huge, Err(PricingError::BadRate { .. })),
+            "{huge:?}"
+        );
+        let tiny = Rate::from_card("1e-300", "hours", "1e300");
+        assert!(
+            matches!(tiny, Err(PricingError::BadRate { .. })),
+            "{tiny:?}"
+        );
+        assert_eq!(
+            tiny.unwrap_err().to_string(),
+            "amount \"1e-300\" per \"1e300\" hours is not a usable rate"
+        );
+        // Extreme but computable prices are fine.
+        assert!(Rate::from_card("1e300", "seconds", "1").is_ok());
+        assert!(Rate::from_card("1e-300", "seconds", "1").is_ok());
+    }
+
+    #[test]
+    fn remaining_time_saturates() {
+        // More milliseconds than a u64 holds (here infinitely many): all of them, not none.
+        let r = Rate::per_second(f64::MIN_POSITIVE);
+        assert_eq!(r.remaining_ms(&[pay(1e300, T0)], T0), u64::MAX);
+        let r = Rate::per_second(1.0);
+        assert_eq!(r.remaining_ms(&[pay(f64::MAX, 0)], u64::MAX), u64::MAX);
     }
 
     // The cases of payment-tracker's own test.js, with virtual time.
@@ -389,6 +490,66 @@ mod tests {
         assert!(r.is_active(&p, T0 + 1000));
         assert!(r.remaining_funds(&p, T0 + 1000) <= 1.0);
         assert!(r.remaining_ms(&p, T0 + 1000) <= 100);
+    }
+
+    #[test]
+    fn grant_free_rate() {
+        let r = Rate::per_second(0.0);
+        assert_eq!(r.grant(&[], T0), Ok(Grant::free()));
+        assert_eq!(r.grant(&[pay(1.0, 0)], T0), Ok(Grant::free()));
+    }
+
+    #[test]
+    fn grant_without_payments() {
+        let r = Rate::per_second(1.0);
+        assert_eq!(r.grant(&[], T0), Err(Refusal::NoPayment));
+        // A payment of nothing is a payment: the time it bought has run out.
+        assert_eq!(r.grant(&[pay(0.0, T0)], T0), Err(Refusal::TimeRanOut));
+    }
+
+    #[test]
+    fn grant_time_left_and_run_out() {
+        let r = Rate::per_second(1.0);
+        let p = [pay(2.0, T0)];
+        assert_eq!(r.grant(&p, T0), Ok(Grant::time_ms(2000)));
+        assert_eq!(r.grant(&p, T0 + 1500), Ok(Grant::time_ms(500)));
+        // The last millisecond: funds are gone exactly at 2 s.
+        assert_eq!(r.grant(&p, T0 + 2000), Err(Refusal::TimeRanOut));
+        assert_eq!(r.grant(&p, u64::MAX), Err(Refusal::TimeRanOut));
+        // Less than a millisecond of funds is still access, with nothing left to count.
+        let r = Rate::per_second(1000.0);
+        assert_eq!(r.grant(&[pay(0.5, T0)], T0), Ok(Grant::time_ms(0)));
+        // More milliseconds than a u64 holds: all of them.
+        let r = Rate::per_second(1.0);
+        assert_eq!(
+            r.grant(&[pay(f64::MAX, 0)], u64::MAX),
+            Ok(Grant::time_ms(u64::MAX))
+        );
+    }
+
+    #[test]
+    fn grant_applies_the_window_options() {
+        let r = Rate::per_second(1.0).with_min_seconds(1.0).unwrap();
+        assert_eq!(r.grant(&[pay(0.5, T0)], T0), Err(Refusal::TimeRanOut));
+        let r = Rate::per_second(1.0).with_payment_delay_ms(1000);
+        assert_eq!(r.grant(&[pay(0.5, T0)], T0 + 1200), Ok(Grant::time_ms(300)));
+    }
+
+    #[test]
+    fn refusal_reasons() {
+        let mine = || "no settled invoice with this buyer's memo".to_owned();
+        assert_eq!(
+            Refusal::NoPayment.reason(mine),
+            "no settled invoice with this buyer's memo"
+        );
+        assert_eq!(
+            Refusal::TimeRanOut.reason(mine),
+            "the paid time has run out"
+        );
+        assert_eq!(
+            Refusal::NoPayment.to_string(),
+            "no payment found for this buyer"
+        );
     }
 
     #[test]

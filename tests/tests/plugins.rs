@@ -697,7 +697,7 @@ fn cli_lists_the_payment_plugins_with_methods_and_currencies() {
     );
     assert_eq!(
         find("lnd")["methods"],
-        serde_json::json!(["lightning", "ln"])
+        serde_json::json!(["lnd", "lightning", "ln"])
     );
     assert_eq!(
         find("lnd")["currencies"],

@@ -56,7 +56,7 @@
 //! page_size = 100                   # actions per request
 //! max_pages = 50                    # requests per poll
 //! max_payments = 100000             # payments remembered (to this verifier's sellers)
-//! log_file = "/var/log/dazaar-eos.log"   # the plugin's own log (optional)
+//! log_file = "/var/log/dazaar-eos.log"   # the plugin's own log (optional; ~/ is home)
 //! log_level = "info"
 //! # buyer, to sign and push the transfer (else it is printed for an external wallet):
 //! private_key_env = "DAZAAR_EOS_KEY"     # an environment variable holding the key
@@ -79,9 +79,10 @@ use std::io::Read;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use dazaar_plugin_api::logging::LogSettings;
 use dazaar_plugin_api::{
-    export_payment_plugin, parse_payment_memo, unavailable, Description, Grant, Key, Payment,
-    PaymentInstructions, PaymentPlugin, Request,
+    expand_home, export_payment_plugin, parse_payment_memo, unavailable, Backoff, Description,
+    Grant, Key, Payment, PaymentInstructions, PaymentPlugin, Request,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -194,7 +195,7 @@ fn looks_like_key(text: &str) -> bool {
         || ((50..=52).contains(&t.len()) && t.starts_with('5') && b58(t))
 }
 
-fn check(text: &str) -> Result<(Config, tracing::Level), String> {
+fn check(text: &str) -> Result<(Config, LogSettings), String> {
     // Before anything that could quote a value back (parse errors, field checks).
     if text
         .split(['"', '\'', ' ', '=', '\n', '\t'])
@@ -247,8 +248,9 @@ fn check(text: &str) -> Result<(Config, tracing::Level), String> {
             "eos config: timeout_ms, page_size, max_pages, max_payments must be above 0".into(),
         );
     }
-    let level = logging::parse_level(c.log_level.as_deref().unwrap_or("info"))?;
-    Ok((c, level))
+    let log = LogSettings::parse(c.log_file.as_deref(), c.log_level.as_deref())
+        .map_err(|e| format!("eos config: {e}"))?;
+    Ok((c, log))
 }
 
 /// A payment found for a buyer.
@@ -279,18 +281,16 @@ struct Account {
 }
 
 impl Account {
-    /// Whether it is time to ask the node again.
-    fn due(&self, poll: Duration, max_backoff: Duration) -> bool {
+    /// Whether it is time to ask the node again: `poll` after a success, `backoff`'s
+    /// wait after failures.
+    fn due(&self, poll: Duration, backoff: Backoff) -> bool {
         let Some(at) = self.last_try else {
             return true;
         };
         let wait = if self.failures == 0 {
             poll
         } else {
-            let factor = 1u32 << self.failures.min(16);
-            poll.max(Duration::from_millis(50))
-                .saturating_mul(factor)
-                .min(max_backoff)
+            backoff.wait(self.failures)
         };
         at.elapsed() >= wait
     }
@@ -322,13 +322,7 @@ fn load_key(c: &Config) -> Result<Option<PrivateKey>, String> {
 }
 
 fn read_key_file(path: &str) -> Result<Zeroizing<String>, String> {
-    let expanded = match path.strip_prefix("~/") {
-        Some(rest) => match std::env::var_os("HOME") {
-            Some(home) => std::path::PathBuf::from(home).join(rest),
-            None => return Err("eos: private_key_file starts with ~ but HOME is not set".into()),
-        },
-        None => std::path::PathBuf::from(path),
-    };
+    let expanded = expand_home(path).map_err(|e| format!("eos: private_key_file {e}"))?;
     let file = std::fs::File::open(&expanded).map_err(|e| {
         format!(
             "eos: cannot open private_key_file {}: {}",
@@ -416,7 +410,11 @@ impl EosPlugin {
     /// Reads new actions of `account` if it is due, recording payments to `seller`.
     fn refresh(&self, account: &str, seller: Key) -> Result<(), String> {
         let poll = Duration::from_millis(self.config.poll_ms);
-        let max_backoff = Duration::from_millis(self.config.max_backoff_ms);
+        // After failures: twice the poll interval (at least 100 ms), doubling.
+        let backoff = Backoff::new(
+            poll.max(Duration::from_millis(50)).saturating_mul(2),
+            Duration::from_millis(self.config.max_backoff_ms),
+        );
         let _polling = self
             .polling
             .lock()
@@ -444,7 +442,7 @@ impl EosPlugin {
                     a.last_try = None;
                 }
             }
-            if !a.due(poll, max_backoff) {
+            if !a.due(poll, backoff) {
                 return Ok(());
             }
             a.last_try = Some(Instant::now());
@@ -537,10 +535,8 @@ impl PaymentPlugin for EosPlugin {
     }
 
     fn open(config: &str) -> Result<Self, String> {
-        let (config, level) = check(config)?;
-        if let Some(path) = &config.log_file {
-            logging::add_sink(std::path::Path::new(path), level)?;
-        }
+        let (config, log) = check(config)?;
+        log.apply()?;
         let history = History::new(
             &config.rpc,
             config.api,
@@ -597,18 +593,15 @@ impl PaymentPlugin for EosPlugin {
                 time_ms: f.time_ms,
             })
             .collect();
-        if payments.is_empty() {
-            return Err(if a.caught_up {
-                format!("no {symbol} transfer to {account} with this buyer's memo")
-            } else {
-                format!("still reading {account}'s history; no payment found yet")
-            });
-        }
-        if rate.is_active(&payments, now_ms) {
-            Ok(Grant::time_ms(rate.remaining_ms(&payments, now_ms)))
-        } else {
-            Err("the paid time has run out".to_owned())
-        }
+        rate.grant(&payments, now_ms).map_err(|r| {
+            r.reason(|| {
+                if a.caught_up {
+                    format!("no {symbol} transfer to {account} with this buyer's memo")
+                } else {
+                    format!("still reading {account}'s history; no payment found yet")
+                }
+            })
+        })
     }
 
     fn payment_request(

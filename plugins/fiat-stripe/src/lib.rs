@@ -48,6 +48,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use dazaar_plugin_api::logging::LogSettings;
 use dazaar_plugin_api::{
     export_payment_plugin, unavailable, Description, Grant, Key, OutgoingMessage, Payment,
     PaymentInstructions, PaymentPlugin, Request,
@@ -177,7 +178,7 @@ struct Checked {
     config: Config,
     key: Option<Secret>,
     webhook_secret: Option<Secret>,
-    log_level: tracing::Level,
+    log: LogSettings,
 }
 
 fn check(text: &str) -> Result<Checked, String> {
@@ -217,12 +218,13 @@ fn check(text: &str) -> Result<Checked, String> {
                 .into(),
         );
     }
-    let log_level = logging::parse_level(config.log_level.as_deref().unwrap_or("info"))?;
+    let log = LogSettings::parse(config.log_file.as_deref(), config.log_level.as_deref())
+        .map_err(|e| format!("fiat_stripe config: {e}"))?;
     Ok(Checked {
         config,
         key,
         webhook_secret,
-        log_level,
+        log,
     })
 }
 
@@ -702,11 +704,9 @@ impl PaymentPlugin for StripePlugin {
             config,
             key,
             webhook_secret,
-            log_level,
+            log,
         } = check(config)?;
-        if let Some(path) = &config.log_file {
-            logging::add_sink(&secret::expand_home(path), log_level)?;
-        }
+        log.apply()?;
         let api = key.map(|k| {
             StripeApi::new(
                 &config.api_base,
@@ -772,22 +772,19 @@ impl PaymentPlugin for StripePlugin {
             .map_err(unavailable)?;
         let payments = counted(&known.payments);
         tracing::trace!(buyer = %hex::encode(req.buyer), count = payments.len(), "payments counted");
-        if payments.is_empty() {
-            let code = currency.code().to_uppercase();
-            return Err(if known.complete {
-                format!("no Stripe payment in {code} found for this buyer")
-            } else {
-                format!(
-                    "no Stripe payment in {code} found for this buyer among the newest {} objects (max_pages)",
-                    self.config.max_pages.saturating_mul(100)
-                )
-            });
-        }
-        if rate.is_active(&payments, now_ms) {
-            Ok(Grant::time_ms(rate.remaining_ms(&payments, now_ms)))
-        } else {
-            Err("the paid time has run out".to_owned())
-        }
+        rate.grant(&payments, now_ms).map_err(|r| {
+            r.reason(|| {
+                let code = currency.code().to_uppercase();
+                if known.complete {
+                    format!("no Stripe payment in {code} found for this buyer")
+                } else {
+                    format!(
+                        "no Stripe payment in {code} found for this buyer among the newest {} objects (max_pages)",
+                        self.config.max_pages.saturating_mul(100)
+                    )
+                }
+            })
+        })
     }
 
     fn user_message(

@@ -1,8 +1,8 @@
 //! Secrets (the API key, the webhook signing secret): read from a file or an environment
 //! variable named in the config, never from the TOML itself, and never printed.
 
+use dazaar_plugin_api::expand_home;
 use std::fmt;
-use std::path::Path;
 
 /// A secret string. `Debug` and `Display` print `[redacted]`.
 #[derive(Clone, PartialEq, Eq)]
@@ -71,7 +71,7 @@ impl SecretSource {
     pub fn read(&self, what: &str) -> Result<Secret, String> {
         let value = match self {
             SecretSource::File(path) => {
-                let path = expand_home(path);
+                let path = expand_home(path).map_err(|e| format!("{what}: {e}"))?;
                 std::fs::read_to_string(&path).map_err(|e| {
                     format!("cannot read {what} from {}: {}", path.display(), e.kind())
                 })?
@@ -87,17 +87,6 @@ impl SecretSource {
             return Err(format!("{what} contains spaces or control characters"));
         }
         Ok(Secret(value))
-    }
-}
-
-/// `~/x` → `$HOME/x`.
-pub fn expand_home(path: &str) -> std::path::PathBuf {
-    match path.strip_prefix("~/") {
-        Some(rest) => match std::env::var_os("HOME") {
-            Some(home) => Path::new(&home).join(rest),
-            None => path.into(),
-        },
-        None => path.into(),
     }
 }
 

@@ -28,13 +28,13 @@
 //! Card method: `ledger`, any currency.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use dazaar_plugin_api::{
-    export_payment_plugin, parse_key, Description, Grant, Key, Payment, PaymentInstructions,
-    PaymentPlugin, Request,
+    expand_home, export_payment_plugin, parse_key, Description, Grant, Key, Payment,
+    PaymentInstructions, PaymentPlugin, Request,
 };
 use serde::Deserialize;
 
@@ -130,18 +130,12 @@ pub struct Ledger {
     state: Mutex<(Option<Instant>, Snapshot)>,
 }
 
-fn expand_home(path: &str) -> PathBuf {
-    match path.strip_prefix("~/") {
-        Some(rest) => match std::env::var_os("HOME") {
-            Some(home) => Path::new(&home).join(rest),
-            None => PathBuf::from(path),
-        },
-        None => PathBuf::from(path),
-    }
-}
-
-fn read_config(config: &str) -> Result<LedgerConfig, String> {
-    toml::from_str(config).map_err(|e| format!("ledger config: {}", e.message()))
+/// Reads the config table: the ledger file (`~/` expanded) and the reload interval.
+fn read_config(config: &str) -> Result<(PathBuf, Duration), String> {
+    let c: LedgerConfig =
+        toml::from_str(config).map_err(|e| format!("ledger config: {}", e.message()))?;
+    let file = expand_home(&c.file).map_err(|e| format!("ledger config: file {e}"))?;
+    Ok((file, Duration::from_millis(c.reload_ms)))
 }
 
 impl Ledger {
@@ -208,11 +202,8 @@ impl PaymentPlugin for Ledger {
     }
 
     fn open(config: &str) -> Result<Self, String> {
-        let c = read_config(config)?;
-        Ok(Ledger::new(
-            expand_home(&c.file),
-            Duration::from_millis(c.reload_ms),
-        ))
+        let (file, reload) = read_config(config)?;
+        Ok(Ledger::new(file, reload))
     }
 
     fn validate(&self, req: &Request<'_>, now_ms: u64) -> Result<Grant, String> {
@@ -220,34 +211,23 @@ impl PaymentPlugin for Ledger {
             .terms
             .rate()
             .map_err(|e| format!("bad price on the card: {e}"))?;
-        if rate.is_free() {
-            return Ok(Grant::free());
-        }
         let mut state = self
             .state
             .lock()
             .map_err(|_| "ledger state is poisoned".to_owned())?;
         self.refresh(&mut state);
-        let Some(entries) = state.1.by_buyer.get(&req.buyer) else {
-            return Err("no payment recorded for this buyer".to_owned());
-        };
-        let payments: Vec<Payment> = entries
-            .iter()
-            .filter(|e| match e.seller {
-                Some(s) => s == req.seller,
-                None => true,
-            })
+        let payments: Vec<Payment> = state
+            .1
+            .by_buyer
+            .get(&req.buyer)
+            .into_iter()
+            .flatten()
+            .filter(|e| e.seller.is_none_or(|s| s == req.seller))
             .map(|e| e.payment)
             .collect();
         drop(state);
-        if payments.is_empty() {
-            return Err("no payment recorded for this buyer".to_owned());
-        }
-        if rate.is_active(&payments, now_ms) {
-            Ok(Grant::time_ms(rate.remaining_ms(&payments, now_ms)))
-        } else {
-            Err("the paid time has run out".to_owned())
-        }
+        rate.grant(&payments, now_ms)
+            .map_err(|r| r.reason(|| "no payment recorded for this buyer".to_owned()))
     }
 
     fn payment_request(

@@ -68,7 +68,12 @@
 //! log_file = "..."; log_level = "info"
 //! ```
 //! The macaroon is a secret: it is read from its file or variable, sent only as gRPC
-//! metadata, and never logged or put in an error.
+//! metadata, and never logged or put in an error. Paths may start with `~/` (the home
+//! directory).
+//!
+//! Card methods: `lnd` (the name the seed's own card example uses; first, so it is what
+//! the host puts on a sell entry that names no method), `lightning`, `ln`. Currencies:
+//! `SATS`, `BTC`, `LightningSats`, `LightningBTC`.
 
 pub mod bolt11;
 pub mod client;
@@ -85,9 +90,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use dazaar_plugin_api::logging::LogSettings;
 use dazaar_plugin_api::{
-    export_payment_plugin, parse_payment_memo, payment_memo, unavailable, Description, Grant, Key,
-    OutgoingMessage, Payment, PaymentInstructions, PaymentPlugin, Request,
+    expand_home, export_payment_plugin, parse_payment_memo, payment_memo, unavailable, Backoff,
+    Description, Grant, Key, OutgoingMessage, Payment, PaymentInstructions, PaymentPlugin, Request,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -160,13 +166,6 @@ fn default_max_fee() -> u64 {
     100
 }
 
-fn expand_home(path: &str) -> std::path::PathBuf {
-    match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
-        (Some(rest), Some(home)) => std::path::Path::new(&home).join(rest),
-        _ => path.into(),
-    }
-}
-
 /// How to reach LND: the address, the certificate and the macaroon (hex) read.
 struct Connection {
     address: String,
@@ -179,7 +178,7 @@ struct Checked {
     config: Config,
     connection: Option<Connection>,
     network: Network,
-    level: tracing::Level,
+    log: LogSettings,
 }
 
 /// Why a wallet-less plugin cannot verify payments.
@@ -203,7 +202,8 @@ fn check(text: &str) -> Result<Checked, String> {
     if i64::try_from(config.max_fee_sats).is_err() {
         return Err("lnd config: max_fee_sats is too large".into());
     }
-    let level = logging::parse_level(config.log_level.as_deref().unwrap_or("info"))?;
+    let log = LogSettings::parse(config.log_file.as_deref(), config.log_level.as_deref())
+        .map_err(|e| format!("lnd config: {e}"))?;
     let Some(address) = config.address.clone() else {
         if config.pay {
             return Err(
@@ -226,14 +226,14 @@ fn check(text: &str) -> Result<Checked, String> {
             config,
             connection: None,
             network,
-            level,
+            log,
         });
     };
     let tls_cert = config
         .tls_cert
         .as_deref()
         .ok_or("lnd config: address is set, so tls_cert must be too")?;
-    let cert_path = expand_home(tls_cert);
+    let cert_path = expand_home(tls_cert).map_err(|e| format!("lnd config: tls_cert {e}"))?;
     let cert = std::fs::read(&cert_path).map_err(|e| {
         format!(
             "lnd config: cannot read tls_cert {}: {}",
@@ -252,7 +252,7 @@ fn check(text: &str) -> Result<Checked, String> {
             return Err("lnd config: set macaroon or macaroon_hex_env, not both".into())
         }
         (Some(path), None) => {
-            let p = expand_home(path);
+            let p = expand_home(path).map_err(|e| format!("lnd config: macaroon {e}"))?;
             let bytes = std::fs::read(&p).map_err(|e| {
                 format!(
                     "lnd config: cannot read macaroon {}: {}",
@@ -284,7 +284,7 @@ fn check(text: &str) -> Result<Checked, String> {
             macaroon_hex,
         }),
         network,
-        level,
+        log,
     })
 }
 
@@ -369,17 +369,20 @@ const BACKOFF_BASE: Duration = Duration::from_millis(200);
 /// once) and the waits keep growing, so a flapping node is not hammered.
 const BACKOFF_STABLE: Duration = Duration::from_secs(10);
 
-/// Reconnection waits: doubling per failure up to a maximum, reset by a session that
-/// stayed live for [`BACKOFF_STABLE`].
+/// Reconnection waits: [`Backoff`] from [`BACKOFF_BASE`] per failure, with the failures
+/// counted again from zero after a session that stayed live for [`BACKOFF_STABLE`].
 #[derive(Debug, Clone)]
-struct Backoff {
+struct Reconnect {
     failures: u32,
-    max: Duration,
+    backoff: Backoff,
 }
 
-impl Backoff {
-    fn new(max: Duration) -> Backoff {
-        Backoff { failures: 0, max }
+impl Reconnect {
+    fn new(max: Duration) -> Reconnect {
+        Reconnect {
+            failures: 0,
+            backoff: Backoff::new(BACKOFF_BASE, max),
+        }
     }
 
     /// A session ended after being live for `live_for` (`None`: it never got live);
@@ -389,9 +392,7 @@ impl Backoff {
             self.failures = 0;
         }
         self.failures = self.failures.saturating_add(1);
-        BACKOFF_BASE
-            .saturating_mul(1u32 << (self.failures - 1).min(10))
-            .min(self.max)
+        self.backoff.wait(self.failures)
     }
 }
 
@@ -412,7 +413,7 @@ where
     F: FnMut(Arc<Mutex<State>>) -> Fut,
     Fut: std::future::Future<Output = Result<(), String>>,
 {
-    let mut backoff = Backoff::new(max_backoff);
+    let mut backoff = Reconnect::new(max_backoff);
     loop {
         let error = match session(Arc::clone(&state)).await {
             Ok(()) => "the invoice subscription ended".to_owned(),
@@ -710,7 +711,9 @@ impl PaymentPlugin for LndPlugin {
         Description {
             name: "lnd",
             version: env!("CARGO_PKG_VERSION"),
-            methods: &["lightning", "ln"],
+            // "lnd" first: the seed's card example uses it, and the host defaults a sell
+            // entry without a method to the first one.
+            methods: &["lnd", "lightning", "ln"],
             currencies: &["SATS", "BTC", "LightningSats", "LightningBTC"],
         }
     }
@@ -724,11 +727,9 @@ impl PaymentPlugin for LndPlugin {
             config,
             connection,
             network,
-            level,
+            log,
         } = check(config)?;
-        if let Some(path) = &config.log_file {
-            logging::add_sink(&expand_home(path), level)?;
-        }
+        log.apply()?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("dazaar-lnd")
@@ -829,14 +830,8 @@ impl PaymentPlugin for LndPlugin {
             });
         }
         drop(st);
-        if payments.is_empty() {
-            return Err("no settled invoice with this buyer's memo".into());
-        }
-        if rate.is_active(&payments, now_ms) {
-            Ok(Grant::time_ms(rate.remaining_ms(&payments, now_ms)))
-        } else {
-            Err("the paid time has run out".to_owned())
-        }
+        rate.grant(&payments, now_ms)
+            .map_err(|r| r.reason(|| "no settled invoice with this buyer's memo".to_owned()))
     }
 
     fn user_message(
@@ -964,6 +959,7 @@ export_payment_plugin!(LndPlugin);
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dazaar_plugin_api::PaymentTerms;
 
     /// Runs `follow_with` against a scripted LND in virtual time: session `n` (from 0)
     /// stays live for `live[n]` (`None`: fails before getting live) and then fails.
@@ -1058,6 +1054,79 @@ mod tests {
         assert!(to_sats("SATS", "0").is_err());
         assert_eq!(card_amount("LightningSats", 5), Ok(5.0));
         assert!(card_amount("USD", 5).is_err());
+    }
+
+    /// A seller's plugin with `state` as if its subscription were running, and a lazy
+    /// channel to nothing (no call is made).
+    fn seller_with(state: State) -> LndPlugin {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let lnd = {
+            let _guard = runtime.enter();
+            Lnd::new("127.0.0.1:9", b"", None, "00", Duration::from_secs(1)).unwrap()
+        };
+        LndPlugin {
+            config: check("").unwrap().config,
+            network: Network::Bitcoin,
+            lnd: Some(lnd),
+            runtime,
+            state: Arc::new(Mutex::new(state)),
+            asked: Mutex::default(),
+            stop: None,
+        }
+    }
+
+    /// The seed's card example says `"method": "lnd"`: the plugin lists that method, first
+    /// (so the host gives it to a sell entry without a method), and validates such a
+    /// card's payments like any other.
+    #[test]
+    fn a_seed_style_card_with_method_lnd_is_served() {
+        let described = LndPlugin::describe();
+        assert_eq!(described.methods, ["lnd", "lightning", "ln"]);
+        // The host's match is case-insensitive; the seed's currency is the legacy name.
+        assert!(described
+            .methods
+            .iter()
+            .any(|m| m.eq_ignore_ascii_case("LND")));
+        assert!(described.currencies.contains(&"LightningSats"));
+
+        let (seller, buyer) = ([1; 32], [2; 32]);
+        let settled_at = 1_700_000_000;
+        let mut state = State {
+            live_since: Some(tokio::time::Instant::now()),
+            ..State::default()
+        };
+        state.record(&proto::Invoice {
+            memo: payment_memo(&seller, &buyer),
+            r_hash: vec![1],
+            value: 100,
+            settle_date: settled_at,
+            state: proto::INVOICE_SETTLED,
+            ..proto::Invoice::default()
+        });
+        let plugin = seller_with(state);
+        let terms = PaymentTerms::new("lnd", "LightningSats", "1", "seconds", "1");
+        let req = |buyer| Request {
+            buyer,
+            seller,
+            terms: &terms,
+        };
+        let at = |s: i64| u64::try_from(s * 1000).unwrap();
+        // 100 sats at 1 sat/s, 40 s later.
+        assert_eq!(
+            plugin.validate(&req(buyer), at(settled_at + 40)),
+            Ok(Grant::time_ms(60_000))
+        );
+        assert_eq!(
+            plugin.validate(&req(buyer), at(settled_at + 100)),
+            Err("the paid time has run out".to_owned())
+        );
+        assert_eq!(
+            plugin.validate(&req([3; 32]), at(settled_at)),
+            Err("no settled invoice with this buyer's memo".to_owned())
+        );
     }
 
     #[test]
