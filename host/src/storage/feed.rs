@@ -453,14 +453,17 @@ impl<S: Store> Feed<S> {
     /// modification lay [`REFRESH_STAMP_MARGIN`] before the read, nothing was written
     /// since (a write within the file system's timestamp granularity of the last read is
     /// not trusted to change the time, so such a bitfield is read again).
-    pub fn refresh(&mut self) -> Result<bool, FeedError> {
+    ///
+    /// `now` is the wall-clock time of this call, taken before it (the storage layer reads
+    /// no clock): it is compared with the file system's modification times.
+    pub fn refresh(&mut self, now: SystemTime) -> Result<bool, FeedError> {
         let stamp = self.store.bitfield_stamp();
-        if let (Some(now), Some((seen, read_at))) = (stamp, self.refreshed) {
-            if now == seen && now.modified + REFRESH_STAMP_MARGIN <= read_at {
+        if let (Some(current), Some((seen, read_at))) = (stamp, self.refreshed) {
+            if current == seen && current.modified + REFRESH_STAMP_MARGIN <= read_at {
                 return Ok(false);
             }
         }
-        let read_at = SystemTime::now();
+        let read_at = now;
         let bitfield = Bitfield::from_pages(self.store.read_bitfield()?);
         self.refreshed = stamp.map(|s| (s, read_at));
         let claimed = bitfield::blocks(&bitfield, bitfield.tree_bit_len()).min(MAX_LENGTH);

@@ -1,6 +1,8 @@
 //! The storage test suite. The same tests run against [`MemStore`] and [`FsStore`], so
 //! the two backends cannot drift; vector tests pin the bytes JS computes.
 
+use std::time::{Duration, SystemTime};
+
 use proptest::prelude::*;
 
 use super::*;
@@ -544,11 +546,11 @@ fn refresh_sees_appends_from_another_handle() {
     let mut server =
         Feed::open(FsStore::open_read_only(dir.path()).expect("store"), None).expect("open");
     assert_eq!(server.length(), 1);
-    assert!(!server.refresh().expect("refresh"));
+    assert!(!server.refresh(SystemTime::now()).expect("refresh"));
     writer
         .append_batch(&[b"second".to_vec(), b"third".to_vec()])
         .expect("append");
-    assert!(server.refresh().expect("refresh"));
+    assert!(server.refresh(SystemTime::now()).expect("refresh"));
     assert_eq!(server.length(), 3);
     assert_eq!(server.get(2).expect("get"), Some(b"third".to_vec()));
     assert_eq!(server.tree_hash(), writer.tree_hash());
@@ -570,15 +572,15 @@ fn refresh_sees_every_append_even_within_one_timestamp_tick() {
     // bitfield's size unchanged, so the stamp alone cannot tell them apart.
     for i in 1..300u64 {
         writer.append(format!("{i}").as_bytes()).expect("append");
-        assert!(server.refresh().expect("refresh"), "append {i} missed");
+        assert!(server.refresh(SystemTime::now()).expect("refresh"), "append {i} missed");
         assert_eq!(server.length(), i + 1);
     }
     // Quiet, then one more append after the margin: seen.
     std::thread::sleep(REFRESH_STAMP_MARGIN * 2);
-    assert!(!server.refresh().expect("refresh"));
-    assert!(!server.refresh().expect("refresh"));
+    assert!(!server.refresh(SystemTime::now()).expect("refresh"));
+    assert!(!server.refresh(SystemTime::now()).expect("refresh"));
     writer.append(b"late").expect("append");
-    assert!(server.refresh().expect("refresh"));
+    assert!(server.refresh(SystemTime::now()).expect("refresh"));
     assert_eq!(server.length(), 301);
 }
 
@@ -601,12 +603,12 @@ fn refresh_does_not_reread_an_unchanged_bitfield() {
             .expect("set mtime");
     };
     set_old();
-    assert!(!server.refresh().expect("refresh")); // reads, remembers the stamp
+    assert!(!server.refresh(SystemTime::now()).expect("refresh")); // reads, remembers the stamp
                                                   // The next append changes the bitfield in place without changing its size; with the
                                                   // time put back, the stamp is the one already read, so the poll does not read it...
     writer.append(b"second").expect("append");
     set_old();
-    assert!(!server.refresh().expect("refresh"));
+    assert!(!server.refresh(SystemTime::now()).expect("refresh"));
     assert_eq!(server.length(), 1);
     // ...and as soon as the time moves, it does.
     std::fs::OpenOptions::new()
@@ -615,8 +617,58 @@ fn refresh_does_not_reread_an_unchanged_bitfield() {
         .expect("open bitfield")
         .set_modified(std::time::SystemTime::now())
         .expect("set mtime");
-    assert!(server.refresh().expect("refresh"));
+    assert!(server.refresh(SystemTime::now()).expect("refresh"));
     assert_eq!(server.length(), 2);
+}
+
+/// The time a poll is made at is the caller's: a poll made within the margin after the
+/// bitfield's modification time reads it again whatever the stamp says, a later one trusts
+/// the stamp. (Virtual time: no sleeping, no clock.)
+#[test]
+fn refresh_trusts_an_unchanged_stamp_only_from_the_margin_after_the_write() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut writer =
+        Feed::create(FsStore::open(dir.path(), true).expect("store"), seed01()).expect("create");
+    writer.append(b"first").expect("append");
+    let mut server =
+        Feed::open(FsStore::open_read_only(dir.path()).expect("store"), None).expect("open");
+    let written = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let bitfield = dir.path().join("bitfield");
+    let set_mtime = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&bitfield)
+            .expect("open bitfield")
+            .set_modified(written)
+            .expect("set mtime");
+    };
+    let within = written + REFRESH_STAMP_MARGIN / 2;
+    let after = written + REFRESH_STAMP_MARGIN * 2;
+
+    set_mtime();
+    assert!(!server.refresh(within).expect("refresh"));
+    // An append in place with the same stamp, polled within the margin: read again.
+    writer.append(b"second").expect("append");
+    set_mtime();
+    assert!(server.refresh(within).expect("refresh"));
+    assert_eq!(server.length(), 2);
+
+    // Polled after the margin, the same stamp is trusted: the next append in place is
+    // not seen...
+    assert!(!server.refresh(after).expect("refresh"));
+    writer.append(b"third").expect("append");
+    set_mtime();
+    assert!(!server.refresh(after + Duration::from_secs(1)).expect("refresh"));
+    assert_eq!(server.length(), 2);
+    // ...until the stamp changes.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&bitfield)
+        .expect("open bitfield")
+        .set_modified(written + Duration::from_secs(5))
+        .expect("set mtime");
+    assert!(server.refresh(after + Duration::from_secs(10)).expect("refresh"));
+    assert_eq!(server.length(), 3);
 }
 
 #[test]
