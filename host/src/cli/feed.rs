@@ -341,7 +341,7 @@ fn info(dir: &Path, json: bool) -> Result<ExitCode> {
         println!("discovery key: {}", hex::encode(feed.discovery_key()));
         println!("length:        {}", feed.length());
         println!("byte length:   {}", feed.byte_length());
-        println!("held blocks:   {}", feed.downloaded(0, feed.length()));
+        println!("held blocks:   {}", feed.held());
         println!("writable:      {}", feed.is_writable());
         println!("tree hash:     {}", hex::encode(feed.tree_hash()));
         println!(
@@ -396,7 +396,7 @@ fn import(js_dir: &Path, dir: &Path, json: bool) -> Result<ExitCode> {
     let source =
         Feed::open(source_store, None).with_context(|| format!("reading {}", js_dir.display()))?;
     let length = source.length();
-    let held = source.downloaded(0, length);
+    let held = source.held();
     let progress = progress_bar(held);
 
     let store = FsStore::open(dir, true).with_context(|| format!("creating {}", dir.display()))?;

@@ -864,6 +864,150 @@ impl<S: Store> Store for FailingStore<S> {
     }
 }
 
+/// What [`held_count_matches_a_recount`] does to a writer and its replica.
+#[derive(Debug, Clone)]
+enum HeldOp {
+    /// The writer appends this many blocks.
+    Append(u8),
+    /// The replica downloads a block (picked modulo the writer's length), or only its
+    /// proof (hash-only: tree bits, no block bit).
+    Download(u64, bool),
+    /// The replica defers (or stops deferring) its commits.
+    Defer(bool),
+    /// The replica writes its deferred pages.
+    Flush,
+    /// The replica's (`true`) or the writer's store fails after this many writes, and
+    /// with `sticky` keeps failing.
+    Fail(bool, u8, bool),
+    /// Both stores work again.
+    Disarm,
+    /// The replica (`true`) or the writer is closed and opened again.
+    Reopen(bool),
+}
+
+fn held_op() -> impl Strategy<Value = HeldOp> {
+    prop_oneof![
+        3 => (1u8..6).prop_map(HeldOp::Append),
+        6 => (any::<u64>(), proptest::bool::weighted(0.2)).prop_map(|(i, h)| HeldOp::Download(i, h)),
+        1 => any::<bool>().prop_map(HeldOp::Defer),
+        1 => Just(HeldOp::Flush),
+        2 => (any::<bool>(), 0u8..4, any::<bool>()).prop_map(|(r, n, s)| HeldOp::Fail(r, n, s)),
+        1 => Just(HeldOp::Disarm),
+        1 => any::<bool>().prop_map(HeldOp::Reopen),
+    ]
+}
+
+/// The running count of held blocks equals a recount of the bitfield, for the writer and
+/// its replica.
+fn assert_held_counted<S: Store>(feed: &Feed<S>) -> Result<(), TestCaseError> {
+    prop_assert_eq!(feed.held(), feed.downloaded(0, feed.length()));
+    prop_assert_eq!(feed.has_all(), feed.downloaded(0, feed.length()) == feed.length());
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Appends, downloads (sparse, hash-only, deferred), failed and half-failed commits
+    /// (rolled back), crash repair and reopening: after each, the held count kept by the
+    /// feed is the one a recount gives.
+    #[test]
+    fn held_count_matches_a_recount(ops in proptest::collection::vec(held_op(), 1..60)) {
+        let (source_store, source_plan) = FailingStore::new(MemStore::new());
+        let mut source = Feed::create(source_store, Ed25519KeyPair::from_seed(&[8; 32])).expect("create");
+        let key = source.key();
+        let (replica_store, replica_plan) = FailingStore::new(MemStore::new());
+        let mut replica = Feed::create_reader(replica_store, key).expect("reader");
+        let mut appended = 0u32;
+        for op in ops {
+            match op {
+                HeldOp::Append(n) => {
+                    let blocks: Vec<Vec<u8>> = (0..n)
+                        .map(|_| {
+                            appended += 1;
+                            format!("block {appended}").into_bytes()
+                        })
+                        .collect();
+                    let _ = source.append_batch(&blocks);
+                }
+                HeldOp::Download(pick, hash_only) => {
+                    if source.length() > 0 {
+                        let i = pick % source.length();
+                        let proof = source.proof(i, replica.digest(i), &mut NodeSet::new(), hash_only);
+                        let value = source.get(i).ok().flatten();
+                        if let (Ok(p), Some(value)) = (proof, value) {
+                            let sig = match p.verified_by {
+                                0 => None,
+                                v => source.signature_at(v / 2).ok().flatten(),
+                            };
+                            let value = (!hash_only).then_some(value.as_slice());
+                            let _ = replica.put(i, value, &p.nodes, sig.as_ref());
+                        }
+                    }
+                }
+                HeldOp::Defer(defer) => replica.set_deferred_commit(defer),
+                HeldOp::Flush => {
+                    let _ = replica.flush();
+                }
+                HeldOp::Fail(on_replica, ok, sticky) => {
+                    fail_after(if on_replica { &replica_plan } else { &source_plan }, u64::from(ok), sticky);
+                }
+                HeldOp::Disarm => {
+                    disarm(&replica_plan);
+                    disarm(&source_plan);
+                }
+                HeldOp::Reopen(which_replica) => {
+                    disarm(&replica_plan);
+                    disarm(&source_plan);
+                    if which_replica {
+                        let _ = replica.flush();
+                        replica = Feed::open(into_store(replica), Some(key)).expect("reopen replica");
+                    } else {
+                        source = Feed::open(into_store(source), Some(key)).expect("reopen writer");
+                    }
+                }
+            }
+            assert_held_counted(&source)?;
+            assert_held_counted(&replica)?;
+        }
+    }
+}
+
+/// The running count follows a length learned before the blocks under it: a replica that
+/// first holds nothing of a long feed, then blocks at both ends, then the rest.
+#[test]
+fn held_count_follows_sparse_downloads_and_growth() {
+    let mut source = Feed::create(MemStore::new(), Ed25519KeyPair::from_seed(&[9; 32])).expect("create");
+    let blocks: Vec<Vec<u8>> = (0..40u32).map(|i| vec![i as u8; 3]).collect();
+    source.append_batch(&blocks[..30]).expect("append");
+    let mut replica = Feed::create_reader(MemStore::new(), source.key()).expect("reader");
+    let download = |replica: &mut Feed<MemStore>, source: &Feed<MemStore>, i: u64| {
+        let p = source
+            .proof(i, replica.digest(i), &mut NodeSet::new(), false)
+            .expect("proof");
+        let sig = source.signature_at(p.verified_by / 2).expect("sig");
+        replica
+            .put(i, Some(&blocks[i as usize]), &p.nodes, sig.as_ref())
+            .expect("verifies");
+    };
+    download(&mut replica, &source, 29);
+    assert_eq!((replica.length(), replica.held()), (30, 1));
+    download(&mut replica, &source, 0);
+    download(&mut replica, &source, 0);
+    assert_eq!(replica.held(), 2, "a block stored twice counts once");
+    source.append_batch(&blocks[30..]).expect("append");
+    download(&mut replica, &source, 35);
+    assert_eq!((replica.length(), replica.held()), (40, 3));
+    for i in 0..40 {
+        if !replica.has(i) {
+            download(&mut replica, &source, i);
+        }
+    }
+    assert_eq!(replica.held(), 40);
+    assert!(replica.has_all());
+    assert_eq!(source.held(), 40);
+}
+
 fn is_disk_full(err: &FeedError) -> bool {
     matches!(err, FeedError::Store(StoreError::Io { source, .. }) if source.raw_os_error() == Some(libc::ENOSPC))
 }
