@@ -143,7 +143,8 @@ pub fn run(cmd: FeedCmd) -> Result<ExitCode> {
             handshake_timeout_ms,
             max_connections_per_ip,
         } => super::net::serve(
-            &dir,
+            // Read-only: another process (`dazaar feed append`) may be writing the feed.
+            open_feed(&dir)?,
             listen,
             json,
             super::net::ServeLimits {
@@ -159,7 +160,15 @@ pub fn run(cmd: FeedCmd) -> Result<ExitCode> {
             live,
             json,
             timeout_ms,
-        } => super::net::clone(&key, &connect, &out, live, json, timeout_ms),
+        } => super::net::clone(
+            &key,
+            &connect,
+            &out,
+            live,
+            json,
+            timeout_ms,
+            progress_bar(0),
+        ),
     }
 }
 
