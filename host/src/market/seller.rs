@@ -125,8 +125,7 @@ impl Outbox {
     /// when the consumer is gone. Borrows nothing, so the arm's body may push.
     fn room(
         &self,
-    ) -> impl std::future::Future<Output = Option<mpsc::OwnedPermit<SellerEvent>>> + 'static
-    {
+    ) -> impl std::future::Future<Output = Option<mpsc::OwnedPermit<SellerEvent>>> + 'static {
         let tx = self.tx.clone();
         async move {
             match tx {

@@ -1136,7 +1136,12 @@ impl Replicator {
                 Some(self.now.saturating_add(self.config.request_timeout_ms))
             };
         let outcome = feed
-            .put(index, data.value.as_deref(), &data.nodes, data.signature.as_ref())
+            .put(
+                index,
+                data.value.as_deref(),
+                &data.nodes,
+                data.signature.as_ref(),
+            )
             .map_err(|source| ReplicationError::Feed { index, source })?;
         if let Some(value) = &data.value {
             if outcome.new_block {

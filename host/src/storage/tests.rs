@@ -572,7 +572,10 @@ fn refresh_sees_every_append_even_within_one_timestamp_tick() {
     // bitfield's size unchanged, so the stamp alone cannot tell them apart.
     for i in 1..300u64 {
         writer.append(format!("{i}").as_bytes()).expect("append");
-        assert!(server.refresh(SystemTime::now()).expect("refresh"), "append {i} missed");
+        assert!(
+            server.refresh(SystemTime::now()).expect("refresh"),
+            "append {i} missed"
+        );
         assert_eq!(server.length(), i + 1);
     }
     // Quiet, then one more append after the margin: seen.
@@ -604,8 +607,8 @@ fn refresh_does_not_reread_an_unchanged_bitfield() {
     };
     set_old();
     assert!(!server.refresh(SystemTime::now()).expect("refresh")); // reads, remembers the stamp
-                                                  // The next append changes the bitfield in place without changing its size; with the
-                                                  // time put back, the stamp is the one already read, so the poll does not read it...
+                                                                   // The next append changes the bitfield in place without changing its size; with the
+                                                                   // time put back, the stamp is the one already read, so the poll does not read it...
     writer.append(b"second").expect("append");
     set_old();
     assert!(!server.refresh(SystemTime::now()).expect("refresh"));
@@ -658,7 +661,9 @@ fn refresh_trusts_an_unchanged_stamp_only_from_the_margin_after_the_write() {
     assert!(!server.refresh(after).expect("refresh"));
     writer.append(b"third").expect("append");
     set_mtime();
-    assert!(!server.refresh(after + Duration::from_secs(1)).expect("refresh"));
+    assert!(!server
+        .refresh(after + Duration::from_secs(1))
+        .expect("refresh"));
     assert_eq!(server.length(), 2);
     // ...until the stamp changes.
     std::fs::OpenOptions::new()
@@ -667,7 +672,9 @@ fn refresh_trusts_an_unchanged_stamp_only_from_the_margin_after_the_write() {
         .expect("open bitfield")
         .set_modified(written + Duration::from_secs(5))
         .expect("set mtime");
-    assert!(server.refresh(after + Duration::from_secs(10)).expect("refresh"));
+    assert!(server
+        .refresh(after + Duration::from_secs(10))
+        .expect("refresh"));
     assert_eq!(server.length(), 3);
 }
 
@@ -901,7 +908,10 @@ fn held_op() -> impl Strategy<Value = HeldOp> {
 /// its replica.
 fn assert_held_counted<S: Store>(feed: &Feed<S>) -> Result<(), TestCaseError> {
     prop_assert_eq!(feed.held(), feed.downloaded(0, feed.length()));
-    prop_assert_eq!(feed.has_all(), feed.downloaded(0, feed.length()) == feed.length());
+    prop_assert_eq!(
+        feed.has_all(),
+        feed.downloaded(0, feed.length()) == feed.length()
+    );
     Ok(())
 }
 
@@ -977,7 +987,8 @@ proptest! {
 /// first holds nothing of a long feed, then blocks at both ends, then the rest.
 #[test]
 fn held_count_follows_sparse_downloads_and_growth() {
-    let mut source = Feed::create(MemStore::new(), Ed25519KeyPair::from_seed(&[9; 32])).expect("create");
+    let mut source =
+        Feed::create(MemStore::new(), Ed25519KeyPair::from_seed(&[9; 32])).expect("create");
     let blocks: Vec<Vec<u8>> = (0..40u32).map(|i| vec![i as u8; 3]).collect();
     source.append_batch(&blocks[..30]).expect("append");
     let mut replica = Feed::create_reader(MemStore::new(), source.key()).expect("reader");

@@ -97,8 +97,7 @@ pub(crate) fn message_from_fields(type_name: &str, f: &Value) -> Message {
                         .collect()
                 })
                 .unwrap_or_default(),
-            signature: opt_hex(&f["signature"])
-                .map(|s| s.try_into().expect("a 64-byte signature")),
+            signature: opt_hex(&f["signature"]).map(|s| s.try_into().expect("a 64-byte signature")),
         }),
         "Close" => Message::Close(Close {
             discovery_key: opt_hex(&f["discoveryKey"]),
@@ -136,7 +135,7 @@ pub(crate) fn decoded_view(message: &Message) -> Value {
             "index": m.index,
             "value": hex_or_null(&m.value),
             "nodes": m.nodes.iter().map(|n| json!({
-                "index": n.index, "hash": hex::encode(&n.hash), "size": n.size,
+                "index": n.index, "hash": hex::encode(n.hash), "size": n.size,
             })).collect::<Vec<_>>(),
             "signature": m.signature.map_or(Value::Null, |s| json!(hex::encode(s))),
         }),
