@@ -140,11 +140,15 @@ fn main() {
     // time (what every poll cost before the stamp check).
     let mut reader = Feed::open(FsStore::open_read_only(&dir).expect("store"), None).expect("open");
     std::thread::sleep(dazaar::storage::REFRESH_STAMP_MARGIN * 2);
-    reader.refresh().expect("refresh"); // the first poll reads
+    reader
+        .refresh(std::time::SystemTime::now())
+        .expect("refresh"); // the first poll reads
     let polls = 2000u32;
     let t = Instant::now();
     for _ in 0..polls {
-        reader.refresh().expect("refresh");
+        reader
+            .refresh(std::time::SystemTime::now())
+            .expect("refresh");
     }
     let per_poll = t.elapsed().as_secs_f64() / f64::from(polls);
     let store = FsStore::open_read_only(&dir).expect("store");

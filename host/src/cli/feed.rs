@@ -143,7 +143,8 @@ pub fn run(cmd: FeedCmd) -> Result<ExitCode> {
             handshake_timeout_ms,
             max_connections_per_ip,
         } => super::net::serve(
-            &dir,
+            // Read-only: another process (`dazaar feed append`) may be writing the feed.
+            open_feed(&dir)?,
             listen,
             json,
             super::net::ServeLimits {
@@ -159,7 +160,15 @@ pub fn run(cmd: FeedCmd) -> Result<ExitCode> {
             live,
             json,
             timeout_ms,
-        } => super::net::clone(&key, &connect, &out, live, json, timeout_ms),
+        } => super::net::clone(
+            &key,
+            &connect,
+            &out,
+            live,
+            json,
+            timeout_ms,
+            progress_bar(0),
+        ),
     }
 }
 
@@ -341,7 +350,7 @@ fn info(dir: &Path, json: bool) -> Result<ExitCode> {
         println!("discovery key: {}", hex::encode(feed.discovery_key()));
         println!("length:        {}", feed.length());
         println!("byte length:   {}", feed.byte_length());
-        println!("held blocks:   {}", feed.downloaded(0, feed.length()));
+        println!("held blocks:   {}", feed.held());
         println!("writable:      {}", feed.is_writable());
         println!("tree hash:     {}", hex::encode(feed.tree_hash()));
         println!(
@@ -396,7 +405,7 @@ fn import(js_dir: &Path, dir: &Path, json: bool) -> Result<ExitCode> {
     let source =
         Feed::open(source_store, None).with_context(|| format!("reading {}", js_dir.display()))?;
     let length = source.length();
-    let held = source.downloaded(0, length);
+    let held = source.held();
     let progress = progress_bar(held);
 
     let store = FsStore::open(dir, true).with_context(|| format!("creating {}", dir.display()))?;

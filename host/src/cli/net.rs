@@ -1,5 +1,6 @@
 //! `dazaar feed serve` and `dazaar feed clone`: the tokio runtime and the wiring of
-//! [`dazaar::net`] to a feed directory.
+//! [`dazaar::net`] to a feed. `feed.rs` opens the feed and makes the progress bar and
+//! hands them in, so this module uses nothing of it (the two used to import each other).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -47,11 +48,15 @@ pub struct ServeLimits {
     pub max_connections_per_ip: usize,
 }
 
-/// `dazaar feed serve DIR --listen ADDR`.
-pub fn serve(dir: &Path, listen: SocketAddr, json: bool, limits: ServeLimits) -> Result<ExitCode> {
+/// `dazaar feed serve DIR --listen ADDR`: serves `feed` (opened read-only by the caller:
+/// another process, `dazaar feed append`, may be writing it).
+pub fn serve(
+    feed: Feed<FsStore>,
+    listen: SocketAddr,
+    json: bool,
+    limits: ServeLimits,
+) -> Result<ExitCode> {
     let timeout_ms = limits.timeout_ms;
-    // Read-only: another process (`dazaar feed append`) may be writing the feed.
-    let feed = super::feed::open_feed(dir)?;
     let key = feed.key();
     let shared = SharedFeed::new(feed);
     let rt = runtime()?;
@@ -115,7 +120,7 @@ fn parse_key(key: &str) -> Result<[u8; 32]> {
         .map_err(|_| anyhow!("a feed key is 32 bytes (64 hex characters)"))
 }
 
-/// `dazaar feed clone KEY --connect ADDR --out DIR`.
+/// `dazaar feed clone KEY --connect ADDR --out DIR`, showing its progress on `progress`.
 pub fn clone(
     key: &str,
     connect: &str,
@@ -123,6 +128,7 @@ pub fn clone(
     live: bool,
     json: bool,
     timeout_ms: u64,
+    progress: indicatif::ProgressBar,
 ) -> Result<ExitCode> {
     let key = parse_key(key)?;
     let feed = if out.join("key").is_file() {
@@ -143,6 +149,7 @@ pub fn clone(
         live,
         json,
         timeout_ms,
+        progress,
     ));
     rt.shutdown_timeout(Duration::from_millis(100));
     // Make what was downloaded durable even when the connection failed.
@@ -157,6 +164,7 @@ async fn clone_async(
     live: bool,
     json: bool,
     timeout_ms: u64,
+    progress: indicatif::ProgressBar,
 ) -> Result<ExitCode> {
     let addr = tokio::net::lookup_host(connect)
         .await
@@ -193,7 +201,6 @@ async fn clone_async(
             .instrument(span),
     );
     let dk = dazaar::crypto::discovery_key(&key);
-    let progress = super::feed::progress_bar(0);
     let mut done = false;
     let mut last_printed: Option<u64> = None;
     let mut refused = false;

@@ -57,6 +57,11 @@ pub enum BuyError {
 }
 
 /// What a buyer reports.
+///
+/// Every variant but [`BuyerEvent::Progress`] is a state event, delivered with
+/// back-pressure: none is ever dropped for a consumer that lags (the purchase waits for
+/// it). A consumer that stops reading must drop its receiver, or signal the purchase's
+/// shutdown, so that the purchase does not wait for it.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum BuyerEvent {
@@ -80,7 +85,10 @@ pub enum BuyerEvent {
         /// Its body (JSON).
         message: serde_json::Value,
     },
-    /// The feed grew or a block arrived.
+    /// The feed grew or a block arrived. Progress is a notification, not a state event:
+    /// it is sent only while the event channel is at most half full (so it never takes
+    /// the room of a state event) and a later one supersedes a dropped one. The latest
+    /// value is always in the watch of [`buy_with_progress`].
     Progress {
         /// The feed's length.
         length: u64,
@@ -101,6 +109,63 @@ pub enum BuyerEvent {
         /// The byte length.
         byte_length: u64,
     },
+}
+
+/// How far a purchase is: the latest value in the watch of [`buy_with_progress`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BuyProgress {
+    /// The feed's length.
+    pub length: u64,
+    /// Blocks held.
+    pub downloaded: u64,
+}
+
+/// Where a purchase reports: state events through a bounded channel with back-pressure,
+/// progress through a watch (only the latest value matters).
+struct Reporter {
+    events: Option<mpsc::Sender<BuyerEvent>>,
+    progress: Option<watch::Sender<BuyProgress>>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Reporter {
+    /// Delivers a state event, waiting for room in the channel: a slow consumer slows the
+    /// purchase down but loses nothing. Given up only when the consumer is gone or the
+    /// purchase is told to shut down (a consumer that stopped reading to stop the purchase
+    /// must not keep it waiting).
+    async fn event(&mut self, event: BuyerEvent) {
+        let Reporter {
+            events, shutdown, ..
+        } = self;
+        let Some(tx) = events else { return };
+        let shutting_down = async {
+            if shutdown.wait_for(|stop| *stop).await.is_err() {
+                // Nobody can ask for a shutdown any more: wait for room only.
+                std::future::pending::<()>().await;
+            }
+        };
+        tokio::select! {
+            biased;
+            _ = tx.send(event) => {}
+            _ = shutting_down => {}
+        }
+    }
+
+    /// Publishes progress: always to the watch; to the event channel only while it is at
+    /// most half full (see [`BuyerEvent::Progress`]).
+    fn progress(&self, progress: BuyProgress) {
+        if let Some(watch) = &self.progress {
+            watch.send_replace(progress);
+        }
+        if let Some(tx) = &self.events {
+            if tx.capacity() > tx.max_capacity() / 2 {
+                let _ = tx.try_send(BuyerEvent::Progress {
+                    length: progress.length,
+                    downloaded: progress.downloaded,
+                });
+            }
+        }
+    }
 }
 
 /// How to buy.
@@ -188,17 +253,30 @@ fn open_feed(out: &Path, key: [u8; 32]) -> Result<Feed<FsStore>, BuyError> {
 }
 
 /// Buys from the seller at `opts.addr`: returns when the feed is complete (or, with
-/// `live`, when `shutdown` turns true or the seller goes away).
+/// `live`, when `shutdown` turns true or the seller goes away). State events go to
+/// `events` with back-pressure (see [`BuyerEvent`]).
 pub async fn buy(
     identity: &Identity,
     opts: BuyOptions,
     events: Option<mpsc::Sender<BuyerEvent>>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<BuyOutcome, BuyError> {
-    let report = |e: BuyerEvent| {
-        if let Some(tx) = &events {
-            let _ = tx.try_send(e);
-        }
+    buy_with_progress(identity, opts, events, None, shutdown).await
+}
+
+/// [`buy`], also publishing the latest [`BuyProgress`] to `progress` (a watch: a consumer
+/// that lags sees the newest value, and its lag never slows the purchase).
+pub async fn buy_with_progress(
+    identity: &Identity,
+    opts: BuyOptions,
+    events: Option<mpsc::Sender<BuyerEvent>>,
+    progress: Option<watch::Sender<BuyProgress>>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<BuyOutcome, BuyError> {
+    let mut report = Reporter {
+        events,
+        progress,
+        shutdown: shutdown.clone(),
     };
     let stream = net::dial(opts.addr).await?;
     let mut session = opts.net.session_config(true, identity.buyer_key_pair());
@@ -261,14 +339,14 @@ pub async fn buy(
             ev = ev_rx.recv() => {
                 let Some(ev) = ev else { continue };
                 match ev {
-                    NetEvent::Connected { .. } => report(BuyerEvent::Connected),
+                    NetEvent::Connected { .. } => report.event(BuyerEvent::Connected).await,
                     NetEvent::Extension { name, payload } => match name.as_str() {
                         ext::TERMS_OF_USE => {
                             let terms = String::from_utf8_lossy(&payload).into_owned();
                             if let Err(e) = check_terms(&opts, &terms) {
                                 return fail(e, &cmd_tx);
                             }
-                            report(BuyerEvent::Terms(terms));
+                            report.event(BuyerEvent::Terms(terms)).await;
                         }
                         ext::ONE_TIME_FEED => {
                             let Ok(key) = <[u8; 32]>::try_from(payload.as_slice()) else {
@@ -291,20 +369,20 @@ pub async fn buy(
                                 }
                                 feed = Some(f);
                                 feed_key = Some(key);
-                                report(BuyerEvent::Feed { key });
+                                report.event(BuyerEvent::Feed { key }).await;
                             }
                         }
                         ext::VALID => {
                             tracing::debug!(payload = %String::from_utf8_lossy(&payload), "valid");
                             let info = serde_json::from_slice(&payload).unwrap_or(serde_json::Value::Null);
-                            report(BuyerEvent::Valid(info));
+                            report.event(BuyerEvent::Valid(info)).await;
                         }
                         ext::INVALID => {
                             let reason = serde_json::from_slice::<serde_json::Value>(&payload)
                                 .ok()
                                 .and_then(|v| v.get("error").and_then(|e| e.as_str()).map(str::to_owned))
                                 .unwrap_or_else(|| "invalid".into());
-                            report(BuyerEvent::Invalid(reason.clone()));
+                            report.event(BuyerEvent::Invalid(reason.clone())).await;
                             if !opts.live {
                                 return fail(BuyError::Rejected(reason), &cmd_tx);
                             }
@@ -312,7 +390,7 @@ pub async fn buy(
                         ext::USER_MESSAGE => {
                             if let Ok(m) = parse_user_message(&payload) {
                                 let message = serde_json::from_str(m.message.as_str()).unwrap_or(serde_json::Value::Null);
-                                report(BuyerEvent::UserMessage { name: m.name.to_string(), message });
+                                report.event(BuyerEvent::UserMessage { name: m.name.to_string(), message }).await;
                             }
                         }
                         _ => {}
@@ -323,7 +401,7 @@ pub async fn buy(
                             if let ReplicationEvent::RemoteLength { length } = event {
                                 tail_started = true;
                                 let _ = cmd_tx.send(Command::Download(discovery_key, length, None)).await;
-                                report(BuyerEvent::Progress { length, downloaded: 0 });
+                                report.progress(BuyProgress { length, downloaded: 0 });
                             }
                         }
                         match event {
@@ -342,7 +420,7 @@ pub async fn buy(
                                     (f.length(), f.byte_length(), all)
                                 };
                                 if all {
-                                    report(BuyerEvent::Synced { length: len, byte_length: bytes });
+                                    report.event(BuyerEvent::Synced { length: len, byte_length: bytes }).await;
                                     if !opts.live && !opts.tail {
                                         let _ = cmd_tx.send(Command::Shutdown).await;
                                         let _ = (&mut conn).await;
@@ -351,18 +429,21 @@ pub async fn buy(
                                     }
                                 }
                             }
-                            ReplicationEvent::Downloaded { index, .. } if opts.report_blocks => {
-                                let data = f.lock().get(index).ok().flatten();
-                                if let Some(data) = data {
-                                    report(BuyerEvent::Block { index, data });
-                                }
-                            }
                             ReplicationEvent::Length { .. } | ReplicationEvent::Downloaded { .. } => {
-                                let (length, downloaded) = {
+                                let (progress, block) = {
                                     let f = f.lock();
-                                    (f.length(), f.downloaded(0, f.length()))
+                                    let block = match event {
+                                        ReplicationEvent::Downloaded { index, .. } if opts.report_blocks => {
+                                            f.get(index).ok().flatten().map(|data| (index, data))
+                                        }
+                                        _ => None,
+                                    };
+                                    (BuyProgress { length: f.length(), downloaded: f.held() }, block)
                                 };
-                                report(BuyerEvent::Progress { length, downloaded });
+                                if let Some((index, data)) = block {
+                                    report.event(BuyerEvent::Block { index, data }).await;
+                                }
+                                report.progress(progress);
                             }
                             _ => {}
                         }
@@ -431,4 +512,78 @@ pub async fn exchange(
     let _ = cmd_tx.send(Command::Shutdown).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), &mut conn).await;
     Ok(reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::market::seller::test_sale;
+
+    /// A consumer slower than the download, on a channel of one, receives every block
+    /// and every state event (with events dropped when the channel is full, most blocks
+    /// were lost); the progress watch ends at the whole feed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_slow_consumer_receives_every_buyer_state_event() {
+        const BLOCKS: u64 = 40;
+        let sale = test_sale::start(BLOCKS as u32, None).await;
+        let buyer = Identity::from_master_key([0x54; 32]);
+        let (_never, shutdown) = watch::channel(false);
+        let opts = BuyOptions {
+            seller_key: sale.product.seller_key(),
+            addr: sale.addr,
+            out: sale.dir.join("buyer/feed"),
+            live: false,
+            accept_terms: false,
+            data_dir: sale.dir.join("buyer"),
+            net: test_sale::net(),
+            answer_timeout: Duration::from_secs(5),
+            send: Vec::new(),
+            report_blocks: true,
+            range: None,
+            tail: false,
+        };
+        let (tx, mut rx) = mpsc::channel(1);
+        let (progress_tx, progress) = watch::channel(BuyProgress::default());
+        let purchase = tokio::spawn(async move {
+            buy_with_progress(&buyer, opts, Some(tx), Some(progress_tx), shutdown).await
+        });
+        let mut events = Vec::new();
+        while let Some(event) = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .expect("the buyer went quiet")
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            events.push(event);
+        }
+        let out = purchase.await.expect("task").expect("bought");
+        assert_eq!(out.length, BLOCKS);
+        let blocks: Vec<u64> = events
+            .iter()
+            .filter_map(|e| match e {
+                BuyerEvent::Block { index, data } => {
+                    assert_eq!(data, format!("block {index}").as_bytes());
+                    Some(*index)
+                }
+                _ => None,
+            })
+            .collect();
+        let mut sorted = blocks.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted, (0..BLOCKS).collect::<Vec<_>>(), "{events:?}");
+        assert_eq!(blocks.len() as u64, BLOCKS, "each block once");
+        for wanted in ["Connected", "Feed", "Valid", "Synced"] {
+            assert!(
+                events.iter().any(|e| format!("{e:?}").starts_with(wanted)),
+                "no {wanted} in {events:?}"
+            );
+        }
+        assert_eq!(
+            *progress.borrow(),
+            BuyProgress {
+                length: BLOCKS,
+                downloaded: BLOCKS
+            }
+        );
+    }
 }

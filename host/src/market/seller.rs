@@ -11,7 +11,7 @@
 //! (Status uploading=false) and sends `dazaar/invalid` on the transition; paying again
 //! resumes. One live connection per buyer key: a newer one replaces the older.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,7 +34,8 @@ use crate::payments::{
 use crate::protocol::replicate::ReplicatorConfig;
 use crate::storage::{FsStore, RekeyedSigner};
 
-/// What a seller reports (for the CLI, logs and tests).
+/// What a seller reports (for the CLI, logs and tests). All of them are state events:
+/// none is dropped for a consumer that lags (see [`serve`]).
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum SellerEvent {
@@ -66,6 +67,96 @@ pub enum SellerEvent {
         /// Why, when it failed.
         error: Option<String>,
     },
+}
+
+/// How many of its events one connection queues while the consumer lags before it waits
+/// for the consumer (a handful per buyer in practice: connected, valid or invalid on each
+/// change, disconnected).
+const OUTBOX_MAX: usize = 32;
+
+/// One connection's state events on their way to the consumer. None is dropped: an event
+/// the channel has no room for is queued here and handed over as the consumer makes room,
+/// so that revalidating a buyer (and stopping the upload of one that lapsed) never waits
+/// on a slow consumer; past [`OUTBOX_MAX`] queued events the connection waits for it
+/// (back-pressure). Events are given up only when the consumer is gone.
+struct Outbox {
+    tx: Option<mpsc::Sender<SellerEvent>>,
+    queue: VecDeque<SellerEvent>,
+}
+
+impl Outbox {
+    fn new(tx: Option<mpsc::Sender<SellerEvent>>) -> Self {
+        Outbox {
+            tx,
+            queue: VecDeque::new(),
+        }
+    }
+
+    /// Sends `event` now if the channel has room and nothing is queued before it, else
+    /// queues it (waiting for the consumer when the queue is full).
+    async fn push(&mut self, event: SellerEvent) {
+        let Some(tx) = &self.tx else { return };
+        if self.queue.is_empty() {
+            match tx.try_send(event) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(event)) => self.queue.push_back(event),
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    self.tx = None;
+                    return;
+                }
+            }
+        } else {
+            self.queue.push_back(event);
+        }
+        if self.queue.len() > OUTBOX_MAX {
+            self.flush().await;
+        }
+    }
+
+    /// Whether events wait for room.
+    fn pending(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    /// Room for one event (for a `select!` arm guarded by [`Outbox::pending`]); `None`
+    /// when the consumer is gone. Borrows nothing, so the arm's body may push.
+    fn room(
+        &self,
+    ) -> impl std::future::Future<Output = Option<mpsc::OwnedPermit<SellerEvent>>> + 'static {
+        let tx = self.tx.clone();
+        async move {
+            match tx {
+                Some(tx) => tx.reserve_owned().await.ok(),
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    /// Hands the oldest queued event over with `permit` (from [`Outbox::room`]).
+    fn deliver(&mut self, permit: Option<mpsc::OwnedPermit<SellerEvent>>) {
+        match permit {
+            Some(permit) => {
+                if let Some(event) = self.queue.pop_front() {
+                    permit.send(event);
+                }
+            }
+            None => {
+                self.tx = None;
+                self.queue.clear();
+            }
+        }
+    }
+
+    /// Hands every queued event over, waiting for the consumer as long as it takes.
+    async fn flush(&mut self) {
+        while let Some(event) = self.queue.pop_front() {
+            let Some(tx) = &self.tx else { break };
+            if tx.send(event).await.is_err() {
+                self.tx = None;
+            }
+        }
+        self.queue.clear();
+    }
 }
 
 /// A buyer's live connection: its id and how to tell it to stop.
@@ -234,6 +325,10 @@ static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
 /// Accepts buyers on `listener` until `shutdown` turns true, with the limits of
 /// [`net::accept_loop`] (at most `net.max_connections` at once, at most
 /// `net.max_connections_per_ip` from one address).
+///
+/// Every [`SellerEvent`] reaches `events` (bounded): a connection queues a few while the
+/// consumer lags and then waits for it, so a consumer must keep reading (or drop the
+/// receiver) for connections to end.
 pub async fn serve(
     listener: TcpListener,
     product: Arc<Product>,
@@ -328,11 +423,7 @@ pub async fn handle_connection(
         }
     }
 
-    let report = |e: SellerEvent| {
-        if let Some(tx) = &events {
-            let _ = tx.try_send(e);
-        }
-    };
+    let mut report = Outbox::new(events);
     let mut state = SellerState::new(StateSettings {
         revalidate: product.revalidate,
         unpaid_grace: product.unpaid_grace,
@@ -393,7 +484,7 @@ pub async fn handle_connection(
                         .send(Command::SendExtension(ext::INVALID.into(), body))
                         .await;
                 }
-                Action::Report(event) => report(event),
+                Action::Report(event) => report.push(event).await,
                 Action::Shutdown => {
                     if let Some(reason) = state.dropped() {
                         tracing::info!("{reason}");
@@ -410,6 +501,7 @@ pub async fn handle_connection(
         let wake = state.poll_timeout().map(Instant::from_std);
         tokio::select! {
             res = &mut conn => break res,
+            permit = report.room(), if report.pending() => report.deliver(permit),
             _ = sleep_until_opt(wake) => state.handle_timeout(Instant::now().into_std()),
             ev = ev_rx.recv() => match ev {
                 None => break (&mut conn).await,
@@ -443,7 +535,10 @@ pub async fn handle_connection(
         Some(e) => tracing::info!(error = %e, "buyer connection ended"),
         None => tracing::debug!("buyer connection closed"),
     }
-    report(SellerEvent::BuyerDisconnected { buyer, error });
+    report
+        .push(SellerEvent::BuyerDisconnected { buyer, error })
+        .await;
+    report.flush().await;
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {
@@ -489,4 +584,125 @@ async fn handle_user_message(
             encode_user_message(&reply),
         ))
         .await;
+}
+
+/// A free product served on loopback, for the tests of both sides' events.
+#[cfg(test)]
+pub(crate) mod test_sale {
+    use super::*;
+    use crate::crypto::Ed25519KeyPair;
+    use crate::storage::Feed;
+
+    /// A product of `blocks` blocks served until the sale is dropped.
+    pub(crate) struct Sale {
+        pub(crate) _dir: tempfile::TempDir,
+        pub(crate) dir: PathBuf,
+        pub(crate) product: Arc<Product>,
+        pub(crate) addr: std::net::SocketAddr,
+        pub(crate) _stop: watch::Sender<bool>,
+    }
+
+    pub(crate) fn net() -> NetConfig {
+        NetConfig {
+            idle_timeout_ms: 5_000,
+            keep_alive_ms: 1_000,
+            ..NetConfig::default()
+        }
+    }
+
+    /// Starts the sale; its events go to `events`.
+    pub(crate) async fn start(blocks: u32, events: Option<mpsc::Sender<SellerEvent>>) -> Sale {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().to_path_buf();
+        let mut feed = Feed::create(
+            FsStore::open(root.join("feed"), true).expect("store"),
+            Ed25519KeyPair::from_seed(&[0x51; 32]),
+        )
+        .expect("feed");
+        let data: Vec<Vec<u8>> = (0..blocks)
+            .map(|i| format!("block {i}").into_bytes())
+            .collect();
+        feed.append_batch(&data).expect("append");
+        let product = Product::new(
+            &Identity::from_master_key([0x52; 32]),
+            SharedFeed::new(feed),
+            Arc::new(PaymentGate::new(Vec::new(), Duration::from_millis(100))),
+            ProductOptions {
+                terms: None,
+                revalidate: Duration::from_millis(100),
+                deny: false,
+                data_dir: root.join("seller"),
+                handshake_timeout: HANDSHAKE_TIMEOUT,
+                unpaid_grace: UNPAID_GRACE,
+            },
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stop_rx) = watch::channel(false);
+        tokio::spawn(serve(listener, product.clone(), net(), stop_rx, events));
+        Sale {
+            _dir: dir,
+            dir: root,
+            product,
+            addr,
+            _stop: stop,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::market::buyer::{buy, BuyOptions};
+
+    /// A consumer that reads nothing until the purchase is over still gets, in order,
+    /// every state event of the connection (a channel of one: with events dropped when
+    /// the channel is full, only the first would arrive).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_consumer_reading_late_receives_every_seller_event() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let sale = test_sale::start(3, Some(tx)).await;
+        let buyer = Identity::from_master_key([0x53; 32]);
+        let (_never, shutdown) = watch::channel(false);
+        let opts = BuyOptions {
+            seller_key: sale.product.seller_key(),
+            addr: sale.addr,
+            out: sale.dir.join("buyer/feed"),
+            live: false,
+            accept_terms: false,
+            data_dir: sale.dir.join("buyer"),
+            net: test_sale::net(),
+            answer_timeout: Duration::from_secs(5),
+            send: Vec::new(),
+            report_blocks: false,
+            range: None,
+            tail: false,
+        };
+        let out = tokio::time::timeout(Duration::from_secs(20), buy(&buyer, opts, None, shutdown))
+            .await
+            .expect("in time")
+            .expect("bought");
+        assert_eq!(out.length, 3, "the purchase did not wait for the consumer");
+        let key = buyer.buyer_key_pair().public_key();
+        let mut seen = Vec::new();
+        while seen.len() < 3 {
+            let event = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("only {seen:?} arrived"))
+                .expect("the sale is still running");
+            seen.push(event);
+        }
+        assert!(
+            matches!(&seen[0], SellerEvent::BuyerConnected { buyer } if *buyer == key),
+            "{seen:?}"
+        );
+        assert!(
+            matches!(&seen[1], SellerEvent::BuyerValid { buyer, .. } if *buyer == key),
+            "{seen:?}"
+        );
+        assert!(
+            matches!(&seen[2], SellerEvent::BuyerDisconnected { buyer: Some(b), .. } if *b == key),
+            "{seen:?}"
+        );
+    }
 }

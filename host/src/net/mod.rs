@@ -380,12 +380,12 @@ impl<S: Store> SharedFeed<S> {
         Ok(length)
     }
 
-    /// Re-reads the store for appends by another process; tells the connections when the
-    /// feed grew. Returns whether it grew.
-    pub fn refresh(&self) -> Result<bool, FeedError> {
+    /// Re-reads the store for appends by another process ([`Feed::refresh`], at wall-clock
+    /// time `now`); tells the connections when the feed grew. Returns whether it grew.
+    pub fn refresh(&self, now: std::time::SystemTime) -> Result<bool, FeedError> {
         let (grew, length) = {
             let mut feed = self.lock();
-            let grew = feed.refresh()?;
+            let grew = feed.refresh(now)?;
             (grew, feed.length())
         };
         if grew {
@@ -491,7 +491,7 @@ pub fn spawn_refresh<S: Store>(
                 _ = ticker.tick() => {
                     let feed = feed.clone();
                     // Disk reads: keep them off the async workers.
-                    let result = tokio::task::spawn_blocking(move || feed.refresh()).await;
+                    let result = tokio::task::spawn_blocking(move || feed.refresh(std::time::SystemTime::now())).await;
                     match result {
                         Ok(Ok(true)) => tracing::debug!("feed grew on disk"),
                         Ok(Ok(false)) => {}

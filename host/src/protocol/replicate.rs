@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use super::{DiscoveryKey, Session, SessionError};
 use crate::crypto;
-use crate::storage::{merkle, Feed, FeedError, Node, NodeSet, Signer, Store};
+use crate::storage::{merkle, Feed, FeedError, NodeSet, Signer, Store};
 use crate::wire::{self, Data, DataRef, Have, Message, Request, Status, Unhave, Want};
 
 /// Blocks per Want region (hypercore@9 asks in 1 Mi-block regions).
@@ -84,7 +84,8 @@ pub enum ReplicationError {
         #[source]
         source: FeedError,
     },
-    /// A message with a malformed field (bad hash or signature length, bad bitfield).
+    /// A message with a malformed field (a bad bitfield; hash and signature lengths are
+    /// refused by the wire decoder).
     #[error("malformed {message} from remote: {reason}")]
     Malformed {
         /// The message type.
@@ -1134,40 +1135,13 @@ impl Replicator {
             } else {
                 Some(self.now.saturating_add(self.config.request_timeout_ms))
             };
-        let nodes = data
-            .nodes
-            .iter()
-            .map(|n| {
-                let hash: [u8; 32] =
-                    n.hash
-                        .as_slice()
-                        .try_into()
-                        .map_err(|_| ReplicationError::Malformed {
-                            message: "Data",
-                            reason: format!("node {} hash of {} bytes", n.index, n.hash.len()),
-                        })?;
-                Ok(Node {
-                    index: n.index,
-                    hash,
-                    size: n.size,
-                })
-            })
-            .collect::<Result<Vec<_>, ReplicationError>>()?;
-        let signature: Option<[u8; 64]> = match &data.signature {
-            Some(sig) => {
-                Some(
-                    sig.as_slice()
-                        .try_into()
-                        .map_err(|_| ReplicationError::Malformed {
-                            message: "Data",
-                            reason: format!("signature of {} bytes", sig.len()),
-                        })?,
-                )
-            }
-            None => None,
-        };
         let outcome = feed
-            .put(index, data.value.as_deref(), &nodes, signature.as_ref())
+            .put(
+                index,
+                data.value.as_deref(),
+                &data.nodes,
+                data.signature.as_ref(),
+            )
             .map_err(|source| ReplicationError::Feed { index, source })?;
         if let Some(value) = &data.value {
             if outcome.new_block {

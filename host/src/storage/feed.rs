@@ -230,6 +230,9 @@ pub struct Feed<S: Store> {
     writer: Option<Ed25519KeyPair>,
     length: u64,
     byte_length: u64,
+    /// The number of blocks held below `length` (`bitfield.count_blocks(0, length)`), kept
+    /// as blocks arrive so that progress costs nothing per block.
+    held: u64,
     /// The roots at `length`, ascending.
     roots: Vec<Node>,
     bitfield: Bitfield,
@@ -332,6 +335,7 @@ impl<S: Store> Feed<S> {
             writer,
             length: 0,
             byte_length: 0,
+            held: 0,
             roots: Vec::new(),
             bitfield,
             durability: Durability::default(),
@@ -378,7 +382,27 @@ impl<S: Store> Feed<S> {
         if self.writer.is_some() && !self.store.is_read_only() {
             self.repair_writer(claimed)?;
         }
+        self.recount_held();
         Ok(())
+    }
+
+    /// Counts the blocks held below the length again (after the bitfield or the length
+    /// changed wholesale: open, refresh, a rolled-back commit).
+    fn recount_held(&mut self) {
+        self.held = self.bitfield.count_blocks(0, self.length);
+    }
+
+    /// Moves the length to `length`, counting the blocks already held in the range gained
+    /// (or no longer counting those in the range lost).
+    fn set_length(&mut self, length: u64) {
+        if length >= self.length {
+            self.held += self.bitfield.count_blocks(self.length, length);
+        } else {
+            self.held = self
+                .held
+                .saturating_sub(self.bitfield.count_blocks(length, self.length));
+        }
+        self.length = length;
     }
 
     /// The roots at `length` if all are stored and the stored signature for `length`
@@ -453,14 +477,17 @@ impl<S: Store> Feed<S> {
     /// modification lay [`REFRESH_STAMP_MARGIN`] before the read, nothing was written
     /// since (a write within the file system's timestamp granularity of the last read is
     /// not trusted to change the time, so such a bitfield is read again).
-    pub fn refresh(&mut self) -> Result<bool, FeedError> {
+    ///
+    /// `now` is the wall-clock time of this call, taken before it (the storage layer reads
+    /// no clock): it is compared with the file system's modification times.
+    pub fn refresh(&mut self, now: SystemTime) -> Result<bool, FeedError> {
         let stamp = self.store.bitfield_stamp();
-        if let (Some(now), Some((seen, read_at))) = (stamp, self.refreshed) {
-            if now == seen && now.modified + REFRESH_STAMP_MARGIN <= read_at {
+        if let (Some(current), Some((seen, read_at))) = (stamp, self.refreshed) {
+            if current == seen && current.modified + REFRESH_STAMP_MARGIN <= read_at {
                 return Ok(false);
             }
         }
-        let read_at = SystemTime::now();
+        let read_at = now;
         let bitfield = Bitfield::from_pages(self.store.read_bitfield()?);
         self.refreshed = stamp.map(|s| (s, read_at));
         let claimed = bitfield::blocks(&bitfield, bitfield.tree_bit_len()).min(MAX_LENGTH);
@@ -473,6 +500,7 @@ impl<S: Store> Feed<S> {
                 self.length = claimed;
                 self.byte_length = roots.iter().map(|r| r.size).sum();
                 self.roots = roots;
+                self.recount_held();
                 // What was just read is what the disk holds.
                 self.committed = None;
                 Ok(true)
@@ -582,14 +610,22 @@ impl<S: Store> Feed<S> {
         self.bitfield.has_block(index)
     }
 
-    /// The number of blocks held in `[start, end)`.
+    /// The number of blocks held in `[start, end)` (counted from the bitfield: for the
+    /// whole feed, [`Feed::held`] is the same number without counting).
     pub fn downloaded(&self, start: u64, end: u64) -> u64 {
         self.bitfield.count_blocks(start, end)
     }
 
+    /// The number of blocks held below the length, `downloaded(0, length())`, kept up to
+    /// date as blocks are appended, downloaded or rolled back (what progress reports per
+    /// block, at no cost).
+    pub fn held(&self) -> u64 {
+        self.held
+    }
+
     /// Whether every block of the feed is held.
     pub fn has_all(&self) -> bool {
-        self.downloaded(0, self.length) == self.length
+        self.held == self.length
     }
 
     /// The stored signature for `length`, if any.
@@ -695,7 +731,7 @@ impl<S: Store> Feed<S> {
             self.bitfield.set_block(i, true);
             TreeBits::set(&mut self.bitfield, 2 * i);
         }
-        self.length = new_length;
+        self.set_length(new_length);
         self.byte_length += total as u64;
         self.roots = roots;
         self.commit()?;
@@ -777,6 +813,7 @@ impl<S: Store> Feed<S> {
             self.byte_length = c.byte_length;
             self.roots = c.roots;
         }
+        self.recount_held();
         if undone {
             tracing::warn!(
                 length = self.length,
@@ -1181,7 +1218,7 @@ impl<S: Store> Feed<S> {
                     self.byte_length = roots.iter().map(|r| r.size).sum();
                     self.roots = roots;
                 }
-                self.length = length;
+                self.set_length(length);
                 new_length = Some(length);
             }
         } else if let Some(roots) = roots {
@@ -1192,7 +1229,7 @@ impl<S: Store> Feed<S> {
             if length > self.length {
                 self.byte_length = roots.iter().map(|r| r.size).sum();
                 self.roots = roots;
-                self.length = length;
+                self.set_length(length);
                 new_length = Some(length);
             }
         }
@@ -1201,6 +1238,9 @@ impl<S: Store> Feed<S> {
         }
         TreeBits::set(&mut self.bitfield, 2 * index);
         let new_block = value.is_some() && self.bitfield.set_block(index, true);
+        if new_block && index < self.length {
+            self.held += 1;
+        }
         if !self.defer_commit {
             self.commit()?;
         }

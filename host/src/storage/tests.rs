@@ -1,6 +1,8 @@
 //! The storage test suite. The same tests run against [`MemStore`] and [`FsStore`], so
 //! the two backends cannot drift; vector tests pin the bytes JS computes.
 
+use std::time::{Duration, SystemTime};
+
 use proptest::prelude::*;
 
 use super::*;
@@ -544,11 +546,11 @@ fn refresh_sees_appends_from_another_handle() {
     let mut server =
         Feed::open(FsStore::open_read_only(dir.path()).expect("store"), None).expect("open");
     assert_eq!(server.length(), 1);
-    assert!(!server.refresh().expect("refresh"));
+    assert!(!server.refresh(SystemTime::now()).expect("refresh"));
     writer
         .append_batch(&[b"second".to_vec(), b"third".to_vec()])
         .expect("append");
-    assert!(server.refresh().expect("refresh"));
+    assert!(server.refresh(SystemTime::now()).expect("refresh"));
     assert_eq!(server.length(), 3);
     assert_eq!(server.get(2).expect("get"), Some(b"third".to_vec()));
     assert_eq!(server.tree_hash(), writer.tree_hash());
@@ -570,15 +572,18 @@ fn refresh_sees_every_append_even_within_one_timestamp_tick() {
     // bitfield's size unchanged, so the stamp alone cannot tell them apart.
     for i in 1..300u64 {
         writer.append(format!("{i}").as_bytes()).expect("append");
-        assert!(server.refresh().expect("refresh"), "append {i} missed");
+        assert!(
+            server.refresh(SystemTime::now()).expect("refresh"),
+            "append {i} missed"
+        );
         assert_eq!(server.length(), i + 1);
     }
     // Quiet, then one more append after the margin: seen.
     std::thread::sleep(REFRESH_STAMP_MARGIN * 2);
-    assert!(!server.refresh().expect("refresh"));
-    assert!(!server.refresh().expect("refresh"));
+    assert!(!server.refresh(SystemTime::now()).expect("refresh"));
+    assert!(!server.refresh(SystemTime::now()).expect("refresh"));
     writer.append(b"late").expect("append");
-    assert!(server.refresh().expect("refresh"));
+    assert!(server.refresh(SystemTime::now()).expect("refresh"));
     assert_eq!(server.length(), 301);
 }
 
@@ -601,12 +606,12 @@ fn refresh_does_not_reread_an_unchanged_bitfield() {
             .expect("set mtime");
     };
     set_old();
-    assert!(!server.refresh().expect("refresh")); // reads, remembers the stamp
-                                                  // The next append changes the bitfield in place without changing its size; with the
-                                                  // time put back, the stamp is the one already read, so the poll does not read it...
+    assert!(!server.refresh(SystemTime::now()).expect("refresh")); // reads, remembers the stamp
+                                                                   // The next append changes the bitfield in place without changing its size; with the
+                                                                   // time put back, the stamp is the one already read, so the poll does not read it...
     writer.append(b"second").expect("append");
     set_old();
-    assert!(!server.refresh().expect("refresh"));
+    assert!(!server.refresh(SystemTime::now()).expect("refresh"));
     assert_eq!(server.length(), 1);
     // ...and as soon as the time moves, it does.
     std::fs::OpenOptions::new()
@@ -615,8 +620,62 @@ fn refresh_does_not_reread_an_unchanged_bitfield() {
         .expect("open bitfield")
         .set_modified(std::time::SystemTime::now())
         .expect("set mtime");
-    assert!(server.refresh().expect("refresh"));
+    assert!(server.refresh(SystemTime::now()).expect("refresh"));
     assert_eq!(server.length(), 2);
+}
+
+/// The time a poll is made at is the caller's: a poll made within the margin after the
+/// bitfield's modification time reads it again whatever the stamp says, a later one trusts
+/// the stamp. (Virtual time: no sleeping, no clock.)
+#[test]
+fn refresh_trusts_an_unchanged_stamp_only_from_the_margin_after_the_write() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut writer =
+        Feed::create(FsStore::open(dir.path(), true).expect("store"), seed01()).expect("create");
+    writer.append(b"first").expect("append");
+    let mut server =
+        Feed::open(FsStore::open_read_only(dir.path()).expect("store"), None).expect("open");
+    let written = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let bitfield = dir.path().join("bitfield");
+    let set_mtime = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&bitfield)
+            .expect("open bitfield")
+            .set_modified(written)
+            .expect("set mtime");
+    };
+    let within = written + REFRESH_STAMP_MARGIN / 2;
+    let after = written + REFRESH_STAMP_MARGIN * 2;
+
+    set_mtime();
+    assert!(!server.refresh(within).expect("refresh"));
+    // An append in place with the same stamp, polled within the margin: read again.
+    writer.append(b"second").expect("append");
+    set_mtime();
+    assert!(server.refresh(within).expect("refresh"));
+    assert_eq!(server.length(), 2);
+
+    // Polled after the margin, the same stamp is trusted: the next append in place is
+    // not seen...
+    assert!(!server.refresh(after).expect("refresh"));
+    writer.append(b"third").expect("append");
+    set_mtime();
+    assert!(!server
+        .refresh(after + Duration::from_secs(1))
+        .expect("refresh"));
+    assert_eq!(server.length(), 2);
+    // ...until the stamp changes.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&bitfield)
+        .expect("open bitfield")
+        .set_modified(written + Duration::from_secs(5))
+        .expect("set mtime");
+    assert!(server
+        .refresh(after + Duration::from_secs(10))
+        .expect("refresh"));
+    assert_eq!(server.length(), 3);
 }
 
 #[test]
@@ -810,6 +869,154 @@ impl<S: Store> Store for FailingStore<S> {
         self.other()?;
         self.inner.sync_bitfield()
     }
+}
+
+/// What [`held_count_matches_a_recount`] does to a writer and its replica.
+#[derive(Debug, Clone)]
+enum HeldOp {
+    /// The writer appends this many blocks.
+    Append(u8),
+    /// The replica downloads a block (picked modulo the writer's length), or only its
+    /// proof (hash-only: tree bits, no block bit).
+    Download(u64, bool),
+    /// The replica defers (or stops deferring) its commits.
+    Defer(bool),
+    /// The replica writes its deferred pages.
+    Flush,
+    /// The replica's (`true`) or the writer's store fails after this many writes, and
+    /// with `sticky` keeps failing.
+    Fail(bool, u8, bool),
+    /// Both stores work again.
+    Disarm,
+    /// The replica (`true`) or the writer is closed and opened again.
+    Reopen(bool),
+}
+
+fn held_op() -> impl Strategy<Value = HeldOp> {
+    prop_oneof![
+        3 => (1u8..6).prop_map(HeldOp::Append),
+        6 => (any::<u64>(), proptest::bool::weighted(0.2)).prop_map(|(i, h)| HeldOp::Download(i, h)),
+        1 => any::<bool>().prop_map(HeldOp::Defer),
+        1 => Just(HeldOp::Flush),
+        2 => (any::<bool>(), 0u8..4, any::<bool>()).prop_map(|(r, n, s)| HeldOp::Fail(r, n, s)),
+        1 => Just(HeldOp::Disarm),
+        1 => any::<bool>().prop_map(HeldOp::Reopen),
+    ]
+}
+
+/// The running count of held blocks equals a recount of the bitfield, for the writer and
+/// its replica.
+fn assert_held_counted<S: Store>(feed: &Feed<S>) -> Result<(), TestCaseError> {
+    prop_assert_eq!(feed.held(), feed.downloaded(0, feed.length()));
+    prop_assert_eq!(
+        feed.has_all(),
+        feed.downloaded(0, feed.length()) == feed.length()
+    );
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Appends, downloads (sparse, hash-only, deferred), failed and half-failed commits
+    /// (rolled back), crash repair and reopening: after each, the held count kept by the
+    /// feed is the one a recount gives.
+    #[test]
+    fn held_count_matches_a_recount(ops in proptest::collection::vec(held_op(), 1..60)) {
+        let (source_store, source_plan) = FailingStore::new(MemStore::new());
+        let mut source = Feed::create(source_store, Ed25519KeyPair::from_seed(&[8; 32])).expect("create");
+        let key = source.key();
+        let (replica_store, replica_plan) = FailingStore::new(MemStore::new());
+        let mut replica = Feed::create_reader(replica_store, key).expect("reader");
+        let mut appended = 0u32;
+        for op in ops {
+            match op {
+                HeldOp::Append(n) => {
+                    let blocks: Vec<Vec<u8>> = (0..n)
+                        .map(|_| {
+                            appended += 1;
+                            format!("block {appended}").into_bytes()
+                        })
+                        .collect();
+                    let _ = source.append_batch(&blocks);
+                }
+                HeldOp::Download(pick, hash_only) => {
+                    if source.length() > 0 {
+                        let i = pick % source.length();
+                        let proof = source.proof(i, replica.digest(i), &mut NodeSet::new(), hash_only);
+                        let value = source.get(i).ok().flatten();
+                        if let (Ok(p), Some(value)) = (proof, value) {
+                            let sig = match p.verified_by {
+                                0 => None,
+                                v => source.signature_at(v / 2).ok().flatten(),
+                            };
+                            let value = (!hash_only).then_some(value.as_slice());
+                            let _ = replica.put(i, value, &p.nodes, sig.as_ref());
+                        }
+                    }
+                }
+                HeldOp::Defer(defer) => replica.set_deferred_commit(defer),
+                HeldOp::Flush => {
+                    let _ = replica.flush();
+                }
+                HeldOp::Fail(on_replica, ok, sticky) => {
+                    fail_after(if on_replica { &replica_plan } else { &source_plan }, u64::from(ok), sticky);
+                }
+                HeldOp::Disarm => {
+                    disarm(&replica_plan);
+                    disarm(&source_plan);
+                }
+                HeldOp::Reopen(which_replica) => {
+                    disarm(&replica_plan);
+                    disarm(&source_plan);
+                    if which_replica {
+                        let _ = replica.flush();
+                        replica = Feed::open(into_store(replica), Some(key)).expect("reopen replica");
+                    } else {
+                        source = Feed::open(into_store(source), Some(key)).expect("reopen writer");
+                    }
+                }
+            }
+            assert_held_counted(&source)?;
+            assert_held_counted(&replica)?;
+        }
+    }
+}
+
+/// The running count follows a length learned before the blocks under it: a replica that
+/// first holds nothing of a long feed, then blocks at both ends, then the rest.
+#[test]
+fn held_count_follows_sparse_downloads_and_growth() {
+    let mut source =
+        Feed::create(MemStore::new(), Ed25519KeyPair::from_seed(&[9; 32])).expect("create");
+    let blocks: Vec<Vec<u8>> = (0..40u32).map(|i| vec![i as u8; 3]).collect();
+    source.append_batch(&blocks[..30]).expect("append");
+    let mut replica = Feed::create_reader(MemStore::new(), source.key()).expect("reader");
+    let download = |replica: &mut Feed<MemStore>, source: &Feed<MemStore>, i: u64| {
+        let p = source
+            .proof(i, replica.digest(i), &mut NodeSet::new(), false)
+            .expect("proof");
+        let sig = source.signature_at(p.verified_by / 2).expect("sig");
+        replica
+            .put(i, Some(&blocks[i as usize]), &p.nodes, sig.as_ref())
+            .expect("verifies");
+    };
+    download(&mut replica, &source, 29);
+    assert_eq!((replica.length(), replica.held()), (30, 1));
+    download(&mut replica, &source, 0);
+    download(&mut replica, &source, 0);
+    assert_eq!(replica.held(), 2, "a block stored twice counts once");
+    source.append_batch(&blocks[30..]).expect("append");
+    download(&mut replica, &source, 35);
+    assert_eq!((replica.length(), replica.held()), (40, 3));
+    for i in 0..40 {
+        if !replica.has(i) {
+            download(&mut replica, &source, i);
+        }
+    }
+    assert_eq!(replica.held(), 40);
+    assert!(replica.has_all());
+    assert_eq!(source.held(), 40);
 }
 
 fn is_disk_full(err: &FeedError) -> bool {

@@ -130,39 +130,54 @@ pub struct Cancel {
     pub hash: Option<bool>,
 }
 
-/// One Merkle tree node of a proof (`Data.Node`); all fields required.
-#[derive(Clone, PartialEq, Eq, prost::Message)]
-pub struct Node {
-    /// Flat-tree index.
-    #[prost(uint64, required, tag = "1")]
-    pub index: u64,
-    /// BLAKE2b-256 hash.
-    #[prost(bytes = "vec", required, tag = "2")]
-    pub hash: Vec<u8>,
-    /// Byte size of the data under the node.
-    #[prost(uint64, required, tag = "3")]
-    pub size: u64,
-}
+/// One Merkle tree node of a proof (`Data.Node`: index, hash, size, all required): the
+/// storage layer's [`crate::storage::Node`], so a decoded proof is already the type the
+/// feed verifies, with a hash of exactly 32 bytes.
+pub use crate::storage::Node;
 
 /// Type 9: a block (or only its proof) with proof nodes and a signature.
-#[derive(Clone, PartialEq, Eq, prost::Message)]
+///
+/// Not a prost message: it is encoded by [`DataRef`] and decoded in one pass, which fills
+/// the fixed-size hash and signature arrays and refuses other lengths
+/// ([`DecodeError::WrongLength`]).
+#[derive(Clone, PartialEq, Eq, Debug, Default)]
 pub struct Data {
     /// Block index (required).
-    #[prost(uint64, required, tag = "1")]
     pub index: u64,
     /// Block bytes; absent for hash-only answers.
-    #[prost(bytes = "vec", optional, tag = "2")]
     pub value: Option<Vec<u8>>,
     /// Proof nodes.
-    #[prost(message, repeated, tag = "3")]
     pub nodes: Vec<Node>,
     /// Signature over the root hash (WIRE §1.3).
-    #[prost(bytes = "vec", optional, tag = "4")]
-    pub signature: Option<Vec<u8>>,
+    pub signature: Option<[u8; 64]>,
 }
 
-/// A borrowed [`Data`] for the upload path: encodes to the same bytes without copying the
-/// block or allocating per proof node.
+impl Data {
+    /// The borrowed view that encodes this message.
+    pub fn as_data_ref(&self) -> DataRef<'_> {
+        DataRef {
+            index: self.index,
+            value: self.value.as_deref(),
+            nodes: &self.nodes,
+            signature: self.signature.as_ref(),
+        }
+    }
+}
+
+/// Field 1 of `Data.Node` and of `Data` (varint).
+const TAG_VARINT_1: u8 = 0x08;
+/// Field 2 (length-delimited).
+const TAG_BYTES_2: u8 = 0x12;
+/// Field 3 (varint), `Data.Node.size`.
+const TAG_VARINT_3: u8 = 0x18;
+/// Field 3 (length-delimited), `Data.nodes`.
+const TAG_BYTES_3: u8 = 0x1a;
+/// Field 4 (length-delimited), `Data.signature`.
+const TAG_BYTES_4: u8 = 0x22;
+
+/// A borrowed [`Data`] for the upload path: encodes to the same bytes as prost would
+/// (field order and presence as JS writes them) without copying the block or allocating
+/// per proof node.
 #[derive(Debug, Clone, Copy)]
 pub struct DataRef<'a> {
     /// Block index.
@@ -170,13 +185,13 @@ pub struct DataRef<'a> {
     /// Block bytes; `None` for hash-only answers.
     pub value: Option<&'a [u8]>,
     /// Proof nodes.
-    pub nodes: &'a [crate::storage::Node],
+    pub nodes: &'a [Node],
     /// Signature over the roots.
     pub signature: Option<&'a [u8; 64]>,
 }
 
 impl DataRef<'_> {
-    fn node_len(n: &crate::storage::Node) -> usize {
+    fn node_len(n: &Node) -> usize {
         1 + varint::encoded_len(n.index) + 2 + 32 + 1 + varint::encoded_len(n.size)
     }
 
@@ -196,28 +211,28 @@ impl DataRef<'_> {
         len
     }
 
-    /// Appends the body (field order and presence as prost writes [`Data`]).
+    /// Appends the body.
     pub fn encode_body(&self, out: &mut Vec<u8>) {
-        out.push(0x08);
+        out.push(TAG_VARINT_1);
         varint::encode(self.index, out);
         if let Some(v) = self.value {
-            out.push(0x12);
+            out.push(TAG_BYTES_2);
             varint::encode(v.len() as u64, out);
             out.extend_from_slice(v);
         }
         for n in self.nodes {
-            out.push(0x1a);
+            out.push(TAG_BYTES_3);
             varint::encode(Self::node_len(n) as u64, out);
-            out.push(0x08);
+            out.push(TAG_VARINT_1);
             varint::encode(n.index, out);
-            out.push(0x12);
+            out.push(TAG_BYTES_2);
             out.push(32);
             out.extend_from_slice(&n.hash);
-            out.push(0x18);
+            out.push(TAG_VARINT_3);
             varint::encode(n.size, out);
         }
         if let Some(sig) = self.signature {
-            out.push(0x22);
+            out.push(TAG_BYTES_4);
             out.push(64);
             out.extend_from_slice(sig);
         }
@@ -228,16 +243,8 @@ impl DataRef<'_> {
         Data {
             index: self.index,
             value: self.value.map(<[u8]>::to_vec),
-            nodes: self
-                .nodes
-                .iter()
-                .map(|n| Node {
-                    index: n.index,
-                    hash: n.hash.to_vec(),
-                    size: n.size,
-                })
-                .collect(),
-            signature: self.signature.map(|s| s.to_vec()),
+            nodes: self.nodes.to_vec(),
+            signature: self.signature.copied(),
         }
     }
 }
@@ -383,13 +390,13 @@ pub enum Message {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum DecodeError {
-    /// The protobuf structure is broken (bad tag, wire type, truncated field, bad UTF-8).
-    #[error("malformed {message} message: {source}")]
-    Protobuf {
+    /// The protobuf structure is broken (bad key, wire type, truncated field, bad UTF-8).
+    #[error("malformed {message} message: {reason}")]
+    Malformed {
         /// Message name.
         message: &'static str,
-        /// What prost reported.
-        source: prost::DecodeError,
+        /// What is broken.
+        reason: Malformed,
     },
     /// A proto2 `required` field is absent.
     #[error("{message} message lacks required field {field}")]
@@ -398,6 +405,18 @@ pub enum DecodeError {
         message: &'static str,
         /// Field name as in schema.proto.
         field: &'static str,
+    },
+    /// A field of fixed size (a proof node's hash, a signature) has another length.
+    #[error("{message} message: {field} is {actual} bytes, not {expected}")]
+    WrongLength {
+        /// Message name.
+        message: &'static str,
+        /// Field name as in schema.proto.
+        field: &'static str,
+        /// The length the field must have.
+        expected: usize,
+        /// The length received.
+        actual: usize,
     },
     /// The extension id varint is broken.
     #[error("malformed extension id: {0}")]
@@ -415,6 +434,63 @@ pub enum DecodeError {
         field: &'static str,
         /// The limit.
         max: usize,
+    },
+}
+
+/// What is broken in the protobuf structure of a body ([`DecodeError::Malformed`]): the
+/// cases prost's decoder refuses, in our own words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Malformed {
+    /// A field key is not a valid varint.
+    #[error("bad field key ({0})")]
+    Key(varint::VarintError),
+    /// A field number is 0 or above 2^29 - 1.
+    #[error("field number {0} is outside 1..=536870911")]
+    FieldNumber(u64),
+    /// A varint value is broken.
+    #[error("field {field}: bad varint ({error})")]
+    Varint {
+        /// The field number.
+        field: u32,
+        /// What is wrong with it.
+        error: varint::VarintError,
+    },
+    /// The length of a length-delimited field is broken.
+    #[error("field {field}: bad length ({error})")]
+    Length {
+        /// The field number.
+        field: u32,
+        /// What is wrong with it.
+        error: varint::VarintError,
+    },
+    /// A field runs past the end of the body.
+    #[error("field {field} is truncated")]
+    Truncated {
+        /// The field number.
+        field: u32,
+    },
+    /// A wire type protocol v8 never uses (groups, or 6 and 7, which do not exist).
+    #[error("field {field} has unsupported wire type {wire_type}")]
+    UnsupportedWireType {
+        /// The field number.
+        field: u32,
+        /// The wire type (the key's low 3 bits).
+        wire_type: u8,
+    },
+    /// A known field with another wire type than the schema's.
+    #[error("field {field} has wire type {wire_type}, not the schema's")]
+    WrongWireType {
+        /// The field number.
+        field: u32,
+        /// The wire type received.
+        wire_type: u8,
+    },
+    /// A string field is not UTF-8.
+    #[error("field {field} is not UTF-8")]
+    NotUtf8 {
+        /// The field number.
+        field: u32,
     },
 }
 
@@ -456,7 +532,7 @@ impl Message {
             Message::Unwant(m) => m.encoded_len(),
             Message::Request(m) => m.encoded_len(),
             Message::Cancel(m) => m.encoded_len(),
-            Message::Data(m) => m.encoded_len(),
+            Message::Data(m) => m.as_data_ref().encoded_len(),
             Message::Close(m) => m.encoded_len(),
             Message::Extension(e) => varint::encoded_len(e.id) + e.payload.len(),
             Message::Unknown { body, .. } => body.len(),
@@ -478,7 +554,7 @@ impl Message {
             Message::Unwant(m) => m.encode_raw(out),
             Message::Request(m) => m.encode_raw(out),
             Message::Cancel(m) => m.encode_raw(out),
-            Message::Data(m) => m.encode_raw(out),
+            Message::Data(m) => m.as_data_ref().encode_body(out),
             Message::Close(m) => m.encode_raw(out),
             Message::Extension(e) => {
                 varint::encode(e.id, out);
@@ -491,17 +567,26 @@ impl Message {
     /// Decodes a body of frame type `type_id`.
     pub fn decode(type_id: u64, body: &[u8]) -> Result<Message, DecodeError> {
         Ok(match type_id {
-            0 => Message::Open(decode_checked(body, "Open", &[(1, "discoveryKey")])?),
+            0 => Message::Open(decode_open(body)?),
             1 => Message::Options(decode_options(body)?),
-            2 => Message::Status(decode_checked(body, "Status", &[])?),
-            3 => Message::Have(decode_checked(body, "Have", &[(1, "start")])?),
-            4 => Message::Unhave(decode_checked(body, "Unhave", &[(1, "start")])?),
-            5 => Message::Want(decode_checked(body, "Want", &[(1, "start")])?),
-            6 => Message::Unwant(decode_checked(body, "Unwant", &[(1, "start")])?),
-            7 => Message::Request(decode_checked(body, "Request", &[(1, "index")])?),
-            8 => Message::Cancel(decode_checked(body, "Cancel", &[(1, "index")])?),
+            2 => Message::Status(decode_status(body)?),
+            3 => Message::Have(decode_have(body)?),
+            4 => {
+                let (start, length) = decode_range(body, "Unhave")?;
+                Message::Unhave(Unhave { start, length })
+            }
+            5 => {
+                let (start, length) = decode_range(body, "Want")?;
+                Message::Want(Want { start, length })
+            }
+            6 => {
+                let (start, length) = decode_range(body, "Unwant")?;
+                Message::Unwant(Unwant { start, length })
+            }
+            7 => Message::Request(decode_request(body)?),
+            8 => Message::Cancel(decode_cancel(body)?),
             9 => Message::Data(decode_data(body)?),
-            10 => Message::Close(decode_checked(body, "Close", &[])?),
+            10 => Message::Close(decode_close(body)?),
             11..=14 => Message::Unknown {
                 type_id: type_id as u8,
                 body: body.to_vec(),
@@ -521,7 +606,7 @@ impl Message {
 impl NoisePayload {
     /// Decodes a handshake payload, requiring the nonce field.
     pub fn decode_checked(body: &[u8]) -> Result<NoisePayload, DecodeError> {
-        decode_checked(body, "NoisePayload", &[(1, "nonce")])
+        decode_noise_payload(body)
     }
 
     /// The protobuf encoding `0a 18 <nonce>`.
@@ -549,100 +634,226 @@ pub fn type_name(type_id: u8) -> &'static str {
     }
 }
 
-fn decode_checked<M: prost::Message + Default>(
-    body: &[u8],
-    message: &'static str,
-    required: &[(u32, &'static str)],
-) -> Result<M, DecodeError> {
-    let present = present_fields(body, message)?;
-    for &(tag, field) in required {
-        if !present.contains(&tag) {
-            return Err(DecodeError::MissingField { message, field });
-        }
-    }
-    M::decode(body).map_err(|source| DecodeError::Protobuf { message, source })
-}
-
-/// `Data.nodes` entries are messages with three required fields; prost would fill them with
-/// zeros, so check each entry's field numbers first. (The reference path that
-/// [`decode_data`] is tested against.)
-#[cfg(test)]
-fn check_node_fields(body: &[u8]) -> Result<(), DecodeError> {
-    let mut rest = body;
-    while !rest.is_empty() {
-        let field = next_field(&mut rest, "Data")?;
-        if field.tag == 3 {
-            if let Some(inner) = field.delimited {
-                let present = present_fields(inner, "Data.Node")?;
-                for (tag, name) in [(1, "index"), (2, "hash"), (3, "size")] {
-                    if !present.contains(&tag) {
-                        return Err(DecodeError::MissingField {
-                            message: "Data.Node",
-                            field: name,
-                        });
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// One field of a protobuf body with its value: a varint, or a length-delimited slice
-/// (fixed-width values are skipped, as no known field uses them).
+/// One field of a protobuf body with its value: a varint, a length-delimited slice, or a
+/// fixed-width value (skipped: no field of protocol v8 has one) with its wire type.
+#[derive(Clone, Copy)]
 enum FieldValue<'a> {
     Varint(u64),
     Bytes(&'a [u8]),
-    Other,
+    Fixed(u8),
 }
 
+impl FieldValue<'_> {
+    fn wire_type(&self) -> u8 {
+        match self {
+            FieldValue::Varint(_) => 0,
+            FieldValue::Bytes(_) => 2,
+            FieldValue::Fixed(w) => *w,
+        }
+    }
+}
+
+/// Reads one field (key and value) from the front of `rest` and advances past it, refusing
+/// what prost refuses: a broken key, field number 0 or above 2^29 - 1, a broken or
+/// truncated value, and the wire types no protocol v8 field uses (groups among them: the
+/// checked prost decoding refused them too).
 fn next_value<'a>(
     rest: &mut &'a [u8],
     message: &'static str,
 ) -> Result<(u32, FieldValue<'a>), DecodeError> {
+    let bad = |reason| DecodeError::Malformed { message, reason };
     let input: &'a [u8] = rest;
-    let (key, used) = varint::decode(input).map_err(|_| malformed(message, "bad field key"))?;
-    let tag = u32::try_from(key >> 3).map_err(|_| malformed(message, "field number too large"))?;
-    // As prost: field numbers are 1 ..= 2^29 - 1.
-    if tag == 0 || tag > 0x1fff_ffff {
-        return Err(malformed(message, "invalid field number"));
-    }
+    let (key, used) = varint::decode(input).map_err(|e| bad(Malformed::Key(e)))?;
+    let number = key >> 3;
+    let field = match u32::try_from(number) {
+        Ok(f) if (1..=0x1fff_ffff).contains(&f) => f,
+        _ => return Err(bad(Malformed::FieldNumber(number))),
+    };
+    let truncated = || bad(Malformed::Truncated { field });
+    let wire_type = (key & 7) as u8;
     let after_key = input.get(used..).unwrap_or_default();
-    let (value, skip) = match key & 7 {
+    let (value, skip) = match wire_type {
         0 => {
-            let (v, n) =
-                varint::decode(after_key).map_err(|_| malformed(message, "bad varint field"))?;
+            let (v, n) = varint::decode(after_key)
+                .map_err(|error| bad(Malformed::Varint { field, error }))?;
             (FieldValue::Varint(v), n)
         }
-        1 => (FieldValue::Other, 8),
-        5 => (FieldValue::Other, 4),
+        1 => (FieldValue::Fixed(wire_type), 8),
+        5 => (FieldValue::Fixed(wire_type), 4),
         2 => {
             let (len, n) = varint::decode(after_key)
-                .map_err(|_| malformed(message, "bad length-delimited field"))?;
-            let len = usize::try_from(len).map_err(|_| malformed(message, "field too long"))?;
-            let end = n
-                .checked_add(len)
-                .ok_or_else(|| malformed(message, "field too long"))?;
-            let value = after_key
-                .get(n..end)
-                .ok_or_else(|| malformed(message, "truncated field"))?;
+                .map_err(|error| bad(Malformed::Length { field, error }))?;
+            let end = usize::try_from(len)
+                .ok()
+                .and_then(|len| n.checked_add(len))
+                .ok_or_else(truncated)?;
+            let value = after_key.get(n..end).ok_or_else(truncated)?;
             (FieldValue::Bytes(value), end)
         }
-        _ => return Err(malformed(message, "unsupported wire type")),
+        _ => return Err(bad(Malformed::UnsupportedWireType { field, wire_type })),
     };
-    *rest = after_key
-        .get(skip..)
-        .ok_or_else(|| malformed(message, "truncated field"))?;
-    Ok((tag, value))
+    *rest = after_key.get(skip..).ok_or_else(truncated)?;
+    Ok((field, value))
 }
 
-/// `Data` in one pass (the hot message of replication), with the same outcome as the
-/// checked prost decoding: required fields enforced (also inside each `Node`), the last
-/// occurrence of a scalar wins, unknown fields skipped, a known field with the wrong wire
-/// type refused.
+fn wrong_wire_type(message: &'static str, field: u32, value: FieldValue<'_>) -> DecodeError {
+    DecodeError::Malformed {
+        message,
+        reason: Malformed::WrongWireType {
+            field,
+            wire_type: value.wire_type(),
+        },
+    }
+}
+
+/// The wire type of a schema field.
+#[derive(Clone, Copy)]
+enum Kind {
+    /// uint64 or bool.
+    Varint,
+    /// bytes.
+    Bytes,
+}
+
+/// The fields 1..=4 of a message without repeated fields, read in one pass with prost's
+/// outcome: the last occurrence of a field wins, unknown fields are skipped, a known
+/// field with another wire type is refused.
+struct Fields<'a> {
+    message: &'static str,
+    values: [Option<FieldValue<'a>>; 4],
+}
+
+impl<'a> Fields<'a> {
+    /// Reads `body`; `schema[i]` is the kind of field `i + 1`.
+    fn read(body: &'a [u8], message: &'static str, schema: &[Kind]) -> Result<Self, DecodeError> {
+        let mut values = [None; 4];
+        let mut rest = body;
+        while !rest.is_empty() {
+            let (field, value) = next_value(&mut rest, message)?;
+            let slot = (field as usize)
+                .checked_sub(1)
+                .and_then(|i| Some((schema.get(i)?, values.get_mut(i)?)));
+            let Some((kind, slot)) = slot else { continue };
+            match (kind, value) {
+                (Kind::Varint, FieldValue::Varint(_)) | (Kind::Bytes, FieldValue::Bytes(_)) => {
+                    *slot = Some(value)
+                }
+                _ => return Err(wrong_wire_type(message, field, value)),
+            }
+        }
+        Ok(Fields { message, values })
+    }
+
+    fn get(&self, field: usize) -> Option<FieldValue<'a>> {
+        self.values.get(field.checked_sub(1)?).copied().flatten()
+    }
+
+    fn varint(&self, field: usize) -> Option<u64> {
+        match self.get(field)? {
+            FieldValue::Varint(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    fn flag(&self, field: usize) -> Option<bool> {
+        self.varint(field).map(|v| v != 0)
+    }
+
+    fn slice(&self, field: usize) -> Option<&'a [u8]> {
+        match self.get(field)? {
+            FieldValue::Bytes(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    fn bytes(&self, field: usize) -> Option<Vec<u8>> {
+        self.slice(field).map(<[u8]>::to_vec)
+    }
+
+    /// `value`, or [`DecodeError::MissingField`] for the required field `name`.
+    fn required<T>(&self, value: Option<T>, name: &'static str) -> Result<T, DecodeError> {
+        value.ok_or(DecodeError::MissingField {
+            message: self.message,
+            field: name,
+        })
+    }
+}
+
+fn decode_open(body: &[u8]) -> Result<Open, DecodeError> {
+    let f = Fields::read(body, "Open", &[Kind::Bytes, Kind::Bytes])?;
+    Ok(Open {
+        discovery_key: f.required(f.bytes(1), "discoveryKey")?,
+        capability: f.bytes(2),
+    })
+}
+
+fn decode_status(body: &[u8]) -> Result<Status, DecodeError> {
+    let f = Fields::read(body, "Status", &[Kind::Varint, Kind::Varint])?;
+    Ok(Status {
+        uploading: f.flag(1),
+        downloading: f.flag(2),
+    })
+}
+
+fn decode_have(body: &[u8]) -> Result<Have, DecodeError> {
+    let schema = [Kind::Varint, Kind::Varint, Kind::Bytes, Kind::Varint];
+    let f = Fields::read(body, "Have", &schema)?;
+    Ok(Have {
+        start: f.required(f.varint(1), "start")?,
+        length: f.varint(2),
+        bitfield: f.bytes(3),
+        ack: f.flag(4),
+    })
+}
+
+/// `(start, length)` of Unhave, Want and Unwant.
+fn decode_range(body: &[u8], message: &'static str) -> Result<(u64, Option<u64>), DecodeError> {
+    let f = Fields::read(body, message, &[Kind::Varint, Kind::Varint])?;
+    Ok((f.required(f.varint(1), "start")?, f.varint(2)))
+}
+
+fn decode_request(body: &[u8]) -> Result<Request, DecodeError> {
+    let schema = [Kind::Varint, Kind::Varint, Kind::Varint, Kind::Varint];
+    let f = Fields::read(body, "Request", &schema)?;
+    Ok(Request {
+        index: f.required(f.varint(1), "index")?,
+        bytes: f.varint(2),
+        hash: f.flag(3),
+        nodes: f.varint(4),
+    })
+}
+
+fn decode_cancel(body: &[u8]) -> Result<Cancel, DecodeError> {
+    let f = Fields::read(body, "Cancel", &[Kind::Varint, Kind::Varint, Kind::Varint])?;
+    Ok(Cancel {
+        index: f.required(f.varint(1), "index")?,
+        bytes: f.varint(2),
+        hash: f.flag(3),
+    })
+}
+
+fn decode_close(body: &[u8]) -> Result<Close, DecodeError> {
+    let f = Fields::read(body, "Close", &[Kind::Bytes])?;
+    Ok(Close {
+        discovery_key: f.bytes(1),
+    })
+}
+
+fn decode_noise_payload(body: &[u8]) -> Result<NoisePayload, DecodeError> {
+    let f = Fields::read(body, "NoisePayload", &[Kind::Bytes])?;
+    Ok(NoisePayload {
+        nonce: f.required(f.bytes(1), "nonce")?,
+    })
+}
+
+/// `Data` in one pass (the hot message of replication), with the outcome of prost's
+/// decoding followed by the checks prost does not make: required fields enforced (also
+/// inside each `Node`), and the hashes and the signature of exactly 32 and 64 bytes. As
+/// in prost, the last occurrence of a scalar wins (so only the last one's length counts),
+/// unknown fields are skipped and a known field with the wrong wire type is refused.
 fn decode_data(body: &[u8]) -> Result<Data, DecodeError> {
-    const WRONG: &str = "invalid wire type";
     let mut index = None;
+    let mut signature: Option<&[u8]> = None;
     let mut data = Data::default();
     let mut rest = body;
     while !rest.is_empty() {
@@ -659,8 +870,8 @@ fn decode_data(body: &[u8]) -> Result<Data, DecodeError> {
                 }
                 data.nodes.push(decode_node(b)?)
             }
-            (4, FieldValue::Bytes(b)) => data.signature = Some(b.to_vec()),
-            (1..=4, _) => return Err(malformed("Data", WRONG)),
+            (4, FieldValue::Bytes(b)) => signature = Some(b),
+            (field @ 1..=4, value) => return Err(wrong_wire_type("Data", field, value)),
             _ => {}
         }
     }
@@ -668,7 +879,24 @@ fn decode_data(body: &[u8]) -> Result<Data, DecodeError> {
         message: "Data",
         field: "index",
     })?;
+    data.signature = signature
+        .map(|s| fixed::<64>(s, "Data", "signature"))
+        .transpose()?;
     Ok(data)
+}
+
+/// `bytes` as an array of exactly `N` bytes, or [`DecodeError::WrongLength`].
+fn fixed<const N: usize>(
+    bytes: &[u8],
+    message: &'static str,
+    field: &'static str,
+) -> Result<[u8; N], DecodeError> {
+    bytes.try_into().map_err(|_| DecodeError::WrongLength {
+        message,
+        field,
+        expected: N,
+        actual: bytes.len(),
+    })
 }
 
 /// `Options` in one pass, with the same outcome as prost's decoding for bodies within the
@@ -676,7 +904,6 @@ fn decode_data(body: &[u8]) -> Result<Data, DecodeError> {
 /// decoded list holds at most [`MAX_OPTIONS_NAMES`] names of at most
 /// [`MAX_EXTENSION_NAME_LEN`] bytes whatever the frame size.
 fn decode_options(body: &[u8]) -> Result<Options, DecodeError> {
-    const WRONG: &str = "invalid wire type";
     let mut options = Options::default();
     let mut rest = body;
     while !rest.is_empty() {
@@ -696,13 +923,14 @@ fn decode_options(body: &[u8]) -> Result<Options, DecodeError> {
                         max: MAX_EXTENSION_NAME_LEN,
                     });
                 }
-                let name = std::str::from_utf8(b).map_err(|_| {
-                    malformed("Options", "invalid string value: data is not UTF-8 encoded")
+                let name = std::str::from_utf8(b).map_err(|_| DecodeError::Malformed {
+                    message: "Options",
+                    reason: Malformed::NotUtf8 { field: 1 },
                 })?;
                 options.extensions.push(name.to_owned());
             }
             (2, FieldValue::Varint(v)) => options.ack = Some(v != 0),
-            (1..=2, _) => return Err(malformed("Options", WRONG)),
+            (field @ 1..=2, value) => return Err(wrong_wire_type("Options", field, value)),
             _ => {}
         }
     }
@@ -710,92 +938,119 @@ fn decode_options(body: &[u8]) -> Result<Options, DecodeError> {
 }
 
 fn decode_node(body: &[u8]) -> Result<Node, DecodeError> {
-    const WRONG: &str = "invalid wire type";
-    let (mut index, mut hash, mut size) = (None, None, None);
-    let mut rest = body;
-    while !rest.is_empty() {
-        match next_value(&mut rest, "Data.Node")? {
-            (1, FieldValue::Varint(v)) => index = Some(v),
-            (2, FieldValue::Bytes(b)) => hash = Some(b),
-            (3, FieldValue::Varint(v)) => size = Some(v),
-            (1..=3, _) => return Err(malformed("Data.Node", WRONG)),
-            _ => {}
-        }
-    }
-    let missing = |field| DecodeError::MissingField {
-        message: "Data.Node",
-        field,
-    };
+    const M: &str = "Data.Node";
+    let f = Fields::read(body, M, &[Kind::Varint, Kind::Bytes, Kind::Varint])?;
     Ok(Node {
-        index: index.ok_or_else(|| missing("index"))?,
-        hash: hash.ok_or_else(|| missing("hash"))?.to_vec(),
-        size: size.ok_or_else(|| missing("size"))?,
+        index: f.required(f.varint(1), "index")?,
+        hash: fixed::<32>(f.required(f.slice(2), "hash")?, M, "hash")?,
+        size: f.required(f.varint(3), "size")?,
     })
 }
 
-struct RawField<'a> {
-    tag: u32,
-    #[cfg_attr(not(test), allow(dead_code))]
-    delimited: Option<&'a [u8]>,
-}
+/// prost's decoding, plus the checks the schema asks for and prost does not make: what
+/// the one-pass decoders are tested against.
+#[cfg(test)]
+mod reference {
+    use super::*;
 
-/// Field numbers that occur in `body` (deduplicated, small: messages have ≤ 4 fields, but
-/// a peer may repeat or add unknown ones, so only the known range 1..=4 is recorded).
-fn present_fields(body: &[u8], message: &'static str) -> Result<Vec<u32>, DecodeError> {
-    let mut present = Vec::with_capacity(4);
-    let mut rest = body;
-    while !rest.is_empty() {
-        let field = next_field(&mut rest, message)?;
-        if (1..=4).contains(&field.tag) && !present.contains(&field.tag) {
-            present.push(field.tag);
-        }
+    /// `Data` as prost sees it (the schema's types, hash and signature of any length).
+    #[derive(Clone, PartialEq, Eq, prost::Message)]
+    pub(super) struct ProstData {
+        #[prost(uint64, required, tag = "1")]
+        pub index: u64,
+        #[prost(bytes = "vec", optional, tag = "2")]
+        pub value: Option<Vec<u8>>,
+        #[prost(message, repeated, tag = "3")]
+        pub nodes: Vec<ProstNode>,
+        #[prost(bytes = "vec", optional, tag = "4")]
+        pub signature: Option<Vec<u8>>,
     }
-    Ok(present)
-}
 
-fn malformed(message: &'static str, what: &'static str) -> DecodeError {
-    DecodeError::Protobuf {
-        message,
-        source: prost::DecodeError::new(what),
+    /// `Data.Node` as prost sees it.
+    #[derive(Clone, PartialEq, Eq, prost::Message)]
+    pub(super) struct ProstNode {
+        #[prost(uint64, required, tag = "1")]
+        pub index: u64,
+        #[prost(bytes = "vec", required, tag = "2")]
+        pub hash: Vec<u8>,
+        #[prost(uint64, required, tag = "3")]
+        pub size: u64,
     }
-}
 
-/// Reads one protobuf field header and skips its value.
-fn next_field<'a>(rest: &mut &'a [u8], message: &'static str) -> Result<RawField<'a>, DecodeError> {
-    let input: &'a [u8] = rest;
-    let (key, used) = varint::decode(input).map_err(|_| malformed(message, "bad field key"))?;
-    let tag = u32::try_from(key >> 3).map_err(|_| malformed(message, "field number too large"))?;
-    // As prost: field numbers are 1 ..= 2^29 - 1.
-    if tag == 0 || tag > 0x1fff_ffff {
-        return Err(malformed(message, "invalid field number"));
+    /// The field numbers in 1..=4 that occur in `body`; `None` when its structure is
+    /// broken.
+    fn present_fields(body: &[u8]) -> Option<Vec<u32>> {
+        let mut present = Vec::with_capacity(4);
+        let mut rest = body;
+        while !rest.is_empty() {
+            let (field, _) = next_value(&mut rest, "reference").ok()?;
+            if (1..=4).contains(&field) && !present.contains(&field) {
+                present.push(field);
+            }
+        }
+        Some(present)
     }
-    let after_key = input.get(used..).unwrap_or_default();
-    let (skip, delimited) = match key & 7 {
-        0 => {
-            let (_, n) =
-                varint::decode(after_key).map_err(|_| malformed(message, "bad varint field"))?;
-            (n, None)
+
+    /// prost's decoding of `body` when the `required` fields are present.
+    pub(super) fn checked<M: prost::Message + Default>(body: &[u8], required: &[u32]) -> Option<M> {
+        let present = present_fields(body)?;
+        if !required.iter().all(|f| present.contains(f)) {
+            return None;
         }
-        1 => (8, None),
-        5 => (4, None),
-        2 => {
-            let (len, n) = varint::decode(after_key)
-                .map_err(|_| malformed(message, "bad length-delimited field"))?;
-            let len = usize::try_from(len).map_err(|_| malformed(message, "field too long"))?;
-            let end = n
-                .checked_add(len)
-                .ok_or_else(|| malformed(message, "field too long"))?;
-            let value = after_key
-                .get(n..end)
-                .ok_or_else(|| malformed(message, "truncated field"))?;
-            (end, Some(value))
+        M::decode(body).ok()
+    }
+
+    /// `Data`: every node has its three fields, hashes are 32 bytes, the signature 64.
+    pub(super) fn data(body: &[u8]) -> Option<Data> {
+        let mut rest = body;
+        while !rest.is_empty() {
+            if let (3, FieldValue::Bytes(inner)) = next_value(&mut rest, "Data").ok()? {
+                let present = present_fields(inner)?;
+                if ![1, 2, 3].iter().all(|f| present.contains(f)) {
+                    return None;
+                }
+            }
         }
-        _ => return Err(malformed(message, "unsupported wire type")),
-    };
-    *rest = after_key
-        .get(skip..)
-        .ok_or_else(|| malformed(message, "truncated field"))?;
-    Ok(RawField { tag, delimited })
+        let d: ProstData = checked(body, &[1])?;
+        if d.nodes.len() > MAX_DATA_NODES {
+            return None;
+        }
+        Some(Data {
+            index: d.index,
+            value: d.value,
+            nodes: d
+                .nodes
+                .into_iter()
+                .map(|n| {
+                    Some(Node {
+                        index: n.index,
+                        hash: n.hash.try_into().ok()?,
+                        size: n.size,
+                    })
+                })
+                .collect::<Option<_>>()?,
+            signature: match d.signature {
+                Some(s) => Some(s.try_into().ok()?),
+                None => None,
+            },
+        })
+    }
+
+    /// Any message type of protocol v8 except Options, Data and Extension.
+    pub(super) fn message(type_id: u64, body: &[u8]) -> Option<Message> {
+        Some(match type_id {
+            0 => Message::Open(checked(body, &[1])?),
+            2 => Message::Status(checked(body, &[])?),
+            3 => Message::Have(checked(body, &[1])?),
+            4 => Message::Unhave(checked(body, &[1])?),
+            5 => Message::Want(checked(body, &[1])?),
+            6 => Message::Unwant(checked(body, &[1])?),
+            7 => Message::Request(checked(body, &[1])?),
+            8 => Message::Cancel(checked(body, &[1])?),
+            10 => Message::Close(checked(body, &[])?),
+            _ => return None,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -803,53 +1058,58 @@ mod data_decode_tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn reference(body: &[u8]) -> Result<Data, DecodeError> {
-        check_node_fields(body)?;
-        decode_checked(body, "Data", &[(1, "index")])
-    }
-
-    fn sample() -> Vec<u8> {
-        let data = Data {
+    fn sample_data() -> Data {
+        Data {
             index: 300,
             value: Some(b"hello".to_vec()),
             nodes: vec![
                 Node {
                     index: 1,
-                    hash: vec![7; 32],
+                    hash: [7; 32],
                     size: 10,
                 },
                 Node {
                     index: 5,
-                    hash: vec![8; 32],
+                    hash: [8; 32],
                     size: 20,
                 },
             ],
-            signature: Some(vec![9; 64]),
-        };
-        prost::Message::encode_to_vec(&data)
+            signature: Some([9; 64]),
+        }
+    }
+
+    fn encode(data: &Data) -> Vec<u8> {
+        let mut out = Vec::new();
+        data.as_data_ref().encode_body(&mut out);
+        out
+    }
+
+    fn sample() -> Vec<u8> {
+        encode(&sample_data())
     }
 
     #[test]
     fn one_pass_data_decoding_matches_the_checked_prost_path() {
         let body = sample();
-        assert_eq!(decode_data(&body).unwrap(), reference(&body).unwrap());
-        let empty = prost::Message::encode_to_vec(&Data {
+        assert_eq!(decode_data(&body).unwrap(), sample_data());
+        assert_eq!(decode_data(&body).ok(), reference::data(&body));
+        let empty = encode(&Data {
             index: 0,
             ..Data::default()
         });
-        assert_eq!(decode_data(&empty).unwrap(), reference(&empty).unwrap());
-        assert!(decode_data(&[]).is_err() && reference(&[]).is_err());
+        assert_eq!(decode_data(&empty).ok(), reference::data(&empty));
+        assert!(decode_data(&[]).is_err() && reference::data(&[]).is_none());
     }
 
     #[test]
     fn borrowed_data_encodes_like_prost() {
         let nodes = [
-            crate::storage::Node {
+            Node {
                 index: 0,
                 hash: [1; 32],
                 size: 0,
             },
-            crate::storage::Node {
+            Node {
                 index: 300,
                 hash: [2; 32],
                 size: 1 << 40,
@@ -872,11 +1132,100 @@ mod data_decode_tests {
                 };
                 let mut ours = Vec::new();
                 r.encode_body(&mut ours);
-                let theirs = prost::Message::encode_to_vec(&r.to_data());
+                let prost_data = reference::ProstData {
+                    index,
+                    value: value.map(<[u8]>::to_vec),
+                    nodes: nodes
+                        .iter()
+                        .map(|n| reference::ProstNode {
+                            index: n.index,
+                            hash: n.hash.to_vec(),
+                            size: n.size,
+                        })
+                        .collect(),
+                    signature: signature.map(|s| s.to_vec()),
+                };
+                let theirs = prost::Message::encode_to_vec(&prost_data);
                 assert_eq!(ours, theirs);
                 assert_eq!(r.encoded_len(), theirs.len());
+                let message = Message::Data(r.to_data());
+                assert_eq!(message.encoded_len(), theirs.len());
+                let mut body = Vec::new();
+                message.encode_body(&mut body);
+                assert_eq!(body, theirs);
+                assert_eq!(decode_data(&body).unwrap(), r.to_data());
             }
         }
+    }
+
+    /// A sample body with the hash of node 0 and the signature replaced by these bytes.
+    fn with_lengths(hash: &[u8], signature: &[u8]) -> Vec<u8> {
+        let prost_data = reference::ProstData {
+            index: 3,
+            value: Some(b"v".to_vec()),
+            nodes: vec![reference::ProstNode {
+                index: 6,
+                hash: hash.to_vec(),
+                size: 1,
+            }],
+            signature: Some(signature.to_vec()),
+        };
+        prost::Message::encode_to_vec(&prost_data)
+    }
+
+    #[test]
+    fn hashes_and_signatures_of_other_lengths_are_refused_with_their_length() {
+        assert!(decode_data(&with_lengths(&[1; 32], &[2; 64])).is_ok());
+        for (hash, sig, field, expected, actual) in [
+            (&[1u8; 31][..], &[2u8; 64][..], "hash", 32, 31),
+            (&[1; 33], &[2; 64], "hash", 32, 33),
+            (&[], &[2; 64], "hash", 32, 0),
+            (&[1; 32], &[2; 63], "signature", 64, 63),
+            (&[1; 32], &[], "signature", 64, 0),
+        ] {
+            let err = Message::decode(9, &with_lengths(hash, sig)).unwrap_err();
+            assert!(
+                matches!(err, DecodeError::WrongLength { field: f, expected: e, actual: a, .. }
+                    if f == field && e == expected && a == actual),
+                "{err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_the_last_signature_counts_as_in_prost() {
+        // A short signature overridden by a full one (prost keeps the last occurrence).
+        let mut body = with_lengths(&[1; 32], &[2; 5]);
+        body.push(0x22);
+        body.push(64);
+        body.extend_from_slice(&[6; 64]);
+        let data = decode_data(&body).unwrap();
+        assert_eq!(data.signature, Some([6; 64]));
+        assert_eq!(Some(data), reference::data(&body));
+    }
+
+    #[test]
+    fn a_known_field_with_another_wire_type_is_refused_with_it() {
+        // Field 1 (index) as length-delimited.
+        let err = Message::decode(9, &[0x0a, 0x00]).unwrap_err();
+        assert_eq!(
+            err,
+            DecodeError::Malformed {
+                message: "Data",
+                reason: Malformed::WrongWireType {
+                    field: 1,
+                    wire_type: 2
+                }
+            }
+        );
+        // Field number 0.
+        assert!(matches!(
+            Message::decode(9, &[0x00, 0x00]),
+            Err(DecodeError::Malformed {
+                reason: Malformed::FieldNumber(0),
+                ..
+            })
+        ));
     }
 
     proptest! {
@@ -890,11 +1239,109 @@ mod data_decode_tests {
             }
             body.truncate(cut.max(1) * body.len() / 200 + 1);
             let ours = decode_data(&body);
-            let theirs = reference(&body);
-            prop_assert_eq!(ours.is_ok(), theirs.is_ok(), "{:?} vs {:?}", ours, theirs);
-            if let (Ok(a), Ok(b)) = (ours, theirs) {
-                prop_assert_eq!(a, b);
+            let theirs = reference::data(&body);
+            prop_assert_eq!(ours.clone().ok(), theirs, "{:?}", ours);
+        }
+    }
+}
+
+#[cfg(test)]
+mod message_decode_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// One sample of every type decoded field by field, every field set (and an unknown
+    /// field 5 after them, which both sides skip).
+    fn samples() -> Vec<(u64, Vec<u8>)> {
+        let messages = [
+            Message::Open(Open {
+                discovery_key: vec![1; 32],
+                capability: Some(vec![2; 32]),
+            }),
+            Message::Status(Status::new(true, false)),
+            Message::Have(Have {
+                start: 5,
+                length: Some(300),
+                bitfield: Some(vec![2, 0xf8]),
+                ack: Some(true),
+            }),
+            Message::Unhave(Unhave {
+                start: 1 << 40,
+                length: Some(2),
+            }),
+            Message::Want(Want::range(0, 1 << 20)),
+            Message::Unwant(Unwant {
+                start: 7,
+                length: None,
+            }),
+            Message::Request(Request::block(5, 10)),
+            Message::Cancel(Cancel {
+                index: 9,
+                bytes: Some(4),
+                hash: Some(true),
+            }),
+            Message::Close(Close {
+                discovery_key: Some(vec![3; 32]),
+            }),
+        ];
+        messages
+            .iter()
+            .map(|m| {
+                let mut body = Vec::new();
+                m.encode_body(&mut body);
+                body.extend_from_slice(&[0x28, 0x01]);
+                (u64::from(m.type_id()), body)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_sample_decodes_as_prost_decodes_it() {
+        for (type_id, body) in samples() {
+            let ours = Message::decode(type_id, &body).unwrap();
+            assert_eq!(Some(ours), reference::message(type_id, &body), "{type_id}");
+        }
+        let payload = NoisePayload { nonce: vec![4; 24] }.to_bytes();
+        assert_eq!(
+            NoisePayload::decode_checked(&payload).ok(),
+            reference::checked(&payload, &[1])
+        );
+    }
+
+    #[test]
+    fn bools_are_any_nonzero_varint_and_the_last_occurrence_wins() {
+        // Status{uploading: 2 (true), downloading: 1 then 0}.
+        let body = [0x08, 0x02, 0x10, 0x01, 0x10, 0x00];
+        let Ok(Message::Status(s)) = Message::decode(2, &body) else {
+            panic!("not Status")
+        };
+        assert_eq!((s.uploading, s.downloading), (Some(true), Some(false)));
+        assert_eq!(Some(Message::Status(s)), reference::message(2, &body));
+    }
+
+    proptest! {
+        #[test]
+        fn mutated_bodies_of_every_type_decode_the_same(
+            which in 0usize..9,
+            flips in proptest::collection::vec((0usize..80, any::<u8>()), 0..4),
+            cut in 0usize..81,
+        ) {
+            let (type_id, mut body) = samples().swap_remove(which);
+            let len = body.len();
+            for (at, byte) in flips {
+                if let Some(b) = body.get_mut(at % len) {
+                    *b = byte;
+                }
             }
+            body.truncate(cut % (len + 1));
+            let ours = Message::decode(type_id, &body);
+            let theirs = reference::message(type_id, &body);
+            prop_assert_eq!(ours.clone().ok(), theirs, "{:?}", ours);
+        }
+
+        #[test]
+        fn any_bytes_decode_as_prost_decodes_them(type_id in prop::sample::select(vec![0u64, 2, 3, 4, 5, 6, 7, 8, 10]), body in proptest::collection::vec(any::<u8>(), 0..24)) {
+            prop_assert_eq!(Message::decode(type_id, &body).ok(), reference::message(type_id, &body));
         }
     }
 }
@@ -904,8 +1351,8 @@ mod options_decode_tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn reference(body: &[u8]) -> Result<Options, DecodeError> {
-        decode_checked(body, "Options", &[])
+    fn prost_options(body: &[u8]) -> Option<Options> {
+        reference::checked(body, &[])
     }
 
     #[test]
@@ -930,16 +1377,20 @@ mod options_decode_tests {
     fn a_data_message_with_too_many_proof_nodes_is_refused() {
         let node = Node {
             index: 0,
-            hash: Vec::new(),
+            hash: [0; 32],
             size: 0,
         };
         let data = |n: usize| {
-            prost::Message::encode_to_vec(&Data {
+            let mut body = Vec::new();
+            Data {
                 index: 1,
                 value: None,
-                nodes: vec![node.clone(); n],
+                nodes: vec![node; n],
                 signature: None,
-            })
+            }
+            .as_data_ref()
+            .encode_body(&mut body);
+            body
         };
         assert!(Message::decode(9, &data(MAX_DATA_NODES)).is_ok());
         assert!(matches!(
@@ -965,6 +1416,18 @@ mod options_decode_tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_name_that_is_not_utf8_is_refused() {
+        assert_eq!(
+            Message::decode(1, &[0x0a, 0x01, 0xff]),
+            Err(DecodeError::Malformed {
+                message: "Options",
+                reason: Malformed::NotUtf8 { field: 1 }
+            })
+        );
+        assert!(prost_options(&[0x0a, 0x01, 0xff]).is_none());
     }
 
     #[test]
@@ -1000,11 +1463,8 @@ mod options_decode_tests {
             }
             body.truncate(cut % (len + 1));
             let ours = decode_options(&body);
-            let theirs = reference(&body);
-            prop_assert_eq!(ours.is_ok(), theirs.is_ok(), "{:?} vs {:?}", ours, theirs);
-            if let (Ok(a), Ok(b)) = (ours, theirs) {
-                prop_assert_eq!(a, b);
-            }
+            let theirs = prost_options(&body);
+            prop_assert_eq!(ours.clone().ok(), theirs, "{:?}", ours);
         }
     }
 }

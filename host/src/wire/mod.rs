@@ -13,8 +13,8 @@ pub use frame::{
     FrameError, MAX_BODY_LEN,
 };
 pub use messages::{
-    Cancel, Close, Data, DataRef, DecodeError, Extension, Have, Message, Node, NoisePayload, Open,
-    Options, Request, Status, Unhave, Unwant, Want,
+    Cancel, Close, Data, DataRef, DecodeError, Extension, Have, Malformed, Message, Node,
+    NoisePayload, Open, Options, Request, Status, Unhave, Unwant, Want,
 };
 
 #[cfg(test)]

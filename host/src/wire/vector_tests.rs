@@ -91,13 +91,13 @@ pub(crate) fn message_from_fields(type_name: &str, f: &Value) -> Message {
                     a.iter()
                         .map(|n| Node {
                             index: n["index"].as_u64().unwrap(),
-                            hash: hex_of(&n["hash"]),
+                            hash: hex_of(&n["hash"]).try_into().expect("a 32-byte hash"),
                             size: n["size"].as_u64().unwrap(),
                         })
                         .collect()
                 })
                 .unwrap_or_default(),
-            signature: opt_hex(&f["signature"]),
+            signature: opt_hex(&f["signature"]).map(|s| s.try_into().expect("a 64-byte signature")),
         }),
         "Close" => Message::Close(Close {
             discovery_key: opt_hex(&f["discoveryKey"]),
@@ -135,9 +135,9 @@ pub(crate) fn decoded_view(message: &Message) -> Value {
             "index": m.index,
             "value": hex_or_null(&m.value),
             "nodes": m.nodes.iter().map(|n| json!({
-                "index": n.index, "hash": hex::encode(&n.hash), "size": n.size,
+                "index": n.index, "hash": hex::encode(n.hash), "size": n.size,
             })).collect::<Vec<_>>(),
-            "signature": hex_or_null(&m.signature),
+            "signature": m.signature.map_or(Value::Null, |s| json!(hex::encode(s))),
         }),
         Message::Close(m) => json!({"discoveryKey": hex_or_null(&m.discovery_key)}),
         Message::Extension(e) => json!({"id": e.id, "payload": hex::encode(&e.payload)}),
