@@ -4,6 +4,9 @@
 //! reference is installed (tests/js/install.sh). Prints a table and the ratios.
 //!
 //! `cargo bench -p dazaar --bench feed` (set `BENCH_BLOCKS` to change the count).
+// Test and benchmark code: a panic is the failure report, and its queues are
+// bounded by the test itself.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 use std::time::Instant;
 

@@ -8,6 +8,9 @@
 //! load, CPU time much less).
 //!
 //! `cargo bench -p dazaar --bench replicate` (`BENCH_BLOCKS` changes the count).
+// Test and benchmark code: a panic is the failure report, and its queues are
+// bounded by the test itself.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

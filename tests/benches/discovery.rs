@@ -13,6 +13,9 @@
 //!    target; (b) is what the announcing node can answer.
 //!
 //! Run: `cargo bench -p dazaar-tests --bench discovery`.
+// Test and benchmark code: a panic is the failure report, and its queues are
+// bounded by the test itself.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 use std::net::SocketAddrV4;
 use std::sync::atomic::{AtomicU64, Ordering};

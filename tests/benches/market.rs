@@ -9,6 +9,9 @@
 //! itself. Buyers run in this process.
 //!
 //! `cargo bench -p dazaar-tests --bench market` (`BENCH_BUYERS`, `BENCH_SECONDS` to change).
+// Test and benchmark code: a panic is the failure report, and its queues are
+// bounded by the test itself.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};

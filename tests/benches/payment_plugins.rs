@@ -10,6 +10,9 @@
 //!   a signed webhook (polling effectively off), EOS by its poll (`poll_ms` 1000 and 250),
 //!   LND by its invoice subscription, with the seller validating every 20 ms. (LND
 //!   validations never ask the node: they read what the subscription delivered.)
+// Test and benchmark code: a panic is the failure report, and its queues are
+// bounded by the test itself.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -5,6 +5,9 @@
 //! - the cost of one call through the host's pool (thread hand-off and timeout included);
 //! - validations per second for 10,000 distinct buyers with the ledger plugin: raw ABI on
 //!   one thread, through the pool, and served from the gate's cache.
+// Test and benchmark code: a panic is the failure report, and its queues are
+// bounded by the test itself.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 use std::fmt::Write as _;
 use std::sync::Arc;

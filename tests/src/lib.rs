@@ -1,4 +1,7 @@
 //! Helpers shared by the end-to-end and interop tests in `tests/tests/`.
+// Test and benchmark code: a panic is the failure report, and its queues are
+// bounded by the test itself.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

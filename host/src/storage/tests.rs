@@ -1184,7 +1184,7 @@ fn poke(dir: &std::path::Path, file: &str, offset: u64) {
 /// Runs `work` on a thread and fails if it has not finished within 30 s: for a test
 /// whose bug is an hours-long loop (a hang, not slowness, is what it detects).
 fn finishes<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
     std::thread::spawn(move || {
         let _ = tx.send(work());
     });
