@@ -29,7 +29,7 @@ use super::seller_state::{Action, SellerState, StateSettings};
 use crate::crypto::NoiseKeyPair;
 use crate::net::{self, ChannelSpec, Command, ConnectionOptions, NetConfig, NetEvent, SharedFeed};
 use crate::payments::{
-    encode_user_message, parse_user_message, MessageBudget, PaymentGate, Validation,
+    encode_user_message, parse_user_message, MessageBudget, Now, PaymentGate, Validation,
 };
 use crate::protocol::replicate::ReplicatorConfig;
 use crate::storage::{FsStore, RekeyedSigner};
@@ -285,9 +285,8 @@ impl Product {
                 reason: "Access revoked by the seller".into(),
             };
         }
-        let now = Instant::now().into_std();
         self.gate
-            .check(buyer, self.seller_key(), ip, fresh, now)
+            .check(buyer, self.seller_key(), ip, fresh, Now::system())
             .await
     }
 

@@ -139,6 +139,37 @@ struct Counters {
     messages_refused: AtomicU64,
 }
 
+/// A moment on both clocks the gate reads: the monotonic one for its caches and limits,
+/// the Unix time in milliseconds for the plugins (payment times are wall-clock). Passed in
+/// by the caller, so the gate reads no clock and tests run it on virtual time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// For cache ages, admission buckets and known buyers.
+    pub at: Instant,
+    /// Handed to the plugins' `validate`.
+    pub unix_ms: u64,
+}
+
+impl Now {
+    /// This moment, from the system clocks.
+    pub fn system() -> Now {
+        Now {
+            at: Instant::now(),
+            unix_ms: now_ms(),
+        }
+    }
+
+    /// `d` later on both clocks.
+    pub fn after(self, d: Duration) -> Now {
+        Now {
+            at: self.at + d,
+            unix_ms: self
+                .unix_ms
+                .saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        }
+    }
+}
+
 /// The most buyers whose answers (and, separately, whose past validity) one gate
 /// remembers.
 const CACHE_LIMIT: usize = 100_000;
@@ -267,8 +298,9 @@ impl PaymentGate {
         seller: Key,
         ip: Option<IpAddr>,
         fresh: bool,
-        now: Instant,
+        now: Now,
     ) -> Validation {
+        let (now, unix_ms) = (now.at, now.unix_ms);
         if self.entries.is_empty() {
             return Self::free();
         }
@@ -319,7 +351,7 @@ impl PaymentGate {
                 Lane::Stranger
             }
         };
-        let asked = self.ask_async(lane, buyer, seller, now_ms()).await;
+        let asked = self.ask_async(lane, buyer, seller, unix_ms).await;
         self.remember(key, now, &asked);
         asked.answer
     }
@@ -366,12 +398,16 @@ impl PaymentGate {
     /// aged); no admission limits, priority lane, waits on this thread. A seller facing
     /// peers uses [`check`](Self::check).
     pub fn validate(&self, buyer: Key, seller: Key) -> Validation {
-        let now = Instant::now();
-        if let Some(answer) = self.cached_at(buyer, seller, now) {
+        self.validate_at(buyer, seller, Now::system())
+    }
+
+    /// [`validate`](Self::validate) at `now`.
+    pub fn validate_at(&self, buyer: Key, seller: Key, now: Now) -> Validation {
+        if let Some(answer) = self.cached_at(buyer, seller, now.at) {
             return answer;
         }
-        let asked = self.ask_blocking(buyer, seller, now_ms());
-        self.remember((buyer, seller), now, &asked);
+        let asked = self.ask_blocking(buyer, seller, now.unix_ms);
+        self.remember((buyer, seller), now.at, &asked);
         asked.answer
     }
 

@@ -8,12 +8,13 @@
 //!                                              -> PaymentEntry: the card method (given, else
 //!                                              the plugin's first), checked to be served
 //! PaymentGate::new(vec![entry], revalidate)
-//!   .check(buyer, seller, ip, fresh, now).await -> Validation
+//!   .check(buyer, seller, ip, fresh, Now::system()).await -> Validation
 //!                                               seller, for a peer: cached, admission
 //!                                               control for strangers, fail closed
 //!   .answer_message(buyer, seller, ip, &mut budget, &msg, now).await
 //!                                               seller answers a buyer's request
-//!   .validate(buyer, seller) / .user_message(..) the same for trusted callers, blocking
+//!   .validate(buyer, seller) / .validate_at(.., now) / .user_message(..) the same for
+//!                                               trusted callers, blocking
 //! OpenedVerifier::payment_request(..)           buyer side: how to pay
 //! BuyerWallet::new(plugins).payment_request(buyer, seller, &card.payment, None)
 //!                                               picks a plugin for the card, asks it
@@ -51,7 +52,7 @@ pub use loader::{plugin_file_name, LoadError, LoadedPlugin};
 
 pub use crate::card::{terms_from_card, terms_to_card};
 pub use gate::{
-    GateStats, MessageBudget, MessageRefusal, PaymentEntry, PaymentGate, Validation,
+    GateStats, MessageBudget, MessageRefusal, Now, PaymentEntry, PaymentGate, Validation,
     REFUSED_MESSAGE,
 };
 pub use pool::CallLimits;
