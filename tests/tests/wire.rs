@@ -169,7 +169,7 @@ fn clone_errors_are_one_line_and_non_zero() {
         ),
         (
             vec!["zz".into(), "--connect".into(), addr.clone()],
-            "not a hex feed key",
+            "the feed key is not hex",
         ),
     ];
     for (i, (args, expect)) in cases.into_iter().enumerate() {

@@ -85,7 +85,19 @@ pub fn parse_key(hex_key: &str, what: &str) -> Result<[u8; 32]> {
 
 /// The async runtime of a command.
 pub fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+    build_runtime(tokio::runtime::Builder::new_multi_thread())
+}
+
+/// The async runtime of a command that needs only `workers` threads (a feed server, a
+/// DHT node).
+pub fn runtime_with_workers(workers: usize) -> Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(workers);
+    build_runtime(builder)
+}
+
+fn build_runtime(mut builder: tokio::runtime::Builder) -> Result<tokio::runtime::Runtime> {
+    builder
         .enable_all()
         .build()
         .context("starting the async runtime")

@@ -53,9 +53,7 @@ fn step(start: Instant, text: impl AsRef<str>) {
 
 /// Runs the demo.
 pub fn run() -> Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = super::common::runtime()?;
     let result = rt.block_on(async { tokio::time::timeout(Duration::from_secs(60), demo()).await });
     match result {
         Ok(Ok(())) => {

@@ -146,11 +146,7 @@ pub struct DhtNodeArgs {
 
 /// Runs `dazaar dht-node` until SIGINT/SIGTERM.
 pub fn dht_node(args: DhtNodeArgs) -> Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let rt = super::common::runtime_with_workers(1)?;
     rt.block_on(async move {
         let node = BootstrapNode::start(args.listen, &args.bootstrap)
             .await

@@ -2,7 +2,6 @@
 //! [`dazaar::net`] to a feed. `feed.rs` opens the feed and makes the progress bar and
 //! hands them in, so this module uses nothing of it (the two used to import each other).
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
@@ -18,25 +17,10 @@ use serde_json::json;
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument;
 
-use super::common::termination;
+use super::common::{parse_key, print_json, runtime_with_workers, termination};
 
 /// How often `serve` looks for blocks appended by another process.
 const REFRESH_INTERVAL: Duration = Duration::from_millis(100);
-
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
-}
-
-/// Prints one line of JSON and flushes (a parent process may be waiting for it).
-fn print_raw(line: &str) -> Result<()> {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{line}").context("writing to stdout")?;
-    out.flush().context("writing to stdout")
-}
 
 /// The connection settings of `dazaar feed serve`.
 pub struct ServeLimits {
@@ -59,7 +43,7 @@ pub fn serve(
     let timeout_ms = limits.timeout_ms;
     let key = feed.key();
     let shared = SharedFeed::new(feed);
-    let rt = runtime()?;
+    let rt = runtime_with_workers(2)?;
     let result = rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
@@ -67,11 +51,11 @@ pub fn serve(
         let addr = listener.local_addr().context("listening")?;
         if json {
             // Field order as documented (serde_json's map would sort the keys).
-            print_raw(&format!(
+            print_json(format!(
                 r#"{{"event":"listening","addr":{},"key":"{}"}}"#,
                 json!(addr.to_string()),
                 hex::encode(key)
-            ))?;
+            ));
         } else {
             eprintln!("serving {} on {addr}", hex::encode(key));
         }
@@ -113,13 +97,6 @@ pub fn serve(
     result
 }
 
-fn parse_key(key: &str) -> Result<[u8; 32]> {
-    let bytes = hex::decode(key.trim()).map_err(|_| anyhow!("{key:?} is not a hex feed key"))?;
-    bytes
-        .try_into()
-        .map_err(|_| anyhow!("a feed key is 32 bytes (64 hex characters)"))
-}
-
 /// `dazaar feed clone KEY --connect ADDR --out DIR`, showing its progress on `progress`.
 pub fn clone(
     key: &str,
@@ -130,7 +107,7 @@ pub fn clone(
     timeout_ms: u64,
     progress: indicatif::ProgressBar,
 ) -> Result<ExitCode> {
-    let key = parse_key(key)?;
+    let key = parse_key(key, "the feed key")?;
     let feed = if out.join("key").is_file() {
         let store =
             FsStore::open(out, false).with_context(|| format!("opening {}", out.display()))?;
@@ -141,7 +118,7 @@ pub fn clone(
         Feed::create_reader(store, key).with_context(|| format!("creating {}", out.display()))?
     };
     let shared = SharedFeed::new(feed);
-    let rt = runtime()?;
+    let rt = runtime_with_workers(2)?;
     let result = rt.block_on(clone_async(
         key,
         connect,
@@ -225,9 +202,9 @@ async fn clone_async(
                     if last_printed != Some(length) {
                         let event = if done { "length" } else { "done" };
                         if json {
-                            print_raw(&format!(
+                            print_json(format!(
                                 r#"{{"event":"{event}","length":{length},"byteLength":{byte_length}}}"#
-                            ))?;
+                            ));
                         } else if !done || live {
                             progress.suspend(|| {
                                 eprintln!("{event}: {length} blocks, {byte_length} bytes")
