@@ -13,7 +13,7 @@ use mainline::{Dht, Id};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::find::{Candidate, Source};
+use super::candidate::{Candidate, Source};
 use super::{
     is_loopback, mdns, public_dht_forbidden, stopped, topic, DiscoveryError, DiscoveryOptions,
 };

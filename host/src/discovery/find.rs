@@ -11,43 +11,9 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use super::candidate::{Candidate, Source};
 use super::{dht, mdns, peer_cache, probe, stopped, DiscoveryError, DiscoveryOptions};
 use crate::crypto::NoiseKeyPair;
-
-/// Where a candidate address came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Source {
-    /// `[discovery] peers` or `--peer`.
-    Static,
-    /// The peer cache in the data dir.
-    Cache,
-    /// The mainline DHT.
-    Dht,
-    /// mDNS on the LAN.
-    Mdns,
-}
-
-impl Source {
-    /// A short name for logs and JSON.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Static => "static",
-            Source::Cache => "cache",
-            Source::Dht => "dht",
-            Source::Mdns => "mdns",
-        }
-    }
-}
-
-/// A candidate address, not yet checked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Candidate {
-    /// Where to dial.
-    pub addr: SocketAddr,
-    /// Who said so.
-    pub source: Source,
-}
 
 /// The seller, found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use mdns_sd::{IfKind, ServiceDaemon, ServiceEvent, ServiceInfo};
 use tokio::sync::mpsc;
 
-use super::find::{Candidate, Source};
+use super::candidate::{Candidate, Source};
 use super::{DiscoveryError, MDNS_SERVICE};
 
 /// The TXT key holding the seller key (hex).

@@ -30,6 +30,7 @@
 //! Setting the variable [`NO_PUBLIC_DHT_ENV`] (tests and CI do) turns that case into an
 //! error, so a test can never reach the public network by mistake.
 
+pub mod candidate;
 pub mod dht;
 pub mod find;
 pub mod mdns;
@@ -39,8 +40,9 @@ pub mod probe;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+pub use candidate::{Candidate, Source};
 pub use dht::{advertise, Advertiser, BootstrapNode};
-pub use find::{find_seller, Found, Source};
+pub use find::{find_seller, Found};
 
 /// The namespace hashed in front of the seller key to make the topic.
 pub const TOPIC_NAMESPACE: &[u8] = b"dazaar/discovery/v1";
