@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use dazaar::crypto::Ed25519KeyPair;
-use dazaar::storage::{Durability, Feed, FsStore, NodeSet};
+use dazaar::storage::{open_feed_dir, Access, Durability, Feed, FsStore, NodeSet};
 use serde_json::json;
 
 /// Feed commands.
@@ -177,23 +177,11 @@ pub fn run(cmd: FeedCmd) -> Result<ExitCode> {
 /// lies past its verified length is dropped), which must never happen while another
 /// process is appending; so only `append` opens for writing.
 pub fn open_feed(dir: &Path) -> Result<Feed<FsStore>> {
-    open_feed_with(dir, false)
+    open_feed_with(dir, Access::ReadOnly)
 }
 
-fn open_feed_with(dir: &Path, write: bool) -> Result<Feed<FsStore>> {
-    if !dir.is_dir() {
-        bail!("{}: no such feed directory", dir.display());
-    }
-    if !dir.join("key").is_file() {
-        bail!("{}: not a feed (no key file)", dir.display());
-    }
-    let store = if write {
-        FsStore::open(dir, false)
-    } else {
-        FsStore::open_read_only(dir)
-    }
-    .with_context(|| format!("opening feed {}", dir.display()))?;
-    Feed::open(store, None).with_context(|| format!("opening feed {}", dir.display()))
+fn open_feed_with(dir: &Path, access: Access) -> Result<Feed<FsStore>> {
+    Ok(open_feed_dir(dir, access)?)
 }
 
 fn create(dir: &Path, json: bool) -> Result<ExitCode> {
@@ -226,7 +214,7 @@ fn append(
     block_size: Option<u64>,
     json: bool,
 ) -> Result<ExitCode> {
-    let mut feed = open_feed_with(dir, true)?;
+    let mut feed = open_feed_with(dir, Access::ReadWrite)?;
     if !feed.is_writable() {
         bail!(
             "{}: this feed has no secret key, so it cannot be appended to",

@@ -29,34 +29,15 @@ use crate::payments::{
     card_entry, open_entry, CallLimits, GateLimits, PaymentGate, PaymentSpec, PluginRegistry,
     SetupError,
 };
-use crate::storage::{Feed, FeedError, FsStore, StoreError};
+use crate::storage::{open_feed_dir, Access, FeedDirError, FsStore};
 
 /// Why a seller cannot start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ShopError {
-    /// The directory of a feed to sell does not exist.
-    #[error("{0}: no such feed directory")]
-    NoFeedDir(PathBuf),
-    /// The directory holds no feed (no `key` file).
-    #[error("{0}: not a feed (no key file)")]
-    NotAFeed(PathBuf),
-    /// The feed's files could not be opened.
-    #[error("opening feed {dir}: {source}")]
-    Store {
-        /// The feed's directory.
-        dir: PathBuf,
-        /// What failed.
-        source: StoreError,
-    },
-    /// The feed could not be read.
-    #[error("opening feed {dir}: {source}")]
-    Feed {
-        /// The feed's directory.
-        dir: PathBuf,
-        /// What failed.
-        source: FeedError,
-    },
+    /// The feed to sell could not be opened.
+    #[error(transparent)]
+    FeedDir(#[from] FeedDirError),
     /// A payment entry of the configuration.
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -187,21 +168,7 @@ impl ShopOptions {
 /// (or the writer's own process) and are picked up by the refresh task [`Shop::run`]
 /// starts.
 pub fn open_sold_feed(dir: &Path) -> Result<Arc<SharedFeed<FsStore>>, ShopError> {
-    if !dir.is_dir() {
-        return Err(ShopError::NoFeedDir(dir.to_owned()));
-    }
-    if !dir.join("key").is_file() {
-        return Err(ShopError::NotAFeed(dir.to_owned()));
-    }
-    let store = FsStore::open_read_only(dir).map_err(|source| ShopError::Store {
-        dir: dir.to_owned(),
-        source,
-    })?;
-    let feed = Feed::open(store, None).map_err(|source| ShopError::Feed {
-        dir: dir.to_owned(),
-        source,
-    })?;
-    Ok(SharedFeed::new(feed))
+    Ok(SharedFeed::new(open_feed_dir(dir, Access::ReadOnly)?))
 }
 
 /// The key of the feed in `dir`.

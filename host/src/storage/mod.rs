@@ -2,12 +2,14 @@
 //! and the stores behind them. No tokio here.
 
 pub mod bitfield;
+pub mod dir;
 pub mod feed;
 pub mod flat_tree;
 pub mod merkle;
 pub mod store;
 
 pub use bitfield::NodeSet;
+pub use dir::{open_feed_dir, Access, FeedDirError};
 pub use feed::{
     Durability, Feed, FeedError, Proof, PutOutcome, RekeyedSigner, Signer, VerifyError,
     REFRESH_STAMP_MARGIN,
