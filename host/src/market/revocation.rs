@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -147,12 +147,45 @@ pub fn burnt_keys(
         .collect())
 }
 
+/// How much older than a read the file's modification time must be for the list to trust
+/// an unchanged stamp: file systems keep times in coarse ticks, so two writes within one
+/// tick can leave the same time (the rule [`crate::storage::Feed::refresh`] uses too).
+pub const STAMP_MARGIN: Duration = Duration::from_millis(100);
+
+/// What identifies one version of the revocation file without reading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    len: u64,
+    modified: SystemTime,
+    /// Atomic writes replace the file: a new inode (unless the number is reused at once).
+    inode: u64,
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Option<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            len: meta.len(),
+            modified: meta.modified().ok()?,
+            inode: meta.ino(),
+        })
+    }
+}
+
+#[derive(Debug, Default)]
+struct ListState {
+    /// The stamp of the file last read and the time of that read (`None`: no file).
+    read: Option<(Option<FileStamp>, SystemTime)>,
+    revoked: BTreeMap<String, Revocation>,
+}
+
 /// The revoked buyers of one product, re-read from disk when the file changes.
 #[derive(Debug)]
 pub struct RevocationList {
     data_dir: PathBuf,
     seller: String,
-    state: Mutex<(Option<SystemTime>, BTreeMap<String, Revocation>)>,
+    state: Mutex<ListState>,
 }
 
 impl RevocationList {
@@ -161,32 +194,45 @@ impl RevocationList {
         Self {
             data_dir: data_dir.to_path_buf(),
             seller: hex::encode(seller),
-            state: Mutex::new((None, BTreeMap::new())),
+            state: Mutex::new(ListState::default()),
         }
     }
 
     /// Whether `buyer` is revoked. A file that cannot be read keeps the last good list
     /// (and is logged): revocations already seen stay in force.
     pub fn is_revoked(&self, buyer: &[u8; 32]) -> bool {
-        let mtime = std::fs::metadata(self.data_dir.join(REVOCATIONS_FILE))
-            .and_then(|m| m.modified())
-            .ok();
+        self.is_revoked_at(buyer, SystemTime::now())
+    }
+
+    /// [`is_revoked`](Self::is_revoked), read at wall-clock time `now` (taken before the
+    /// call). The file is read again unless its stamp (size, modification time, inode) is
+    /// the one last read *and* that modification lay [`STAMP_MARGIN`] before the last
+    /// read: a second revocation written within the same time tick is not missed.
+    pub fn is_revoked_at(&self, buyer: &[u8; 32], now: SystemTime) -> bool {
+        let stamp = FileStamp::of(&self.data_dir.join(REVOCATIONS_FILE));
         let mut state = match self.state.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        if mtime != state.0 {
+        let unchanged = match (&state.read, stamp) {
+            (Some((seen, read_at)), Some(current)) => {
+                *seen == Some(current) && current.modified + STAMP_MARGIN <= *read_at
+            }
+            (Some((None, _)), None) => true,
+            _ => false,
+        };
+        if !unchanged {
             match load(&self.data_dir) {
                 Ok(mut map) => {
-                    state.1 = map.remove(&self.seller).unwrap_or_default();
-                    state.0 = mtime;
+                    state.revoked = map.remove(&self.seller).unwrap_or_default();
+                    state.read = Some((stamp, now));
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot read the revocation list; keeping the last one")
                 }
             }
         }
-        state.1.contains_key(&hex::encode(buyer))
+        state.revoked.contains_key(&hex::encode(buyer))
     }
 }
 
@@ -207,5 +253,52 @@ mod tests {
         revoke(dir.path(), &[1; 32], &[2; 32], true).expect("burn");
         let map = load(dir.path()).expect("load");
         assert!(map[&hex::encode([1u8; 32])][&hex::encode([2u8; 32])].burnt);
+    }
+
+    /// Two revocations written within one modification-time tick (here: the same time,
+    /// the same size, the same inode) are both seen: an mtime-only check kept the first
+    /// list. Fails with the stamp margin removed.
+    #[test]
+    fn two_revocations_within_one_mtime_tick() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(REVOCATIONS_FILE);
+        let seller = [1u8; 32];
+        let list = RevocationList::new(dir.path(), &seller);
+        let write = |buyer: [u8; 32]| {
+            let mut map = RevocationMap::new();
+            map.entry(hex::encode(seller)).or_default().insert(
+                hex::encode(buyer),
+                Revocation {
+                    at_ms: 1,
+                    burnt: false,
+                },
+            );
+            // In place: keeps the inode, as a write by another tool may.
+            std::fs::write(&path, serde_json::to_vec(&map).expect("json")).expect("write");
+        };
+        let set_mtime = |t: SystemTime| {
+            let file = std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .expect("open");
+            file.set_modified(t).expect("set mtime");
+        };
+        write([2; 32]);
+        let t0 = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .expect("mtime");
+        assert!(list.is_revoked_at(&[2; 32], t0 + Duration::from_millis(10)));
+        // The second write lands in the same tick: same size, same time.
+        write([3; 32]);
+        set_mtime(t0);
+        assert!(list.is_revoked_at(&[3; 32], t0 + Duration::from_millis(20)));
+        assert!(!list.is_revoked_at(&[2; 32], t0 + Duration::from_millis(20)));
+        // Once the stamp is old enough, an unchanged file is not read again: a change
+        // that keeps the stamp (not something a real write does) is then not seen.
+        let later = t0 + STAMP_MARGIN + Duration::from_millis(1);
+        assert!(list.is_revoked_at(&[3; 32], later));
+        write([4; 32]);
+        set_mtime(t0);
+        assert!(!list.is_revoked_at(&[4; 32], later + Duration::from_secs(1)));
     }
 }
