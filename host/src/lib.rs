@@ -26,6 +26,7 @@ pub mod net;
 pub mod noise;
 pub mod payments;
 pub mod protocol;
+pub mod state;
 pub mod storage;
 pub mod wire;
 

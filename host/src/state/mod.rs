@@ -1,0 +1,386 @@
+//! The seller's state in a database: revocations and burns, the ledger, the sales log,
+//! byte counters and plugin state, behind one interface.
+//!
+//! ```text
+//! StateUrl::parse("sqlite:PATH" | "sqlite:" | "postgres://…")   which database
+//! StateUrl::default_in(data_dir)                                  sqlite:DATA_DIR/state.db
+//! StateStore::open(&url) -> StateStore                            schema migrated on open
+//!   .revoke(seller, buyer, burnt, at_ms) / .revocation(seller, buyer) / .revocations(seller)
+//!   .ledger_add(&payment) / .ledger(buyer?)                       one transaction each
+//!   .record_sale(&sale) / .sales()
+//!   .add_bytes(seller, buyer, n) / .bytes(seller, buyer)
+//! ```
+//!
+//! SQLite (embedded, the default) keeps the state in `DATA_DIR/state.db` in WAL mode with
+//! full fsync on commit, so a revocation or a payment that was acknowledged survives a
+//! `kill -9` or a power cut; several processes on one machine share it (SQLite's locks,
+//! waited on for at most [`BUSY_TIMEOUT`]). The schema is versioned (`PRAGMA
+//! user_version`); a database written by a newer binary is refused with a clear error.
+//! On first open, the JSON state of earlier versions (`DATA_DIR/revocations.json`) is
+//! imported once.
+//!
+//! PostgreSQL, for several seller nodes sharing one state, is parsed but not served by
+//! this build yet: opening a `postgres://` URL is a typed error.
+//!
+//! Driver: `rusqlite` with the `bundled` feature. It is the maintained SQLite binding,
+//! synchronous (every call here is short and bounded by the busy timeout; async callers
+//! run it on the blocking pool), and bundling the amalgamation means the binary carries
+//! the SQLite it was tested with instead of depending on the host's library.
+
+mod sqlite;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// File name of the default SQLite database inside a data directory.
+pub const STATE_FILE: &str = "state.db";
+
+/// The longest a call waits for another process's lock on the database.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The schema version this build writes and reads.
+pub const SCHEMA_VERSION: u32 = sqlite::MIGRATIONS.len() as u32;
+
+/// A 32-byte public key.
+pub type Key = [u8; 32];
+
+/// Which database holds the state.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StateUrl {
+    /// An SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL server (`postgres://user:password@host/db`).
+    Postgres(String),
+}
+
+impl StateUrl {
+    /// The default: `sqlite:DATA_DIR/state.db`.
+    pub fn default_in(data_dir: &Path) -> StateUrl {
+        StateUrl::Sqlite(data_dir.join(STATE_FILE))
+    }
+
+    /// Reads `sqlite:PATH`, `sqlite:` (the default file in `data_dir`) or
+    /// `postgres://…` / `postgresql://…`.
+    pub fn parse(text: &str, data_dir: &Path) -> Result<StateUrl, StateError> {
+        let text = text.trim();
+        if let Some(path) = text.strip_prefix("sqlite:") {
+            let path = path.strip_prefix("//").unwrap_or(path);
+            return Ok(if path.is_empty() {
+                StateUrl::default_in(data_dir)
+            } else {
+                StateUrl::Sqlite(PathBuf::from(path))
+            });
+        }
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            return Ok(StateUrl::Postgres(text.to_owned()));
+        }
+        Err(StateError::BadUrl(redact(text)))
+    }
+}
+
+/// Shown without any password (URLs end up in logs and errors).
+impl fmt::Display for StateUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StateUrl::Sqlite(p) => write!(f, "sqlite:{}", p.display()),
+            StateUrl::Postgres(u) => f.write_str(&redact(u)),
+        }
+    }
+}
+
+impl fmt::Debug for StateUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StateUrl({self})")
+    }
+}
+
+/// `scheme://user:secret@host…` → `scheme://user:***@host…`; anything else unchanged.
+fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{path}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+/// Why the state could not be read or written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateError {
+    /// Not a state URL.
+    #[error("not a state URL: {0:?} (use sqlite:PATH or postgres://…)")]
+    BadUrl(String),
+    /// A backend this build does not serve.
+    #[error("{url}: {what} is not supported by this build")]
+    Unsupported {
+        /// The URL (password hidden).
+        url: String,
+        /// What is missing.
+        what: &'static str,
+    },
+    /// The database could not be opened or created.
+    #[error("{url}: {detail}")]
+    Open {
+        /// The URL (password hidden).
+        url: String,
+        /// What failed.
+        detail: String,
+    },
+    /// The database was written by a newer version.
+    #[error("{url}: state schema version {found} is newer than this build knows ({known}); upgrade dazaar")]
+    NewerSchema {
+        /// The URL.
+        url: String,
+        /// Its version.
+        found: u32,
+        /// Ours.
+        known: u32,
+    },
+    /// A query failed (locked past the busy timeout, disk full, I/O error, …).
+    #[error("state database: {0}")]
+    Database(String),
+    /// A stored value is not what this build wrote.
+    #[error("state database holds a malformed {what}")]
+    Malformed {
+        /// What.
+        what: &'static str,
+    },
+    /// A legacy JSON file could not be imported.
+    #[error("importing {path}: {detail}")]
+    Import {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        detail: String,
+    },
+}
+
+impl From<rusqlite::Error> for StateError {
+    fn from(e: rusqlite::Error) -> Self {
+        StateError::Database(e.to_string())
+    }
+}
+
+/// One revoked buyer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RevocationRecord {
+    /// The buyer.
+    #[serde(with = "hex_key")]
+    pub buyer: Key,
+    /// When it was revoked (ms since the epoch).
+    pub at_ms: u64,
+    /// Whether its rekeyed key pair is published.
+    pub burnt: bool,
+}
+
+/// One payment in the ledger.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LedgerPayment {
+    /// Its number in the ledger (0 before it is stored).
+    pub id: i64,
+    /// Who paid.
+    #[serde(with = "hex_key")]
+    pub buyer: Key,
+    /// The product it is limited to, if any.
+    #[serde(with = "hex_key_opt", skip_serializing_if = "Option::is_none")]
+    pub seller: Option<Key>,
+    /// How much, in the card's currency.
+    pub amount: f64,
+    /// When (ms since the epoch).
+    pub time: u64,
+    /// A free-form note.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// One sale: a buyer that became valid for a product.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Sale {
+    /// The product's seller key.
+    #[serde(with = "hex_key")]
+    pub seller: Key,
+    /// The buyer.
+    #[serde(with = "hex_key")]
+    pub buyer: Key,
+    /// The payment method that granted it (`free` for a free product).
+    pub method: String,
+    /// What was granted: `free`, `time` or another grant kind.
+    pub grant: String,
+    /// What was left of it when granted (ms for time).
+    pub remaining: u64,
+    /// When (ms since the epoch).
+    pub at_ms: u64,
+}
+
+/// What importing legacy JSON state found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ImportReport {
+    /// Revocations imported.
+    pub revocations: usize,
+    /// Ledger payments imported.
+    pub payments: usize,
+    /// Lines or entries that could not be read (skipped).
+    pub skipped: usize,
+}
+
+/// The seller's state: one handle, shared by every product of a process.
+#[derive(Debug)]
+pub struct StateStore {
+    url: StateUrl,
+    backend: sqlite::SqliteState,
+}
+
+impl StateStore {
+    /// Opens (creating it if needed) the database at `url` and migrates its schema; on a
+    /// new SQLite database in a data directory, imports that directory's legacy JSON
+    /// state once.
+    pub fn open(url: &StateUrl) -> Result<StateStore, StateError> {
+        match url {
+            StateUrl::Sqlite(path) => Ok(StateStore {
+                url: url.clone(),
+                backend: sqlite::SqliteState::open(path, &url.to_string())?,
+            }),
+            StateUrl::Postgres(_) => Err(StateError::Unsupported {
+                url: url.to_string(),
+                what: "PostgreSQL state",
+            }),
+        }
+    }
+
+    /// [`open`](Self::open) the default database of `data_dir`.
+    pub fn open_in(data_dir: &Path) -> Result<StateStore, StateError> {
+        let store = StateStore::open(&StateUrl::default_in(data_dir))?;
+        store.import_legacy(data_dir)?;
+        Ok(store)
+    }
+
+    /// Where the state lives.
+    pub fn url(&self) -> &StateUrl {
+        &self.url
+    }
+
+    /// The schema version of the open database.
+    pub fn schema_version(&self) -> Result<u32, StateError> {
+        self.backend.schema_version()
+    }
+
+    /// Records that `buyer` is revoked (and burnt) for the product sold under `seller`.
+    /// Burning a revoked buyer keeps the first revocation's time; a burn is never undone
+    /// by a later plain revoke.
+    pub fn revoke(
+        &self,
+        seller: &Key,
+        buyer: &Key,
+        burnt: bool,
+        at_ms: u64,
+    ) -> Result<(), StateError> {
+        self.backend.revoke(seller, buyer, burnt, at_ms)
+    }
+
+    /// `buyer`'s revocation for `seller`'s product, if any.
+    pub fn revocation(
+        &self,
+        seller: &Key,
+        buyer: &Key,
+    ) -> Result<Option<RevocationRecord>, StateError> {
+        self.backend.revocation(seller, buyer)
+    }
+
+    /// Every revocation of `seller`'s product, by buyer.
+    pub fn revocations(&self, seller: &Key) -> Result<Vec<RevocationRecord>, StateError> {
+        self.backend.revocations(seller)
+    }
+
+    /// Adds a payment to the ledger in one transaction; returns its id.
+    pub fn ledger_add(&self, payment: &LedgerPayment) -> Result<i64, StateError> {
+        if !(payment.amount.is_finite() && payment.amount >= 0.0) {
+            return Err(StateError::Malformed {
+                what: "ledger amount",
+            });
+        }
+        self.backend.ledger_add(payment)
+    }
+
+    /// The ledger's payments in the order they were added, for `buyer` only if given.
+    pub fn ledger(&self, buyer: Option<&Key>) -> Result<Vec<LedgerPayment>, StateError> {
+        self.backend.ledger(buyer)
+    }
+
+    /// Adds one line to the sales log.
+    pub fn record_sale(&self, sale: &Sale) -> Result<(), StateError> {
+        self.backend.record_sale(sale)
+    }
+
+    /// The sales log, oldest first.
+    pub fn sales(&self) -> Result<Vec<Sale>, StateError> {
+        self.backend.sales()
+    }
+
+    /// Adds `n` bytes to what `buyer` has been sent of `seller`'s product; returns the new
+    /// total (saturating).
+    pub fn add_bytes(&self, seller: &Key, buyer: &Key, n: u64) -> Result<u64, StateError> {
+        self.backend.add_bytes(seller, buyer, n)
+    }
+
+    /// The bytes `buyer` has been sent of `seller`'s product.
+    pub fn bytes(&self, seller: &Key, buyer: &Key) -> Result<u64, StateError> {
+        self.backend.bytes(seller, buyer)
+    }
+
+    /// Imports `data_dir`'s `revocations.json` (if any) once per database; later calls do
+    /// nothing. The file is left in place (an older binary may still read it).
+    pub fn import_legacy(&self, data_dir: &Path) -> Result<ImportReport, StateError> {
+        self.backend
+            .import_revocations(&data_dir.join(LEGACY_REVOCATIONS))
+    }
+
+    /// Imports a ledger file (JSON lines `{"buyer","amount","time","seller"?,"note"?}`, as
+    /// `dazaar ledger add --file` writes) once per file path; bad lines are skipped and
+    /// counted.
+    pub fn import_ledger_file(&self, path: &Path) -> Result<ImportReport, StateError> {
+        self.backend.import_ledger(path)
+    }
+}
+
+/// The JSON revocation list of earlier versions, in the data directory.
+pub const LEGACY_REVOCATIONS: &str = "revocations.json";
+
+/// The largest legacy file imported.
+const MAX_LEGACY_FILE: u64 = 64 * 1024 * 1024;
+
+mod hex_key {
+    pub fn serialize<S: serde::Serializer>(key: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(key))
+    }
+}
+
+mod hex_key_opt {
+    pub fn serialize<S: serde::Serializer>(
+        key: &Option<[u8; 32]>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match key {
+            Some(k) => s.serialize_str(&hex::encode(k)),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+/// A 32-byte key from 64 hex digits.
+pub(crate) fn parse_hex_key(text: &str) -> Option<Key> {
+    hex::decode(text.trim()).ok()?.try_into().ok()
+}
+
+#[cfg(test)]
+mod tests;

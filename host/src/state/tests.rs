@@ -1,0 +1,208 @@
+use super::*;
+
+const SELLER: Key = [1; 32];
+
+fn store(dir: &Path) -> StateStore {
+    StateStore::open(&StateUrl::default_in(dir)).expect("open")
+}
+
+fn payment(buyer: u8, amount: f64) -> LedgerPayment {
+    LedgerPayment {
+        id: 0,
+        buyer: [buyer; 32],
+        seller: None,
+        amount,
+        time: 1_000,
+        note: None,
+    }
+}
+
+#[test]
+fn urls_parse_and_hide_passwords() {
+    let dir = Path::new("/data");
+    assert_eq!(
+        StateUrl::parse("sqlite:", dir).unwrap(),
+        StateUrl::Sqlite(dir.join(STATE_FILE))
+    );
+    assert_eq!(
+        StateUrl::parse("sqlite:/x/s.db", dir).unwrap(),
+        StateUrl::Sqlite("/x/s.db".into())
+    );
+    let pg = StateUrl::parse("postgres://dazaar:hunter2@db.local:5432/sales", dir).unwrap();
+    assert_eq!(pg.to_string(), "postgres://dazaar:***@db.local:5432/sales");
+    assert!(!format!("{pg:?}").contains("hunter2"));
+    let err = StateUrl::parse("mysql://u:hunter2@h/db", dir).unwrap_err();
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+    let err = StateStore::open(&pg).unwrap_err();
+    assert!(matches!(err, StateError::Unsupported { .. }));
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+}
+
+#[test]
+fn a_new_database_is_migrated_private_and_reopens() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = store(tmp.path());
+    assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(tmp.path().join(STATE_FILE))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    s.revoke(&SELLER, &[2; 32], false, 5).unwrap();
+    drop(s);
+    let again = store(tmp.path());
+    assert_eq!(again.schema_version().unwrap(), SCHEMA_VERSION);
+    assert!(again.revocation(&SELLER, &[2; 32]).unwrap().is_some());
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    drop(store(tmp.path()));
+    let conn = rusqlite::Connection::open(tmp.path().join(STATE_FILE)).unwrap();
+    conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)
+        .unwrap();
+    drop(conn);
+    let err = StateStore::open(&StateUrl::default_in(tmp.path())).unwrap_err();
+    assert!(
+        matches!(err, StateError::NewerSchema { found, known, .. } if found == SCHEMA_VERSION + 1 && known == SCHEMA_VERSION),
+        "{err}"
+    );
+    assert!(err.to_string().contains("upgrade dazaar"));
+}
+
+#[test]
+fn revocations_per_product_and_burns_stick() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = store(tmp.path());
+    s.revoke(&SELLER, &[2; 32], false, 10).unwrap();
+    s.revoke(&SELLER, &[2; 32], true, 20).unwrap();
+    // A later plain revoke does not unburn, and the first time stays.
+    s.revoke(&SELLER, &[2; 32], false, 30).unwrap();
+    assert_eq!(
+        s.revocation(&SELLER, &[2; 32]).unwrap(),
+        Some(RevocationRecord {
+            buyer: [2; 32],
+            at_ms: 10,
+            burnt: true
+        })
+    );
+    assert_eq!(s.revocation(&[9; 32], &[2; 32]).unwrap(), None);
+    s.revoke(&SELLER, &[3; 32], false, 40).unwrap();
+    let all: Vec<Key> = s
+        .revocations(&SELLER)
+        .unwrap()
+        .iter()
+        .map(|r| r.buyer)
+        .collect();
+    assert_eq!(all, vec![[2; 32], [3; 32]]);
+}
+
+/// Twenty processes' worth of writers (each its own connection, as `dazaar ledger add`
+/// processes are) adding at once keep all twenty payments.
+#[test]
+fn concurrent_ledger_adds_keep_every_payment() {
+    let tmp = tempfile::tempdir().unwrap();
+    drop(store(tmp.path()));
+    let threads: Vec<_> = (0..20u8)
+        .map(|i| {
+            let dir = tmp.path().to_owned();
+            std::thread::spawn(move || store(&dir).ledger_add(&payment(i, 1.5)).unwrap())
+        })
+        .collect();
+    let mut ids: Vec<i64> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 20);
+    let s = store(tmp.path());
+    assert_eq!(s.ledger(None).unwrap().len(), 20);
+    let one = s.ledger(Some(&[7; 32])).unwrap();
+    assert_eq!(one.len(), 1);
+    assert_eq!((one[0].buyer, one[0].amount), ([7; 32], 1.5));
+    assert!(s.ledger_add(&payment(1, f64::NAN)).is_err());
+    assert!(s.ledger_add(&payment(1, -1.0)).is_err());
+}
+
+#[test]
+fn sales_and_byte_counters() {
+    let tmp = tempfile::tempdir().unwrap();
+    let s = store(tmp.path());
+    let sale = Sale {
+        seller: SELLER,
+        buyer: [4; 32],
+        method: "lnd".into(),
+        grant: "time".into(),
+        remaining: 60_000,
+        at_ms: 7,
+    };
+    s.record_sale(&sale).unwrap();
+    assert_eq!(s.sales().unwrap(), vec![sale]);
+    assert_eq!(s.bytes(&SELLER, &[4; 32]).unwrap(), 0);
+    assert_eq!(s.add_bytes(&SELLER, &[4; 32], 100).unwrap(), 100);
+    assert_eq!(s.add_bytes(&SELLER, &[4; 32], 23).unwrap(), 123);
+    assert_eq!(
+        s.add_bytes(&SELLER, &[4; 32], u64::MAX).unwrap(),
+        i64::MAX as u64
+    );
+    assert_eq!(s.bytes(&[9; 32], &[4; 32]).unwrap(), 0);
+}
+
+#[test]
+fn legacy_revocations_are_imported_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let seller = hex::encode(SELLER);
+    std::fs::write(
+        tmp.path().join(LEGACY_REVOCATIONS),
+        format!(
+            r#"{{"{seller}": {{"{}": {{"at_ms": 5, "burnt": true}}, "zz": {{"at_ms": 1}}}}}}"#,
+            hex::encode([2u8; 32])
+        ),
+    )
+    .unwrap();
+    let s = StateStore::open_in(tmp.path()).unwrap();
+    let r = s.revocation(&SELLER, &[2; 32]).unwrap().unwrap();
+    assert!(r.burnt);
+    assert_eq!(r.at_ms, 5);
+    // A second import (a reopen) adds nothing, even after the row was changed.
+    let again = s.import_legacy(tmp.path()).unwrap();
+    assert_eq!(again, ImportReport::default());
+    // A malformed legacy file is a typed error, not a panic.
+    std::fs::write(tmp.path().join(LEGACY_REVOCATIONS), "[").unwrap();
+    let fresh = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        tmp.path().join(LEGACY_REVOCATIONS),
+        fresh.path().join(LEGACY_REVOCATIONS),
+    )
+    .unwrap();
+    assert!(matches!(
+        StateStore::open_in(fresh.path()),
+        Err(StateError::Import { .. })
+    ));
+}
+
+#[test]
+fn ledger_files_are_imported_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("ledger.jsonl");
+    let b = hex::encode([5u8; 32]);
+    std::fs::write(
+        &file,
+        format!(
+            "{{\"buyer\":\"{b}\",\"amount\":2,\"time\":9}}\n# comment\nnot json\n{{\"buyer\":\"{b}\",\"amount\":\"0.5\",\"time\":10,\"seller\":\"{}\",\"note\":\"n\"}}\n",
+            hex::encode(SELLER)
+        ),
+    )
+    .unwrap();
+    let s = store(tmp.path());
+    let r = s.import_ledger_file(&file).unwrap();
+    assert_eq!((r.payments, r.skipped), (2, 1));
+    assert_eq!(
+        s.import_ledger_file(&file).unwrap(),
+        ImportReport::default()
+    );
+    let all = s.ledger(Some(&[5; 32])).unwrap();
+    assert_eq!(all.len(), 2);
+    assert_eq!(all[1].seller, Some(SELLER));
+    assert_eq!(all[1].note.as_deref(), Some("n"));
+}
