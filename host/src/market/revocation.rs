@@ -8,115 +8,39 @@
 //! Dazaar card (`dazaar card` writes `"burnt": [{"buyer", "feedKey", "secretKey"}]`, hex),
 //! the document a seller already makes public to advertise the product.
 //!
-//! The list lives in `<data_dir>/revocations.json` (written atomically, mode 0600), keyed
-//! by seller key, so a running `dazaar sell` picks up changes made by another process.
+//! The list lives in the seller's state database ([`crate::state`], by default
+//! `<data_dir>/state.db`), keyed by seller key: a revocation is one committed row, seen by
+//! a running `dazaar sell` at its next check of that buyer, and it survives a crash of
+//! either process. The `revocations.json` of earlier versions is imported on first open.
+//! When the database cannot be read, every buyer is treated as revoked (fail closed).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
-
-use serde::{Deserialize, Serialize};
+use std::sync::{Arc, Mutex};
 
 use super::identity::Identity;
 use crate::card::BurntKey;
-use crate::fs_atomic::write_file_atomic;
-
-/// File name of the revocation list inside a data directory.
-pub const REVOCATIONS_FILE: &str = "revocations.json";
-
-/// The largest revocation file read (bounded; about 10,000 entries).
-const MAX_FILE: u64 = 4 * 1024 * 1024;
-
-/// One revoked buyer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Revocation {
-    /// When it was revoked (ms since the epoch).
-    pub at_ms: u64,
-    /// Whether its rekeyed key pair is published.
-    pub burnt: bool,
-}
-
-/// The revocation file: seller key (hex) → buyer key (hex) → revocation.
-pub type RevocationMap = BTreeMap<String, BTreeMap<String, Revocation>>;
+use crate::state::{StateError, StateStore};
 
 /// Reading or writing the revocation list failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RevocationError {
-    /// I/O.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
-    /// Not our format.
-    #[error("{path}: not a revocation list: {reason}")]
-    Malformed {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong.
-        reason: String,
-    },
+    /// The state database.
+    #[error(transparent)]
+    State(#[from] StateError),
 }
 
-/// Reads the revocation file of `data_dir` (empty when absent).
-pub fn load(data_dir: &Path) -> Result<RevocationMap, RevocationError> {
-    let path = data_dir.join(REVOCATIONS_FILE);
-    let meta = match std::fs::metadata(&path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(RevocationMap::new()),
-        Err(source) => return Err(RevocationError::Io { path, source }),
-    };
-    if meta.len() > MAX_FILE {
-        return Err(RevocationError::Malformed {
-            path,
-            reason: "too large".into(),
-        });
-    }
-    let text = std::fs::read(&path).map_err(|source| RevocationError::Io {
-        path: path.clone(),
-        source,
-    })?;
-    serde_json::from_slice(&text).map_err(|e| RevocationError::Malformed {
-        path,
-        reason: e.to_string(),
-    })
-}
-
-/// Revokes (and, with `burn`, burns) `buyer` for the product sold under `seller`.
+/// Revokes (and, with `burn`, burns) `buyer` for the product sold under `seller`, in the
+/// state database of `data_dir`.
 pub fn revoke(
     data_dir: &Path,
     seller: &[u8; 32],
     buyer: &[u8; 32],
     burn: bool,
 ) -> Result<(), RevocationError> {
-    let mut map = load(data_dir)?;
-    let at_ms = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    let entry = map
-        .entry(hex::encode(seller))
-        .or_default()
-        .entry(hex::encode(buyer))
-        .or_insert(Revocation {
-            at_ms,
-            burnt: false,
-        });
-    entry.burnt |= burn;
-    let path = data_dir.join(REVOCATIONS_FILE);
-    std::fs::create_dir_all(data_dir).map_err(|source| RevocationError::Io {
-        path: data_dir.to_path_buf(),
-        source,
-    })?;
-    let text = serde_json::to_vec_pretty(&map).map_err(|e| RevocationError::Malformed {
-        path: path.clone(),
-        reason: e.to_string(),
-    })?;
-    write_file_atomic(&path, &text).map_err(|source| RevocationError::Io { path, source })
+    let store = StateStore::open_in(data_dir)?;
+    store.revoke(seller, buyer, burn, crate::payments::now_ms())?;
+    Ok(())
 }
 
 /// The burnt buyers of the product sold under `identity` with feed `feed_key`, with their
@@ -127,112 +51,65 @@ pub fn burnt_keys(
     feed_key: &[u8; 32],
 ) -> Result<Vec<BurntKey>, RevocationError> {
     let seller = identity.seller_key_pair(feed_key).public_key();
-    let map = load(data_dir)?;
-    let Some(buyers) = map.get(&hex::encode(seller)) else {
-        return Ok(Vec::new());
-    };
-    Ok(buyers
-        .iter()
-        .filter(|(_, r)| r.burnt)
-        .filter_map(|(buyer, _)| {
-            // A key that is not 64 hex digits was not written by `revoke`: skipped.
-            let buyer: [u8; 32] = hex::decode(buyer).ok()?.try_into().ok()?;
-            let pair = identity.rekeyed_key_pair(feed_key, &buyer);
-            Some(BurntKey {
-                buyer,
+    let store = StateStore::open_in(data_dir)?;
+    Ok(store
+        .revocations(&seller)?
+        .into_iter()
+        .filter(|r| r.burnt)
+        .map(|r| {
+            let pair = identity.rekeyed_key_pair(feed_key, &r.buyer);
+            BurntKey {
+                buyer: r.buyer,
                 feed_key: pair.public_key(),
                 secret_key: pair.secret_key().to_vec(),
-            })
+            }
         })
         .collect())
 }
 
-/// How much older than a read the file's modification time must be for the list to trust
-/// an unchanged stamp: file systems keep times in coarse ticks, so two writes within one
-/// tick can leave the same time (the rule [`crate::storage::Feed::refresh`] uses too).
-pub const STAMP_MARGIN: Duration = Duration::from_millis(100);
-
-/// What identifies one version of the revocation file without reading it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileStamp {
-    len: u64,
-    modified: SystemTime,
-    /// Atomic writes replace the file: a new inode (unless the number is reused at once).
-    inode: u64,
-}
-
-impl FileStamp {
-    fn of(path: &Path) -> Option<FileStamp> {
-        use std::os::unix::fs::MetadataExt;
-        let meta = std::fs::metadata(path).ok()?;
-        Some(FileStamp {
-            len: meta.len(),
-            modified: meta.modified().ok()?,
-            inode: meta.ino(),
-        })
-    }
-}
-
-#[derive(Debug, Default)]
-struct ListState {
-    /// The stamp of the file last read and the time of that read (`None`: no file).
-    read: Option<(Option<FileStamp>, SystemTime)>,
-    revoked: BTreeMap<String, Revocation>,
-}
-
-/// The revoked buyers of one product, re-read from disk when the file changes.
+/// The revoked buyers of one product, read from the state database at each check (a
+/// primary-key lookup).
 #[derive(Debug)]
 pub struct RevocationList {
     data_dir: PathBuf,
-    seller: String,
-    state: Mutex<ListState>,
+    seller: [u8; 32],
+    /// Opened at the first check (and again after a failed open).
+    store: Mutex<Option<Arc<StateStore>>>,
 }
 
 impl RevocationList {
-    /// The list for the product sold under `seller` in `data_dir`.
+    /// The list for the product sold under `seller`, kept in `data_dir`'s state.
     pub fn new(data_dir: &Path, seller: &[u8; 32]) -> Self {
         Self {
             data_dir: data_dir.to_path_buf(),
-            seller: hex::encode(seller),
-            state: Mutex::new(ListState::default()),
+            seller: *seller,
+            store: Mutex::new(None),
         }
     }
 
-    /// Whether `buyer` is revoked. A file that cannot be read keeps the last good list
-    /// (and is logged): revocations already seen stay in force.
-    pub fn is_revoked(&self, buyer: &[u8; 32]) -> bool {
-        self.is_revoked_at(buyer, SystemTime::now())
-    }
-
-    /// [`is_revoked`](Self::is_revoked), read at wall-clock time `now` (taken before the
-    /// call). The file is read again unless its stamp (size, modification time, inode) is
-    /// the one last read *and* that modification lay [`STAMP_MARGIN`] before the last
-    /// read: a second revocation written within the same time tick is not missed.
-    pub fn is_revoked_at(&self, buyer: &[u8; 32], now: SystemTime) -> bool {
-        let stamp = FileStamp::of(&self.data_dir.join(REVOCATIONS_FILE));
-        let mut state = match self.state.lock() {
+    fn store(&self) -> Result<Arc<StateStore>, StateError> {
+        let mut slot = match self.store.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        let unchanged = match (&state.read, stamp) {
-            (Some((seen, read_at)), Some(current)) => {
-                *seen == Some(current) && current.modified + STAMP_MARGIN <= *read_at
-            }
-            (Some((None, _)), None) => true,
-            _ => false,
-        };
-        if !unchanged {
-            match load(&self.data_dir) {
-                Ok(mut map) => {
-                    state.revoked = map.remove(&self.seller).unwrap_or_default();
-                    state.read = Some((stamp, now));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the revocation list; keeping the last one")
-                }
+        if let Some(store) = &*slot {
+            return Ok(Arc::clone(store));
+        }
+        let store = Arc::new(StateStore::open_in(&self.data_dir)?);
+        *slot = Some(Arc::clone(&store));
+        Ok(store)
+    }
+
+    /// Whether `buyer` is revoked: yes when the state cannot be read (fail closed; the
+    /// error is logged).
+    pub fn is_revoked(&self, buyer: &[u8; 32]) -> bool {
+        match self.store().and_then(|s| s.revocation(&self.seller, buyer)) {
+            Ok(found) => found.is_some(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the revocation list: refusing the buyer");
+                true
             }
         }
-        state.revoked.contains_key(&hex::encode(buyer))
     }
 }
 
@@ -241,64 +118,54 @@ mod tests {
     use super::*;
 
     #[test]
-    fn revoke_is_seen_by_a_running_list() {
+    fn revoke_is_seen_by_a_running_list_at_once() {
         let dir = tempfile::tempdir().expect("tempdir");
         let list = RevocationList::new(dir.path(), &[1; 32]);
         assert!(!list.is_revoked(&[2; 32]));
+        // Two revocations in quick succession (within one file-time tick, which the
+        // JSON file of earlier versions could miss) both hold at once.
         revoke(dir.path(), &[1; 32], &[2; 32], false).expect("revoke");
+        revoke(dir.path(), &[1; 32], &[3; 32], false).expect("revoke");
         assert!(list.is_revoked(&[2; 32]));
-        assert!(!list.is_revoked(&[3; 32]));
+        assert!(list.is_revoked(&[3; 32]));
+        assert!(!list.is_revoked(&[4; 32]));
         // Another product's list is separate.
         assert!(!RevocationList::new(dir.path(), &[9; 32]).is_revoked(&[2; 32]));
         revoke(dir.path(), &[1; 32], &[2; 32], true).expect("burn");
-        let map = load(dir.path()).expect("load");
-        assert!(map[&hex::encode([1u8; 32])][&hex::encode([2u8; 32])].burnt);
+        let store = StateStore::open_in(dir.path()).expect("state");
+        assert!(store
+            .revocation(&[1; 32], &[2; 32])
+            .expect("read")
+            .is_some_and(|r| r.burnt));
     }
 
-    /// Two revocations written within one modification-time tick (here: the same time,
-    /// the same size, the same inode) are both seen: an mtime-only check kept the first
-    /// list. Fails with the stamp margin removed.
+    /// A state database that cannot be read refuses every buyer.
     #[test]
-    fn two_revocations_within_one_mtime_tick() {
+    fn an_unreadable_state_fails_closed() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join(REVOCATIONS_FILE);
-        let seller = [1u8; 32];
-        let list = RevocationList::new(dir.path(), &seller);
-        let write = |buyer: [u8; 32]| {
-            let mut map = RevocationMap::new();
-            map.entry(hex::encode(seller)).or_default().insert(
-                hex::encode(buyer),
-                Revocation {
-                    at_ms: 1,
-                    burnt: false,
-                },
-            );
-            // In place: keeps the inode, as a write by another tool may.
-            std::fs::write(&path, serde_json::to_vec(&map).expect("json")).expect("write");
-        };
-        let set_mtime = |t: SystemTime| {
-            let file = std::fs::File::options()
-                .write(true)
-                .open(&path)
-                .expect("open");
-            file.set_modified(t).expect("set mtime");
-        };
-        write([2; 32]);
-        let t0 = std::fs::metadata(&path)
-            .and_then(|m| m.modified())
-            .expect("mtime");
-        assert!(list.is_revoked_at(&[2; 32], t0 + Duration::from_millis(10)));
-        // The second write lands in the same tick: same size, same time.
-        write([3; 32]);
-        set_mtime(t0);
-        assert!(list.is_revoked_at(&[3; 32], t0 + Duration::from_millis(20)));
-        assert!(!list.is_revoked_at(&[2; 32], t0 + Duration::from_millis(20)));
-        // Once the stamp is old enough, an unchanged file is not read again: a change
-        // that keeps the stamp (not something a real write does) is then not seen.
-        let later = t0 + STAMP_MARGIN + Duration::from_millis(1);
-        assert!(list.is_revoked_at(&[3; 32], later));
-        write([4; 32]);
-        set_mtime(t0);
-        assert!(!list.is_revoked_at(&[4; 32], later + Duration::from_secs(1)));
+        std::fs::write(
+            dir.path().join(crate::state::STATE_FILE),
+            b"not a database, at all: 32+ bytes of junk",
+        )
+        .expect("write");
+        let list = RevocationList::new(dir.path(), &[1; 32]);
+        assert!(list.is_revoked(&[2; 32]));
+    }
+
+    #[test]
+    fn burnt_keys_are_the_rekeyed_pairs() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let identity = Identity::from_master_key([7; 32]);
+        let feed = [8u8; 32];
+        let seller = identity.seller_key_pair(&feed).public_key();
+        revoke(dir.path(), &seller, &[2; 32], true).expect("burn");
+        revoke(dir.path(), &seller, &[3; 32], false).expect("revoke");
+        let burnt = burnt_keys(dir.path(), &identity, &feed).expect("burnt");
+        assert_eq!(burnt.len(), 1);
+        assert_eq!(burnt[0].buyer, [2; 32]);
+        assert_eq!(
+            burnt[0].feed_key,
+            identity.rekeyed_key_pair(&feed, &[2; 32]).public_key()
+        );
     }
 }
