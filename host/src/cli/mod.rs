@@ -12,6 +12,7 @@ mod config_cmd;
 mod demo;
 mod discovery;
 mod feed;
+mod ledger;
 mod market;
 mod net;
 mod pay;
@@ -54,9 +55,11 @@ pub enum Command {
     /// Check a configuration file.
     #[command(subcommand)]
     Config(config_cmd::ConfigCmd),
-    /// Record payments in a ledger file (read by the ledger plugin).
+    /// Record, list and import payments (read by the ledger plugin).
     #[command(subcommand)]
-    Ledger(plugins::LedgerCmd),
+    Ledger(ledger::LedgerCmd),
+    /// List what was sold (the sales log in the state database).
+    Sales(ledger::SalesArgs),
     /// Sell a feed (or every [[sell]] of the config) to paying buyers.
     Sell(sell::SellArgs),
     /// Buy a feed from a seller.
@@ -107,7 +110,8 @@ pub fn main() -> ExitCode {
         Command::Demo => demo::run(),
         Command::Plugins(cmd) => plugins::run(&common, cmd),
         Command::Config(cmd) => config_cmd::run(cmd),
-        Command::Ledger(cmd) => plugins::run_ledger(cmd),
+        Command::Ledger(cmd) => ledger::run(&common, cmd),
+        Command::Sales(args) => ledger::sales(&common, args),
         Command::Sell(args) => sell::sell(&common, args),
         Command::Buy(args) => buy::buy(&common, args),
         Command::Card(args) => card::card(&common, args),

@@ -1,13 +1,10 @@
-//! `dazaar plugins ...` (list, check) and `dazaar ledger add`.
+//! `dazaar plugins ...` (list, check).
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context};
 use clap::Subcommand;
-use dazaar::payments::{now_ms, LoadedPlugin, PluginRegistry};
-use dazaar_plugin_api::parse_key;
+use dazaar::payments::{LoadedPlugin, PluginRegistry};
 
 use super::common::Common;
 
@@ -30,32 +27,6 @@ pub enum PluginsCmd {
         /// Print JSON.
         #[arg(long)]
         json: bool,
-    },
-}
-
-/// Ledger commands.
-#[derive(Debug, Subcommand)]
-pub enum LedgerCmd {
-    /// Append a payment to a ledger file (JSON lines; created if missing).
-    Add {
-        /// The ledger file.
-        #[arg(long, value_name = "FILE")]
-        file: PathBuf,
-        /// The buyer's public key (64 hex characters).
-        #[arg(long, value_name = "HEX")]
-        buyer: String,
-        /// The amount, in the card's currency.
-        #[arg(long, value_name = "N")]
-        amount: String,
-        /// Only for this product (the seller key, 64 hex characters).
-        #[arg(long, value_name = "HEX")]
-        seller: Option<String>,
-        /// When it was paid, ms since the Unix epoch (default: now).
-        #[arg(long, value_name = "MS")]
-        time: Option<u64>,
-        /// A note for people (ignored by the plugin).
-        #[arg(long)]
-        note: Option<String>,
     },
 }
 
@@ -121,58 +92,6 @@ pub fn run(common: &Common, cmd: PluginsCmd) -> anyhow::Result<ExitCode> {
             } else {
                 println!("{}", plugin_line(&plugin));
             }
-            Ok(ExitCode::SUCCESS)
-        }
-    }
-}
-
-/// Runs a ledger command.
-pub fn run_ledger(cmd: LedgerCmd) -> anyhow::Result<ExitCode> {
-    match cmd {
-        LedgerCmd::Add {
-            file,
-            buyer,
-            amount,
-            seller,
-            time,
-            note,
-        } => {
-            if parse_key(&buyer).is_none() {
-                bail!("--buyer must be 64 hex characters (a public key)");
-            }
-            if let Some(s) = &seller {
-                if parse_key(s).is_none() {
-                    bail!("--seller must be 64 hex characters (a public key)");
-                }
-            }
-            let value: f64 = amount
-                .trim()
-                .parse()
-                .ok()
-                .filter(|v: &f64| v.is_finite() && *v > 0.0)
-                .with_context(|| format!("--amount {amount:?} is not a positive number"))?;
-            let mut line = serde_json::json!({
-                "buyer": buyer.to_ascii_lowercase(),
-                "amount": value,
-                "time": time.unwrap_or_else(now_ms),
-            });
-            if let Some(s) = seller {
-                line["seller"] = s.to_ascii_lowercase().into();
-            }
-            if let Some(n) = note {
-                line["note"] = n.into();
-            }
-            let text = format!("{line}\n");
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&file)
-                .with_context(|| format!("cannot open {}", file.display()))?;
-            // One write of the whole line, so a concurrent reader never sees half of it
-            // (appends of this size are atomic on local file systems).
-            f.write_all(text.as_bytes())
-                .with_context(|| format!("cannot write to {}", file.display()))?;
-            print!("{text}");
             Ok(ExitCode::SUCCESS)
         }
     }

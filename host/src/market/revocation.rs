@@ -14,12 +14,12 @@
 //! either process. The `revocations.json` of earlier versions is imported on first open.
 //! When the database cannot be read, every buyer is treated as revoked (fail closed).
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::sync::Arc;
 
 use super::identity::Identity;
 use crate::card::BurntKey;
-use crate::state::{StateError, StateStore};
+use crate::state::{LazyState, StateError, StateStore};
 
 /// Reading or writing the revocation list failed.
 #[derive(Debug, thiserror::Error)]
@@ -71,39 +71,32 @@ pub fn burnt_keys(
 /// primary-key lookup).
 #[derive(Debug)]
 pub struct RevocationList {
-    data_dir: PathBuf,
+    state: Arc<LazyState>,
     seller: [u8; 32],
-    /// Opened at the first check (and again after a failed open).
-    store: Mutex<Option<Arc<StateStore>>>,
 }
 
 impl RevocationList {
     /// The list for the product sold under `seller`, kept in `data_dir`'s state.
     pub fn new(data_dir: &Path, seller: &[u8; 32]) -> Self {
-        Self {
-            data_dir: data_dir.to_path_buf(),
-            seller: *seller,
-            store: Mutex::new(None),
-        }
+        Self::with_state(Arc::new(LazyState::new(data_dir)), seller)
     }
 
-    fn store(&self) -> Result<Arc<StateStore>, StateError> {
-        let mut slot = match self.store.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        if let Some(store) = &*slot {
-            return Ok(Arc::clone(store));
+    /// The list for the product sold under `seller`, kept in `state`.
+    pub fn with_state(state: Arc<LazyState>, seller: &[u8; 32]) -> Self {
+        Self {
+            state,
+            seller: *seller,
         }
-        let store = Arc::new(StateStore::open_in(&self.data_dir)?);
-        *slot = Some(Arc::clone(&store));
-        Ok(store)
     }
 
     /// Whether `buyer` is revoked: yes when the state cannot be read (fail closed; the
     /// error is logged).
     pub fn is_revoked(&self, buyer: &[u8; 32]) -> bool {
-        match self.store().and_then(|s| s.revocation(&self.seller, buyer)) {
+        match self
+            .state
+            .get()
+            .and_then(|s| s.revocation(&self.seller, buyer))
+        {
             Ok(found) => found.is_some(),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the revocation list: refusing the buyer");

@@ -32,7 +32,9 @@ use crate::payments::{
     encode_user_message, parse_user_message, MessageBudget, Now, PaymentGate, Validation,
 };
 use crate::protocol::replicate::ReplicatorConfig;
+use crate::state::{LazyState, Sale};
 use crate::storage::{FsStore, RekeyedSigner};
+use dazaar_plugin_api::GrantKind;
 
 /// What a seller reports (for the CLI, logs and tests). All of them are state events:
 /// none is dropped for a consumer that lags (see [`serve`]).
@@ -180,6 +182,8 @@ pub struct Product {
     pub deny: bool,
     /// Revoked buyers.
     pub revoked: RevocationList,
+    /// The seller's state database (revocations, sales log).
+    state: Arc<LazyState>,
     /// Handshake deadline.
     pub handshake_timeout: Duration,
     /// How long a buyer may stay connected while not valid.
@@ -234,8 +238,10 @@ impl Product {
     ) -> Arc<Self> {
         let feed_key = feed.lock().key();
         let seller_keys = identity.seller_key_pair(&feed_key);
+        let state = Arc::new(LazyState::new(&options.data_dir));
         Arc::new(Product {
-            revoked: RevocationList::new(&options.data_dir, &seller_keys.public_key()),
+            revoked: RevocationList::with_state(Arc::clone(&state), &seller_keys.public_key()),
+            state,
             feed,
             feed_key,
             seller_keys,
@@ -288,6 +294,28 @@ impl Product {
         self.gate
             .check(buyer, self.seller_key(), ip, fresh, Now::system())
             .await
+    }
+
+    /// Adds `buyer`'s grant to the sales log, off the async threads (a commit waits for
+    /// the disk). A failure is logged: the sale already happened.
+    fn record_sale(self: &Arc<Self>, buyer: [u8; 32], answer: &Validation) {
+        let Validation::Valid { grant, plugin } = answer else {
+            return;
+        };
+        let sale = Sale {
+            seller: self.seller_key(),
+            buyer,
+            method: plugin.clone().unwrap_or_else(|| "free".to_owned()),
+            grant: grant_kind_name(grant.kind).to_owned(),
+            remaining: grant.remaining,
+            at_ms: crate::payments::now_ms(),
+        };
+        let product = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = product.state.get().and_then(|s| s.record_sale(&sale)) {
+                tracing::warn!(error = %e, "cannot record a sale");
+            }
+        });
     }
 
     fn claim(&self, buyer: [u8; 32], conn: u64, commands: mpsc::Sender<Command<FsStore>>) {
@@ -423,6 +451,8 @@ pub async fn handle_connection(
     }
 
     let mut report = Outbox::new(events);
+    // Whether the last answer was valid: a sale is recorded when a buyer becomes valid.
+    let mut was_valid = false;
     let mut state = SellerState::new(StateSettings {
         revalidate: product.revalidate,
         unpaid_grace: product.unpaid_grace,
@@ -432,6 +462,10 @@ pub async fn handle_connection(
             match action {
                 Action::Validate { buyer, fresh } => {
                     let answer = product.validate(buyer, fresh, peer_ip).await;
+                    if answer.is_valid() && !was_valid {
+                        product.record_sale(buyer, &answer);
+                    }
+                    was_valid = answer.is_valid();
                     let feed_key = product.buyer_feed_key(&buyer);
                     state.handle_validation(&answer, feed_key, Instant::now().into_std());
                 }
@@ -538,6 +572,16 @@ pub async fn handle_connection(
         .push(SellerEvent::BuyerDisconnected { buyer, error })
         .await;
     report.flush().await;
+}
+
+/// The sales log's name of a grant kind.
+fn grant_kind_name(kind: GrantKind) -> &'static str {
+    match kind {
+        GrantKind::FREE => "free",
+        GrantKind::TIME => "time",
+        GrantKind::BYTES => "bytes",
+        _ => "other",
+    }
 }
 
 async fn sleep_until_opt(deadline: Option<Instant>) {

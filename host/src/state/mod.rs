@@ -353,6 +353,38 @@ impl StateStore {
     }
 }
 
+/// A data directory's state database, opened at first use (and again after a failed
+/// open), shared by the parts of one product.
+#[derive(Debug)]
+pub struct LazyState {
+    data_dir: PathBuf,
+    slot: std::sync::Mutex<Option<std::sync::Arc<StateStore>>>,
+}
+
+impl LazyState {
+    /// The state of `data_dir`, not opened yet.
+    pub fn new(data_dir: &Path) -> LazyState {
+        LazyState {
+            data_dir: data_dir.to_owned(),
+            slot: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The open store, opening it now if needed.
+    pub fn get(&self) -> Result<std::sync::Arc<StateStore>, StateError> {
+        let mut slot = match self.slot.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        if let Some(store) = &*slot {
+            return Ok(std::sync::Arc::clone(store));
+        }
+        let store = std::sync::Arc::new(StateStore::open_in(&self.data_dir)?);
+        *slot = Some(std::sync::Arc::clone(&store));
+        Ok(store)
+    }
+}
+
 /// The JSON revocation list of earlier versions, in the data directory.
 pub const LEGACY_REVOCATIONS: &str = "revocations.json";
 
