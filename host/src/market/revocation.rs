@@ -90,7 +90,8 @@ impl RevocationList {
     }
 
     /// Whether `buyer` is revoked: yes when the state cannot be read (fail closed; the
-    /// error is logged).
+    /// error is logged). Blocks on the database (at most its busy timeout); async
+    /// callers use [`check`](Self::check).
     pub fn is_revoked(&self, buyer: &[u8; 32]) -> bool {
         match self
             .state
@@ -104,7 +105,26 @@ impl RevocationList {
             }
         }
     }
+
+    /// [`is_revoked`](Self::is_revoked) on the blocking pool, so a database locked by
+    /// another process never stalls the async threads; an answer later than
+    /// [`CHECK_TIMEOUT`] counts as revoked (fail closed).
+    pub async fn check(self: &Arc<Self>, buyer: [u8; 32]) -> bool {
+        let list = Arc::clone(self);
+        let ask = tokio::task::spawn_blocking(move || list.is_revoked(&buyer));
+        match tokio::time::timeout(CHECK_TIMEOUT, ask).await {
+            Ok(Ok(revoked)) => revoked,
+            Ok(Err(_)) | Err(_) => {
+                tracing::warn!("the revocation list did not answer in time: refusing the buyer");
+                true
+            }
+        }
+    }
 }
+
+/// The longest a seller waits for the revocation list (the database's busy timeout and
+/// some).
+pub const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(6);
 
 #[cfg(test)]
 mod tests {

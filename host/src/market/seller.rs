@@ -181,7 +181,7 @@ pub struct Product {
     /// Refuse every buyer.
     pub deny: bool,
     /// Revoked buyers.
-    pub revoked: RevocationList,
+    pub revoked: Arc<RevocationList>,
     /// The seller's state database (revocations, sales log).
     state: Arc<LazyState>,
     /// Handshake deadline.
@@ -240,7 +240,10 @@ impl Product {
         let seller_keys = identity.seller_key_pair(&feed_key);
         let state = Arc::new(LazyState::new(&options.data_dir));
         Arc::new(Product {
-            revoked: RevocationList::with_state(Arc::clone(&state), &seller_keys.public_key()),
+            revoked: Arc::new(RevocationList::with_state(
+                Arc::clone(&state),
+                &seller_keys.public_key(),
+            )),
             state,
             feed,
             feed_key,
@@ -286,7 +289,7 @@ impl Product {
                 reason: "Access denied by the seller".into(),
             };
         }
-        if self.revoked.is_revoked(&buyer) {
+        if self.revoked.check(buyer).await {
             return Validation::Invalid {
                 reason: "Access revoked by the seller".into(),
             };
