@@ -8,15 +8,15 @@
 use abi_stable::library::RootModule;
 use abi_stable::sabi_trait;
 use abi_stable::sabi_types::VersionStrings;
-use abi_stable::std_types::{RBox, ROption, RResult, RStr, RString, RVec};
+use abi_stable::std_types::{RArc, RBox, ROption, RResult, RSlice, RStr, RString, RVec};
 use abi_stable::{declare_root_module_statics, StableAbi};
 
 /// The API version this crate defines, as the loader compares it: plugins with the same
 /// major version load; a host accepts plugins built against an older or newer minor.
-pub const API_VERSION: ApiVersion = ApiVersion { major: 1, minor: 2 };
+pub const API_VERSION: ApiVersion = ApiVersion { major: 1, minor: 3 };
 
 /// [`API_VERSION`] as the `major.minor.patch` text recorded in every plugin's header.
-pub const API_VERSION_STRING: &str = "1.2.0";
+pub const API_VERSION_STRING: &str = "1.3.0";
 
 /// The name every Dazaar payment plugin's root module carries.
 pub const ROOT_MODULE_NAME: &str = "dazaar_payment_plugin";
@@ -230,7 +230,35 @@ impl std::fmt::Debug for LogSink {
     }
 }
 
-/// The root module every plugin exports (API 1.2).
+/// (1.3) A key-value store the host keeps for one plugin and product, in the seller's
+/// state database: what a plugin must not lose on a restart (an invoice index checkpoint,
+/// a history cursor, payments a webhook delivered). A value written is committed when
+/// `put` returns. Keys are at most [`MAX_STATE_KEY`] bytes, values at most
+/// [`MAX_STATE_VALUE`]; the host refuses larger ones. Errors are reasons as text (the
+/// database unreachable, a limit): a plugin then keeps working from what it holds.
+#[sabi_trait]
+pub trait PluginState: Send + Sync + Clone {
+    /// The value under `key`, if any.
+    fn get(&self, key: RStr<'_>) -> RResult<ROption<RVec<u8>>, RString>;
+
+    /// Sets `key` to `value`.
+    fn put(&self, key: RStr<'_>, value: RSlice<'_, u8>) -> RResult<(), RString>;
+
+    /// Removes `key` (nothing when absent).
+    #[sabi(last_prefix_field)]
+    fn delete(&self, key: RStr<'_>) -> RResult<(), RString>;
+}
+
+/// A [`PluginState`] as it crosses the boundary.
+pub type StateBox = PluginState_TO<'static, RArc<()>>;
+
+/// The longest key a [`PluginState`] takes (bytes).
+pub const MAX_STATE_KEY: usize = 256;
+
+/// The largest value a [`PluginState`] takes (bytes).
+pub const MAX_STATE_VALUE: usize = 1024 * 1024;
+
+/// The root module every plugin exports (API 1.3).
 ///
 /// The first three fields are the fixed prefix of the 1.x series. Fields after
 /// `open` were added in later minor versions: their accessors on
@@ -254,6 +282,11 @@ pub struct PaymentPluginMod {
     /// copy, separate from the host's; without this its events reach only its own
     /// `log_file`, if any. Called once after loading; calling again replaces the sink.
     pub set_log_sink: extern "C" fn(sink: LogSink, max_level: u8),
+    /// (1.3) Opens a verifier like `open`, with the host's [`PluginState`] for this plugin
+    /// and product. A host uses it when the plugin has it; a plugin built before 1.3 is
+    /// opened with `open` and keeps no state.
+    pub open_with_state:
+        extern "C" fn(config: RStr<'_>, state: StateBox) -> RResult<VerifierBox, RString>,
 }
 
 impl RootModule for PaymentPluginMod_Ref {

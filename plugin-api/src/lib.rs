@@ -63,15 +63,16 @@ pub mod settings;
 
 pub use abi::{
     ApiVersion, Grant, GrantKind, KeyBytes, LogSink, PaymentPluginMod, PaymentPluginMod_Ref,
-    PaymentTerms, PluginInfo, UserMessage, Verifier, VerifierBox, Verifier_TO, API_VERSION,
-    API_VERSION_STRING, ROOT_MODULE_NAME,
+    PaymentTerms, PluginInfo, PluginState, PluginState_TO, StateBox, UserMessage, Verifier,
+    VerifierBox, Verifier_TO, API_VERSION, API_VERSION_STRING, MAX_STATE_KEY, MAX_STATE_VALUE,
+    ROOT_MODULE_NAME,
 };
 pub use backoff::Backoff;
 pub use memo::{parse_key, parse_payment_memo, payment_memo, Key};
 #[doc(hidden)]
 pub use plugin::__private;
 pub use plugin::{
-    guard, Description, OutgoingMessage, PaymentInstructions, PaymentPlugin, Request,
+    guard, Description, OutgoingMessage, PaymentInstructions, PaymentPlugin, PluginStore, Request,
 };
 pub use pricing::{Payment, PricingError, Rate, Refusal, TimeUnit};
 pub use settings::{expand_home, HomeNotSet};

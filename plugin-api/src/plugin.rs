@@ -137,6 +137,13 @@ pub trait PaymentPlugin: Sized + Send + Sync + 'static {
     /// Opens a verifier from the plugin's own TOML table (as text).
     fn open(config: &str) -> Result<Self, String>;
 
+    /// (1.3) Opens a verifier with the host's state store for this plugin and product
+    /// (see [`PluginStore`]). The default ignores the store and calls [`open`](Self::open).
+    fn open_with_state(config: &str, state: PluginStore) -> Result<Self, String> {
+        let _ = state;
+        Self::open(config)
+    }
+
     /// Checks the TOML table without side effects. The default parses nothing and accepts.
     fn check_config(config: &str) -> Result<(), String> {
         let _ = config;
@@ -168,6 +175,52 @@ pub trait PaymentPlugin: Sized + Send + Sync + 'static {
             "the {} plugin takes no payments from buyers",
             Self::describe().name
         ))
+    }
+}
+
+/// The host's key-value store for one plugin and product (API 1.3), as a plugin uses it:
+/// committed on return, bounded keys and values ([`crate::MAX_STATE_KEY`],
+/// [`crate::MAX_STATE_VALUE`]), errors as reasons. Cheap to clone.
+#[derive(Clone)]
+pub struct PluginStore {
+    inner: crate::abi::StateBox,
+}
+
+impl std::fmt::Debug for PluginStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PluginStore")
+    }
+}
+
+impl PluginStore {
+    /// Wraps the store the host passed.
+    pub fn new(inner: crate::abi::StateBox) -> PluginStore {
+        PluginStore { inner }
+    }
+
+    /// The value under `key`, if any.
+    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, String> {
+        self.inner
+            .get(RStr::from_str(key))
+            .into_result()
+            .map(|v| v.into_option().map(RVec::into_vec))
+            .map_err(RString::into_string)
+    }
+
+    /// Sets `key` to `value`.
+    pub fn put(&self, key: &str, value: &[u8]) -> Result<(), String> {
+        self.inner
+            .put(RStr::from_str(key), value.into())
+            .into_result()
+            .map_err(RString::into_string)
+    }
+
+    /// Removes `key`.
+    pub fn delete(&self, key: &str) -> Result<(), String> {
+        self.inner
+            .delete(RStr::from_str(key))
+            .into_result()
+            .map_err(RString::into_string)
     }
 }
 
@@ -283,6 +336,16 @@ pub mod __private {
         })
     }
 
+    extern "C" fn open_with_state<P: PaymentPlugin>(
+        config: RStr<'_>,
+        state: crate::abi::StateBox,
+    ) -> RResult<VerifierBox, RString> {
+        guard("open", || {
+            let plugin = P::open_with_state(config.as_str(), PluginStore::new(state))?;
+            Ok(Verifier_TO::from_value(Guarded(plugin), TD_Opaque))
+        })
+    }
+
     extern "C" fn check_config<P: PaymentPlugin>(config: RStr<'_>) -> RResult<(), RString> {
         guard("check_config", || P::check_config(config.as_str()))
     }
@@ -305,6 +368,7 @@ pub mod __private {
             open: open::<P>,
             check_config: check_config::<P>,
             set_log_sink,
+            open_with_state: open_with_state::<P>,
         }
         .leak_into_prefix()
     }

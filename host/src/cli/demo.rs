@@ -110,6 +110,7 @@ async fn demo() -> Result<()> {
             method: None,
             price: &price,
             config: &config,
+            state: None,
         }),
         revalidate,
         &SellLimits::default(),

@@ -4,13 +4,15 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
 use dazaar::market::shop::{self, SellLimits, Shop, ShopOptions};
 use dazaar::market::SellerEvent;
-use dazaar::payments::{PaymentSpec, PaymentTerms, PluginRegistry};
+use dazaar::payments::{PaymentSpec, PaymentTerms, PluginRegistry, StateScope};
+use dazaar::state::StateStore;
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -122,11 +124,16 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
         (Some(feed_dir), _) => {
             let price =
                 PaymentTerms::new("", &args.currency, &args.amount, &args.unit, &args.interval);
+            let scope = StateScope {
+                store: Arc::new(StateStore::open_in(&options.data_dir)?),
+                product: shop::feed_key(feed_dir)?,
+            };
             let spec = (args.payment != "free").then(|| PaymentSpec {
                 plugin: &args.payment,
                 method: args.method.as_deref(),
                 price: &price,
                 config: &args.plugin_config,
+                state: Some(&scope),
             });
             let plugin_dir = common.plugin_dir(args.plugin_dir.as_deref(), settings.as_ref());
             let revalidate = Duration::from_millis(args.revalidate_ms.max(10));

@@ -227,6 +227,7 @@ impl SellPayment {
             method: self.method.as_deref(),
             price: &self.terms,
             config: &self.config,
+            state: None,
         }
     }
 }
@@ -267,7 +268,7 @@ impl Settings {
         if let Some(n) = self.limits.payment_checks_per_ip {
             gate_limits = gate_limits.with_checks_per_ip(n);
         }
-        self.payment_gate_with(product, registry, limits, gate_limits)
+        self.payment_gate_with(product, registry, limits, gate_limits, None)
     }
 
     /// [`Settings::payment_gate`] with the gate's limits given (the seller settles them
@@ -278,10 +279,12 @@ impl Settings {
         registry: &mut PluginRegistry,
         limits: CallLimits,
         gate_limits: GateLimits,
+        state: Option<&crate::payments::StateScope>,
     ) -> Result<PaymentGate, ConfigError> {
         let mut entries = Vec::with_capacity(product.payment.len());
         for p in &product.payment {
-            let entry = crate::payments::open_entry(registry, &self.plugin_dir, &p.spec(), limits)
+            let spec = crate::payments::PaymentSpec { state, ..p.spec() };
+            let entry = crate::payments::open_entry(registry, &self.plugin_dir, &spec, limits)
                 .map_err(|e| ConfigError::Plugin {
                     file: self.file.clone(),
                     line: p.line,

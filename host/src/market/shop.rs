@@ -27,8 +27,9 @@ use crate::config::{ConfigError, LimitSettings, Settings};
 use crate::net::{NetConfig, SharedFeed};
 use crate::payments::{
     card_entry, open_entry, CallLimits, GateLimits, PaymentGate, PaymentSpec, PluginRegistry,
-    SetupError,
+    SetupError, StateScope,
 };
+use crate::state::{StateError, StateStore};
 use crate::storage::{open_feed_dir, Access, FeedDirError, FsStore};
 
 /// Why a seller cannot start.
@@ -38,6 +39,9 @@ pub enum ShopError {
     /// The feed to sell could not be opened.
     #[error(transparent)]
     FeedDir(#[from] FeedDirError),
+    /// The seller's state database.
+    #[error(transparent)]
+    State(#[from] StateError),
     /// A payment entry of the configuration.
     #[error(transparent)]
     Config(#[from] ConfigError),
@@ -231,13 +235,19 @@ pub fn products(
         return Err(ShopError::NothingToSell(settings.file.clone()));
     }
     let mut out = Vec::with_capacity(settings.sell.len());
+    let store = Arc::new(StateStore::open_in(&options.data_dir)?);
     for sell in &settings.sell {
         let feed = open_sold_feed(&sell.feed)?;
+        let scope = StateScope {
+            store: Arc::clone(&store),
+            product: feed.lock().key(),
+        };
         let gate = settings.payment_gate_with(
             sell,
             registry,
             SELLER_CALL_LIMITS,
             options.limits.gate_limits(),
+            Some(&scope),
         )?;
         out.push(Product::new(
             identity,

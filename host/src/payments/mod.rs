@@ -35,6 +35,7 @@ mod admission;
 mod buyer;
 mod gate;
 mod loader;
+mod plugin_state;
 mod pool;
 mod registry;
 mod setup;
@@ -55,6 +56,7 @@ pub use gate::{
     GateStats, MessageBudget, MessageRefusal, Now, PaymentEntry, PaymentGate, Validation,
     REFUSED_MESSAGE,
 };
+pub use plugin_state::{state_box, StateScope};
 pub use pool::CallLimits;
 pub use registry::{
     now_ms, LoadFailure, OpenedVerifier, PaymentError, PluginRegistry, PUBLIC_BUSY,

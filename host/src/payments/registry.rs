@@ -335,9 +335,31 @@ impl LoadedPlugin {
         config_toml: &str,
         limits: CallLimits,
     ) -> Result<Arc<OpenedVerifier>, PaymentError> {
-        let open = self.module.open();
+        self.open_with_state(config_toml, limits, None)
+    }
+
+    /// [`open`](Self::open), handing the plugin `state` (its store for this product) when
+    /// it takes one (API 1.3); an older plugin is opened without it.
+    pub fn open_with_state(
+        self: &Arc<Self>,
+        config_toml: &str,
+        limits: CallLimits,
+        state: Option<&super::plugin_state::StateScope>,
+    ) -> Result<Arc<OpenedVerifier>, PaymentError> {
         let config = config_toml.to_owned();
-        let answer = call_once(self, limits.timeout, move || open(RStr::from_str(&config)))?;
+        let with_state = self.module.open_with_state();
+        let answer = match (state, with_state) {
+            (Some(scope), Some(open)) => {
+                let state = super::plugin_state::state_box(scope, self.name());
+                call_once(self, limits.timeout, move || {
+                    open(RStr::from_str(&config), state)
+                })?
+            }
+            _ => {
+                let open = self.module.open();
+                call_once(self, limits.timeout, move || open(RStr::from_str(&config)))?
+            }
+        };
         let verifier = answer
             .into_result()
             .map_err(|reason| PaymentError::Plugin {

@@ -12,6 +12,7 @@ use dazaar_plugin_api::PaymentTerms;
 
 use super::gate::PaymentEntry;
 use super::loader::{LoadError, LoadedPlugin};
+use super::plugin_state::StateScope;
 use super::pool::CallLimits;
 use super::registry::{PaymentError, PluginRegistry};
 
@@ -52,6 +53,8 @@ pub struct PaymentSpec<'a> {
     pub price: &'a PaymentTerms,
     /// The plugin's own settings, as TOML text (never logged).
     pub config: &'a str,
+    /// Where the plugin keeps its state for this product (API 1.3); `None`: nowhere.
+    pub state: Option<&'a StateScope>,
 }
 
 /// The card entry of `price` sold through `plugin`: the method is `method` when given,
@@ -90,7 +93,7 @@ pub fn open_entry(
 ) -> Result<PaymentEntry, SetupError> {
     let plugin = registry.load_named(plugin_dir, spec.plugin)?;
     let terms = terms_for(&plugin, spec.method, spec.price)?;
-    let verifier = plugin.open(spec.config, limits)?;
+    let verifier = plugin.open_with_state(spec.config, limits, spec.state)?;
     Ok(PaymentEntry {
         terms: Arc::new(terms),
         verifier,

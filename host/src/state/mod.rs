@@ -35,6 +35,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+/// The most keys one plugin keeps for one product.
+pub const MAX_PLUGIN_KEYS: u64 = 100_000;
+
 /// File name of the default SQLite database inside a data directory.
 pub const STATE_FILE: &str = "state.db";
 
@@ -155,6 +158,9 @@ pub enum StateError {
         /// What.
         what: &'static str,
     },
+    /// A plugin's store is full ([`MAX_PLUGIN_KEYS`]).
+    #[error("the plugin state holds {0} keys already")]
+    Full(u64),
     /// A legacy JSON file could not be imported.
     #[error("importing {path}: {detail}")]
     Import {
@@ -336,6 +342,33 @@ impl StateStore {
     /// The bytes `buyer` has been sent of `seller`'s product.
     pub fn bytes(&self, seller: &Key, buyer: &Key) -> Result<u64, StateError> {
         self.backend.bytes(seller, buyer)
+    }
+
+    /// The value `plugin` stored under `key` for `product`.
+    pub fn plugin_get(
+        &self,
+        plugin: &str,
+        product: &Key,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, StateError> {
+        self.backend.plugin_get(plugin, product, key)
+    }
+
+    /// Stores `value` under `key` for `plugin` and `product` (committed on return). At
+    /// most [`MAX_PLUGIN_KEYS`] keys per plugin and product.
+    pub fn plugin_put(
+        &self,
+        plugin: &str,
+        product: &Key,
+        key: &str,
+        value: &[u8],
+    ) -> Result<(), StateError> {
+        self.backend.plugin_put(plugin, product, key, value)
+    }
+
+    /// Removes `key` of `plugin` and `product`.
+    pub fn plugin_delete(&self, plugin: &str, product: &Key, key: &str) -> Result<(), StateError> {
+        self.backend.plugin_delete(plugin, product, key)
     }
 
     /// Imports `data_dir`'s `revocations.json` (if any) once per database; later calls do

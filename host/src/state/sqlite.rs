@@ -305,6 +305,70 @@ impl SqliteState {
         Ok(v.map_or(0, to_u64))
     }
 
+    pub(super) fn plugin_get(
+        &self,
+        plugin: &str,
+        product: &Key,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, StateError> {
+        Ok(self
+            .lock()
+            .query_row(
+                "SELECT value FROM plugin_state WHERE plugin = ?1 AND product = ?2 AND key = ?3",
+                params![plugin, &product[..], key.as_bytes()],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    pub(super) fn plugin_put(
+        &self,
+        plugin: &str,
+        product: &Key,
+        key: &str,
+        value: &[u8],
+    ) -> Result<(), StateError> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let exists: Option<i64> = tx
+            .query_row(
+                "SELECT 1 FROM plugin_state WHERE plugin = ?1 AND product = ?2 AND key = ?3",
+                params![plugin, &product[..], key.as_bytes()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if exists.is_none() {
+            let count: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM plugin_state WHERE plugin = ?1 AND product = ?2",
+                params![plugin, &product[..]],
+                |r| r.get(0),
+            )?;
+            if to_u64(count) >= super::MAX_PLUGIN_KEYS {
+                return Err(StateError::Full(to_u64(count)));
+            }
+        }
+        tx.execute(
+            "INSERT INTO plugin_state (plugin, product, key, value) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (plugin, product, key) DO UPDATE SET value = excluded.value",
+            params![plugin, &product[..], key.as_bytes(), value],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub(super) fn plugin_delete(
+        &self,
+        plugin: &str,
+        product: &Key,
+        key: &str,
+    ) -> Result<(), StateError> {
+        self.lock().execute(
+            "DELETE FROM plugin_state WHERE plugin = ?1 AND product = ?2 AND key = ?3",
+            params![plugin, &product[..], key.as_bytes()],
+        )?;
+        Ok(())
+    }
+
     /// Runs `insert` inside one write transaction unless `source` was imported before,
     /// then marks it imported: all of a file or none of it, once.
     fn import_once(
