@@ -14,6 +14,7 @@
 //! Replication (Want/Have/Request/Data behaviour) lives above this layer: it sends and
 //! receives typed messages per channel, addressed by discovery key.
 
+pub mod connection;
 mod extensions;
 pub mod replicate;
 

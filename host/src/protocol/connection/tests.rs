@@ -1,0 +1,1 @@
+//! Two Connections driven in memory with virtual time.
