@@ -740,4 +740,6 @@ impl<F: FeedShare> Connection<F> {
 }
 
 #[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
 mod tests;
