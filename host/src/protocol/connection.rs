@@ -544,6 +544,19 @@ impl<F: FeedShare> Connection<F> {
         Ok(())
     }
 
+    /// Runs `f` on a channel's replicator with the session and the locked feed (tests
+    /// that poke at one replicator inside a running connection).
+    #[cfg(test)]
+    pub(crate) fn with_channel<R>(
+        &mut self,
+        discovery_key: &DiscoveryKey,
+        f: impl FnOnce(&mut Replicator, &mut Session, &mut Feed<F::Store>) -> R,
+    ) -> Option<R> {
+        let ch = self.channels.get_mut(discovery_key)?;
+        let mut feed = ch.feed.lock();
+        Some(f(&mut ch.rep, &mut self.session, &mut feed))
+    }
+
     /// Bytes waiting to be written: given out and unsent, plus queued in the session.
     fn backlog(&self) -> usize {
         self.unsent.saturating_add(self.session.outgoing_len())

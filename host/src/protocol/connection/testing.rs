@@ -250,5 +250,10 @@ pub(crate) fn serve_pair(
     };
     let server = Peer::new(false, 2, |c| c.serve.push(spec));
     let client = Peer::new(true, 1, |c| c.open.push(client_spec));
-    (server, client, client_feed, crate::crypto::discovery_key(&key))
+    (
+        server,
+        client,
+        client_feed,
+        crate::crypto::discovery_key(&key),
+    )
 }

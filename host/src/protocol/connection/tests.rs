@@ -55,7 +55,11 @@ fn growth_is_announced_at_most_once_per_interval() {
     let (mut server, mut client, copy, _) = serve_pair(spec, ReplicatorConfig::downloader());
     run(&mut server, &mut client, 1000);
     assert_eq!(copy.lock().length(), 3);
-    assert_eq!(server.conn.poll_timeout(), Some(1000 + 20_000 / 2), "keep-alive only");
+    assert_eq!(
+        server.conn.poll_timeout(),
+        Some(1000 + 20_000 / 2),
+        "keep-alive only"
+    );
 
     // The first growth is due at once.
     source.append(&[block(3)]);
@@ -87,7 +91,10 @@ fn keep_alive_and_idle_timeout_fire_through_handle_timeout() {
     assert_eq!(client.conn.poll_timeout(), Some(keep_alive));
     client.timeout(keep_alive);
     assert!(client.error.is_none());
-    assert!(!client.transmit(keep_alive).is_empty(), "a keep-alive frame");
+    assert!(
+        !client.transmit(keep_alive).is_empty(),
+        "a keep-alive frame"
+    );
     // The server hears nothing more: at its idle deadline it fails.
     let idle = crate::protocol::DEFAULT_IDLE_TIMEOUT_MS;
     server.timeout(keep_alive);
