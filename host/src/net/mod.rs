@@ -1,9 +1,10 @@
-//! The tokio driver: TCP listen and dial, one task per connection driving a
-//! [`Session`] and its channels' [`Replicator`]s. The only module with sockets.
+//! The tokio driver: TCP listen and dial, one task per connection driving a sans-IO
+//! [`Connection`] (the session, its channels and their replicators) with the socket, a
+//! clock, the owner's commands and events. The only module with sockets.
 //!
-//! Feeds are shared between connections as [`SharedFeed`]: the feed behind a
-//! `std::sync::Mutex` (held only for the length of one message's handling) and a wake-up
-//! for connections when it grows. [`spawn_refresh`] polls [`Feed::refresh`] so blocks
+//! Feeds are shared between connections as [`SharedFeed`] (the [`FeedShare`] of a
+//! [`Connection`]): the feed behind a `std::sync::Mutex` (held only for the length of one
+//! message's handling), its download log, and a wake-up for connections when it grows. [`spawn_refresh`] polls [`Feed::refresh`] so blocks
 //! appended by another process reach remote readers live.
 //!
 //! A seller serving one buyer a per-buyer (rekeyed) view of its feed, then pausing it:
@@ -44,6 +45,10 @@
 //! [`NetEvent::Replication`] for [`ReplicationEvent::Synced`] (holds everything the seller
 //! has), [`ReplicationEvent::Length`] and [`ReplicationEvent::Downloaded`].
 //!
+//! [`ReplicationEvent::Synced`]: crate::protocol::replicate::ReplicationEvent::Synced
+//! [`ReplicationEvent::Length`]: crate::protocol::replicate::ReplicationEvent::Length
+//! [`ReplicationEvent::Downloaded`]: crate::protocol::replicate::ReplicationEvent::Downloaded
+//!
 //! Bounds: the outgoing buffer (no read while it is above [`NetConfig::write_high_water`]),
 //! the session's event queue and outgoing limit, the replicator's queues, the command and
 //! event channels (bounded `mpsc`; a slow event consumer slows the connection down), the
@@ -80,7 +85,7 @@ const BUDGET_HOG_MS: u64 = 5_000;
 /// Stream-level extension messages that may wait in the owner's event channel: the
 /// payloads can be 64 KiB each, and an owner busy with a payment check does not read.
 const MAX_QUEUED_EXTENSIONS: usize = 4;
-/// Default process-wide budget for inbound buffers beyond [`FREE_INBOUND`] per
+/// Default process-wide budget for inbound buffers beyond `FREE_INBOUND` (16 KiB) per
 /// connection.
 pub const DEFAULT_INBOUND_BUDGET: usize = 64 * 1024 * 1024;
 /// A write buffer larger than this is shrunk once it has been written out.
