@@ -1,9 +1,10 @@
-//! The tokio driver: TCP listen and dial, one task per connection driving a
-//! [`Session`] and its channels' [`Replicator`]s. The only module with sockets.
+//! The tokio driver: TCP listen and dial, one task per connection driving a sans-IO
+//! [`Connection`] (the session, its channels and their replicators) with the socket, a
+//! clock, the owner's commands and events. The only module with sockets.
 //!
-//! Feeds are shared between connections as [`SharedFeed`]: the feed behind a
-//! `std::sync::Mutex` (held only for the length of one message's handling) and a wake-up
-//! for connections when it grows. [`spawn_refresh`] polls [`Feed::refresh`] so blocks
+//! Feeds are shared between connections as [`SharedFeed`] (the [`FeedShare`] of a
+//! [`Connection`]): the feed behind a `std::sync::Mutex` (held only for the length of one
+//! message's handling), its download log, and a wake-up for connections when it grows. [`spawn_refresh`] polls [`Feed::refresh`] so blocks
 //! appended by another process reach remote readers live.
 //!
 //! A seller serving one buyer a per-buyer (rekeyed) view of its feed, then pausing it:
@@ -44,6 +45,10 @@
 //! [`NetEvent::Replication`] for [`ReplicationEvent::Synced`] (holds everything the seller
 //! has), [`ReplicationEvent::Length`] and [`ReplicationEvent::Downloaded`].
 //!
+//! [`ReplicationEvent::Synced`]: crate::protocol::replicate::ReplicationEvent::Synced
+//! [`ReplicationEvent::Length`]: crate::protocol::replicate::ReplicationEvent::Length
+//! [`ReplicationEvent::Downloaded`]: crate::protocol::replicate::ReplicationEvent::Downloaded
+//!
 //! Bounds: the outgoing buffer (no read while it is above [`NetConfig::write_high_water`]),
 //! the session's event queue and outgoing limit, the replicator's queues, the command and
 //! event channels (bounded `mpsc`; a slow event consumer slows the connection down), the
@@ -59,10 +64,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Notify, Semaphore};
 use tracing::Instrument;
 
-use crate::protocol::replicate::{
-    ReplicationError, ReplicationEvent, Replicator, ReplicatorConfig,
+use crate::protocol::connection::{
+    self, Connection, ConnectionConfig, ConnectionError, DownloadLog, FeedShare,
 };
-use crate::protocol::{DiscoveryKey, Event, Session, SessionConfig, SessionError};
+use crate::protocol::replicate::ReplicationError;
+use crate::protocol::{SessionConfig, SessionError};
 use crate::storage::{Feed, FeedError, Store};
 
 /// Bytes read from the socket at a time while data keeps coming.
@@ -79,7 +85,7 @@ const BUDGET_HOG_MS: u64 = 5_000;
 /// Stream-level extension messages that may wait in the owner's event channel: the
 /// payloads can be 64 KiB each, and an owner busy with a payment check does not read.
 const MAX_QUEUED_EXTENSIONS: usize = 4;
-/// Default process-wide budget for inbound buffers beyond [`FREE_INBOUND`] per
+/// Default process-wide budget for inbound buffers beyond `FREE_INBOUND` (16 KiB) per
 /// connection.
 pub const DEFAULT_INBOUND_BUDGET: usize = 64 * 1024 * 1024;
 /// A write buffer larger than this is shrunk once it has been written out.
@@ -88,9 +94,6 @@ const IDLE_BUFFER_MAX: usize = 256 * 1024;
 const IDLE_BUFFER_KEEP: usize = 16 * 1024;
 /// Most connections registered for growth wake-ups on one feed.
 const MAX_SUBSCRIBERS: usize = 4096;
-/// Recent downloads kept for announcing to the other peers (older ones are dropped:
-/// a Have is advisory).
-const DOWNLOAD_LOG: usize = 4096;
 
 /// The default handshake deadline ([`NetConfig::handshake_timeout`]).
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -105,19 +108,6 @@ const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
 const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// At most one log line per this period for a repeated accept-loop condition.
 const LOG_EVERY: Duration = Duration::from_secs(5);
-
-/// Channel ids, unique in the process (to not announce a download back to its source).
-static NEXT_CHANNEL_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-
-/// Blocks recently downloaded into a shared feed, for `Have{start: index}` to the other
-/// peers (hypercore announces every verified block to every other peer that sent a Want).
-#[derive(Debug, Default)]
-struct DownloadLog {
-    /// Sequence number of the next entry.
-    next: u64,
-    /// `(sequence, block, channel id that downloaded it)`, oldest first.
-    entries: std::collections::VecDeque<(u64, u64, u64)>,
-}
 
 /// A network failure. Every variant ends the connection.
 #[derive(Debug, thiserror::Error)]
@@ -316,6 +306,15 @@ impl Drop for BudgetShare {
     }
 }
 
+impl From<ConnectionError> for NetError {
+    fn from(e: ConnectionError) -> Self {
+        match e {
+            ConnectionError::Session(e) => NetError::Session(e),
+            ConnectionError::Replication(e) => NetError::Replication(e),
+        }
+    }
+}
+
 impl NetError {
     fn io(context: &'static str) -> impl FnOnce(std::io::Error) -> NetError {
         move |source| NetError::Io { context, source }
@@ -424,44 +423,29 @@ impl<S: Store> SharedFeed<S> {
             None => false,
         });
     }
+}
 
-    fn log(&self) -> MutexGuard<'_, DownloadLog> {
+impl<S: Store> FeedShare for SharedFeed<S> {
+    type Store = S;
+    type Waker = Notify;
+
+    fn lock(&self) -> MutexGuard<'_, Feed<S>> {
+        SharedFeed::lock(self)
+    }
+
+    fn length(&self) -> u64 {
+        SharedFeed::length(self)
+    }
+
+    fn grown(&self, length: u64) {
+        SharedFeed::grown(self, length)
+    }
+
+    fn download_log(&self) -> MutexGuard<'_, DownloadLog> {
         match self.downloads.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         }
-    }
-
-    /// Records blocks channel `origin` downloaded and wakes the connections.
-    fn record_downloads(&self, origin: u64, blocks: &[u64], waker: &Arc<Notify>) {
-        {
-            let mut log = self.log();
-            for &block in blocks {
-                let seq = log.next;
-                log.next += 1;
-                if log.entries.len() >= DOWNLOAD_LOG {
-                    log.entries.pop_front();
-                }
-                log.entries.push_back((seq, block, origin));
-            }
-        }
-        self.wake(Some(waker));
-    }
-
-    /// Blocks downloaded by other channels since sequence `since`; returns them and the
-    /// next sequence to ask from.
-    fn downloads_since(&self, since: u64, me: u64, out: &mut Vec<u64>) -> u64 {
-        let log = self.log();
-        let first = log.entries.front().map_or(log.next, |e| e.0);
-        let skip = usize::try_from(since.saturating_sub(first)).unwrap_or(usize::MAX);
-        if skip < log.entries.len() {
-            for &(_, block, origin) in log.entries.range(skip..) {
-                if origin != me {
-                    out.push(block);
-                }
-            }
-        }
-        log.next
     }
 
     fn subscribe(&self, notify: &Arc<Notify>) {
@@ -473,6 +457,10 @@ impl<S: Store> SharedFeed<S> {
         if subs.len() < MAX_SUBSCRIBERS {
             subs.push(Arc::downgrade(notify));
         }
+    }
+
+    fn wake(&self, except: Option<&Arc<Notify>>) {
+        SharedFeed::wake(self, except)
     }
 }
 
@@ -565,124 +553,14 @@ impl NetConfig {
     }
 }
 
-/// A feed and how to replicate it on a channel.
-pub struct ChannelSpec<S: Store> {
-    /// The feed.
-    pub feed: Arc<SharedFeed<S>>,
-    /// Replication settings (a rekeyed signer makes the channel key the signer's).
-    pub config: ReplicatorConfig,
-}
-
-impl<S: Store> Clone for ChannelSpec<S> {
-    fn clone(&self) -> Self {
-        Self {
-            feed: self.feed.clone(),
-            config: self.config.clone(),
-        }
-    }
-}
-
-impl<S: Store> std::fmt::Debug for ChannelSpec<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChannelSpec")
-            .field("config", &self.config)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<S: Store> ChannelSpec<S> {
-    /// The key the channel is opened with.
-    pub fn key(&self) -> [u8; 32] {
-        match &self.config.signer {
-            Some(signer) => signer.public_key(),
-            None => self.feed.lock().key(),
-        }
-    }
-}
+/// A feed and how to replicate it on a channel (see [`connection::ChannelSpec`]).
+pub type ChannelSpec<S> = connection::ChannelSpec<SharedFeed<S>>;
 
 /// What a connection reports to its owner.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum NetEvent {
-    /// The handshake finished.
-    Connected {
-        /// The remote's static Noise key (a Dazaar buyer key, for a seller).
-        remote_public_key: [u8; 32],
-    },
-    /// Replication progress on a channel.
-    Replication {
-        /// The channel.
-        discovery_key: DiscoveryKey,
-        /// What happened.
-        event: ReplicationEvent,
-    },
-    /// A channel was opened on both sides.
-    ChannelOpened {
-        /// The channel.
-        discovery_key: DiscoveryKey,
-    },
-    /// The remote closed a channel.
-    ChannelClosed {
-        /// The channel.
-        discovery_key: DiscoveryKey,
-    },
-    /// A stream-level extension message for a registered name.
-    Extension {
-        /// The name.
-        name: String,
-        /// The payload.
-        payload: Vec<u8>,
-    },
-}
+pub use crate::protocol::connection::ConnectionEvent as NetEvent;
 
-/// Instructions to a running connection.
-#[non_exhaustive]
-pub enum Command<S: Store> {
-    /// Open a channel (a seller opening a buyer's rekeyed view after validation).
-    Open(ChannelSpec<S>),
-    /// Close a channel (ours, or one the remote opened that is pending under
-    /// [`ConnectionOptions::keep_unknown`]).
-    Close(DiscoveryKey),
-    /// Start or stop serving on a channel (sends Status).
-    SetUploading(DiscoveryKey, bool),
-    /// Register a stream-level extension name.
-    RegisterExtension(String),
-    /// Send a stream-level extension message.
-    SendExtension(String, Vec<u8>),
-    /// Download blocks `[start, end)` (`end` None: and everything after, live) on a sparse
-    /// channel.
-    Download(DiscoveryKey, u64, Option<u64>),
-    /// Flush what is queued and end the connection.
-    Shutdown,
-}
-
-impl<S: Store> std::fmt::Debug for Command<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Command::Open(spec) => f.debug_tuple("Open").field(spec).finish(),
-            Command::Close(dk) => f.debug_tuple("Close").field(&hex::encode(dk)).finish(),
-            Command::SetUploading(dk, u) => f
-                .debug_tuple("SetUploading")
-                .field(&hex::encode(dk))
-                .field(u)
-                .finish(),
-            Command::RegisterExtension(n) => f.debug_tuple("RegisterExtension").field(n).finish(),
-            Command::SendExtension(n, p) => f
-                .debug_tuple("SendExtension")
-                .field(n)
-                .field(&p.len())
-                .finish(),
-            Command::Download(dk, start, end) => f
-                .debug_tuple("Download")
-                .field(&hex::encode(dk))
-                .field(start)
-                .field(end)
-                .finish(),
-            Command::Shutdown => f.write_str("Shutdown"),
-        }
-    }
-}
-
+/// Instructions to a running connection (see [`connection::Command`]).
+pub type Command<S> = connection::Command<SharedFeed<S>>;
 /// How one connection runs.
 pub struct ConnectionOptions<S: Store> {
     /// Channels we open at the start.
@@ -720,264 +598,12 @@ impl<S: Store> Default for ConnectionOptions<S> {
     }
 }
 
-struct Channel<S: Store> {
-    feed: Arc<SharedFeed<S>>,
-    rep: Replicator,
-    announced_length: u64,
-    /// Announce growth at most this often (ms; 0 = at once).
-    announce_interval_ms: u64,
-    /// When growth was last announced.
-    last_announce_ms: u64,
-    /// Downloads into the feed (its bitfield writes are deferred and flushed here).
-    downloading: bool,
-    /// This channel's process-wide id.
-    id: u64,
-    /// Next entry of the feed's download log to announce.
-    download_seq: u64,
-}
-
-/// One connection's state: the session and its channels.
-struct Driver<S: Store> {
-    session: Session,
-    channels: HashMap<DiscoveryKey, Channel<S>>,
-    serve: HashMap<DiscoveryKey, ChannelSpec<S>>,
-    events: Option<mpsc::Sender<NetEvent>>,
-    notify: Arc<Notify>,
-    start: Instant,
-    keep_unknown: bool,
-}
-
-impl<S: Store> Driver<S> {
-    fn now(&self) -> u64 {
-        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    fn add_channel(&mut self, spec: ChannelSpec<S>) -> Result<DiscoveryKey, NetError> {
-        let dk = crate::crypto::discovery_key(&spec.key());
-        if self.channels.contains_key(&dk) {
-            // Already open (e.g. served on the remote's Open before the owner asked).
-            return Ok(dk);
-        }
-        let downloading = spec.config.downloading && spec.config.signer.is_none();
-        let announce_interval_ms = spec.config.announce_interval_ms;
-        let rep = {
-            let mut feed = spec.feed.lock();
-            if downloading {
-                feed.set_deferred_commit(true);
-            }
-            Replicator::new(&feed, spec.config)
-        };
-        let dk = rep.discovery_key();
-        let key = rep.key();
-        if downloading && self.session.max_inbound_frame() < crate::wire::MAX_BODY_LEN {
-            // Data blocks may be as large as the protocol allows.
-            self.session
-                .set_max_inbound_frame(crate::wire::MAX_BODY_LEN);
-        }
-        spec.feed.subscribe(&self.notify);
-        let announced_length = spec.feed.lock().length();
-        let download_seq = spec.feed.log().next;
-        self.channels.insert(
-            dk,
-            Channel {
-                feed: spec.feed,
-                rep,
-                announced_length,
-                announce_interval_ms,
-                last_announce_ms: 0,
-                downloading,
-                id: NEXT_CHANNEL_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-                download_seq,
-            },
-        );
-        self.session.open_channel(&key)?;
-        Ok(dk)
-    }
-
-    /// Handles every queued session event; collects what to report.
-    fn handle_events(&mut self, report: &mut Vec<NetEvent>) -> Result<(), NetError> {
-        let now = self.now();
-        while let Some(event) = self.session.poll_event() {
-            match event {
-                Event::HandshakeComplete { remote_public_key } => {
-                    tracing::debug!(remote = %hex::encode(remote_public_key), "connected");
-                    report.push(NetEvent::Connected { remote_public_key });
-                }
-                Event::DiscoveryKey { discovery_key } => match self.serve.get(&discovery_key) {
-                    Some(spec) => {
-                        let spec = spec.clone();
-                        self.add_channel(spec)?;
-                    }
-                    None if self.keep_unknown => {
-                        tracing::debug!(dk = %hex::encode(discovery_key), "not served yet: pending");
-                    }
-                    None => {
-                        tracing::debug!(dk = %hex::encode(discovery_key), "not served: closing");
-                        self.session.close_discovery_key(&discovery_key)?;
-                    }
-                },
-                Event::ChannelOpened { discovery_key } => {
-                    if let Some(ch) = self.channels.get_mut(&discovery_key) {
-                        let mut feed = ch.feed.lock();
-                        ch.announced_length = ch.announced_length.max(feed.length());
-                        ch.rep.on_open(&mut self.session, &mut feed, now)?;
-                    }
-                    report.push(NetEvent::ChannelOpened { discovery_key });
-                }
-                Event::ChannelClosed { discovery_key } => {
-                    if let Some(mut ch) = self.channels.remove(&discovery_key) {
-                        ch.rep.on_close();
-                    }
-                    report.push(NetEvent::ChannelClosed { discovery_key });
-                }
-                Event::Message {
-                    discovery_key,
-                    message,
-                } => {
-                    if let Some(ch) = self.channels.get_mut(&discovery_key) {
-                        let mut feed = ch.feed.lock();
-                        ch.rep
-                            .on_message(&mut self.session, &mut feed, message, now)?;
-                    }
-                }
-                Event::Extension { name, payload } => {
-                    report.push(NetEvent::Extension { name, payload });
-                }
-                _ => {}
-            }
-        }
-        self.collect_replication(report);
-        Ok(())
-    }
-
-    fn collect_replication(&mut self, report: &mut Vec<NetEvent>) {
-        let mut grown = Vec::new();
-        let mut downloaded = Vec::new();
-        for (dk, ch) in self.channels.iter_mut() {
-            downloaded.clear();
-            while let Some(event) = ch.rep.poll_event() {
-                match event {
-                    ReplicationEvent::Length { length, .. } => {
-                        grown.push((ch.feed.clone(), length));
-                    }
-                    ReplicationEvent::Downloaded { index, .. } => downloaded.push(index),
-                    _ => {}
-                }
-                report.push(NetEvent::Replication {
-                    discovery_key: *dk,
-                    event,
-                });
-            }
-            if !downloaded.is_empty() {
-                ch.feed.record_downloads(ch.id, &downloaded, &self.notify);
-            }
-        }
-        for (feed, length) in grown {
-            feed.grown(length);
-        }
-    }
-
-    /// After writing: answer queued requests, fill request windows, announce growth.
-    fn pump(&mut self, report: &mut Vec<NetEvent>) -> Result<(), NetError> {
-        let now = self.now();
-        for ch in self.channels.values_mut() {
-            let mut feed = ch.feed.lock();
-            let length = feed.length();
-            let due = ch.announce_interval_ms == 0
-                || now >= ch.last_announce_ms.saturating_add(ch.announce_interval_ms);
-            if length > ch.announced_length && ch.rep.is_open() && due {
-                ch.rep
-                    .on_local_append(&mut self.session, &feed, ch.announced_length)?;
-                ch.announced_length = length;
-                ch.last_announce_ms = now;
-            }
-            // Blocks other peers brought in: Have{start: index} to this remote.
-            let mut blocks = Vec::new();
-            ch.download_seq = ch.feed.downloads_since(ch.download_seq, ch.id, &mut blocks);
-            for index in blocks {
-                ch.rep.on_local_download(&mut self.session, index)?;
-            }
-            ch.rep.pump(&mut self.session, &mut feed, now)?;
-        }
-        self.collect_replication(report);
-        Ok(())
-    }
-
-    /// Writes the bitfield pages of downloads made since the last call.
-    fn flush(&mut self) -> Result<(), NetError> {
-        for ch in self.channels.values() {
-            if ch.downloading {
-                ch.feed.lock().flush().map_err(|source| {
-                    NetError::Replication(ReplicationError::Feed { index: 0, source })
-                })?;
-            }
-        }
-        Ok(())
-    }
-
-    fn tick(&mut self) -> Result<(), NetError> {
-        let now = self.now();
-        self.session.tick(now)?;
-        for ch in self.channels.values_mut() {
-            ch.rep.tick(now)?;
-        }
-        Ok(())
-    }
-
-    fn next_deadline(&self) -> Option<u64> {
-        let mut deadline = self.session.next_deadline();
-        for ch in self.channels.values() {
-            if let Some(d) = ch.rep.next_deadline() {
-                deadline = Some(deadline.map_or(d, |x| x.min(d)));
-            }
-            // Growth held back by the announce interval is announced when it ends.
-            if ch.announce_interval_ms > 0
-                && ch.rep.is_open()
-                && ch.feed.length() > ch.announced_length
-            {
-                let d = ch.last_announce_ms.saturating_add(ch.announce_interval_ms);
-                deadline = Some(deadline.map_or(d, |x| x.min(d)));
-            }
-        }
-        deadline
-    }
-
-    fn command(&mut self, command: Command<S>) -> Result<bool, NetError> {
-        match command {
-            Command::Open(spec) => {
-                self.add_channel(spec)?;
-            }
-            Command::Close(dk) => {
-                // Also refuses a remote's Open left pending by `keep_unknown`.
-                let ours = self.channels.remove(&dk).is_some();
-                if ours || self.session.is_remote_open(&dk) {
-                    self.session.close_channel(&dk)?;
-                }
-            }
-            Command::SetUploading(dk, uploading) => {
-                if let Some(ch) = self.channels.get_mut(&dk) {
-                    ch.rep.set_uploading(&mut self.session, uploading)?;
-                }
-            }
-            Command::RegisterExtension(name) => self.session.register_extension(&name)?,
-            Command::SendExtension(name, payload) => {
-                self.session.send_extension(&name, &payload)?
-            }
-            Command::Download(dk, start, end) => {
-                if let Some(ch) = self.channels.get_mut(&dk) {
-                    let mut feed = ch.feed.lock();
-                    ch.rep.download(&mut self.session, &mut feed, start, end)?;
-                }
-            }
-            Command::Shutdown => return Ok(true),
-        }
-        Ok(false)
-    }
-}
-
 /// Runs one connection until the remote closes it, it fails, or it is told to stop.
 /// `config.initiator` decides the Noise role (the dialer is usually the initiator, but
 /// roles are by configuration, not by who dialled).
+///
+/// The protocol lives in a [`Connection`]; this loop moves bytes between it and the
+/// socket, feeds it commands, wake-ups and time, and forwards its events.
 pub async fn run_connection<S, T>(
     stream: T,
     session_config: SessionConfig,
@@ -988,154 +614,124 @@ where
     S: Store,
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    let session = Session::new(session_config, 0)?;
-    let mut options = options;
-    let mut driver = Driver {
-        session,
-        channels: HashMap::new(),
-        serve: HashMap::new(),
-        events: options.events.take(),
-        notify: Arc::new(Notify::new()),
-        start: Instant::now(),
-        keep_unknown: options.keep_unknown,
+    let ConnectionOptions {
+        open,
+        serve,
+        events,
+        commands,
+        shutdown,
+        extensions,
+        keep_unknown,
+    } = options;
+    let notify = Arc::new(Notify::new());
+    let config = ConnectionConfig {
+        open: Vec::new(),
+        serve,
+        extensions,
+        keep_unknown,
+        write_high_water: net.write_high_water,
+        waker: notify.clone(),
     };
-    for name in &options.extensions {
-        driver.session.register_extension(name)?;
-    }
-    for spec in std::mem::take(&mut options.serve) {
-        let key = spec.key();
-        driver
-            .serve
-            .insert(crate::crypto::discovery_key(&key), spec);
-    }
-    let result = drive(&mut driver, stream, net, options).await;
+    let clock = Clock(Instant::now());
+    let mut conn = Connection::new(session_config, config, clock.now())?;
+    let io = Io {
+        events,
+        commands,
+        shutdown,
+        notify,
+        clock,
+    };
+    let result = drive(&mut conn, open, stream, net, io).await;
     // Downloads defer their bitfield writes; make them count before leaving.
-    if let Err(e) = driver.flush() {
+    if let Err(e) = conn.flush() {
         tracing::warn!(error = %e, "writing the bitfield failed");
     }
     result
 }
 
+/// Milliseconds since the connection started: the [`Connection`]'s clock.
+#[derive(Debug, Clone, Copy)]
+struct Clock(Instant);
+
+impl Clock {
+    fn now(&self) -> u64 {
+        u64::try_from(self.0.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+}
+
+/// What the driver loop talks to besides the socket.
+struct Io<S: Store> {
+    events: Option<mpsc::Sender<NetEvent>>,
+    commands: Option<mpsc::Receiver<Command<S>>>,
+    shutdown: Option<watch::Receiver<bool>>,
+    notify: Arc<Notify>,
+    clock: Clock,
+}
+
 async fn drive<S, T>(
-    driver: &mut Driver<S>,
+    conn: &mut Connection<SharedFeed<S>>,
+    open: Vec<ChannelSpec<S>>,
     stream: T,
     net: &NetConfig,
-    options: ConnectionOptions<S>,
+    io: Io<S>,
 ) -> Result<(), NetError>
 where
     S: Store,
     T: AsyncRead + AsyncWrite + Unpin,
 {
-    for spec in options.open {
-        driver.add_channel(spec)?;
+    let Io {
+        events,
+        mut commands,
+        mut shutdown,
+        notify,
+        clock,
+    } = io;
+    for spec in open {
+        conn.handle_command(Command::Open(spec), clock.now())?;
     }
-    let mut commands = options.commands;
-    let mut shutdown = options.shutdown;
     let (mut reader, mut writer) = tokio::io::split(stream);
     // Grown to READ_CHUNK while reads fill it, back to IDLE_READ when they do not.
     let mut read_buf = vec![0u8; IDLE_READ];
     let mut budget = BudgetShare::new(net.inbound_budget.clone());
-    // Received bytes the session has not consumed yet (it stops when its queues are full).
-    let mut unconsumed: Vec<u8> = Vec::new();
     let mut out: Vec<u8> = Vec::new();
     let mut written = 0usize;
-    let mut report: Vec<NetEvent> = Vec::new();
     let mut eof = false;
-    let mut closing = false;
-    let notify = driver.notify.clone();
     // Every listener's peers get the same deadline (a dripped handshake holds no slot).
     let handshake_deadline = (!net.handshake_timeout.is_zero())
         .then(|| tokio::time::Instant::now() + net.handshake_timeout);
 
     loop {
-        // Feed pending input, handle events, answer, until nothing moves.
-        loop {
-            let mut progressed = false;
-            if !unconsumed.is_empty() {
-                let now = driver.now();
-                let n = driver.session.receive(&unconsumed, now)?;
-                unconsumed.drain(..n.min(unconsumed.len()));
-                if unconsumed.is_empty() {
-                    // Needed only under back-pressure: hold no memory (and no budget) idle.
-                    unconsumed = Vec::new();
-                }
-                progressed = n > 0;
-            }
-            progressed |= driver.session.pending_events() > 0;
-            driver.handle_events(&mut report)?;
-            driver.flush()?;
-            if out.len().saturating_sub(written) < net.write_high_water {
-                driver.pump(&mut report)?;
-            }
-            if driver.session.outgoing_len() > 0 {
-                progressed = true;
-                if written == out.len() {
-                    out.clear();
-                    written = 0;
-                }
-                driver.session.take_outgoing_into(&mut out);
-            }
-            if unconsumed.is_empty()
-                || !progressed
-                || out.len().saturating_sub(written) >= net.write_high_water
-            {
-                break;
-            }
+        if written == out.len() {
+            out.clear();
+            written = 0;
         }
-        if let Some(tx) = &driver.events {
-            for event in report.drain(..) {
-                // Bounded: a slow consumer slows this connection down.
-                let sent = if matches!(event, NetEvent::Extension { .. }) {
-                    send_extension_event(tx, event).await
-                } else {
-                    tx.send(event).await.is_ok()
-                };
-                if !sent {
-                    break;
-                }
-            }
-        } else {
-            report.clear();
-        }
-        if report.capacity() > 64 {
-            // A burst of events must not keep this memory on an idle connection.
-            report = Vec::new();
-        }
-        if driver.session.is_destroyed() {
+        conn.poll_transmit_into(&mut out);
+        forward_events(conn, events.as_ref()).await;
+        if conn.is_destroyed() {
             return Err(NetError::Session(SessionError::Destroyed));
         }
         let pending_out = out.len() - written;
-        if closing && pending_out == 0 {
+        if conn.is_closing() && pending_out == 0 {
             let _ = writer.shutdown().await;
             return Ok(());
         }
         if eof && pending_out == 0 {
-            if !driver.session.is_handshake_complete() {
+            if !conn.is_handshake_complete() {
                 return Err(NetError::ClosedDuringHandshake);
             }
             return Ok(());
         }
-        let mut can_read =
-            !eof && !closing && unconsumed.is_empty() && pending_out < net.write_high_water;
+        let mut can_read = !eof && conn.wants_input();
         // Received bytes held here count against the shared budget; without budget for
         // the next read, wait for some (the session's idle timeout still applies).
-        let inbound = driver
-            .session
-            .inbound_buffered()
-            .saturating_add(unconsumed.capacity())
-            .saturating_add(read_buf.len());
+        let inbound = conn.inbound_allocated().saturating_add(read_buf.len());
         let starved = can_read && !budget.cover(inbound, read_buf.len());
         if !can_read {
             budget.cover(inbound, 0);
             budget.set_waiting(false);
         }
         can_read &= !starved;
-        budget.pinned(
-            driver
-                .session
-                .inbound_buffered()
-                .saturating_add(unconsumed.len()),
-        );
+        budget.pinned(conn.inbound_held());
         if budget.hogging() {
             return Err(NetError::InboundBudget {
                 held: budget.held,
@@ -1151,8 +747,9 @@ where
             let retry = Duration::from_millis(50);
             hog_check = Some(hog_check.map_or(retry, |d| d.min(retry)));
         }
-        let deadline = driver.next_deadline();
-        let sleep_for = deadline.map(|d| Duration::from_millis(d.saturating_sub(driver.now())));
+        let sleep_for = conn
+            .poll_timeout()
+            .map(|d| Duration::from_millis(d.saturating_sub(clock.now())));
         tokio::select! {
             result = writer.write(out.get(written..).unwrap_or_default()), if pending_out > 0 => {
                 let n = result.map_err(NetError::io("writing"))?;
@@ -1169,6 +766,7 @@ where
                         out.shrink_to(IDLE_BUFFER_KEEP);
                     }
                 }
+                conn.handle_sent(n, clock.now())?;
             }
             result = reader.read(&mut read_buf), if can_read => {
                 let n = result.map_err(NetError::io("reading"))?;
@@ -1176,16 +774,12 @@ where
                     eof = true;
                 } else {
                     let chunk = read_buf.get(..n).unwrap_or_default();
-                    let now = driver.now();
-                    let before = driver.session.inbound_buffered();
-                    let used = driver.session.receive(chunk, now)?;
-                    let after = driver.session.inbound_buffered();
+                    let before = conn.partial_frame();
+                    conn.handle_input(chunk, clock.now())?;
+                    let after = conn.partial_frame();
                     if after == 0 || after < before {
                         // A frame completed: whatever budget is held is in use, not pinned.
                         budget.progressed();
-                    }
-                    if let Some(rest) = chunk.get(used..) {
-                        unconsumed.extend_from_slice(rest);
                     }
                     if n == read_buf.len() && n < READ_CHUNK {
                         // More is coming: read in larger pieces.
@@ -1203,27 +797,45 @@ where
                 // hogging() is checked at the top of the loop.
             }
             _ = tokio::time::sleep(sleep_for.unwrap_or(Duration::from_secs(3600))), if sleep_for.is_some() => {
-                driver.tick()?;
+                conn.handle_timeout(clock.now())?;
             }
-            _ = sleep_until_opt(handshake_deadline), if !driver.session.is_handshake_complete() => {
+            _ = sleep_until_opt(handshake_deadline), if !conn.is_handshake_complete() => {
                 return Err(NetError::HandshakeTimeout);
             }
             _ = notify.notified() => {
-                // A feed grew: pump() announces it.
+                // A feed grew, or another connection downloaded blocks to announce.
+                conn.handle_wake(clock.now())?;
             }
             command = recv_command(&mut commands) => {
                 match command {
-                    Some(command) => {
-                        if driver.command(command)? {
-                            closing = true;
-                        }
-                    }
+                    Some(command) => conn.handle_command(command, clock.now())?,
                     None => commands = None,
                 }
             }
             _ = wait_shutdown(&mut shutdown) => {
-                closing = true;
+                conn.close();
             }
+        }
+    }
+}
+
+/// Hands the connection's events to the owner. Bounded: a slow consumer slows this
+/// connection down (it takes no input while events wait). Without a consumer, or once
+/// it is gone, they are dropped.
+async fn forward_events<S: Store>(
+    conn: &mut Connection<SharedFeed<S>>,
+    events: Option<&mpsc::Sender<NetEvent>>,
+) {
+    while let Some(event) = conn.poll_event() {
+        let Some(tx) = events else { continue };
+        let sent = if matches!(event, NetEvent::Extension { .. }) {
+            send_extension_event(tx, event).await
+        } else {
+            tx.send(event).await.is_ok()
+        };
+        if !sent {
+            while conn.poll_event().is_some() {}
+            return;
         }
     }
 }

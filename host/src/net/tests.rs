@@ -6,6 +6,7 @@
 use super::*;
 use crate::crypto::{Ed25519KeyPair, NoiseKeyPair};
 use crate::noise::Handshake;
+use crate::protocol::replicate::{ReplicationEvent, ReplicatorConfig};
 use crate::storage::{MemStore, RekeyedSigner, Signer};
 use crate::wire::{frame_to_vec, Message, Open};
 

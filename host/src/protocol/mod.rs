@@ -12,8 +12,11 @@
 //! 4. [`Session::tick`] at [`Session::next_deadline`].
 //!
 //! Replication (Want/Have/Request/Data behaviour) lives above this layer: it sends and
-//! receives typed messages per channel, addressed by discovery key.
+//! receives typed messages per channel, addressed by discovery key. [`connection`] puts
+//! the two together (a session, its channels' replicators, serving on request, announce
+//! throttling); that is what `net/` drives, and what the tests drive in memory.
 
+pub mod connection;
 mod extensions;
 pub mod replicate;
 

@@ -1,0 +1,243 @@
+//! Connections driven in memory with virtual time: end-to-end replication, serving on
+//! request, announce throttling, timeouts through `handle_timeout`, downloads announced
+//! to other connections, and write back-pressure.
+
+use std::sync::Arc;
+
+use super::testing::{block, reader, run, serve_pair, writer, MemShare, Peer};
+use super::*;
+use crate::protocol::replicate::ReplicatorConfig;
+
+fn uploader(feed: &Arc<MemShare>) -> ChannelSpec<MemShare> {
+    ChannelSpec {
+        feed: feed.clone(),
+        config: ReplicatorConfig::uploader(),
+    }
+}
+
+#[test]
+fn a_small_feed_replicates_end_to_end() {
+    let source = MemShare::new(writer(20));
+    let (mut server, mut client, copy, dk) =
+        serve_pair(uploader(&source), ReplicatorConfig::downloader());
+    run(&mut server, &mut client, 0);
+    assert!(server.error.is_none() && client.error.is_none());
+    assert!(client.events.contains(&ConnectionEvent::Connected {
+        remote_public_key: crate::crypto::NoiseKeyPair::from_seed(&[2; 32]).public_key(),
+    }));
+    assert!(server
+        .events
+        .contains(&ConnectionEvent::ChannelOpened { discovery_key: dk }));
+    assert!(client.conn.has_channel(&dk) && server.conn.has_channel(&dk));
+    assert_eq!(client.downloaded(), 20);
+    assert!(client
+        .replication()
+        .any(|e| matches!(e, ReplicationEvent::Synced { length: 20, .. })));
+    let (a, b) = (source.lock(), copy.lock());
+    assert!(b.has_all());
+    for i in 0..20 {
+        assert_eq!(a.get(i).unwrap(), b.get(i).unwrap(), "block {i}");
+    }
+    // The download grew the shared feed's announced length.
+    assert_eq!(copy.length(), 20);
+}
+
+#[test]
+fn growth_is_announced_at_most_once_per_interval() {
+    let source = MemShare::new(writer(3));
+    let spec = ChannelSpec {
+        feed: source.clone(),
+        config: ReplicatorConfig {
+            announce_interval_ms: 40,
+            ..ReplicatorConfig::uploader()
+        },
+    };
+    let (mut server, mut client, copy, _) = serve_pair(spec, ReplicatorConfig::downloader());
+    run(&mut server, &mut client, 1000);
+    assert_eq!(copy.lock().length(), 3);
+    assert_eq!(
+        server.conn.poll_timeout(),
+        Some(1000 + 20_000 / 2),
+        "keep-alive only"
+    );
+
+    // The first growth is due at once.
+    source.append(&[block(3)]);
+    run(&mut server, &mut client, 1000);
+    assert_eq!(copy.lock().length(), 4);
+
+    // The next one, 10 ms later, waits for the interval to end.
+    source.append(&[block(4)]);
+    run(&mut server, &mut client, 1010);
+    assert_eq!(copy.lock().length(), 4, "held back by the interval");
+    assert_eq!(server.conn.poll_timeout(), Some(1040));
+    server.timeout(1039);
+    run(&mut server, &mut client, 1039);
+    assert_eq!(copy.lock().length(), 4);
+    server.timeout(1040);
+    run(&mut server, &mut client, 1040);
+    assert!(server.error.is_none() && client.error.is_none());
+    assert_eq!(copy.lock().length(), 5);
+    assert!(copy.lock().has_all());
+}
+
+#[test]
+fn keep_alive_and_idle_timeout_fire_through_handle_timeout() {
+    let source = MemShare::new(writer(1));
+    let (mut server, mut client, _, _) =
+        serve_pair(uploader(&source), ReplicatorConfig::downloader());
+    run(&mut server, &mut client, 0);
+    let keep_alive = crate::protocol::DEFAULT_KEEP_ALIVE_MS;
+    assert_eq!(client.conn.poll_timeout(), Some(keep_alive));
+    client.timeout(keep_alive);
+    assert!(client.error.is_none());
+    assert!(
+        !client.transmit(keep_alive).is_empty(),
+        "a keep-alive frame"
+    );
+    // The server hears nothing more: at its idle deadline it fails.
+    let idle = crate::protocol::DEFAULT_IDLE_TIMEOUT_MS;
+    server.timeout(keep_alive);
+    server.transmit(keep_alive);
+    server.timeout(idle - 1);
+    assert!(server.error.is_none());
+    server.timeout(idle);
+    assert!(
+        matches!(
+            server.error,
+            Some(ConnectionError::Session(SessionError::Timeout { .. }))
+        ),
+        "{:?}",
+        server.error
+    );
+}
+
+#[test]
+fn a_discovery_key_not_served_is_closed_and_a_kept_one_opens_on_command() {
+    let source = MemShare::new(writer(5));
+    let key = source.lock().key();
+    let dk = crate::crypto::discovery_key(&key);
+    let copy = MemShare::new(reader(key));
+    let open = |c: &mut ConnectionConfig<MemShare>| {
+        c.open.push(ChannelSpec {
+            feed: copy.clone(),
+            config: ReplicatorConfig::downloader(),
+        })
+    };
+    // Nothing served: the remote's Open is answered with Close.
+    let mut server = Peer::new(false, 2, |_| {});
+    let mut client = Peer::new(true, 1, open);
+    run(&mut server, &mut client, 0);
+    assert!(client
+        .events
+        .contains(&ConnectionEvent::ChannelClosed { discovery_key: dk }));
+    assert!(!server.conn.has_channel(&dk));
+
+    // keep_unknown: pending until the owner opens it.
+    let mut server = Peer::new(false, 2, |c| c.keep_unknown = true);
+    let mut client = Peer::new(true, 1, open);
+    run(&mut server, &mut client, 0);
+    assert!(!client.events.iter().any(|e| matches!(
+        e,
+        ConnectionEvent::ChannelOpened { .. } | ConnectionEvent::ChannelClosed { .. }
+    )));
+    assert_eq!(copy.lock().length(), 0);
+    server.command(Command::Open(uploader(&source)), 0);
+    run(&mut server, &mut client, 0);
+    assert!(client.error.is_none() && server.error.is_none());
+    assert_eq!(copy.lock().length(), 5);
+}
+
+#[test]
+fn blocks_one_connection_downloads_are_announced_on_the_others() {
+    // origin -> middle (downloads into `shared`) ; middle -> follower (serves `shared`).
+    let origin_feed = MemShare::new(writer(8));
+    let key = origin_feed.lock().key();
+    let dk = crate::crypto::discovery_key(&key);
+    let shared = MemShare::new(reader(key));
+    let mut origin = Peer::new(false, 2, |c| c.serve.push(uploader(&origin_feed)));
+    let mut middle_down = Peer::new(true, 3, |c| {
+        c.open.push(ChannelSpec {
+            feed: shared.clone(),
+            config: ReplicatorConfig::sparse(),
+        })
+    });
+    run(&mut origin, &mut middle_down, 0);
+    // A first block brings the signed length (8).
+    middle_down.command(Command::Download(dk, 0, Some(1)), 1);
+    run(&mut origin, &mut middle_down, 1);
+    assert_eq!(shared.lock().length(), 8);
+
+    // The follower connects to the middle peer and gets the one block it holds.
+    let mut middle_up = Peer::new(false, 4, |c| {
+        c.serve.push(ChannelSpec {
+            feed: shared.clone(),
+            config: ReplicatorConfig::uploader(),
+        })
+    });
+    let mut follower = Peer::new(true, 5, |c| {
+        c.open.push(ChannelSpec {
+            feed: MemShare::new(reader(key)),
+            config: ReplicatorConfig::downloader(),
+        })
+    });
+    run(&mut middle_up, &mut follower, 2);
+    assert_eq!(follower.downloaded(), 1);
+
+    // The middle peer downloads another block on its other connection: no growth, only
+    // the download log tells the follower's connection (woken), which sends Have.
+    let woken = middle_up.waker.load(std::sync::atomic::Ordering::Relaxed);
+    middle_down.command(Command::Download(dk, 5, Some(6)), 3);
+    run(&mut origin, &mut middle_down, 3);
+    assert!(shared.lock().has(5));
+    assert_eq!(shared.lock().length(), 8);
+    assert!(middle_up.waker.load(std::sync::atomic::Ordering::Relaxed) > woken);
+    run(&mut middle_up, &mut follower, 3);
+    assert!(follower.error.is_none() && middle_up.error.is_none());
+    assert_eq!(follower.downloaded(), 2);
+    assert!(origin.error.is_none() && middle_down.error.is_none());
+}
+
+#[test]
+fn unsent_bytes_above_the_high_water_mark_stop_input() {
+    let source = MemShare::new(writer(1));
+    let mut server = Peer::new(false, 2, |c| {
+        c.serve.push(uploader(&source));
+        c.write_high_water = 1;
+    });
+    let mut client = Peer::new(true, 1, |_| {});
+    // The initiator's first message reaches the responder, whose answer stays unsent.
+    let hello = client.transmit(0);
+    server.deliver(&hello, 0);
+    assert!(server.error.is_none());
+    let answer = server.conn.poll_transmit().unwrap();
+    assert!(!server.conn.wants_input(), "answer not written yet");
+    server.conn.handle_sent(answer.len() - 1, 0).unwrap();
+    assert!(!server.conn.wants_input());
+    server.conn.handle_sent(1, 0).unwrap();
+    assert!(server.conn.wants_input());
+    // Closing stops input too.
+    server.conn.close();
+    assert!(server.conn.is_closing() && !server.conn.wants_input());
+}
+
+#[test]
+fn the_download_log_skips_the_origin_and_keeps_the_newest() {
+    let mut log = DownloadLog::default();
+    log.record(1, &[10, 11]);
+    log.record(2, &[12]);
+    let mut out = Vec::new();
+    assert_eq!(log.since(0, 1, &mut out), 3);
+    assert_eq!(out, [12]);
+    out.clear();
+    assert_eq!(log.since(0, 3, &mut out), 3);
+    assert_eq!(out, [10, 11, 12]);
+    out.clear();
+    let blocks: Vec<u64> = (0..DOWNLOAD_LOG as u64 + 5).collect();
+    log.record(2, &blocks);
+    assert_eq!(log.entries.len(), DOWNLOAD_LOG);
+    assert_eq!(log.since(0, 1, &mut out), 3 + DOWNLOAD_LOG as u64 + 5);
+    assert_eq!(out.len(), DOWNLOAD_LOG);
+    // 3 + 4101 entries: the oldest 8 (10, 11, 12, then blocks 0..5) are gone.
+    assert_eq!(out.first(), Some(&5));
+}
