@@ -122,6 +122,10 @@ impl ReplicationError {
     }
 }
 
+/// The longest range of new length a sparse copy checks block by block to announce what
+/// it holds of it ([`Replicator::on_local_append`]).
+const MAX_SPARSE_ANNOUNCE: u64 = 4096;
+
 /// How a channel replicates.
 #[derive(Clone)]
 pub struct ReplicatorConfig {
@@ -819,12 +823,28 @@ impl Replicator {
             return Ok(());
         }
         let n = length - old_length;
+        self.announced_length = self.announced_length.max(length);
+        let held = feed.downloaded(old_length, length);
+        if held < n {
+            // A sparse copy that learned a longer length from a signature without the
+            // blocks: announce only what it holds (blocks it downloads later are
+            // announced as they come, through the download log). Past a bound, nothing:
+            // each held block there came in as a download and was announced then.
+            if n > MAX_SPARSE_ANNOUNCE {
+                return Ok(());
+            }
+            for index in old_length..length {
+                if feed.has(index) {
+                    self.send(session, Message::Have(Have::block(index)))?;
+                }
+            }
+            return Ok(());
+        }
         let have = if n == 1 {
             Have::block(old_length)
         } else {
             Have::range(old_length, n)
         };
-        self.announced_length = self.announced_length.max(length);
         self.send(session, Message::Have(have))
     }
 

@@ -198,6 +198,62 @@ fn blocks_one_connection_downloads_are_announced_on_the_others() {
     assert!(origin.error.is_none() && middle_down.error.is_none());
 }
 
+/// A sparse copy that learns a longer length (from a downloaded block's signature) while
+/// serving another peer announces only the blocks it holds, not the whole new range:
+/// the follower is synced with what it can get instead of asking for blocks the middle
+/// peer does not have.
+#[test]
+fn a_sparse_copy_announces_only_the_blocks_it_holds() {
+    let origin_feed = MemShare::new(writer(8));
+    let key = origin_feed.lock().key();
+    let dk = crate::crypto::discovery_key(&key);
+    let shared = MemShare::new(reader(key));
+    let mut origin = Peer::new(false, 2, |c| c.serve.push(uploader(&origin_feed)));
+    let mut middle_down = Peer::new(true, 3, |c| {
+        c.open.push(ChannelSpec {
+            feed: shared.clone(),
+            config: ReplicatorConfig::sparse(),
+        })
+    });
+    run(&mut origin, &mut middle_down, 0);
+    // The follower is connected to the middle peer before it holds anything.
+    let mut middle_up = Peer::new(false, 4, |c| {
+        c.serve.push(ChannelSpec {
+            feed: shared.clone(),
+            config: ReplicatorConfig::uploader(),
+        })
+    });
+    let follower_feed = MemShare::new(reader(key));
+    let mut follower = Peer::new(true, 5, |c| {
+        c.open.push(ChannelSpec {
+            feed: follower_feed.clone(),
+            config: ReplicatorConfig::downloader(),
+        })
+    });
+    run(&mut middle_up, &mut follower, 1);
+    // Block 3 brings the signed length (8); only block 3 is held.
+    middle_down.command(Command::Download(dk, 3, Some(4)), 2);
+    run(&mut origin, &mut middle_down, 2);
+    assert_eq!(shared.lock().length(), 8);
+    assert_eq!(shared.lock().downloaded(0, 8), 1);
+    middle_up.wake_if_woken(3);
+    run(&mut middle_up, &mut follower, 3);
+    assert!(follower.error.is_none() && middle_up.error.is_none());
+    assert_eq!(follower.downloaded(), 1);
+    assert!(follower_feed.lock().has(3));
+    let remote_lengths: Vec<u64> = follower
+        .replication()
+        .filter_map(|e| match e {
+            ReplicationEvent::RemoteLength { length, .. } => Some(*length),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        remote_lengths.iter().all(|l| *l <= 4),
+        "the middle peer announced blocks it does not hold: {remote_lengths:?}"
+    );
+}
+
 #[test]
 fn unsent_bytes_above_the_high_water_mark_stop_input() {
     let source = MemShare::new(writer(1));
