@@ -170,6 +170,21 @@ impl Now {
     }
 }
 
+/// An instant on the monotonic clock, with the wall-clock time read now and moved by the
+/// same distance (for callers that only track an `Instant`).
+impl From<Instant> for Now {
+    fn from(at: Instant) -> Now {
+        let now = Instant::now();
+        let wall = now_ms();
+        let unix_ms = if at >= now {
+            wall.saturating_add(u64::try_from((at - now).as_millis()).unwrap_or(u64::MAX))
+        } else {
+            wall.saturating_sub(u64::try_from((now - at).as_millis()).unwrap_or(u64::MAX))
+        };
+        Now { at, unix_ms }
+    }
+}
+
 /// The most buyers whose answers (and, separately, whose past validity) one gate
 /// remembers.
 const CACHE_LIMIT: usize = 100_000;
@@ -298,8 +313,9 @@ impl PaymentGate {
         seller: Key,
         ip: Option<IpAddr>,
         fresh: bool,
-        now: Now,
+        now: impl Into<Now>,
     ) -> Validation {
+        let now: Now = now.into();
         let (now, unix_ms) = (now.at, now.unix_ms);
         if self.entries.is_empty() {
             return Self::free();

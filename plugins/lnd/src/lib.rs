@@ -10,11 +10,15 @@
 //!   paged by add index) and then follows `SubscribeInvoices` from the last add/settle
 //!   index; when LND goes away it reconnects with exponential backoff (200 ms doubling
 //!   up to `max_backoff_ms`, back to 200 ms after a subscription that stayed live 10 s),
-//!   listing again. `validate` answers from what it learned: an invoice
+//!   listing again. Under a host with a state store (API 1.3) it saves the settled
+//!   invoices it counted and the invoice indexes ([`checkpoint`]): a restart or reconnect
+//!   then resumes `SubscribeInvoices` from the saved indexes (LND replays what settled
+//!   since) instead of listing the node, and buyers made valid by saved invoices stay
+//!   valid while the node is being reached. `validate` answers from what it learned: an invoice
 //!   counts when settled and its memo is exactly `dazaar: <seller> <buyer>`; it adds its
 //!   `value` in satoshis at its `settle_date`, priced by the card entry (`SATS`, `BTC`,
 //!   legacy `LightningSats` / `LightningBTC`). While the subscription is down, every
-//!   validation fails closed with the reason.
+//!   validation that saved invoices do not answer fails closed with the reason.
 //! - **Seller**, `user_message`: `lnd-pay-request {"amount": sats}` → `AddInvoice(memo =
 //!   the binding memo, value, private = true)` → `lnd-invoice {"request", "amount"}`.
 //! - **Buyer**: `payment_request` returns the `lnd-pay-request` message to send. On the
@@ -76,6 +80,7 @@
 //! `SATS`, `BTC`, `LightningSats`, `LightningBTC`.
 
 pub mod bolt11;
+mod checkpoint;
 pub mod client;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -90,10 +95,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use checkpoint::{Checkpoint, Indexes, SettledEntry};
 use dazaar_plugin_api::logging::LogSettings;
 use dazaar_plugin_api::{
     expand_home, export_payment_plugin, parse_payment_memo, payment_memo, unavailable, Backoff,
-    Description, Grant, Key, OutgoingMessage, Payment, PaymentInstructions, PaymentPlugin, Request,
+    Description, Grant, Key, OutgoingMessage, Payment, PaymentInstructions, PaymentPlugin,
+    PluginStore, Request,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -300,9 +307,61 @@ struct State {
     /// Since when the list is complete and the subscription live (`None`: not live).
     live_since: Option<tokio::time::Instant>,
     last_error: Option<String>,
+    /// The host's store for what must survive a restart (API 1.3 hosts).
+    checkpoint: Option<Checkpoint>,
+    /// The indexes seen, and whether they are saved: resume from them instead of listing.
+    indexes: Indexes,
+    resume: bool,
+    /// Settled invoices were restored from the checkpoint: while LND is being reached,
+    /// buyers they make valid stay valid (a settled invoice never unsettles).
+    restored: bool,
 }
 
 impl State {
+    /// Restores what `store` kept (the settled invoices and the indexes to resume from).
+    fn restore(&mut self, store: PluginStore) {
+        match Checkpoint::load(store, MAX_SETTLED) {
+            Ok((checkpoint, entries, indexes)) => {
+                let n = entries.len();
+                for e in entries {
+                    let list = self.settled.entry((e.seller, e.buyer)).or_default();
+                    if !list.iter().any(|(h, _, _)| h[..] == e.r_hash[..]) {
+                        list.push((e.r_hash.to_vec(), e.sats, e.at_ms));
+                        self.count += 1;
+                    }
+                }
+                self.restored = n > 0;
+                if let Some(ix) = indexes {
+                    self.indexes = ix;
+                    self.resume = true;
+                }
+                self.checkpoint = Some(checkpoint);
+                tracing::info!(settled = n, resume = ?indexes, "LND checkpoint restored");
+            }
+            Err(e) => {
+                // Without it the plugin lists the node as before.
+                tracing::warn!(error = %e, "cannot read the LND checkpoint; listing the node");
+            }
+        }
+    }
+
+    /// Notes the indexes of `inv`; saves them when the settle index moved (or when none
+    /// were saved yet), so a restart resumes from here.
+    fn note_indexes(&mut self, add: u64, settle: u64, force: bool) {
+        let moved = settle > self.indexes.settle;
+        self.indexes.add = self.indexes.add.max(add);
+        self.indexes.settle = self.indexes.settle.max(settle);
+        if !(moved || force) {
+            return;
+        }
+        if let Some(cp) = &self.checkpoint {
+            match cp.save_indexes(self.indexes) {
+                Ok(()) => self.resume = true,
+                Err(e) => tracing::warn!(error = %e, "cannot save the LND invoice indexes"),
+            }
+        }
+    }
+
     fn record(&mut self, inv: &proto::Invoice) {
         let settled = inv.state == proto::INVOICE_SETTLED || inv.settled;
         if !settled || inv.value <= 0 || inv.settle_date <= 0 {
@@ -328,6 +387,21 @@ impl State {
             .saturating_mul(1000);
         tracing::debug!(buyer = %hex::encode(buyer), sats = inv.value, "settled invoice");
         list.push((inv.r_hash.clone(), inv.value, at));
+        if let (Some(cp), Ok(r_hash)) = (
+            &mut self.checkpoint,
+            <[u8; 32]>::try_from(inv.r_hash.as_slice()),
+        ) {
+            let entry = SettledEntry {
+                seller,
+                buyer,
+                r_hash,
+                sats: inv.value,
+                at_ms: at,
+            };
+            if let Err(e) = cp.append(&entry) {
+                tracing::warn!(error = %e, "cannot save a settled invoice");
+            }
+        }
     }
 }
 
@@ -438,7 +512,16 @@ async fn sync_once(lnd: &Lnd, state: &Arc<Mutex<State>>) -> Result<(), String> {
     let mut offset = 0u64;
     let mut add_index = 0u64;
     let mut settle_index = 0u64;
-    loop {
+    let resume = match state.lock() {
+        Ok(st) => st.resume.then_some(st.indexes),
+        Err(_) => None,
+    };
+    if let Some(ix) = resume {
+        // Saved indexes: LND replays what was added and settled since them.
+        add_index = ix.add;
+        settle_index = ix.settle;
+    }
+    while resume.is_none() {
         let page = lnd
             .list_invoices(proto::ListInvoiceRequest {
                 pending_only: false,
@@ -462,6 +545,11 @@ async fn sync_once(lnd: &Lnd, state: &Arc<Mutex<State>>) -> Result<(), String> {
         }
         offset = page.last_index_offset;
     }
+    if resume.is_none() {
+        if let Ok(mut st) = state.lock() {
+            st.note_indexes(add_index, settle_index, true);
+        }
+    }
     let mut stream = lnd
         .subscribe_invoices(proto::InvoiceSubscription {
             add_index,
@@ -473,12 +561,18 @@ async fn sync_once(lnd: &Lnd, state: &Arc<Mutex<State>>) -> Result<(), String> {
         st.live_since = Some(tokio::time::Instant::now());
         st.last_error = None;
     }
-    tracing::info!(add_index, settle_index, "following LND invoices");
+    tracing::info!(
+        add_index,
+        settle_index,
+        resumed = resume.is_some(),
+        "following LND invoices"
+    );
     loop {
         match stream.message().await {
             Ok(Some(inv)) => {
                 if let Ok(mut st) = state.lock() {
                     st.record(&inv);
+                    st.note_indexes(inv.add_index, inv.settle_index, false);
                 }
             }
             Ok(None) => return Ok(()),
@@ -704,25 +798,8 @@ impl LndPlugin {
             }
         }
     }
-}
 
-impl PaymentPlugin for LndPlugin {
-    fn describe() -> Description {
-        Description {
-            name: "lnd",
-            version: env!("CARGO_PKG_VERSION"),
-            // "lnd" first: the seed's card example uses it, and the host defaults a sell
-            // entry without a method to the first one.
-            methods: &["lnd", "lightning", "ln"],
-            currencies: &["SATS", "BTC", "LightningSats", "LightningBTC"],
-        }
-    }
-
-    fn check_config(config: &str) -> Result<(), String> {
-        check(config).map(|_| ())
-    }
-
-    fn open(config: &str) -> Result<Self, String> {
+    fn open_inner(config: &str, store: Option<PluginStore>) -> Result<Self, String> {
         let Checked {
             config,
             connection,
@@ -768,10 +845,14 @@ impl PaymentPlugin for LndPlugin {
                 timeout,
             )?
         };
-        let state = Arc::new(Mutex::new(State {
+        let mut restored = State {
             last_error: Some("connecting to LND".into()),
             ..State::default()
-        }));
+        };
+        if let Some(store) = store {
+            restored.restore(store);
+        }
+        let state = Arc::new(Mutex::new(restored));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         {
             let lnd = lnd.clone();
@@ -796,7 +877,7 @@ impl PaymentPlugin for LndPlugin {
         })
     }
 
-    fn validate(&self, req: &Request<'_>, now_ms: u64) -> Result<Grant, String> {
+    fn validate_inner(&self, req: &Request<'_>, now_ms: u64) -> Result<Grant, String> {
         let rate = req
             .terms
             .rate()
@@ -811,12 +892,19 @@ impl PaymentPlugin for LndPlugin {
             .state
             .lock()
             .map_err(|_| unavailable("the LND plugin's state is poisoned"))?;
-        if st.live_since.is_none() {
+        let live = st.live_since.is_some();
+        if !live && !st.restored {
             return Err(unavailable(format!(
                 "LND is not reachable: {}",
                 st.last_error.as_deref().unwrap_or("connecting")
             )));
         }
+        let down = (!live).then(|| {
+            format!(
+                "LND is not reachable: {}",
+                st.last_error.as_deref().unwrap_or("connecting")
+            )
+        });
         let mut payments = Vec::new();
         for (_, sats, at) in st
             .settled
@@ -830,10 +918,46 @@ impl PaymentPlugin for LndPlugin {
             });
         }
         drop(st);
-        rate.grant(&payments, now_ms)
-            .map_err(|r| r.reason(|| "no settled invoice with this buyer's memo".to_owned()))
+        let grant = rate.grant(&payments, now_ms);
+        match (grant, down) {
+            // Restored invoices keep a buyer valid while LND is being reached; anything
+            // else waits for the node (it may hold a newer payment): fail closed.
+            (Ok(g), _) => Ok(g),
+            (Err(_), Some(down)) => Err(unavailable(down)),
+            (Err(r), None) => {
+                Err(r.reason(|| "no settled invoice with this buyer's memo".to_owned()))
+            }
+        }
+    }
+}
+
+impl PaymentPlugin for LndPlugin {
+    fn describe() -> Description {
+        Description {
+            name: "lnd",
+            version: env!("CARGO_PKG_VERSION"),
+            // "lnd" first: the seed's card example uses it, and the host defaults a sell
+            // entry without a method to the first one.
+            methods: &["lnd", "lightning", "ln"],
+            currencies: &["SATS", "BTC", "LightningSats", "LightningBTC"],
+        }
     }
 
+    fn check_config(config: &str) -> Result<(), String> {
+        check(config).map(|_| ())
+    }
+
+    fn open(config: &str) -> Result<Self, String> {
+        LndPlugin::open_inner(config, None)
+    }
+
+    fn open_with_state(config: &str, store: PluginStore) -> Result<Self, String> {
+        LndPlugin::open_inner(config, Some(store))
+    }
+
+    fn validate(&self, req: &Request<'_>, now_ms: u64) -> Result<Grant, String> {
+        self.validate_inner(req, now_ms)
+    }
     fn user_message(
         &self,
         req: &Request<'_>,
@@ -1081,6 +1205,56 @@ mod tests {
     /// The seed's card example says `"method": "lnd"`: the plugin lists that method, first
     /// (so the host gives it to a sell entry without a method), and validates such a
     /// card's payments like any other.
+    /// A restart with a checkpoint: the buyers its saved invoices pay for are valid
+    /// while LND is still being reached; others fail closed as unavailable (the node may
+    /// hold a newer payment). Without the checkpoint every buyer would wait for the node.
+    #[test]
+    fn saved_invoices_keep_buyers_valid_across_a_restart() {
+        let memory = checkpoint::memory::Memory::default();
+        let (seller, buyer) = ([1; 32], [2; 32]);
+        let settled_at = 1_700_000_000;
+        // The first run counts a settled invoice and saves it.
+        let mut first = State::default();
+        first.restore(memory.store());
+        first.record(&proto::Invoice {
+            memo: payment_memo(&seller, &buyer),
+            r_hash: vec![7; 32],
+            value: 100,
+            settle_date: settled_at,
+            settle_index: 5,
+            state: proto::INVOICE_SETTLED,
+            ..proto::Invoice::default()
+        });
+        first.note_indexes(9, 5, false);
+        drop(first);
+        // The restarted plugin has not reached LND yet.
+        let mut restarted = State {
+            last_error: Some("connecting to LND".into()),
+            ..State::default()
+        };
+        restarted.restore(memory.store());
+        assert!(restarted.resume);
+        assert_eq!(restarted.indexes, Indexes { add: 9, settle: 5 });
+        let plugin = seller_with(restarted);
+        let terms = PaymentTerms::new("lnd", "SATS", "1", "seconds", "1");
+        let req = |buyer| Request {
+            buyer,
+            seller,
+            terms: &terms,
+        };
+        let at = |s: i64| u64::try_from(s * 1000).unwrap();
+        assert_eq!(
+            plugin.validate(&req(buyer), at(settled_at + 40)),
+            Ok(Grant::time_ms(60_000))
+        );
+        let other = plugin.validate(&req([3; 32]), at(settled_at)).unwrap_err();
+        assert!(other.contains("LND is not reachable"), "{other}");
+        let lapsed = plugin
+            .validate(&req(buyer), at(settled_at + 100))
+            .unwrap_err();
+        assert!(lapsed.contains("LND is not reachable"), "{lapsed}");
+    }
+
     #[test]
     fn a_seed_style_card_with_method_lnd_is_served() {
         let described = LndPlugin::describe();
