@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use dazaar::payments::{now_ms, CallLimits, OpenedVerifier, PaymentTerms, PluginRegistry};
 use dazaar_plugin_api::payment_memo;
 use dazaar_tests::eos_mock::MockEos;
-use dazaar_tests::localstripe::free_port;
 use dazaar_tests::plugin_library;
 use dazaar_tests::stripe_mock::{now_s, post_webhook, sign, MockStripe};
 use serde_json::json;
@@ -111,14 +110,19 @@ fn stripe() {
         rate(&warm, &terms, 5)
     );
 
-    let port = free_port();
+    // The listener takes a port the kernel picks; the plugin's log (this process's
+    // only one) says which.
+    let hook_log = dir.path().join("stripe.log");
     let hooked = open(
         "fiat_stripe",
         &format!(
-            "{base}refresh_ms = 600000\nwebhook_listen = \"127.0.0.1:{port}\"\nwebhook_secret_file = {:?}\n",
-            wh_file.display().to_string()
+            "{base}refresh_ms = 600000\nwebhook_listen = \"127.0.0.1:0\"\nwebhook_secret_file = {:?}\nlog_file = {:?}\n",
+            wh_file.display().to_string(),
+            hook_log.display().to_string()
         ),
     );
+    let port = dazaar_tests::stripe_mock::webhook_port_in_log(&hook_log)
+        .expect("the plugin's log names the webhook address");
     let mut lat = Vec::new();
     for n in 0..20u32 {
         let b = buyer(BUYERS + n);

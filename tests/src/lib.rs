@@ -1,4 +1,5 @@
-//! Helpers shared by the end-to-end and interop tests in `tests/tests/`.
+//! Helpers shared by the end-to-end and interop tests in `tests/tests/it/` (and the
+//! benches).
 // Test and benchmark code: a panic is the failure report, and its queues are
 // bounded by the test itself.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
@@ -27,7 +28,12 @@ pub mod routerrpc {
 pub mod localstripe;
 pub mod proc;
 pub mod procfs;
+pub mod skip;
 pub mod stripe_mock;
+pub mod wait;
+
+pub use skip::need;
+pub use wait::{poll_until, wait_until, wait_until_async};
 
 pub use proc::{
     buy_once, buy_until_valid, buyer_key, dazaar, dazaar_cmd, feed_lines, json_lines,
@@ -64,18 +70,50 @@ pub fn js_dir() -> Option<PathBuf> {
     dir.join("node_modules/hypercore").is_dir().then_some(dir)
 }
 
-/// The JS dir, or a panic explaining how to install it: interop tests must not pass
-/// silently when the reference is missing. Set `DAZAAR_SKIP_JS=1` to skip them knowingly.
+/// The JS dir, when node and the JS reference are installed; otherwise `None` after the
+/// skip policy's line ([`need`]: a failure under `CI`).
 pub fn require_js() -> Option<PathBuf> {
-    if std::env::var("DAZAAR_SKIP_JS").is_ok_and(|v| v == "1") {
-        eprintln!("DAZAAR_SKIP_JS=1: skipping a JS interop test");
-        return None;
+    let found = skip::runs("node").and_then(|()| {
+        js_dir().ok_or_else(|| {
+            "the JS reference is not installed: run tests/js/install.sh (or set DAZAAR_JS_DIR)"
+                .to_owned()
+        })
+    });
+    need("node and the JS reference packages", found)
+}
+
+/// A loopback port where nothing listens, held for as long as this lives: a socket bound
+/// to it that never listens, so a connection is refused (unlike a port bound and
+/// released, which another process could take meanwhile).
+pub struct RefusedPort {
+    _socket: tokio::net::TcpSocket,
+    /// The port.
+    pub port: u16,
+}
+
+impl RefusedPort {
+    /// Binds one.
+    pub fn new() -> RefusedPort {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket
+            .bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+            .expect("bind a loopback port");
+        let port = socket.local_addr().expect("its address").port();
+        RefusedPort {
+            _socket: socket,
+            port,
+        }
     }
-    match js_dir() {
-        Some(d) => Some(d),
-        None => panic!(
-            "the JS reference is not installed: run tests/js/install.sh (or set DAZAAR_JS_DIR), or DAZAAR_SKIP_JS=1 to skip"
-        ),
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Default for RefusedPort {
+    fn default() -> Self {
+        RefusedPort::new()
     }
 }
 
@@ -173,6 +211,10 @@ pub fn plugin_library(name: &str) -> PathBuf {
         "no package builds plugin {name}"
     );
     build_all();
+    // A plugin passes the host the events at the host's level when it is first loaded,
+    // and a process loads each library once: the process's subscriber must be there
+    // before, or a later [`capture_host_log`] would get none of the plugin's events.
+    install_test_subscriber();
     let path = target_dir().join(dazaar::payments::plugin_file_name(name));
     assert!(path.is_file(), "{} was not built", path.display());
     path
@@ -203,36 +245,56 @@ pub fn thread_count(prefix: &str) -> Option<usize> {
     )
 }
 
-/// Sends this test process's `tracing` events (the host library's, and through the plugin
-/// API's log sink the plugins') at every level to a buffer, and returns it. The
-/// subscriber is process-wide and installed once; later calls return the same buffer.
-pub fn capture_host_log() -> std::sync::Arc<std::sync::Mutex<Vec<u8>>> {
-    use std::sync::{Arc, Mutex, OnceLock};
-    static BUFFER: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    BUFFER
-        .get_or_init(|| {
-            let buffer = Arc::new(Mutex::new(Vec::new()));
-            let writer = Arc::clone(&buffer);
-            let subscriber = tracing_subscriber::fmt()
-                .with_max_level(tracing::Level::TRACE)
-                .with_ansi(false)
-                .with_writer(move || CaptureWriter(Arc::clone(&writer)))
-                .finish();
-            tracing::subscriber::set_global_default(subscriber)
-                .expect("no other global subscriber in this test binary");
-            buffer
-        })
-        .clone()
+/// Records this test process's `tracing` events of the host library (targets
+/// `dazaar...`, which include plugins' events passed on through the plugin API's log
+/// sink, `dazaar::plugin`) at every level, from now until the returned buffer is dropped.
+/// Every test shares the process: events of tests running meanwhile are recorded too.
+pub fn capture_host_log() -> HostLog {
+    install_test_subscriber();
+    let buffer = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    if let Ok(mut active) = CAPTURES.lock() {
+        active.push(std::sync::Arc::clone(&buffer));
+    }
+    HostLog(buffer)
 }
 
-struct CaptureWriter(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+/// What [`capture_host_log`] recorded; recording stops when it is dropped.
+pub struct HostLog(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl HostLog {
+    /// The text recorded so far.
+    pub fn text(&self) -> String {
+        let bytes = self.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+impl Drop for HostLog {
+    fn drop(&mut self) {
+        if let Ok(mut active) = CAPTURES.lock() {
+            active.retain(|b| !std::sync::Arc::ptr_eq(b, &self.0));
+        }
+    }
+}
+
+type Buffer = std::sync::Arc<std::sync::Mutex<Vec<u8>>>;
+
+/// The buffers of the [`HostLog`]s alive.
+static CAPTURES: std::sync::Mutex<Vec<Buffer>> = std::sync::Mutex::new(Vec::new());
+
+/// Writes to every live capture.
+struct CaptureWriter;
 
 impl std::io::Write for CaptureWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if let Ok(mut b) = self.0.lock() {
-            // Bounded: a test never needs more than a few MiB of log.
-            if b.len() < 16 << 20 {
-                b.extend_from_slice(buf);
+        if let Ok(active) = CAPTURES.lock() {
+            for b in active.iter() {
+                if let Ok(mut b) = b.lock() {
+                    // Bounded: a test never needs more than a few MiB of log.
+                    if b.len() < 16 << 20 {
+                        b.extend_from_slice(buf);
+                    }
+                }
             }
         }
         Ok(buf.len())
@@ -242,20 +304,46 @@ impl std::io::Write for CaptureWriter {
     }
 }
 
+/// Installs the process's one global subscriber, once: the captures' output (only while
+/// one is alive) and, when `RUST_LOG` is set, stderr filtered by it. Both helpers go
+/// through here because a process has one global subscriber, and all the tests share it.
+fn install_test_subscriber() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::Layer;
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let capture = tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(|| CaptureWriter)
+            // Dynamic (asked at every event): whether a capture is alive changes, and a
+            // plain `filter_fn`'s first answer is cached per callsite for good.
+            .with_filter(tracing_subscriber::filter::dynamic_filter_fn(|meta, _| {
+                meta.target().starts_with("dazaar")
+                    && CAPTURES.lock().is_ok_and(|active| !active.is_empty())
+            }));
+        let registry = tracing_subscriber::registry().with(capture);
+        let _ = if std::env::var_os("RUST_LOG").is_some() {
+            let stderr = tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(tracing_subscriber::EnvFilter::from_default_env());
+            tracing::subscriber::set_global_default(registry.with(stderr))
+        } else {
+            tracing::subscriber::set_global_default(registry)
+        };
+    });
+}
+
 /// When `RUST_LOG` is set, logs this test process's events to stderr (run the test with
 /// `--nocapture` to see them); otherwise does nothing.
 pub fn init_test_log() {
     if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_writer(std::io::stderr)
-            .try_init();
+        install_test_subscriber();
     }
 }
 
 /// What the first entry's plugin answers for `buyer`, its failure detail included. A
 /// peer is told only a public text when a check fails (the gate's job, tested in
-/// tests/tests/plugins.rs); the plugin tests read the plugin's own reasons.
+/// tests/tests/it/plugins.rs); the plugin tests read the plugin's own reasons.
 pub fn plugin_check(
     gate: &dazaar::payments::PaymentGate,
     buyer: [u8; 32],

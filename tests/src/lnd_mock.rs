@@ -79,6 +79,8 @@ pub struct LndState {
     pub route_fee_sat: i64,
     /// Every SendPaymentV2 request received, in order.
     pub payment_calls: Vec<SendPaymentRequest>,
+    /// ListInvoices calls received (authorised ones).
+    pub list_calls: usize,
     /// Streams of payments left in flight (kept open).
     held: Vec<tokio::sync::mpsc::Sender<Result<proto::Payment, Status>>>,
     subscribers: Vec<tokio::sync::mpsc::Sender<Result<proto::Invoice, Status>>>,
@@ -229,7 +231,11 @@ impl Lightning for Node {
         &self,
         request: Request<proto::ListInvoiceRequest>,
     ) -> Result<Response<proto::ListInvoiceResponse>, Status> {
-        let mode = self.authorized(&request)?.mode;
+        let mode = {
+            let mut s = self.authorized(&request)?;
+            s.list_calls += 1;
+            s.mode
+        };
         if let LndMode::SlowList(d) = mode {
             tokio::time::sleep(d).await;
         }
@@ -376,16 +382,16 @@ impl Router for Node {
 }
 
 impl MockLnd {
-    /// Starts a node accepting `macaroon_hex`, on a free loopback port.
+    /// Starts a node accepting `macaroon_hex`, on a loopback port the kernel picks.
     pub fn start(macaroon_hex: &str) -> MockLnd {
         let cert = rcgen::generate_simple_self_signed(vec![
             "localhost".to_owned(),
             "127.0.0.1".to_owned(),
         ])
         .expect("self-signed certificate");
-        let port = crate::localstripe::free_port();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the mock node");
         let mut m = MockLnd {
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            addr: listener.local_addr().expect("the mock node's address"),
             cert_pem: cert.cert.pem(),
             key_pem: cert.key_pair.serialize_pem(),
             state: Arc::new(Mutex::new(LndState {
@@ -395,18 +401,40 @@ impl MockLnd {
                 network_prefix: "bcrt".to_owned(),
                 route_fee_sat: 1,
                 payment_calls: Vec::new(),
+                list_calls: 0,
                 held: Vec::new(),
                 subscribers: Vec::new(),
                 next_settle: 0,
             })),
             runtime: None,
         };
-        m.resume();
+        m.serve(listener);
         m
     }
 
-    /// (Re)starts serving on the same port with the same state.
+    /// Starts serving again after [`MockLnd::stop`], on the same port with the same
+    /// state: the node a plugin knows comes back at its address. The port was released
+    /// by `stop` (that is what a node going away looks like), so binding it again is
+    /// retried for a while in case the kernel has not freed it yet.
     pub fn resume(&mut self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let listener = loop {
+            match std::net::TcpListener::bind(self.addr) {
+                Ok(l) => break l,
+                Err(e) if std::time::Instant::now() >= deadline => {
+                    panic!("cannot listen on {} again: {e}", self.addr)
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        };
+        self.serve(listener);
+    }
+
+    /// Serves the node's services on `listener` from a runtime of its own.
+    fn serve(&mut self, listener: std::net::TcpListener) {
+        listener
+            .set_nonblocking(true)
+            .expect("a non-blocking listener");
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -415,16 +443,11 @@ impl MockLnd {
         let identity = tonic::transport::Identity::from_pem(&self.cert_pem, &self.key_pem);
         let lightning = LightningServer::new(Node(Arc::clone(&self.state)));
         let router = RouterServer::new(Node(Arc::clone(&self.state)));
-        let addr = self.addr;
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let listener = {
+            let _guard = runtime.enter();
+            tokio::net::TcpListener::from_std(listener).expect("a tokio listener")
+        };
         runtime.spawn(async move {
-            let listener = loop {
-                match tokio::net::TcpListener::bind(addr).await {
-                    Ok(l) => break l,
-                    Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-                }
-            };
-            let _ = ready_tx.send(());
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
             let _ = tonic::transport::Server::builder()
                 .tls_config(tonic::transport::ServerTlsConfig::new().identity(identity))
@@ -434,7 +457,6 @@ impl MockLnd {
                 .serve_with_incoming(incoming)
                 .await;
         });
-        let _ = ready_rx.recv_timeout(Duration::from_secs(5));
         self.runtime = Some(runtime);
     }
 

@@ -1,9 +1,9 @@
 //! Starts the real `localstripe` (a stateful fake Stripe server, PyPI package
-//! `localstripe`, installed by `.ci/run`) on a free loopback port.
+//! `localstripe`, installed by `.ci/run`) on a loopback port it picks itself.
 
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The pinned version `.ci/run` installs.
 pub const VERSION: &str = "1.15.10";
@@ -15,16 +15,9 @@ pub struct LocalStripe {
     pub base: String,
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
-}
-
 impl LocalStripe {
-    /// Starts it, or `None` with a message on stderr when the package is not installed.
+    /// Starts it, or `None` under the skip policy ([`crate::need`]) when the package is
+    /// not installed.
     pub fn start() -> Option<LocalStripe> {
         let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
         let installed = Command::new(&python)
@@ -33,36 +26,56 @@ impl LocalStripe {
             .stderr(Stdio::null())
             .status()
             .is_ok_and(|s| s.success());
-        if !installed {
-            eprintln!(
-                "SKIPPED: localstripe is not installed (pip install localstripe=={VERSION}); .ci/run installs it"
-            );
-            return None;
-        }
-        let port = free_port();
-        let child = Command::new(&python)
-            .args(["-m", "localstripe", "--from-scratch", "--port"])
-            .arg(port.to_string())
+        crate::need(
+            "localstripe",
+            if installed {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{python} cannot import it (pip install localstripe=={VERSION}; .ci/run installs it)"
+                ))
+            },
+        )?;
+        // Port 0: the kernel picks a free port, and aiohttp prints the one it bound
+        // ("======== Running on http://[::]:PORT ========"); `-u` so that line is not
+        // held in a pipe buffer.
+        let mut child = Command::new(&python)
+            .args(["-u", "-m", "localstripe", "--from-scratch", "--port", "0"])
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("start localstripe");
+        let stdout = child.stdout.take().expect("localstripe's stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                let port = line
+                    .split("Running on http://")
+                    .nth(1)
+                    .and_then(|rest| rest.rsplit_once(':'))
+                    .and_then(|(_, p)| p.split_whitespace().next()?.parse::<u16>().ok());
+                if let Some(port) = port {
+                    let _ = tx.send(port);
+                }
+                // Keep reading, so the server never blocks on a full pipe.
+            }
+        });
         let mut ls = LocalStripe {
             child,
-            base: format!("http://127.0.0.1:{port}"),
+            base: String::new(),
         };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(ls);
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(port) => {
+                ls.base = format!("http://127.0.0.1:{port}");
+                Some(ls)
             }
-            if let Ok(Some(status)) = ls.child.try_wait() {
-                panic!("localstripe exited at start: {status}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
+            Err(_) => match ls.child.try_wait() {
+                Ok(Some(status)) => panic!("localstripe exited at start: {status}"),
+                _ => panic!("localstripe did not say its port within 20 s"),
+            },
         }
-        panic!("localstripe did not listen on port {port} within 20 s");
     }
 }
 

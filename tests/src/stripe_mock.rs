@@ -478,3 +478,20 @@ pub fn post_webhook(port: u16, body: &str, signature: &str) -> u16 {
         .and_then(|c| c.parse().ok())
         .unwrap_or(0)
 }
+
+/// The port of the Stripe plugin's webhook listener, from its "listening for Stripe
+/// webhooks" line in the plugin's log file (`log_file`): with `webhook_listen =
+/// "127.0.0.1:0"` the kernel picks the port, and this is where the plugin says which.
+/// Only for a log file no other opening of the plugin writes to: the plugin's log files
+/// take every event of the library loaded in that process.
+pub fn webhook_port_in_log(log: &std::path::Path) -> Option<u16> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let mut ports = text
+        .lines()
+        .filter(|l| l.contains("listening for Stripe webhooks"))
+        .filter_map(|l| {
+            let addr = l.split("addr=").nth(1)?.split_whitespace().next()?;
+            addr.parse::<std::net::SocketAddr>().ok().map(|a| a.port())
+        });
+    ports.next()
+}

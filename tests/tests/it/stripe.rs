@@ -10,25 +10,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dazaar::payments::{
-    now_ms, CallLimits, GrantKind, OpenedVerifier, PaymentEntry, PaymentGate, PaymentTerms,
-    PluginRegistry, UserMessage, Validation,
+    now_ms, CallLimits, OpenedVerifier, PaymentGate, PaymentTerms, PluginRegistry, UserMessage,
+    Validation,
 };
-use dazaar_tests::localstripe::{free_port, LocalStripe};
+use dazaar_tests::localstripe::LocalStripe;
 use dazaar_tests::plugin_library;
 use dazaar_tests::stripe_mock::{now_s, MockStripe, Mode};
 use serde_json::{json, Value};
 
+use crate::support::{self, key as buyer, reason, BUYER, SELLER};
+
 const KEY: &str = "sk_test_dazaar_0123456789abcdef";
 const WEBHOOK_SECRET: &str = "whsec_dazaar_test_secret";
-const SELLER: [u8; 32] = [0x5e; 32];
-const BUYER: [u8; 32] = [0xb0; 32];
 
 fn limits() -> CallLimits {
-    CallLimits {
-        timeout: Duration::from_secs(5),
-        workers: 2,
-        queue: 64,
-    }
+    support::limits(Duration::from_secs(5), 2, 64)
 }
 
 /// A temp dir holding the key and webhook secret files.
@@ -52,11 +48,16 @@ impl Secrets {
 }
 
 fn open(config: &str) -> Arc<OpenedVerifier> {
-    let mut reg = PluginRegistry::new();
-    let plugin = reg.load_path(&plugin_library("fiat_stripe")).unwrap();
-    plugin
-        .open(config, limits())
-        .unwrap_or_else(|e| panic!("open: {e}"))
+    support::open("fiat_stripe", config, limits())
+}
+
+/// Opens the plugin with a webhook listener: `config(port)` is its config for
+/// `webhook_listen = "127.0.0.1:{port}"`. Returns the verifier and the port.
+fn open_with_webhook(config: impl Fn(u16) -> String) -> (Arc<OpenedVerifier>, u16) {
+    support::on_free_port(
+        |port| support::load("fiat_stripe").open(&config(port), limits()),
+        |e| e.to_string().contains("cannot listen for webhooks"),
+    )
 }
 
 fn config(base: &str, secrets: &Secrets, extra: &str) -> String {
@@ -72,35 +73,11 @@ fn usd_terms() -> Arc<PaymentTerms> {
 }
 
 fn gate(v: &Arc<OpenedVerifier>) -> PaymentGate {
-    PaymentGate::new(
-        vec![PaymentEntry {
-            terms: usd_terms(),
-            verifier: Arc::clone(v),
-        }],
-        Duration::from_millis(1),
-    )
+    support::gate(v, usd_terms(), Duration::from_millis(1))
 }
 
 fn remaining(v: Validation) -> u64 {
-    match v {
-        Validation::Valid { grant, plugin } => {
-            assert_eq!(plugin.as_deref(), Some("fiat_stripe"));
-            assert_eq!(grant.kind, GrantKind::TIME);
-            grant.remaining
-        }
-        other => panic!("expected valid, got {other:?}"),
-    }
-}
-
-fn reason(v: Validation) -> String {
-    match v {
-        Validation::Invalid { reason } => reason,
-        other => panic!("expected invalid, got {other:?}"),
-    }
-}
-
-fn buyer(n: u8) -> [u8; 32] {
-    [n; 32]
+    support::remaining(v, "fiat_stripe")
 }
 
 #[test]
@@ -213,15 +190,12 @@ fn stripe_backend_failures_fail_closed_and_recover() {
 
     // Back up: valid again, same verifier, no restart.
     mock.set_mode(Mode::Normal);
-    std::thread::sleep(Duration::from_millis(1600)); // let the slow answer drain
-    assert!(dazaar_tests::plugin_check(&g, BUYER, SELLER).is_valid());
+    // Valid again once the slow answer has drained.
+    wait_valid(&g, BUYER, Duration::from_secs(5)).expect("valid again after Stripe recovered");
 
-    // Nothing listening at all.
-    let down = open(&config(
-        &format!("http://127.0.0.1:{}", free_port()),
-        &secrets,
-        "",
-    ));
+    // Nothing listening at all: connection refused.
+    let refused = dazaar_tests::RefusedPort::new();
+    let down = open(&config(&refused.url(), &secrets, ""));
     let r = reason(dazaar_tests::plugin_check(&gate(&down), BUYER, SELLER));
     assert!(r.contains("Stripe is unreachable"), "{r}");
 }
@@ -357,28 +331,28 @@ fn post_webhook(port: u16, body: &str, signature: &str) -> u16 {
         .unwrap_or(0)
 }
 
+/// How long until `b` was valid, if it was within `within`.
 fn wait_valid(g: &PaymentGate, b: [u8; 32], within: Duration) -> Option<Duration> {
     let start = Instant::now();
-    while start.elapsed() < within {
-        if dazaar_tests::plugin_check(g, b, SELLER).is_valid() {
-            return Some(start.elapsed());
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    None
+    dazaar_tests::poll_until(within, || {
+        dazaar_tests::plugin_check(g, b, SELLER)
+            .is_valid()
+            .then(|| start.elapsed())
+    })
 }
 
 #[test]
 fn stripe_webhook_payments_count_at_once_and_are_signature_checked() {
     let mock = MockStripe::start(KEY);
     let secrets = Secrets::new(KEY);
-    let port = free_port();
-    let v = open(&format!(
+    let (v, port) = open_with_webhook(|port| {
+        format!(
         "api_base = {:?}\nsecret_key_file = {:?}\nrefresh_ms = 60000\nwebhook_listen = \"127.0.0.1:{port}\"\nwebhook_secret_file = {:?}\n",
         mock.base,
         secrets.key_file(),
         secrets.whsec_file()
-    ));
+    )
+    });
     let g = gate(&v);
     assert!(!dazaar_tests::plugin_check(&g, BUYER, SELLER).is_valid()); // cached for 60 s
 
@@ -548,11 +522,12 @@ fn stripe_against_localstripe() {
     assert!(!dazaar_tests::plugin_check(&g, BUYER, SELLER).is_valid());
 
     // Webhooks from localstripe (it waits about a second before delivering).
-    let port = free_port();
-    let hooked = open(&format!(
+    let (hooked, port) = open_with_webhook(|port| {
+        format!(
         "api_base = {:?}\nsecret_key_file = {:?}\nlookup = \"payment_intents\"\nrefresh_ms = 60000\nwebhook_listen = \"127.0.0.1:{port}\"\nwebhook_secret_file = {:?}\n",
         ls.base, secrets.key_file(), secrets.whsec_file()
-    ));
+    )
+    });
     let hg = gate(&hooked);
     let cfg = ureq::post(&format!("{}/_config/webhooks/dazaar", ls.base)).send_form(&[
         ("url", &format!("http://127.0.0.1:{port}/stripe")),
@@ -594,14 +569,17 @@ fn stripe_sale_end_to_end_through_the_binary() {
     let plugins = dir.path().join("plugins");
     std::fs::create_dir_all(&plugins).unwrap();
     copy_plugin("fiat_stripe", &plugins, None);
-    let port = free_port();
     // Payments reach the seller by webhook; its own reads of Stripe are cached for a
-    // minute, so a buyer valid within seconds proves the webhook path.
+    // minute, so a buyer valid within seconds proves the webhook path. The listener
+    // takes a port the kernel picks and says which in the plugin's log, a file of the
+    // seller process alone.
+    let plugin_log = dir.path().join("stripe.log");
     let seller_config = format!(
-        "api_base = {:?}\nsecret_key_file = {:?}\nlookup = \"checkout_sessions\"\nrefresh_ms = 60000\ntimeout_ms = 2000\nwebhook_listen = \"127.0.0.1:{port}\"\nwebhook_secret_file = {:?}\nsuccess_url = \"https://seller.example/paid\"\ncancel_url = \"https://seller.example/\"\n",
+        "api_base = {:?}\nsecret_key_file = {:?}\nlookup = \"checkout_sessions\"\nrefresh_ms = 60000\ntimeout_ms = 2000\nwebhook_listen = \"127.0.0.1:0\"\nwebhook_secret_file = {:?}\nsuccess_url = \"https://seller.example/paid\"\ncancel_url = \"https://seller.example/\"\nlog_file = {:?}\n",
         mock.base,
         secrets.key_file(),
-        secrets.whsec_file()
+        secrets.whsec_file(),
+        plugin_log.display().to_string()
     );
     let (_seller, info) = sell(&[
         "--data-dir",
@@ -630,6 +608,8 @@ fn stripe_sale_end_to_end_through_the_binary() {
     ]);
     let key = info["sellerKey"].as_str().unwrap().to_owned();
     let addr = info["addr"].as_str().unwrap().to_owned();
+    let port = dazaar_tests::stripe_mock::webhook_port_in_log(&plugin_log)
+        .expect("the plugin's log names the webhook address");
     let buyer_data = dir.path().join("buyer");
     let out = dir.path().join("bought");
     let buy = || buy_once(&buyer_data, &key, &addr, &out);
@@ -753,7 +733,7 @@ fn stripe_plugin_logs_reach_the_host_log_without_secrets() {
     let why = reason(dazaar_tests::plugin_check(&gate(&v), buyer(9), SELLER));
     assert!(why.contains("500"), "{why}");
 
-    let text = String::from_utf8_lossy(&log.lock().unwrap()).into_owned();
+    let text = log.text();
     let from_plugin: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("dazaar::plugin") && l.contains("from=dazaar_fiat_stripe"))
@@ -879,13 +859,14 @@ fn stripe_request_budget_bounds_calls_and_paying_buyers_stay_valid() {
 fn stripe_webhook_index_answers_without_searching() {
     let mock = MockStripe::start(KEY);
     let secrets = Secrets::new(KEY);
-    let port = free_port();
-    let v = open(&format!(
+    let (v, port) = open_with_webhook(|port| {
+        format!(
         "api_base = {:?}\nsecret_key_file = {:?}\nrefresh_ms = 0\nwebhook_listen = \"127.0.0.1:{port}\"\nwebhook_secret_file = {:?}\n",
         mock.base,
         secrets.key_file(),
         secrets.whsec_file()
-    ));
+    )
+    });
     let g = gate(&v);
     mock.add_intent(&SELLER, &BUYER, 500, "usd", now_s(), "succeeded", 0, false);
     let pi = mock.state.lock().unwrap().intents.last().unwrap().clone();
@@ -934,13 +915,14 @@ fn stripe_list_past_max_pages_counts_the_newest() {
 fn stripe_webhook_flows_while_clients_stall_and_idle() {
     let mock = MockStripe::start(KEY);
     let secrets = Secrets::new(KEY);
-    let port = free_port();
-    let v = open(&format!(
+    let (v, port) = open_with_webhook(|port| {
+        format!(
         "api_base = {:?}\nsecret_key_file = {:?}\nrefresh_ms = 60000\nwebhook_listen = \"127.0.0.1:{port}\"\nwebhook_secret_file = {:?}\n",
         mock.base,
         secrets.key_file(),
         secrets.whsec_file()
-    ));
+    )
+    });
     let g = gate(&v);
     assert!(!dazaar_tests::plugin_check(&g, BUYER, SELLER).is_valid()); // cached 60 s
 

@@ -9,9 +9,11 @@ use dazaar::market::{
     SellerEvent,
 };
 use dazaar::net::{NetConfig, SharedFeed};
-use dazaar::payments::PaymentGate;
+use dazaar::payments::{PaymentGate, PaymentTerms};
 use dazaar::storage::{Feed, FsStore};
 use tokio::sync::{mpsc, watch};
+
+use crate::support;
 
 struct Sale {
     _dir: tempfile::TempDir,
@@ -226,25 +228,15 @@ async fn wait_event(
 }
 
 fn ledger_gate(file: &std::path::Path, revalidate: Duration) -> PaymentGate {
-    use dazaar::payments::{CallLimits, PaymentEntry, PaymentTerms, PluginRegistry};
-    let mut registry = PluginRegistry::new();
-    let ledger = registry
-        .load_path(&dazaar_tests::plugin_library("ledger"))
-        .expect("load ledger .so");
     let config = format!("file = {:?}\nreload_ms = 0\n", file.display().to_string());
-    let verifier = ledger
-        .open(
-            &config,
-            CallLimits {
-                timeout: Duration::from_secs(2),
-                workers: 1,
-                queue: 64,
-            },
-        )
-        .expect("open ledger");
+    let verifier = support::open(
+        "ledger",
+        &config,
+        support::limits(Duration::from_secs(2), 1, 64),
+    );
     // 1 unit buys 1 second.
     let terms = Arc::new(PaymentTerms::new("ledger", "credits", "1", "seconds", "1"));
-    PaymentGate::new(vec![PaymentEntry { terms, verifier }], revalidate)
+    support::gate(&verifier, terms, revalidate)
 }
 
 fn pay(file: &std::path::Path, buyer: &Identity, amount: u64) {
@@ -417,6 +409,7 @@ async fn lapse_stops_upload_and_paying_again_resumes() {
     let log = appended.clone();
     let appender = tokio::spawn(async move {
         for i in 0..120u32 {
+            // The pace of a live feed, which the test observes: not a synchronisation.
             tokio::time::sleep(Duration::from_millis(50)).await;
             let len = feed
                 .append_batch(&[format!("live {i}").into_bytes()])
@@ -441,9 +434,18 @@ async fn lapse_stops_upload_and_paying_again_resumes() {
     )
     .await;
     assert!(matches!(e, BuyerEvent::Invalid(reason) if !reason.is_empty()));
-    // Let more blocks be appended while unpaid, then check what arrived.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Let more blocks be appended while unpaid (16, 800 ms of them, the first of which a
+    // leak would have had time to deliver), then check what arrived.
     let cutoff = lapse_at + revalidate + Duration::from_millis(150);
+    dazaar_tests::wait_until_async(
+        Duration::from_secs(10),
+        "16 blocks appended after the lapse",
+        || {
+            let log = appended.lock().expect("log");
+            log.iter().filter(|(_, at)| *at > cutoff).count() >= 16
+        },
+    )
+    .await;
     let late: Vec<u64> = appended
         .lock()
         .expect("log")
@@ -675,10 +677,8 @@ async fn rust_buyer_buys_from_js_seller() {
     let Some(js) = dazaar_tests::require_js() else {
         return;
     };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_default())
-        .with_test_writer()
-        .try_init();
+    // The process's one subscriber (all tests share it): stderr only with RUST_LOG.
+    dazaar_tests::init_test_log();
     let dir = tempfile::tempdir().expect("tempdir");
     let buyer = Identity::from_master_key([0x81; 32]);
     for (n, mode) in ["free", "paid", "deny"].into_iter().enumerate() {
@@ -856,6 +856,7 @@ async fn bad_buyers_do_not_disturb_paying_buyers() {
             .feed
             .append_batch(&[format!("live {i}").into_bytes()])
             .expect("append");
+        // The pace of a live feed while the bad buyers are connected.
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -878,22 +879,22 @@ async fn bad_buyers_do_not_disturb_paying_buyers() {
     .expect("Bob buys");
     assert_eq!(b.length, 21);
 
-    // The stalled handshakes are dropped after the handshake deadline.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The stalled handshakes are dropped at the handshake deadline (1 s after they
+    // connected): each must end (EOF or reset) within a bound well past it. A responder
+    // may have answered part of a handshake before giving up: read past that.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut closed = 0;
     for s in stalled.iter_mut() {
         let mut buf = [0u8; 64];
-        match tokio::time::timeout(Duration::from_millis(50), s.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => closed += 1,
-            // The responder may have answered part of a handshake before giving up.
-            Ok(Ok(_)) => {
-                if let Ok(Ok(0)) =
-                    tokio::time::timeout(Duration::from_millis(50), s.read(&mut buf)).await
-                {
+        loop {
+            match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => {
                     closed += 1;
+                    break;
                 }
+                Ok(Ok(_)) => {}
+                Err(_) => break,
             }
-            Err(_) => {}
         }
     }
     assert_eq!(
@@ -996,8 +997,11 @@ async fn terms_of_use_must_be_accepted() {
 
 /// A buyer's user message reaches the seller's payment plugin and its answer comes back
 /// (the invoice exchange of Lightning rides on this), without the buyer being valid.
+// The lock spans the test on purpose (`support::faulty_plugin_lock`).
+#[allow(clippy::await_holding_lock)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn user_messages_reach_the_sellers_plugin() {
+    let _faulty = support::faulty_plugin_lock();
     use dazaar::payments::{CallLimits, PaymentEntry, PaymentTerms, PluginRegistry, UserMessage};
     let mut registry = PluginRegistry::new();
     let faulty = registry
@@ -1240,25 +1244,23 @@ async fn buyer_opening_its_feed_before_the_seller_is_still_served() {
     conn.abort();
 }
 
-/// A gate over the faulty fixture plugin in `mode`.
+/// A gate over the faulty fixture plugin in `mode` (hold [`support::faulty_plugin_lock`]).
 fn faulty_gate(mode: &str) -> PaymentGate {
-    use dazaar::payments::{CallLimits, PaymentEntry, PaymentTerms, PluginRegistry};
-    let mut registry = PluginRegistry::new();
-    let faulty = registry
-        .load_path(&dazaar_tests::plugin_library("faulty"))
-        .expect("load faulty .so");
-    let verifier = faulty
-        .open(&format!("mode = {mode:?}\n"), CallLimits::default())
-        .expect("open faulty");
+    let verifier = support::open(
+        "faulty",
+        &format!("mode = {mode:?}\n"),
+        dazaar::payments::CallLimits::default(),
+    );
     let terms = Arc::new(PaymentTerms::new("faulty", "SATS", "1", "seconds", "1"));
-    PaymentGate::new(
-        vec![PaymentEntry { terms, verifier }],
-        Duration::from_millis(200),
-    )
+    support::gate(&verifier, terms, Duration::from_millis(200))
 }
 
+// The lock spans the test on purpose: it keeps the faulty fixture's threads out of a
+// thread count (`support::faulty_plugin_lock`).
+#[allow(clippy::await_holding_lock)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_payment_backend_is_reported_to_the_buyer_as_a_public_text() {
+    let _faulty = support::faulty_plugin_lock();
     let (_never, shutdown) = watch::channel(false);
     // The plugin's backend fails: the buyer is told only that the check is unavailable
     // (the address and path in the error stay in the seller's log).

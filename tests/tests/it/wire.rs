@@ -328,12 +328,8 @@ fn rust_serves_js_clones_then_live_and_sparse() {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    if std::env::var("RUST_LOG").is_ok() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_writer(std::io::stderr)
-            .try_init();
-    }
+    // The process's one subscriber (all tests share it): stderr only with RUST_LOG.
+    dazaar_tests::init_test_log();
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -610,8 +610,12 @@ fn sell_raises_the_descriptor_limit() {
     let feed = dir.path().join("feed");
     make_text_feed(&feed, 3);
     let hard = hard_nofile();
-    if hard <= 64 {
-        eprintln!("hard RLIMIT_NOFILE is {hard}: nothing to raise");
+    let raisable = if hard > 64 {
+        Ok(())
+    } else {
+        Err(format!("the hard limit is {hard}: nothing to raise"))
+    };
+    if dazaar_tests::need("a hard RLIMIT_NOFILE above 64", raisable).is_none() {
         return;
     }
     let seller = Seller::spawn(
@@ -687,8 +691,13 @@ fn accept_failures_back_off() {
     let dir = tempfile::tempdir().expect("tempdir");
     let stderr = dir.path().join("stderr");
     let mut cmd = Command::new(std::env::current_exe().expect("test binary"));
-    cmd.args(["--exact", "accept_loop_child", "--ignored", "--nocapture"])
-        .env("DAZAAR_ACCEPT_CHILD", "1");
+    cmd.args([
+        "--exact",
+        "hostile::accept_loop_child",
+        "--ignored",
+        "--nocapture",
+    ])
+    .env("DAZAAR_ACCEPT_CHILD", "1");
     let child = Seller::spawn(cmd, &stderr, None);
     let addr: SocketAddr = loop {
         let line = child
@@ -704,6 +713,7 @@ fn accept_failures_back_off() {
         idle.push(std::net::TcpStream::connect(addr).expect("connect"));
     }
     let cpu_before = procfs::cpu_time(child.pid()).expect("child stat");
+    // An observation window, not a synchronisation (as above).
     std::thread::sleep(Duration::from_secs(3));
     let cpu = procfs::cpu_time(child.pid()).expect("child stat") - cpu_before;
     let failures = child.log().matches("accept failed").count();
@@ -712,18 +722,12 @@ fn accept_failures_back_off() {
     // The second line (one log period after the first) counts the failures it left
     // out: a handful with the backoff, thousands for a loop that retries at once (even
     // when a busy machine gives it little CPU).
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    let second = loop {
+    let second = dazaar_tests::poll_until(Duration::from_secs(15), || {
         let log = child.log();
-        if let Some(line) = log.lines().filter(|l| l.contains("accept failed")).nth(1) {
-            break line.to_owned();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no second log line: {log}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+        let line = log.lines().filter(|l| l.contains("accept failed")).nth(1);
+        line.map(str::to_owned)
+    })
+    .unwrap_or_else(|| panic!("no second log line: {}", child.log()));
     let suppressed: u64 = second
         .split("suppressed=")
         .nth(1)

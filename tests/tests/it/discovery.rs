@@ -20,8 +20,12 @@ use dazaar_tests::{dazaar, dazaar_bin, dazaar_cmd, json_lines, s, Proc};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
+/// Forbids the public DHT bootstrap nodes to this process's discovery. Every test in the
+/// process may see it (they share the environment), and every test wants it so: none
+/// may reach the public DHT.
 fn no_public_dht() {
-    std::env::set_var(discovery::NO_PUBLIC_DHT_ENV, "1");
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| std::env::set_var(discovery::NO_PUBLIC_DHT_ENV, "1"));
 }
 
 /// A private DHT: one node started fresh, two more joining through it.
@@ -540,12 +544,9 @@ impl Drop for Netns {
 
 #[test]
 fn mdns_finds_seller_on_the_lan() {
-    let ns = match Netns::create() {
-        Ok(ns) => ns,
-        Err(why) => {
-            eprintln!("skipping the mDNS test: {why}");
-            return;
-        }
+    let Some(ns) = dazaar_tests::need("two network namespaces (root and `ip`)", Netns::create())
+    else {
+        return;
     };
     let dir = tempfile::tempdir().expect("tempdir");
     let feed = dir.path().join("feed");

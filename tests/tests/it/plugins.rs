@@ -6,41 +6,28 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dazaar::payments::{
-    CallLimits, GateLimits, GrantKind, LoadError, LoadedPlugin, MessageRefusal, OpenedVerifier,
-    PaymentEntry, PaymentError, PaymentGate, PaymentTerms, PluginRegistry, RateLimit, UserMessage,
-    Validation, API_VERSION, PUBLIC_BUSY, PUBLIC_UNAVAILABLE,
+    CallLimits, GateLimits, GrantKind, LoadError, MessageRefusal, OpenedVerifier, PaymentEntry,
+    PaymentError, PaymentGate, PaymentTerms, PluginRegistry, RateLimit, UserMessage, Validation,
+    API_VERSION, PUBLIC_BUSY, PUBLIC_UNAVAILABLE,
 };
 use dazaar_plugin_api::{payment_memo, ApiVersion, Grant};
 use dazaar_tests::{copy_plugin, plugin_library, target_dir, thread_count};
 
-const BUYER: [u8; 32] = [0xb0; 32];
+use crate::support::{self, load, BUYER, SELLER};
 
-/// The tests here run one at a time: one of them counts the process's threads, which the
-/// others would change by opening verifiers concurrently.
+/// The tests here run one at a time, and not while another module's test opens the
+/// faulty fixture: one of them counts the fixture's threads, which the others would
+/// change by opening verifiers concurrently.
 fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-const SELLER: [u8; 32] = [0x5e; 32];
-
-fn load(name: &str) -> Arc<LoadedPlugin> {
-    let mut reg = PluginRegistry::new();
-    reg.load_path(&plugin_library(name))
-        .unwrap_or_else(|e| panic!("load {name}: {e}"))
+    support::faulty_plugin_lock()
 }
 
 fn limits(timeout_ms: u64) -> CallLimits {
-    CallLimits {
-        timeout: Duration::from_millis(timeout_ms),
-        workers: 1,
-        queue: 4,
-    }
+    support::limits(Duration::from_millis(timeout_ms), 1, 4)
 }
 
 fn open(name: &str, config: &str) -> Arc<OpenedVerifier> {
-    load(name)
-        .open(config, limits(2000))
-        .unwrap_or_else(|e| panic!("open {name}: {e}"))
+    support::open(name, config, limits(2000))
 }
 
 fn terms(method: &str) -> Arc<PaymentTerms> {
@@ -310,13 +297,15 @@ fn hung_plugin_times_out_with_bounded_threads() {
         Duration::from_millis(1),
     );
     // A thread names itself once it runs, and the pools of earlier tests (dropped) wind
-    // down on their own: wait until exactly this pool's two threads are there.
-    let named_by = Instant::now() + Duration::from_secs(5);
-    let mut before = thread_count("plugin-");
-    while before.is_some_and(|n| n != 2) && Instant::now() < named_by {
-        std::thread::sleep(Duration::from_millis(5));
-        before = thread_count("plugin-");
-    }
+    // down on their own: wait until exactly this pool's two threads are there. Only the
+    // faulty fixture's threads count: other modules' tests, running meanwhile in this
+    // process, have pools of other plugins (and no test opens this one meanwhile:
+    // `serial`).
+    const THREADS: &str = "plugin-faulty-";
+    let before = dazaar_tests::poll_until(Duration::from_secs(5), || {
+        thread_count(THREADS).filter(|n| *n == 2)
+    })
+    .or_else(|| thread_count(THREADS));
     let start = Instant::now();
     let mut reasons = Vec::new();
     for i in 0..12u8 {
@@ -334,7 +323,7 @@ fn hung_plugin_times_out_with_bounded_threads() {
     // Timed out, then shed: both only the public texts for the peer.
     assert_eq!(reasons[0], PUBLIC_UNAVAILABLE);
     assert!(reasons.iter().any(|r| r == PUBLIC_BUSY), "{reasons:?}");
-    if let (Some(b), Some(a)) = (before, thread_count("plugin-")) {
+    if let (Some(b), Some(a)) = (before, thread_count(THREADS)) {
         assert_eq!(b, 2, "plugin threads other than the pool's two");
         assert!(a <= b, "threads grew from {b} to {a} while the plugin hung");
     }
@@ -415,7 +404,9 @@ fn ledger_payment_added_while_selling_becomes_valid() {
         hex::encode(BUYER)
     );
     std::fs::write(&file, line).unwrap();
-    std::thread::sleep(Duration::from_millis(30)); // let the cached "no" expire
+    // The gate's cached "no" expires after 20 ms by its own clock (`validate` reads the
+    // time itself): waiting it out is the behaviour under test.
+    std::thread::sleep(Duration::from_millis(30));
 
     match g.validate(BUYER, SELLER) {
         Validation::Valid { grant, plugin } => {
@@ -758,11 +749,7 @@ const PICKY_REFUSAL: &str = "faulty: no payment recorded for this buyer";
 
 /// Waits (bounded) until `cond` holds: the pool reports through its counters.
 async fn until(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cond() {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    dazaar_tests::wait_until_async(Duration::from_secs(20), what, cond).await;
 }
 
 // The serial guard spans the whole test on purpose (other tests count threads).
@@ -1045,46 +1032,14 @@ async fn user_messages_are_limited_per_connection_ip_and_plugin() {
     assert_eq!(v.calls_made(), 13);
 }
 
-/// Log lines written by the test's subscriber.
-#[derive(Clone, Default)]
-struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl LogBuffer {
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
-impl std::io::Write for LogBuffer {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
-    type Writer = LogBuffer;
-    fn make_writer(&'a self) -> LogBuffer {
-        self.clone()
-    }
-}
-
 // The serial guard spans the whole test on purpose (other tests count threads).
 #[allow(clippy::await_holding_lock)]
 #[tokio::test]
 async fn plugin_failures_reach_the_peer_as_a_public_text_and_the_log_in_detail() {
     let _serial = serial();
-    let logs = LogBuffer::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(logs.clone())
-        .with_ansi(false)
-        .with_max_level(tracing::Level::DEBUG)
-        .finish();
-    // A current-thread test: the gate's events are made on this thread.
-    let _logging = tracing::subscriber::set_default(subscriber);
+    // The process's log, recorded while this test runs (a scoped subscriber of its own
+    // would hide the test's events from the process's one, which other tests read).
+    let logs = dazaar_tests::capture_host_log();
     let key = stranger(7);
     let prefix = hex::encode(&key[..8]);
     for (mode, detail) in [

@@ -10,16 +10,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dazaar::payments::{
-    now_ms, CallLimits, GrantKind, OpenedVerifier, PaymentEntry, PaymentGate, PaymentTerms,
-    PluginRegistry, UserMessage, Validation,
+    now_ms, OpenedVerifier, PaymentGate, PaymentTerms, UserMessage, Validation,
 };
 use dazaar_plugin_api::payment_memo;
 use dazaar_tests::lnd_mock::{LndMode, MockLnd};
-use dazaar_tests::plugin_library;
 use serde_json::{json, Value};
 
-const SELLER: [u8; 32] = [0x5e; 32];
-const BUYER: [u8; 32] = [0xb0; 32];
+use crate::support::{self, key as b, reason, BUYER, SELLER};
 const MACAROON: &[u8] = b"\x02\x01\x03lnd-invoice-macaroon-bytes-for-tests";
 
 struct Files {
@@ -44,16 +41,11 @@ impl Files {
 }
 
 fn open(config: &str) -> Arc<OpenedVerifier> {
-    let mut reg = PluginRegistry::new();
-    let plugin = reg.load_path(&plugin_library("lnd")).unwrap();
-    let limits = CallLimits {
-        timeout: Duration::from_secs(5),
-        workers: 2,
-        queue: 64,
-    };
-    plugin
-        .open(config, limits)
-        .unwrap_or_else(|e| panic!("open: {e}"))
+    support::open(
+        "lnd",
+        config,
+        support::limits(Duration::from_secs(5), 2, 64),
+    )
 }
 
 /// 1 sat per second.
@@ -62,56 +54,36 @@ fn terms() -> Arc<PaymentTerms> {
 }
 
 fn gate(v: &Arc<OpenedVerifier>) -> PaymentGate {
-    PaymentGate::new(
-        vec![PaymentEntry {
-            terms: terms(),
-            verifier: Arc::clone(v),
-        }],
-        Duration::from_millis(1),
-    )
+    support::gate(v, terms(), Duration::from_millis(1))
 }
 
 fn check(g: &PaymentGate, buyer: [u8; 32]) -> Validation {
     dazaar_tests::plugin_check(g, buyer, SELLER)
 }
 
-fn reason(v: Validation) -> String {
-    match v {
-        Validation::Invalid { reason } => reason,
-        other => panic!("expected invalid, got {other:?}"),
-    }
-}
-
-/// Waits until `f` holds for the validation (the subscription is asynchronous).
+/// Waits until `f` holds for the validation (the subscription is asynchronous); the
+/// last answer when it never did within `within`.
 fn wait_for(
     g: &PaymentGate,
     buyer: [u8; 32],
     within: Duration,
     f: impl Fn(&Validation) -> bool,
 ) -> Validation {
-    let start = Instant::now();
-    loop {
+    let mut last = None;
+    dazaar_tests::poll_until(within, || {
         let v = check(g, buyer);
-        if f(&v) || start.elapsed() > within {
-            return v;
+        if f(&v) {
+            return Some(v);
         }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        last = Some(v);
+        None
+    })
+    .or(last)
+    .unwrap_or_else(|| check(g, buyer))
 }
 
 fn remaining(v: Validation) -> u64 {
-    match v {
-        Validation::Valid { grant, plugin } => {
-            assert_eq!(plugin.as_deref(), Some("lnd"));
-            assert_eq!(grant.kind, GrantKind::TIME);
-            grant.remaining
-        }
-        other => panic!("expected valid, got {other:?}"),
-    }
-}
-
-fn b(n: u8) -> [u8; 32] {
-    [n; 32]
+    support::remaining(v, "lnd")
 }
 
 #[test]
@@ -435,10 +407,22 @@ fn lnd_away_fails_closed_and_comes_back_without_restart() {
     }));
     assert!(r.starts_with("lnd: LND is not reachable"), "{r}");
 
-    // Back, but slow to list: still not valid (past the timeout).
-    node.state.lock().unwrap().mode = LndMode::SlowList(Duration::from_millis(1500));
+    // Back, but slow to list: still not valid (past the timeout), once the plugin has
+    // reconnected and asked.
+    let listed = {
+        let mut s = node.state.lock().unwrap();
+        s.mode = LndMode::SlowList(Duration::from_millis(1500));
+        s.list_calls
+    };
     node.resume();
-    std::thread::sleep(Duration::from_millis(800));
+    dazaar_tests::wait_until(
+        Duration::from_secs(5),
+        "the plugin lists invoices on the node that came back",
+        || {
+            let _ = check(&g, BUYER);
+            node.state.lock().unwrap().list_calls > listed
+        },
+    );
     assert!(!check(&g, BUYER).is_valid());
     node.state.lock().unwrap().mode = LndMode::Normal;
     let v2 = wait_for(&g, BUYER, Duration::from_secs(8), Validation::is_valid);
@@ -483,7 +467,7 @@ fn lnd_away_fails_closed_and_comes_back_without_restart() {
 
 /// The Lightning plugin's hand-written message declarations.
 #[allow(dead_code)] // not all are used by the tests below
-#[path = "../../plugins/lnd/src/proto.rs"]
+#[path = "../../../plugins/lnd/src/proto.rs"]
 mod plugin_proto;
 
 /// The plugin's hand-written messages (`plugins/lnd/src/proto.rs`) against LND's own
