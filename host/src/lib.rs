@@ -31,4 +31,7 @@ pub mod storage;
 pub mod wire;
 
 #[cfg(test)]
+mod layering;
+
+#[cfg(test)]
 pub(crate) mod test_vectors;

@@ -55,6 +55,13 @@ fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// Milliseconds since the Unix epoch (when an import was made).
+fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
@@ -391,7 +398,7 @@ impl SqliteState {
         let report = insert(&tx)?;
         tx.execute(
             "INSERT INTO imports (source, at_ms) VALUES (?1, ?2)",
-            params![source, to_i64(crate::payments::now_ms())],
+            params![source, to_i64(unix_ms_now())],
         )?;
         tx.commit()?;
         Ok(report)

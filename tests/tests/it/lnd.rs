@@ -1113,3 +1113,71 @@ fn lnd_bolt11_test_invoices_decode_with_the_plugins_decoder() {
     );
     assert_eq!((inv.expiry, inv.payee), (3600, public_key(&key)));
 }
+
+/// A seller restarted with its state store (API 1.3): buyers the plugin already counted
+/// stay valid while LND is still down, without listing the node again; a buyer who paid
+/// while the seller was down is picked up from the saved settle index once LND is back
+/// (LND replays what settled since); a buyer it never saw fails closed meanwhile.
+#[test]
+fn lnd_restart_resumes_from_the_saved_checkpoint() {
+    use dazaar::payments::StateScope;
+    use dazaar::state::StateStore;
+
+    let mut node = MockLnd::start(&hex::encode(MACAROON));
+    {
+        let mut s = node.state.lock().unwrap();
+        let r = s.add(&payment_memo(&SELLER, &BUYER), 600, true);
+        s.settle(&r);
+    }
+    let files = Files::new(&node, MACAROON);
+    let config = files.config(&node, "");
+    let data = tempfile::tempdir().unwrap();
+    let open_with_state = || {
+        let scope = StateScope {
+            store: Arc::new(StateStore::open_in(data.path()).unwrap()),
+            product: [0x42; 32],
+        };
+        support::load("lnd")
+            .open_with_state(
+                &config,
+                support::limits(Duration::from_secs(5), 2, 64),
+                Some(&scope),
+            )
+            .unwrap()
+    };
+    {
+        let v = open_with_state();
+        let g = gate(&v);
+        assert!(wait_for(&g, BUYER, Duration::from_secs(5), Validation::is_valid).is_valid());
+    }
+    let lists = node.state.lock().unwrap().list_calls;
+    assert!(lists >= 1);
+
+    // The seller restarts while LND is down; a buyer pays meanwhile.
+    node.stop();
+    {
+        let mut s = node.state.lock().unwrap();
+        let r = s.add(&payment_memo(&SELLER, &b(8)), 600, true);
+        s.settle(&r);
+    }
+    let v = open_with_state();
+    let g = gate(&v);
+    let known = check(&g, BUYER);
+    assert!(known.is_valid(), "{known:?}");
+    let new = reason(check(&g, b(8)));
+    assert!(
+        new.contains("unavailable") || new.contains("not reachable"),
+        "{new}"
+    );
+
+    node.resume();
+    let v8 = wait_for(&g, b(8), Duration::from_secs(8), Validation::is_valid);
+    assert!(v8.is_valid(), "{v8:?}");
+    assert_eq!(
+        node.state.lock().unwrap().list_calls,
+        lists,
+        "the restarted plugin listed the node instead of resuming"
+    );
+    let stranger = reason(check(&g, b(9)));
+    assert!(stranger.contains("no settled invoice"), "{stranger}");
+}
