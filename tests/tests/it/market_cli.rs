@@ -222,6 +222,21 @@ fn paid_sale_live_appends_revoke_and_burn() {
     assert_eq!(inv["error"], "Access revoked by the seller");
     drop(buyer);
 
+    // The sales log has the one sale: this buyer, through the ledger, a time grant.
+    let sales = dazaar(&["--data-dir", s(&seller_data), "sales", "--json"]);
+    assert!(
+        sales.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sales.stderr)
+    );
+    let sales = json_lines(&sales.stdout);
+    assert_eq!(sales.len(), 1, "{sales:?}");
+    assert_eq!(sales[0]["buyer"], buyer_key.as_str());
+    assert_eq!(sales[0]["seller"], key.as_str());
+    assert_eq!(sales[0]["method"], "ledger");
+    assert_eq!(sales[0]["grant"], "time");
+    assert!(sales[0]["remaining"].as_u64().is_some_and(|ms| ms > 0));
+
     // Burn: the card publishes the buyer's rekeyed key pair.
     let o = dazaar(&[
         "--data-dir",
