@@ -19,14 +19,17 @@
 //! On first open, the JSON state of earlier versions (`DATA_DIR/revocations.json`) is
 //! imported once.
 //!
-//! PostgreSQL, for several seller nodes sharing one state, is parsed but not served by
-//! this build yet: opening a `postgres://` URL is a typed error.
+//! PostgreSQL (`postgres://user:password@host/db`), for several seller nodes sharing one
+//! state: the same schema and operations on a server (see [`postgres`]'s notes on
+//! timeouts and TLS).
 //!
 //! Driver: `rusqlite` with the `bundled` feature. It is the maintained SQLite binding,
 //! synchronous (every call here is short and bounded by the busy timeout; async callers
 //! run it on the blocking pool), and bundling the amalgamation means the binary carries
 //! the SQLite it was tested with instead of depending on the host's library.
 
+mod legacy;
+mod postgres;
 mod sqlite;
 
 use std::fmt;
@@ -244,7 +247,30 @@ pub struct ImportReport {
 #[derive(Debug)]
 pub struct StateStore {
     url: StateUrl,
-    backend: sqlite::SqliteState,
+    backend: Backend,
+}
+
+#[derive(Debug)]
+enum Backend {
+    Sqlite(sqlite::SqliteState),
+    Postgres(Box<postgres::PgState>),
+}
+
+/// Calls the same method on whichever backend is open.
+macro_rules! dispatch {
+    ($self:ident . $method:ident ( $($arg:expr),* )) => {
+        match &$self.backend {
+            Backend::Sqlite(b) => b.$method($($arg),*),
+            Backend::Postgres(b) => b.$method($($arg),*),
+        }
+    };
+}
+
+/// Milliseconds since the Unix epoch (when an import was made).
+fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl StateStore {
@@ -255,11 +281,14 @@ impl StateStore {
         match url {
             StateUrl::Sqlite(path) => Ok(StateStore {
                 url: url.clone(),
-                backend: sqlite::SqliteState::open(path, &url.to_string())?,
+                backend: Backend::Sqlite(sqlite::SqliteState::open(path, &url.to_string())?),
             }),
-            StateUrl::Postgres(_) => Err(StateError::Unsupported {
-                url: url.to_string(),
-                what: "PostgreSQL state",
+            StateUrl::Postgres(text) => Ok(StateStore {
+                url: url.clone(),
+                backend: Backend::Postgres(Box::new(postgres::PgState::open(
+                    text,
+                    &url.to_string(),
+                )?)),
             }),
         }
     }
@@ -278,7 +307,7 @@ impl StateStore {
 
     /// The schema version of the open database.
     pub fn schema_version(&self) -> Result<u32, StateError> {
-        self.backend.schema_version()
+        dispatch!(self.schema_version())
     }
 
     /// Records that `buyer` is revoked (and burnt) for the product sold under `seller`.
@@ -291,7 +320,7 @@ impl StateStore {
         burnt: bool,
         at_ms: u64,
     ) -> Result<(), StateError> {
-        self.backend.revoke(seller, buyer, burnt, at_ms)
+        dispatch!(self.revoke(seller, buyer, burnt, at_ms))
     }
 
     /// `buyer`'s revocation for `seller`'s product, if any.
@@ -300,12 +329,12 @@ impl StateStore {
         seller: &Key,
         buyer: &Key,
     ) -> Result<Option<RevocationRecord>, StateError> {
-        self.backend.revocation(seller, buyer)
+        dispatch!(self.revocation(seller, buyer))
     }
 
     /// Every revocation of `seller`'s product, by buyer.
     pub fn revocations(&self, seller: &Key) -> Result<Vec<RevocationRecord>, StateError> {
-        self.backend.revocations(seller)
+        dispatch!(self.revocations(seller))
     }
 
     /// Adds a payment to the ledger in one transaction; returns its id.
@@ -315,33 +344,33 @@ impl StateStore {
                 what: "ledger amount",
             });
         }
-        self.backend.ledger_add(payment)
+        dispatch!(self.ledger_add(payment))
     }
 
     /// The ledger's payments in the order they were added, for `buyer` only if given.
     pub fn ledger(&self, buyer: Option<&Key>) -> Result<Vec<LedgerPayment>, StateError> {
-        self.backend.ledger(buyer)
+        dispatch!(self.ledger(buyer))
     }
 
     /// Adds one line to the sales log.
     pub fn record_sale(&self, sale: &Sale) -> Result<(), StateError> {
-        self.backend.record_sale(sale)
+        dispatch!(self.record_sale(sale))
     }
 
     /// The sales log, oldest first.
     pub fn sales(&self) -> Result<Vec<Sale>, StateError> {
-        self.backend.sales()
+        dispatch!(self.sales())
     }
 
     /// Adds `n` bytes to what `buyer` has been sent of `seller`'s product; returns the new
     /// total (saturating).
     pub fn add_bytes(&self, seller: &Key, buyer: &Key, n: u64) -> Result<u64, StateError> {
-        self.backend.add_bytes(seller, buyer, n)
+        dispatch!(self.add_bytes(seller, buyer, n))
     }
 
     /// The bytes `buyer` has been sent of `seller`'s product.
     pub fn bytes(&self, seller: &Key, buyer: &Key) -> Result<u64, StateError> {
-        self.backend.bytes(seller, buyer)
+        dispatch!(self.bytes(seller, buyer))
     }
 
     /// The value `plugin` stored under `key` for `product`.
@@ -351,7 +380,7 @@ impl StateStore {
         product: &Key,
         key: &str,
     ) -> Result<Option<Vec<u8>>, StateError> {
-        self.backend.plugin_get(plugin, product, key)
+        dispatch!(self.plugin_get(plugin, product, key))
     }
 
     /// Stores `value` under `key` for `plugin` and `product` (committed on return). At
@@ -363,28 +392,56 @@ impl StateStore {
         key: &str,
         value: &[u8],
     ) -> Result<(), StateError> {
-        self.backend.plugin_put(plugin, product, key, value)
+        dispatch!(self.plugin_put(plugin, product, key, value))
     }
 
     /// Removes `key` of `plugin` and `product`.
     pub fn plugin_delete(&self, plugin: &str, product: &Key, key: &str) -> Result<(), StateError> {
-        self.backend.plugin_delete(plugin, product, key)
+        dispatch!(self.plugin_delete(plugin, product, key))
     }
 
     /// Imports `data_dir`'s `revocations.json` (if any) once per database; later calls do
     /// nothing. The file is left in place (an older binary may still read it).
     pub fn import_legacy(&self, data_dir: &Path) -> Result<ImportReport, StateError> {
-        self.backend
-            .import_revocations(&data_dir.join(LEGACY_REVOCATIONS))
+        let path = data_dir.join(LEGACY_REVOCATIONS);
+        let Some(read) = legacy::revocations(&path)? else {
+            return Ok(ImportReport::default());
+        };
+        let source = format!("revocations:{}", path.display());
+        if !dispatch!(self.import_rows(&source, &read.rows, &[]))? {
+            return Ok(ImportReport::default());
+        }
+        Ok(ImportReport {
+            revocations: read.rows.len(),
+            payments: 0,
+            skipped: read.skipped,
+        })
     }
 
     /// Imports a ledger file (JSON lines `{"buyer","amount","time","seller"?,"note"?}`, as
     /// `dazaar ledger add --file` writes) once per file path; bad lines are skipped and
     /// counted.
     pub fn import_ledger_file(&self, path: &Path) -> Result<ImportReport, StateError> {
-        self.backend.import_ledger(path)
+        let read = legacy::ledger(path)?;
+        let source = format!(
+            "ledger:{}",
+            std::fs::canonicalize(path)
+                .unwrap_or_else(|_| path.to_owned())
+                .display()
+        );
+        if !dispatch!(self.import_rows(&source, &[], &read.rows))? {
+            return Ok(ImportReport::default());
+        }
+        Ok(ImportReport {
+            revocations: 0,
+            payments: read.rows.len(),
+            skipped: read.skipped,
+        })
     }
 }
+
+/// The JSON revocation list of earlier versions, in the data directory.
+pub const LEGACY_REVOCATIONS: &str = "revocations.json";
 
 /// A data directory's state database, opened at first use (and again after a failed
 /// open), shared by the parts of one product.
@@ -418,12 +475,6 @@ impl LazyState {
     }
 }
 
-/// The JSON revocation list of earlier versions, in the data directory.
-pub const LEGACY_REVOCATIONS: &str = "revocations.json";
-
-/// The largest legacy file imported.
-const MAX_LEGACY_FILE: u64 = 64 * 1024 * 1024;
-
 mod hex_key {
     pub fn serialize<S: serde::Serializer>(key: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&hex::encode(key))
@@ -447,5 +498,7 @@ pub(crate) fn parse_hex_key(text: &str) -> Option<Key> {
     hex::decode(text.trim()).ok()?.try_into().ok()
 }
 
+#[cfg(test)]
+pub(crate) mod pg_server;
 #[cfg(test)]
 mod tests;

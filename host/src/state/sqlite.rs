@@ -5,10 +5,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::{
-    parse_hex_key, ImportReport, Key, LedgerPayment, RevocationRecord, Sale, StateError,
-    BUSY_TIMEOUT, MAX_LEGACY_FILE,
-};
+use super::{Key, LedgerPayment, RevocationRecord, Sale, StateError, BUSY_TIMEOUT};
 
 /// The schema, one step per version: step `i` takes the database from version `i` to
 /// `i + 1`. Append only; never edit a released step.
@@ -53,13 +50,6 @@ fn key_from(blob: Vec<u8>) -> Result<Key, StateError> {
 
 fn to_i64(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-/// Milliseconds since the Unix epoch (when an import was made).
-fn unix_ms_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn to_u64(v: i64) -> u64 {
@@ -376,13 +366,15 @@ impl SqliteState {
         Ok(())
     }
 
-    /// Runs `insert` inside one write transaction unless `source` was imported before,
-    /// then marks it imported: all of a file or none of it, once.
-    fn import_once(
+    /// Inserts `revocations` and `payments` in one write transaction unless `source` was
+    /// imported before, then marks it imported: all of a file or none of it, once.
+    /// Returns whether it was imported now.
+    pub(super) fn import_rows(
         &self,
         source: &str,
-        insert: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<ImportReport, StateError>,
-    ) -> Result<ImportReport, StateError> {
+        revocations: &[(Key, RevocationRecord)],
+        payments: &[LedgerPayment],
+    ) -> Result<bool, StateError> {
         let mut conn = self.lock();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let done: Option<i64> = tx
@@ -393,141 +385,26 @@ impl SqliteState {
             )
             .optional()?;
         if done.is_some() {
-            return Ok(ImportReport::default());
+            return Ok(false);
         }
-        let report = insert(&tx)?;
+        for (seller, r) in revocations {
+            tx.execute(
+                "INSERT INTO revocations (seller, buyer, at_ms, burnt) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (seller, buyer) DO UPDATE SET burnt = MAX(burnt, excluded.burnt)",
+                params![&seller[..], &r.buyer[..], to_i64(r.at_ms), r.burnt],
+            )?;
+        }
+        for p in payments {
+            tx.execute(
+                "INSERT INTO ledger (buyer, seller, amount, time_ms, note) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![&p.buyer[..], p.seller.as_ref().map(|s| &s[..]), p.amount, to_i64(p.time), p.note],
+            )?;
+        }
         tx.execute(
             "INSERT INTO imports (source, at_ms) VALUES (?1, ?2)",
-            params![source, to_i64(unix_ms_now())],
+            params![source, to_i64(super::unix_ms_now())],
         )?;
         tx.commit()?;
-        Ok(report)
+        Ok(true)
     }
-
-    pub(super) fn import_revocations(&self, path: &Path) -> Result<ImportReport, StateError> {
-        let Some(text) = read_legacy(path)? else {
-            return Ok(ImportReport::default());
-        };
-        let map: std::collections::BTreeMap<
-            String,
-            std::collections::BTreeMap<String, LegacyRevocation>,
-        > = serde_json::from_str(&text).map_err(|e| StateError::Import {
-            path: path.to_owned(),
-            detail: e.to_string(),
-        })?;
-        let source = format!("revocations:{}", path.display());
-        self.import_once(&source, |tx| {
-            let mut report = ImportReport::default();
-            for (seller, buyers) in &map {
-                for (buyer, r) in buyers {
-                    let (Some(seller), Some(buyer)) = (parse_hex_key(seller), parse_hex_key(buyer)) else {
-                        report.skipped += 1;
-                        continue;
-                    };
-                    tx.execute(
-                        "INSERT INTO revocations (seller, buyer, at_ms, burnt) VALUES (?1, ?2, ?3, ?4)
-                         ON CONFLICT (seller, buyer) DO UPDATE SET burnt = MAX(burnt, excluded.burnt)",
-                        params![&seller[..], &buyer[..], to_i64(r.at_ms), r.burnt],
-                    )?;
-                    report.revocations += 1;
-                }
-            }
-            Ok(report)
-        })
-    }
-
-    pub(super) fn import_ledger(&self, path: &Path) -> Result<ImportReport, StateError> {
-        let Some(text) = read_legacy(path)? else {
-            return Err(StateError::Import {
-                path: path.to_owned(),
-                detail: "no such file".into(),
-            });
-        };
-        let source = format!(
-            "ledger:{}",
-            std::fs::canonicalize(path)
-                .unwrap_or_else(|_| path.to_owned())
-                .display()
-        );
-        self.import_once(&source, |tx| {
-            let mut report = ImportReport::default();
-            for line in text.lines().map(str::trim) {
-                if line.is_empty() || line.starts_with('#') {
-                    continue;
-                }
-                let Some(p) = parse_ledger_line(line) else {
-                    report.skipped += 1;
-                    continue;
-                };
-                tx.execute(
-                    "INSERT INTO ledger (buyer, seller, amount, time_ms, note) VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![&p.buyer[..], p.seller.as_ref().map(|s| &s[..]), p.amount, to_i64(p.time), p.note],
-                )?;
-                report.payments += 1;
-            }
-            Ok(report)
-        })
-    }
-}
-
-#[derive(serde::Deserialize)]
-struct LegacyRevocation {
-    at_ms: u64,
-    #[serde(default)]
-    burnt: bool,
-}
-
-#[derive(serde::Deserialize)]
-struct LegacyLedgerLine {
-    buyer: String,
-    amount: serde_json::Value,
-    time: u64,
-    #[serde(default)]
-    seller: Option<String>,
-    #[serde(default)]
-    note: Option<String>,
-}
-
-/// One ledger-file line, read as the ledger plugin reads it.
-fn parse_ledger_line(line: &str) -> Option<LedgerPayment> {
-    let l: LegacyLedgerLine = serde_json::from_str(line).ok()?;
-    let amount = match &l.amount {
-        serde_json::Value::Number(n) => n.as_f64()?,
-        serde_json::Value::String(s) => s.trim().parse().ok()?,
-        _ => return None,
-    };
-    if !(amount.is_finite() && amount >= 0.0) {
-        return None;
-    }
-    let seller = match &l.seller {
-        Some(s) => Some(parse_hex_key(s)?),
-        None => None,
-    };
-    Some(LedgerPayment {
-        id: 0,
-        buyer: parse_hex_key(&l.buyer)?,
-        seller,
-        amount,
-        time: l.time,
-        note: l.note,
-    })
-}
-
-/// A legacy file's text; `None` when it does not exist. Bounded in size.
-fn read_legacy(path: &Path) -> Result<Option<String>, StateError> {
-    let import_err = |detail: String| StateError::Import {
-        path: path.to_owned(),
-        detail,
-    };
-    let meta = match std::fs::metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(import_err(e.to_string())),
-    };
-    if meta.len() > MAX_LEGACY_FILE {
-        return Err(import_err(format!("larger than {MAX_LEGACY_FILE} bytes")));
-    }
-    std::fs::read_to_string(path)
-        .map(Some)
-        .map_err(|e| import_err(e.to_string()))
 }

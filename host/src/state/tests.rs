@@ -33,8 +33,18 @@ fn urls_parse_and_hide_passwords() {
     assert!(!format!("{pg:?}").contains("hunter2"));
     let err = StateUrl::parse("mysql://u:hunter2@h/db", dir).unwrap_err();
     assert!(!err.to_string().contains("hunter2"), "{err}");
+    // A refused connection's error hides the password too (loopback, nothing listens).
+    let refused = crate::state::pg_server::refused_port();
+    let pg = StateUrl::parse(
+        &format!(
+            "postgres://dazaar:hunter2@127.0.0.1:{}/sales",
+            refused.port()
+        ),
+        dir,
+    )
+    .unwrap();
     let err = StateStore::open(&pg).unwrap_err();
-    assert!(matches!(err, StateError::Unsupported { .. }));
+    assert!(matches!(err, StateError::Open { .. }), "{err}");
     assert!(!err.to_string().contains("hunter2"), "{err}");
 }
 
@@ -205,4 +215,126 @@ fn ledger_files_are_imported_once() {
     assert_eq!(all.len(), 2);
     assert_eq!(all[1].seller, Some(SELLER));
     assert_eq!(all[1].note.as_deref(), Some("n"));
+}
+
+/// The same state on a real PostgreSQL server (a throwaway cluster, see `pg_server`).
+mod on_postgres {
+    use super::*;
+    use crate::state::pg_server::PgServer;
+
+    fn open(url: &str) -> StateStore {
+        StateStore::open(&StateUrl::parse(url, Path::new("/nowhere")).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn holds_the_same_state_as_sqlite() {
+        let Some(url) = PgServer::database("holds_the_same_state_as_sqlite") else {
+            return;
+        };
+        let s = open(&url);
+        assert_eq!(s.schema_version().unwrap(), SCHEMA_VERSION);
+        s.revoke(&SELLER, &[2; 32], false, 10).unwrap();
+        s.revoke(&SELLER, &[2; 32], true, 20).unwrap();
+        s.revoke(&SELLER, &[2; 32], false, 30).unwrap();
+        assert_eq!(
+            s.revocation(&SELLER, &[2; 32]).unwrap(),
+            Some(RevocationRecord {
+                buyer: [2; 32],
+                at_ms: 10,
+                burnt: true
+            })
+        );
+        assert_eq!(s.revocations(&SELLER).unwrap().len(), 1);
+        let id = s.ledger_add(&payment(3, 2.5)).unwrap();
+        let mut with_seller = payment(3, 1.0);
+        with_seller.seller = Some(SELLER);
+        with_seller.note = Some("n".into());
+        s.ledger_add(&with_seller).unwrap();
+        let l = s.ledger(Some(&[3; 32])).unwrap();
+        assert_eq!(l.len(), 2);
+        assert_eq!((l[0].id, l[0].amount, l[0].seller), (id, 2.5, None));
+        assert_eq!(l[1].seller, Some(SELLER));
+        assert!(s.ledger(Some(&[4; 32])).unwrap().is_empty());
+        let sale = Sale {
+            seller: SELLER,
+            buyer: [4; 32],
+            method: "lnd".into(),
+            grant: "time".into(),
+            remaining: 60_000,
+            at_ms: 7,
+        };
+        s.record_sale(&sale).unwrap();
+        assert_eq!(s.sales().unwrap(), vec![sale]);
+        assert_eq!(s.add_bytes(&SELLER, &[4; 32], 100).unwrap(), 100);
+        assert_eq!(
+            s.add_bytes(&SELLER, &[4; 32], u64::MAX).unwrap(),
+            i64::MAX as u64
+        );
+        s.plugin_put("lnd", &SELLER, "k", b"v1").unwrap();
+        s.plugin_put("lnd", &SELLER, "k", b"v2").unwrap();
+        assert_eq!(
+            s.plugin_get("lnd", &SELLER, "k").unwrap(),
+            Some(b"v2".to_vec())
+        );
+        assert_eq!(s.plugin_get("eos", &SELLER, "k").unwrap(), None);
+        s.plugin_delete("lnd", &SELLER, "k").unwrap();
+        assert_eq!(s.plugin_get("lnd", &SELLER, "k").unwrap(), None);
+    }
+
+    /// Two seller nodes on one database: what one records holds on the other at once, and
+    /// twenty concurrent writers keep twenty payments.
+    #[test]
+    fn two_nodes_share_revocations_and_payments() {
+        let Some(url) = PgServer::database("two_nodes_share_revocations_and_payments") else {
+            return;
+        };
+        let (a, b) = (open(&url), open(&url));
+        a.revoke(&SELLER, &[5; 32], false, 1).unwrap();
+        assert!(b.revocation(&SELLER, &[5; 32]).unwrap().is_some());
+        let threads: Vec<_> = (0..20u8)
+            .map(|i| {
+                let url = url.clone();
+                std::thread::spawn(move || open(&url).ledger_add(&payment(i, 1.0)).unwrap())
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(b.ledger(None).unwrap().len(), 20);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let Some(url) = PgServer::database("a_newer_schema_is_refused") else {
+            return;
+        };
+        drop(open(&url));
+        let mut c = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+        c.batch_execute("UPDATE dazaar_schema SET version = version + 1")
+            .unwrap();
+        let err = StateStore::open(&StateUrl::parse(&url, Path::new("/")).unwrap()).unwrap_err();
+        assert!(matches!(err, StateError::NewerSchema { .. }), "{err}");
+    }
+
+    /// A legacy ledger file imported from two nodes is imported once.
+    #[test]
+    fn imports_once_across_nodes() {
+        let Some(url) = PgServer::database("imports_once_across_nodes") else {
+            return;
+        };
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("ledger.jsonl");
+        std::fs::write(
+            &file,
+            format!(
+                "{{\"buyer\":\"{}\",\"amount\":2,\"time\":9}}\n",
+                hex::encode([6u8; 32])
+            ),
+        )
+        .unwrap();
+        let (a, b) = (open(&url), open(&url));
+        assert_eq!(a.import_ledger_file(&file).unwrap().payments, 1);
+        assert_eq!(b.import_ledger_file(&file).unwrap().payments, 0);
+        assert_eq!(b.ledger(None).unwrap().len(), 1);
+    }
 }
