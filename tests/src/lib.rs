@@ -26,6 +26,7 @@ pub mod routerrpc {
     tonic::include_proto!("routerrpc");
 }
 pub mod localstripe;
+pub mod pg;
 pub mod proc;
 pub mod procfs;
 pub mod skip;

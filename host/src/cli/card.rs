@@ -70,7 +70,7 @@ pub fn card(common: &Common, args: CardArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let settings = common.settings()?;
-    let data_dir = common.data_dir(settings.as_ref());
+    let state = common.state(settings.as_ref())?;
     let identity = common.identity(settings.as_ref())?;
     let cards = match (&args.feed, &settings) {
         (Some(feed), _) => {
@@ -79,11 +79,11 @@ pub fn card(common: &Common, args: CardArgs) -> Result<ExitCode> {
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default()
             });
-            vec![shop::free_card(&identity, &data_dir, &name, feed)?]
+            vec![shop::free_card(&identity, &state, &name, feed)?]
         }
         (None, Some(settings)) => {
             let mut registry = PluginRegistry::new();
-            shop::cards(settings, &identity, &mut registry, &data_dir)?
+            shop::cards(settings, &identity, &mut registry, &state)?
         }
         (None, None) => bail!("no card to write: give --feed DIR or a config with [[sell]] tables"),
     };

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use dazaar::config::Settings;
 use dazaar::market::{self, Identity, KdfParams};
+use dazaar::state::{StatePlace, StateUrl};
 use tokio::sync::watch;
 
 /// Options shared by the commands: where identity, state and configuration live.
@@ -16,6 +17,8 @@ pub struct Common {
     pub data_dir: Option<PathBuf>,
     /// `--config`.
     pub config: Option<PathBuf>,
+    /// `--state`.
+    pub state: Option<String>,
 }
 
 impl Common {
@@ -41,6 +44,18 @@ impl Common {
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from("."));
         home.join(".local/share/dazaar")
+    }
+
+    /// Where the seller's state is: `--state`, else the config's `[state] url`, else
+    /// `sqlite:` in the data dir (whose legacy JSON state is imported either way).
+    pub fn state(&self, settings: Option<&Settings>) -> Result<StatePlace> {
+        let data_dir = self.data_dir(settings);
+        let url = match (&self.state, settings.and_then(|s| s.state.clone())) {
+            (Some(text), _) => StateUrl::parse(text, &data_dir).context("--state")?,
+            (None, Some(url)) => url,
+            (None, None) => StateUrl::default_in(&data_dir),
+        };
+        Ok(StatePlace { url, data_dir })
     }
 
     /// The plugin dir: `flag`, else the config's `plugin_dir`, else `./plugins`.

@@ -138,7 +138,7 @@ async fn demo() -> Result<()> {
             terms: None,
             revalidate,
             deny: false,
-            data_dir: tmp.join("seller"),
+            state: dazaar::state::StatePlace::default_in(&tmp.join("seller")),
             handshake_timeout: market::seller::HANDSHAKE_TIMEOUT,
             unpaid_grace: market::seller::UNPAID_GRACE,
         },

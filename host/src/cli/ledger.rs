@@ -67,8 +67,10 @@ pub struct SalesArgs {
 
 fn state(common: &Common) -> Result<StateStore> {
     let settings = common.settings()?;
-    let data_dir = common.data_dir(settings.as_ref());
-    StateStore::open_in(&data_dir).context("opening the state database")
+    common
+        .state(settings.as_ref())?
+        .open()
+        .context("opening the state database")
 }
 
 /// Runs a ledger command.

@@ -43,12 +43,11 @@ pub struct IdArgs {
 /// Runs `dazaar revoke` (and `burn` with `burn`).
 pub fn revoke(common: &Common, args: RevokeArgs, burn: bool) -> Result<ExitCode> {
     let settings = common.settings()?;
-    let data_dir = common.data_dir(settings.as_ref());
     let identity = common.identity(settings.as_ref())?;
     let buyer = parse_key(&args.buyer_key, "the buyer key")?;
     let feed_key = market::shop::feed_key(&args.feed)?;
     let seller = identity.seller_key_pair(&feed_key).public_key();
-    market::revocation::revoke(&data_dir, &seller, &buyer, burn)?;
+    market::revocation::revoke(&common.state(settings.as_ref())?, &seller, &buyer, burn)?;
     let pair = identity.rekeyed_key_pair(&feed_key, &buyer);
     if args.json {
         let mut v = json!({"revoked": hex::encode(buyer), "sellerKey": hex::encode(seller), "feedKey": hex::encode(pair.public_key())});

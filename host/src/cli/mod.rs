@@ -33,6 +33,11 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
+    /// The seller's state database: `sqlite:PATH` or `postgres://user:password@host/db`
+    /// (default: the config's `[state] url`, then sqlite:DATA_DIR/state.db).
+    #[arg(long, global = true, value_name = "URL")]
+    pub state: Option<String>,
+
     /// More log output (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -104,6 +109,7 @@ pub fn main() -> ExitCode {
     let common = common::Common {
         data_dir: cli.data_dir.clone(),
         config: cli.config.clone(),
+        state: cli.state.clone(),
     };
     let result = match cli.command {
         Command::Feed(cmd) => feed::run(cmd),

@@ -12,7 +12,6 @@ use clap::Args;
 use dazaar::market::shop::{self, SellLimits, Shop, ShopOptions};
 use dazaar::market::SellerEvent;
 use dazaar::payments::{PaymentSpec, PaymentTerms, PluginRegistry, StateScope};
-use dazaar::state::StateStore;
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -113,7 +112,7 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
         .map(|s| s.limits.clone())
         .unwrap_or_default();
     let options = ShopOptions {
-        data_dir: common.data_dir(settings.as_ref()),
+        state: common.state(settings.as_ref())?,
         deny: args.deny,
         terms,
         limits: args.limits().or(&config_limits),
@@ -125,7 +124,7 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
             let price =
                 PaymentTerms::new("", &args.currency, &args.amount, &args.unit, &args.interval);
             let scope = StateScope {
-                store: Arc::new(StateStore::open_in(&options.data_dir)?),
+                store: Arc::new(options.state.open()?),
                 product: shop::feed_key(feed_dir)?,
             };
             let spec = (args.payment != "free").then(|| PaymentSpec {

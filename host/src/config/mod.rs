@@ -39,6 +39,9 @@
 //! unpaid_grace_secs = 60        # a buyer not valid this long is disconnected
 //! payment_checks_per_ip = 4     # fresh checks of unknown keys per second per address
 //!
+//! [state]                       # optional; default sqlite: in data_dir
+//! url = "postgres://dazaar:secret@10.0.0.5/dazaar"   # or "sqlite:/var/lib/dazaar/state.db"
+//!
 //! [buy]
 //! [[buy.payment]]
 //! plugin = "lnd"
@@ -148,6 +151,8 @@ pub struct Settings {
     pub buy: BuySettings,
     /// Connection limits of a seller (`[limits]`); unset keys take the defaults.
     pub limits: LimitSettings,
+    /// The seller's state database (`[state] url`); `None`: `sqlite:` in the data dir.
+    pub state: Option<crate::state::StateUrl>,
 }
 
 /// The `[limits]` section: what strangers may hold of a seller.
@@ -427,6 +432,14 @@ struct RawFile {
     buy: Option<RawBuy>,
     #[serde(default)]
     limits: Option<RawLimits>,
+    #[serde(default)]
+    state: Option<RawState>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawState {
+    url: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -655,6 +668,14 @@ impl Ctx<'_> {
             Some(l) => self.limits(l)?,
             None => LimitSettings::default(),
         };
+        let state = match &raw.state {
+            Some(s) => Some(
+                crate::state::StateUrl::parse(s.url.get_ref(), &data_dir).map_err(|e| {
+                    self.error(Some(s.url.span()), "state.url".into(), e.to_string())
+                })?,
+            ),
+            None => None,
+        };
         let passphrase_env = raw
             .passphrase_env
             .map(|v| v.into_inner())
@@ -669,6 +690,7 @@ impl Ctx<'_> {
             sell,
             buy,
             limits,
+            state,
         })
     }
 

@@ -14,12 +14,11 @@
 //! either process. The `revocations.json` of earlier versions is imported on first open.
 //! When the database cannot be read, every buyer is treated as revoked (fail closed).
 
-use std::path::Path;
 use std::sync::Arc;
 
 use super::identity::Identity;
 use crate::card::BurntKey;
-use crate::state::{LazyState, StateError, StateStore};
+use crate::state::{LazyState, StateError, StatePlace};
 
 /// Reading or writing the revocation list failed.
 #[derive(Debug, thiserror::Error)]
@@ -31,14 +30,14 @@ pub enum RevocationError {
 }
 
 /// Revokes (and, with `burn`, burns) `buyer` for the product sold under `seller`, in the
-/// state database of `data_dir`.
+/// state database at `place`.
 pub fn revoke(
-    data_dir: &Path,
+    place: &StatePlace,
     seller: &[u8; 32],
     buyer: &[u8; 32],
     burn: bool,
 ) -> Result<(), RevocationError> {
-    let store = StateStore::open_in(data_dir)?;
+    let store = place.open()?;
     store.revoke(seller, buyer, burn, crate::payments::now_ms())?;
     Ok(())
 }
@@ -46,12 +45,12 @@ pub fn revoke(
 /// The burnt buyers of the product sold under `identity` with feed `feed_key`, with their
 /// rekeyed key pairs, for the product's card.
 pub fn burnt_keys(
-    data_dir: &Path,
+    place: &StatePlace,
     identity: &Identity,
     feed_key: &[u8; 32],
 ) -> Result<Vec<BurntKey>, RevocationError> {
     let seller = identity.seller_key_pair(feed_key).public_key();
-    let store = StateStore::open_in(data_dir)?;
+    let store = place.open()?;
     Ok(store
         .revocations(&seller)?
         .into_iter()
@@ -76,9 +75,9 @@ pub struct RevocationList {
 }
 
 impl RevocationList {
-    /// The list for the product sold under `seller`, kept in `data_dir`'s state.
-    pub fn new(data_dir: &Path, seller: &[u8; 32]) -> Self {
-        Self::with_state(Arc::new(LazyState::new(data_dir)), seller)
+    /// The list for the product sold under `seller`, kept in the state at `place`.
+    pub fn new(place: &StatePlace, seller: &[u8; 32]) -> Self {
+        Self::with_state(Arc::new(LazyState::new(place)), seller)
     }
 
     /// The list for the product sold under `seller`, kept in `state`.
@@ -133,19 +132,40 @@ mod tests {
     #[test]
     fn revoke_is_seen_by_a_running_list_at_once() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let list = RevocationList::new(dir.path(), &[1; 32]);
+        let list = RevocationList::new(&StatePlace::default_in(dir.path()), &[1; 32]);
         assert!(!list.is_revoked(&[2; 32]));
         // Two revocations in quick succession (within one file-time tick, which the
         // JSON file of earlier versions could miss) both hold at once.
-        revoke(dir.path(), &[1; 32], &[2; 32], false).expect("revoke");
-        revoke(dir.path(), &[1; 32], &[3; 32], false).expect("revoke");
+        revoke(
+            &StatePlace::default_in(dir.path()),
+            &[1; 32],
+            &[2; 32],
+            false,
+        )
+        .expect("revoke");
+        revoke(
+            &StatePlace::default_in(dir.path()),
+            &[1; 32],
+            &[3; 32],
+            false,
+        )
+        .expect("revoke");
         assert!(list.is_revoked(&[2; 32]));
         assert!(list.is_revoked(&[3; 32]));
         assert!(!list.is_revoked(&[4; 32]));
         // Another product's list is separate.
-        assert!(!RevocationList::new(dir.path(), &[9; 32]).is_revoked(&[2; 32]));
-        revoke(dir.path(), &[1; 32], &[2; 32], true).expect("burn");
-        let store = StateStore::open_in(dir.path()).expect("state");
+        assert!(
+            !RevocationList::new(&StatePlace::default_in(dir.path()), &[9; 32])
+                .is_revoked(&[2; 32])
+        );
+        revoke(
+            &StatePlace::default_in(dir.path()),
+            &[1; 32],
+            &[2; 32],
+            true,
+        )
+        .expect("burn");
+        let store = crate::state::StateStore::open_in(dir.path()).expect("state");
         assert!(store
             .revocation(&[1; 32], &[2; 32])
             .expect("read")
@@ -161,7 +181,7 @@ mod tests {
             b"not a database, at all: 32+ bytes of junk",
         )
         .expect("write");
-        let list = RevocationList::new(dir.path(), &[1; 32]);
+        let list = RevocationList::new(&StatePlace::default_in(dir.path()), &[1; 32]);
         assert!(list.is_revoked(&[2; 32]));
     }
 
@@ -171,9 +191,16 @@ mod tests {
         let identity = Identity::from_master_key([7; 32]);
         let feed = [8u8; 32];
         let seller = identity.seller_key_pair(&feed).public_key();
-        revoke(dir.path(), &seller, &[2; 32], true).expect("burn");
-        revoke(dir.path(), &seller, &[3; 32], false).expect("revoke");
-        let burnt = burnt_keys(dir.path(), &identity, &feed).expect("burnt");
+        revoke(&StatePlace::default_in(dir.path()), &seller, &[2; 32], true).expect("burn");
+        revoke(
+            &StatePlace::default_in(dir.path()),
+            &seller,
+            &[3; 32],
+            false,
+        )
+        .expect("revoke");
+        let burnt =
+            burnt_keys(&StatePlace::default_in(dir.path()), &identity, &feed).expect("burnt");
         assert_eq!(burnt.len(), 1);
         assert_eq!(burnt[0].buyer, [2; 32]);
         assert_eq!(

@@ -13,7 +13,6 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,7 +31,7 @@ use crate::payments::{
     encode_user_message, parse_user_message, MessageBudget, Now, PaymentGate, Validation,
 };
 use crate::protocol::replicate::ReplicatorConfig;
-use crate::state::{LazyState, Sale};
+use crate::state::{LazyState, Sale, StatePlace};
 use crate::storage::{FsStore, RekeyedSigner};
 use dazaar_plugin_api::GrantKind;
 
@@ -210,8 +209,8 @@ pub struct ProductOptions {
     pub revalidate: Duration,
     /// Refuse every buyer.
     pub deny: bool,
-    /// Where the revocation list is (the seller's data dir).
-    pub data_dir: PathBuf,
+    /// Where the seller's state is (revocations, sales).
+    pub state: StatePlace,
     /// A connection whose Noise handshake has not finished by then is dropped (a peer
     /// that opens connections and never finishes them holds no slot for long). It is
     /// the [`NetConfig::handshake_timeout`] of this product's connections.
@@ -238,7 +237,7 @@ impl Product {
     ) -> Arc<Self> {
         let feed_key = feed.lock().key();
         let seller_keys = identity.seller_key_pair(&feed_key);
-        let state = Arc::new(LazyState::new(&options.data_dir));
+        let state = Arc::new(LazyState::new(&options.state));
         Arc::new(Product {
             revoked: Arc::new(RevocationList::with_state(
                 Arc::clone(&state),
@@ -642,7 +641,7 @@ pub(crate) mod test_sale {
     /// A product of `blocks` blocks served until the sale is dropped.
     pub(crate) struct Sale {
         pub(crate) _dir: tempfile::TempDir,
-        pub(crate) dir: PathBuf,
+        pub(crate) dir: std::path::PathBuf,
         pub(crate) product: Arc<Product>,
         pub(crate) addr: std::net::SocketAddr,
         pub(crate) _stop: watch::Sender<bool>,
@@ -677,7 +676,7 @@ pub(crate) mod test_sale {
                 terms: None,
                 revalidate: Duration::from_millis(100),
                 deny: false,
-                data_dir: root.join("seller"),
+                state: StatePlace::default_in(&root.join("seller")),
                 handshake_timeout: HANDSHAKE_TIMEOUT,
                 unpaid_grace: UNPAID_GRACE,
             },

@@ -29,7 +29,7 @@ use crate::payments::{
     card_entry, open_entry, CallLimits, GateLimits, PaymentGate, PaymentSpec, PluginRegistry,
     SetupError, StateScope,
 };
-use crate::state::{StateError, StateStore};
+use crate::state::{StateError, StatePlace};
 use crate::storage::{open_feed_dir, Access, FeedDirError, FsStore};
 
 /// Why a seller cannot start.
@@ -145,8 +145,8 @@ impl SellLimits {
 /// What every product of a seller shares.
 #[derive(Debug, Clone)]
 pub struct ShopOptions {
-    /// The seller's data dir (revocations).
-    pub data_dir: PathBuf,
+    /// Where the seller's state is (revocations, sales, plugin state).
+    pub state: StatePlace,
     /// Refuse every buyer.
     pub deny: bool,
     /// Terms of use for products that name none of their own.
@@ -161,7 +161,7 @@ impl ShopOptions {
             terms: terms.or_else(|| self.terms.clone()),
             revalidate,
             deny: self.deny,
-            data_dir: self.data_dir.clone(),
+            state: self.state.clone(),
             handshake_timeout: seller::HANDSHAKE_TIMEOUT,
             unpaid_grace: self.limits.unpaid_grace(),
         }
@@ -235,7 +235,7 @@ pub fn products(
         return Err(ShopError::NothingToSell(settings.file.clone()));
     }
     let mut out = Vec::with_capacity(settings.sell.len());
-    let store = Arc::new(StateStore::open_in(&options.data_dir)?);
+    let store = Arc::new(options.state.open()?);
     for sell in &settings.sell {
         let feed = open_sold_feed(&sell.feed)?;
         let scope = StateScope {
@@ -262,14 +262,14 @@ pub fn products(
 /// The card of the feed in `feed_dir` sold free as `name`, with its burnt keys.
 pub fn free_card(
     identity: &Identity,
-    data_dir: &Path,
+    state: &StatePlace,
     name: &str,
     feed_dir: &Path,
 ) -> Result<Card, ShopError> {
     let feed_key = feed_key(feed_dir)?;
     product_card(
         identity,
-        data_dir,
+        state,
         name,
         &CardFields::default(),
         &feed_key,
@@ -279,12 +279,12 @@ pub fn free_card(
 
 /// The card of every `[[sell]]` product of `settings`, with the same card methods the
 /// products' gates validate (the plugins are loaded through `registry` to learn them) and
-/// the burnt keys of `data_dir`'s revocation list.
+/// the burnt keys of the revocation list at `state`.
 pub fn cards(
     settings: &Settings,
     identity: &Identity,
     registry: &mut PluginRegistry,
-    data_dir: &Path,
+    state: &StatePlace,
 ) -> Result<Vec<Card>, ShopError> {
     let mut out = Vec::with_capacity(settings.sell.len());
     for sell in &settings.sell {
@@ -303,7 +303,7 @@ pub fn cards(
         }
         let feed_key = feed_key(&sell.feed)?;
         out.push(product_card(
-            identity, data_dir, &sell.name, &sell.card, &feed_key, terms,
+            identity, state, &sell.name, &sell.card, &feed_key, terms,
         )?);
     }
     Ok(out)
@@ -311,7 +311,7 @@ pub fn cards(
 
 fn product_card(
     identity: &Identity,
-    data_dir: &Path,
+    state: &StatePlace,
     name: &str,
     fields: &CardFields,
     feed_key: &[u8; 32],
@@ -319,7 +319,7 @@ fn product_card(
 ) -> Result<Card, ShopError> {
     let seller = identity.seller_key_pair(feed_key).public_key();
     let mut card = card::build(name, fields, &seller, &terms);
-    card.burnt = burnt_keys(data_dir, identity, feed_key)?;
+    card.burnt = burnt_keys(state, identity, feed_key)?;
     Ok(card)
 }
 

@@ -443,19 +443,47 @@ impl StateStore {
 /// The JSON revocation list of earlier versions, in the data directory.
 pub const LEGACY_REVOCATIONS: &str = "revocations.json";
 
-/// A data directory's state database, opened at first use (and again after a failed
-/// open), shared by the parts of one product.
+/// Where a seller's state lives: the database, and the data directory whose JSON state
+/// of earlier versions is imported into it on first open.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatePlace {
+    /// The database.
+    pub url: StateUrl,
+    /// The data directory.
+    pub data_dir: PathBuf,
+}
+
+impl StatePlace {
+    /// The default database of `data_dir` (`sqlite:DATA_DIR/state.db`).
+    pub fn default_in(data_dir: &Path) -> StatePlace {
+        StatePlace {
+            url: StateUrl::default_in(data_dir),
+            data_dir: data_dir.to_owned(),
+        }
+    }
+
+    /// Opens the database (migrating it) and imports the data directory's legacy state
+    /// once.
+    pub fn open(&self) -> Result<StateStore, StateError> {
+        let store = StateStore::open(&self.url)?;
+        store.import_legacy(&self.data_dir)?;
+        Ok(store)
+    }
+}
+
+/// A seller's state database, opened at first use (and again after a failed open),
+/// shared by the parts of one product.
 #[derive(Debug)]
 pub struct LazyState {
-    data_dir: PathBuf,
+    place: StatePlace,
     slot: std::sync::Mutex<Option<std::sync::Arc<StateStore>>>,
 }
 
 impl LazyState {
-    /// The state of `data_dir`, not opened yet.
-    pub fn new(data_dir: &Path) -> LazyState {
+    /// The state at `place`, not opened yet.
+    pub fn new(place: &StatePlace) -> LazyState {
         LazyState {
-            data_dir: data_dir.to_owned(),
+            place: place.clone(),
             slot: std::sync::Mutex::new(None),
         }
     }
@@ -469,7 +497,7 @@ impl LazyState {
         if let Some(store) = &*slot {
             return Ok(std::sync::Arc::clone(store));
         }
-        let store = std::sync::Arc::new(StateStore::open_in(&self.data_dir)?);
+        let store = std::sync::Arc::new(self.place.open()?);
         *slot = Some(std::sync::Arc::clone(&store));
         Ok(store)
     }
@@ -498,7 +526,9 @@ pub(crate) fn parse_hex_key(text: &str) -> Option<Key> {
     hex::decode(text.trim()).ok()?.try_into().ok()
 }
 
+/// The throwaway PostgreSQL server of the tests (shared with the integration tests).
 #[cfg(test)]
+#[path = "../../../tests/src/pg.rs"]
 pub(crate) mod pg_server;
 #[cfg(test)]
 mod tests;

@@ -81,6 +81,30 @@ fn key_from(blob: Vec<u8>) -> Result<Key, StateError> {
         .map_err(|_| StateError::Malformed { what: "key" })
 }
 
+/// Runs `f` here, or on a scoped thread when this thread belongs to a tokio runtime.
+fn off_runtime<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return f();
+    }
+    std::thread::scope(|scope| match scope.spawn(f).join() {
+        Ok(v) => v,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
+}
+
+impl Drop for PgState {
+    fn drop(&mut self) {
+        // Closing the client blocks on its runtime too.
+        let client = match self.client.get_mut() {
+            Ok(c) => c.take(),
+            Err(p) => p.into_inner().take(),
+        };
+        if let Some(client) = client {
+            off_runtime(move || drop(client));
+        }
+    }
+}
+
 impl PgState {
     /// Connects to `url` (shown as `shown` in errors) and migrates the schema.
     pub(super) fn open(url: &str, shown: &str) -> Result<PgState, StateError> {
@@ -129,7 +153,18 @@ impl PgState {
 
     /// Runs `f` on the connection; a broken connection is dropped (the next call opens
     /// a new one) and the error returned.
-    fn with<T>(
+    ///
+    /// The synchronous client drives its own small runtime, which tokio refuses to start
+    /// on a thread that belongs to a runtime: there (a seller's async tasks, its blocking
+    /// pool) the call runs on a short-lived thread of its own, and the caller waits.
+    fn with<T: Send>(
+        &self,
+        f: impl FnOnce(&mut Client) -> Result<T, postgres::Error> + Send,
+    ) -> Result<T, StateError> {
+        off_runtime(|| self.with_here(f))
+    }
+
+    fn with_here<T>(
         &self,
         f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
     ) -> Result<T, StateError> {

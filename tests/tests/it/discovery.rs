@@ -79,7 +79,7 @@ async fn start_sale(blocks: &[Vec<u8>]) -> Sale {
             terms: None,
             revalidate: Duration::from_millis(200),
             deny: false,
-            data_dir: root.join("seller"),
+            state: dazaar::state::StatePlace::default_in(&root.join("seller")),
             handshake_timeout: dazaar::market::seller::HANDSHAKE_TIMEOUT,
             unpaid_grace: dazaar::market::seller::UNPAID_GRACE,
         },

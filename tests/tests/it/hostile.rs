@@ -256,7 +256,7 @@ async fn free_sale(blocks: u32, deny: bool, unpaid_grace: Duration) -> Sale {
             terms: None,
             revalidate: Duration::from_millis(100),
             deny,
-            data_dir: data_dir.clone(),
+            state: dazaar::state::StatePlace::default_in(&data_dir),
             handshake_timeout: dazaar::market::seller::HANDSHAKE_TIMEOUT,
             unpaid_grace,
         },
@@ -316,7 +316,7 @@ async fn revoked_buyer_opening_the_free_feed_gets_no_data() {
     let sale = free_sale(20, false, Duration::from_secs(60)).await;
     let buyer = NoiseKeyPair::generate();
     dazaar::market::revocation::revoke(
-        &sale.data_dir,
+        &dazaar::state::StatePlace::default_in(&sale.data_dir),
         &sale.product.seller_key(),
         &buyer.public_key(),
         false,
@@ -347,7 +347,7 @@ async fn buyer_revoked_while_connected_gets_no_more_data() {
         .await;
     assert!(served, "a valid free buyer was not served: {:?}", h.seen);
     dazaar::market::revocation::revoke(
-        &sale.data_dir,
+        &dazaar::state::StatePlace::default_in(&sale.data_dir),
         &sale.product.seller_key(),
         &buyer_key,
         false,

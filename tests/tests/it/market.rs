@@ -77,7 +77,7 @@ async fn start_sale_with(
             terms: terms.map(str::to_owned),
             revalidate,
             deny: false,
-            data_dir: root.join("seller"),
+            state: dazaar::state::StatePlace::default_in(&root.join("seller")),
             handshake_timeout,
             unpaid_grace: dazaar::market::seller::UNPAID_GRACE,
         },

@@ -136,3 +136,121 @@ fn a_ledger_file_is_imported_once() {
     let list = dazaar(&["--data-dir", s(&data), "ledger", "list", "--json"]);
     assert_eq!(String::from_utf8_lossy(&list.stdout).lines().count(), 1);
 }
+
+/// Two seller nodes (two data directories) on one PostgreSQL state through `--state`:
+/// payments and revocations recorded on one are seen by the other; the password in the
+/// URL never reaches an error.
+#[test]
+fn two_nodes_share_one_postgres_state() {
+    let Some(url) = dazaar_tests::pg::PgServer::database("two_nodes_share_one_postgres_state")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (a, b) = (dir.path().join("node-a"), dir.path().join("node-b"));
+    for (data, buyer) in [(&a, 1u8), (&b, 2u8)] {
+        let o = dazaar(&[
+            "--data-dir",
+            s(data),
+            "--state",
+            &url,
+            "ledger",
+            "add",
+            "--buyer",
+            &hex::encode([buyer; 32]),
+            "--amount",
+            "3",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    for data in [&a, &b] {
+        let list = dazaar(&[
+            "--data-dir",
+            s(data),
+            "--state",
+            &url,
+            "ledger",
+            "list",
+            "--json",
+        ]);
+        assert_eq!(String::from_utf8_lossy(&list.stdout).lines().count(), 2);
+    }
+    // Neither data dir got an SQLite database.
+    assert!(!a.join("state.db").exists() && !b.join("state.db").exists());
+    // A wrong password: one clear line, no password in it.
+    let wrong = url.replacen("postgres://postgres@", "postgres://postgres:hunter2@", 1);
+    let bad = dazaar(&[
+        "--data-dir",
+        s(&a),
+        "--state",
+        &wrong.replace("/t", "/nodb_t"),
+        "ledger",
+        "list",
+    ]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(!err.contains("hunter2"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+/// A seller running on PostgreSQL state: a revocation recorded through another data dir
+/// on the same database refuses the buyer, and the sale before it is in the shared log.
+#[test]
+fn a_seller_on_postgres_state_logs_sales_and_honours_shared_revocations() {
+    use dazaar_tests::proc::{buy_once, json_lines, make_text_feed, sell};
+    let Some(url) = dazaar_tests::pg::PgServer::database("a_seller_on_postgres_state") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let feed = dir.path().join("feed");
+    make_text_feed(&feed, 5);
+    let seller_data = dir.path().join("seller");
+    let (_seller, info) = sell(&[
+        "--data-dir",
+        s(&seller_data),
+        "--state",
+        &url,
+        s(&feed),
+        "--listen",
+        "127.0.0.1:0",
+        "--revalidate-ms",
+        "100",
+    ]);
+    let key = info["sellerKey"].as_str().expect("key").to_owned();
+    let addr = info["addr"].as_str().expect("addr").to_owned();
+    let buyer_data = dir.path().join("buyer");
+    let o = buy_once(&buyer_data, &key, &addr, &dir.path().join("out1"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // The sale is in the shared log, read through another data dir.
+    let other = dir.path().join("other-node");
+    let sales = dazaar(&["--data-dir", s(&other), "--state", &url, "sales", "--json"]);
+    let sales = json_lines(&sales.stdout);
+    assert_eq!(sales.len(), 1, "{sales:?}");
+    assert_eq!(sales[0]["seller"], key.as_str());
+    assert_eq!(sales[0]["method"], "free");
+    // Revoked from the seller's identity, recorded in the shared state: refused next time.
+    let buyer = sales[0]["buyer"].as_str().expect("buyer").to_owned();
+    let o = dazaar(&[
+        "--data-dir",
+        s(&seller_data),
+        "--state",
+        &url,
+        "revoke",
+        &buyer,
+        "--feed",
+        s(&feed),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let o = buy_once(&buyer_data, &key, &addr, &dir.path().join("out2"));
+    assert!(!o.status.success(), "a revoked buyer bought again");
+    // The seller still serves others (the refusal was the revocation, not a dead seller).
+    let o = buy_once(
+        &dir.path().join("buyer2"),
+        &key,
+        &addr,
+        &dir.path().join("out3"),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let sales = dazaar(&["--data-dir", s(&other), "--state", &url, "sales", "--json"]);
+    assert_eq!(json_lines(&sales.stdout).len(), 2);
+}

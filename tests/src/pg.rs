@@ -3,6 +3,8 @@
 //! loopback port with its socket in that directory, stopped and deleted at the end. One
 //! per test process; each test takes a database of its own. No mock: the real server.
 //!
+//! Also compiled into the host library's unit tests (`state::pg_server`).
+//!
 //! Skip policy: without PostgreSQL's programs a test prints one `SKIPPED` line and passes,
 //! unless `CI` is set (CI installs them: a missing server there is a failure).
 
@@ -13,7 +15,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 
 /// A port nothing listens on (bound, never listening), held as long as the value lives.
-pub(crate) fn refused_port() -> SocketAddr {
+pub fn refused_port() -> SocketAddr {
     let socket = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = socket.local_addr().expect("addr");
     // Closed again at once: a connection is refused (nothing listens on loopback there).
@@ -32,7 +34,7 @@ extern "C" fn stop_at_exit() {
     });
 }
 
-pub(crate) struct PgServer {
+pub struct PgServer {
     dir: tempfile::TempDir,
     bin: PathBuf,
     port: u16,
@@ -153,7 +155,7 @@ impl PgServer {
     /// line) when PostgreSQL is not installed and `CI` is not set. The server is stopped
     /// and its directory deleted when the test process exits (statics are never dropped,
     /// so through `atexit`).
-    pub(crate) fn database(test: &str) -> Option<String> {
+    pub fn database(test: &str) -> Option<String> {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let server = match SERVER.get_or_init(|| {
             let started = PgServer::start();
