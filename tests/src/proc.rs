@@ -24,11 +24,16 @@ pub struct Proc {
 
 impl Proc {
     /// Starts `cmd` with stdin and stdout piped (stderr goes to the test's stderr).
-    pub fn spawn(mut cmd: Command) -> Proc {
+    pub fn spawn(cmd: Command) -> Proc {
+        Proc::spawn_with_stderr(cmd, Stdio::inherit())
+    }
+
+    /// [`Proc::spawn`] with stderr going to `stderr` (a file the test reads).
+    pub fn spawn_with_stderr(mut cmd: Command, stderr: impl Into<Stdio>) -> Proc {
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
         let stdout = child.stdout.take().expect("stdout is piped");

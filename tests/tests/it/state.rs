@@ -197,7 +197,7 @@ fn two_nodes_share_one_postgres_state() {
 /// on the same database refuses the buyer, and the sale before it is in the shared log.
 #[test]
 fn a_seller_on_postgres_state_logs_sales_and_honours_shared_revocations() {
-    use dazaar_tests::proc::{buy_once, json_lines, make_text_feed, sell};
+    use dazaar_tests::proc::{buy_once, json_lines, make_text_feed};
     let Some(url) = dazaar_tests::pg::PgServer::database("a_seller_on_postgres_state") else {
         return;
     };
@@ -205,17 +205,24 @@ fn a_seller_on_postgres_state_logs_sales_and_honours_shared_revocations() {
     let feed = dir.path().join("feed");
     make_text_feed(&feed, 5);
     let seller_data = dir.path().join("seller");
-    let (_seller, info) = sell(&[
-        "--data-dir",
-        s(&seller_data),
-        "--state",
-        &url,
-        s(&feed),
-        "--listen",
-        "127.0.0.1:0",
-        "--revalidate-ms",
-        "100",
-    ]);
+    let log = dir.path().join("seller.log");
+    let mut seller = dazaar_tests::proc::Proc::spawn_with_stderr(
+        dazaar_cmd(&[
+            "--data-dir",
+            s(&seller_data),
+            "--state",
+            &url,
+            "sell",
+            s(&feed),
+            "--listen",
+            "127.0.0.1:0",
+            "--revalidate-ms",
+            "100",
+            "--json",
+        ]),
+        std::fs::File::create(&log).expect("log file"),
+    );
+    let info = seller.event("listening", std::time::Duration::from_secs(20));
     let key = info["sellerKey"].as_str().expect("key").to_owned();
     let addr = info["addr"].as_str().expect("addr").to_owned();
     let buyer_data = dir.path().join("buyer");
@@ -253,4 +260,8 @@ fn a_seller_on_postgres_state_logs_sales_and_honours_shared_revocations() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let sales = dazaar(&["--data-dir", s(&other), "--state", &url, "sales", "--json"]);
     assert_eq!(json_lines(&sales.stdout).len(), 2);
+    // Nothing in the seller went wrong on the way (a panicking task is only logged).
+    seller.stop();
+    let log = std::fs::read_to_string(&log).expect("log");
+    assert!(!log.contains("panicked"), "{log}");
 }
