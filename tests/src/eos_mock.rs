@@ -18,6 +18,13 @@
 //! appended to the history served above. Refusals are nodeos error objects
 //! (`unsatisfied_authorization`, `expired_tx_exception`, `invalid_ref_block_exception`,
 //! …) with status 500.
+//!
+//! Transfers of a token contract the mock knows ([`EosState::tokens`]: `eosio.token`'s
+//! `4,EOS` from the start) are checked as `eosio.token::transfer` checks them, whether
+//! pushed or appended by a test ([`MockEos::transfer`]): the symbol must be one the
+//! contract issued (`unable to find key`) with the precision it was created with
+//! (`symbol precision mismatch`: `1.0000 EOS`, never `1.00 EOS`), the quantity positive,
+//! and `from` not `to`. Transfers of other contracts are recorded as given.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -69,6 +76,44 @@ pub struct EosState {
     pub pushed: Vec<String>,
     /// Every `push_transaction` request body, as received.
     pub push_bodies: Vec<String>,
+    /// (token contract, symbol code) → the precision the token was created with.
+    pub tokens: HashMap<(String, String), u32>,
+}
+
+/// `eosio.token::transfer`'s checks of `from`, `to` and `quantity` (`"1.0000 EOS"`),
+/// for a contract with tokens in `tokens`; `Err` carries the contract's assertion
+/// message. A contract without tokens there is not checked.
+fn check_transfer(
+    tokens: &HashMap<(String, String), u32>,
+    contract: &str,
+    from: &str,
+    to: &str,
+    quantity: &str,
+) -> Result<(), String> {
+    if !tokens.keys().any(|(c, _)| c == contract) {
+        return Ok(());
+    }
+    let (amount, code) = quantity
+        .split_once(' ')
+        .ok_or_else(|| "invalid quantity".to_owned())?;
+    let (whole, fraction) = amount.split_once('.').unwrap_or((amount, ""));
+    let digits = |t: &str| t.chars().all(|c| c.is_ascii_digit());
+    if whole.is_empty() || !digits(whole) || !digits(fraction) {
+        return Err("invalid quantity".into());
+    }
+    let Some(&precision) = tokens.get(&(contract.to_owned(), code.to_owned())) else {
+        return Err("unable to find key".into());
+    };
+    if fraction.len() != precision as usize {
+        return Err("symbol precision mismatch".into());
+    }
+    if !format!("{whole}{fraction}").chars().any(|c| c != '0') {
+        return Err("must transfer positive quantity".into());
+    }
+    if from == to {
+        return Err("cannot transfer to self".into());
+    }
+    Ok(())
 }
 
 /// The chain id of the mock (the EOS mainnet's).
@@ -152,6 +197,7 @@ impl MockEos {
             push_clock_shift_ms: 0,
             pushed: Vec::new(),
             push_bodies: Vec::new(),
+            tokens: HashMap::from([(("eosio.token".to_owned(), "EOS".to_owned()), 4)]),
         }));
         let threads = (0..4)
             .map(|_| {
@@ -186,7 +232,17 @@ impl MockEos {
         self.state.lock().unwrap().mode = mode;
     }
 
-    /// Appends a `transfer` of `contract`; returns its block number.
+    /// Makes `contract` a token contract issuing `code` with `precision` decimals.
+    pub fn add_token(&self, contract: &str, code: &str, precision: u32) {
+        self.state
+            .lock()
+            .unwrap()
+            .tokens
+            .insert((contract.to_owned(), code.to_owned()), precision);
+    }
+
+    /// Appends a `transfer` of `contract`; returns its block number. Panics when the
+    /// contract would refuse it ([`MockEos::try_transfer`]).
     pub fn transfer(
         &self,
         contract: &str,
@@ -196,15 +252,38 @@ impl MockEos {
         memo: &str,
         time_ms: u64,
     ) -> u64 {
-        self.push(
+        self.try_transfer(contract, from, to, quantity, memo, time_ms)
+            .unwrap_or_else(|e| panic!("{contract} refuses {from} -> {to} {quantity}: {e}"))
+    }
+
+    /// Appends a `transfer` of `contract` if the contract accepts it (for a token
+    /// contract the mock knows: a symbol it issued, at its precision); returns its block
+    /// number, or the contract's assertion message.
+    pub fn try_transfer(
+        &self,
+        contract: &str,
+        from: &str,
+        to: &str,
+        quantity: &str,
+        memo: &str,
+        time_ms: u64,
+    ) -> Result<u64, String> {
+        check_transfer(
+            &self.state.lock().unwrap().tokens,
+            contract,
+            from,
+            to,
+            quantity,
+        )?;
+        Ok(self.push(
             contract,
             "transfer",
             json!({"from": from, "to": to, "quantity": quantity, "memo": memo}),
             time_ms,
-        )
+        ))
     }
 
-    /// Appends any action; returns its block number.
+    /// Appends any action as given (unchecked); returns its block number.
     pub fn push(&self, contract: &str, name: &str, data: Value, time_ms: u64) -> u64 {
         let mut st = self.state.lock().unwrap();
         let block_num = 1000 + st.actions.len() as u64;
@@ -719,7 +798,12 @@ fn push(st: &mut EosState, body: &str) -> Result<Value, Refusal> {
     if st.pushed.contains(&id) {
         return refuse("tx_duplicate", format!("Duplicate transaction {id}"));
     }
-    st.pushed.push(id.clone());
+    if precision > 18 {
+        return refuse(
+            "eosio_assert_message_exception",
+            "assertion failure with message: invalid symbol name",
+        );
+    }
     let scale = 10u64.pow(precision);
     let quantity = if precision == 0 {
         format!("{units} {code}")
@@ -731,6 +815,13 @@ fn push(st: &mut EosState, body: &str) -> Result<Value, Refusal> {
             width = precision as usize
         )
     };
+    if let Err(e) = check_transfer(&st.tokens, account, &from, &to, &quantity) {
+        return refuse(
+            "eosio_assert_message_exception",
+            format!("assertion failure with message: {e}"),
+        );
+    }
+    st.pushed.push(id.clone());
     let block_num = head_block(st);
     if to == st.account {
         st.actions.push(MockAction {

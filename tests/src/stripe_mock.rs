@@ -8,6 +8,15 @@
 //! `starting_after`, `has_more`, newest first) and search pagination (`query`, `limit`,
 //! `page`, `has_more`, `next_page`). The search query language is the subset the plugin
 //! uses: clauses `metadata['key']:'value'` and `status:'value'` joined by ` AND `.
+//! Related objects are what Stripe answers: ids (strings) unless the request's
+//! `expand[]` names them (`data.latest_charge` on a list or search of PaymentIntents,
+//! `data.payment_intent` and nested `data.payment_intent.latest_charge` on a list of
+//! Checkout Sessions), then the full objects; a path that cannot be expanded is a 400,
+//! as at Stripe. Completing a Checkout Session ([`MockStripe::complete_session`]) creates
+//! its PaymentIntent (with the session's `payment_intent_data[metadata]`) and Charge, as
+//! Stripe does, so the session's payment is found by search and by listing intents too.
+//! Refunds and disputes ([`MockStripe::refund`], [`MockStripe::dispute`]) change the
+//! Charge only, where Stripe records them.
 //! Rate limits as Stripe applies them: `429 Too Many Requests` with a `Retry-After`
 //! header (whole seconds) and an error object with `code: rate_limit`, either always
 //! ([`Mode::RateLimited`]) or past a number of searches per second
@@ -45,10 +54,18 @@ pub enum Mode {
 pub struct MockState {
     /// The secret key it accepts.
     pub key: String,
-    /// PaymentIntents, oldest first.
+    /// PaymentIntents, oldest first, as Stripe stores them: `latest_charge` is the id of
+    /// a charge in [`MockState::charges`] (or null), expanded only in answers that ask.
     pub intents: Vec<Value>,
-    /// Checkout Sessions, oldest first.
+    /// Charges, oldest first: where refunds (`amount_refunded`, `refunded`) and disputes
+    /// (`disputed`) are recorded; `payment_intent` is the intent's id.
+    pub charges: Vec<Value>,
+    /// Checkout Sessions, oldest first; `payment_intent` is an id (or null).
     pub sessions: Vec<Value>,
+    /// Per Checkout Session id, the `payment_intent_data[metadata]` it was created with:
+    /// the metadata Stripe gives the PaymentIntent it creates when the session is paid
+    /// (the session's own `metadata` stays on the session).
+    pub session_intent_metadata: HashMap<String, Value>,
     /// Current behaviour.
     pub mode: Mode,
     /// Requests served (any answer).
@@ -152,7 +169,101 @@ fn matches(obj: &Value, clauses: &[(String, String)]) -> bool {
     })
 }
 
-fn list_page(items: &[Value], params: &HashMap<String, String>, url: &str) -> (u16, String) {
+/// The kind of object an expandable field of an object of kind `object` holds the id of
+/// (the fields the plugin expands; Stripe has more).
+fn expandable(object: &str, field: &str) -> Option<&'static str> {
+    match (object, field) {
+        ("payment_intent", "latest_charge") => Some("charge"),
+        ("checkout.session", "payment_intent") | ("charge", "payment_intent") => {
+            Some("payment_intent")
+        }
+        _ => None,
+    }
+}
+
+/// Expands `path` (the fields of a dotted `expand[]` path) in `obj`: the id at each
+/// field becomes the object it names, then the rest of the path is expanded in that.
+/// A null (or absent) field stays so. `Err` when a field is not expandable on that
+/// object.
+fn expand_path(st: &MockState, obj: &mut Value, path: &[&str]) -> Result<(), ()> {
+    let Some((field, rest)) = path.split_first() else {
+        return Ok(());
+    };
+    let kind = obj["object"].as_str().unwrap_or("").to_owned();
+    let target = expandable(&kind, field).ok_or(())?;
+    // An object a test stored without the field has it null, as Stripe would.
+    let Some(slot) = obj.get_mut(*field) else {
+        return Ok(());
+    };
+    if let Some(id) = slot.as_str() {
+        let list = match target {
+            "charge" => &st.charges,
+            _ => &st.intents,
+        };
+        if let Some(found) = list.iter().find(|o| o["id"] == id) {
+            *slot = found.clone();
+        }
+    }
+    if slot.is_object() {
+        expand_path(st, slot, rest)
+    } else {
+        Ok(())
+    }
+}
+
+/// The `expand[]` (or `expand[N]`) values of a request's query.
+fn expand_params(query: &str) -> Vec<String> {
+    decode_form(query)
+        .into_iter()
+        .filter(|(k, _)| {
+            k.strip_prefix("expand[")
+                .and_then(|r| r.strip_suffix(']'))
+                .is_some_and(|n| n.chars().all(|c| c.is_ascii_digit()))
+        })
+        .map(|(_, v)| v)
+        .collect()
+}
+
+/// The objects of a list or search page as Stripe renders them: each `data.`-prefixed
+/// `expand[]` path expanded in every object; `Err` with Stripe's 400 for a path that is
+/// not `data.…` or names a field that cannot be expanded.
+fn render_page(
+    st: &MockState,
+    page: &[&Value],
+    expand: &[String],
+) -> Result<Vec<Value>, (u16, String)> {
+    let cannot = |path: &str| {
+        error(
+            400,
+            "invalid_request_error",
+            &format!("This property cannot be expanded ({path})."),
+        )
+    };
+    let mut paths = Vec::new();
+    for path in expand {
+        let Some(inner) = path.strip_prefix("data.") else {
+            return Err(cannot(path));
+        };
+        paths.push((path, inner.split('.').collect::<Vec<_>>()));
+    }
+    page.iter()
+        .map(|o| {
+            let mut o = (*o).clone();
+            for (path, fields) in &paths {
+                expand_path(st, &mut o, fields).map_err(|()| cannot(path))?;
+            }
+            Ok(o)
+        })
+        .collect()
+}
+
+fn list_page(
+    st: &MockState,
+    items: &[Value],
+    params: &HashMap<String, String>,
+    expand: &[String],
+    url: &str,
+) -> (u16, String) {
     let limit: usize = params
         .get("limit")
         .and_then(|l| l.parse().ok())
@@ -177,9 +288,13 @@ fn list_page(items: &[Value], params: &HashMap<String, String>, url: &str) -> (u
     };
     let page: Vec<&Value> = newest.iter().skip(start).take(limit).copied().collect();
     let has_more = start + page.len() < newest.len();
+    let data = match render_page(st, &page, expand) {
+        Ok(d) => d,
+        Err(e) => return e,
+    };
     (
         200,
-        json!({"object": "list", "url": url, "data": page, "has_more": has_more}).to_string(),
+        json!({"object": "list", "url": url, "data": data, "has_more": has_more}).to_string(),
     )
 }
 
@@ -191,7 +306,9 @@ impl MockStripe {
         let state = Arc::new(Mutex::new(MockState {
             key: key.to_owned(),
             intents: Vec::new(),
+            charges: Vec::new(),
             sessions: Vec::new(),
+            session_intent_metadata: HashMap::new(),
             mode: Mode::Normal,
             requests: 0,
             searches: 0,
@@ -224,7 +341,8 @@ impl MockStripe {
         self.state.lock().unwrap().mode = mode;
     }
 
-    /// Adds a PaymentIntent; returns its id.
+    /// Adds a PaymentIntent; returns its id. A succeeded one gets a Charge (its
+    /// `latest_charge`) carrying `refunded` minor units refunded and `disputed`.
     #[allow(clippy::too_many_arguments)]
     pub fn add_intent(
         &self,
@@ -239,21 +357,54 @@ impl MockStripe {
     ) -> String {
         let mut st = self.state.lock().unwrap();
         let id = format!("pi_mock{}", st.intents.len() + 1);
-        st.intents.push(json!({
-            "id": id, "object": "payment_intent", "amount": amount,
-            "amount_received": if status == "succeeded" { amount } else { 0 },
-            "currency": currency, "created": created, "status": status, "livemode": false,
-            "metadata": {"dazaar_seller": hex::encode(seller), "dazaar_buyer": hex::encode(buyer)},
-            "latest_charge": {"id": format!("ch_{id}"), "object": "charge",
-                "amount_refunded": refunded, "refunded": refunded >= amount, "disputed": disputed}
-        }));
+        let metadata =
+            json!({"dazaar_seller": hex::encode(seller), "dazaar_buyer": hex::encode(buyer)});
+        st.add_intent(&id, amount, currency, created, status, metadata);
+        if refunded != 0 || disputed {
+            let charge = st.charge_of(&id).expect("a succeeded intent has a charge");
+            charge["amount_refunded"] = json!(refunded);
+            charge["refunded"] = json!(refunded >= amount);
+            charge["disputed"] = json!(disputed);
+        }
         id
     }
 
-    /// Marks a Checkout Session paid (as if the buyer paid on the page); returns the
-    /// session object.
+    /// Refunds `amount` minor units of the PaymentIntent `intent`'s charge (as `POST
+    /// /v1/refunds` does): its `amount_refunded` grows, `refunded` once it is all.
+    pub fn refund(&self, intent: &str, amount: i64) {
+        let mut st = self.state.lock().unwrap();
+        let charge = st.charge_of(intent).expect("the intent has a charge");
+        let total = charge["amount"].as_i64().unwrap_or(0);
+        let refunded = (charge["amount_refunded"].as_i64().unwrap_or(0) + amount).min(total);
+        charge["amount_refunded"] = json!(refunded);
+        charge["refunded"] = json!(refunded >= total);
+    }
+
+    /// The buyer disputes the PaymentIntent `intent`'s charge.
+    pub fn dispute(&self, intent: &str) {
+        let mut st = self.state.lock().unwrap();
+        st.charge_of(intent).expect("the intent has a charge")["disputed"] = json!(true);
+    }
+
+    /// Marks a Checkout Session paid (as if the buyer paid on the page) and creates its
+    /// PaymentIntent and Charge as Stripe does; returns the session object as Stripe
+    /// sends it in `checkout.session.completed` (`payment_intent` an id).
     pub fn complete_session(&self, id: &str) -> Value {
         let mut st = self.state.lock().unwrap();
+        let (amount, currency) = {
+            let s = st.sessions.iter().find(|s| s["id"] == id).expect("session");
+            (
+                s["amount_total"].as_i64().expect("amount_total"),
+                s["currency"].as_str().expect("currency").to_owned(),
+            )
+        };
+        let intent = format!("pi_for_{id}");
+        let metadata = st
+            .session_intent_metadata
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| json!({}));
+        st.add_intent(&intent, amount, &currency, now_s(), "succeeded", metadata);
         let s = st
             .sessions
             .iter_mut()
@@ -261,8 +412,50 @@ impl MockStripe {
             .expect("session");
         s["payment_status"] = json!("paid");
         s["status"] = json!("complete");
-        s["payment_intent"] = json!(format!("pi_for_{id}"));
+        s["payment_intent"] = json!(intent);
         s.clone()
+    }
+}
+
+impl MockState {
+    /// Stores a PaymentIntent, and for a succeeded one its Charge.
+    fn add_intent(
+        &mut self,
+        id: &str,
+        amount: i64,
+        currency: &str,
+        created: u64,
+        status: &str,
+        metadata: Value,
+    ) {
+        let succeeded = status == "succeeded";
+        let charge = succeeded.then(|| format!("ch_{id}"));
+        if let Some(ch) = &charge {
+            self.charges.push(json!({
+                "id": ch, "object": "charge", "amount": amount, "amount_captured": amount,
+                "amount_refunded": 0, "refunded": false, "disputed": false,
+                "currency": currency, "created": created, "status": "succeeded",
+                "paid": true, "payment_intent": id, "livemode": false,
+            }));
+        }
+        self.intents.push(json!({
+            "id": id, "object": "payment_intent", "amount": amount,
+            "amount_received": if succeeded { amount } else { 0 },
+            "currency": currency, "created": created, "status": status, "livemode": false,
+            "metadata": metadata, "latest_charge": charge,
+        }));
+    }
+
+    /// The charge of PaymentIntent `intent`, if it has one.
+    fn charge_of(&mut self, intent: &str) -> Option<&mut Value> {
+        let ch = self
+            .intents
+            .iter()
+            .find(|p| p["id"] == intent)?
+            .get("latest_charge")?
+            .as_str()?
+            .to_owned();
+        self.charges.iter_mut().find(|c| c["id"] == ch.as_str())
     }
 }
 
@@ -369,6 +562,7 @@ fn route(request: &tiny_http::Request, body: &str, state: &Mutex<MockState>) -> 
     let url = request.url().to_owned();
     let (path, query) = url.split_once('?').unwrap_or((&url, ""));
     let params: HashMap<String, String> = decode_form(query).into_iter().collect();
+    let expand = expand_params(query);
     match (request.method(), path) {
         (tiny_http::Method::Get, "/v1/payment_intents/search") => {
             let Some(clauses) = params.get("query").and_then(|q| parse_query(q)) else {
@@ -394,15 +588,23 @@ fn route(request: &tiny_http::Request, body: &str, state: &Mutex<MockState>) -> 
             let page: Vec<&Value> = hits.iter().skip(offset).take(limit).copied().collect();
             let has_more = offset + page.len() < hits.len();
             let next = has_more.then(|| format!("page_{}", offset + page.len()));
+            let data = match render_page(&st, &page, &expand) {
+                Ok(d) => d,
+                Err(e) => return e,
+            };
             (
                 200,
-                json!({"object": "search_result", "url": path, "data": page,
+                json!({"object": "search_result", "url": path, "data": data,
                        "has_more": has_more, "next_page": next})
                 .to_string(),
             )
         }
-        (tiny_http::Method::Get, "/v1/payment_intents") => list_page(&st.intents, &params, path),
-        (tiny_http::Method::Get, "/v1/checkout/sessions") => list_page(&st.sessions, &params, path),
+        (tiny_http::Method::Get, "/v1/payment_intents") => {
+            list_page(&st, &st.intents, &params, &expand, path)
+        }
+        (tiny_http::Method::Get, "/v1/checkout/sessions") => {
+            list_page(&st, &st.sessions, &params, &expand, path)
+        }
         (tiny_http::Method::Post, "/v1/checkout/sessions") => {
             let form = decode_form(body);
             let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
@@ -428,6 +630,19 @@ fn route(request: &tiny_http::Request, body: &str, state: &Mutex<MockState>) -> 
                 return error(400, "invalid_request_error", "Invalid integer: unit_amount");
             };
             let id = format!("cs_test_mock{}", st.sessions.len() + 1);
+            // `metadata[k]` is the session's; `payment_intent_data[metadata][k]` goes to
+            // the PaymentIntent created when it is paid.
+            let metadata_with = |prefix: &str| -> Value {
+                form.iter()
+                    .filter_map(|(k, v)| {
+                        let key = k.strip_prefix(prefix)?.strip_suffix(']')?;
+                        Some((key.to_owned(), json!(v)))
+                    })
+                    .collect::<serde_json::Map<String, Value>>()
+                    .into()
+            };
+            st.session_intent_metadata
+                .insert(id.clone(), metadata_with("payment_intent_data[metadata]["));
             let session = json!({
                 "id": id, "object": "checkout.session", "mode": "payment",
                 "url": format!("https://checkout.stripe.com/c/pay/{id}"),
@@ -435,8 +650,7 @@ fn route(request: &tiny_http::Request, body: &str, state: &Mutex<MockState>) -> 
                 "amount_total": amount, "currency": get("line_items[0][price_data][currency]"),
                 "created": now_s(), "payment_intent": null,
                 "client_reference_id": get("client_reference_id"),
-                "metadata": {"dazaar_seller": get("metadata[dazaar_seller]"),
-                             "dazaar_buyer": get("metadata[dazaar_buyer]")},
+                "metadata": metadata_with("metadata["),
             });
             st.last_form = form;
             st.sessions.push(session.clone());

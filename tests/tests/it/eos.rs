@@ -47,6 +47,8 @@ fn memo(buyer: [u8; 32]) -> String {
 
 /// A history with every kind of wrong payment, non-transfer actions between them.
 fn fill(node: &MockEos, now: u64) {
+    // A second token of eosio.token, for a transfer of the wrong symbol.
+    node.add_token("eosio.token", "TLOS", 4);
     node.transfer(
         "eosio.token",
         "alice",
@@ -181,6 +183,96 @@ fn eos_v1_history_pays_by_memo_with_paging_and_overlap() {
         "re-read the whole history: {} requests",
         after - before
     );
+}
+
+/// The seller's account history can hold transfers between others (a contract that
+/// notifies the account, `require_recipient`): one carrying this seller's memo but paid
+/// `from alice to bob` paid bob, not the seller, and buys nothing.
+#[test]
+fn eos_transfer_with_the_memo_to_another_account_does_not_pay() {
+    for api in ["v1", "hyperion"] {
+        let node = MockEos::start(ACCOUNT);
+        let v = open(&format!(
+            "rpc = {:?}\napi = {api:?}\npoll_ms = 0\n",
+            node.base
+        ));
+        let now = now_ms();
+        node.transfer(
+            "eosio.token",
+            "alice",
+            "bob",
+            "1.0000 EOS",
+            &memo(BUYER),
+            now,
+        );
+        // A real payment after it: the history was read past the transfer to bob.
+        node.transfer(
+            "eosio.token",
+            "alice",
+            ACCOUNT,
+            "1.0000 EOS",
+            &memo(b(2)),
+            now,
+        );
+        let g = gate(&v);
+        assert!(check(&g, b(2)).is_valid(), "{api}");
+        assert_eq!(
+            reason(check(&g, BUYER)),
+            format!("eos: no EOS transfer to {ACCOUNT} with this buyer's memo"),
+            "{api}"
+        );
+    }
+}
+
+/// eosio.token refuses a quantity whose precision is not the token's (`1.00 EOS` for a
+/// `4,EOS` token), so such a transfer never reaches the chain: a buyer configured with
+/// the wrong `precision` is told so by the node and pays nothing.
+#[test]
+fn eos_transfer_with_the_wrong_precision_is_refused_by_the_token_contract() {
+    let c = chain();
+    let err = c
+        .node
+        .try_transfer(
+            "eosio.token",
+            "alice",
+            ACCOUNT,
+            "1.00 EOS",
+            &memo(BUYER),
+            now_ms(),
+        )
+        .unwrap_err();
+    assert_eq!(err, "symbol precision mismatch");
+    assert!(c
+        .node
+        .try_transfer(
+            "eosio.token",
+            "alice",
+            ACCOUNT,
+            "1.0000 EOS",
+            &memo(b(2)),
+            now_ms()
+        )
+        .is_ok());
+
+    let buyer = open(&c.buyer_config(BUYER_WIF, "precision = 2\n"));
+    let e = buyer
+        .payment_request(BUYER, SELLER, &terms(), "0.5")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("symbol precision mismatch"), "{e}");
+    assert!(c.node.state.lock().unwrap().pushed.is_empty());
+    assert_eq!(
+        reason(check(&c.seller, BUYER)),
+        format!("eos: no EOS transfer to {ACCOUNT} with this buyer's memo")
+    );
+    // The token's precision goes through.
+    let right = open(&c.buyer_config(BUYER_WIF, "precision = 4\n"));
+    assert!(right
+        .payment_request(BUYER, SELLER, &terms(), "0.5")
+        .unwrap()
+        .paid
+        .is_some());
+    assert!(check(&c.seller, BUYER).is_valid());
 }
 
 #[test]

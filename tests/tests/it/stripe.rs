@@ -232,6 +232,10 @@ fn stripe_checkout_session_carries_the_binding_metadata() {
         get("payment_intent_data[metadata][dazaar_buyer]"),
         hex::encode(BUYER)
     );
+    assert_eq!(
+        get("payment_intent_data[metadata][dazaar_seller]"),
+        hex::encode(SELLER)
+    );
 
     // Seller side: a buyer's request over dazaar/user-message.
     let g = gate(&v);
@@ -295,6 +299,22 @@ fn stripe_checkout_session_carries_the_binding_metadata() {
     assert!(!gate(&sessions)
         .validate_uncached(buyer(2), SELLER, now_ms())
         .is_valid());
+    // The same buyer paid another seller's session: it binds (that seller, buyer), not
+    // this seller's product, whichever way payments are looked up.
+    let search = open(&config(&mock.base, &secrets, ""));
+    let elsewhere = paid_session(&mock, &v, OTHER_SELLER, buyer(2), "2.50");
+    for (lookup, verifier) in [("checkout_sessions", &sessions), ("search", &search)] {
+        let g = gate(verifier);
+        assert_eq!(
+            reason(dazaar_tests::plugin_check(&g, buyer(2), SELLER)),
+            "fiat_stripe: no Stripe payment in USD found for this buyer",
+            "{lookup}: another seller's session counted"
+        );
+        assert!(
+            dazaar_tests::plugin_check(&g, buyer(2), OTHER_SELLER).is_valid(),
+            "{lookup}: {elsewhere} not found for its own seller"
+        );
+    }
     mock.complete_session(&session_id);
     let ms = remaining(dazaar_tests::plugin_check(
         &gate(&sessions),
@@ -302,6 +322,183 @@ fn stripe_checkout_session_carries_the_binding_metadata() {
         SELLER,
     ));
     assert!((148_000..=150_000).contains(&ms), "{ms}");
+    // Stripe made the session's PaymentIntent with `payment_intent_data[metadata]`:
+    // search finds it by both keys.
+    let ms = remaining(dazaar_tests::plugin_check(&gate(&search), buyer(2), SELLER));
+    assert!((148_000..=150_000).contains(&ms), "{ms}");
+}
+
+/// `success_url` and `cancel_url`, for a plugin that creates Checkout Sessions.
+const URLS: &str =
+    "success_url = \"https://seller.example/paid\"\ncancel_url = \"https://seller.example/\"\n";
+
+/// A seller key other than [`SELLER`].
+const OTHER_SELLER: [u8; 32] = [0x77; 32];
+
+/// A Checkout Session that `creator` (a plugin with a key and [`URLS`]) makes for
+/// `buyer` of `seller` over `amount` USD, then paid on the page; returns the id of the
+/// PaymentIntent Stripe made for it.
+fn paid_session(
+    mock: &MockStripe,
+    creator: &Arc<OpenedVerifier>,
+    seller: [u8; 32],
+    buyer: [u8; 32],
+    amount: &str,
+) -> String {
+    let how = creator
+        .payment_request(buyer, seller, &usd_terms(), amount)
+        .unwrap();
+    let session = mock.complete_session(how.invoice.as_deref().unwrap());
+    session["payment_intent"].as_str().unwrap().to_owned()
+}
+
+/// Refunds and disputes are recorded on the Charge, which Stripe sends only as an id
+/// unless the request expands it: each lookup must ask for it (`expand[]`), or a
+/// refunded or disputed payment would still buy its full time.
+#[test]
+fn stripe_refunds_and_disputes_count_in_every_lookup() {
+    let mock = MockStripe::start(KEY);
+    let secrets = Secrets::new(KEY);
+    let creator = open(&config(&mock.base, &secrets, URLS));
+    paid_session(&mock, &creator, SELLER, buyer(1), "5");
+    let full = paid_session(&mock, &creator, SELLER, buyer(2), "5");
+    mock.refund(&full, 500);
+    let half = paid_session(&mock, &creator, SELLER, buyer(3), "5");
+    mock.refund(&half, 250);
+    let disputed = paid_session(&mock, &creator, SELLER, buyer(4), "5");
+    mock.dispute(&disputed);
+    // A PaymentIntent paid directly, refunded after.
+    let direct = mock.add_intent(
+        &SELLER,
+        &buyer(5),
+        500,
+        "usd",
+        now_s(),
+        "succeeded",
+        0,
+        false,
+    );
+    mock.refund(&direct, 500);
+
+    for lookup in ["search", "payment_intents", "checkout_sessions"] {
+        let v = open(&config(
+            &mock.base,
+            &secrets,
+            &format!("lookup = {lookup:?}\n"),
+        ));
+        let g = gate(&v);
+        let ms = remaining(dazaar_tests::plugin_check(&g, buyer(1), SELLER));
+        assert!((298_000..=300_000).contains(&ms), "{lookup}: {ms}");
+        let ms = remaining(dazaar_tests::plugin_check(&g, buyer(3), SELLER));
+        assert!(
+            (148_000..=150_000).contains(&ms),
+            "{lookup}: half refunded: {ms}"
+        );
+        let buyers: &[u8] = if lookup == "checkout_sessions" {
+            &[2, 4]
+        } else {
+            &[2, 4, 5]
+        };
+        for &b in buyers {
+            assert_eq!(
+                reason(dazaar_tests::plugin_check(&g, buyer(b), SELLER)),
+                "fiat_stripe: no Stripe payment in USD found for this buyer",
+                "{lookup}: buyer {b}"
+            );
+        }
+    }
+}
+
+/// End to end through the Checkout Session lookup: a buyer asks the seller for a
+/// checkout link, pays on the page and is valid; refunds on the session's payment take
+/// its time away, half then all.
+#[test]
+fn stripe_refunded_checkout_session_payment_makes_the_buyer_invalid() {
+    let mock = MockStripe::start(KEY);
+    let secrets = Secrets::new(KEY);
+    let v = open(&config(
+        &mock.base,
+        &secrets,
+        &format!("{URLS}lookup = \"checkout_sessions\"\n"),
+    ));
+    let g = gate(&v);
+    let msg = UserMessage {
+        name: "stripe-checkout-request".into(),
+        message: "{\"amount\":\"5\"}".into(),
+    };
+    let reply = g.user_message(BUYER, SELLER, &msg).unwrap().unwrap();
+    let body: Value = serde_json::from_str(reply.message.as_str()).unwrap();
+    let session_id = body["id"].as_str().unwrap();
+    assert!(!dazaar_tests::plugin_check(&g, BUYER, SELLER).is_valid());
+
+    let session = mock.complete_session(session_id);
+    let intent = session["payment_intent"].as_str().unwrap();
+    let ms = remaining(dazaar_tests::plugin_check(&g, BUYER, SELLER));
+    assert!((298_000..=300_000).contains(&ms), "{ms}");
+
+    mock.refund(intent, 250);
+    let ms = remaining(dazaar_tests::plugin_check(&g, BUYER, SELLER));
+    assert!((148_000..=150_000).contains(&ms), "half refunded: {ms}");
+    mock.refund(intent, 250);
+    assert_eq!(
+        reason(dazaar_tests::plugin_check(&g, BUYER, SELLER)),
+        "fiat_stripe: no Stripe payment in USD found for this buyer"
+    );
+}
+
+/// A session paid and announced by webhook is answered from the webhook index; a refund
+/// event drops it from the index, and the plugin searches Stripe again: it finds the
+/// PaymentIntent Stripe made for the session and reads the refund on its charge.
+#[test]
+fn stripe_session_paid_by_webhook_is_searched_again_after_a_refund() {
+    let mock = MockStripe::start(KEY);
+    let secrets = Secrets::new(KEY);
+    let (v, port) = open_with_webhook(|port| {
+        format!(
+            "{}webhook_listen = \"127.0.0.1:{port}\"\nwebhook_secret_file = {:?}\n",
+            config(&mock.base, &secrets, URLS),
+            secrets.whsec_file()
+        )
+    });
+    let g = gate(&v);
+    let how = v.payment_request(BUYER, SELLER, &usd_terms(), "5").unwrap();
+    let session = mock.complete_session(how.invoice.as_deref().unwrap());
+    let intent = session["payment_intent"].as_str().unwrap().to_owned();
+    let event = json!({"id": "evt_s1", "object": "event", "type": "checkout.session.completed",
+        "data": {"object": session}})
+    .to_string();
+    let sig = sign(WEBHOOK_SECRET, event.as_bytes(), now_s());
+    assert_eq!(post_webhook(port, &event, &sig), 200);
+    let ms = remaining(dazaar_tests::plugin_check(&g, BUYER, SELLER));
+    assert!((298_000..=300_000).contains(&ms), "{ms}");
+    assert_eq!(mock.state.lock().unwrap().searches, 0, "not from the index");
+
+    let refund_event = |n: u32| {
+        let charge = {
+            let st = mock.state.lock().unwrap();
+            st.charges
+                .iter()
+                .find(|c| c["payment_intent"] == intent.as_str())
+                .unwrap()
+                .clone()
+        };
+        let event = json!({"id": format!("evt_r{n}"), "object": "event",
+            "type": "charge.refunded", "data": {"object": charge}})
+        .to_string();
+        let sig = sign(WEBHOOK_SECRET, event.as_bytes(), now_s());
+        assert_eq!(post_webhook(port, &event, &sig), 200);
+    };
+    mock.refund(&intent, 250);
+    refund_event(1);
+    let ms = remaining(dazaar_tests::plugin_check(&g, BUYER, SELLER));
+    assert!((148_000..=150_000).contains(&ms), "half refunded: {ms}");
+    assert!(mock.state.lock().unwrap().searches > 0, "did not search");
+    mock.refund(&intent, 250);
+    refund_event(2);
+    assert_eq!(
+        reason(dazaar_tests::plugin_check(&g, BUYER, SELLER)),
+        "fiat_stripe: no Stripe payment in USD found for this buyer"
+    );
 }
 
 /// A `Stripe-Signature` header as Stripe writes it: HMAC-SHA256 of `t.body`.
@@ -375,15 +572,7 @@ fn stripe_webhook_payments_count_at_once_and_are_signature_checked() {
     assert!((298_000..=300_000).contains(&ms), "{ms}");
 
     // A refund event makes the plugin ask Stripe again, which knows of the refund.
-    {
-        let mut st = mock.state.lock().unwrap();
-        let pi = st
-            .intents
-            .iter_mut()
-            .find(|p| p["id"] == id.as_str())
-            .unwrap();
-        pi["latest_charge"]["amount_refunded"] = json!(500);
-    }
+    mock.refund(&id, 500);
     let refund = json!({"id": "evt_2", "object": "event", "type": "charge.refunded",
         "data": {"object": {"id": "ch_1", "object": "charge", "payment_intent": id, "amount_refunded": 500}}})
     .to_string();
