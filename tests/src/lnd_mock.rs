@@ -433,21 +433,21 @@ impl Lightning for Node {
     ) -> Result<Response<BoxStream<proto::Invoice>>, Status> {
         let mut s = self.authorized(&request, "invoices:read")?;
         let sub = request.get_ref();
-        let (tx, rx) = tokio::sync::mpsc::channel(256);
         let mut backlog: Vec<&proto::Invoice> = Vec::new();
-        if sub.add_index != 0 {
-            backlog.extend(s.invoices.iter().filter(|i| i.add_index > sub.add_index));
-        }
+        // Invoices added after a non-zero add index (all of them are in this part).
+        let replayed = |i: &proto::Invoice| sub.add_index != 0 && i.add_index > sub.add_index;
+        backlog.extend(s.invoices.iter().filter(|i| replayed(i)));
         if sub.settle_index != 0 {
             let mut settled: Vec<&proto::Invoice> = s
                 .invoices
                 .iter()
-                .filter(|i| i.settle_index > sub.settle_index)
-                .filter(|i| !backlog.iter().any(|b| b.add_index == i.add_index))
+                .filter(|i| i.settle_index > sub.settle_index && !replayed(i))
                 .collect();
             settled.sort_by_key(|i| i.settle_index);
             backlog.extend(settled);
         }
+        // Room for the whole backlog (LND delivers all of it) and 256 live updates.
+        let (tx, rx) = tokio::sync::mpsc::channel(backlog.len() + 256);
         for inv in backlog {
             let _ = tx.try_send(Ok(inv.clone()));
         }

@@ -1511,7 +1511,10 @@ fn lnd_mock_subscription_replays_only_after_nonzero_indexes() {
 
 /// A seller whose node holds more invoices than one ListInvoices page (the plugin asks
 /// for 1,000 at a time): 2,100 invoices, settled ones on every page (the last page's
-/// last invoice among them), all counted.
+/// last invoice among them), all counted, every page listed. (A plugin that read only
+/// the first page would still count them against LND: it subscribes from the last add
+/// index it saw and LND replays every invoice added since, settled ones included; so the
+/// number of ListInvoices calls is what shows the pages were read.)
 #[test]
 fn lnd_lists_every_page_past_a_thousand_invoices() {
     let node = start_node();
