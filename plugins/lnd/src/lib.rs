@@ -13,7 +13,8 @@
 //!   listing again. Under a host with a state store (API 1.3) it saves the settled
 //!   invoices it counted and the invoice indexes ([`checkpoint`]): a restart or reconnect
 //!   then resumes `SubscribeInvoices` from the saved indexes (LND replays what settled
-//!   since) instead of listing the node, and buyers made valid by saved invoices stay
+//!   since; until an invoice has settled there is no settle index to replay from, and it
+//!   lists the node) instead of listing the node, and buyers made valid by saved invoices stay
 //!   valid while the node is being reached. `validate` answers from what it learned: an invoice
 //!   counts when settled and its memo is exactly `dazaar: <seller> <buyer>`; it adds its
 //!   `value` in satoshis at its `settle_date`, priced by the card entry (`SATS`, `BTC`,
@@ -512,8 +513,11 @@ async fn sync_once(lnd: &Lnd, state: &Arc<Mutex<State>>) -> Result<(), String> {
     let mut offset = 0u64;
     let mut add_index = 0u64;
     let mut settle_index = 0u64;
+    // Only from a non-zero settle index: LND replays nothing for settle index 0 (nor
+    // for add index 0), so an invoice that settled while no settlement had been seen
+    // yet would never come back; the node is listed instead.
     let resume = match state.lock() {
-        Ok(st) => st.resume.then_some(st.indexes),
+        Ok(st) => st.resume.then_some(st.indexes).filter(|ix| ix.settle > 0),
         Err(_) => None,
     };
     if let Some(ix) = resume {
@@ -578,6 +582,21 @@ async fn sync_once(lnd: &Lnd, state: &Arc<Mutex<State>>) -> Result<(), String> {
             Ok(None) => return Ok(()),
             Err(s) => return Err(format!("the invoice subscription failed: {}", describe(&s))),
         }
+    }
+}
+
+/// A buyer's failed DecodePayReq or SendPaymentV2, described; when LND's macaroon
+/// check refused it ("permission denied"), also which macaroon paying needs.
+fn describe_paying(status: &tonic::Status) -> String {
+    let d = describe(status);
+    if status.message().contains("permission denied") {
+        format!(
+            "{d} (the macaroon does not allow paying: a buyer with pay = true needs \
+             offchain:read and offchain:write, as LND's admin.macaroon has; \
+             invoice.macaroon is for selling)"
+        )
+    } else {
+        d
     }
 }
 
@@ -768,7 +787,7 @@ impl LndPlugin {
                     wait,
                 ),
             )
-            .map_err(|s| format!("SendPaymentV2 failed: {}; not paid", describe(&s)))?;
+            .map_err(|s| format!("SendPaymentV2 failed: {}; not paid", describe_paying(&s)))?;
         match outcome {
             PayOutcome::Final(p) if p.status == proto::PAYMENT_SUCCEEDED => {
                 let amount = u64::try_from(p.value_sat)
@@ -1039,7 +1058,7 @@ impl PaymentPlugin for LndPlugin {
         // And by the node that would pay it: both must agree (defence in depth).
         let decoded = self
             .block_on(lnd.decode_pay_req(request))
-            .map_err(|s| format!("DecodePayReq failed: {}", describe(&s)))?;
+            .map_err(|s| format!("DecodePayReq failed: {}", describe_paying(&s)))?;
         check_decoded(&decoded, &invoice, &req.memo(), unix_now())?;
         if !self.config.pay {
             tracing::info!(

@@ -17,25 +17,50 @@ use dazaar_tests::lnd_mock::{LndMode, MockLnd};
 use serde_json::{json, Value};
 
 use crate::support::{self, key as b, reason, BUYER, SELLER};
-const MACAROON: &[u8] = b"\x02\x01\x03lnd-invoice-macaroon-bytes-for-tests";
+/// The nodes' invoice macaroon (invoices:read/write): what a seller needs.
+const INVOICE_MACAROON: &[u8] = b"\x02\x01\x03lnd-invoice-macaroon-bytes-for-tests";
+/// The nodes' admin macaroon (everything): what a paying buyer needs.
+const ADMIN_MACAROON: &[u8] = b"\x02\x01\x03lnd-admin-macaroon-bytes-for-tests";
+
+/// A node knowing [`INVOICE_MACAROON`] and [`ADMIN_MACAROON`].
+fn start_node() -> MockLnd {
+    MockLnd::start_with_invoice_and_admin(
+        &hex::encode(INVOICE_MACAROON),
+        &hex::encode(ADMIN_MACAROON),
+    )
+}
 
 struct Files {
     dir: tempfile::TempDir,
 }
 
 impl Files {
-    fn new(node: &MockLnd, macaroon: &[u8]) -> Files {
+    /// A node's certificate, its invoice macaroon and its admin macaroon.
+    fn new(node: &MockLnd) -> Files {
+        Files::with_invoice_macaroon(node, INVOICE_MACAROON)
+    }
+    /// As [`Files::new`], `invoice` in `invoice.macaroon`.
+    fn with_invoice_macaroon(node: &MockLnd, invoice: &[u8]) -> Files {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("tls.cert"), &node.cert_pem).unwrap();
-        std::fs::write(dir.path().join("invoice.macaroon"), macaroon).unwrap();
+        std::fs::write(dir.path().join("invoice.macaroon"), invoice).unwrap();
+        std::fs::write(dir.path().join("admin.macaroon"), ADMIN_MACAROON).unwrap();
         Files { dir }
     }
+    /// A config with the invoice macaroon (a seller's).
     fn config(&self, node: &MockLnd, extra: &str) -> String {
+        self.config_with("invoice.macaroon", node, extra)
+    }
+    /// A config with the admin macaroon (a paying buyer's).
+    fn admin_config(&self, node: &MockLnd, extra: &str) -> String {
+        self.config_with("admin.macaroon", node, extra)
+    }
+    fn config_with(&self, macaroon: &str, node: &MockLnd, extra: &str) -> String {
         format!(
             "address = \"{}\"\ntls_cert = {:?}\ntls_domain = \"localhost\"\nmacaroon = {:?}\nnetwork = \"regtest\"\ntimeout_ms = 500\npay_timeout_ms = 500\nmax_backoff_ms = 200\n{extra}",
             node.addr,
             self.dir.path().join("tls.cert").display().to_string(),
-            self.dir.path().join("invoice.macaroon").display().to_string()
+            self.dir.path().join(macaroon).display().to_string()
         )
     }
 }
@@ -88,7 +113,7 @@ fn remaining(v: Validation) -> u64 {
 
 #[test]
 fn lnd_settled_invoices_with_the_memo_make_buyers_valid() {
-    let node = MockLnd::start(&hex::encode(MACAROON));
+    let node = start_node();
     {
         let mut s = node.state.lock().unwrap();
         let r = s.add(&payment_memo(&SELLER, &BUYER), 600, true);
@@ -107,7 +132,7 @@ fn lnd_settled_invoices_with_the_memo_make_buyers_valid() {
         );
         s.settle(&r);
     }
-    let files = Files::new(&node, MACAROON);
+    let files = Files::new(&node);
     let v = open(&files.config(&node, ""));
     let g = gate(&v);
     // Listed at start: 600 sats at 1 sat/s.
@@ -194,12 +219,16 @@ fn payment_calls(node: &MockLnd) -> usize {
 
 #[test]
 fn lnd_buyer_checks_the_invoice_before_paying() {
-    let node = MockLnd::start(&hex::encode(MACAROON));
-    let files = Files::new(&node, MACAROON);
+    // The seller's node (invoice macaroon) and the buyer's (admin macaroon): the buyer's
+    // pays the seller's invoices over the mock's stand-in for the network.
+    let node = start_node();
+    let buyer_node = node.start_peer();
+    let files = Files::new(&node);
+    let buyer_files = Files::new(&buyer_node);
     let log = files.dir.path().join("buyer.log");
     let seller = open(&files.config(&node, ""));
-    let buyer = open(&files.config(
-        &node,
+    let buyer = open(&buyer_files.admin_config(
+        &buyer_node,
         &format!(
             "pay = true\nmax_fee_sats = 7\nlog_file = {:?}\nlog_level = \"trace\"\n",
             log.display().to_string()
@@ -261,7 +290,7 @@ fn lnd_buyer_checks_the_invoice_before_paying() {
         .user_message(BUYER, SELLER, &terms(), reply(&cheaper, 250))
         .unwrap_err();
     assert!(e.to_string().contains("not the 250 sats asked for"), "{e}");
-    node.state.lock().unwrap().mode = LndMode::DecodeDisagrees;
+    buyer_node.state.lock().unwrap().mode = LndMode::DecodeDisagrees;
     let e = buyer
         .user_message(BUYER, SELLER, &terms(), invoice.clone())
         .unwrap_err();
@@ -270,8 +299,8 @@ fn lnd_buyer_checks_the_invoice_before_paying() {
             .contains("LND's DecodePayReq disagrees with the invoice's amount"),
         "{e}"
     );
-    node.state.lock().unwrap().mode = LndMode::Normal;
-    assert_eq!(payment_calls(&node), 0, "SendPaymentV2 was called");
+    buyer_node.state.lock().unwrap().mode = LndMode::Normal;
+    assert_eq!(payment_calls(&buyer_node), 0, "SendPaymentV2 was called");
     assert!(!wait_for(&sg, BUYER, Duration::from_millis(300), Validation::is_valid).is_valid());
 
     // The right invoice: paid with SendPaymentV2, reported to the host as `lnd-paid`,
@@ -287,7 +316,7 @@ fn lnd_buyer_checks_the_invoice_before_paying() {
         json!({"payment_hash": hex::encode(inv.payment_hash), "amount": 250, "fee_sat": 1})
     );
     {
-        let s = node.state.lock().unwrap();
+        let s = buyer_node.state.lock().unwrap();
         assert_eq!(s.payment_calls.len(), 1);
         let call = &s.payment_calls[0];
         assert_eq!(call.payment_request, request);
@@ -295,6 +324,8 @@ fn lnd_buyer_checks_the_invoice_before_paying() {
         assert_eq!(call.timeout_seconds, 1, "pay_timeout_ms 500, rounded up");
         assert!(call.no_inflight_updates);
         assert_eq!((call.amt, call.amt_msat, call.fee_limit_msat), (0, 0, 0));
+        assert!(!call.allow_self_payment);
+        assert!(s.invoices.is_empty(), "the buyer's node issued nothing");
     }
     let ms = remaining(wait_for(
         &sg,
@@ -318,7 +349,7 @@ fn lnd_buyer_checks_the_invoice_before_paying() {
 
     // A payment LND cannot route is an error with LND's reason, not a silent success,
     // and that buyer is not valid.
-    node.state.lock().unwrap().mode = LndMode::PaymentFails;
+    buyer_node.state.lock().unwrap().mode = LndMode::PaymentFails;
     buyer
         .payment_request(b(7), SELLER, &terms(), "120")
         .unwrap();
@@ -331,12 +362,12 @@ fn lnd_buyer_checks_the_invoice_before_paying() {
             .contains("payment failed: FAILURE_REASON_NO_ROUTE; not paid"),
         "{e}"
     );
-    assert_eq!(payment_calls(&node), 3);
+    assert_eq!(payment_calls(&buyer_node), 3);
     assert!(!wait_for(&sg, b(7), Duration::from_millis(300), Validation::is_valid).is_valid());
 
     // A routing fee above max_fee_sats: no route within the limit.
     {
-        let mut s = node.state.lock().unwrap();
+        let mut s = buyer_node.state.lock().unwrap();
         s.mode = LndMode::Normal;
         s.route_fee_sat = 8;
     }
@@ -349,7 +380,7 @@ fn lnd_buyer_checks_the_invoice_before_paying() {
 
     // No final status within pay_timeout_ms: reported as in flight, neither paid nor failed.
     {
-        let mut s = node.state.lock().unwrap();
+        let mut s = buyer_node.state.lock().unwrap();
         s.mode = LndMode::PaymentInFlight;
         s.route_fee_sat = 1;
     }
@@ -375,21 +406,109 @@ fn lnd_buyer_checks_the_invoice_before_paying() {
     // The macaroon is in no log line, even at trace level.
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("invoice paid"), "{text}");
+    for secret in [INVOICE_MACAROON, ADMIN_MACAROON] {
+        assert!(
+            !text.contains(&hex::encode(secret)),
+            "a macaroon is in the log"
+        );
+    }
+}
+
+/// A paying buyer needs LND's permissions to pay: with an invoice macaroon, DecodePayReq
+/// (offchain:read) is refused; with a read-only one, SendPaymentV2 (offchain:write). The
+/// error says which macaroon is needed; nothing is paid. And a node does not pay its own
+/// invoice (a buyer on the seller's node): LND finds no route to itself unless
+/// self-payments are allowed.
+#[test]
+fn lnd_buyer_needs_an_admin_macaroon_and_another_node() {
+    use dazaar_tests::lnd_mock::{Macaroon, READONLY_PERMISSIONS};
+    const READONLY: &[u8] = b"\x02\x01\x03lnd-readonly-macaroon-bytes";
+    let node = start_node();
+    let buyer_node = node.start_peer();
+    buyer_node.state.lock().unwrap().macaroons.push(Macaroon {
+        hex: hex::encode(READONLY),
+        permissions: READONLY_PERMISSIONS,
+    });
+    let files = Files::new(&node);
+    let sg = gate(&open(&files.config(&node, "")));
+    let pay = "pay = true\nmax_fee_sats = 5\n";
+
+    // An invoice macaroon: the node refuses to decode (and so nothing is paid).
+    let buyer_files = Files::new(&buyer_node);
+    let invoice_buyer = open(&buyer_files.config(&buyer_node, pay));
+    invoice_buyer
+        .payment_request(BUYER, SELLER, &terms(), "40")
+        .unwrap();
+    let invoice = invoice_for(&sg, BUYER, 40);
+    let e = invoice_buyer
+        .user_message(BUYER, SELLER, &terms(), invoice.clone())
+        .unwrap_err()
+        .to_string();
     assert!(
-        !text.contains(&hex::encode(MACAROON)),
-        "a macaroon is in the log"
+        e.contains("DecodePayReq failed: Unknown: permission denied"),
+        "{e}"
     );
+    assert!(
+        e.contains("admin.macaroon"),
+        "says which macaroon pays: {e}"
+    );
+    assert_eq!(payment_calls(&buyer_node), 0);
+
+    // A read-only macaroon: decoded, but the node refuses to pay.
+    let readonly_files = Files::with_invoice_macaroon(&buyer_node, READONLY);
+    let readonly_buyer = open(&readonly_files.config(&buyer_node, pay));
+    readonly_buyer
+        .payment_request(BUYER, SELLER, &terms(), "40")
+        .unwrap();
+    let e = readonly_buyer
+        .user_message(BUYER, SELLER, &terms(), invoice.clone())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("SendPaymentV2 failed: Unknown: permission denied"),
+        "{e}"
+    );
+    assert!(
+        e.contains("admin.macaroon") && e.contains("not paid"),
+        "{e}"
+    );
+    assert!(!check(&sg, BUYER).is_valid());
+
+    // The seller's own node, admin macaroon: no route to itself, nothing settles.
+    let self_payer = open(&files.admin_config(&node, pay));
+    self_payer
+        .payment_request(BUYER, SELLER, &terms(), "40")
+        .unwrap();
+    let e = self_payer
+        .user_message(BUYER, SELLER, &terms(), invoice.clone())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("FAILURE_REASON_NO_ROUTE; not paid"), "{e}");
+    assert_eq!(payment_calls(&node), 1);
+    assert!(!wait_for(&sg, BUYER, Duration::from_millis(300), Validation::is_valid).is_valid());
+
+    // The buyer's node with the admin macaroon pays it.
+    let buyer = open(&buyer_files.admin_config(&buyer_node, pay));
+    buyer
+        .payment_request(BUYER, SELLER, &terms(), "40")
+        .unwrap();
+    let paid = buyer
+        .user_message(BUYER, SELLER, &terms(), invoice)
+        .unwrap()
+        .expect("a follow-up");
+    assert_eq!(paid.name.as_str(), "lnd-paid");
+    assert!(wait_for(&sg, BUYER, Duration::from_secs(5), Validation::is_valid).is_valid());
 }
 
 #[test]
 fn lnd_away_fails_closed_and_comes_back_without_restart() {
-    let mut node = MockLnd::start(&hex::encode(MACAROON));
+    let mut node = start_node();
     {
         let mut s = node.state.lock().unwrap();
         let r = s.add(&payment_memo(&SELLER, &BUYER), 600, true);
         s.settle(&r);
     }
-    let files = Files::new(&node, MACAROON);
+    let files = Files::new(&node);
     let log = files.dir.path().join("lnd.log");
     let v = open(&files.config(
         &node,
@@ -448,7 +567,7 @@ fn lnd_away_fails_closed_and_comes_back_without_restart() {
     );
 
     // A wrong macaroon: refused by LND, the reason says so, and shows no macaroon.
-    let wrong = Files::new(&node, b"wrong-macaroon-secret");
+    let wrong = Files::with_invoice_macaroon(&node, b"wrong-macaroon-secret");
     let bad = open(&wrong.config(&node, ""));
     let r = reason(wait_for(
         &gate(&bad),
@@ -457,7 +576,11 @@ fn lnd_away_fails_closed_and_comes_back_without_restart() {
         |v| matches!(v, Validation::Invalid { reason } if reason.contains("Unauthenticated")),
     ));
     assert!(r.contains("Unauthenticated"), "{r}");
-    for secret in [hex::encode(MACAROON), hex::encode(b"wrong-macaroon-secret")] {
+    for secret in [
+        hex::encode(INVOICE_MACAROON),
+        hex::encode(ADMIN_MACAROON),
+        hex::encode(b"wrong-macaroon-secret"),
+    ] {
         assert!(!r.contains(&secret));
         let text = std::fs::read_to_string(&log).unwrap();
         assert!(text.contains("TRACE") || text.contains("DEBUG"), "{text}");
@@ -864,58 +987,68 @@ mod wire {
     }
 }
 
+/// A gRPC client channel to the mock node (TLS, trusting its certificate).
+async fn grpc_channel(node: &MockLnd) -> tonic::transport::Channel {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+    Endpoint::from_shared(format!("https://{}", node.addr))
+        .unwrap()
+        .tls_config(
+            ClientTlsConfig::new()
+                .ca_certificate(Certificate::from_pem(&node.cert_pem))
+                .domain_name("localhost"),
+        )
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// A unary call on `path` with `macaroon` (hex) in the metadata.
+async fn call<Q, A>(
+    channel: &tonic::transport::Channel,
+    path: &'static str,
+    macaroon: Option<&str>,
+    msg: Q,
+) -> Result<A, tonic::Status>
+where
+    Q: prost::Message + Send + Sync + 'static,
+    A: prost::Message + Default + Send + Sync + 'static,
+{
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    let mut req = tonic::Request::new(msg);
+    if let Some(m) = macaroon {
+        req.metadata_mut().insert("macaroon", m.parse().unwrap());
+    }
+    grpc.unary(
+        req,
+        tonic::codegen::http::uri::PathAndQuery::from_static(path),
+        tonic::codec::ProstCodec::<Q, A>::default(),
+    )
+    .await
+    .map(tonic::Response::into_inner)
+}
+
 /// The mock node as a gRPC client sees it: the generated services (Lightning and Router)
 /// answer the plugin's methods, `Unimplemented` for the rest (SendPaymentSync included),
-/// `Unauthenticated` without the macaroon.
+/// `Unauthenticated` without a macaroon it knows, LND's `Unknown: permission denied` for
+/// a method the macaroon does not allow, and no route to its own invoice unless the
+/// payment allows self-payments.
 #[test]
 fn lnd_mock_serves_lightning_proto_over_tls() {
     use dazaar_tests::lnd_mock::proto as lnd;
     use tonic::codegen::http::uri::PathAndQuery;
-    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
-    let node = MockLnd::start(&hex::encode(MACAROON));
+    let node = start_node();
     let request = node.state.lock().unwrap().add("memo", 21, false);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let channel = Endpoint::from_shared(format!("https://{}", node.addr))
-            .unwrap()
-            .tls_config(
-                ClientTlsConfig::new()
-                    .ca_certificate(Certificate::from_pem(&node.cert_pem))
-                    .domain_name("localhost"),
-            )
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        async fn call<Q, A>(
-            channel: &tonic::transport::Channel,
-            path: &'static str,
-            macaroon: Option<&str>,
-            msg: Q,
-        ) -> Result<A, tonic::Status>
-        where
-            Q: prost::Message + Send + Sync + 'static,
-            A: prost::Message + Default + Send + Sync + 'static,
-        {
-            let mut grpc = tonic::client::Grpc::new(channel.clone());
-            grpc.ready().await.unwrap();
-            let mut req = tonic::Request::new(msg);
-            if let Some(m) = macaroon {
-                req.metadata_mut().insert("macaroon", m.parse().unwrap());
-            }
-            grpc.unary(
-                req,
-                PathAndQuery::from_static(path),
-                tonic::codec::ProstCodec::<Q, A>::default(),
-            )
-            .await
-            .map(tonic::Response::into_inner)
-        }
-        let good = hex::encode(MACAROON);
+        let channel = grpc_channel(&node).await;
+        let good = hex::encode(ADMIN_MACAROON);
+        let invoice_only = hex::encode(INVOICE_MACAROON);
         let decoded: lnd::PayReq = call(
             &channel,
             "/lnrpc.Lightning/DecodePayReq",
@@ -958,17 +1091,35 @@ fn lnd_mock_serves_lightning_proto_over_tls() {
             &channel,
             "/lnrpc.Lightning/DecodePayReq",
             Some("00ff"),
-            lnd::PayReqString { pay_req: request },
+            lnd::PayReqString {
+                pay_req: request.clone(),
+            },
         )
         .await
         .unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        // A macaroon the node knows, without offchain:read: LND's "permission denied".
+        let err = call::<_, lnd::PayReq>(
+            &channel,
+            "/lnrpc.Lightning/DecodePayReq",
+            Some(&invoice_only),
+            lnd::PayReqString {
+                pay_req: request.clone(),
+            },
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            (err.code(), err.message()),
+            (tonic::Code::Unknown, "permission denied")
+        );
 
         // The Router service: same TLS server, same macaroon check, a stream of updates.
         async fn pay(
             channel: &tonic::transport::Channel,
             macaroon: Option<&str>,
             payment_request: &str,
+            allow_self_payment: bool,
         ) -> Result<Vec<lnd::Payment>, tonic::Status> {
             use dazaar_tests::routerrpc::SendPaymentRequest;
             let mut grpc = tonic::client::Grpc::new(channel.clone());
@@ -977,6 +1128,7 @@ fn lnd_mock_serves_lightning_proto_over_tls() {
                 payment_request: payment_request.to_owned(),
                 fee_limit_sat: 10,
                 no_inflight_updates: true,
+                allow_self_payment,
                 ..SendPaymentRequest::default()
             });
             if let Some(m) = macaroon {
@@ -997,12 +1149,33 @@ fn lnd_mock_serves_lightning_proto_over_tls() {
             Ok(updates)
         }
         let to_pay = node.state.lock().unwrap().add("pay me", 33, false);
-        let err = pay(&channel, None, &to_pay).await.unwrap_err();
+        let err = pay(&channel, None, &to_pay, true).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
-        let err = pay(&channel, Some("00ff"), &to_pay).await.unwrap_err();
+        let err = pay(&channel, Some("00ff"), &to_pay, true)
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), tonic::Code::Unauthenticated);
+        let err = pay(&channel, Some(&invoice_only), &to_pay, true)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.code(), err.message()),
+            (tonic::Code::Unknown, "permission denied"),
+            "SendPaymentV2 needs offchain:write"
+        );
         assert!(node.state.lock().unwrap().payment_calls.is_empty());
-        let updates = pay(&channel, Some(&good), &to_pay).await.unwrap();
+        // Its own invoice: no route to itself unless self-payments are allowed.
+        let updates = pay(&channel, Some(&good), &to_pay, false).await.unwrap();
+        assert_eq!(updates[0].status(), lnd::payment::PaymentStatus::Failed);
+        assert_eq!(
+            updates[0].failure_reason(),
+            lnd::PaymentFailureReason::FailureReasonNoRoute
+        );
+        assert_eq!(
+            node.state.lock().unwrap().invoices[1].state,
+            dazaar_tests::lnd_mock::INVOICE_OPEN
+        );
+        let updates = pay(&channel, Some(&good), &to_pay, true).await.unwrap();
         assert_eq!(updates.len(), 1, "no in-flight updates: {updates:?}");
         let p = &updates[0];
         assert_eq!(p.status(), lnd::payment::PaymentStatus::Succeeded);
@@ -1013,14 +1186,14 @@ fn lnd_mock_serves_lightning_proto_over_tls() {
         use sha2::Digest;
         let preimage = hex::decode(&p.payment_preimage).unwrap();
         assert_eq!(sha2::Sha256::digest(&preimage).as_slice(), inv.payment_hash);
-        let err = pay(&channel, Some(&good), &to_pay).await.unwrap_err();
+        let err = pay(&channel, Some(&good), &to_pay, true).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::AlreadyExists, "paid twice");
         // An invoice this node does not know: no route to it.
         let stranger = dazaar_tests::bolt11::encode(
             &dazaar_tests::bolt11::InvoiceSpec::regtest(5_000, "x", [1; 32], 1_700_000_000),
             &dazaar_tests::bolt11::spec_key(),
         );
-        let updates = pay(&channel, Some(&good), &stranger).await.unwrap();
+        let updates = pay(&channel, Some(&good), &stranger, true).await.unwrap();
         assert_eq!(updates[0].status(), lnd::payment::PaymentStatus::Failed);
         assert_eq!(
             updates[0].failure_reason(),
@@ -1123,13 +1296,13 @@ fn lnd_restart_resumes_from_the_saved_checkpoint() {
     use dazaar::payments::StateScope;
     use dazaar::state::StateStore;
 
-    let mut node = MockLnd::start(&hex::encode(MACAROON));
+    let mut node = start_node();
     {
         let mut s = node.state.lock().unwrap();
         let r = s.add(&payment_memo(&SELLER, &BUYER), 600, true);
         s.settle(&r);
     }
-    let files = Files::new(&node, MACAROON);
+    let files = Files::new(&node);
     let config = files.config(&node, "");
     let data = tempfile::tempdir().unwrap();
     let open_with_state = || {
@@ -1180,4 +1353,263 @@ fn lnd_restart_resumes_from_the_saved_checkpoint() {
     );
     let stranger = reason(check(&g, b(9)));
     assert!(stranger.contains("no settled invoice"), "{stranger}");
+}
+
+/// The add indexes of a ListInvoices answer, and its first and last index offsets.
+fn listed(r: &dazaar_tests::lnd_mock::proto::ListInvoiceResponse) -> (Vec<u64>, u64, u64) {
+    (
+        r.invoices.iter().map(|i| i.add_index).collect(),
+        r.first_index_offset,
+        r.last_index_offset,
+    )
+}
+
+/// ListInvoices pages as LND's does: forwards after `index_offset`, or `reversed` back
+/// from it (from the end for 0), in add order either way, `pending_only` before the
+/// count, 100 invoices when `num_max_invoices` is 0, offsets 0 for an empty page.
+#[test]
+fn lnd_mock_lists_invoices_forwards_and_reversed_as_lnd_does() {
+    use dazaar_tests::lnd_mock::proto::{ListInvoiceRequest, ListInvoiceResponse};
+    let node = start_node();
+    {
+        let mut s = node.state.lock().unwrap();
+        for n in 1..=10 {
+            let r = s.add(&format!("invoice {n}"), 10, false);
+            if n == 4 {
+                s.settle(&r);
+            }
+        }
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let channel = grpc_channel(&node).await;
+        let mac = hex::encode(INVOICE_MACAROON);
+        let list = |index_offset, num_max_invoices, reversed, pending_only| {
+            let (channel, mac) = (channel.clone(), mac.clone());
+            async move {
+                let r: ListInvoiceResponse = call(
+                    &channel,
+                    "/lnrpc.Lightning/ListInvoices",
+                    Some(&mac),
+                    ListInvoiceRequest {
+                        pending_only,
+                        index_offset,
+                        num_max_invoices,
+                        reversed,
+                        ..ListInvoiceRequest::default()
+                    },
+                )
+                .await
+                .unwrap();
+                listed(&r)
+            }
+        };
+        assert_eq!(list(0, 3, false, false).await, (vec![1, 2, 3], 1, 3));
+        assert_eq!(list(3, 3, false, false).await, (vec![4, 5, 6], 4, 6));
+        assert_eq!(list(9, 3, false, false).await, (vec![10], 10, 10));
+        assert_eq!(list(10, 3, false, false).await, (vec![], 0, 0));
+        // Backwards: the last three, then the three before 8, then what is before 3.
+        assert_eq!(list(0, 3, true, false).await, (vec![8, 9, 10], 8, 10));
+        assert_eq!(list(8, 3, true, false).await, (vec![5, 6, 7], 5, 7));
+        assert_eq!(list(3, 5, true, false).await, (vec![1, 2], 1, 2));
+        assert_eq!(list(1, 5, true, false).await, (vec![], 0, 0));
+        // Pending only (4 is settled), counted after the filter, both ways.
+        assert_eq!(list(6, 3, true, true).await, (vec![2, 3, 5], 2, 5));
+        assert_eq!(list(2, 3, false, true).await, (vec![3, 5, 6], 3, 6));
+        // No count: 100.
+        {
+            let mut s = node.state.lock().unwrap();
+            for n in 11..=150 {
+                s.add(&format!("invoice {n}"), 10, false);
+            }
+        }
+        let (all, first, last) = list(0, 0, false, false).await;
+        assert_eq!((all.len(), first, last), (100, 1, 100));
+        let (all, first, last) = list(0, 0, true, false).await;
+        assert_eq!((all.len(), first, last), (100, 51, 150));
+    });
+}
+
+/// SubscribeInvoices as LND's: an add or settle index of 0 asks for no backlog of that
+/// kind; a non-zero one replays what was added (settled) after it; then live updates.
+#[test]
+fn lnd_mock_subscription_replays_only_after_nonzero_indexes() {
+    use dazaar_tests::lnd_mock::proto::{Invoice, InvoiceSubscription};
+    let node = start_node();
+    {
+        let mut s = node.state.lock().unwrap();
+        s.add("one", 10, false);
+        let r = s.add("two", 10, false);
+        s.settle(&r); // settle index 1
+        let r = s.add("three", 10, false);
+        s.settle(&r); // settle index 2
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let channel = grpc_channel(&node).await;
+        let mac = hex::encode(INVOICE_MACAROON);
+        // The invoices (add index, settle index) the subscription sends within 300 ms.
+        let subscribe = |add_index, settle_index| {
+            let (channel, mac) = (channel.clone(), mac.clone());
+            async move {
+                let mut grpc = tonic::client::Grpc::new(channel);
+                grpc.ready().await.unwrap();
+                let mut req = tonic::Request::new(InvoiceSubscription {
+                    add_index,
+                    settle_index,
+                });
+                req.metadata_mut().insert("macaroon", mac.parse().unwrap());
+                grpc.server_streaming(
+                    req,
+                    tonic::codegen::http::uri::PathAndQuery::from_static(
+                        "/lnrpc.Lightning/SubscribeInvoices",
+                    ),
+                    tonic::codec::ProstCodec::<InvoiceSubscription, Invoice>::default(),
+                )
+                .await
+                .unwrap()
+                .into_inner()
+            }
+        };
+        async fn received(stream: &mut tonic::Streaming<Invoice>) -> Vec<(u64, u64)> {
+            let mut got = Vec::new();
+            while let Ok(Some(Ok(i))) =
+                tokio::time::timeout(Duration::from_millis(300), stream.message())
+                    .await
+                    .map(Result::transpose)
+            {
+                got.push((i.add_index, i.settle_index));
+            }
+            got
+        }
+        let mut none = subscribe(0, 0).await;
+        assert_eq!(received(&mut none).await, vec![], "no backlog for 0, 0");
+        assert_eq!(received(&mut subscribe(2, 0).await).await, vec![(3, 2)]);
+        assert_eq!(received(&mut subscribe(0, 1).await).await, vec![(3, 2)]);
+        assert_eq!(
+            received(&mut subscribe(1, 0).await).await,
+            vec![(2, 1), (3, 2)]
+        );
+        assert_eq!(
+            received(&mut subscribe(1, 1).await).await,
+            vec![(2, 1), (3, 2)],
+            "each invoice once"
+        );
+        assert_eq!(received(&mut subscribe(3, 2).await).await, vec![]);
+        // Live: what happens after subscribing comes whatever the indexes.
+        let r = node.state.lock().unwrap().add("four", 10, false);
+        node.state.lock().unwrap().settle(&r);
+        assert_eq!(received(&mut none).await, vec![(4, 0), (4, 3)]);
+    });
+}
+
+/// A seller whose node holds more invoices than one ListInvoices page (the plugin asks
+/// for 1,000 at a time): 2,100 invoices, settled ones on every page (the last page's
+/// last invoice among them), all counted, every page listed. (A plugin that read only
+/// the first page would still count them against LND: it subscribes from the last add
+/// index it saw and LND replays every invoice added since, settled ones included; so the
+/// number of ListInvoices calls is what shows the pages were read.)
+#[test]
+fn lnd_lists_every_page_past_a_thousand_invoices() {
+    let node = start_node();
+    // (add index, buyer) of the settled ones.
+    let settled: Vec<(u64, u8)> = vec![
+        (1, 1),
+        (999, 2),
+        (1000, 3),
+        (1001, 4),
+        (1500, 5),
+        (2000, 6),
+        (2001, 7),
+        (2100, 8),
+    ];
+    {
+        let mut s = node.state.lock().unwrap();
+        for n in 1..=2100u64 {
+            match settled.iter().find(|(at, _)| *at == n) {
+                Some((_, buyer)) => {
+                    let r = s.add(&payment_memo(&SELLER, &b(*buyer)), 600, true);
+                    s.settle(&r);
+                }
+                // Others: unsettled for buyer 9, or not dazaar's.
+                None if n % 2 == 0 => {
+                    s.add(&payment_memo(&SELLER, &b(9)), 600, true);
+                }
+                None => {
+                    s.add(&format!("coffee {n}"), 600, true);
+                }
+            }
+        }
+    }
+    let files = Files::new(&node);
+    let g = gate(&open(&files.config(&node, "")));
+    for (at, buyer) in &settled {
+        let v = wait_for(&g, b(*buyer), Duration::from_secs(10), Validation::is_valid);
+        assert!(v.is_valid(), "the invoice at add index {at}: {v:?}");
+    }
+    assert!(!check(&g, b(9)).is_valid());
+    let lists = node.state.lock().unwrap().list_calls;
+    assert!(lists >= 3, "three pages, {lists} ListInvoices calls");
+}
+
+/// A seller restarted with its state store before any invoice had settled (saved settle
+/// index 0): LND replays nothing from settle index 0, so an invoice settled while the
+/// seller was away must be found by listing the node, not by resuming.
+#[test]
+fn lnd_restart_before_any_settlement_lists_the_node() {
+    use dazaar::payments::StateScope;
+    use dazaar::state::StateStore;
+
+    let mut node = start_node();
+    let request = node
+        .state
+        .lock()
+        .unwrap()
+        .add(&payment_memo(&SELLER, &b(8)), 600, true);
+    let files = Files::new(&node);
+    let config = files.config(&node, "");
+    let data = tempfile::tempdir().unwrap();
+    let open_with_state = || {
+        let scope = StateScope {
+            store: Arc::new(StateStore::open_in(data.path()).unwrap()),
+            product: [0x42; 32],
+        };
+        support::load("lnd")
+            .open_with_state(
+                &config,
+                support::limits(Duration::from_secs(5), 2, 64),
+                Some(&scope),
+            )
+            .unwrap()
+    };
+    {
+        let v = open_with_state();
+        let g = gate(&v);
+        let r = reason(wait_for(
+            &g,
+            b(8),
+            Duration::from_secs(5),
+            |v| matches!(v, Validation::Invalid { reason } if reason.contains("no settled invoice")),
+        ));
+        assert!(r.contains("no settled invoice"), "{r}");
+    }
+    // Away (the old plugin cannot see it), the buyer pays; the seller restarts.
+    node.stop();
+    assert!(node.state.lock().unwrap().settle(&request));
+    let lists = node.state.lock().unwrap().list_calls;
+    node.resume();
+    let v = open_with_state();
+    let g = gate(&v);
+    let v8 = wait_for(&g, b(8), Duration::from_secs(8), Validation::is_valid);
+    assert!(v8.is_valid(), "{v8:?}");
+    assert!(
+        node.state.lock().unwrap().list_calls > lists,
+        "listed again"
+    );
 }

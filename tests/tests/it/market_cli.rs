@@ -456,23 +456,39 @@ fn config_sells_several_feeds_with_an_encrypted_identity() {
 
 /// A Lightning sale end to end through the `dazaar` binary, the LND plugin loaded from
 /// the plugin dir on both sides, against the local LND gRPC/TLS node of
-/// `dazaar_tests::lnd_mock` (it checks the macaroon): before paying the buyer gets zero
-/// blocks; `dazaar pay` asks the seller for an invoice (`lnd-pay-request` → AddInvoice →
-/// `lnd-invoice`), checks it (locally and with DecodePayReq) and pays it (the Router's
-/// SendPaymentV2), reporting `lnd-paid`; the seller sees it settle (SubscribeInvoices) and
-/// `dazaar buy` receives the feed.
+/// `dazaar_tests::lnd_mock` (it checks the macaroon's permissions): the seller's node
+/// with an invoice macaroon, the buyer's own node (a peer of the seller's: LND does not
+/// pay itself) with an admin macaroon. Before paying the buyer gets zero blocks; `dazaar
+/// pay` asks the seller for an invoice (`lnd-pay-request` → AddInvoice → `lnd-invoice`),
+/// checks it (locally and with DecodePayReq) and pays it (the Router's SendPaymentV2 on
+/// the buyer's node, settling the invoice on the seller's), reporting `lnd-paid`; the
+/// seller sees it settle (SubscribeInvoices) and `dazaar buy` receives the feed.
 #[test]
 fn lightning_sale_end_to_end_through_the_binary() {
-    let macaroon = b"\x02\x01\x03e2e-macaroon";
-    let node = dazaar_tests::lnd_mock::MockLnd::start(&hex::encode(macaroon));
+    let invoice_macaroon = b"\x02\x01\x03e2e-invoice-macaroon";
+    let admin_macaroon = b"\x02\x01\x03e2e-admin-macaroon";
+    let node = dazaar_tests::lnd_mock::MockLnd::start_with_invoice_and_admin(
+        &hex::encode(invoice_macaroon),
+        &hex::encode(admin_macaroon),
+    );
+    let buyer_node = node.start_peer();
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::write(dir.path().join("tls.cert"), &node.cert_pem).expect("cert");
-    std::fs::write(dir.path().join("lnd.macaroon"), macaroon).expect("macaroon");
-    let lnd_config = format!(
-        "address = \"{}\"\ntls_cert = {:?}\ntls_domain = \"localhost\"\nmacaroon = {:?}\nnetwork = \"regtest\"\ntimeout_ms = 2000\nmax_backoff_ms = 200\n",
-        node.addr,
-        s(&dir.path().join("tls.cert")),
-        s(&dir.path().join("lnd.macaroon"))
+    std::fs::write(dir.path().join("buyer-tls.cert"), &buyer_node.cert_pem).expect("cert");
+    std::fs::write(dir.path().join("invoice.macaroon"), invoice_macaroon).expect("macaroon");
+    std::fs::write(dir.path().join("admin.macaroon"), admin_macaroon).expect("macaroon");
+    let config = |node: &dazaar_tests::lnd_mock::MockLnd, cert: &str, macaroon: &str| {
+        format!(
+            "address = \"{}\"\ntls_cert = {:?}\ntls_domain = \"localhost\"\nmacaroon = {:?}\nnetwork = \"regtest\"\ntimeout_ms = 2000\nmax_backoff_ms = 200\n",
+            node.addr,
+            s(&dir.path().join(cert)),
+            s(&dir.path().join(macaroon))
+        )
+    };
+    let lnd_config = config(&node, "tls.cert", "invoice.macaroon");
+    let buyer_config = format!(
+        "{}pay = true\n",
+        config(&buyer_node, "buyer-tls.cert", "admin.macaroon")
     );
     let feed = dir.path().join("feed");
     make_text_feed(&feed, 30);
@@ -541,7 +557,7 @@ fn lightning_sale_end_to_end_through_the_binary() {
         "--plugin-dir",
         s(&plugins),
         "--plugin-config",
-        &format!("{lnd_config}pay = true\n"),
+        &buyer_config,
         "--card",
         s(&card_file),
         "--amount",
@@ -565,8 +581,16 @@ fn lightning_sale_end_to_end_through_the_binary() {
     assert!(how["result"]["message"]["fee_sat"].is_i64(), "{how}");
     assert!(how["result"]["message"].get("preimage").is_none(), "{how}");
     {
+        assert_eq!(
+            buyer_node.state.lock().expect("state").payment_calls.len(),
+            1,
+            "one SendPaymentV2, from the buyer's node"
+        );
         let state = node.state.lock().expect("state");
-        assert_eq!(state.payment_calls.len(), 1, "one SendPaymentV2");
+        assert!(
+            state.payment_calls.is_empty(),
+            "the seller's node paid nothing"
+        );
         let paid = state
             .invoices
             .iter()
@@ -586,7 +610,7 @@ fn lightning_sale_end_to_end_through_the_binary() {
         "--plugin-dir",
         s(&plugins),
         "--plugin-config",
-        &format!("{lnd_config}pay = true\n"),
+        &buyer_config,
         "--card",
         s(&card_file),
         "--amount",
