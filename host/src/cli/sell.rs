@@ -4,7 +4,6 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -124,7 +123,7 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
             let price =
                 PaymentTerms::new("", &args.currency, &args.amount, &args.unit, &args.interval);
             let scope = StateScope {
-                store: Arc::new(options.state.open()?),
+                store: options.state.shared()?,
                 product: shop::feed_key(feed_dir)?,
             };
             let spec = (args.payment != "free").then(|| PaymentSpec {

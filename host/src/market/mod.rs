@@ -3,6 +3,7 @@
 pub mod buyer;
 pub mod ext;
 pub mod identity;
+pub mod lease;
 pub mod revocation;
 pub mod seller;
 pub mod seller_state;

@@ -23,6 +23,7 @@ use tokio::time::Instant;
 
 use super::ext;
 use super::identity::Identity;
+use super::lease::Leases;
 use super::revocation::RevocationList;
 use super::seller_state::{Action, SellerState, StateSettings};
 use crate::crypto::NoiseKeyPair;
@@ -31,7 +32,7 @@ use crate::payments::{
     encode_user_message, parse_user_message, MessageBudget, Now, PaymentGate, Validation,
 };
 use crate::protocol::replicate::ReplicatorConfig;
-use crate::state::{LazyState, Sale, StatePlace};
+use crate::state::{LazyState, Sale, StatePlace, StateUrl};
 use crate::storage::{FsStore, RekeyedSigner};
 use dazaar_plugin_api::GrantKind;
 
@@ -189,6 +190,8 @@ pub struct Product {
     pub unpaid_grace: Duration,
     identity: Identity,
     active: Mutex<HashMap<[u8; 32], ActiveConnection>>,
+    /// Buyers' connection leases, when the state is shared between nodes.
+    leases: Option<Arc<Leases>>,
 }
 
 impl std::fmt::Debug for Product {
@@ -238,7 +241,15 @@ impl Product {
         let feed_key = feed.lock().key();
         let seller_keys = identity.seller_key_pair(&feed_key);
         let state = Arc::new(LazyState::new(&options.state));
+        let leases = matches!(options.state.url, StateUrl::Postgres(_)).then(|| {
+            Arc::new(Leases::new(
+                Arc::clone(&state),
+                options.state.data_dir.clone(),
+                seller_keys.public_key(),
+            ))
+        });
         Arc::new(Product {
+            leases,
             revoked: Arc::new(RevocationList::with_state(
                 Arc::clone(&state),
                 &seller_keys.public_key(),
@@ -298,6 +309,25 @@ impl Product {
             .await
     }
 
+    /// Takes `buyer`'s connection lease once the buyer is valid (see [`super::lease`]):
+    /// a valid answer turns invalid when another node holds the buyer or the lease cannot
+    /// be checked. `leased` tracks whether this connection holds the lease.
+    async fn lease(&self, buyer: [u8; 32], answer: Validation, leased: &mut bool) -> Validation {
+        let Some(leases) = &self.leases else {
+            return answer;
+        };
+        if *leased || !answer.is_valid() || self.is_free() {
+            return answer;
+        }
+        match leases.acquire(buyer).await {
+            Ok(()) => {
+                *leased = true;
+                answer
+            }
+            Err(reason) => Validation::Invalid { reason },
+        }
+    }
+
     /// Adds `buyer`'s grant to the sales log, off the async threads (a commit waits for
     /// the disk). A failure is logged: the sale already happened.
     fn record_sale(self: &Arc<Self>, buyer: [u8; 32], answer: &Validation) {
@@ -333,7 +363,9 @@ impl Product {
         }
     }
 
-    fn release(&self, buyer: [u8; 32], conn: u64) {
+    /// Forgets connection `conn` of `buyer`; true when no other connection of that buyer
+    /// is active in this process (then its lease may go).
+    fn release(&self, buyer: [u8; 32], conn: u64) -> bool {
         let mut active = match self.active.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -341,6 +373,7 @@ impl Product {
         if active.get(&buyer).is_some_and(|(c, _)| *c == conn) {
             active.remove(&buyer);
         }
+        !active.contains_key(&buyer)
     }
 
     /// Buyers connected now.
@@ -366,6 +399,9 @@ pub async fn serve(
     events: Option<mpsc::Sender<SellerEvent>>,
 ) -> std::io::Result<()> {
     let seller = hex::encode(&product.seller_key()[..8]);
+    if let Some(leases) = &product.leases {
+        tokio::spawn(Arc::clone(leases).heartbeat(shutdown.clone()));
+    }
     let conn_shutdown = shutdown.clone();
     let limits = net.clone();
     net::accept_loop(
@@ -455,6 +491,8 @@ pub async fn handle_connection(
     let mut report = Outbox::new(events);
     // Whether the last answer was valid: a sale is recorded when a buyer becomes valid.
     let mut was_valid = false;
+    // Whether this connection holds the buyer's lease (shared state only).
+    let mut leased = false;
     let mut state = SellerState::new(StateSettings {
         revalidate: product.revalidate,
         unpaid_grace: product.unpaid_grace,
@@ -464,6 +502,7 @@ pub async fn handle_connection(
             match action {
                 Action::Validate { buyer, fresh } => {
                     let answer = product.validate(buyer, fresh, peer_ip).await;
+                    let answer = product.lease(buyer, answer, &mut leased).await;
                     if answer.is_valid() && !was_valid {
                         product.record_sale(buyer, &answer);
                     }
@@ -558,7 +597,13 @@ pub async fn handle_connection(
     };
     let buyer = state.buyer();
     if let Some(b) = buyer {
-        product.release(b, conn_id);
+        let gone = product.release(b, conn_id);
+        // A newer connection of this buyer on this node keeps the lease.
+        if leased && gone {
+            if let Some(leases) = &product.leases {
+                leases.release(b);
+            }
+        }
     }
     let error = match (state.dropped(), result) {
         (Some(reason), _) => Some(reason.to_owned()),

@@ -235,7 +235,7 @@ pub fn products(
         return Err(ShopError::NothingToSell(settings.file.clone()));
     }
     let mut out = Vec::with_capacity(settings.sell.len());
-    let store = Arc::new(options.state.open()?);
+    let store = options.state.shared()?;
     for sell in &settings.sell {
         let feed = open_sold_feed(&sell.feed)?;
         let scope = StateScope {

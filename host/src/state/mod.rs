@@ -54,7 +54,7 @@ pub const SCHEMA_VERSION: u32 = sqlite::MIGRATIONS.len() as u32;
 pub type Key = [u8; 32];
 
 /// Which database holds the state.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub enum StateUrl {
     /// An SQLite file.
     Sqlite(PathBuf),
@@ -373,6 +373,45 @@ impl StateStore {
         dispatch!(self.bytes(seller, buyer))
     }
 
+    /// Whether several seller nodes may share this state (PostgreSQL): then buyers'
+    /// connections are leased here (see [`acquire_lease`](Self::acquire_lease)); an SQLite
+    /// file belongs to one node, whose own bookkeeping is enough.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
+    /// Records that seller node `node` is alive at `now_ms`. A node beats every
+    /// [`NODE_HEARTBEAT`]; one silent for [`NODE_EXPIRY`] is dead and its leases lapse.
+    pub fn heartbeat(&self, node: &str, now_ms: u64) -> Result<(), StateError> {
+        dispatch!(self.heartbeat(node, now_ms))
+    }
+
+    /// Leases `buyer`'s connection to `seller`'s product to `node`: granted when nobody
+    /// holds it, `node` already does, or its holder's last heartbeat is older than
+    /// [`NODE_EXPIRY`] before `now_ms`. Atomic across nodes: of two nodes asking at once,
+    /// one wins.
+    pub fn acquire_lease(
+        &self,
+        seller: &Key,
+        buyer: &Key,
+        node: &str,
+        now_ms: u64,
+    ) -> Result<Lease, StateError> {
+        let expiry = u64::try_from(NODE_EXPIRY.as_millis()).unwrap_or(u64::MAX);
+        let dead_before = now_ms.saturating_sub(expiry);
+        Ok(
+            match dispatch!(self.acquire_lease(seller, buyer, node, now_ms, dead_before))? {
+                None => Lease::Acquired,
+                Some(holder) => Lease::HeldBy(holder),
+            },
+        )
+    }
+
+    /// Gives up `node`'s lease on `buyer`'s connection (if it holds it).
+    pub fn release_lease(&self, seller: &Key, buyer: &Key, node: &str) -> Result<(), StateError> {
+        dispatch!(self.release_lease(seller, buyer, node))
+    }
+
     /// The value `plugin` stored under `key` for `product`.
     pub fn plugin_get(
         &self,
@@ -440,12 +479,87 @@ impl StateStore {
     }
 }
 
+/// How often a seller node records that it is alive.
+pub const NODE_HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// A node whose last heartbeat is this old is dead: its leases may be taken.
+pub const NODE_EXPIRY: Duration = Duration::from_secs(10);
+
+/// The answer of [`StateStore::acquire_lease`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lease {
+    /// This node holds the lease now.
+    Acquired,
+    /// Another live node holds it (its id; empty if it was released meanwhile).
+    HeldBy(String),
+}
+
+/// The file in a data directory that names its seller node.
+pub const NODE_ID_FILE: &str = "node-id";
+
+/// The id of the seller node whose data directory is `data_dir`: read from its
+/// [`NODE_ID_FILE`], created on first use as `HOSTNAME-RANDOM` (stable across restarts, so
+/// a restarted node takes its own leases back at once rather than after [`NODE_EXPIRY`]).
+pub fn node_id(data_dir: &Path) -> Result<String, StateError> {
+    let path = data_dir.join(NODE_ID_FILE);
+    let io = |e: std::io::Error| StateError::Open {
+        url: path.display().to_string(),
+        detail: e.to_string(),
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) if valid_node_id(text.trim()) => return Ok(text.trim().to_owned()),
+        Ok(_) => {
+            return Err(StateError::Malformed {
+                what: "node-id file (1 to 100 characters of [A-Za-z0-9._-])",
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io(e)),
+    }
+    let host: String = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap_or_default()
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        .take(60)
+        .collect();
+    let host = if host.is_empty() {
+        "node".to_owned()
+    } else {
+        host
+    };
+    let id = format!("{host}-{}", hex::encode(rand::random::<[u8; 4]>()));
+    std::fs::create_dir_all(data_dir).map_err(io)?;
+    let tmp = data_dir.join(format!(".{NODE_ID_FILE}.{}", std::process::id()));
+    std::fs::write(&tmp, format!("{id}\n")).map_err(io)?;
+    // Two first starts at once: the first link wins and both read it.
+    match std::fs::hard_link(&tmp, &path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io(e));
+        }
+    }
+    let _ = std::fs::remove_file(&tmp);
+    let text = std::fs::read_to_string(&path).map_err(io)?;
+    Ok(text.trim().to_owned())
+}
+
+fn valid_node_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 100
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+}
+
 /// The JSON revocation list of earlier versions, in the data directory.
 pub const LEGACY_REVOCATIONS: &str = "revocations.json";
 
 /// Where a seller's state lives: the database, and the data directory whose JSON state
 /// of earlier versions is imported into it on first open.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct StatePlace {
     /// The database.
     pub url: StateUrl,
@@ -467,6 +581,26 @@ impl StatePlace {
     pub fn open(&self) -> Result<StateStore, StateError> {
         let store = StateStore::open(&self.url)?;
         store.import_legacy(&self.data_dir)?;
+        Ok(store)
+    }
+
+    /// The process's one open handle on this database, opened now if no part of the
+    /// process holds it: every product, plugin store and the seller's own bookkeeping
+    /// share one connection (and the legacy import runs once).
+    pub fn shared(&self) -> Result<std::sync::Arc<StateStore>, StateError> {
+        type Open = std::collections::HashMap<StatePlace, std::sync::Weak<StateStore>>;
+        static OPEN: std::sync::Mutex<Option<Open>> = std::sync::Mutex::new(None);
+        let mut open = match OPEN.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let open = open.get_or_insert_with(Open::new);
+        open.retain(|_, weak| weak.strong_count() > 0);
+        if let Some(store) = open.get(self).and_then(std::sync::Weak::upgrade) {
+            return Ok(store);
+        }
+        let store = std::sync::Arc::new(self.open()?);
+        open.insert(self.clone(), std::sync::Arc::downgrade(&store));
         Ok(store)
     }
 }
@@ -497,7 +631,7 @@ impl LazyState {
         if let Some(store) = &*slot {
             return Ok(std::sync::Arc::clone(store));
         }
-        let store = std::sync::Arc::new(self.place.open()?);
+        let store = self.place.shared()?;
         *slot = Some(std::sync::Arc::clone(&store));
         Ok(store)
     }

@@ -42,6 +42,13 @@ pub(super) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (plugin, product, key)
     );
     CREATE TABLE imports (source TEXT PRIMARY KEY, at_ms BIGINT NOT NULL);",
+    // 2: seller nodes' heartbeats and the buyers' connection leases.
+    "CREATE TABLE nodes (node TEXT PRIMARY KEY, heartbeat_ms BIGINT NOT NULL);
+    CREATE TABLE leases (
+        seller BYTEA NOT NULL, buyer BYTEA NOT NULL, node TEXT NOT NULL,
+        since_ms BIGINT NOT NULL,
+        PRIMARY KEY (seller, buyer)
+    );",
 ];
 
 /// The advisory lock key migrations take ("dazaar" in ASCII).
@@ -443,6 +450,64 @@ impl PgState {
             c.execute(
                 "DELETE FROM plugin_state WHERE plugin = $1 AND product = $2 AND key = $3",
                 &[&plugin, &&product[..], &key],
+            )
+        })?;
+        Ok(())
+    }
+
+    pub(super) fn heartbeat(&self, node: &str, now_ms: u64) -> Result<(), StateError> {
+        self.with(|c| {
+            c.execute(
+                "INSERT INTO nodes (node, heartbeat_ms) VALUES ($1, $2)
+                 ON CONFLICT (node) DO UPDATE
+                   SET heartbeat_ms = GREATEST(nodes.heartbeat_ms, excluded.heartbeat_ms)",
+                &[&node, &to_i64(now_ms)],
+            )
+        })?;
+        Ok(())
+    }
+
+    pub(super) fn acquire_lease(
+        &self,
+        seller: &Key,
+        buyer: &Key,
+        node: &str,
+        now_ms: u64,
+        dead_before_ms: u64,
+    ) -> Result<Option<String>, StateError> {
+        self.with(|c| {
+            // One statement: a conflicting insert waits for the other transaction and then
+            // sees its row, so two nodes never both win.
+            let won = c.query_opt(
+                "INSERT INTO leases (seller, buyer, node, since_ms) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (seller, buyer) DO UPDATE
+                   SET node = excluded.node, since_ms = excluded.since_ms
+                   WHERE leases.node = excluded.node
+                      OR COALESCE((SELECT heartbeat_ms FROM nodes WHERE nodes.node = leases.node), 0) < $5
+                 RETURNING node",
+                &[&&seller[..], &&buyer[..], &node, &to_i64(now_ms), &to_i64(dead_before_ms)],
+            )?;
+            if won.is_some() {
+                return Ok(None);
+            }
+            let holder = c.query_opt(
+                "SELECT node FROM leases WHERE seller = $1 AND buyer = $2",
+                &[&&seller[..], &&buyer[..]],
+            )?;
+            Ok(Some(holder.map(|r| r.get::<_, String>(0)).unwrap_or_default()))
+        })
+    }
+
+    pub(super) fn release_lease(
+        &self,
+        seller: &Key,
+        buyer: &Key,
+        node: &str,
+    ) -> Result<(), StateError> {
+        self.with(|c| {
+            c.execute(
+                "DELETE FROM leases WHERE seller = $1 AND buyer = $2 AND node = $3",
+                &[&&seller[..], &&buyer[..], &node],
             )
         })?;
         Ok(())

@@ -36,6 +36,13 @@ pub(super) const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (plugin, product, key)
     );
     CREATE TABLE imports (source TEXT PRIMARY KEY, at_ms INTEGER NOT NULL);",
+    // 2: seller nodes' heartbeats and the buyers' connection leases.
+    "CREATE TABLE nodes (node TEXT PRIMARY KEY, heartbeat_ms INTEGER NOT NULL);
+    CREATE TABLE leases (
+        seller BLOB NOT NULL, buyer BLOB NOT NULL, node TEXT NOT NULL,
+        since_ms INTEGER NOT NULL,
+        PRIMARY KEY (seller, buyer)
+    );",
 ];
 
 #[derive(Debug)]
@@ -369,6 +376,63 @@ impl SqliteState {
     /// Inserts `revocations` and `payments` in one write transaction unless `source` was
     /// imported before, then marks it imported: all of a file or none of it, once.
     /// Returns whether it was imported now.
+    pub(super) fn heartbeat(&self, node: &str, now_ms: u64) -> Result<(), StateError> {
+        self.lock().execute(
+            "INSERT INTO nodes (node, heartbeat_ms) VALUES (?1, ?2)
+             ON CONFLICT (node) DO UPDATE SET heartbeat_ms = MAX(heartbeat_ms, excluded.heartbeat_ms)",
+            params![node, to_i64(now_ms)],
+        )?;
+        Ok(())
+    }
+
+    pub(super) fn acquire_lease(
+        &self,
+        seller: &Key,
+        buyer: &Key,
+        node: &str,
+        now_ms: u64,
+        dead_before_ms: u64,
+    ) -> Result<Option<String>, StateError> {
+        let conn = self.lock();
+        let won: Option<String> = conn
+            .query_row(
+                "INSERT INTO leases (seller, buyer, node, since_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (seller, buyer) DO UPDATE
+                   SET node = excluded.node, since_ms = excluded.since_ms
+                   WHERE leases.node = excluded.node
+                      OR COALESCE((SELECT heartbeat_ms FROM nodes WHERE nodes.node = leases.node), 0) < ?5
+                 RETURNING node",
+                params![&seller[..], &buyer[..], node, to_i64(now_ms), to_i64(dead_before_ms)],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if won.is_some() {
+            return Ok(None);
+        }
+        let holder: Option<String> = conn
+            .query_row(
+                "SELECT node FROM leases WHERE seller = ?1 AND buyer = ?2",
+                params![&seller[..], &buyer[..]],
+                |r| r.get(0),
+            )
+            .optional()?;
+        // Released between the two statements: nobody holds it now; the caller asks again.
+        Ok(Some(holder.unwrap_or_default()))
+    }
+
+    pub(super) fn release_lease(
+        &self,
+        seller: &Key,
+        buyer: &Key,
+        node: &str,
+    ) -> Result<(), StateError> {
+        self.lock().execute(
+            "DELETE FROM leases WHERE seller = ?1 AND buyer = ?2 AND node = ?3",
+            params![&seller[..], &buyer[..], node],
+        )?;
+        Ok(())
+    }
+
     pub(super) fn import_rows(
         &self,
         source: &str,

@@ -218,6 +218,98 @@ fn ledger_files_are_imported_once() {
 }
 
 /// The same state on a real PostgreSQL server (a throwaway cluster, see `pg_server`).
+/// The lease rules, on two handles of one database (two nodes).
+fn leases_follow_heartbeats(a: &StateStore, b: &StateStore) {
+    let buyer = [7; 32];
+    let t = 1_000_000;
+    a.heartbeat("node-a", t).unwrap();
+    b.heartbeat("node-b", t).unwrap();
+    assert_eq!(
+        a.acquire_lease(&SELLER, &buyer, "node-a", t).unwrap(),
+        Lease::Acquired
+    );
+    // Held by a live node: refused; asked again by the holder: granted.
+    assert_eq!(
+        b.acquire_lease(&SELLER, &buyer, "node-b", t + 1).unwrap(),
+        Lease::HeldBy("node-a".into())
+    );
+    assert_eq!(
+        a.acquire_lease(&SELLER, &buyer, "node-a", t + 2).unwrap(),
+        Lease::Acquired
+    );
+    // Another product, another buyer: separate leases.
+    assert_eq!(
+        b.acquire_lease(&[9; 32], &buyer, "node-b", t).unwrap(),
+        Lease::Acquired
+    );
+    assert_eq!(
+        b.acquire_lease(&SELLER, &[8; 32], "node-b", t).unwrap(),
+        Lease::Acquired
+    );
+    // Released by its holder (a release by another node does nothing): free again.
+    b.release_lease(&SELLER, &buyer, "node-b").unwrap();
+    assert!(matches!(
+        b.acquire_lease(&SELLER, &buyer, "node-b", t + 3).unwrap(),
+        Lease::HeldBy(_)
+    ));
+    a.release_lease(&SELLER, &buyer, "node-a").unwrap();
+    assert_eq!(
+        b.acquire_lease(&SELLER, &buyer, "node-b", t + 4).unwrap(),
+        Lease::Acquired
+    );
+    // node-b falls silent: within NODE_EXPIRY its lease holds, after it lapses.
+    let expiry = NODE_EXPIRY.as_millis() as u64;
+    a.heartbeat("node-a", t + expiry).unwrap();
+    assert!(matches!(
+        a.acquire_lease(&SELLER, &buyer, "node-a", t + expiry - 1)
+            .unwrap(),
+        Lease::HeldBy(_)
+    ));
+    assert_eq!(
+        a.acquire_lease(&SELLER, &buyer, "node-a", t + expiry + 1)
+            .unwrap(),
+        Lease::Acquired
+    );
+    // A heartbeat never goes back in time.
+    b.heartbeat("node-b", t + 2 * expiry).unwrap();
+    b.heartbeat("node-b", t).unwrap();
+    assert_eq!(
+        b.acquire_lease(&SELLER, &[8; 32], "node-c", t + 2 * expiry + 1)
+            .unwrap(),
+        Lease::HeldBy("node-b".into())
+    );
+}
+
+#[test]
+fn leases_on_sqlite() {
+    let tmp = tempfile::tempdir().unwrap();
+    leases_follow_heartbeats(&store(tmp.path()), &store(tmp.path()));
+}
+
+#[test]
+fn node_ids_are_stable_and_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let id = node_id(tmp.path()).unwrap();
+    assert!(valid_node_id(&id), "{id}");
+    assert_eq!(node_id(tmp.path()).unwrap(), id);
+    std::fs::write(tmp.path().join(NODE_ID_FILE), "bad id with spaces\n").unwrap();
+    assert!(node_id(tmp.path()).is_err());
+    std::fs::write(tmp.path().join(NODE_ID_FILE), "rack-2\n").unwrap();
+    assert_eq!(node_id(tmp.path()).unwrap(), "rack-2");
+}
+
+/// Every part of a process that opens one place shares one handle.
+#[test]
+fn one_place_one_shared_handle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let place = StatePlace::default_in(tmp.path());
+    let a = place.shared().unwrap();
+    let b = LazyState::new(&place).get().unwrap();
+    assert!(std::sync::Arc::ptr_eq(&a, &b));
+    let other = StatePlace::default_in(&tmp.path().join("x"));
+    assert!(!std::sync::Arc::ptr_eq(&a, &other.shared().unwrap()));
+}
+
 mod on_postgres {
     use super::*;
     use crate::state::pg_server::PgServer;
@@ -301,6 +393,31 @@ mod on_postgres {
             t.join().unwrap();
         }
         assert_eq!(b.ledger(None).unwrap().len(), 20);
+    }
+
+    #[test]
+    fn leases() {
+        let Some(url) = PgServer::database("leases") else {
+            return;
+        };
+        leases_follow_heartbeats(&open(&url), &open(&url));
+        // Eight nodes racing for one new buyer: exactly one wins.
+        let now = 5_000_000;
+        let wins: usize = (0..8)
+            .map(|i| {
+                let url = url.clone();
+                std::thread::spawn(move || {
+                    let s = open(&url);
+                    let node = format!("racer-{i}");
+                    s.heartbeat(&node, now).unwrap();
+                    s.acquire_lease(&SELLER, &[42; 32], &node, now).unwrap() == Lease::Acquired
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| usize::from(t.join().unwrap()))
+            .sum();
+        assert_eq!(wins, 1);
     }
 
     #[test]
