@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use super::ext;
 use super::identity::Identity;
 use super::lease::Leases;
-use super::revocation::RevocationList;
+use super::revocation::{RevocationList, Standing};
 use super::seller_state::{Action, SellerState, StateSettings};
 use crate::crypto::NoiseKeyPair;
 use crate::net::{self, ChannelSpec, Command, ConnectionOptions, NetConfig, NetEvent, SharedFeed};
@@ -34,7 +34,7 @@ use crate::payments::{
 use crate::protocol::replicate::ReplicatorConfig;
 use crate::state::{LazyState, Sale, StatePlace, StateUrl};
 use crate::storage::{FsStore, RekeyedSigner};
-use dazaar_plugin_api::GrantKind;
+use dazaar_plugin_api::{Grant, GrantKind};
 
 /// What a seller reports (for the CLI, logs and tests). All of them are state events:
 /// none is dropped for a consumer that lags (see [`serve`]).
@@ -293,20 +293,46 @@ impl Product {
     /// Validates `buyer`, connected from `ip`; `fresh` marks a new connection (the buyer
     /// may have just paid: see [`PaymentGate::check`]). Waits on the plugin without
     /// holding a thread.
-    async fn validate(&self, buyer: [u8; 32], fresh: bool, ip: Option<IpAddr>) -> Validation {
+    ///
+    /// When the state cannot be read, nothing new is granted (fail closed), but a buyer
+    /// already valid keeps what is left of the time grant it `held` (see [`Held`]).
+    async fn validate(
+        &self,
+        buyer: [u8; 32],
+        fresh: bool,
+        ip: Option<IpAddr>,
+        held: Option<&Held>,
+    ) -> (Validation, bool) {
         if self.deny {
-            return Validation::Invalid {
-                reason: "Access denied by the seller".into(),
-            };
+            let reason = "Access denied by the seller".into();
+            return (Validation::Invalid { reason }, false);
         }
-        if self.revoked.check(buyer).await {
-            return Validation::Invalid {
-                reason: "Access revoked by the seller".into(),
-            };
+        match self.revoked.check(buyer).await {
+            Standing::Clear => {}
+            Standing::Revoked => {
+                let reason = "Access revoked by the seller".into();
+                return (Validation::Invalid { reason }, false);
+            }
+            Standing::Unknown => {
+                return match held.and_then(|h| h.left(Instant::now().into_std())) {
+                    Some(answer) => {
+                        tracing::warn!(
+                            "the seller's state cannot be read: the buyer keeps what is left of its grant"
+                        );
+                        (answer, true)
+                    }
+                    None => {
+                        let reason = STATE_UNAVAILABLE.into();
+                        (Validation::Invalid { reason }, false)
+                    }
+                };
+            }
         }
-        self.gate
+        let answer = self
+            .gate
             .check(buyer, self.seller_key(), ip, fresh, Now::system())
-            .await
+            .await;
+        (answer, false)
     }
 
     /// Takes `buyer`'s connection lease once the buyer is valid (see [`super::lease`]):
@@ -493,6 +519,8 @@ pub async fn handle_connection(
     let mut was_valid = false;
     // Whether this connection holds the buyer's lease (shared state only).
     let mut leased = false;
+    // The buyer's last time grant (kept through a state outage).
+    let mut held: Option<Held> = None;
     let mut state = SellerState::new(StateSettings {
         revalidate: product.revalidate,
         unpaid_grace: product.unpaid_grace,
@@ -501,8 +529,13 @@ pub async fn handle_connection(
         while let Some(action) = state.poll_action() {
             match action {
                 Action::Validate { buyer, fresh } => {
-                    let answer = product.validate(buyer, fresh, peer_ip).await;
+                    let (answer, kept) =
+                        product.validate(buyer, fresh, peer_ip, held.as_ref()).await;
                     let answer = product.lease(buyer, answer, &mut leased).await;
+                    // A grant kept through an outage runs down from when it was given.
+                    if !kept {
+                        held = Held::from_answer(&answer, Instant::now().into_std());
+                    }
                     if answer.is_valid() && !was_valid {
                         product.record_sale(buyer, &answer);
                     }
@@ -619,6 +652,47 @@ pub async fn handle_connection(
         .push(SellerEvent::BuyerDisconnected { buyer, error })
         .await;
     report.flush().await;
+}
+
+/// The reason sent when the seller's state cannot be read and the buyer holds no grant.
+pub const STATE_UNAVAILABLE: &str = "The seller cannot check payments right now";
+
+/// The last time grant a connection's buyer was given, and when: while the state cannot
+/// be read, the buyer keeps what is left of it (the grant was paid for), then lapses.
+#[derive(Debug, Clone)]
+struct Held {
+    grant: Grant,
+    plugin: Option<String>,
+    at: std::time::Instant,
+}
+
+impl Held {
+    /// What `answer` lets the buyer keep through an outage: time grants only (a free,
+    /// data or one-time grant is checked against the state it would need).
+    fn from_answer(answer: &Validation, at: std::time::Instant) -> Option<Held> {
+        match answer {
+            Validation::Valid { grant, plugin } if grant.kind == GrantKind::TIME => Some(Held {
+                grant: *grant,
+                plugin: plugin.clone(),
+                at,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The grant as of `now`, if any time is left.
+    fn left(&self, now: std::time::Instant) -> Option<Validation> {
+        let spent =
+            u64::try_from(now.saturating_duration_since(self.at).as_millis()).unwrap_or(u64::MAX);
+        let remaining = self.grant.remaining.checked_sub(spent).filter(|r| *r > 0)?;
+        Some(Validation::Valid {
+            grant: Grant {
+                kind: GrantKind::TIME,
+                remaining,
+            },
+            plugin: self.plugin.clone(),
+        })
+    }
 }
 
 /// The sales log's name of a grant kind.
