@@ -8,7 +8,7 @@
 use serde::{Serialize, Serializer};
 use serde_json::Value;
 
-use dazaar_plugin_api::pricing::Rate;
+use dazaar_plugin_api::pricing::Price;
 use dazaar_plugin_api::PaymentTerms;
 
 mod entry;
@@ -236,7 +236,7 @@ pub fn validate(json: &Value) -> Result<ValidCard, CardError> {
             for (i, entry) in entries.iter().enumerate() {
                 let terms = terms_from_card(entry)
                     .map_err(|e| field(format!("payment[{i}]"), e.to_string()))?;
-                Rate::from_card(&terms.amount, &terms.unit, &terms.interval)
+                Price::from_card(&terms.amount, &terms.unit, &terms.interval)
                     .map_err(|e| field(format!("payment[{i}]"), e.to_string()))?;
                 if terms.method.trim().is_empty() {
                     return Err(field(format!("payment[{i}].method"), "empty"));

@@ -40,7 +40,9 @@ pub struct SellArgs {
     /// Price: currency.
     #[arg(long, default_value = "credits")]
     pub currency: String,
-    /// Price: the interval's unit (seconds, minutes, hours).
+    /// Price: the unit: seconds, minutes, hours (time), bytes, kilobytes, megabytes,
+    /// gigabytes (`amount` buys `interval` of data), or once (`amount` buys access for
+    /// good; `interval` is ignored).
     #[arg(long, default_value = "seconds")]
     pub unit: String,
     /// Price: the interval.

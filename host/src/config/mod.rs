@@ -64,7 +64,7 @@ use crate::payments::{
     BuyerPlugin, BuyerWallet, CallLimits, GateLimits, PaymentGate, PaymentSpec, PluginRegistry,
 };
 
-use dazaar_plugin_api::{PaymentTerms, Rate, TimeUnit};
+use dazaar_plugin_api::{PaymentTerms, Price, Unit};
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use toml::Spanned;
@@ -215,8 +215,8 @@ pub struct SellPayment {
     pub method: Option<String>,
     /// The card entry, with `method` empty when not set.
     pub terms: PaymentTerms,
-    /// The price as a rate (already checked).
-    pub rate: Rate,
+    /// The price under its unit's rule (already checked).
+    pub price: Price,
     /// The plugin's own table, as TOML text (never logged).
     pub config: String,
     /// Line of the entry in the file.
@@ -494,7 +494,8 @@ struct RawSellPayment {
     currency: String,
     amount: Spanned<NumberText>,
     unit: Spanned<String>,
-    interval: Spanned<NumberText>,
+    /// Required except for unit `once`, which ignores it.
+    interval: Option<Spanned<NumberText>>,
     min_seconds: Option<Spanned<f64>>,
     payment_delay: Option<u64>,
     pay_to: Option<String>,
@@ -803,34 +804,47 @@ impl Ctx<'_> {
         let p = p.into_inner();
         let at = |k: &str| format!("sell[{i}].payment[{j}].{k}");
         self.plugin_name(&p.plugin, &at("plugin"))?;
-        if let Err(e) = p.unit.get_ref().parse::<TimeUnit>() {
-            return Err(self.error(Some(p.unit.span()), at("unit"), e.to_string()));
-        }
+        let unit = match p.unit.get_ref().parse::<Unit>() {
+            Ok(u) => u,
+            Err(e) => return Err(self.error(Some(p.unit.span()), at("unit"), e.to_string())),
+        };
         let amount = &p.amount.get_ref().0;
-        let interval = &p.interval.get_ref().0;
-        let rate = match Rate::from_card(amount, p.unit.get_ref(), interval) {
+        let interval = match (&p.interval, unit.uses_interval()) {
+            (Some(i), _) => i.get_ref().0.clone(),
+            (None, false) => String::new(),
+            (None, true) => {
+                return Err(self.error(
+                    Some(p.unit.span()),
+                    at("interval"),
+                    format!("missing (unit {unit} needs one)"),
+                ))
+            }
+        };
+        let interval_span = p.interval.as_ref().map(Spanned::span);
+        let mut price = match Price::from_card(amount, p.unit.get_ref(), &interval) {
             Ok(r) => r,
             Err(e @ dazaar_plugin_api::PricingError::BadInterval(_)) => {
-                return Err(self.error(Some(p.interval.span()), at("interval"), e.to_string()))
+                return Err(self.error(interval_span, at("interval"), e.to_string()))
             }
             Err(e) => return Err(self.error(Some(p.amount.span()), at("amount"), e.to_string())),
         };
         let mut min_seconds = 0.0;
-        let mut rate = rate;
-        if let Some(m) = &p.min_seconds {
-            rate = rate
-                .with_min_seconds(*m.get_ref())
-                .map_err(|e| self.error(Some(m.span()), at("min_seconds"), e.to_string()))?;
-            min_seconds = *m.get_ref();
-        }
         let payment_delay_ms = p.payment_delay.unwrap_or(0);
-        rate = rate.with_payment_delay_ms(payment_delay_ms);
+        if let Price::Time(rate) = &mut price {
+            if let Some(m) = &p.min_seconds {
+                *rate = rate
+                    .with_min_seconds(*m.get_ref())
+                    .map_err(|e| self.error(Some(m.span()), at("min_seconds"), e.to_string()))?;
+                min_seconds = *m.get_ref();
+            }
+            *rate = rate.with_payment_delay_ms(payment_delay_ms);
+        }
         let mut terms = PaymentTerms::new(
             p.method.as_deref().unwrap_or(""),
             &p.currency,
             amount,
             p.unit.get_ref(),
-            interval,
+            &interval,
         );
         terms.min_seconds = min_seconds;
         terms.payment_delay_ms = payment_delay_ms;
@@ -839,7 +853,7 @@ impl Ctx<'_> {
             plugin: p.plugin.into_inner(),
             method: p.method,
             terms,
-            rate,
+            price,
             config: table_text(p.config),
             line,
         })

@@ -4,6 +4,7 @@ pub mod buyer;
 pub mod ext;
 pub mod identity;
 pub mod lease;
+pub mod metering;
 pub mod revocation;
 pub mod seller;
 pub mod seller_state;

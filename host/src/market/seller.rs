@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use super::ext;
 use super::identity::Identity;
 use super::lease::Leases;
+use super::metering::{self, Meters, DATA_USED_UP, MAX_METERS, TOO_MANY_METERED};
 use super::revocation::{RevocationList, Standing};
 use super::seller_state::{Action, SellerState, StateSettings};
 use crate::crypto::NoiseKeyPair;
@@ -31,10 +32,11 @@ use crate::net::{self, ChannelSpec, Command, ConnectionOptions, NetConfig, NetEv
 use crate::payments::{
     encode_user_message, parse_user_message, MessageBudget, Now, PaymentGate, Validation,
 };
+use crate::protocol::meter::ByteMeter;
 use crate::protocol::replicate::ReplicatorConfig;
 use crate::state::{LazyState, Sale, StatePlace, StateUrl};
 use crate::storage::{FsStore, RekeyedSigner};
-use dazaar_plugin_api::{Grant, GrantKind};
+use dazaar_plugin_api::{Grant, GrantKind, Unit};
 
 /// What a seller reports (for the CLI, logs and tests). All of them are state events:
 /// none is dropped for a consumer that lags (see [`serve`]).
@@ -192,6 +194,10 @@ pub struct Product {
     active: Mutex<HashMap<[u8; 32], ActiveConnection>>,
     /// Buyers' connection leases, when the state is shared between nodes.
     leases: Option<Arc<Leases>>,
+    /// Some payment entry is priced by data: uploads are metered.
+    metered: bool,
+    /// The buyers' byte meters (see [`super::metering`]).
+    meters: Meters,
 }
 
 impl std::fmt::Debug for Product {
@@ -248,8 +254,14 @@ impl Product {
                 seller_keys.public_key(),
             ))
         });
+        let metered = gate
+            .entries()
+            .iter()
+            .any(|e| matches!(e.terms.unit.parse::<Unit>(), Ok(Unit::Data(_))));
         Arc::new(Product {
             leases,
+            metered,
+            meters: Meters::new(MAX_METERS),
             revoked: Arc::new(RevocationList::with_state(
                 Arc::clone(&state),
                 &seller_keys.public_key(),
@@ -351,6 +363,92 @@ impl Product {
                 answer
             }
             Err(reason) => Validation::Invalid { reason },
+        }
+    }
+
+    /// Applies the meter to a plugin's answer (products priced by data). A data grant is
+    /// the allowance bought in all; the buyer is valid while some of it is left
+    /// (unreserved, or reserved and unsent), with `remaining` the bytes left, and invalid
+    /// with [`DATA_USED_UP`] after. Reserves the next chunk when the meter has no credit
+    /// or waits for some, then resumes the connection. Another kind of grant lifts the
+    /// meter's limit. A state that cannot be written grants nothing (fail closed).
+    async fn meter(
+        &self,
+        buyer: [u8; 32],
+        answer: Validation,
+        meter: Option<&Arc<ByteMeter>>,
+        allowance: &mut Option<u64>,
+        commands: &mpsc::Sender<Command<FsStore>>,
+    ) -> Validation {
+        if !self.metered {
+            return answer;
+        }
+        let Some(meter) = meter else {
+            return match answer {
+                Validation::Valid { .. } => Validation::Invalid {
+                    reason: TOO_MANY_METERED.into(),
+                },
+                other => other,
+            };
+        };
+        let Validation::Valid { grant, plugin } = answer else {
+            *allowance = None;
+            meter.set_unlimited(false);
+            return answer;
+        };
+        if grant.kind != GrantKind::BYTES {
+            *allowance = None;
+            meter.set_unlimited(true);
+            return Validation::Valid { grant, plugin };
+        }
+        meter.set_unlimited(false);
+        *allowance = Some(grant.remaining);
+        match self.reserve(buyer, grant.remaining, meter, commands).await {
+            Ok(0) => Validation::Invalid {
+                reason: DATA_USED_UP.into(),
+            },
+            Ok(remaining) => Validation::Valid {
+                grant: Grant::bytes(remaining),
+                plugin,
+            },
+            Err(reason) => Validation::Invalid { reason },
+        }
+    }
+
+    /// Reserves more of `allowance` for `buyer` when its meter has no credit or waits
+    /// for some, and resumes the connection when credit came; returns the bytes left.
+    async fn reserve(
+        &self,
+        buyer: [u8; 32],
+        allowance: u64,
+        meter: &Arc<ByteMeter>,
+        commands: &mpsc::Sender<Command<FsStore>>,
+    ) -> Result<u64, String> {
+        let state = Arc::clone(&self.state);
+        let seller = self.seller_key();
+        let m = Arc::clone(meter);
+        let need = meter.credit() == 0 || meter.is_wanting();
+        let reserved = tokio::task::spawn_blocking(move || {
+            if need {
+                metering::reserve(&state, &seller, &buyer, allowance, &m).map(|r| (r.added, r.remaining))
+            } else {
+                let used = state.get()?.bytes(&seller, &buyer)?;
+                Ok((0, allowance.saturating_sub(used).saturating_add(m.credit())))
+            }
+        })
+        .await;
+        match reserved {
+            Ok(Ok((added, remaining))) => {
+                if added > 0 || meter.credit() > 0 {
+                    let _ = commands.send(Command::Resume).await;
+                }
+                Ok(remaining)
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot reserve a buyer's paid data in the state");
+                Err(STATE_UNAVAILABLE.into())
+            }
+            Err(e) => Err(format!("metering failed: {e}")),
         }
     }
 
@@ -521,6 +619,11 @@ pub async fn handle_connection(
     let mut leased = false;
     // The buyer's last time grant (kept through a state outage).
     let mut held: Option<Held> = None;
+    // A product priced by data: the buyer's meter, what wakes this task when it waits
+    // for credit, and the allowance last granted.
+    let mut meter: Option<Arc<ByteMeter>> = None;
+    let meter_wake = Arc::new(tokio::sync::Notify::new());
+    let mut allowance: Option<u64> = None;
     let mut state = SellerState::new(StateSettings {
         revalidate: product.revalidate,
         unpaid_grace: product.unpaid_grace,
@@ -532,6 +635,9 @@ pub async fn handle_connection(
                     let (answer, kept) =
                         product.validate(buyer, fresh, peer_ip, held.as_ref()).await;
                     let answer = product.lease(buyer, answer, &mut leased).await;
+                    let answer = product
+                        .meter(buyer, answer, meter.as_ref(), &mut allowance, &cmd_tx)
+                        .await;
                     // A grant kept through an outage runs down from when it was given.
                     if !kept {
                         held = Held::from_answer(&answer, Instant::now().into_std());
@@ -547,9 +653,12 @@ pub async fn handle_connection(
                     let config = if product.is_free() {
                         ReplicatorConfig::uploader()
                     } else {
-                        ReplicatorConfig::rekeyed(Arc::new(RekeyedSigner::new(
-                            product.identity.rekeyed_key_pair(&product.feed_key, &buyer),
-                        )))
+                        ReplicatorConfig {
+                            meter: meter.clone(),
+                            ..ReplicatorConfig::rekeyed(Arc::new(RekeyedSigner::new(
+                                product.identity.rekeyed_key_pair(&product.feed_key, &buyer),
+                            )))
+                        }
                     };
                     let _ = cmd_tx
                         .send(Command::SendExtension(
@@ -610,10 +719,33 @@ pub async fn handle_connection(
             res = &mut conn => break res,
             permit = report.room(), if report.pending() => report.deliver(permit),
             _ = sleep_until_opt(wake) => state.handle_timeout(Instant::now().into_std()),
+            _ = meter_wake.notified(), if meter.is_some() => {
+                // A block waits for credit: reserve more, or end the upload.
+                if let (Some(m), Some(a), Some(b)) = (&meter, allowance, state.buyer()) {
+                    let answer = match product.reserve(b, a, m, &cmd_tx).await {
+                        Ok(0) => Some(Validation::Invalid { reason: DATA_USED_UP.into() }),
+                        Ok(_) => None,
+                        Err(reason) => Some(Validation::Invalid { reason }),
+                    };
+                    if let Some(answer) = answer {
+                        was_valid = false;
+                        held = None;
+                        let feed_key = product.buyer_feed_key(&b);
+                        state.handle_validation(&answer, feed_key, Instant::now().into_std());
+                    }
+                }
+            }
             ev = ev_rx.recv() => match ev {
                 None => break (&mut conn).await,
                 Some(NetEvent::Connected { remote_public_key }) => {
                     product.claim(remote_public_key, conn_id, cmd_tx.clone());
+                    if product.metered {
+                        meter = product.meters.get(remote_public_key);
+                        if let Some(m) = &meter {
+                            let wake = Arc::clone(&meter_wake);
+                            m.set_waker(Some(Arc::new(move || wake.notify_one())));
+                        }
+                    }
                     state.handle_connected(remote_public_key, Instant::now().into_std());
                 }
                 Some(NetEvent::ChannelClosed { discovery_key }) => {
@@ -701,6 +833,7 @@ fn grant_kind_name(kind: GrantKind) -> &'static str {
         GrantKind::FREE => "free",
         GrantKind::TIME => "time",
         GrantKind::BYTES => "bytes",
+        GrantKind::ONCE => "once",
         _ => "other",
     }
 }

@@ -748,9 +748,9 @@ impl PaymentPlugin for StripePlugin {
     }
 
     fn validate(&self, req: &Request<'_>, now_ms: u64) -> Result<Grant, String> {
-        let rate = req
+        let price = req
             .terms
-            .rate()
+            .price()
             .map_err(|e| format!("bad price on the card: {e}"))?;
         let currency = Currency::parse(&req.terms.currency)?;
         let counted = |found: &[StripePayment]| -> Vec<Payment> {
@@ -763,7 +763,7 @@ impl PaymentPlugin for StripePlugin {
                 })
                 .collect()
         };
-        let enough = |found: &[StripePayment]| rate.is_active(&counted(found), now_ms);
+        let enough = |found: &[StripePayment]| price.is_active(&counted(found), now_ms);
         // Failures to ask Stripe (HTTP errors, 429, an exhausted budget) are marked
         // `unavailable`: the host logs them and tells the peer only that the check is
         // unavailable.
@@ -772,7 +772,7 @@ impl PaymentPlugin for StripePlugin {
             .map_err(unavailable)?;
         let payments = counted(&known.payments);
         tracing::trace!(buyer = %hex::encode(req.buyer), count = payments.len(), "payments counted");
-        rate.grant(&payments, now_ms).map_err(|r| {
+        price.grant(&payments, now_ms).map_err(|r| {
             r.reason(|| {
                 let code = currency.code().to_uppercase();
                 if known.complete {
