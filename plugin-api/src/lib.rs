@@ -9,6 +9,8 @@
 //! - [`pricing`]: the price-to-time rules of `payment-tracker@0.1.0` ([`Rate`],
 //!   [`Payment`]), so every plugin reports payments and agrees on the time left, and
 //!   answers `validate` the same way ([`Rate::grant`], [`Refusal`]);
+//! - [`ledger`]: ledger lines (payments recorded by hand), read and written the same
+//!   way by the ledger plugin and the host;
 //! - [`memo`]: the memo binding a payment to a buyer, `dazaar: <seller> <buyer>`;
 //! - [`settings`]: reading a plugin's config ([`expand_home`]; with the `logging`
 //!   feature, `logging::LogSettings` for `log_file` / `log_level`);
@@ -54,6 +56,7 @@
 pub mod abi;
 pub mod backoff;
 pub mod frozen;
+pub mod ledger;
 #[cfg(feature = "logging")]
 pub mod logging;
 pub mod memo;
@@ -68,6 +71,10 @@ pub use abi::{
     ROOT_MODULE_NAME,
 };
 pub use backoff::Backoff;
+pub use ledger::{
+    ledger_lines, ledger_view_key, parse_ledger_view_key, LedgerLine, LEDGER_VIEW_PREFIX,
+    RESERVED_KEY_PREFIX,
+};
 pub use memo::{parse_key, parse_payment_memo, payment_memo, Key};
 #[doc(hidden)]
 pub use plugin::__private;
