@@ -169,7 +169,7 @@ fn unknown_unit() {
     assert_eq!(e.key(), Some("sell[0].payment[1].unit"));
     let shown = e.to_string();
     assert!(shown.starts_with("/etc/dazaar/dazaar.toml:35:"), "{shown}");
-    assert!(shown.contains("unknown time unit \"days\""), "{shown}");
+    assert!(shown.contains("unknown unit \"days\""), "{shown}");
 }
 
 #[test]
