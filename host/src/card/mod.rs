@@ -288,20 +288,22 @@ pub fn quote(
     seconds: Option<f64>,
     bytes: Option<u64>,
 ) -> Result<Option<Quote>, dazaar_plugin_api::PricingError> {
-    Ok(match Price::from_card(&terms.amount, &terms.unit, &terms.interval)? {
-        Price::Time(rate) => seconds.map(|s| {
-            let seconds = s.max(terms.min_seconds);
-            Quote::Time {
-                seconds,
-                amount: rate.rate_per_second() * seconds,
-            }
-        }),
-        Price::Data(d) => bytes.map(|bytes| Quote::Data {
-            bytes,
-            amount: d.cost(bytes),
-        }),
-        Price::Once(o) => Some(Quote::Once { amount: o.amount() }),
-    })
+    Ok(
+        match Price::from_card(&terms.amount, &terms.unit, &terms.interval)? {
+            Price::Time(rate) => seconds.map(|s| {
+                let seconds = s.max(terms.min_seconds);
+                Quote::Time {
+                    seconds,
+                    amount: rate.rate_per_second() * seconds,
+                }
+            }),
+            Price::Data(d) => bytes.map(|bytes| Quote::Data {
+                bytes,
+                amount: d.cost(bytes),
+            }),
+            Price::Once(o) => Some(Quote::Once { amount: o.amount() }),
+        },
+    )
 }
 
 #[cfg(test)]

@@ -121,10 +121,7 @@ pub struct QuoteArgs {
 /// Runs `dazaar quote`: what `seconds` of access or `bytes` of data cost in each of the
 /// card's methods (a one-time price is its amount).
 pub fn quote(args: QuoteArgs) -> Result<ExitCode> {
-    if args
-        .seconds
-        .is_some_and(|s| !(s.is_finite() && s >= 0.0))
-    {
+    if args.seconds.is_some_and(|s| !(s.is_finite() && s >= 0.0)) {
         bail!("--seconds must be a non-negative number");
     }
     let text = std::fs::read_to_string(&args.card)
@@ -140,8 +137,8 @@ pub fn quote(args: QuoteArgs) -> Result<ExitCode> {
     }
     let mut quoted = 0;
     for t in &card.payment {
-        let Some(q) = dazaar::card::quote(t, args.seconds, args.bytes)
-            .map_err(|e| anyhow::anyhow!("{e}"))?
+        let Some(q) =
+            dazaar::card::quote(t, args.seconds, args.bytes).map_err(|e| anyhow::anyhow!("{e}"))?
         else {
             continue;
         };

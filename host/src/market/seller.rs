@@ -430,7 +430,8 @@ impl Product {
         let need = meter.credit() == 0 || meter.is_wanting();
         let reserved = tokio::task::spawn_blocking(move || {
             if need {
-                metering::reserve(&state, &seller, &buyer, allowance, &m).map(|r| (r.added, r.remaining))
+                metering::reserve(&state, &seller, &buyer, allowance, &m)
+                    .map(|r| (r.added, r.remaining))
             } else {
                 let used = state.get()?.bytes(&seller, &buyer)?;
                 Ok((0, allowance.saturating_sub(used).saturating_add(m.credit())))

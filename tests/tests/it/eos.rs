@@ -208,13 +208,22 @@ fn eos_each_unit_kind() {
     assert_eq!(grant("1", "bytes", "10000"), Ok(Grant::bytes(15_000)));
     assert_eq!(grant("1", "kilobytes", "10"), Ok(Grant::bytes(15_000)));
     assert_eq!(grant("3", "megabytes", "1"), Ok(Grant::bytes(500_000)));
-    assert_eq!(grant("1", "gigabytes", "2"), Ok(Grant::bytes(3_000_000_000)));
+    assert_eq!(
+        grant("1", "gigabytes", "2"),
+        Ok(Grant::bytes(3_000_000_000))
+    );
     assert_eq!(grant("1.5", "once", ""), Ok(Grant::once()));
     let short = grant("1.6", "once", "").unwrap_err();
-    assert!(short.ends_with("the payments do not reach the one-time price"), "{short}");
+    assert!(
+        short.ends_with("the payments do not reach the one-time price"),
+        "{short}"
+    );
     let time = grant("1", "hours", "1").unwrap();
     assert_eq!(time.kind, dazaar_plugin_api::GrantKind::TIME);
-    assert!((5_398_000..=5_400_000).contains(&time.remaining), "{time:?}");
+    assert!(
+        (5_398_000..=5_400_000).contains(&time.remaining),
+        "{time:?}"
+    );
 }
 
 /// The seller's account history can hold transfers between others (a contract that

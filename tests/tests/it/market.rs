@@ -247,7 +247,9 @@ fn data_ledger_gate(file: &std::path::Path, revalidate: Duration) -> PaymentGate
         &config,
         support::limits(Duration::from_secs(2), 1, 64),
     );
-    let terms = Arc::new(PaymentTerms::new("ledger", "credits", "1", "bytes", "10000"));
+    let terms = Arc::new(PaymentTerms::new(
+        "ledger", "credits", "1", "bytes", "10000",
+    ));
     support::gate(&verifier, terms, revalidate)
 }
 

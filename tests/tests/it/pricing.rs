@@ -132,7 +132,8 @@ fn data_priced_sale_stops_at_the_allowance_and_resumes_on_payment() {
     let dir = tempfile::tempdir().expect("tempdir");
     let shop = Shop::new(dir.path());
     make_block_feed(&shop.feed, 300, 1000);
-    let (_seller, key, addr) = shop.sell(&["--amount", "1", "--unit", "bytes", "--interval", "10000"]);
+    let (_seller, key, addr) =
+        shop.sell(&["--amount", "1", "--unit", "bytes", "--interval", "10000"]);
     shop.pay("5");
 
     let buyer = shop.buy_live(&key, &addr);
@@ -146,7 +147,10 @@ fn data_priced_sale_stops_at_the_allowance_and_resumes_on_payment() {
     buyer.json_where(WAIT, "the data to be used up", used_up);
     drop(buyer);
     let held = shop.held();
-    assert!((49..=51).contains(&held), "held {held} blocks for 5 credits");
+    assert!(
+        (49..=51).contains(&held),
+        "held {held} blocks for 5 credits"
+    );
 
     // Reconnecting gives nothing more; paying 10 more while connected resumes.
     let buyer = shop.buy_live(&key, &addr);
@@ -254,10 +258,24 @@ fn cards_and_quotes_for_data_and_once() {
     let q = json_lines(&q.stdout);
     assert_eq!(q.len(), 2, "the time entry is not asked: {q:?}");
     assert_eq!(q[0]["bytes"], 50_000);
-    assert!((q[0]["amount"].as_f64().expect("amount") - 5.0).abs() < 1e-9, "{q:?}");
+    assert!(
+        (q[0]["amount"].as_f64().expect("amount") - 5.0).abs() < 1e-9,
+        "{q:?}"
+    );
     assert_eq!(q[1]["once"], true);
-    assert!((q[1]["amount"].as_f64().expect("amount") - 3.0).abs() < 1e-9, "{q:?}");
-    let q = dazaar(&["quote", s(&card_file), "--seconds", "60", "--bytes", "1000", "--json"]);
+    assert!(
+        (q[1]["amount"].as_f64().expect("amount") - 3.0).abs() < 1e-9,
+        "{q:?}"
+    );
+    let q = dazaar(&[
+        "quote",
+        s(&card_file),
+        "--seconds",
+        "60",
+        "--bytes",
+        "1000",
+        "--json",
+    ]);
     assert_eq!(json_lines(&q.stdout).len(), 3);
 
     // A data unit still needs its interval.

@@ -160,10 +160,16 @@ fn stripe_each_unit_kind() {
     assert_eq!(grant("1", "kilobytes", "10"), Ok(Grant::bytes(50_000)));
     assert_eq!(grant("1", "bytes", "100"), Ok(Grant::bytes(500)));
     assert_eq!(grant("5", "megabytes", "1"), Ok(Grant::bytes(1_000_000)));
-    assert_eq!(grant("1", "gigabytes", "1"), Ok(Grant::bytes(5_000_000_000)));
+    assert_eq!(
+        grant("1", "gigabytes", "1"),
+        Ok(Grant::bytes(5_000_000_000))
+    );
     assert_eq!(grant("5", "once", ""), Ok(Grant::once()));
     let short = grant("6", "once", "").unwrap_err();
-    assert!(short.ends_with("the payments do not reach the one-time price"), "{short}");
+    assert!(
+        short.ends_with("the payments do not reach the one-time price"),
+        "{short}"
+    );
     let time = grant("1", "minutes", "1").unwrap();
     assert_eq!(time.kind, dazaar_plugin_api::GrantKind::TIME);
     assert!((298_000..=300_000).contains(&time.remaining), "{time:?}");
