@@ -233,3 +233,58 @@ fn a_one_time_purchase_is_for_good() {
     });
     assert_eq!(synced["event"], "synced", "{synced}");
 }
+
+/// Cards with data units and `once` (without an interval) validate, and `dazaar quote`
+/// prices data with `--bytes` and a one-time entry as its amount.
+#[test]
+fn cards_and_quotes_for_data_and_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = "ab".repeat(32);
+    let card = serde_json::json!({
+        "id": key, "name": "ticks",
+        "payment": [
+            {"method": "ledger", "currency": "credits", "amount": "1", "unit": "kilobytes", "interval": "10"},
+            {"method": "ledger", "currency": "credits", "amount": 3, "unit": "once"},
+            {"method": "ledger", "currency": "credits", "amount": "2", "unit": "minutes", "interval": "1"}
+        ]
+    });
+    let card_file = dir.path().join("card.json");
+    std::fs::write(&card_file, card.to_string()).expect("write");
+    let v = dazaar(&["card", "validate", s(&card_file)]);
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+
+    let q = dazaar(&["quote", s(&card_file), "--bytes", "50000", "--json"]);
+    assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stderr));
+    let q = json_lines(&q.stdout);
+    assert_eq!(q.len(), 2, "the time entry is not asked: {q:?}");
+    assert_eq!(q[0]["bytes"], 50_000);
+    assert!(
+        (q[0]["amount"].as_f64().expect("amount") - 5.0).abs() < 1e-9,
+        "{q:?}"
+    );
+    assert_eq!(q[1]["once"], true);
+    assert!(
+        (q[1]["amount"].as_f64().expect("amount") - 3.0).abs() < 1e-9,
+        "{q:?}"
+    );
+    let q = dazaar(&[
+        "quote",
+        s(&card_file),
+        "--seconds",
+        "60",
+        "--bytes",
+        "1000",
+        "--json",
+    ]);
+    assert_eq!(json_lines(&q.stdout).len(), 3);
+
+    // A data unit still needs its interval.
+    let bad = serde_json::json!({
+        "id": key,
+        "payment": [{"method": "ledger", "currency": "credits", "amount": "1", "unit": "bytes"}]
+    });
+    std::fs::write(&card_file, bad.to_string()).expect("write");
+    let v = dazaar(&["card", "validate", s(&card_file)]);
+    assert!(!v.status.success());
+    assert!(String::from_utf8_lossy(&v.stderr).contains("interval"));
+}
