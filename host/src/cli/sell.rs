@@ -22,7 +22,8 @@ use super::terminal::{escape, Lines};
 pub struct SellArgs {
     /// The feed to sell (else every `[[sell]]` of the config).
     pub feed_dir: Option<PathBuf>,
-    /// Where to listen (default: the config's `listen`, else 127.0.0.1:0).
+    /// Where to listen (default: the config's `listen`, else 127.0.0.1:0). A `[[sell]]`
+    /// with its own `listen` keeps it.
     #[arg(long)]
     pub listen: Option<SocketAddr>,
     /// `free`, or the name of a payment plugin in the plugin dir.
@@ -120,6 +121,8 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
     };
     let identity = common.identity(settings.as_ref())?;
     let mut registry = PluginRegistry::new();
+    // Each product's own address (a `[[sell]]`'s `listen`), in the products' order.
+    let mut own_addrs = vec![None];
     let products = match (&args.feed_dir, &settings) {
         (Some(feed_dir), _) => {
             let price =
@@ -146,7 +149,10 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
             )?;
             vec![shop::product(&identity, feed_dir, gate, &options)?]
         }
-        (None, Some(settings)) => shop::products(settings, &identity, &mut registry, &options)?,
+        (None, Some(settings)) => {
+            own_addrs = shop::own_addrs(settings);
+            shop::products(settings, &identity, &mut registry, &options)?
+        }
         (None, None) => {
             anyhow::bail!("nothing to sell: give a feed directory or a config with [[sell]] tables")
         }
@@ -160,7 +166,8 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
     let discovery = args.discovery.options(settings.as_ref())?;
     runtime()?.block_on(async move {
         let shutdown = signals();
-        let shop = Shop::bind(products, listen).await?;
+        let addrs = shop::listen_addrs(&own_addrs, listen);
+        let shop = Shop::bind_each(products.into_iter().zip(addrs)).await?;
         let mut advertisers = Vec::new();
         for l in shop.listening() {
             let seller_key = hex::encode(l.seller_key);

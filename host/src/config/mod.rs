@@ -16,6 +16,7 @@
 //! [[sell]]
 //! feed = "feeds/market-data"
 //! name = "BTC/USD order book"
+//! listen = "0.0.0.0:4001"       # optional; default: the top-level listen (or --listen)
 //! revalidate_ms = 1000
 //! terms = "No redistribution."
 //! card = { description = "...", homepage = "...", contact = "...", provider = "..." }
@@ -192,6 +193,9 @@ pub struct SellSettings {
     pub feed: PathBuf,
     /// Product name (on the card).
     pub name: String,
+    /// The product's own address (`listen` in its `[[sell]]`); `None`: the seller's
+    /// default (`--listen`, else the top-level `listen`).
+    pub listen: Option<SocketAddr>,
     /// How often buyers are revalidated (and how long answers are cached).
     pub revalidate: Duration,
     /// Terms of use buyers must accept, if any.
@@ -467,6 +471,7 @@ struct RawDiscovery {
 struct RawSell {
     feed: Spanned<String>,
     name: Spanned<String>,
+    listen: Option<Spanned<String>>,
     revalidate_ms: Option<Spanned<u64>>,
     terms: Option<String>,
     #[serde(default)]
@@ -620,13 +625,7 @@ impl Ctx<'_> {
             None => self.path("~/.local/share/dazaar"),
         };
         let listen = match &raw.listen {
-            Some(l) => l.get_ref().parse::<SocketAddr>().map_err(|_| {
-                self.error(
-                    Some(l.span()),
-                    "listen".into(),
-                    format!("{:?} is not an address like 0.0.0.0:4000", l.get_ref()),
-                )
-            })?,
+            Some(l) => self.address(l, "listen")?,
             None => SocketAddr::from(([0, 0, 0, 0], 0)),
         };
         let plugin_dir = match &raw.plugin_dir {
@@ -647,9 +646,24 @@ impl Ctx<'_> {
                 bootstrap: vec![],
             },
         };
-        let mut sell = Vec::with_capacity(raw.sell.len());
+        let mut sell: Vec<SellSettings> = Vec::with_capacity(raw.sell.len());
         for (i, s) in raw.sell.into_iter().enumerate() {
-            sell.push(self.sell(i, s)?);
+            // Two products cannot listen on one fixed address (port 0 is always free).
+            let span = s.listen.as_ref().map(Spanned::span);
+            let product = self.sell(i, s)?;
+            if let Some(addr) = product.listen {
+                if let Some(j) = sell
+                    .iter()
+                    .position(|o| addr.port() != 0 && o.listen == Some(addr))
+                {
+                    return Err(self.error(
+                        span,
+                        format!("sell[{i}].listen"),
+                        format!("{addr} is already the address of sell[{j}]"),
+                    ));
+                }
+            }
+            sell.push(product);
         }
         let mut buy = BuySettings::default();
         if let Some(b) = raw.buy {
@@ -736,6 +750,16 @@ impl Ctx<'_> {
         })
     }
 
+    fn address(&self, l: &Spanned<String>, key: &str) -> Result<SocketAddr, ConfigError> {
+        l.get_ref().parse::<SocketAddr>().map_err(|_| {
+            self.error(
+                Some(l.span()),
+                key.into(),
+                format!("{:?} is not an address like 0.0.0.0:4000", l.get_ref()),
+            )
+        })
+    }
+
     fn nonempty_path(&self, s: &Spanned<String>, key: &str) -> Result<PathBuf, ConfigError> {
         if s.get_ref().trim().is_empty() {
             return Err(self.error(Some(s.span()), key.into(), "must not be empty".into()));
@@ -762,6 +786,10 @@ impl Ctx<'_> {
         if s.name.get_ref().trim().is_empty() {
             return Err(self.error(Some(s.name.span()), at("name"), "must not be empty".into()));
         }
+        let listen = match &s.listen {
+            Some(l) => Some(self.address(l, &at("listen"))?),
+            None => None,
+        };
         let revalidate = match &s.revalidate_ms {
             Some(r) if !(1..=3_600_000).contains(r.get_ref()) => {
                 return Err(self.error(
@@ -787,6 +815,7 @@ impl Ctx<'_> {
         Ok(SellSettings {
             feed,
             name: s.name.into_inner(),
+            listen,
             revalidate,
             terms: s.terms,
             card,

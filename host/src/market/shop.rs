@@ -5,6 +5,7 @@
 //! shop::products(&settings, &identity, &mut registry, &options)   every [[sell]]
 //! shop::product(&identity, feed_dir, gate, &options)              one feed, one gate
 //! Shop::bind(products, listen).await -> listening addresses
+//! Shop::bind_each(products.zip(listen_addrs(&own_addrs(&settings), listen)))   fixed ports
 //!   .run(net, shutdown, events).await                             until shutdown
 //! ```
 //!
@@ -340,17 +341,42 @@ pub struct Shop {
     products: Vec<(Arc<Product>, TcpListener)>,
 }
 
+/// Where each product listens: at its own address (`own[i]`, a `[[sell]]`'s `listen`)
+/// where it has one; the first product without one on `default`, the others without one
+/// on `default`'s IP and a free port.
+pub fn listen_addrs(own: &[Option<SocketAddr>], default: SocketAddr) -> Vec<SocketAddr> {
+    let mut default_taken = false;
+    own.iter()
+        .map(|addr| match addr {
+            Some(a) => *a,
+            None if !default_taken => {
+                default_taken = true;
+                default
+            }
+            None => SocketAddr::new(default.ip(), 0),
+        })
+        .collect()
+}
+
+/// The `[[sell]]` products' own addresses, in file order (the order of [`products`]).
+pub fn own_addrs(settings: &Settings) -> Vec<Option<SocketAddr>> {
+    settings.sell.iter().map(|s| s.listen).collect()
+}
+
 impl Shop {
     /// Binds one listener per product: the first on `listen`, the others on the same IP
     /// and a free port.
     pub async fn bind(products: Vec<Arc<Product>>, listen: SocketAddr) -> Result<Shop, ShopError> {
-        let mut bound = Vec::with_capacity(products.len());
-        for (i, product) in products.into_iter().enumerate() {
-            let addr = if i == 0 {
-                listen
-            } else {
-                SocketAddr::new(listen.ip(), 0)
-            };
+        let addrs = listen_addrs(&vec![None; products.len()], listen);
+        Shop::bind_each(products.into_iter().zip(addrs)).await
+    }
+
+    /// Binds each product's listener on its address (see [`listen_addrs`]).
+    pub async fn bind_each(
+        products: impl IntoIterator<Item = (Arc<Product>, SocketAddr)>,
+    ) -> Result<Shop, ShopError> {
+        let mut bound = Vec::new();
+        for (product, addr) in products {
             let listener = TcpListener::bind(addr)
                 .await
                 .map_err(|source| ShopError::Listen { addr, source })?;
