@@ -78,6 +78,10 @@ pub struct SellArgs {
     /// products of a config's `[[sell]]` tables, set `limits.payment_checks_per_ip`.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=100_000))]
     pub payment_checks_per_ip: Option<u32>,
+    /// Serve Prometheus metrics at http://ADDR/metrics and a health check at /healthz
+    /// (default: the config's `[metrics] listen`, else none).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
     /// One JSON object per line on stdout.
     #[arg(long)]
     pub json: bool,
@@ -162,6 +166,13 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
         .or_else(|| settings.as_ref().map(|s| s.listen))
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
     let net_config = options.limits.net_config();
+    let metrics_addr = args
+        .metrics
+        .or_else(|| settings.as_ref().and_then(|s| s.metrics));
+    // Installed before the first product serves, so nothing goes unrecorded.
+    let metrics = metrics_addr
+        .map(|_| dazaar::monitor::install())
+        .transpose()?;
     let json = args.json;
     let discovery = args.discovery.options(settings.as_ref())?;
     runtime()?.block_on(async move {
@@ -184,6 +195,24 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
                 shutdown.clone(),
                 json,
             )?);
+        }
+        if let (Some(addr), Some(handle)) = (metrics_addr, metrics) {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("metrics: listening on {addr}"))?;
+            let bound = listener.local_addr().unwrap_or(addr);
+            if json {
+                print_json(json!({"event": "metrics", "addr": bound.to_string()}));
+            } else {
+                println!("metrics on http://{bound}/metrics");
+            }
+            tokio::spawn(dazaar::monitor::serve(
+                listener,
+                handle,
+                shop.health(),
+                dazaar::monitor::HttpLimits::default(),
+                shutdown.clone(),
+            ));
         }
         let (ev_tx, mut ev_rx) = mpsc::channel::<SellerEvent>(1024);
         let serving = tokio::spawn(shop.run(net_config, shutdown.clone(), Some(ev_tx)));

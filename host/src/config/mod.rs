@@ -40,6 +40,9 @@
 //! unpaid_grace_secs = 60        # a buyer not valid this long is disconnected
 //! payment_checks_per_ip = 4     # fresh checks of unknown keys per second per address
 //!
+//! [metrics]                     # optional; a seller's /metrics and /healthz (HTTP)
+//! listen = "127.0.0.1:9464"
+//!
 //! [state]                       # optional; default sqlite: in data_dir
 //! url = "postgres://dazaar:secret@10.0.0.5/dazaar"   # or "sqlite:/var/lib/dazaar/state.db"
 //!
@@ -154,6 +157,9 @@ pub struct Settings {
     pub limits: LimitSettings,
     /// The seller's state database (`[state] url`); `None`: `sqlite:` in the data dir.
     pub state: Option<crate::state::StateUrl>,
+    /// Where a seller serves `/metrics` and `/healthz` (`[metrics] listen`); `None`: not
+    /// at all (unless `--metrics`).
+    pub metrics: Option<SocketAddr>,
 }
 
 /// The `[limits]` section: what strangers may hold of a seller.
@@ -438,6 +444,14 @@ struct RawFile {
     limits: Option<RawLimits>,
     #[serde(default)]
     state: Option<RawState>,
+    #[serde(default)]
+    metrics: Option<RawMetrics>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -691,6 +705,10 @@ impl Ctx<'_> {
             ),
             None => None,
         };
+        let metrics = match &raw.metrics {
+            Some(m) => Some(self.address(&m.listen, "metrics.listen")?),
+            None => None,
+        };
         let passphrase_env = raw
             .passphrase_env
             .map(|v| v.into_inner())
@@ -706,6 +724,7 @@ impl Ctx<'_> {
             buy,
             limits,
             state,
+            metrics,
         })
     }
 
