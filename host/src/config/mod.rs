@@ -16,6 +16,7 @@
 //! [[sell]]
 //! feed = "feeds/market-data"
 //! name = "BTC/USD order book"
+//! listen = "0.0.0.0:4001"       # optional; default: the top-level listen (or --listen)
 //! revalidate_ms = 1000
 //! terms = "No redistribution."
 //! card = { description = "...", homepage = "...", contact = "...", provider = "..." }
@@ -38,6 +39,9 @@
 //! max_connections_per_ip = 32   # 0: no per-address cap
 //! unpaid_grace_secs = 60        # a buyer not valid this long is disconnected
 //! payment_checks_per_ip = 4     # fresh checks of unknown keys per second per address
+//!
+//! [metrics]                     # optional; a seller's /metrics and /healthz (HTTP)
+//! listen = "127.0.0.1:9464"
 //!
 //! [state]                       # optional; default sqlite: in data_dir
 //! url = "postgres://dazaar:secret@10.0.0.5/dazaar"   # or "sqlite:/var/lib/dazaar/state.db"
@@ -153,6 +157,9 @@ pub struct Settings {
     pub limits: LimitSettings,
     /// The seller's state database (`[state] url`); `None`: `sqlite:` in the data dir.
     pub state: Option<crate::state::StateUrl>,
+    /// Where a seller serves `/metrics` and `/healthz` (`[metrics] listen`); `None`: not
+    /// at all (unless `--metrics`).
+    pub metrics: Option<SocketAddr>,
 }
 
 /// The `[limits]` section: what strangers may hold of a seller.
@@ -192,6 +199,9 @@ pub struct SellSettings {
     pub feed: PathBuf,
     /// Product name (on the card).
     pub name: String,
+    /// The product's own address (`listen` in its `[[sell]]`); `None`: the seller's
+    /// default (`--listen`, else the top-level `listen`).
+    pub listen: Option<SocketAddr>,
     /// How often buyers are revalidated (and how long answers are cached).
     pub revalidate: Duration,
     /// Terms of use buyers must accept, if any.
@@ -434,6 +444,14 @@ struct RawFile {
     limits: Option<RawLimits>,
     #[serde(default)]
     state: Option<RawState>,
+    #[serde(default)]
+    metrics: Option<RawMetrics>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -467,6 +485,7 @@ struct RawDiscovery {
 struct RawSell {
     feed: Spanned<String>,
     name: Spanned<String>,
+    listen: Option<Spanned<String>>,
     revalidate_ms: Option<Spanned<u64>>,
     terms: Option<String>,
     #[serde(default)]
@@ -620,13 +639,7 @@ impl Ctx<'_> {
             None => self.path("~/.local/share/dazaar"),
         };
         let listen = match &raw.listen {
-            Some(l) => l.get_ref().parse::<SocketAddr>().map_err(|_| {
-                self.error(
-                    Some(l.span()),
-                    "listen".into(),
-                    format!("{:?} is not an address like 0.0.0.0:4000", l.get_ref()),
-                )
-            })?,
+            Some(l) => self.address(l, "listen")?,
             None => SocketAddr::from(([0, 0, 0, 0], 0)),
         };
         let plugin_dir = match &raw.plugin_dir {
@@ -647,9 +660,24 @@ impl Ctx<'_> {
                 bootstrap: vec![],
             },
         };
-        let mut sell = Vec::with_capacity(raw.sell.len());
+        let mut sell: Vec<SellSettings> = Vec::with_capacity(raw.sell.len());
         for (i, s) in raw.sell.into_iter().enumerate() {
-            sell.push(self.sell(i, s)?);
+            // Two products cannot listen on one fixed address (port 0 is always free).
+            let span = s.listen.as_ref().map(Spanned::span);
+            let product = self.sell(i, s)?;
+            if let Some(addr) = product.listen {
+                if let Some(j) = sell
+                    .iter()
+                    .position(|o| addr.port() != 0 && o.listen == Some(addr))
+                {
+                    return Err(self.error(
+                        span,
+                        format!("sell[{i}].listen"),
+                        format!("{addr} is already the address of sell[{j}]"),
+                    ));
+                }
+            }
+            sell.push(product);
         }
         let mut buy = BuySettings::default();
         if let Some(b) = raw.buy {
@@ -677,6 +705,10 @@ impl Ctx<'_> {
             ),
             None => None,
         };
+        let metrics = match &raw.metrics {
+            Some(m) => Some(self.address(&m.listen, "metrics.listen")?),
+            None => None,
+        };
         let passphrase_env = raw
             .passphrase_env
             .map(|v| v.into_inner())
@@ -692,6 +724,7 @@ impl Ctx<'_> {
             buy,
             limits,
             state,
+            metrics,
         })
     }
 
@@ -736,6 +769,16 @@ impl Ctx<'_> {
         })
     }
 
+    fn address(&self, l: &Spanned<String>, key: &str) -> Result<SocketAddr, ConfigError> {
+        l.get_ref().parse::<SocketAddr>().map_err(|_| {
+            self.error(
+                Some(l.span()),
+                key.into(),
+                format!("{:?} is not an address like 0.0.0.0:4000", l.get_ref()),
+            )
+        })
+    }
+
     fn nonempty_path(&self, s: &Spanned<String>, key: &str) -> Result<PathBuf, ConfigError> {
         if s.get_ref().trim().is_empty() {
             return Err(self.error(Some(s.span()), key.into(), "must not be empty".into()));
@@ -762,6 +805,10 @@ impl Ctx<'_> {
         if s.name.get_ref().trim().is_empty() {
             return Err(self.error(Some(s.name.span()), at("name"), "must not be empty".into()));
         }
+        let listen = match &s.listen {
+            Some(l) => Some(self.address(l, &at("listen"))?),
+            None => None,
+        };
         let revalidate = match &s.revalidate_ms {
             Some(r) if !(1..=3_600_000).contains(r.get_ref()) => {
                 return Err(self.error(
@@ -787,6 +834,7 @@ impl Ctx<'_> {
         Ok(SellSettings {
             feed,
             name: s.name.into_inner(),
+            listen,
             revalidate,
             terms: s.terms,
             card,

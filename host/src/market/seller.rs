@@ -28,6 +28,7 @@ use super::metering::{self, Meters, DATA_USED_UP, MAX_METERS, TOO_MANY_METERED};
 use super::revocation::{RevocationList, Standing};
 use super::seller_state::{Action, SellerState, StateSettings};
 use crate::crypto::NoiseKeyPair;
+use crate::monitor::{names, CountWrites};
 use crate::net::{self, ChannelSpec, Command, ConnectionOptions, NetConfig, NetEvent, SharedFeed};
 use crate::payments::{
     encode_user_message, parse_user_message, MessageBudget, Now, PaymentGate, Validation,
@@ -198,6 +199,8 @@ pub struct Product {
     metered: bool,
     /// The buyers' byte meters (see [`super::metering`]).
     meters: Meters,
+    /// The product's label in the metrics: its seller key, hex.
+    metric_label: metrics::SharedString,
 }
 
 impl std::fmt::Debug for Product {
@@ -258,7 +261,9 @@ impl Product {
             .entries()
             .iter()
             .any(|e| matches!(e.terms.unit.parse::<Unit>(), Ok(Unit::Data(_))));
+        let metric_label = hex::encode(seller_keys.public_key()).into();
         Arc::new(Product {
+            metric_label,
             leases,
             metered,
             meters: Meters::new(MAX_METERS),
@@ -565,6 +570,10 @@ pub async fn handle_connection(
     let conn_id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
     // For the payment gate's per-IP limits on strangers.
     let peer_ip = stream.peer_addr().ok().map(|a| a.ip());
+    let uploaded =
+        metrics::counter!(names::BYTES_UPLOADED, names::PRODUCT => product.metric_label.clone());
+    let stream = CountWrites::new(stream, uploaded);
+    let mut gauges = BuyerGauges::new(product.metric_label.clone());
     let mut messages = product.gate.message_budget();
     let (ev_tx, mut ev_rx) = mpsc::channel::<NetEvent>(256);
     let (cmd_tx, cmd_rx) = mpsc::channel::<Command<FsStore>>(64);
@@ -647,6 +656,7 @@ pub async fn handle_connection(
                         product.record_sale(buyer, &answer);
                     }
                     was_valid = answer.is_valid();
+                    gauges.set_valid(was_valid);
                     let feed_key = product.buyer_feed_key(&buyer);
                     state.handle_validation(&answer, feed_key, Instant::now().into_std());
                 }
@@ -730,6 +740,7 @@ pub async fn handle_connection(
                     };
                     if let Some(answer) = answer {
                         was_valid = false;
+                        gauges.set_valid(false);
                         held = None;
                         let feed_key = product.buyer_feed_key(&b);
                         state.handle_validation(&answer, feed_key, Instant::now().into_std());
@@ -739,6 +750,7 @@ pub async fn handle_connection(
             ev = ev_rx.recv() => match ev {
                 None => break (&mut conn).await,
                 Some(NetEvent::Connected { remote_public_key }) => {
+                    gauges.set_connected();
                     product.claim(remote_public_key, conn_id, cmd_tx.clone());
                     if product.metered {
                         meter = product.meters.get(remote_public_key);
@@ -781,10 +793,70 @@ pub async fn handle_connection(
         Some(e) => tracing::info!(error = %e, "buyer connection ended"),
         None => tracing::debug!("buyer connection closed"),
     }
+    if buyer.is_none() && error.is_some() {
+        metrics::counter!(names::HANDSHAKES_FAILED, names::PRODUCT => product.metric_label.clone())
+            .increment(1);
+    }
+    drop(gauges);
     report
         .push(SellerEvent::BuyerDisconnected { buyer, error })
         .await;
     report.flush().await;
+}
+
+/// One connection's share of its product's buyer gauges ([`names::BUYERS_CONNECTED`],
+/// [`names::BUYERS_VALID`]): each is raised once when it becomes true and lowered when it
+/// turns false or the connection ends, so the gauges cannot drift.
+struct BuyerGauges {
+    product: metrics::SharedString,
+    connected: Option<metrics::Gauge>,
+    valid: Option<metrics::Gauge>,
+}
+
+impl BuyerGauges {
+    fn new(product: metrics::SharedString) -> Self {
+        BuyerGauges {
+            product,
+            connected: None,
+            valid: None,
+        }
+    }
+
+    /// The buyer finished the handshake.
+    fn set_connected(&mut self) {
+        if self.connected.is_none() {
+            let g =
+                metrics::gauge!(names::BUYERS_CONNECTED, names::PRODUCT => self.product.clone());
+            g.increment(1.0);
+            self.connected = Some(g);
+        }
+    }
+
+    /// The buyer's latest answer.
+    fn set_valid(&mut self, valid: bool) {
+        match (valid, self.valid.take()) {
+            (true, None) => {
+                let g =
+                    metrics::gauge!(names::BUYERS_VALID, names::PRODUCT => self.product.clone());
+                g.increment(1.0);
+                self.valid = Some(g);
+            }
+            (true, Some(g)) => self.valid = Some(g),
+            (false, Some(g)) => g.decrement(1.0),
+            (false, None) => {}
+        }
+    }
+}
+
+impl Drop for BuyerGauges {
+    fn drop(&mut self) {
+        for g in [self.connected.take(), self.valid.take()]
+            .into_iter()
+            .flatten()
+        {
+            g.decrement(1.0);
+        }
+    }
 }
 
 /// The reason sent when the seller's state cannot be read and the buyer holds no grant.

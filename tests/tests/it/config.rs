@@ -56,6 +56,14 @@ method = "lightning"
 address = "https://127.0.0.1:10009"
 "#;
 
+/// The per-second rate of a time price (the entries of `full_valid_file` are all time).
+fn time_rate(price: &dazaar_plugin_api::Price) -> f64 {
+    match price {
+        dazaar_plugin_api::Price::Time(rate) => rate.rate_per_second(),
+        other => panic!("not a time price: {other:?}"),
+    }
+}
+
 fn file() -> PathBuf {
     PathBuf::from("/etc/dazaar/dazaar.toml")
 }
@@ -108,10 +116,7 @@ fn full_valid_file() {
     assert_eq!(lnd.terms.interval.as_str(), "600");
     assert_eq!(lnd.terms.min_seconds, 2.0);
     assert_eq!(lnd.terms.payment_delay_ms, 5000);
-    let dazaar_plugin_api::Price::Time(rate) = lnd.price else {
-        panic!("{:?}", lnd.price)
-    };
-    assert!((rate.rate_per_second() - 1000.0 / 600.0).abs() < 1e-12);
+    assert!((time_rate(&lnd.price) - 1000.0 / 600.0).abs() < 1e-12);
     // The plugin's own table arrives as TOML text, unknown keys and all.
     let table: toml::Table = lnd.config.parse().unwrap();
     assert_eq!(table["address"].as_str(), Some("https://127.0.0.1:10009"));
@@ -121,10 +126,7 @@ fn full_valid_file() {
     assert_eq!(ledger.method, None);
     assert_eq!(ledger.spec().method, None);
     assert_eq!(ledger.spec().plugin, "ledger");
-    let dazaar_plugin_api::Price::Time(rate) = ledger.price else {
-        panic!("{:?}", ledger.price)
-    };
-    assert!((rate.rate_per_second() - 1.5 / 3600.0).abs() < 1e-12);
+    assert!((time_rate(&ledger.price) - 1.5 / 3600.0).abs() < 1e-12);
 
     let b = &s.sell[1];
     assert_eq!(b.feed, Path::new("/abs/feed"));

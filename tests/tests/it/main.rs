@@ -24,6 +24,7 @@ mod market;
 mod market_cli;
 mod plugins;
 mod pricing;
+mod service;
 mod state;
 mod stripe;
 mod wire;
