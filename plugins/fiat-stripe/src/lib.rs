@@ -421,12 +421,7 @@ fn lock(state: &Mutex<State>) -> Result<std::sync::MutexGuard<'_, State>, String
 }
 
 /// Handles one verified webhook event body; `saver` is woken to write what changed.
-fn on_event(
-    state: &Mutex<State>,
-    max_buyers: usize,
-    saver: Option<&SyncSender<()>>,
-    body: &[u8],
-) {
+fn on_event(state: &Mutex<State>, max_buyers: usize, saver: Option<&SyncSender<()>>, body: &[u8]) {
     let Ok(event) = serde_json::from_slice::<Value>(body) else {
         tracing::debug!("webhook event is not JSON");
         return;
