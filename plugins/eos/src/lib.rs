@@ -521,15 +521,17 @@ impl EosPlugin {
             block_num: t.block_num,
         };
         tracing::debug!(account, buyer = %hex::encode(buyer), quantity = ?found.quantity, "payment found");
-        self.keep(account, a, seller, buyer, found.clone())
-            .then(|| SavedTransfer {
-                seller,
-                buyer,
-                id: found.id,
-                quantity: found.quantity,
-                time_ms: found.time_ms,
-                block_num: found.block_num,
-            })
+        if !self.keep(account, a, seller, buyer, found.clone()) {
+            return None;
+        }
+        Some(SavedTransfer {
+            seller,
+            buyer,
+            id: found.id,
+            quantity: found.quantity,
+            time_ms: found.time_ms,
+            block_num: found.block_num,
+        })
     }
 
     /// Adds `found` to `a` unless it is known or `max_payments` is reached.
