@@ -5,7 +5,7 @@
 //! ```text
 //! crypto, wire::varint  <-  storage  <-  wire  <-  noise  <-  protocol   (sans-IO, no tokio)
 //!                       <-  card, state                                  (no network)
-//! net (tokio: sockets, timers)  <-  market, payments, discovery  <-  cli
+//! net (tokio: sockets, timers), monitor  <-  market, payments, discovery  <-  cli
 //! ```
 
 use std::path::Path;
@@ -85,6 +85,25 @@ const RULES: &[(&str, &[&str])] = &[
             "config",
             "state",
             "tokio",
+        ],
+    ),
+    // monitor is a driver of its own (tokio, the metrics facade): the layers record into
+    // it, it imports none of them.
+    (
+        "monitor",
+        &[
+            "net",
+            "protocol",
+            "market",
+            "payments",
+            "discovery",
+            "cli",
+            "config",
+            "state",
+            "card",
+            "storage",
+            "wire",
+            "noise",
         ],
     ),
     // state may ask tokio whether it runs on a runtime thread (the PostgreSQL client must

@@ -9,6 +9,8 @@
 //! - [`noise`]: the Noise XX handshake and the XSalsa20 transport cipher.
 //! - [`protocol`]: the sans-IO protocol session (channels, replication, extensions).
 //! - [`net`]: the tokio driver.
+//! - [`monitor`]: metric names, the Prometheus recorder, and the `/metrics` and
+//!   `/healthz` HTTP server (tokio; uses no other layer).
 //! - [`card`], [`payments`], [`config`], [`market`], [`discovery`]: the marketplace.
 //!
 //! `storage`, `wire`, `noise` and `protocol` never touch tokio or a clock.
@@ -22,6 +24,7 @@ pub mod fs_atomic;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod market;
+pub mod monitor;
 pub mod net;
 pub mod noise;
 pub mod payments;

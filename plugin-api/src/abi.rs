@@ -79,9 +79,10 @@ pub struct PaymentTerms {
     pub currency: RString,
     /// Card `amount`.
     pub amount: RString,
-    /// Card `unit`: `seconds`, `minutes` or `hours`.
+    /// Card `unit`: `seconds`, `minutes`, `hours`, `bytes`, `kilobytes`, `megabytes`,
+    /// `gigabytes` or `once` (see [`Unit`](crate::pricing::Unit)).
     pub unit: RString,
-    /// Card `interval`.
+    /// Card `interval` (ignored, possibly empty, for `once`).
     pub interval: RString,
     /// Card `payTo`, if any.
     pub pay_to: ROption<RString>,
@@ -104,17 +105,23 @@ impl GrantKind {
     pub const FREE: GrantKind = GrantKind(0);
     /// `remaining` is milliseconds of access.
     pub const TIME: GrantKind = GrantKind(1);
-    /// `remaining` is bytes of data.
+    /// `remaining` is the bytes of data all the buyer's payments bought (the allowance,
+    /// not what is left: a plugin does not know what was sent; the host meters the bytes
+    /// it uploads and subtracts them).
     pub const BYTES: GrantKind = GrantKind(2);
+    /// Permanent access bought with a one-time payment (`remaining` is 0). Added without
+    /// an API version change: a host that predates it refuses the unknown kind, so a
+    /// buyer is never given access by mistake (fail closed).
+    pub const ONCE: GrantKind = GrantKind(3);
 }
 
 /// A successful validation: the buyer may have the data.
 #[repr(C)]
 #[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Grant {
-    /// Free, time or bytes.
+    /// Free, time, bytes or once.
     pub kind: GrantKind,
-    /// Milliseconds or bytes left (0 for free).
+    /// Milliseconds left, or the bytes bought (0 for free and once).
     pub remaining: u64,
 }
 
@@ -143,9 +150,19 @@ impl Grant {
         }
     }
 
+    /// Permanent access: the one-time price is paid.
+    pub const fn once() -> Grant {
+        Grant {
+            kind: GrantKind::ONCE,
+            remaining: 0,
+        }
+    }
+
     /// The `dazaar/valid` JSON the JS world expects: `{"type":"free"}`,
-    /// `{"type":"time","remaining":ms}` or `{"type":"bytes","remaining":n}`.
-    /// `None` for a kind this version does not know.
+    /// `{"type":"time","remaining":ms}`, `{"type":"bytes","remaining":n}` or
+    /// `{"type":"once"}` (no `remaining`: access does not run out; a JS buyer treats an
+    /// unknown type as valid info to show). For bytes the host sends the bytes left after
+    /// metering, not the plugin's allowance. `None` for a kind this version does not know.
     pub fn to_json(&self) -> Option<serde_json::Value> {
         match self.kind {
             GrantKind::FREE => Some(serde_json::json!({"type": "free"})),
@@ -155,6 +172,7 @@ impl Grant {
             GrantKind::BYTES => {
                 Some(serde_json::json!({"type": "bytes", "remaining": self.remaining}))
             }
+            GrantKind::ONCE => Some(serde_json::json!({"type": "once"})),
             _ => None,
         }
     }

@@ -7,8 +7,9 @@
 //!
 //! Also here, for plugins and host alike:
 //! - [`pricing`]: the price-to-time rules of `payment-tracker@0.1.0` ([`Rate`],
-//!   [`Payment`]), so every plugin reports payments and agrees on the time left, and
-//!   answers `validate` the same way ([`Rate::grant`], [`Refusal`]);
+//!   [`Payment`]) and the data and one-time rules beside them ([`Price`], [`Unit`]), so
+//!   every plugin reports payments, agrees on what they bought, and answers `validate`
+//!   the same way ([`Price::grant`], [`Refusal`]);
 //! - [`ledger`]: ledger lines (payments recorded by hand), read and written the same
 //!   way by the ledger plugin and the host;
 //! - [`memo`]: the memo binding a payment to a buyer, `dazaar: <seller> <buyer>`;
@@ -81,7 +82,9 @@ pub use plugin::__private;
 pub use plugin::{
     guard, Description, OutgoingMessage, PaymentInstructions, PaymentPlugin, PluginStore, Request,
 };
-pub use pricing::{Payment, PricingError, Rate, Refusal, TimeUnit};
+pub use pricing::{
+    DataRate, DataUnit, OncePrice, Payment, Price, PricingError, Rate, Refusal, TimeUnit, Unit,
+};
 pub use settings::{expand_home, HomeNotSet};
 
 /// The longest prefix of `text` that is at most `max` bytes and ends on a character

@@ -13,7 +13,7 @@ use crate::abi::{
     Verifier_TO, API_VERSION,
 };
 use crate::memo::Key;
-use crate::pricing::{PricingError, Rate};
+use crate::pricing::{Price, PricingError, Rate, Unit};
 
 /// What a plugin says about itself, in plain Rust types.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,8 +60,21 @@ impl Request<'_> {
 }
 
 impl PaymentTerms {
-    /// The price as a draining rate, with `minSeconds` and `paymentDelay` applied.
+    /// The price under its unit's rule, with `minSeconds` and `paymentDelay` applied to a
+    /// time price. Plugins answer `validate` with [`Price::grant`], so all agree.
+    pub fn price(&self) -> Result<Price, PricingError> {
+        match self.unit.parse::<Unit>()? {
+            Unit::Time(_) => self.rate().map(Price::Time),
+            _ => Price::from_card(&self.amount, &self.unit, &self.interval),
+        }
+    }
+
+    /// The price as a draining rate, with `minSeconds` and `paymentDelay` applied; an
+    /// error for a card priced by data or once.
     pub fn rate(&self) -> Result<Rate, PricingError> {
+        if !matches!(self.unit.parse::<Unit>()?, Unit::Time(_)) {
+            return Err(PricingError::NotTime(self.unit.to_string()));
+        }
         Ok(Rate::from_card(&self.amount, &self.unit, &self.interval)?
             .with_min_seconds(self.min_seconds)?
             .with_payment_delay_ms(self.payment_delay_ms))
@@ -454,6 +467,14 @@ mod tests {
             Some(serde_json::json!({"type":"time","remaining":5}))
         );
         assert_eq!(
+            Grant::bytes(7).to_json(),
+            Some(serde_json::json!({"type":"bytes","remaining":7}))
+        );
+        assert_eq!(
+            Grant::once().to_json(),
+            Some(serde_json::json!({"type":"once"}))
+        );
+        assert_eq!(
             Grant {
                 kind: crate::GrantKind(9),
                 remaining: 0
@@ -471,5 +492,31 @@ mod tests {
         assert!((r.rate_per_second() - 10.0).abs() < 1e-12);
         t.unit = "fortnights".into();
         assert!(t.rate().is_err());
+        assert!(t.price().is_err());
+    }
+
+    #[test]
+    fn terms_price_for_each_unit() {
+        use crate::pricing::{Payment, Price};
+        let pay = [Payment {
+            amount: 5.0,
+            time_ms: 0,
+        }];
+        let mut t = PaymentTerms::new("ledger", "SATS", "1", "bytes", "10000");
+        assert_eq!(t.price().unwrap().grant(&pay, 1), Ok(Grant::bytes(50_000)));
+        assert!(t.rate().is_err(), "a data price is not a rate");
+        t.unit = "kilobytes".into();
+        assert_eq!(
+            t.price().unwrap().grant(&pay, 1),
+            Ok(Grant::bytes(50_000_000))
+        );
+        t.unit = "once".into();
+        t.interval = "".into();
+        assert_eq!(t.price().unwrap().grant(&pay, 1), Ok(Grant::once()));
+        t.unit = "seconds".into();
+        t.interval = "1".into();
+        t.min_seconds = 2.0;
+        assert!(matches!(t.price(), Ok(Price::Time(_))));
+        assert_eq!(t.price().unwrap().grant(&pay, 0), Ok(Grant::time_ms(3000)));
     }
 }

@@ -1,4 +1,13 @@
-//! Price to time: the rules of `payment-tracker@0.1.0`, as a pure function.
+//! Price to access: the rules of `payment-tracker@0.1.0` for time, and the data and
+//! one-time rules beside them, as pure functions every plugin shares.
+//!
+//! A card's `unit` picks the rule ([`Unit`], [`Price`]):
+//! - time (`seconds`, `minutes`, `hours`): the draining [`Rate`] below;
+//! - data (`bytes`, `kilobytes` = 1e3, `megabytes` = 1e6, `gigabytes` = 1e9): `amount` buys
+//!   `interval` units of data. Payments add up to an allowance of bytes, which does not
+//!   drain over time ([`DataRate`]); the host meters what it sends against it;
+//! - `once`: the sum of payments reaching `amount` grants access for good, including
+//!   everything appended later; `interval` is ignored ([`OncePrice`]).
 //!
 //! A card payment entry says "`amount` buys `interval` `unit`s". That gives a rate
 //! `per_second = amount / (interval * unit_seconds)`. Payments, in time order, add funds;
@@ -25,9 +34,23 @@ use crate::abi::Grant;
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum PricingError {
-    /// The unit is not `seconds`, `minutes` or `hours`.
-    #[error("unknown time unit {0:?} (expected seconds, minutes or hours)")]
+    /// The unit is none of [`Unit::NAMES`].
+    #[error("unknown unit {0:?} (expected seconds, minutes, hours, bytes, kilobytes, megabytes, gigabytes or once)")]
     UnknownUnit(String),
+    /// A time rate was asked for a card priced by data or once.
+    #[error("unit {0:?} is not a time unit")]
+    NotTime(String),
+    /// The amount over the interval is too large or too small a number of bytes per unit
+    /// of money to compute with.
+    #[error("amount {amount:?} per {interval:?} {unit} is not a usable price")]
+    BadDataRate {
+        /// The card's amount.
+        amount: String,
+        /// The card's interval.
+        interval: String,
+        /// The card's unit.
+        unit: DataUnit,
+    },
     /// The amount is not a positive finite number.
     #[error("amount {0:?} is not a positive number")]
     BadAmount(String),
@@ -260,6 +283,9 @@ pub enum Refusal {
     /// Payments were made, but the time they bought is over.
     #[error("the paid time has run out")]
     TimeRanOut,
+    /// Payments were made, but together they do not reach a one-time price.
+    #[error("the payments do not reach the one-time price")]
+    NotEnough,
 }
 
 impl Refusal {
@@ -270,6 +296,261 @@ impl Refusal {
         match self {
             Refusal::NoPayment => no_payment(),
             other => other.to_string(),
+        }
+    }
+}
+
+/// A data unit of a card payment entry: `amount` buys `interval` of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DataUnit {
+    /// One byte.
+    Bytes,
+    /// 1,000 bytes.
+    Kilobytes,
+    /// 10^6 bytes.
+    Megabytes,
+    /// 10^9 bytes.
+    Gigabytes,
+}
+
+impl DataUnit {
+    /// The size of one unit in bytes.
+    pub fn bytes(self) -> f64 {
+        match self {
+            DataUnit::Bytes => 1.0,
+            DataUnit::Kilobytes => 1e3,
+            DataUnit::Megabytes => 1e6,
+            DataUnit::Gigabytes => 1e9,
+        }
+    }
+
+    /// The name used on Dazaar cards.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataUnit::Bytes => "bytes",
+            DataUnit::Kilobytes => "kilobytes",
+            DataUnit::Megabytes => "megabytes",
+            DataUnit::Gigabytes => "gigabytes",
+        }
+    }
+}
+
+impl fmt::Display for DataUnit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Any unit a card payment entry may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Unit {
+    /// Access drains over time.
+    Time(TimeUnit),
+    /// Payments buy an allowance of bytes.
+    Data(DataUnit),
+    /// Payments reaching the amount buy permanent access.
+    Once,
+}
+
+impl Unit {
+    /// Every spelling a card may use, time units first.
+    pub const NAMES: [&'static str; 8] = [
+        "seconds",
+        "minutes",
+        "hours",
+        "bytes",
+        "kilobytes",
+        "megabytes",
+        "gigabytes",
+        "once",
+    ];
+
+    /// The name used on Dazaar cards.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unit::Time(t) => t.as_str(),
+            Unit::Data(d) => d.as_str(),
+            Unit::Once => "once",
+        }
+    }
+
+    /// Whether the card's `interval` means anything for this unit (not for `once`).
+    pub fn uses_interval(self) -> bool {
+        !matches!(self, Unit::Once)
+    }
+}
+
+impl fmt::Display for Unit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Unit {
+    type Err = PricingError;
+
+    /// Parses the card spelling exactly (lower case, as the JS code compares units).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "bytes" => Ok(Unit::Data(DataUnit::Bytes)),
+            "kilobytes" => Ok(Unit::Data(DataUnit::Kilobytes)),
+            "megabytes" => Ok(Unit::Data(DataUnit::Megabytes)),
+            "gigabytes" => Ok(Unit::Data(DataUnit::Gigabytes)),
+            "once" => Ok(Unit::Once),
+            other => other.parse().map(Unit::Time),
+        }
+    }
+}
+
+/// A data price: how many bytes one unit of money buys. Payments add up; the allowance
+/// never drains with time (the host counts the bytes it sends against it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DataRate {
+    bytes_per_unit_of_money: f64,
+}
+
+/// Sums the amounts that count: finite and positive (a refund or garbage adds nothing).
+fn paid(payments: &[Payment]) -> f64 {
+    payments
+        .iter()
+        .map(|p| p.amount)
+        .filter(|a| a.is_finite() && *a > 0.0)
+        .sum()
+}
+
+impl DataRate {
+    /// Builds a data price from a card entry: `amount` buys `interval` `unit`s.
+    pub fn from_card(amount: &str, unit: DataUnit, interval: &str) -> Result<Self, PricingError> {
+        let amount_v = positive(amount).ok_or_else(|| PricingError::BadAmount(amount.into()))?;
+        let interval_v =
+            positive(interval).ok_or_else(|| PricingError::BadInterval(interval.into()))?;
+        let per = interval_v * unit.bytes() / amount_v;
+        if !(per.is_finite() && per > 0.0) {
+            return Err(PricingError::BadDataRate {
+                amount: amount.into(),
+                interval: interval.into(),
+                unit,
+            });
+        }
+        Ok(DataRate {
+            bytes_per_unit_of_money: per,
+        })
+    }
+
+    /// Bytes bought by one unit of money.
+    pub fn bytes_per_unit_of_money(&self) -> f64 {
+        self.bytes_per_unit_of_money
+    }
+
+    /// What `bytes` of data cost.
+    pub fn cost(&self, bytes: u64) -> f64 {
+        bytes as f64 / self.bytes_per_unit_of_money
+    }
+
+    /// The bytes all these payments bought together: `floor(sum * bytes per unit)`,
+    /// saturating at `u64::MAX`. Payment times do not matter.
+    pub fn allowance(&self, payments: &[Payment]) -> u64 {
+        let b = (paid(payments) * self.bytes_per_unit_of_money).floor();
+        if b > 0.0 {
+            // Saturating float-to-int conversion.
+            b as u64
+        } else {
+            0
+        }
+    }
+
+    /// A plugin's answer: [`Refusal::NoPayment`] without payments, otherwise
+    /// [`Grant::bytes`] with the whole allowance bought so far (the host subtracts what it
+    /// has sent; an allowance of 0 is a grant with nothing to send).
+    pub fn grant(&self, payments: &[Payment]) -> Result<Grant, Refusal> {
+        if payments.is_empty() {
+            Err(Refusal::NoPayment)
+        } else {
+            Ok(Grant::bytes(self.allowance(payments)))
+        }
+    }
+}
+
+/// A one-time price: once the payments add up to `amount`, access is for good.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OncePrice {
+    amount: f64,
+}
+
+impl OncePrice {
+    /// Builds a one-time price from a card entry's `amount` (the interval is ignored).
+    pub fn from_card(amount: &str) -> Result<Self, PricingError> {
+        let amount = positive(amount).ok_or_else(|| PricingError::BadAmount(amount.into()))?;
+        Ok(OncePrice { amount })
+    }
+
+    /// The price.
+    pub fn amount(&self) -> f64 {
+        self.amount
+    }
+
+    /// Whether the payments together reach the price. A relative slack of 1e-9 absorbs
+    /// float rounding in sums such as ten payments of 0.1 against 1.
+    pub fn is_paid(&self, payments: &[Payment]) -> bool {
+        paid(payments) >= self.amount * (1.0 - 1e-9)
+    }
+
+    /// A plugin's answer: [`Grant::once`] when paid, [`Refusal::NoPayment`] without
+    /// payments, [`Refusal::NotEnough`] when the payments fall short.
+    pub fn grant(&self, payments: &[Payment]) -> Result<Grant, Refusal> {
+        if payments.is_empty() {
+            Err(Refusal::NoPayment)
+        } else if self.is_paid(payments) {
+            Ok(Grant::once())
+        } else {
+            Err(Refusal::NotEnough)
+        }
+    }
+}
+
+/// A card payment entry's price under whichever rule its unit picks. This is what a
+/// plugin turns a buyer's payments into a [`Grant`] with.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Price {
+    /// Time that drains.
+    Time(Rate),
+    /// An allowance of bytes.
+    Data(DataRate),
+    /// Permanent access once paid.
+    Once(OncePrice),
+}
+
+impl Price {
+    /// Builds the price from a card entry's `amount`, `unit` and `interval` (the interval
+    /// is not read for `once`). Time prices have no window options here; see
+    /// [`PaymentTerms::price`](crate::PaymentTerms::price).
+    pub fn from_card(amount: &str, unit: &str, interval: &str) -> Result<Price, PricingError> {
+        match unit.parse::<Unit>()? {
+            Unit::Time(_) => Rate::from_card(amount, unit, interval).map(Price::Time),
+            Unit::Data(d) => DataRate::from_card(amount, d, interval).map(Price::Data),
+            Unit::Once => OncePrice::from_card(amount).map(Price::Once),
+        }
+    }
+
+    /// A plugin's answer for a buyer whose payments (for this product, in the card's
+    /// currency) are `payments`, by the price's rule: [`Rate::grant`],
+    /// [`DataRate::grant`] or [`OncePrice::grant`].
+    pub fn grant(&self, payments: &[Payment], now_ms: u64) -> Result<Grant, Refusal> {
+        match self {
+            Price::Time(r) => r.grant(payments, now_ms),
+            Price::Data(d) => d.grant(payments),
+            Price::Once(o) => o.grant(payments),
+        }
+    }
+
+    /// Whether these payments grant anything now: time left, a non-empty allowance, or
+    /// the one-time price reached. A plugin may stop looking for more payments once true
+    /// (for data, more payments would still raise the allowance).
+    pub fn is_active(&self, payments: &[Payment], now_ms: u64) -> bool {
+        match self {
+            Price::Time(r) => r.is_active(payments, now_ms),
+            Price::Data(d) => d.allowance(payments) > 0,
+            Price::Once(o) => o.is_paid(payments),
         }
     }
 }
@@ -312,7 +593,7 @@ mod tests {
         assert!(Rate::from_card("1", "Seconds", "1").is_err());
         let msg = Rate::from_card("1", "weeks", "1").unwrap_err().to_string();
         assert!(
-            msg.contains("weeks") && msg.contains("seconds, minutes or hours"),
+            msg.contains("weeks") && msg.contains("seconds, minutes, hours, bytes"),
             "{msg}"
         );
     }
@@ -550,6 +831,137 @@ mod tests {
             Refusal::NoPayment.to_string(),
             "no payment found for this buyer"
         );
+    }
+
+    #[test]
+    fn every_unit_parses() {
+        for name in Unit::NAMES {
+            let unit: Unit = name.parse().unwrap();
+            assert_eq!(unit.as_str(), name);
+        }
+        assert_eq!("once".parse::<Unit>(), Ok(Unit::Once));
+        assert!(!Unit::Once.uses_interval());
+        assert!("Bytes".parse::<Unit>().is_err());
+        assert!("days".parse::<Unit>().is_err());
+    }
+
+    #[test]
+    fn data_units_buy_bytes() {
+        // 1 credit buys 10,000 bytes; 5 credits, 50,000.
+        for (unit, size) in [
+            ("bytes", 1u64),
+            ("kilobytes", 1_000),
+            ("megabytes", 1_000_000),
+            ("gigabytes", 1_000_000_000),
+        ] {
+            let p = Price::from_card("1", unit, "10000").unwrap();
+            let Price::Data(d) = p else {
+                panic!("{unit}: {p:?}")
+            };
+            assert_eq!(d.allowance(&[pay(5.0, T0)]), 50_000 * size, "{unit}");
+            assert_eq!(
+                p.grant(&[pay(5.0, T0)], T0),
+                Ok(Grant::bytes(50_000 * size))
+            );
+            // Payments add up, whenever they were made, and do not drain.
+            let two = [pay(5.0, 0), pay(10.0, T0)];
+            assert_eq!(p.grant(&two, u64::MAX), Ok(Grant::bytes(150_000 * size)));
+            assert_eq!(p.grant(&[], T0), Err(Refusal::NoPayment));
+            assert!(p.is_active(&two, u64::MAX));
+        }
+        // 2 credits per kilobyte: 1 credit buys 500 bytes.
+        let d = DataRate::from_card("2", DataUnit::Kilobytes, "1").unwrap();
+        assert_eq!(d.allowance(&[pay(1.0, T0)]), 500);
+        assert!((d.cost(1000) - 2.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn data_payments_that_do_not_count() {
+        let p = Price::from_card("1", "bytes", "100").unwrap();
+        // A refund, a zero or garbage buys nothing and takes nothing away.
+        let odd = [
+            pay(-5.0, T0),
+            pay(f64::NAN, T0),
+            pay(f64::INFINITY, T0),
+            pay(1.0, T0),
+        ];
+        assert_eq!(p.grant(&odd, T0), Ok(Grant::bytes(100)));
+        assert_eq!(p.grant(&[pay(0.0, T0)], T0), Ok(Grant::bytes(0)));
+        assert!(!p.is_active(&[pay(0.0, T0)], T0));
+        // Saturates rather than wraps.
+        let p = Price::from_card("1e-100", "gigabytes", "1e100").unwrap();
+        assert_eq!(p.grant(&[pay(1e300, T0)], T0), Ok(Grant::bytes(u64::MAX)));
+    }
+
+    #[test]
+    fn data_prices_need_usable_numbers() {
+        assert!(matches!(
+            Price::from_card("0", "bytes", "1"),
+            Err(PricingError::BadAmount(_))
+        ));
+        assert!(matches!(
+            Price::from_card("1", "megabytes", "x"),
+            Err(PricingError::BadInterval(_))
+        ));
+        assert!(matches!(
+            Price::from_card("1", "bytes", ""),
+            Err(PricingError::BadInterval(_))
+        ));
+        assert!(matches!(
+            Price::from_card("1e-100", "gigabytes", "1e100"),
+            Ok(Price::Data(_))
+        ));
+        assert!(matches!(
+            Price::from_card("1e300", "bytes", "1e-300"),
+            Err(PricingError::BadDataRate { .. })
+        ));
+        assert!(matches!(
+            Price::from_card("1e-300", "gigabytes", "1e300"),
+            Err(PricingError::BadDataRate { .. })
+        ));
+    }
+
+    #[test]
+    fn once_is_paid_for_good() {
+        // The interval is not read: empty or garbage is fine.
+        for interval in ["", "x", "0", "1"] {
+            let p = Price::from_card("3", "once", interval).unwrap();
+            assert_eq!(p.grant(&[], T0), Err(Refusal::NoPayment));
+            assert_eq!(p.grant(&[pay(2.0, T0)], T0), Err(Refusal::NotEnough));
+            assert_eq!(
+                p.grant(&[pay(2.0, T0), pay(1.0, T0 + 5)], T0),
+                Ok(Grant::once())
+            );
+            // It does not run out.
+            assert_eq!(p.grant(&[pay(3.0, 0)], u64::MAX), Ok(Grant::once()));
+            assert!(p.is_active(&[pay(3.0, 0)], u64::MAX));
+            assert!(!p.is_active(&[pay(2.5, 0)], 0));
+        }
+        // Float sums: ten payments of 0.1 pay a price of 1.
+        let p = Price::from_card("1", "once", "").unwrap();
+        assert_eq!(p.grant(&[pay(0.1, T0); 10], T0), Ok(Grant::once()));
+        assert!(matches!(
+            Price::from_card("-1", "once", "1"),
+            Err(PricingError::BadAmount(_))
+        ));
+        assert_eq!(
+            Refusal::NotEnough.to_string(),
+            "the payments do not reach the one-time price"
+        );
+    }
+
+    #[test]
+    fn time_units_keep_their_rule() {
+        let p = Price::from_card("1", "seconds", "1").unwrap();
+        assert_eq!(p.grant(&[pay(2.0, T0)], T0), Ok(Grant::time_ms(2000)));
+        assert_eq!(
+            p.grant(&[pay(2.0, T0)], T0 + 2000),
+            Err(Refusal::TimeRanOut)
+        );
+        assert!(matches!(
+            Price::from_card("1", "hours", "1"),
+            Ok(Price::Time(_))
+        ));
     }
 
     #[test]

@@ -126,6 +126,12 @@ impl Proc {
         }
     }
 
+    /// Kills the child with SIGKILL (no chance to clean up) and waits for it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Sends SIGTERM and waits for the exit (SIGKILL after the grace period).
     pub fn stop(&mut self) -> Option<ExitStatus> {
         if let Ok(Some(status)) = self.child.try_wait() {

@@ -29,7 +29,8 @@ fn opt_text(v: Option<&Value>) -> Option<String> {
     }
 }
 
-/// Reads one card payment entry (`method`, `currency`, `amount`, `unit`, `interval`,
+/// Reads one card payment entry (`method`, `currency`, `amount`, `unit`, `interval` (may
+/// be absent for unit `once`),
 /// optional `payTo`, `minSeconds`, `paymentDelay`; other keys go to `extra_json`).
 pub fn terms_from_card(entry: &Value) -> Result<PaymentTerms, EntryError> {
     let obj = entry
@@ -41,12 +42,18 @@ pub fn terms_from_card(entry: &Value) -> Result<PaymentTerms, EntryError> {
             .map(str::to_owned)
             .ok_or_else(|| malformed(format!("no string `{k}`")))
     };
+    let unit = text("unit")?;
+    // `once` ignores the interval, so a card may leave it out.
+    let interval = match obj.get("interval") {
+        None if unit == "once" => String::new(),
+        v => text_or_number(v, "interval")?,
+    };
     let mut terms = PaymentTerms::new(
         &text("method")?,
         &text("currency")?,
         &text_or_number(obj.get("amount"), "amount")?,
-        &text("unit")?,
-        &text_or_number(obj.get("interval"), "interval")?,
+        &unit,
+        &interval,
     );
     terms.pay_to = match opt_text(obj.get("payTo")) {
         Some(p) => RSome(p.into()),
@@ -97,7 +104,9 @@ pub fn terms_to_card(terms: &PaymentTerms) -> Value {
     obj.insert("currency".into(), terms.currency.as_str().into());
     obj.insert("amount".into(), terms.amount.as_str().into());
     obj.insert("unit".into(), terms.unit.as_str().into());
-    obj.insert("interval".into(), terms.interval.as_str().into());
+    if !(terms.unit.as_str() == "once" && terms.interval.is_empty()) {
+        obj.insert("interval".into(), terms.interval.as_str().into());
+    }
     if let Some(p) = terms.pay_to.as_ref().into_option() {
         obj.insert("payTo".into(), p.as_str().into());
     }

@@ -22,7 +22,8 @@ use super::terminal::{escape, Lines};
 pub struct SellArgs {
     /// The feed to sell (else every `[[sell]]` of the config).
     pub feed_dir: Option<PathBuf>,
-    /// Where to listen (default: the config's `listen`, else 127.0.0.1:0).
+    /// Where to listen (default: the config's `listen`, else 127.0.0.1:0). A `[[sell]]`
+    /// with its own `listen` keeps it.
     #[arg(long)]
     pub listen: Option<SocketAddr>,
     /// `free`, or the name of a payment plugin in the plugin dir.
@@ -40,7 +41,9 @@ pub struct SellArgs {
     /// Price: currency.
     #[arg(long, default_value = "credits")]
     pub currency: String,
-    /// Price: the interval's unit (seconds, minutes, hours).
+    /// Price: the unit: seconds, minutes, hours (time), bytes, kilobytes, megabytes,
+    /// gigabytes (`amount` buys `interval` of data), or once (`amount` buys access for
+    /// good; `interval` is ignored).
     #[arg(long, default_value = "seconds")]
     pub unit: String,
     /// Price: the interval.
@@ -75,6 +78,10 @@ pub struct SellArgs {
     /// products of a config's `[[sell]]` tables, set `limits.payment_checks_per_ip`.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=100_000))]
     pub payment_checks_per_ip: Option<u32>,
+    /// Serve Prometheus metrics at http://ADDR/metrics and a health check at /healthz
+    /// (default: the config's `[metrics] listen`, else none).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
     /// One JSON object per line on stdout.
     #[arg(long)]
     pub json: bool,
@@ -118,6 +125,8 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
     };
     let identity = common.identity(settings.as_ref())?;
     let mut registry = PluginRegistry::new();
+    // Each product's own address (a `[[sell]]`'s `listen`), in the products' order.
+    let mut own_addrs = vec![None];
     let products = match (&args.feed_dir, &settings) {
         (Some(feed_dir), _) => {
             let price =
@@ -146,7 +155,10 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
             )?;
             vec![shop::product(&identity, feed_dir, gate, &options)?]
         }
-        (None, Some(settings)) => shop::products(settings, &identity, &mut registry, &options)?,
+        (None, Some(settings)) => {
+            own_addrs = shop::own_addrs(settings);
+            shop::products(settings, &identity, &mut registry, &options)?
+        }
         (None, None) => {
             anyhow::bail!("nothing to sell: give a feed directory or a config with [[sell]] tables")
         }
@@ -156,11 +168,19 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
         .or_else(|| settings.as_ref().map(|s| s.listen))
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
     let net_config = options.limits.net_config();
+    let metrics_addr = args
+        .metrics
+        .or_else(|| settings.as_ref().and_then(|s| s.metrics));
+    // Installed before the first product serves, so nothing goes unrecorded.
+    let metrics = metrics_addr
+        .map(|_| dazaar::monitor::install())
+        .transpose()?;
     let json = args.json;
     let discovery = args.discovery.options(settings.as_ref())?;
     runtime()?.block_on(async move {
         let shutdown = signals();
-        let shop = Shop::bind(products, listen).await?;
+        let addrs = shop::listen_addrs(&own_addrs, listen);
+        let shop = Shop::bind_each(products.into_iter().zip(addrs)).await?;
         let mut advertisers = Vec::new();
         for l in shop.listening() {
             let seller_key = hex::encode(l.seller_key);
@@ -177,6 +197,24 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
                 shutdown.clone(),
                 json,
             )?);
+        }
+        if let (Some(addr), Some(handle)) = (metrics_addr, metrics) {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("metrics: listening on {addr}"))?;
+            let bound = listener.local_addr().unwrap_or(addr);
+            if json {
+                print_json(json!({"event": "metrics", "addr": bound.to_string()}));
+            } else {
+                println!("metrics on http://{bound}/metrics");
+            }
+            tokio::spawn(dazaar::monitor::serve(
+                listener,
+                handle,
+                shop.health(),
+                dazaar::monitor::HttpLimits::default(),
+                shutdown.clone(),
+            ));
         }
         let (ev_tx, mut ev_rx) = mpsc::channel::<SellerEvent>(1024);
         let serving = tokio::spawn(shop.run(net_config, shutdown.clone(), Some(ev_tx)));

@@ -16,6 +16,7 @@
 //! [[sell]]
 //! feed = "feeds/market-data"
 //! name = "BTC/USD order book"
+//! listen = "0.0.0.0:4001"       # optional; default: the top-level listen (or --listen)
 //! revalidate_ms = 1000
 //! terms = "No redistribution."
 //! card = { description = "...", homepage = "...", contact = "...", provider = "..." }
@@ -38,6 +39,9 @@
 //! max_connections_per_ip = 32   # 0: no per-address cap
 //! unpaid_grace_secs = 60        # a buyer not valid this long is disconnected
 //! payment_checks_per_ip = 4     # fresh checks of unknown keys per second per address
+//!
+//! [metrics]                     # optional; a seller's /metrics and /healthz (HTTP)
+//! listen = "127.0.0.1:9464"
 //!
 //! [state]                       # optional; default sqlite: in data_dir
 //! url = "postgres://dazaar:secret@10.0.0.5/dazaar"   # or "sqlite:/var/lib/dazaar/state.db"
@@ -64,7 +68,7 @@ use crate::payments::{
     BuyerPlugin, BuyerWallet, CallLimits, GateLimits, PaymentGate, PaymentSpec, PluginRegistry,
 };
 
-use dazaar_plugin_api::{PaymentTerms, Rate, TimeUnit};
+use dazaar_plugin_api::{PaymentTerms, Price, Unit};
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 use toml::Spanned;
@@ -153,6 +157,9 @@ pub struct Settings {
     pub limits: LimitSettings,
     /// The seller's state database (`[state] url`); `None`: `sqlite:` in the data dir.
     pub state: Option<crate::state::StateUrl>,
+    /// Where a seller serves `/metrics` and `/healthz` (`[metrics] listen`); `None`: not
+    /// at all (unless `--metrics`).
+    pub metrics: Option<SocketAddr>,
 }
 
 /// The `[limits]` section: what strangers may hold of a seller.
@@ -192,6 +199,9 @@ pub struct SellSettings {
     pub feed: PathBuf,
     /// Product name (on the card).
     pub name: String,
+    /// The product's own address (`listen` in its `[[sell]]`); `None`: the seller's
+    /// default (`--listen`, else the top-level `listen`).
+    pub listen: Option<SocketAddr>,
     /// How often buyers are revalidated (and how long answers are cached).
     pub revalidate: Duration,
     /// Terms of use buyers must accept, if any.
@@ -215,8 +225,8 @@ pub struct SellPayment {
     pub method: Option<String>,
     /// The card entry, with `method` empty when not set.
     pub terms: PaymentTerms,
-    /// The price as a rate (already checked).
-    pub rate: Rate,
+    /// The price under its unit's rule (already checked).
+    pub price: Price,
     /// The plugin's own table, as TOML text (never logged).
     pub config: String,
     /// Line of the entry in the file.
@@ -434,6 +444,14 @@ struct RawFile {
     limits: Option<RawLimits>,
     #[serde(default)]
     state: Option<RawState>,
+    #[serde(default)]
+    metrics: Option<RawMetrics>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -467,6 +485,7 @@ struct RawDiscovery {
 struct RawSell {
     feed: Spanned<String>,
     name: Spanned<String>,
+    listen: Option<Spanned<String>>,
     revalidate_ms: Option<Spanned<u64>>,
     terms: Option<String>,
     #[serde(default)]
@@ -494,7 +513,8 @@ struct RawSellPayment {
     currency: String,
     amount: Spanned<NumberText>,
     unit: Spanned<String>,
-    interval: Spanned<NumberText>,
+    /// Required except for unit `once`, which ignores it.
+    interval: Option<Spanned<NumberText>>,
     min_seconds: Option<Spanned<f64>>,
     payment_delay: Option<u64>,
     pay_to: Option<String>,
@@ -619,13 +639,7 @@ impl Ctx<'_> {
             None => self.path("~/.local/share/dazaar"),
         };
         let listen = match &raw.listen {
-            Some(l) => l.get_ref().parse::<SocketAddr>().map_err(|_| {
-                self.error(
-                    Some(l.span()),
-                    "listen".into(),
-                    format!("{:?} is not an address like 0.0.0.0:4000", l.get_ref()),
-                )
-            })?,
+            Some(l) => self.address(l, "listen")?,
             None => SocketAddr::from(([0, 0, 0, 0], 0)),
         };
         let plugin_dir = match &raw.plugin_dir {
@@ -646,9 +660,24 @@ impl Ctx<'_> {
                 bootstrap: vec![],
             },
         };
-        let mut sell = Vec::with_capacity(raw.sell.len());
+        let mut sell: Vec<SellSettings> = Vec::with_capacity(raw.sell.len());
         for (i, s) in raw.sell.into_iter().enumerate() {
-            sell.push(self.sell(i, s)?);
+            // Two products cannot listen on one fixed address (port 0 is always free).
+            let span = s.listen.as_ref().map(Spanned::span);
+            let product = self.sell(i, s)?;
+            if let Some(addr) = product.listen {
+                if let Some(j) = sell
+                    .iter()
+                    .position(|o| addr.port() != 0 && o.listen == Some(addr))
+                {
+                    return Err(self.error(
+                        span,
+                        format!("sell[{i}].listen"),
+                        format!("{addr} is already the address of sell[{j}]"),
+                    ));
+                }
+            }
+            sell.push(product);
         }
         let mut buy = BuySettings::default();
         if let Some(b) = raw.buy {
@@ -676,6 +705,10 @@ impl Ctx<'_> {
             ),
             None => None,
         };
+        let metrics = match &raw.metrics {
+            Some(m) => Some(self.address(&m.listen, "metrics.listen")?),
+            None => None,
+        };
         let passphrase_env = raw
             .passphrase_env
             .map(|v| v.into_inner())
@@ -691,6 +724,7 @@ impl Ctx<'_> {
             buy,
             limits,
             state,
+            metrics,
         })
     }
 
@@ -735,6 +769,16 @@ impl Ctx<'_> {
         })
     }
 
+    fn address(&self, l: &Spanned<String>, key: &str) -> Result<SocketAddr, ConfigError> {
+        l.get_ref().parse::<SocketAddr>().map_err(|_| {
+            self.error(
+                Some(l.span()),
+                key.into(),
+                format!("{:?} is not an address like 0.0.0.0:4000", l.get_ref()),
+            )
+        })
+    }
+
     fn nonempty_path(&self, s: &Spanned<String>, key: &str) -> Result<PathBuf, ConfigError> {
         if s.get_ref().trim().is_empty() {
             return Err(self.error(Some(s.span()), key.into(), "must not be empty".into()));
@@ -761,6 +805,10 @@ impl Ctx<'_> {
         if s.name.get_ref().trim().is_empty() {
             return Err(self.error(Some(s.name.span()), at("name"), "must not be empty".into()));
         }
+        let listen = match &s.listen {
+            Some(l) => Some(self.address(l, &at("listen"))?),
+            None => None,
+        };
         let revalidate = match &s.revalidate_ms {
             Some(r) if !(1..=3_600_000).contains(r.get_ref()) => {
                 return Err(self.error(
@@ -786,6 +834,7 @@ impl Ctx<'_> {
         Ok(SellSettings {
             feed,
             name: s.name.into_inner(),
+            listen,
             revalidate,
             terms: s.terms,
             card,
@@ -803,34 +852,47 @@ impl Ctx<'_> {
         let p = p.into_inner();
         let at = |k: &str| format!("sell[{i}].payment[{j}].{k}");
         self.plugin_name(&p.plugin, &at("plugin"))?;
-        if let Err(e) = p.unit.get_ref().parse::<TimeUnit>() {
-            return Err(self.error(Some(p.unit.span()), at("unit"), e.to_string()));
-        }
+        let unit = match p.unit.get_ref().parse::<Unit>() {
+            Ok(u) => u,
+            Err(e) => return Err(self.error(Some(p.unit.span()), at("unit"), e.to_string())),
+        };
         let amount = &p.amount.get_ref().0;
-        let interval = &p.interval.get_ref().0;
-        let rate = match Rate::from_card(amount, p.unit.get_ref(), interval) {
+        let interval = match (&p.interval, unit.uses_interval()) {
+            (Some(i), _) => i.get_ref().0.clone(),
+            (None, false) => String::new(),
+            (None, true) => {
+                return Err(self.error(
+                    Some(p.unit.span()),
+                    at("interval"),
+                    format!("missing (unit {unit} needs one)"),
+                ))
+            }
+        };
+        let interval_span = p.interval.as_ref().map(Spanned::span);
+        let mut price = match Price::from_card(amount, p.unit.get_ref(), &interval) {
             Ok(r) => r,
             Err(e @ dazaar_plugin_api::PricingError::BadInterval(_)) => {
-                return Err(self.error(Some(p.interval.span()), at("interval"), e.to_string()))
+                return Err(self.error(interval_span, at("interval"), e.to_string()))
             }
             Err(e) => return Err(self.error(Some(p.amount.span()), at("amount"), e.to_string())),
         };
         let mut min_seconds = 0.0;
-        let mut rate = rate;
-        if let Some(m) = &p.min_seconds {
-            rate = rate
-                .with_min_seconds(*m.get_ref())
-                .map_err(|e| self.error(Some(m.span()), at("min_seconds"), e.to_string()))?;
-            min_seconds = *m.get_ref();
-        }
         let payment_delay_ms = p.payment_delay.unwrap_or(0);
-        rate = rate.with_payment_delay_ms(payment_delay_ms);
+        if let Price::Time(rate) = &mut price {
+            if let Some(m) = &p.min_seconds {
+                *rate = rate
+                    .with_min_seconds(*m.get_ref())
+                    .map_err(|e| self.error(Some(m.span()), at("min_seconds"), e.to_string()))?;
+                min_seconds = *m.get_ref();
+            }
+            *rate = rate.with_payment_delay_ms(payment_delay_ms);
+        }
         let mut terms = PaymentTerms::new(
             p.method.as_deref().unwrap_or(""),
             &p.currency,
             amount,
             p.unit.get_ref(),
-            interval,
+            &interval,
         );
         terms.min_seconds = min_seconds;
         terms.payment_delay_ms = payment_delay_ms;
@@ -839,7 +901,7 @@ impl Ctx<'_> {
             plugin: p.plugin.into_inner(),
             method: p.method,
             terms,
-            rate,
+            price,
             config: table_text(p.config),
             line,
         })

@@ -105,20 +105,41 @@ impl RevocationList {
         }
     }
 
-    /// [`is_revoked`](Self::is_revoked) on the blocking pool, so a database locked by
-    /// another process never stalls the async threads; an answer later than
-    /// [`CHECK_TIMEOUT`] counts as revoked (fail closed).
-    pub async fn check(self: &Arc<Self>, buyer: [u8; 32]) -> bool {
+    /// Whether `buyer` is revoked, on the blocking pool so a database locked by another
+    /// process never stalls the async threads. [`Standing::Unknown`] when the state
+    /// cannot be read or does not answer within [`CHECK_TIMEOUT`] (the caller fails
+    /// closed; the error is logged).
+    pub async fn check(self: &Arc<Self>, buyer: [u8; 32]) -> Standing {
         let list = Arc::clone(self);
-        let ask = tokio::task::spawn_blocking(move || list.is_revoked(&buyer));
+        let ask = tokio::task::spawn_blocking(move || {
+            list.state
+                .get()
+                .and_then(|s| s.revocation(&list.seller, &buyer))
+        });
         match tokio::time::timeout(CHECK_TIMEOUT, ask).await {
-            Ok(Ok(revoked)) => revoked,
+            Ok(Ok(Ok(Some(_)))) => Standing::Revoked,
+            Ok(Ok(Ok(None))) => Standing::Clear,
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(error = %e, "cannot read the revocation list");
+                Standing::Unknown
+            }
             Ok(Err(_)) | Err(_) => {
-                tracing::warn!("the revocation list did not answer in time: refusing the buyer");
-                true
+                tracing::warn!("the revocation list did not answer in time");
+                Standing::Unknown
             }
         }
     }
+}
+
+/// A buyer's standing in the revocation list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// Not revoked.
+    Clear,
+    /// Revoked or burnt.
+    Revoked,
+    /// The state could not be read: nothing new may be granted.
+    Unknown,
 }
 
 /// The longest a seller waits for the revocation list (the database's busy timeout and

@@ -24,17 +24,20 @@ use tokio::time::Instant;
 use super::ext;
 use super::identity::Identity;
 use super::lease::Leases;
-use super::revocation::RevocationList;
+use super::metering::{self, Meters, DATA_USED_UP, MAX_METERS, TOO_MANY_METERED};
+use super::revocation::{RevocationList, Standing};
 use super::seller_state::{Action, SellerState, StateSettings};
 use crate::crypto::NoiseKeyPair;
+use crate::monitor::{names, CountWrites};
 use crate::net::{self, ChannelSpec, Command, ConnectionOptions, NetConfig, NetEvent, SharedFeed};
 use crate::payments::{
     encode_user_message, parse_user_message, MessageBudget, Now, PaymentGate, Validation,
 };
+use crate::protocol::meter::ByteMeter;
 use crate::protocol::replicate::ReplicatorConfig;
 use crate::state::{LazyState, Sale, StatePlace, StateUrl};
 use crate::storage::{FsStore, RekeyedSigner};
-use dazaar_plugin_api::GrantKind;
+use dazaar_plugin_api::{Grant, GrantKind, Unit};
 
 /// What a seller reports (for the CLI, logs and tests). All of them are state events:
 /// none is dropped for a consumer that lags (see [`serve`]).
@@ -192,6 +195,12 @@ pub struct Product {
     active: Mutex<HashMap<[u8; 32], ActiveConnection>>,
     /// Buyers' connection leases, when the state is shared between nodes.
     leases: Option<Arc<Leases>>,
+    /// Some payment entry is priced by data: uploads are metered.
+    metered: bool,
+    /// The buyers' byte meters (see [`super::metering`]).
+    meters: Meters,
+    /// The product's label in the metrics: its seller key, hex.
+    metric_label: metrics::SharedString,
 }
 
 impl std::fmt::Debug for Product {
@@ -248,8 +257,16 @@ impl Product {
                 seller_keys.public_key(),
             ))
         });
+        let metered = gate
+            .entries()
+            .iter()
+            .any(|e| matches!(e.terms.unit.parse::<Unit>(), Ok(Unit::Data(_))));
+        let metric_label = hex::encode(seller_keys.public_key()).into();
         Arc::new(Product {
+            metric_label,
             leases,
+            metered,
+            meters: Meters::new(MAX_METERS),
             revoked: Arc::new(RevocationList::with_state(
                 Arc::clone(&state),
                 &seller_keys.public_key(),
@@ -293,20 +310,46 @@ impl Product {
     /// Validates `buyer`, connected from `ip`; `fresh` marks a new connection (the buyer
     /// may have just paid: see [`PaymentGate::check`]). Waits on the plugin without
     /// holding a thread.
-    async fn validate(&self, buyer: [u8; 32], fresh: bool, ip: Option<IpAddr>) -> Validation {
+    ///
+    /// When the state cannot be read, nothing new is granted (fail closed), but a buyer
+    /// already valid keeps what is left of the time grant it `held` (see [`Held`]).
+    async fn validate(
+        &self,
+        buyer: [u8; 32],
+        fresh: bool,
+        ip: Option<IpAddr>,
+        held: Option<&Held>,
+    ) -> (Validation, bool) {
         if self.deny {
-            return Validation::Invalid {
-                reason: "Access denied by the seller".into(),
-            };
+            let reason = "Access denied by the seller".into();
+            return (Validation::Invalid { reason }, false);
         }
-        if self.revoked.check(buyer).await {
-            return Validation::Invalid {
-                reason: "Access revoked by the seller".into(),
-            };
+        match self.revoked.check(buyer).await {
+            Standing::Clear => {}
+            Standing::Revoked => {
+                let reason = "Access revoked by the seller".into();
+                return (Validation::Invalid { reason }, false);
+            }
+            Standing::Unknown => {
+                return match held.and_then(|h| h.left(Instant::now().into_std())) {
+                    Some(answer) => {
+                        tracing::warn!(
+                            "the seller's state cannot be read: the buyer keeps what is left of its grant"
+                        );
+                        (answer, true)
+                    }
+                    None => {
+                        let reason = STATE_UNAVAILABLE.into();
+                        (Validation::Invalid { reason }, false)
+                    }
+                };
+            }
         }
-        self.gate
+        let answer = self
+            .gate
             .check(buyer, self.seller_key(), ip, fresh, Now::system())
-            .await
+            .await;
+        (answer, false)
     }
 
     /// Takes `buyer`'s connection lease once the buyer is valid (see [`super::lease`]):
@@ -325,6 +368,93 @@ impl Product {
                 answer
             }
             Err(reason) => Validation::Invalid { reason },
+        }
+    }
+
+    /// Applies the meter to a plugin's answer (products priced by data). A data grant is
+    /// the allowance bought in all; the buyer is valid while some of it is left
+    /// (unreserved, or reserved and unsent), with `remaining` the bytes left, and invalid
+    /// with [`DATA_USED_UP`] after. Reserves the next chunk when the meter has no credit
+    /// or waits for some, then resumes the connection. Another kind of grant lifts the
+    /// meter's limit. A state that cannot be written grants nothing (fail closed).
+    async fn meter(
+        &self,
+        buyer: [u8; 32],
+        answer: Validation,
+        meter: Option<&Arc<ByteMeter>>,
+        allowance: &mut Option<u64>,
+        commands: &mpsc::Sender<Command<FsStore>>,
+    ) -> Validation {
+        if !self.metered {
+            return answer;
+        }
+        let Some(meter) = meter else {
+            return match answer {
+                Validation::Valid { .. } => Validation::Invalid {
+                    reason: TOO_MANY_METERED.into(),
+                },
+                other => other,
+            };
+        };
+        let Validation::Valid { grant, plugin } = answer else {
+            *allowance = None;
+            meter.set_unlimited(false);
+            return answer;
+        };
+        if grant.kind != GrantKind::BYTES {
+            *allowance = None;
+            meter.set_unlimited(true);
+            return Validation::Valid { grant, plugin };
+        }
+        meter.set_unlimited(false);
+        *allowance = Some(grant.remaining);
+        match self.reserve(buyer, grant.remaining, meter, commands).await {
+            Ok(0) => Validation::Invalid {
+                reason: DATA_USED_UP.into(),
+            },
+            Ok(remaining) => Validation::Valid {
+                grant: Grant::bytes(remaining),
+                plugin,
+            },
+            Err(reason) => Validation::Invalid { reason },
+        }
+    }
+
+    /// Reserves more of `allowance` for `buyer` when its meter has no credit or waits
+    /// for some, and resumes the connection when credit came; returns the bytes left.
+    async fn reserve(
+        &self,
+        buyer: [u8; 32],
+        allowance: u64,
+        meter: &Arc<ByteMeter>,
+        commands: &mpsc::Sender<Command<FsStore>>,
+    ) -> Result<u64, String> {
+        let state = Arc::clone(&self.state);
+        let seller = self.seller_key();
+        let m = Arc::clone(meter);
+        let need = meter.credit() == 0 || meter.is_wanting();
+        let reserved = tokio::task::spawn_blocking(move || {
+            if need {
+                metering::reserve(&state, &seller, &buyer, allowance, &m)
+                    .map(|r| (r.added, r.remaining))
+            } else {
+                let used = state.get()?.bytes(&seller, &buyer)?;
+                Ok((0, allowance.saturating_sub(used).saturating_add(m.credit())))
+            }
+        })
+        .await;
+        match reserved {
+            Ok(Ok((added, remaining))) => {
+                if added > 0 || meter.credit() > 0 {
+                    let _ = commands.send(Command::Resume).await;
+                }
+                Ok(remaining)
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "cannot reserve a buyer's paid data in the state");
+                Err(STATE_UNAVAILABLE.into())
+            }
+            Err(e) => Err(format!("metering failed: {e}")),
         }
     }
 
@@ -440,6 +570,10 @@ pub async fn handle_connection(
     let conn_id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
     // For the payment gate's per-IP limits on strangers.
     let peer_ip = stream.peer_addr().ok().map(|a| a.ip());
+    let uploaded =
+        metrics::counter!(names::BYTES_UPLOADED, names::PRODUCT => product.metric_label.clone());
+    let stream = CountWrites::new(stream, uploaded);
+    let mut gauges = BuyerGauges::new(product.metric_label.clone());
     let mut messages = product.gate.message_budget();
     let (ev_tx, mut ev_rx) = mpsc::channel::<NetEvent>(256);
     let (cmd_tx, cmd_rx) = mpsc::channel::<Command<FsStore>>(64);
@@ -493,6 +627,13 @@ pub async fn handle_connection(
     let mut was_valid = false;
     // Whether this connection holds the buyer's lease (shared state only).
     let mut leased = false;
+    // The buyer's last time grant (kept through a state outage).
+    let mut held: Option<Held> = None;
+    // A product priced by data: the buyer's meter, what wakes this task when it waits
+    // for credit, and the allowance last granted.
+    let mut meter: Option<Arc<ByteMeter>> = None;
+    let meter_wake = Arc::new(tokio::sync::Notify::new());
+    let mut allowance: Option<u64> = None;
     let mut state = SellerState::new(StateSettings {
         revalidate: product.revalidate,
         unpaid_grace: product.unpaid_grace,
@@ -501,12 +642,21 @@ pub async fn handle_connection(
         while let Some(action) = state.poll_action() {
             match action {
                 Action::Validate { buyer, fresh } => {
-                    let answer = product.validate(buyer, fresh, peer_ip).await;
+                    let (answer, kept) =
+                        product.validate(buyer, fresh, peer_ip, held.as_ref()).await;
                     let answer = product.lease(buyer, answer, &mut leased).await;
+                    let answer = product
+                        .meter(buyer, answer, meter.as_ref(), &mut allowance, &cmd_tx)
+                        .await;
+                    // A grant kept through an outage runs down from when it was given.
+                    if !kept {
+                        held = Held::from_answer(&answer, Instant::now().into_std());
+                    }
                     if answer.is_valid() && !was_valid {
                         product.record_sale(buyer, &answer);
                     }
                     was_valid = answer.is_valid();
+                    gauges.set_valid(was_valid);
                     let feed_key = product.buyer_feed_key(&buyer);
                     state.handle_validation(&answer, feed_key, Instant::now().into_std());
                 }
@@ -514,9 +664,12 @@ pub async fn handle_connection(
                     let config = if product.is_free() {
                         ReplicatorConfig::uploader()
                     } else {
-                        ReplicatorConfig::rekeyed(Arc::new(RekeyedSigner::new(
-                            product.identity.rekeyed_key_pair(&product.feed_key, &buyer),
-                        )))
+                        ReplicatorConfig {
+                            meter: meter.clone(),
+                            ..ReplicatorConfig::rekeyed(Arc::new(RekeyedSigner::new(
+                                product.identity.rekeyed_key_pair(&product.feed_key, &buyer),
+                            )))
+                        }
                     };
                     let _ = cmd_tx
                         .send(Command::SendExtension(
@@ -577,10 +730,35 @@ pub async fn handle_connection(
             res = &mut conn => break res,
             permit = report.room(), if report.pending() => report.deliver(permit),
             _ = sleep_until_opt(wake) => state.handle_timeout(Instant::now().into_std()),
+            _ = meter_wake.notified(), if meter.is_some() => {
+                // A block waits for credit: reserve more, or end the upload.
+                if let (Some(m), Some(a), Some(b)) = (&meter, allowance, state.buyer()) {
+                    let answer = match product.reserve(b, a, m, &cmd_tx).await {
+                        Ok(0) => Some(Validation::Invalid { reason: DATA_USED_UP.into() }),
+                        Ok(_) => None,
+                        Err(reason) => Some(Validation::Invalid { reason }),
+                    };
+                    if let Some(answer) = answer {
+                        was_valid = false;
+                        gauges.set_valid(false);
+                        held = None;
+                        let feed_key = product.buyer_feed_key(&b);
+                        state.handle_validation(&answer, feed_key, Instant::now().into_std());
+                    }
+                }
+            }
             ev = ev_rx.recv() => match ev {
                 None => break (&mut conn).await,
                 Some(NetEvent::Connected { remote_public_key }) => {
+                    gauges.set_connected();
                     product.claim(remote_public_key, conn_id, cmd_tx.clone());
+                    if product.metered {
+                        meter = product.meters.get(remote_public_key);
+                        if let Some(m) = &meter {
+                            let wake = Arc::clone(&meter_wake);
+                            m.set_waker(Some(Arc::new(move || wake.notify_one())));
+                        }
+                    }
                     state.handle_connected(remote_public_key, Instant::now().into_std());
                 }
                 Some(NetEvent::ChannelClosed { discovery_key }) => {
@@ -615,10 +793,111 @@ pub async fn handle_connection(
         Some(e) => tracing::info!(error = %e, "buyer connection ended"),
         None => tracing::debug!("buyer connection closed"),
     }
+    if buyer.is_none() && error.is_some() {
+        metrics::counter!(names::HANDSHAKES_FAILED, names::PRODUCT => product.metric_label.clone())
+            .increment(1);
+    }
+    drop(gauges);
     report
         .push(SellerEvent::BuyerDisconnected { buyer, error })
         .await;
     report.flush().await;
+}
+
+/// One connection's share of its product's buyer gauges ([`names::BUYERS_CONNECTED`],
+/// [`names::BUYERS_VALID`]): each is raised once when it becomes true and lowered when it
+/// turns false or the connection ends, so the gauges cannot drift.
+struct BuyerGauges {
+    product: metrics::SharedString,
+    connected: Option<metrics::Gauge>,
+    valid: Option<metrics::Gauge>,
+}
+
+impl BuyerGauges {
+    fn new(product: metrics::SharedString) -> Self {
+        BuyerGauges {
+            product,
+            connected: None,
+            valid: None,
+        }
+    }
+
+    /// The buyer finished the handshake.
+    fn set_connected(&mut self) {
+        if self.connected.is_none() {
+            let g =
+                metrics::gauge!(names::BUYERS_CONNECTED, names::PRODUCT => self.product.clone());
+            g.increment(1.0);
+            self.connected = Some(g);
+        }
+    }
+
+    /// The buyer's latest answer.
+    fn set_valid(&mut self, valid: bool) {
+        match (valid, self.valid.take()) {
+            (true, None) => {
+                let g =
+                    metrics::gauge!(names::BUYERS_VALID, names::PRODUCT => self.product.clone());
+                g.increment(1.0);
+                self.valid = Some(g);
+            }
+            (true, Some(g)) => self.valid = Some(g),
+            (false, Some(g)) => g.decrement(1.0),
+            (false, None) => {}
+        }
+    }
+}
+
+impl Drop for BuyerGauges {
+    fn drop(&mut self) {
+        for g in [self.connected.take(), self.valid.take()]
+            .into_iter()
+            .flatten()
+        {
+            g.decrement(1.0);
+        }
+    }
+}
+
+/// The reason sent when the seller's state cannot be read and the buyer holds no grant.
+pub const STATE_UNAVAILABLE: &str = "The seller cannot check payments right now";
+
+/// The last time grant a connection's buyer was given, and when: while the state cannot
+/// be read, the buyer keeps what is left of it (the grant was paid for), then lapses.
+#[derive(Debug, Clone)]
+struct Held {
+    grant: Grant,
+    plugin: Option<String>,
+    at: std::time::Instant,
+}
+
+impl Held {
+    /// What `answer` lets the buyer keep through an outage: time grants only (a free,
+    /// data or one-time grant is checked against the state it would need).
+    fn from_answer(answer: &Validation, at: std::time::Instant) -> Option<Held> {
+        match answer {
+            Validation::Valid { grant, plugin } if grant.kind == GrantKind::TIME => Some(Held {
+                grant: *grant,
+                plugin: plugin.clone(),
+                at,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The grant as of `now`, if any time is left.
+    fn left(&self, now: std::time::Instant) -> Option<Validation> {
+        let spent =
+            u64::try_from(now.saturating_duration_since(self.at).as_millis()).unwrap_or(u64::MAX);
+        let remaining = self.grant.remaining.checked_sub(spent).filter(|r| *r > 0)?;
+        Some(Validation::Valid {
+            grant: Grant {
+                kind: GrantKind::TIME,
+                remaining,
+            },
+            plugin: self.plugin.clone(),
+        })
+    }
 }
 
 /// The sales log's name of a grant kind.
@@ -627,6 +906,7 @@ fn grant_kind_name(kind: GrantKind) -> &'static str {
         GrantKind::FREE => "free",
         GrantKind::TIME => "time",
         GrantKind::BYTES => "bytes",
+        GrantKind::ONCE => "once",
         _ => "other",
     }
 }

@@ -5,6 +5,7 @@
 //! shop::products(&settings, &identity, &mut registry, &options)   every [[sell]]
 //! shop::product(&identity, feed_dir, gate, &options)              one feed, one gate
 //! Shop::bind(products, listen).await -> listening addresses
+//! Shop::bind_each(products.zip(listen_addrs(&own_addrs(&settings), listen)))   fixed ports
 //!   .run(net, shutdown, events).await                             until shutdown
 //! ```
 //!
@@ -13,6 +14,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -340,25 +342,107 @@ pub struct Listening {
 #[derive(Debug)]
 pub struct Shop {
     products: Vec<(Arc<Product>, TcpListener)>,
+    health: Arc<ShopHealth>,
+}
+
+/// What a shop's `/healthz` checks ([`crate::monitor::Health`]): every product's listener
+/// is serving, and every payment plugin of its gates answered its last check
+/// ([`crate::payments::OpenedVerifier::health`]).
+#[derive(Debug)]
+pub struct ShopHealth {
+    products: Vec<ProductHealth>,
+}
+
+#[derive(Debug)]
+struct ProductHealth {
+    product: Arc<Product>,
+    addr: Option<SocketAddr>,
+    /// From bind until its accept loop ends.
+    serving: AtomicBool,
+}
+
+impl crate::monitor::Health for ShopHealth {
+    fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        for p in &self.products {
+            let seller = hex::encode(p.product.seller_key());
+            if !p.serving.load(Ordering::Relaxed) {
+                let at = p.addr.map(|a| format!(" on {a}")).unwrap_or_default();
+                problems.push(format!("product {seller}: not listening{at}"));
+            }
+            for entry in p.product.gate.entries() {
+                if let Err(reason) = entry.verifier.health() {
+                    let line = format!("product {seller}: {reason}");
+                    if !problems.contains(&line) {
+                        problems.push(line);
+                    }
+                }
+            }
+        }
+        problems
+    }
+}
+
+/// Where each product listens: at its own address (`own[i]`, a `[[sell]]`'s `listen`)
+/// where it has one; the first product without one on `default`, the others without one
+/// on `default`'s IP and a free port.
+pub fn listen_addrs(own: &[Option<SocketAddr>], default: SocketAddr) -> Vec<SocketAddr> {
+    let mut default_taken = false;
+    own.iter()
+        .map(|addr| match addr {
+            Some(a) => *a,
+            None if !default_taken => {
+                default_taken = true;
+                default
+            }
+            None => SocketAddr::new(default.ip(), 0),
+        })
+        .collect()
+}
+
+/// The `[[sell]]` products' own addresses, in file order (the order of [`products`]).
+pub fn own_addrs(settings: &Settings) -> Vec<Option<SocketAddr>> {
+    settings.sell.iter().map(|s| s.listen).collect()
 }
 
 impl Shop {
     /// Binds one listener per product: the first on `listen`, the others on the same IP
     /// and a free port.
     pub async fn bind(products: Vec<Arc<Product>>, listen: SocketAddr) -> Result<Shop, ShopError> {
-        let mut bound = Vec::with_capacity(products.len());
-        for (i, product) in products.into_iter().enumerate() {
-            let addr = if i == 0 {
-                listen
-            } else {
-                SocketAddr::new(listen.ip(), 0)
-            };
+        let addrs = listen_addrs(&vec![None; products.len()], listen);
+        Shop::bind_each(products.into_iter().zip(addrs)).await
+    }
+
+    /// Binds each product's listener on its address (see [`listen_addrs`]).
+    pub async fn bind_each(
+        products: impl IntoIterator<Item = (Arc<Product>, SocketAddr)>,
+    ) -> Result<Shop, ShopError> {
+        let mut bound = Vec::new();
+        for (product, addr) in products {
             let listener = TcpListener::bind(addr)
                 .await
                 .map_err(|source| ShopError::Listen { addr, source })?;
             bound.push((product, listener));
         }
-        Ok(Shop { products: bound })
+        let health = Arc::new(ShopHealth {
+            products: bound
+                .iter()
+                .map(|(product, listener)| ProductHealth {
+                    product: Arc::clone(product),
+                    addr: listener.local_addr().ok(),
+                    serving: AtomicBool::new(true),
+                })
+                .collect(),
+        });
+        Ok(Shop {
+            products: bound,
+            health,
+        })
+    }
+
+    /// The shop's health, for `/healthz` (it follows the shop while it runs).
+    pub fn health(&self) -> Arc<ShopHealth> {
+        Arc::clone(&self.health)
     }
 
     /// Where each product listens, in order.
@@ -389,19 +473,27 @@ impl Shop {
         events: Option<mpsc::Sender<SellerEvent>>,
     ) {
         let mut servers = Vec::with_capacity(self.products.len());
-        for (product, listener) in self.products {
+        for (i, (product, listener)) in self.products.into_iter().enumerate() {
             crate::net::spawn_refresh(
                 product.feed.clone(),
                 Duration::from_millis(20),
                 shutdown.clone(),
             );
-            servers.push(tokio::spawn(seller::serve(
+            let serving = seller::serve(
                 listener,
                 product,
                 net.clone(),
                 shutdown.clone(),
                 events.clone(),
-            )));
+            );
+            let health = Arc::clone(&self.health);
+            servers.push(tokio::spawn(async move {
+                let served = serving.await;
+                if let Some(p) = health.products.get(i) {
+                    p.serving.store(false, Ordering::Relaxed);
+                }
+                served
+            }));
         }
         drop(events);
         for s in servers {

@@ -1022,6 +1022,11 @@ pub async fn accept_loop<H, F>(
             }
         };
         let Some(ip_slot) = per_ip.try_take(peer.ip()) else {
+            metrics::counter!(
+                crate::monitor::names::CONNECTIONS_REFUSED,
+                crate::monitor::names::LIMIT => "max_connections_per_ip",
+            )
+            .increment(1);
             if let Some(suppressed) = refused_log.hit(Instant::now()) {
                 tracing::warn!(ip = %peer.ip(), max = net.max_connections_per_ip, suppressed, "too many connections from one address: closed");
             }

@@ -38,6 +38,7 @@ use dazaar_plugin_api::{Grant, Key, PaymentTerms, UserMessage};
 use super::admission::{ip_key, take_all, BucketMap, GateLimits, TokenBucket};
 use super::pool::Lane;
 use super::registry::{now_ms, OpenedVerifier, PaymentError, PUBLIC_BUSY, PUBLIC_UNAVAILABLE};
+use crate::monitor::names;
 
 /// The answer to "may this buyer have the data?".
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -356,6 +357,7 @@ impl PaymentGate {
                 };
                 if !admitted {
                     self.counters.checks_refused.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!(names::PAYMENT_CHECKS_REFUSED).increment(1);
                     tracing::debug!(buyer = %key_prefix(&buyer), "payment check not admitted: busy");
                     return Validation::Invalid {
                         reason: PUBLIC_BUSY.to_owned(),
@@ -639,6 +641,21 @@ fn fold_answer(
     last: &mut Option<Asked>,
 ) -> Option<Asked> {
     let plugin = entry.verifier.plugin().name();
+    let outcome = match &result {
+        Ok(grant) if grant.to_json().is_some() => "valid",
+        Ok(_) => "error",
+        Err(e) if e.is_refusal() => "invalid",
+        Err(_) => "error",
+    };
+    metrics::counter!(
+        names::VALIDATIONS,
+        names::PLUGIN => plugin.to_owned(),
+        names::RESULT => outcome,
+    )
+    .increment(1);
+    entry
+        .verifier
+        .note_outcome(result.as_ref().map(|_| ()), lane == Lane::Stranger);
     match result {
         Ok(grant) if grant.to_json().is_some() => Some(Asked {
             answer: Validation::Valid {

@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use abi_stable::std_types::{RStr, RString};
 use dazaar_plugin_api::{
@@ -16,6 +16,7 @@ use dazaar_plugin_api::{
 use super::loader::{plugin_file_name, LoadError, LoadedPlugin};
 use super::pool::{CallFailure, CallLimits, CallPool, Lane};
 use super::wire::MAX_USER_MESSAGE;
+use crate::monitor::names;
 
 /// What a peer is told when its payment could not be checked (a plugin or backend error,
 /// a timeout, a panic): the detail goes to the log, never to the peer.
@@ -375,6 +376,8 @@ pub struct OpenedVerifier {
     plugin: Arc<LoadedPlugin>,
     pool: CallPool,
     limits: CallLimits,
+    /// Why the last payment check failed, if it did (see [`OpenedVerifier::health`]).
+    failing: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for OpenedVerifier {
@@ -421,7 +424,30 @@ impl OpenedVerifier {
             plugin,
             pool,
             limits,
+            failing: Mutex::new(None),
         }))
+    }
+
+    /// Whether the plugin is up, for the seller's health check: `Err` with a short reason
+    /// when its last payment check failed (a timeout, a backend it could not reach, a
+    /// panic, an unreadable answer, all its threads stuck); up after an answer, a refusal
+    /// included, and before any check.
+    pub fn health(&self) -> Result<(), String> {
+        match &*self.failing.lock().unwrap_or_else(|p| p.into_inner()) {
+            None => Ok(()),
+            Some(reason) => Err(reason.clone()),
+        }
+    }
+
+    /// Records the outcome of a payment check for [`health`](Self::health). A stranger's
+    /// call shed as busy says nothing about the plugin (strangers' lane is small).
+    pub(crate) fn note_outcome(&self, outcome: Result<(), &PaymentError>, stranger: bool) {
+        let failing = match outcome {
+            Ok(()) | Err(PaymentError::Plugin { .. }) => None,
+            Err(PaymentError::Busy { .. }) if stranger => return,
+            Err(e) => Some(failure_kind(e)),
+        };
+        *self.failing.lock().unwrap_or_else(|p| p.into_inner()) = failing;
     }
 
     /// The plugin behind this verifier.
@@ -440,30 +466,30 @@ impl OpenedVerifier {
         self.pool.calls_shed()
     }
 
+    /// `f` (the plugin function `call`) on the pool, waiting on this thread.
     fn call<T: Send + 'static>(
         &self,
+        call: &'static str,
         f: impl FnOnce(&VerifierBox) -> T + Send + 'static,
     ) -> Result<T, PaymentError> {
         let plugin = self.plugin.name();
         self.pool
-            .call(Lane::Priority, f)
-            .map_err(|e| PaymentError::from_failure(plugin, e, self.limits.timeout))
+            .call(Lane::Priority, timed(plugin, call, f))
+            .map_err(|e| failure(plugin, call, e, self.limits.timeout))
     }
 
-    /// `f` on the pool in `lane`, as a future that holds no thread while it waits.
+    /// `f` (the plugin function `call`) on the pool in `lane`, as a future that holds no
+    /// thread while it waits.
     fn call_async<T: Send + 'static>(
         &self,
         lane: Lane,
+        call: &'static str,
         f: impl FnOnce(&VerifierBox) -> T + Send + 'static,
     ) -> impl Future<Output = Result<T, PaymentError>> + Send + 'static {
-        let answer = self.pool.call_async(lane, f);
         let plugin = self.plugin.name().to_owned();
+        let answer = self.pool.call_async(lane, timed(&plugin, call, f));
         let timeout = self.limits.timeout;
-        async move {
-            answer
-                .await
-                .map_err(|e| PaymentError::from_failure(&plugin, e, timeout))
-        }
+        async move { answer.await.map_err(|e| failure(&plugin, call, e, timeout)) }
     }
 
     fn plugin_error(&self, reason: RString) -> PaymentError {
@@ -480,7 +506,7 @@ impl OpenedVerifier {
         now_ms: u64,
     ) -> Result<Grant, PaymentError> {
         let terms = Arc::clone(terms);
-        self.call(move |v| {
+        self.call("validate", move |v| {
             v.validate(
                 KeyBytes::from(buyer),
                 KeyBytes::from(seller),
@@ -502,7 +528,7 @@ impl OpenedVerifier {
         now_ms: u64,
     ) -> impl Future<Output = Result<Grant, PaymentError>> + Send + 'static {
         let terms = Arc::clone(terms);
-        let answer = self.call_async(lane, move |v| {
+        let answer = self.call_async(lane, "validate", move |v| {
             v.validate(
                 KeyBytes::from(buyer),
                 KeyBytes::from(seller),
@@ -529,7 +555,7 @@ impl OpenedVerifier {
         message: UserMessage,
     ) -> Result<Option<UserMessage>, PaymentError> {
         let terms = Arc::clone(terms);
-        let answer = self.call(move |v| {
+        let answer = self.call("user_message", move |v| {
             v.user_message(
                 KeyBytes::from(buyer),
                 KeyBytes::from(seller),
@@ -550,7 +576,7 @@ impl OpenedVerifier {
         message: UserMessage,
     ) -> impl Future<Output = Result<Option<UserMessage>, PaymentError>> + Send + 'static {
         let terms = Arc::clone(terms);
-        let answer = self.call_async(lane, move |v| {
+        let answer = self.call_async(lane, "user_message", move |v| {
             v.user_message(
                 KeyBytes::from(buyer),
                 KeyBytes::from(seller),
@@ -573,7 +599,7 @@ impl OpenedVerifier {
         let terms = Arc::clone(terms);
         let amount = amount.to_owned();
         let json = self
-            .call(move |v| {
+            .call("payment_request", move |v| {
                 v.payment_request(
                     KeyBytes::from(buyer),
                     KeyBytes::from(seller),
@@ -596,8 +622,63 @@ impl OpenedVerifier {
         &self,
         f: impl FnOnce(&VerifierBox) -> T + Send + 'static,
     ) -> Result<T, PaymentError> {
-        self.call(f)
+        self.call("bench", f)
     }
+}
+
+/// `f`, timed into [`names::PLUGIN_CALL_SECONDS`] on the plugin's thread (a call that
+/// ends after its caller gave up is measured too).
+fn timed<T>(
+    plugin: &str,
+    call: &'static str,
+    f: impl FnOnce(&VerifierBox) -> T + Send + 'static,
+) -> impl FnOnce(&VerifierBox) -> T + Send + 'static {
+    let histogram = metrics::histogram!(
+        names::PLUGIN_CALL_SECONDS,
+        names::PLUGIN => plugin.to_owned(),
+        names::CALL => call,
+    );
+    move |v| {
+        let start = Instant::now();
+        let answer = f(v);
+        histogram.record(start.elapsed().as_secs_f64());
+        answer
+    }
+}
+
+/// A pool failure as an error, counting timeouts in [`names::PLUGIN_TIMEOUTS`].
+fn failure(
+    plugin: &str,
+    call: &'static str,
+    failure: CallFailure,
+    timeout: Duration,
+) -> PaymentError {
+    if failure == CallFailure::TimedOut {
+        metrics::counter!(
+            names::PLUGIN_TIMEOUTS,
+            names::PLUGIN => plugin.to_owned(),
+            names::CALL => call,
+        )
+        .increment(1);
+    }
+    PaymentError::from_failure(plugin, failure, timeout)
+}
+
+/// What kind of failure `e` is, in a few words with the plugin's name (never the
+/// plugin's own detail, which may quote its backend).
+fn failure_kind(e: &PaymentError) -> String {
+    let plugin = e.plugin().unwrap_or("-");
+    let kind = match e {
+        PaymentError::Plugin { .. } => "refused",
+        PaymentError::Unavailable { .. } => "backend unavailable",
+        PaymentError::Panicked { .. } => "panicked",
+        PaymentError::TimedOut { .. } => "timed out",
+        PaymentError::Busy { .. } => "all call threads busy",
+        PaymentError::Lost { .. } => "call lost",
+        PaymentError::BadAnswer { .. } => "unreadable answer",
+        _ => "failed",
+    };
+    format!("plugin {plugin}: last payment check {kind}")
 }
 
 /// A plugin's error reason, typed: a refusal (meant for the buyer), a failure the plugin

@@ -195,6 +195,10 @@ pub enum Command<F> {
     Download(DiscoveryKey, u64, Option<u64>),
     /// Flush what is queued and end the connection ([`Connection::close`]).
     Shutdown,
+    /// Try again to answer queued requests (a channel's [`ByteMeter`] got credit).
+    ///
+    /// [`ByteMeter`]: super::meter::ByteMeter
+    Resume,
 }
 
 impl<F> std::fmt::Debug for Command<F> {
@@ -220,6 +224,7 @@ impl<F> std::fmt::Debug for Command<F> {
                 .field(end)
                 .finish(),
             Command::Shutdown => f.write_str("Shutdown"),
+            Command::Resume => f.write_str("Resume"),
         }
     }
 }
@@ -399,6 +404,8 @@ impl<F: FeedShare> Connection<F> {
                 }
             }
             Command::Shutdown => self.close(),
+            // `process` below pumps every channel.
+            Command::Resume => {}
         }
         self.process(now)
     }

@@ -18,6 +18,7 @@
 
 pub mod connection;
 mod extensions;
+pub mod meter;
 pub mod replicate;
 
 use std::collections::{HashMap, VecDeque};

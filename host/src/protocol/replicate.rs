@@ -29,6 +29,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 
+use super::meter::ByteMeter;
 use super::{DiscoveryKey, Session, SessionError};
 use crate::crypto;
 use crate::storage::{merkle, Feed, FeedError, NodeSet, Signer, Store};
@@ -152,6 +153,9 @@ pub struct ReplicatorConfig {
     /// announcement share one signature: a seller signs per buyer per announcement, not
     /// per append. The driver applies it ([`crate::net`]).
     pub announce_interval_ms: u64,
+    /// Count the block bytes sent against this meter, and send none it has no credit for
+    /// (a product priced by data; see [`super::meter`]).
+    pub meter: Option<Arc<ByteMeter>>,
 }
 
 /// How often a rekeyed channel announces growth by default: appends within this window
@@ -169,6 +173,7 @@ impl fmt::Debug for ReplicatorConfig {
                 "signer",
                 &self.signer.as_ref().map(|s| hex::encode(s.public_key())),
             )
+            .field("metered", &self.meter.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -185,6 +190,7 @@ impl Default for ReplicatorConfig {
             upload_high_water: DEFAULT_UPLOAD_HIGH_WATER,
             signer: None,
             announce_interval_ms: 0,
+            meter: None,
         }
     }
 }
@@ -1343,9 +1349,38 @@ impl Replicator {
                 self.remote_requests.clear();
                 break;
             }
+            if !self.metered(feed, &request) {
+                // No credit for this block yet: it waits, first in line, until the owner
+                // reserves more and resumes the connection.
+                self.remote_requests.push_front(request);
+                break;
+            }
             self.answer(session, feed, &request)?;
         }
         Ok(())
+    }
+
+    /// Whether `request` may be answered under the channel's meter (counting its bytes
+    /// when so), checked before the Data message is built. A request that sends no block
+    /// bytes (hash only, or a block we do not have) costs nothing.
+    fn metered<S: Store>(&self, feed: &Feed<S>, request: &Request) -> bool {
+        let Some(meter) = &self.config.meter else {
+            return true;
+        };
+        let index = request.index;
+        if request.hash.unwrap_or(false)
+            || request.bytes.unwrap_or(0) > 0
+            || index >= feed.length()
+            || !feed.has(index)
+        {
+            return true;
+        }
+        let size = match index.checked_mul(2).map(|n| feed.node(n)) {
+            Some(Ok(Some(node))) => node.size,
+            // Size unknown: `answer` finds the block missing or fails on the store.
+            _ => return true,
+        };
+        meter.try_spend(size)
     }
 
     fn answer<S: Store>(

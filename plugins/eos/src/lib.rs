@@ -668,9 +668,9 @@ impl PaymentPlugin for EosPlugin {
     }
 
     fn validate(&self, req: &Request<'_>, now_ms: u64) -> Result<Grant, String> {
-        let rate = req
+        let price = req
             .terms
-            .rate()
+            .price()
             .map_err(|e| format!("bad price on the card: {e}"))?;
         let account = self.account_for(req)?;
         let symbol = self.symbol_for(&req.terms.currency)?;
@@ -701,7 +701,7 @@ impl PaymentPlugin for EosPlugin {
                 time_ms: f.time_ms,
             })
             .collect();
-        rate.grant(&payments, now_ms).map_err(|r| {
+        price.grant(&payments, now_ms).map_err(|r| {
             r.reason(|| {
                 if a.caught_up {
                     format!("no {symbol} transfer to {account} with this buyer's memo")

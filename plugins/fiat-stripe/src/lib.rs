@@ -728,7 +728,43 @@ impl PaymentPlugin for StripePlugin {
     }
 
     fn validate(&self, req: &Request<'_>, now_ms: u64) -> Result<Grant, String> {
-        self.validate_now(req, now_ms)
+        let price = req
+            .terms
+            .price()
+            .map_err(|e| format!("bad price on the card: {e}"))?;
+        let currency = Currency::parse(&req.terms.currency)?;
+        let counted = |found: &[StripePayment]| -> Vec<Payment> {
+            found
+                .iter()
+                .filter(|p| p.currency == currency && p.net_minor > 0)
+                .map(|p| Payment {
+                    amount: currency.to_major(p.net_minor),
+                    time_ms: p.time_ms,
+                })
+                .collect()
+        };
+        let enough = |found: &[StripePayment]| price.is_active(&counted(found), now_ms);
+        // Failures to ask Stripe (HTTP errors, 429, an exhausted budget) are marked
+        // `unavailable`: the host logs them and tells the peer only that the check is
+        // unavailable.
+        let known = self
+            .payments_for(req.seller, req.buyer, &enough)
+            .map_err(unavailable)?;
+        let payments = counted(&known.payments);
+        tracing::trace!(buyer = %hex::encode(req.buyer), count = payments.len(), "payments counted");
+        price.grant(&payments, now_ms).map_err(|r| {
+            r.reason(|| {
+                let code = currency.code().to_uppercase();
+                if known.complete {
+                    format!("no Stripe payment in {code} found for this buyer")
+                } else {
+                    format!(
+                        "no Stripe payment in {code} found for this buyer among the newest {} objects (max_pages)",
+                        self.config.max_pages.saturating_mul(100)
+                    )
+                }
+            })
+        })
     }
 
     fn user_message(
@@ -847,47 +883,6 @@ impl StripePlugin {
             state,
             listener,
             _saver: saver,
-        })
-    }
-
-    /// Seller side: may `req.buyer` have the data now?
-    fn validate_now(&self, req: &Request<'_>, now_ms: u64) -> Result<Grant, String> {
-        let rate = req
-            .terms
-            .rate()
-            .map_err(|e| format!("bad price on the card: {e}"))?;
-        let currency = Currency::parse(&req.terms.currency)?;
-        let counted = |found: &[StripePayment]| -> Vec<Payment> {
-            found
-                .iter()
-                .filter(|p| p.currency == currency && p.net_minor > 0)
-                .map(|p| Payment {
-                    amount: currency.to_major(p.net_minor),
-                    time_ms: p.time_ms,
-                })
-                .collect()
-        };
-        let enough = |found: &[StripePayment]| rate.is_active(&counted(found), now_ms);
-        // Failures to ask Stripe (HTTP errors, 429, an exhausted budget) are marked
-        // `unavailable`: the host logs them and tells the peer only that the check is
-        // unavailable.
-        let known = self
-            .payments_for(req.seller, req.buyer, &enough)
-            .map_err(unavailable)?;
-        let payments = counted(&known.payments);
-        tracing::trace!(buyer = %hex::encode(req.buyer), count = payments.len(), "payments counted");
-        rate.grant(&payments, now_ms).map_err(|r| {
-            r.reason(|| {
-                let code = currency.code().to_uppercase();
-                if known.complete {
-                    format!("no Stripe payment in {code} found for this buyer")
-                } else {
-                    format!(
-                        "no Stripe payment in {code} found for this buyer among the newest {} objects (max_pages)",
-                        self.config.max_pages.saturating_mul(100)
-                    )
-                }
-            })
         })
     }
 }

@@ -330,12 +330,13 @@ impl PaymentPlugin for Ledger {
     }
 
     fn validate(&self, req: &Request<'_>, now_ms: u64) -> Result<Grant, String> {
-        let rate = req
+        let price = req
             .terms
-            .rate()
+            .price()
             .map_err(|e| format!("bad price on the card: {e}"))?;
         let payments = self.payments(&req.buyer, &req.seller)?;
-        rate.grant(&payments, now_ms)
+        price
+            .grant(&payments, now_ms)
             .map_err(|r| r.reason(|| "no payment recorded for this buyer".to_owned()))
     }
 
@@ -413,6 +414,66 @@ mod tests {
             .unwrap();
         f.flush().unwrap();
         assert_eq!(ledger.validate(&req, T0 + 11_000), Ok(Grant::time_ms(4000)));
+    }
+
+    /// Every unit kind goes through the shared rules: data units add payments up to an
+    /// allowance, `once` needs the sum to reach the amount, time drains.
+    #[test]
+    fn each_unit_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("ledger.jsonl");
+        let buyer = [7; 32];
+        let text = format!("{}{}", line(&buyer, "2", T0), line(&buyer, "3", T0 + 1));
+        std::fs::write(&file, text).unwrap();
+        let ledger = Ledger::new(file, Duration::ZERO);
+        let grant = |unit: &str, amount: &str, interval: &str, now: u64| {
+            let terms = PaymentTerms::new("ledger", "SATS", amount, unit, interval);
+            let req = Request {
+                buyer,
+                seller: [9; 32],
+                terms: &terms,
+            };
+            ledger.validate(&req, now)
+        };
+        let later = T0 + 1_000_000_000;
+        assert_eq!(
+            grant("bytes", "1", "10000", later),
+            Ok(Grant::bytes(50_000))
+        );
+        assert_eq!(
+            grant("kilobytes", "1", "2", later),
+            Ok(Grant::bytes(10_000))
+        );
+        assert_eq!(
+            grant("megabytes", "5", "1", later),
+            Ok(Grant::bytes(1_000_000))
+        );
+        assert_eq!(
+            grant("gigabytes", "1", "1", later),
+            Ok(Grant::bytes(5_000_000_000))
+        );
+        assert_eq!(grant("once", "5", "", later), Ok(Grant::once()));
+        assert_eq!(
+            grant("once", "6", "", later),
+            Err("the payments do not reach the one-time price".into())
+        );
+        // 5 paid (the last at T0 + 1), 1 ms spent.
+        for (unit, full) in [
+            ("seconds", 5_000),
+            ("minutes", 300_000),
+            ("hours", 18_000_000),
+        ] {
+            let g = grant(unit, "1", "1", T0 + 1).unwrap();
+            assert_eq!(g.kind, dazaar_plugin_api::GrantKind::TIME, "{unit}");
+            assert!((full - 2..full).contains(&g.remaining), "{unit}: {g:?}");
+        }
+        assert_eq!(
+            grant("seconds", "1", "1", T0 + 6_000),
+            Err("the paid time has run out".into())
+        );
+        assert!(grant("days", "1", "1", T0)
+            .unwrap_err()
+            .contains("bad price on the card"));
     }
 
     #[test]

@@ -897,9 +897,9 @@ impl LndPlugin {
     }
 
     fn validate_inner(&self, req: &Request<'_>, now_ms: u64) -> Result<Grant, String> {
-        let rate = req
+        let price = req
             .terms
-            .rate()
+            .price()
             .map_err(|e| format!("bad price on the card: {e}"))?;
         let currency = req.terms.currency.as_str();
         // Failures to check (no node, node unreachable) are marked `unavailable`: the host
@@ -937,7 +937,7 @@ impl LndPlugin {
             });
         }
         drop(st);
-        let grant = rate.grant(&payments, now_ms);
+        let grant = price.grant(&payments, now_ms);
         match (grant, down) {
             // Restored invoices keep a buyer valid while LND is being reached; anything
             // else waits for the node (it may hold a newer payment): fail closed.
@@ -1319,6 +1319,55 @@ mod tests {
         assert_eq!(
             plugin.validate(&req([3; 32]), at(settled_at)),
             Err("no settled invoice with this buyer's memo".to_owned())
+        );
+    }
+
+    /// Data units and `once` go through the shared rules like time does.
+    #[test]
+    fn each_unit_kind() {
+        let (seller, buyer) = ([1; 32], [2; 32]);
+        let mut state = State {
+            live_since: Some(tokio::time::Instant::now()),
+            ..State::default()
+        };
+        for (hash, value) in [(1, 100), (2, 50)] {
+            state.record(&proto::Invoice {
+                memo: payment_memo(&seller, &buyer),
+                r_hash: vec![hash],
+                value,
+                settle_date: 1_700_000_000,
+                state: proto::INVOICE_SETTLED,
+                ..proto::Invoice::default()
+            });
+        }
+        let plugin = seller_with(state);
+        let grant = |unit: &str, amount: &str, interval: &str| {
+            let terms = PaymentTerms::new("lnd", "SATS", amount, unit, interval);
+            plugin.validate(
+                &Request {
+                    buyer,
+                    seller,
+                    terms: &terms,
+                },
+                u64::MAX / 2,
+            )
+        };
+        assert_eq!(grant("bytes", "1", "10"), Ok(Grant::bytes(1500)));
+        assert_eq!(grant("kilobytes", "10", "1"), Ok(Grant::bytes(15_000)));
+        assert_eq!(grant("megabytes", "150", "2"), Ok(Grant::bytes(2_000_000)));
+        assert_eq!(
+            grant("gigabytes", "1", "1"),
+            Ok(Grant::bytes(150_000_000_000))
+        );
+        assert_eq!(grant("once", "150", ""), Ok(Grant::once()));
+        assert_eq!(
+            grant("once", "151", ""),
+            Err("the payments do not reach the one-time price".to_owned())
+        );
+        // Long after the payment, time has run out; data and once have not.
+        assert_eq!(
+            grant("seconds", "1", "1"),
+            Err("the paid time has run out".to_owned())
         );
     }
 

@@ -56,6 +56,14 @@ method = "lightning"
 address = "https://127.0.0.1:10009"
 "#;
 
+/// The per-second rate of a time price (the entries of `full_valid_file` are all time).
+fn time_rate(price: &dazaar_plugin_api::Price) -> f64 {
+    match price {
+        dazaar_plugin_api::Price::Time(rate) => rate.rate_per_second(),
+        other => panic!("not a time price: {other:?}"),
+    }
+}
+
 fn file() -> PathBuf {
     PathBuf::from("/etc/dazaar/dazaar.toml")
 }
@@ -108,7 +116,7 @@ fn full_valid_file() {
     assert_eq!(lnd.terms.interval.as_str(), "600");
     assert_eq!(lnd.terms.min_seconds, 2.0);
     assert_eq!(lnd.terms.payment_delay_ms, 5000);
-    assert!((lnd.rate.rate_per_second() - 1000.0 / 600.0).abs() < 1e-12);
+    assert!((time_rate(&lnd.price) - 1000.0 / 600.0).abs() < 1e-12);
     // The plugin's own table arrives as TOML text, unknown keys and all.
     let table: toml::Table = lnd.config.parse().unwrap();
     assert_eq!(table["address"].as_str(), Some("https://127.0.0.1:10009"));
@@ -118,7 +126,7 @@ fn full_valid_file() {
     assert_eq!(ledger.method, None);
     assert_eq!(ledger.spec().method, None);
     assert_eq!(ledger.spec().plugin, "ledger");
-    assert!((ledger.rate.rate_per_second() - 1.5 / 3600.0).abs() < 1e-12);
+    assert!((time_rate(&ledger.price) - 1.5 / 3600.0).abs() < 1e-12);
 
     let b = &s.sell[1];
     assert_eq!(b.feed, Path::new("/abs/feed"));
@@ -163,7 +171,30 @@ fn unknown_unit() {
     assert_eq!(e.key(), Some("sell[0].payment[1].unit"));
     let shown = e.to_string();
     assert!(shown.starts_with("/etc/dazaar/dazaar.toml:35:"), "{shown}");
-    assert!(shown.contains("unknown time unit \"days\""), "{shown}");
+    assert!(shown.contains("unknown unit \"days\""), "{shown}");
+}
+
+/// `[[sell.payment]] unit = ...` takes the data units and `once`; `once` needs no
+/// interval, the others still do.
+#[test]
+fn data_units_and_once() {
+    use dazaar_plugin_api::Price;
+    for unit in ["bytes", "kilobytes", "megabytes", "gigabytes"] {
+        let text = FULL.replace("unit = \"hours\"", &format!("unit = \"{unit}\""));
+        let s = config::parse(&text, &file()).unwrap();
+        let p = &s.sell[0].payment[1];
+        assert!(matches!(p.price, Price::Data(_)), "{unit}: {:?}", p.price);
+        assert_eq!(p.terms.unit.as_str(), unit);
+    }
+    let text = FULL.replace("unit = \"hours\"\ninterval = \"1\"", "unit = \"once\"");
+    let s = config::parse(&text, &file()).unwrap();
+    let p = &s.sell[0].payment[1];
+    assert!(matches!(p.price, Price::Once(_)), "{:?}", p.price);
+    assert_eq!(p.terms.interval.as_str(), "");
+    let text = FULL.replace("unit = \"hours\"\ninterval = \"1\"", "unit = \"bytes\"");
+    let e = err(&text);
+    assert_eq!(e.key(), Some("sell[0].payment[1].interval"));
+    assert!(e.to_string().contains("unit bytes needs one"), "{e}");
 }
 
 #[test]

@@ -266,6 +266,269 @@ fn a_seller_on_postgres_state_logs_sales_and_honours_shared_revocations() {
     assert!(!log.contains("panicked"), "{log}");
 }
 
+/// Two seller nodes (one identity, one feed, one PostgreSQL state) serve one paid product
+/// and keep one connection per buyer between them: a buyer live on node A is refused by
+/// node B while that connection lives, served by B once it ends; when A is killed with
+/// SIGKILL its buyer's lease holds until A's heartbeat lapses, then B serves the buyer.
+#[test]
+fn two_seller_nodes_keep_one_connection_per_buyer() {
+    use dazaar::market::lease::HELD_ELSEWHERE;
+    use dazaar_tests::proc::{
+        buy_once, buy_until_valid, buyer_key, json_lines, make_text_feed, Proc,
+    };
+    use std::time::{Duration, Instant};
+    let Some(url) = dazaar_tests::pg::PgServer::database("two_seller_nodes") else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let feed = dir.path().join("feed");
+    make_text_feed(&feed, 5);
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).expect("mkdir");
+    dazaar_tests::copy_plugin("ledger", &plugins, None);
+    let ledger = dir.path().join("ledger.jsonl");
+    let plugin_config = format!("file = {:?}\nreload_ms = 0", s(&ledger));
+    let node = |data: &std::path::Path| {
+        let p = Proc::spawn(dazaar_cmd(&[
+            "--data-dir",
+            s(data),
+            "--state",
+            &url,
+            "sell",
+            s(&feed),
+            "--listen",
+            "127.0.0.1:0",
+            "--payment",
+            "ledger",
+            "--plugin-dir",
+            s(&plugins),
+            "--plugin-config",
+            &plugin_config,
+            "--amount",
+            "1",
+            "--unit",
+            "seconds",
+            "--interval",
+            "1",
+            "--revalidate-ms",
+            "200",
+            "--json",
+        ]));
+        let info = p.event("listening", Duration::from_secs(20));
+        let key = info["sellerKey"].as_str().expect("key").to_owned();
+        let addr = info["addr"].as_str().expect("addr").to_owned();
+        (p, key, addr)
+    };
+    let (a_data, b_data) = (dir.path().join("node-a"), dir.path().join("node-b"));
+    let (mut node_a, key, addr_a) = node(&a_data);
+    // Node B gets A's identity (the same seller key for the same feed).
+    std::fs::create_dir_all(&b_data).expect("mkdir");
+    std::fs::copy(a_data.join("master-key"), b_data.join("master-key")).expect("copy identity");
+    let (_node_b, key_b, addr_b) = node(&b_data);
+    assert_eq!(key, key_b, "both nodes sell under one seller key");
+
+    let buyer_data = dir.path().join("buyer");
+    let buyer = buyer_key(&buyer_data);
+    let o = dazaar(&[
+        "ledger",
+        "add",
+        "--file",
+        s(&ledger),
+        "--buyer",
+        &buyer,
+        "--amount",
+        "3600",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let live_on_a = || {
+        let p = Proc::spawn(dazaar_cmd(&[
+            "--data-dir",
+            s(&buyer_data),
+            "buy",
+            &key,
+            "--connect",
+            &addr_a,
+            "--out",
+            s(&dir.path().join("out-a")),
+            "--live",
+            "--json",
+        ]));
+        p.json_where(
+            Duration::from_secs(20),
+            "valid on node A",
+            &|v: &serde_json::Value| v["event"] == "valid",
+        );
+        p
+    };
+    let refused_by_b = |out: &str| {
+        let o = buy_once(&buyer_data, &key, &addr_b, &dir.path().join(out));
+        assert!(!o.status.success(), "node B served a buyer node A holds");
+        let lines = json_lines(&o.stdout);
+        assert!(
+            lines
+                .iter()
+                .any(|l| l["event"] == "invalid" && l["error"] == HELD_ELSEWHERE),
+            "{lines:?} {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+
+    // Live on A: B refuses; the connection ends: B serves.
+    let mut on_a = live_on_a();
+    refused_by_b("out-b1");
+    on_a.stop();
+    buy_until_valid(
+        &buyer_data,
+        &key,
+        &addr_b,
+        &dir.path().join("out-b2"),
+        Duration::from_secs(20),
+    );
+
+    // Live on A again, A killed: the lease outlives A until its heartbeat lapses.
+    let _on_a = live_on_a();
+    node_a.kill9();
+    let killed = Instant::now();
+    refused_by_b("out-b3");
+    buy_until_valid(
+        &buyer_data,
+        &key,
+        &addr_b,
+        &dir.path().join("out-b4"),
+        Duration::from_secs(40),
+    );
+    assert!(
+        killed.elapsed() >= dazaar::state::NODE_EXPIRY - dazaar::state::NODE_HEARTBEAT,
+        "a dead node's lease lapsed before its heartbeat could have"
+    );
+}
+
+/// The state database goes away under a running seller (PostgreSQL refuses the seller's
+/// database and drops its connections): a new buyer is refused (fail closed), a buyer
+/// already valid keeps what is left of its time grant and lapses when it runs out, not
+/// before; when the database is back, buyers are served again.
+#[test]
+fn a_valid_buyer_keeps_its_grant_through_a_database_outage() {
+    use dazaar::market::seller::STATE_UNAVAILABLE;
+    use dazaar_tests::proc::{
+        buy_once, buy_until_valid, buyer_key, json_lines, make_text_feed, Proc,
+    };
+    use std::time::{Duration, Instant};
+    let Some(url) = dazaar_tests::pg::PgServer::database("state_outage") else {
+        return;
+    };
+    let (admin_url, name) = url.rsplit_once('/').expect("database name");
+    let admin = |sql: &str| {
+        let mut c = postgres::Client::connect(&format!("{admin_url}/postgres"), postgres::NoTls)
+            .expect("connect as admin");
+        c.batch_execute(sql).expect(sql);
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let feed = dir.path().join("feed");
+    make_text_feed(&feed, 5);
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).expect("mkdir");
+    dazaar_tests::copy_plugin("ledger", &plugins, None);
+    let ledger = dir.path().join("ledger.jsonl");
+    let plugin_config = format!("file = {:?}\nreload_ms = 0", s(&ledger));
+    let seller = Proc::spawn(dazaar_cmd(&[
+        "--data-dir",
+        s(&dir.path().join("seller")),
+        "--state",
+        &url,
+        "sell",
+        s(&feed),
+        "--listen",
+        "127.0.0.1:0",
+        "--payment",
+        "ledger",
+        "--plugin-dir",
+        s(&plugins),
+        "--plugin-config",
+        &plugin_config,
+        "--amount",
+        "1",
+        "--unit",
+        "seconds",
+        "--interval",
+        "1",
+        "--revalidate-ms",
+        "200",
+        "--json",
+    ]));
+    let info = seller.event("listening", Duration::from_secs(20));
+    let key = info["sellerKey"].as_str().expect("key").to_owned();
+    let addr = info["addr"].as_str().expect("addr").to_owned();
+    let pay = |buyer: &str, amount: &str| {
+        let o = dazaar(&[
+            "ledger",
+            "add",
+            "--file",
+            s(&ledger),
+            "--buyer",
+            buyer,
+            "--amount",
+            amount,
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    // Buyer 1 pays for 12 seconds (from the payment's time, which is after `paid`).
+    let (b1, b2) = (dir.path().join("b1"), dir.path().join("b2"));
+    let paid = Instant::now();
+    pay(&buyer_key(&b1), "12");
+    pay(&buyer_key(&b2), "3600");
+    let live = Proc::spawn(dazaar_cmd(&[
+        "--data-dir",
+        s(&b1),
+        "buy",
+        &key,
+        "--connect",
+        &addr,
+        "--out",
+        s(&dir.path().join("out1")),
+        "--live",
+        "--json",
+    ]));
+    live.event("valid", Duration::from_secs(20));
+
+    // The database goes away.
+    admin(&format!(
+        "ALTER DATABASE {name} ALLOW_CONNECTIONS false; \
+         SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"
+    ));
+    let o = buy_once(&b2, &key, &addr, &dir.path().join("out2"));
+    assert!(
+        !o.status.success(),
+        "a buyer was granted access with the state unreadable"
+    );
+    let lines = json_lines(&o.stdout);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["event"] == "invalid" && l["error"] == STATE_UNAVAILABLE),
+        "{lines:?}"
+    );
+    // Buyer 1 lapses when its 12 paid seconds run out, not when the database went.
+    live.json_where(Duration::from_secs(40), "buyer 1's lapse", |v| {
+        v["event"] == "invalid"
+    });
+    assert!(
+        paid.elapsed() >= Duration::from_secs(11),
+        "a valid buyer was cut off by the outage after {:?}",
+        paid.elapsed()
+    );
+
+    // The database is back: buyers are served again.
+    admin(&format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"));
+    buy_until_valid(
+        &b2,
+        &key,
+        &addr,
+        &dir.path().join("out3"),
+        Duration::from_secs(30),
+    );
+}
+
 /// `dazaar ledger add` without `--file` records a payment in the state store; a seller
 /// whose ledger plugin has no `file` reads it from there and sells to that buyer, while a
 /// buyer without a payment, and a payment for another product, are refused.

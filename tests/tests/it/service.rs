@@ -1,0 +1,305 @@
+//! Running a seller as a service (issue 16): fixed addresses per `[[sell]]`.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::time::Duration;
+
+use dazaar::config::{self, ConfigError};
+use dazaar_tests::{dazaar, dazaar_cmd, json_lines, make_text_feed, s, Proc};
+
+/// A loopback port that was free a moment ago (bound to port 0, then released).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+const TWO_FIXED: &str = r#"listen = "127.0.0.1:0"
+
+[[sell]]
+feed = "one"
+name = "one"
+listen = "127.0.0.1:4101"
+
+[[sell]]
+feed = "two"
+name = "two"
+listen = "[::1]:4102"
+
+[[sell]]
+feed = "three"
+name = "three"
+"#;
+
+#[test]
+fn a_sell_table_has_its_own_listen_address() {
+    let file = Path::new("/etc/dazaar/dazaar.toml");
+    let s = config::parse(TWO_FIXED, file).expect("parses");
+    let own: Vec<_> = s.sell.iter().map(|p| p.listen).collect();
+    assert_eq!(
+        own,
+        [
+            Some("127.0.0.1:4101".parse().unwrap()),
+            Some("[::1]:4102".parse().unwrap()),
+            None
+        ]
+    );
+    // The first product without its own address takes the default; later ones a free
+    // port on the default's IP.
+    let default: SocketAddr = "127.0.0.1:4000".parse().unwrap();
+    assert_eq!(
+        dazaar::market::shop::listen_addrs(&[None, own[0], None], default),
+        [
+            default,
+            "127.0.0.1:4101".parse().unwrap(),
+            "127.0.0.1:0".parse().unwrap()
+        ]
+    );
+
+    let bad = TWO_FIXED.replace("[::1]:4102", "localhost:4102");
+    match config::parse(&bad, file).expect_err("a host name is not an address") {
+        ConfigError::Invalid { line, key, .. } => {
+            assert_eq!((line, key.as_str()), (11, "sell[1].listen"))
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let twice = TWO_FIXED.replace("[::1]:4102", "127.0.0.1:4101");
+    let e = config::parse(&twice, file).expect_err("two products on one address");
+    assert_eq!((e.line(), e.key()), (11, Some("sell[1].listen")));
+    assert!(e.to_string().contains("sell[0]"), "{e}");
+    // Port 0 twice is fine: each gets a free port.
+    let zeros = TWO_FIXED
+        .replace("4101", "0")
+        .replace("[::1]:4102", "127.0.0.1:0");
+    config::parse(&zeros, file).expect("port 0 twice");
+}
+
+/// Two `[[sell]]` products with fixed loopback ports listen where configured (one
+/// `listening` line each, in file order), and a buyer buys from each at its port.
+#[test]
+fn sell_products_listen_on_their_fixed_ports() {
+    let dir = tempfile::tempdir().unwrap();
+    let (f1, f2) = (dir.path().join("f1"), dir.path().join("f2"));
+    make_text_feed(&f1, 3);
+    make_text_feed(&f2, 4);
+    let ports = [free_port(), free_port()];
+    let config = dir.path().join("dazaar.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\n\n[[sell]]\nfeed = {:?}\nname = \"one\"\nlisten = \"127.0.0.1:{}\"\n\n[[sell]]\nfeed = {:?}\nname = \"two\"\nlisten = \"127.0.0.1:{}\"\n",
+            s(&dir.path().join("seller")),
+            s(&f1),
+            ports[0],
+            s(&f2),
+            ports[1],
+        ),
+    )
+    .unwrap();
+    let seller = Proc::spawn(dazaar_cmd(&["--config", s(&config), "sell", "--json"]));
+    let listening = [
+        seller.event("listening", Duration::from_secs(10)),
+        seller.event("listening", Duration::from_secs(10)),
+    ];
+    for (n, (l, (port, want))) in listening.iter().zip(ports.iter().zip([3, 4])).enumerate() {
+        let addr = format!("127.0.0.1:{port}");
+        assert_eq!(l["addr"], addr.as_str());
+        let out = dir.path().join(format!("bought{n}"));
+        let o = dazaar(&[
+            "--data-dir",
+            s(&dir.path().join("buyer")),
+            "buy",
+            l["sellerKey"].as_str().unwrap(),
+            "--connect",
+            &addr,
+            "--out",
+            s(&out),
+            "--json",
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert_eq!(json_lines(&o.stdout).last().unwrap()["length"], want);
+    }
+}
+
+/// `GET http://addr/path`: the status and the body.
+fn http_get(addr: &str, path: &str) -> (u16, String) {
+    match ureq::get(&format!("http://{addr}{path}"))
+        .timeout(Duration::from_secs(5))
+        .call()
+    {
+        Ok(r) => (r.status(), r.into_string().unwrap()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
+        Err(e) => panic!("GET {path}: {e}"),
+    }
+}
+
+/// `/metrics`, parsed by a Prometheus text-format parser.
+fn scrape(addr: &str) -> prometheus_parse::Scrape {
+    let (status, body) = http_get(addr, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).unwrap()
+}
+
+/// The value of the sample `name` whose labels include `labels` (summed over the
+/// others), or 0 when there is none; histograms give their count.
+fn value(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    use prometheus_parse::Value;
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match &s.value {
+            Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+            Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
+            Value::Summary(_) => 0.0,
+        })
+        .sum()
+}
+
+/// Starts `dazaar sell FEED --payment PLUGIN ... --metrics 127.0.0.1:0 --json` with the
+/// plugin copied into `dir/plugins`; returns the seller, its `listening` line and the
+/// metrics address.
+fn sell_with_metrics(
+    dir: &Path,
+    feed: &Path,
+    plugin: &str,
+    plugin_config: &str,
+) -> (Proc, serde_json::Value, String) {
+    let plugins = dir.join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    dazaar_tests::copy_plugin(plugin, &plugins, None);
+    let (seller, info) = dazaar_tests::sell(&[
+        "--data-dir",
+        s(&dir.join("seller")),
+        s(feed),
+        "--listen",
+        "127.0.0.1:0",
+        "--payment",
+        plugin,
+        "--plugin-dir",
+        s(&plugins),
+        "--plugin-config",
+        plugin_config,
+        "--revalidate-ms",
+        "200",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let metrics = seller.event("metrics", Duration::from_secs(10));
+    let addr = metrics["addr"].as_str().unwrap().to_owned();
+    (seller, info, addr)
+}
+
+/// A seller with `--metrics`: one paying buyer buys live; `/metrics` (parsed as
+/// Prometheus text) counts the buyer connected and valid, the plugin's valid answers and
+/// their latency, and the bytes uploaded; `/healthz` says ok. When the buyer goes, the
+/// gauges go back to zero.
+#[test]
+fn metrics_count_a_paying_buyer_and_health_is_ok() {
+    let dir = tempfile::tempdir().unwrap();
+    let feed = dir.path().join("feed");
+    make_text_feed(&feed, 30);
+    let ledger = dir.path().join("ledger.jsonl");
+    let config = format!("file = {:?}\nreload_ms = 0", s(&ledger));
+    let (_seller, info, metrics) = sell_with_metrics(dir.path(), &feed, "ledger", &config);
+    let product = info["sellerKey"].as_str().unwrap().to_owned();
+    let by_product = [("product", product.as_str())];
+
+    let (status, body) = http_get(&metrics, "/healthz");
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+
+    let buyer_data = dir.path().join("buyer");
+    let o = dazaar(&[
+        "ledger",
+        "add",
+        "--file",
+        s(&ledger),
+        "--buyer",
+        &dazaar_tests::buyer_key(&buyer_data),
+        "--amount",
+        "600",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let mut buyer = Proc::spawn(dazaar_cmd(&[
+        "--data-dir",
+        s(&buyer_data),
+        "buy",
+        &product,
+        "--connect",
+        info["addr"].as_str().unwrap(),
+        "--out",
+        s(&dir.path().join("bought")),
+        "--live",
+        "--json",
+    ]));
+    buyer.json_where(Duration::from_secs(10), "all 30 blocks", |v| {
+        v["event"] == "synced" && v["length"] == 30
+    });
+
+    let m = scrape(&metrics);
+    assert_eq!(value(&m, "dazaar_buyers_connected", &by_product), 1.0);
+    assert_eq!(value(&m, "dazaar_buyers_valid", &by_product), 1.0);
+    let valid = [("plugin", "ledger"), ("result", "valid")];
+    assert!(value(&m, "dazaar_validations_total", &valid) >= 1.0);
+    let uploaded = value(&m, "dazaar_bytes_uploaded_total", &by_product);
+    assert!(uploaded > 30.0 * 8.0, "{uploaded} bytes for 30 blocks");
+    let calls = [("plugin", "ledger"), ("call", "validate")];
+    assert!(value(&m, "dazaar_plugin_call_seconds", &calls) >= 1.0);
+    assert_eq!(
+        value(&m, "dazaar_handshakes_failed_total", &by_product),
+        0.0
+    );
+    let (status, body) = http_get(&metrics, "/healthz");
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
+
+    buyer.stop();
+    dazaar_tests::wait_until(Duration::from_secs(10), "the gauges to drop", || {
+        let m = scrape(&metrics);
+        value(&m, "dazaar_buyers_connected", &by_product) == 0.0
+            && value(&m, "dazaar_buyers_valid", &by_product) == 0.0
+    });
+    // A peer that never finishes the handshake is counted as such.
+    drop(std::net::TcpStream::connect(info["addr"].as_str().unwrap()).unwrap());
+    dazaar_tests::wait_until(Duration::from_secs(10), "a failed handshake", || {
+        value(
+            &scrape(&metrics),
+            "dazaar_handshakes_failed_total",
+            &by_product,
+        ) == 1.0
+    });
+    let (status, _) = http_get(&metrics, "/nothing");
+    assert_eq!(status, 404);
+}
+
+/// A payment plugin whose backend is down: the buyer is refused, the validation is
+/// counted as an error, and `/healthz` answers 503 naming the plugin.
+#[test]
+fn health_is_503_while_a_plugin_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let feed = dir.path().join("feed");
+    make_text_feed(&feed, 3);
+    let (_seller, info, metrics) =
+        sell_with_metrics(dir.path(), &feed, "faulty", "mode = \"unavailable\"");
+    let o = dazaar(&[
+        "--data-dir",
+        s(&dir.path().join("buyer")),
+        "buy",
+        info["sellerKey"].as_str().unwrap(),
+        "--connect",
+        info["addr"].as_str().unwrap(),
+        "--out",
+        s(&dir.path().join("bought")),
+        "--json",
+    ]);
+    assert!(!o.status.success());
+    let (status, body) = http_get(&metrics, "/healthz");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("plugin faulty") && body.contains("unavailable"),
+        "{body}"
+    );
+    let errors = [("plugin", "faulty"), ("result", "error")];
+    assert!(value(&scrape(&metrics), "dazaar_validations_total", &errors) >= 1.0);
+}
