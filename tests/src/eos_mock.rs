@@ -65,6 +65,8 @@ pub struct EosState {
     pub overlap: bool,
     /// Requests served.
     pub requests: usize,
+    /// The history positions asked for, in order: v1's `pos`, Hyperion's `skip`.
+    pub positions: Vec<u64>,
     /// Account → its `active` public key (`EOS…`), for pushed transactions.
     pub keys: HashMap<String, String>,
     /// The chain id `get_info` reports and signatures must cover.
@@ -189,6 +191,7 @@ impl MockEos {
             mode: Mode::Normal,
             overlap: false,
             requests: 0,
+            positions: Vec::new(),
             keys: HashMap::new(),
             chain_id: hex::decode(CHAIN_ID)
                 .expect("hex")
@@ -447,6 +450,7 @@ fn route(request: &tiny_http::Request, body: &str, state: &Mutex<EosState>) -> (
                     "pos and offset must be numbers",
                 );
             };
+            st.positions.push(pos.max(0) as u64);
             if pos < 0 || offset < 0 {
                 return nodeos_error(
                     400,
@@ -481,6 +485,7 @@ fn route(request: &tiny_http::Request, body: &str, state: &Mutex<EosState>) -> (
             let filter = get("filter").unwrap_or_default();
             let (fc, fname) = filter.split_once(':').unwrap_or(("*", "*"));
             let skip: usize = get("skip").and_then(|s| s.parse().ok()).unwrap_or(0);
+            st.positions.push(skip as u64);
             let limit: usize = get("limit").and_then(|s| s.parse().ok()).unwrap_or(10);
             if get("sort").as_deref() != Some("asc") {
                 return nodeos_error(400, "bad_request", "this mock serves sort=asc only");

@@ -37,6 +37,11 @@
 //!   `timeout_ms` below half of it. A push that times out may still land; paying again
 //!   makes a new transaction (a new expiration), so check the seller's view first.
 //!
+//!
+//! With the host's state store (API 1.3) the seller side keeps each account's history
+//! cursor and the dazaar transfers found ([`saved`]): a restart resumes reading the
+//! history from the saved cursor instead of from the account's first action.
+//!
 //! Card: currency `EOS` (or `EOS Testnet`; any other symbol through `symbol`), `payTo`
 //! the seller's account; amounts in whole tokens.
 //!
@@ -71,6 +76,7 @@ pub mod fuzzing;
 pub mod history;
 pub mod keys;
 pub mod push;
+pub mod saved;
 pub mod tx;
 pub use dazaar_plugin_api::logging;
 
@@ -82,7 +88,7 @@ use std::time::{Duration, Instant};
 use dazaar_plugin_api::logging::LogSettings;
 use dazaar_plugin_api::{
     expand_home, export_payment_plugin, parse_payment_memo, unavailable, Backoff, Description,
-    Grant, Key, Payment, PaymentInstructions, PaymentPlugin, Request,
+    Grant, Key, Payment, PaymentInstructions, PaymentPlugin, PluginStore, Request,
 };
 use serde::Deserialize;
 use serde_json::json;
@@ -91,6 +97,7 @@ use chain::{Asset, Transfer};
 use history::{Api, History};
 use keys::PrivateKey;
 use push::{Node, TransferOrder};
+use saved::{Saved, SavedCursor, SavedTransfer};
 use zeroize::Zeroizing;
 
 /// The most seller accounts one verifier watches.
@@ -358,6 +365,9 @@ pub struct EosPlugin {
     accounts: Mutex<HashMap<String, Account>>,
     /// Held while one thread asks the node, so concurrent validations do not all poll.
     polling: Mutex<()>,
+    /// The host's state store (API 1.3): cursors and transfers found, across restarts.
+    /// Used under `polling`.
+    saved: Option<Mutex<Saved>>,
 }
 
 impl std::fmt::Debug for EosPlugin {
@@ -419,6 +429,7 @@ impl EosPlugin {
             .polling
             .lock()
             .map_err(|_| "the EOS plugin's poll lock is poisoned".to_owned())?;
+        self.restore(account)?;
         let cursor = {
             let mut accounts = self.lock()?;
             if !accounts.contains_key(account) && accounts.len() >= MAX_ACCOUNTS {
@@ -468,9 +479,18 @@ impl EosPlugin {
                     cursor = a.cursor,
                     "history read"
                 );
-                for t in batch.transfers {
-                    self.record(account, a, t);
-                }
+                let found: Vec<SavedTransfer> = batch
+                    .transfers
+                    .into_iter()
+                    .filter_map(|t| self.record(account, a, t))
+                    .collect();
+                let cursor = SavedCursor {
+                    cursor: a.cursor,
+                    lib: a.lib,
+                    sellers: a.sellers.iter().copied().collect(),
+                };
+                drop(accounts);
+                self.save(account, &found, &cursor);
             }
             Err(e) => {
                 a.failures = a.failures.saturating_add(1);
@@ -481,36 +501,117 @@ impl EosPlugin {
         Ok(())
     }
 
-    fn record(&self, account: &str, a: &mut Account, t: Transfer) {
+    /// Records `t` if it pays one of `a`'s sellers and is new; returns it then (to save).
+    fn record(&self, account: &str, a: &mut Account, t: Transfer) -> Option<SavedTransfer> {
         if t.contract != self.config.token_contract || t.to != account || t.from == account {
-            return;
+            return None;
         }
-        let Some((seller, buyer)) = parse_payment_memo(&t.memo) else {
-            return;
-        };
+        let (seller, buyer) = parse_payment_memo(&t.memo)?;
         if !a.sellers.contains(&seller) {
-            return; // names a seller this verifier does not serve
+            return None; // names a seller this verifier does not serve
         }
         // The memo must be exactly the canonical (lowercase) text.
         if t.memo != dazaar_plugin_api::payment_memo(&seller, &buyer) {
-            return;
+            return None;
         }
-        let list = a.by_buyer.entry((seller, buyer)).or_default();
-        if list.iter().any(|f| f.id == t.id) {
-            return; // the same action seen twice (page overlap, re-indexing)
-        }
-        if a.payments >= self.config.max_payments {
-            tracing::warn!(account, "max_payments reached; a payment was not recorded");
-            return;
-        }
-        tracing::debug!(account, buyer = %hex::encode(buyer), quantity = ?t.quantity, "payment found");
-        a.payments += 1;
-        list.push(Found {
+        let found = Found {
             id: t.id,
             quantity: t.quantity,
             time_ms: t.time_ms,
             block_num: t.block_num,
-        });
+        };
+        tracing::debug!(account, buyer = %hex::encode(buyer), quantity = ?found.quantity, "payment found");
+        if !self.keep(account, a, seller, buyer, found.clone()) {
+            return None;
+        }
+        Some(SavedTransfer {
+            seller,
+            buyer,
+            id: found.id,
+            quantity: found.quantity,
+            time_ms: found.time_ms,
+            block_num: found.block_num,
+        })
+    }
+
+    /// Adds `found` to `a` unless it is known or `max_payments` is reached.
+    fn keep(&self, account: &str, a: &mut Account, seller: Key, buyer: Key, found: Found) -> bool {
+        let list = a.by_buyer.entry((seller, buyer)).or_default();
+        if list.iter().any(|f| f.id == found.id) {
+            return false; // the same action seen twice (page overlap, re-indexing)
+        }
+        if a.payments >= self.config.max_payments {
+            tracing::warn!(account, "max_payments reached; a payment was not recorded");
+            return false;
+        }
+        a.payments += 1;
+        list.push(found);
+        true
+    }
+
+    /// The first time `account` is read: what was saved for it (its transfers and its
+    /// cursor), so reading resumes there. A store that fails only costs a re-read.
+    fn restore(&self, account: &str) -> Result<(), String> {
+        let Some(saved) = &self.saved else {
+            return Ok(());
+        };
+        if self.lock()?.contains_key(account) {
+            return Ok(());
+        }
+        let loaded = saved
+            .lock()
+            .map_err(|_| "the EOS plugin's saved state is poisoned".to_owned())?
+            .load(account, self.config.max_payments);
+        let (found, cursor) = match loaded {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(account, error = %e, "cannot read the saved cursor; reading the history from the start");
+                return Ok(());
+            }
+        };
+        let mut accounts = self.lock()?;
+        if accounts.len() >= MAX_ACCOUNTS {
+            return Ok(()); // refused by the caller
+        }
+        let a = accounts.entry(account.to_owned()).or_default();
+        if let Some(c) = cursor {
+            a.cursor = c.cursor;
+            a.lib = c.lib;
+            a.sellers = c.sellers.into_iter().take(MAX_SELLERS).collect();
+            tracing::info!(
+                account,
+                cursor = a.cursor,
+                payments = found.len(),
+                "resuming from the saved cursor"
+            );
+        }
+        for t in found {
+            let f = Found {
+                id: t.id,
+                quantity: t.quantity,
+                time_ms: t.time_ms,
+                block_num: t.block_num,
+            };
+            self.keep(account, a, t.seller, t.buyer, f);
+        }
+        Ok(())
+    }
+
+    /// Saves the transfers found, then the cursor that covers them. A failure is logged:
+    /// the next restart reads again from the last cursor saved.
+    fn save(&self, account: &str, found: &[SavedTransfer], cursor: &SavedCursor) {
+        let Some(saved) = &self.saved else {
+            return;
+        };
+        let Ok(mut saved) = saved.lock() else {
+            return;
+        };
+        let result = saved
+            .append(account, found)
+            .and_then(|()| saved.save_cursor(account, cursor));
+        if let Err(e) = result {
+            tracing::warn!(account, error = %e, "cannot save the history cursor");
+        }
     }
 
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, HashMap<String, Account>>, String> {
@@ -556,7 +657,14 @@ impl PaymentPlugin for EosPlugin {
             wallet,
             accounts: Mutex::new(HashMap::new()),
             polling: Mutex::new(()),
+            saved: None,
         })
+    }
+
+    fn open_with_state(config: &str, state: PluginStore) -> Result<Self, String> {
+        let mut plugin = Self::open(config)?;
+        plugin.saved = Some(Mutex::new(Saved::new(state)));
+        Ok(plugin)
     }
 
     fn validate(&self, req: &Request<'_>, now_ms: u64) -> Result<Grant, String> {

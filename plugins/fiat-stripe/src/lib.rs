@@ -41,17 +41,19 @@ pub mod limit;
 pub use dazaar_plugin_api::logging;
 pub mod money;
 pub mod objects;
+mod saved;
 pub mod secret;
 pub mod webhook;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::mpsc::SyncSender;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dazaar_plugin_api::logging::LogSettings;
 use dazaar_plugin_api::{
     export_payment_plugin, unavailable, Description, Grant, Key, OutgoingMessage, Payment,
-    PaymentInstructions, PaymentPlugin, Request,
+    PaymentInstructions, PaymentPlugin, PluginStore, Request,
 };
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -259,6 +261,8 @@ struct State {
     /// kept until a refund or dispute event names them or the buyer is evicted; at most
     /// `max_buyers` buyers, [`PUSH_PER_BUYER`] payments each.
     index: ByBuyer,
+    /// Index buckets changed since the saver last wrote them (with a state store).
+    dirty: BTreeSet<u8>,
 }
 
 /// The newest payment time of a list (0 when empty), for eviction.
@@ -270,6 +274,7 @@ impl State {
     /// A webhook reported a payment.
     fn push(&mut self, p: StripePayment, max_buyers: usize) {
         let key = (p.seller, p.buyer);
+        self.dirty.insert(saved::bucket_of(&p));
         if !self.index.contains_key(&key) && self.index.len() >= max_buyers {
             // Full: the buyer whose newest payment is oldest has most likely used up
             // its time. Events are signed by Stripe, so only real payments get here.
@@ -281,6 +286,7 @@ impl State {
             {
                 tracing::warn!("webhook index full (max_buyers); the oldest buyer is dropped");
                 self.index.remove(&oldest);
+                self.dirty.insert(oldest.1[0]);
             }
         }
         let list = self.index.entry(key).or_default();
@@ -302,7 +308,13 @@ impl State {
     /// validation asks Stripe.
     fn invalidate(&mut self, intent: &str) {
         for list in self.index.values_mut() {
-            list.retain(|p| p.id != intent);
+            list.retain(|p| {
+                let keep = p.id != intent;
+                if !keep {
+                    self.dirty.insert(saved::bucket_of(p));
+                }
+                keep
+            });
         }
         self.index.retain(|_, v| !v.is_empty());
         self.by_buyer
@@ -388,6 +400,9 @@ pub struct StripePlugin {
     config: Config,
     state: Arc<Mutex<State>>,
     listener: Option<webhook::Listener>,
+    /// Writes the webhook index to the host's state store (API 1.3). Dropped after the
+    /// listener, so the last events are written.
+    _saver: Option<saved::Saver>,
 }
 
 impl std::fmt::Debug for StripePlugin {
@@ -405,8 +420,8 @@ fn lock(state: &Mutex<State>) -> Result<std::sync::MutexGuard<'_, State>, String
         .map_err(|_| "the Stripe plugin's state is poisoned".to_owned())
 }
 
-/// Handles one verified webhook event body.
-fn on_event(state: &Mutex<State>, max_buyers: usize, body: &[u8]) {
+/// Handles one verified webhook event body; `saver` is woken to write what changed.
+fn on_event(state: &Mutex<State>, max_buyers: usize, saver: Option<&SyncSender<()>>, body: &[u8]) {
     let Ok(event) = serde_json::from_slice::<Value>(body) else {
         tracing::debug!("webhook event is not JSON");
         return;
@@ -436,6 +451,11 @@ fn on_event(state: &Mutex<State>, max_buyers: usize, body: &[u8]) {
             }
         }
         _ => {}
+    }
+    drop(st);
+    if let Some(wake) = saver {
+        // Full: a wake-up is already pending.
+        let _ = wake.try_send(());
     }
 }
 
@@ -700,51 +720,11 @@ impl PaymentPlugin for StripePlugin {
     }
 
     fn open(config: &str) -> Result<Self, String> {
-        let Checked {
-            config,
-            key,
-            webhook_secret,
-            log,
-        } = check(config)?;
-        log.apply()?;
-        let api = key.map(|k| {
-            StripeApi::new(
-                &config.api_base,
-                k,
-                Duration::from_millis(config.timeout_ms),
-                config.stripe_version.clone(),
-                config.max_pages,
-                api::Budget {
-                    search_per_s: config.search_per_s,
-                    other_per_s: config.api_per_s,
-                },
-            )
-        });
-        let state = Arc::new(Mutex::new(State::default()));
-        let listener = match (&config.webhook_listen, webhook_secret) {
-            (Some(addr), Some(secret)) => {
-                let st = Arc::clone(&state);
-                let max = config.max_buyers;
-                Some(webhook::Listener::start(
-                    addr,
-                    secret,
-                    Duration::from_secs(config.webhook_tolerance_s),
-                    webhook::Limits {
-                        max_connections: config.webhook_max_connections,
-                        ..webhook::Limits::default()
-                    },
-                    move |body| on_event(&st, max, body),
-                )?)
-            }
-            _ => None,
-        };
-        tracing::info!(api = %config.api_base, lookup = ?config.lookup, "Stripe plugin opened");
-        Ok(StripePlugin {
-            api,
-            config,
-            state,
-            listener,
-        })
+        StripePlugin::open_on(config, None)
+    }
+
+    fn open_with_state(config: &str, state: PluginStore) -> Result<Self, String> {
+        StripePlugin::open_on(config, Some(state))
     }
 
     fn validate(&self, req: &Request<'_>, now_ms: u64) -> Result<Grant, String> {
@@ -832,6 +812,77 @@ impl PaymentPlugin for StripePlugin {
             }),
             note: Some("the seller answers with a Stripe Checkout link".into()),
             ..PaymentInstructions::default()
+        })
+    }
+}
+
+impl StripePlugin {
+    /// Opens the plugin; with `store`, the webhook index saved there is read back and
+    /// kept there.
+    fn open_on(config: &str, store: Option<PluginStore>) -> Result<Self, String> {
+        let Checked {
+            config,
+            key,
+            webhook_secret,
+            log,
+        } = check(config)?;
+        log.apply()?;
+        let api = key.map(|k| {
+            StripeApi::new(
+                &config.api_base,
+                k,
+                Duration::from_millis(config.timeout_ms),
+                config.stripe_version.clone(),
+                config.max_pages,
+                api::Budget {
+                    search_per_s: config.search_per_s,
+                    other_per_s: config.api_per_s,
+                },
+            )
+        });
+        let state = Arc::new(Mutex::new(State::default()));
+        let saver = match store {
+            Some(store) => {
+                match saved::load(&store) {
+                    Ok(payments) => {
+                        tracing::info!(payments = payments.len(), "webhook index read back");
+                        let mut st = lock(&state)?;
+                        for p in payments {
+                            st.push(p, config.max_buyers);
+                        }
+                        st.dirty.clear();
+                    }
+                    Err(e) => tracing::warn!(error = %e, "cannot read the saved webhook index"),
+                }
+                Some(saved::Saver::start(store, Arc::clone(&state))?)
+            }
+            None => None,
+        };
+        let listener = match (&config.webhook_listen, webhook_secret) {
+            (Some(addr), Some(secret)) => {
+                let st = Arc::clone(&state);
+                let max = config.max_buyers;
+                let wake = saver.as_ref().map(saved::Saver::waker);
+                Some(webhook::Listener::start(
+                    addr,
+                    secret,
+                    Duration::from_secs(config.webhook_tolerance_s),
+                    webhook::Limits {
+                        max_connections: config.webhook_max_connections,
+                        ..webhook::Limits::default()
+                    },
+                    move |body| on_event(&st, max, wake.as_ref(), body),
+                )?)
+            }
+            _ => None,
+        };
+        tracing::info!(api = %config.api_base, lookup = ?config.lookup, "Stripe plugin opened");
+        Ok(StripePlugin {
+            api,
+            config,
+            state,
+            listener,
+            _saver: saver,
         })
     }
 }

@@ -848,3 +848,66 @@ fn eos_sale_end_to_end_through_the_binary() {
     assert!(text.contains("  paid: "), "{text}");
     assert_eq!(node.state.lock().unwrap().pushed.len(), 2);
 }
+
+/// A seller restarted with its state store (API 1.3) resumes reading the account's
+/// history from the saved cursor, not from its first action: the buyers paid before the
+/// restart are valid from the saved transfers, and a payment made while the seller was
+/// down is found from the cursor on.
+#[test]
+fn eos_restart_resumes_from_the_saved_cursor() {
+    use dazaar::payments::StateScope;
+    use dazaar::state::StateStore;
+
+    let node = MockEos::start(ACCOUNT);
+    fill(&node, now_ms());
+    let config = format!("rpc = {:?}\npage_size = 3\npoll_ms = 0\n", node.base);
+    let data = tempfile::tempdir().unwrap();
+    let open_with_state = || {
+        let scope = StateScope {
+            store: Arc::new(StateStore::open_in(data.path()).unwrap()),
+            product: [0x42; 32],
+            seller: SELLER,
+        };
+        support::load("eos")
+            .open_with_state(
+                &config,
+                support::limits(Duration::from_secs(5), 2, 64),
+                Some(&scope),
+            )
+            .unwrap()
+    };
+    {
+        let v = open_with_state();
+        let g = gate(&v);
+        let ms = remaining(check(&g, BUYER));
+        assert!((3_590_000..=3_600_000).contains(&ms), "{ms}");
+        assert!(node.state.lock().unwrap().positions.contains(&0));
+    }
+    let read = node.state.lock().unwrap().actions.len() as u64;
+
+    // Restarted; a buyer paid meanwhile.
+    node.transfer(
+        "eosio.token",
+        "bob",
+        ACCOUNT,
+        "0.2500 EOS",
+        &memo(b(10)),
+        now_ms(),
+    );
+    node.state.lock().unwrap().positions.clear();
+    let v = open_with_state();
+    let g = gate(&v);
+    let ms = remaining(check(&g, BUYER));
+    assert!((3_590_000..=3_600_000).contains(&ms), "{ms}");
+    let ms = remaining(check(&g, b(9)));
+    assert!((3_530_000..=3_540_000).contains(&ms), "{ms}");
+    let ms = remaining(check(&g, b(10)));
+    assert!((890_000..=900_000).contains(&ms), "{ms}");
+    assert_wrong_payments_not_valid(&g);
+    let positions = node.state.lock().unwrap().positions.clone();
+    assert!(!positions.is_empty());
+    assert!(
+        positions.iter().all(|&p| p >= read),
+        "read the history again from before the saved cursor ({read}): {positions:?}"
+    );
+}

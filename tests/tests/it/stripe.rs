@@ -1273,3 +1273,83 @@ fn stripe_measure_100_buyers() {
         st.throttled - base.1,
     );
 }
+
+/// A seller restarted with its state store (API 1.3) keeps the payments its webhooks
+/// delivered: while Stripe's API fails, the buyer who paid is valid from the saved index,
+/// and a buyer who did not is refused (fail closed).
+#[test]
+fn stripe_webhook_payments_survive_a_restart_while_stripe_fails() {
+    use dazaar::payments::StateScope;
+    use dazaar::state::StateStore;
+
+    let mock = MockStripe::start(KEY);
+    let secrets = Secrets::new(KEY);
+    let data = tempfile::tempdir().unwrap();
+    let product = [0x42; 32];
+    let store = || Arc::new(StateStore::open_in(data.path()).unwrap());
+    let open_with_state = || {
+        let scope = StateScope {
+            store: store(),
+            product,
+            seller: SELLER,
+        };
+        support::on_free_port(
+            |port| {
+                support::load("fiat_stripe").open_with_state(
+                    &format!(
+                        "api_base = {:?}\nsecret_key_file = {:?}\ntimeout_ms = 400\nrefresh_ms = 0\nwebhook_listen = \"127.0.0.1:{port}\"\nwebhook_secret_file = {:?}\n",
+                        mock.base,
+                        secrets.key_file(),
+                        secrets.whsec_file()
+                    ),
+                    limits(),
+                    Some(&scope),
+                )
+            },
+            |e| e.to_string().contains("cannot listen for webhooks"),
+        )
+    };
+    {
+        let (v, port) = open_with_state();
+        let g = gate(&v);
+        mock.add_intent(&SELLER, &BUYER, 500, "usd", now_s(), "succeeded", 0, false);
+        let pi = mock.state.lock().unwrap().intents.last().unwrap().clone();
+        let event = json!({"id": "evt_r", "object": "event", "type": "payment_intent.succeeded",
+                           "data": {"object": pi}})
+        .to_string();
+        let sig = sign(WEBHOOK_SECRET, event.as_bytes(), now_s());
+        assert_eq!(post_webhook(port, &event, &sig), 200);
+        assert!(dazaar_tests::plugin_check(&g, BUYER, SELLER).is_valid());
+        // The saver thread has written it to the store.
+        let bucket = format!("index/{:02x}", BUYER[0]);
+        let saved = store();
+        assert!(
+            dazaar_tests::poll_until(Duration::from_secs(5), || {
+                saved
+                    .plugin_get("fiat_stripe", &product, &bucket)
+                    .unwrap()
+                    .map(|_| ())
+            })
+            .is_some(),
+            "the webhook index was not saved"
+        );
+    }
+
+    // Restarted while Stripe's API fails.
+    mock.set_mode(Mode::Error500);
+    let (v, _) = open_with_state();
+    let g = gate(&v);
+    let ms = remaining(dazaar_tests::plugin_check(&g, BUYER, SELLER));
+    assert!((290_000..=300_000).contains(&ms), "{ms}");
+    assert!(!dazaar_tests::plugin_check(&g, buyer(2), SELLER).is_valid());
+    // Without the store, the same restart leaves the buyer invalid.
+    let (plain, _) = open_with_webhook(|port| {
+        format!(
+            "api_base = {:?}\nsecret_key_file = {:?}\ntimeout_ms = 400\nrefresh_ms = 0\nwebhook_listen = \"127.0.0.1:{port}\"\nwebhook_secret_file = {:?}\n",
+            mock.base,
+            secrets.key_file(),
+            secrets.whsec_file()
+        )
+    });
+    assert!(!dazaar_tests::plugin_check(&gate(&plain), BUYER, SELLER).is_valid());
+}
