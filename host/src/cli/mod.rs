@@ -42,6 +42,11 @@ pub struct Cli {
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
 
+    /// How log lines on stderr look: `human`, or `json` (one object per line, for log
+    /// collectors).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -87,7 +92,17 @@ pub enum Command {
     Id(market::IdArgs),
 }
 
-fn init_logging(verbose: u8) {
+/// The format of log lines (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One line of text per event.
+    Human,
+    /// One JSON object per line: `timestamp`, `level`, `fields` (with `message`),
+    /// `target`, and the spans (`span`, `spans`: a buyer's `peer` and `seller`).
+    Json,
+}
+
+fn init_logging(verbose: u8, format: LogFormat) {
     let default = match verbose {
         0 => "warn",
         1 => "debug",
@@ -96,16 +111,19 @@ fn init_logging(verbose: u8) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // Logs go to stderr so stdout stays clean for data and --json output.
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }
 
 /// Parses the command line, runs the command, and turns an error into one line on stderr.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    init_logging(cli.verbose, cli.log_format);
     let common = common::Common {
         data_dir: cli.data_dir.clone(),
         config: cli.config.clone(),
@@ -134,7 +152,13 @@ pub fn main() -> ExitCode {
             // One clear line: the error and its causes, joined.
             // It may quote a peer (a seller's reason for refusing us).
             let text = format!("{err:#}");
-            eprintln!("dazaar: {}", terminal::escape(&text, terminal::Lines::Keep));
+            match cli.log_format {
+                LogFormat::Human => {
+                    eprintln!("dazaar: {}", terminal::escape(&text, terminal::Lines::Keep))
+                }
+                // A log collector gets the error as a log line like the others.
+                LogFormat::Json => tracing::error!("{text}"),
+            }
             ExitCode::FAILURE
         }
     }

@@ -292,3 +292,87 @@ fn health_is_503_while_a_plugin_fails() {
     let errors = [("plugin", "faulty"), ("result", "error")];
     assert!(value(&scrape(&metrics), "dazaar_validations_total", &errors) >= 1.0);
 }
+
+/// The non-empty lines of `text`, each parsed as JSON (panics on one that is not).
+fn json_log(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// `--log-format json`: every stderr line is a JSON object, the final error included,
+/// and a seller's warning about a failing plugin carries the plugin and (with `-v`) the
+/// buyer's span.
+#[test]
+fn log_format_json_writes_one_object_per_line() {
+    let o = dazaar(&[
+        "--log-format",
+        "json",
+        "config",
+        "check",
+        "/nonexistent/dazaar.toml",
+    ]);
+    assert!(!o.status.success());
+    let lines = json_log(&String::from_utf8_lossy(&o.stderr));
+    assert!(
+        lines.iter().any(|l| l["level"] == "ERROR"
+            && l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("cannot read"))),
+        "{lines:?}"
+    );
+    // The default stays human.
+    let o = dazaar(&["config", "check", "/nonexistent/dazaar.toml"]);
+    assert!(String::from_utf8_lossy(&o.stderr).starts_with("dazaar: /nonexistent"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let feed = dir.path().join("feed");
+    make_text_feed(&feed, 3);
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    dazaar_tests::copy_plugin("faulty", &plugins, None);
+    let log = dir.path().join("seller.log");
+    let mut seller = Proc::spawn_with_stderr(
+        dazaar_cmd(&[
+            "--log-format",
+            "json",
+            // Spans are at info level: shown from -v on.
+            "-v",
+            "--data-dir",
+            s(&dir.path().join("seller")),
+            "sell",
+            s(&feed),
+            "--listen",
+            "127.0.0.1:0",
+            "--payment",
+            "faulty",
+            "--plugin-dir",
+            s(&plugins),
+            "--plugin-config",
+            "mode = \"unavailable\"",
+            "--json",
+        ]),
+        std::fs::File::create(&log).unwrap(),
+    );
+    let info = seller.event("listening", Duration::from_secs(10));
+    let o = dazaar(&[
+        "--data-dir",
+        s(&dir.path().join("buyer")),
+        "buy",
+        info["sellerKey"].as_str().unwrap(),
+        "--connect",
+        info["addr"].as_str().unwrap(),
+        "--out",
+        s(&dir.path().join("bought")),
+    ]);
+    assert!(!o.status.success());
+    seller.stop();
+    let lines = json_log(&std::fs::read_to_string(&log).unwrap());
+    let warning = lines
+        .iter()
+        .find(|l| l["level"] == "WARN" && l["fields"]["plugin"] == "faulty")
+        .unwrap_or_else(|| panic!("no warning about the plugin: {lines:?}"));
+    assert_eq!(warning["span"]["name"], "buyer", "{warning}");
+    assert!(warning["span"]["peer"].is_string(), "{warning}");
+}
