@@ -12,6 +12,7 @@ mod config_cmd;
 mod demo;
 mod discovery;
 mod feed;
+mod generate;
 mod ledger;
 mod market;
 mod net;
@@ -23,7 +24,7 @@ mod terminal;
 
 /// dazaar: sell and buy append-only data feeds over an encrypted peer-to-peer connection.
 #[derive(Debug, Parser)]
-#[command(name = "dazaar", version, about, long_about = None)]
+#[command(name = "dazaar", version = generate::version_text(), about, long_about = None)]
 pub struct Cli {
     /// Directory for identity and state (default: from the config, then ~/.local/share/dazaar).
     #[arg(long, global = true, value_name = "DIR")]
@@ -90,6 +91,10 @@ pub enum Command {
     DhtNode(discovery::DhtNodeArgs),
     /// Show this data dir's buyer key (and a feed's seller key), or import a master key.
     Id(market::IdArgs),
+    /// Print a shell completion script (bash, zsh, fish).
+    Completions(generate::CompletionsArgs),
+    /// Print the man page (roff), or write one per command into a directory.
+    Man(generate::ManArgs),
 }
 
 /// The format of log lines (`--log-format`).
@@ -145,6 +150,8 @@ pub fn main() -> ExitCode {
         Command::DhtNode(args) => discovery::dht_node(args),
         Command::Pay(args) => pay::pay(&common, args),
         Command::Quote(args) => card::quote(args),
+        Command::Completions(args) => generate::completions(args),
+        Command::Man(args) => generate::man(args),
     };
     match result {
         Ok(code) => code,

@@ -214,6 +214,13 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
                 shutdown.clone(),
             ));
         }
+        // Under systemd (Type=notify): started once every listener is bound. Without
+        // NOTIFY_SOCKET this does nothing.
+        let status = format!("selling {} products", shop.listening().len());
+        notify_systemd(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status(&status),
+        ]);
         let (ev_tx, mut ev_rx) = mpsc::channel::<SellerEvent>(1024);
         let serving = tokio::spawn(shop.run(net_config, shutdown.clone(), Some(ev_tx)));
         let mut stop = shutdown.clone();
@@ -226,11 +233,20 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
                 _ = stop.changed() => break,
             }
         }
+        notify_systemd(&[sd_notify::NotifyState::Stopping]);
         drop(advertisers);
         let _ = serving.await;
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Tells the service manager `states` (`$NOTIFY_SOCKET`); a failure is logged, never
+/// fatal.
+fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!(error = %e, "cannot notify the service manager (NOTIFY_SOCKET)");
+    }
 }
 
 fn report_seller_event(ev: &SellerEvent, json: bool) {

@@ -376,3 +376,99 @@ fn log_format_json_writes_one_object_per_line() {
     assert_eq!(warning["span"]["name"], "buyer", "{warning}");
     assert!(warning["span"]["peer"].is_string(), "{warning}");
 }
+
+/// `dazaar completions bash|zsh|fish` prints a script naming the commands; `dazaar man`
+/// prints the man page (and `--dir` one page per command); `--version` names the plugin
+/// API this host accepts.
+#[test]
+fn completions_man_page_and_version() {
+    for shell in ["bash", "zsh", "fish"] {
+        let o = dazaar(&["completions", shell]);
+        assert!(o.status.success(), "{shell}: {}", String::from_utf8_lossy(&o.stderr));
+        let script = String::from_utf8_lossy(&o.stdout);
+        assert!(script.len() > 1000 && script.contains("sell"), "{shell}: {script}");
+    }
+    assert!(!dazaar(&["completions", "tcsh"]).status.success());
+
+    let o = dazaar(&["man"]);
+    assert!(o.status.success());
+    let page = String::from_utf8_lossy(&o.stdout);
+    assert!(page.contains(".TH dazaar 1") && page.contains("completions"), "{page}");
+    let dir = tempfile::tempdir().unwrap();
+    let o = dazaar(&["man", "--dir", s(dir.path())]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let sell = std::fs::read_to_string(dir.path().join("dazaar-sell.1")).unwrap();
+    assert!(sell.contains("\\-\\-metrics"), "{sell}");
+
+    let api = dazaar_plugin_api::API_VERSION;
+    let o = dazaar(&["--version"]);
+    assert!(o.status.success());
+    let version = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        version.contains(&format!("plugin API {}.{}", api.major, api.minor)),
+        "{version}"
+    );
+}
+
+/// Under systemd (`NOTIFY_SOCKET`), `dazaar sell` sends READY=1 once it listens, and
+/// STOPPING=1 when it is told to stop.
+#[test]
+fn sell_tells_systemd_when_it_is_ready() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let feed = dir.path().join("feed");
+    make_text_feed(&feed, 2);
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut cmd = dazaar_cmd(&[
+        "--data-dir",
+        s(&dir.path().join("seller")),
+        "sell",
+        s(&feed),
+        "--listen",
+        "127.0.0.1:0",
+        "--json",
+    ]);
+    cmd.env("NOTIFY_SOCKET", &socket_path);
+    let mut seller = Proc::spawn(cmd);
+    let listening = seller.event("listening", Duration::from_secs(10));
+    let mut buf = [0u8; 512];
+    let n = socket.recv(&mut buf).expect("a notification");
+    let ready = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
+    assert!(ready.contains("STATUS=selling 1 products"), "{ready}");
+    // Ready means listening: a buyer can connect now.
+    std::net::TcpStream::connect(listening["addr"].as_str().unwrap()).unwrap();
+    seller.stop();
+    let n = socket.recv(&mut buf).expect("a notification");
+    assert_eq!(String::from_utf8_lossy(&buf[..n]), "STOPPING=1\n");
+}
+
+/// `contrib/dazaar-seller.service` passes `systemd-analyze verify` (with ExecStart
+/// pointing at the binary built here: verify checks that it exists).
+#[test]
+fn the_systemd_unit_verifies() {
+    let unit = std::fs::read_to_string(dazaar_tests::repo_root().join("contrib/dazaar-seller.service")).unwrap();
+    assert!(unit.contains("Type=notify") && unit.contains("ExecReload=/bin/kill -HUP $MAINPID"));
+    if dazaar_tests::need(
+        "systemd-analyze",
+        dazaar_tests::skip::runs("systemd-analyze"),
+    )
+    .is_none()
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dazaar-seller.service");
+    let bin = dazaar_tests::dazaar_bin();
+    std::fs::write(&file, unit.replace("/usr/bin/dazaar", s(&bin))).unwrap();
+    let o = std::process::Command::new("systemd-analyze")
+        .args(["verify", s(&file)])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && stderr.trim().is_empty(), "{stderr}");
+}
