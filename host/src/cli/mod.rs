@@ -30,7 +30,8 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
-    /// The configuration file (default: ./dazaar.toml when it exists).
+    /// The configuration file (default: $DAZAAR_CONFIG, else the first that exists of
+    /// ./dazaar.toml, $XDG_CONFIG_HOME/dazaar/dazaar.toml, /etc/dazaar/dazaar.toml).
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -63,7 +64,7 @@ pub enum Command {
     /// List and check payment plugins.
     #[command(subcommand)]
     Plugins(plugins::PluginsCmd),
-    /// Check a configuration file.
+    /// Check a configuration file, or write an example.
     #[command(subcommand)]
     Config(config_cmd::ConfigCmd),
     /// Record, list and import payments (read by the ledger plugin).
@@ -138,7 +139,7 @@ pub fn main() -> ExitCode {
         Command::Feed(cmd) => feed::run(cmd),
         Command::Demo => demo::run(),
         Command::Plugins(cmd) => plugins::run(&common, cmd),
-        Command::Config(cmd) => config_cmd::run(cmd),
+        Command::Config(cmd) => config_cmd::run(&common, cmd),
         Command::Ledger(cmd) => ledger::run(&common, cmd),
         Command::Sales(args) => ledger::sales(&common, args),
         Command::Sell(args) => sell::sell(&common, args),

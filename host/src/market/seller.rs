@@ -435,7 +435,8 @@ impl Product {
         let need = meter.credit() == 0 || meter.is_wanting();
         let reserved = tokio::task::spawn_blocking(move || {
             if need {
-                metering::reserve(&state, &seller, &buyer, allowance, &m).map(|r| (r.added, r.remaining))
+                metering::reserve(&state, &seller, &buyer, allowance, &m)
+                    .map(|r| (r.added, r.remaining))
             } else {
                 let used = state.get()?.bytes(&seller, &buyer)?;
                 Ok((0, allowance.saturating_sub(used).saturating_add(m.credit())))
@@ -569,7 +570,8 @@ pub async fn handle_connection(
     let conn_id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
     // For the payment gate's per-IP limits on strangers.
     let peer_ip = stream.peer_addr().ok().map(|a| a.ip());
-    let uploaded = metrics::counter!(names::BYTES_UPLOADED, names::PRODUCT => product.metric_label.clone());
+    let uploaded =
+        metrics::counter!(names::BYTES_UPLOADED, names::PRODUCT => product.metric_label.clone());
     let stream = CountWrites::new(stream, uploaded);
     let mut gauges = BuyerGauges::new(product.metric_label.clone());
     let mut messages = product.gate.message_budget();
@@ -823,7 +825,8 @@ impl BuyerGauges {
     /// The buyer finished the handshake.
     fn set_connected(&mut self) {
         if self.connected.is_none() {
-            let g = metrics::gauge!(names::BUYERS_CONNECTED, names::PRODUCT => self.product.clone());
+            let g =
+                metrics::gauge!(names::BUYERS_CONNECTED, names::PRODUCT => self.product.clone());
             g.increment(1.0);
             self.connected = Some(g);
         }
@@ -833,7 +836,8 @@ impl BuyerGauges {
     fn set_valid(&mut self, valid: bool) {
         match (valid, self.valid.take()) {
             (true, None) => {
-                let g = metrics::gauge!(names::BUYERS_VALID, names::PRODUCT => self.product.clone());
+                let g =
+                    metrics::gauge!(names::BUYERS_VALID, names::PRODUCT => self.product.clone());
                 g.increment(1.0);
                 self.valid = Some(g);
             }
@@ -846,7 +850,10 @@ impl BuyerGauges {
 
 impl Drop for BuyerGauges {
     fn drop(&mut self) {
-        for g in [self.connected.take(), self.valid.take()].into_iter().flatten() {
+        for g in [self.connected.take(), self.valid.take()]
+            .into_iter()
+            .flatten()
+        {
             g.decrement(1.0);
         }
     }

@@ -251,7 +251,10 @@ async fn answer(
 ) -> std::io::Result<()> {
     let head = read_head(&mut stream, max).await?;
     let (response, head_only) = match head {
-        None => (Response::text("431 Request Header Fields Too Large", ""), false),
+        None => (
+            Response::text("431 Request Header Fields Too Large", ""),
+            false,
+        ),
         Some(head) => route(&head, metrics, health),
     };
     let header = format!(
@@ -410,7 +413,10 @@ mod tests {
         assert_eq!(r.body, "plugin lnd: timed out\n");
         let (r, head_only) = route(b"HEAD /metrics HTTP/1.0", &h, &up);
         assert!(head_only && r.status == "200 OK");
-        assert_eq!(route(b"GET /other HTTP/1.1", &h, &up).0.status, "404 Not Found");
+        assert_eq!(
+            route(b"GET /other HTTP/1.1", &h, &up).0.status,
+            "404 Not Found"
+        );
         assert_eq!(
             route(b"POST /metrics HTTP/1.1", &h, &up).0.status,
             "405 Method Not Allowed"

@@ -489,11 +489,7 @@ impl OpenedVerifier {
         let plugin = self.plugin.name().to_owned();
         let answer = self.pool.call_async(lane, timed(&plugin, call, f));
         let timeout = self.limits.timeout;
-        async move {
-            answer
-                .await
-                .map_err(|e| failure(&plugin, call, e, timeout))
-        }
+        async move { answer.await.map_err(|e| failure(&plugin, call, e, timeout)) }
     }
 
     fn plugin_error(&self, reason: RString) -> PaymentError {

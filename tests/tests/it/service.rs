@@ -59,7 +59,9 @@ fn a_sell_table_has_its_own_listen_address() {
 
     let bad = TWO_FIXED.replace("[::1]:4102", "localhost:4102");
     match config::parse(&bad, file).expect_err("a host name is not an address") {
-        ConfigError::Invalid { line, key, .. } => assert_eq!((line, key.as_str()), (11, "sell[1].listen")),
+        ConfigError::Invalid { line, key, .. } => {
+            assert_eq!((line, key.as_str()), (11, "sell[1].listen"))
+        }
         other => panic!("unexpected {other:?}"),
     }
     let twice = TWO_FIXED.replace("[::1]:4102", "127.0.0.1:4101");
@@ -67,7 +69,9 @@ fn a_sell_table_has_its_own_listen_address() {
     assert_eq!((e.line(), e.key()), (11, Some("sell[1].listen")));
     assert!(e.to_string().contains("sell[0]"), "{e}");
     // Port 0 twice is fine: each gets a free port.
-    let zeros = TWO_FIXED.replace("4101", "0").replace("[::1]:4102", "127.0.0.1:0");
+    let zeros = TWO_FIXED
+        .replace("4101", "0")
+        .replace("[::1]:4102", "127.0.0.1:0");
     config::parse(&zeros, file).expect("port 0 twice");
 }
 
@@ -243,7 +247,10 @@ fn metrics_count_a_paying_buyer_and_health_is_ok() {
     assert!(uploaded > 30.0 * 8.0, "{uploaded} bytes for 30 blocks");
     let calls = [("plugin", "ledger"), ("call", "validate")];
     assert!(value(&m, "dazaar_plugin_call_seconds", &calls) >= 1.0);
-    assert_eq!(value(&m, "dazaar_handshakes_failed_total", &by_product), 0.0);
+    assert_eq!(
+        value(&m, "dazaar_handshakes_failed_total", &by_product),
+        0.0
+    );
     let (status, body) = http_get(&metrics, "/healthz");
     assert_eq!((status, body.as_str()), (200, "ok\n"));
 
@@ -256,7 +263,11 @@ fn metrics_count_a_paying_buyer_and_health_is_ok() {
     // A peer that never finishes the handshake is counted as such.
     drop(std::net::TcpStream::connect(info["addr"].as_str().unwrap()).unwrap());
     dazaar_tests::wait_until(Duration::from_secs(10), "a failed handshake", || {
-        value(&scrape(&metrics), "dazaar_handshakes_failed_total", &by_product) == 1.0
+        value(
+            &scrape(&metrics),
+            "dazaar_handshakes_failed_total",
+            &by_product,
+        ) == 1.0
     });
     let (status, _) = http_get(&metrics, "/nothing");
     assert_eq!(status, 404);
@@ -384,16 +395,26 @@ fn log_format_json_writes_one_object_per_line() {
 fn completions_man_page_and_version() {
     for shell in ["bash", "zsh", "fish"] {
         let o = dazaar(&["completions", shell]);
-        assert!(o.status.success(), "{shell}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "{shell}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         let script = String::from_utf8_lossy(&o.stdout);
-        assert!(script.len() > 1000 && script.contains("sell"), "{shell}: {script}");
+        assert!(
+            script.len() > 1000 && script.contains("sell"),
+            "{shell}: {script}"
+        );
     }
     assert!(!dazaar(&["completions", "tcsh"]).status.success());
 
     let o = dazaar(&["man"]);
     assert!(o.status.success());
     let page = String::from_utf8_lossy(&o.stdout);
-    assert!(page.contains(".TH dazaar 1") && page.contains("completions"), "{page}");
+    assert!(
+        page.contains(".TH dazaar 1") && page.contains("completions"),
+        "{page}"
+    );
     let dir = tempfile::tempdir().unwrap();
     let o = dazaar(&["man", "--dir", s(dir.path())]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -451,7 +472,9 @@ fn sell_tells_systemd_when_it_is_ready() {
 /// pointing at the binary built here: verify checks that it exists).
 #[test]
 fn the_systemd_unit_verifies() {
-    let unit = std::fs::read_to_string(dazaar_tests::repo_root().join("contrib/dazaar-seller.service")).unwrap();
+    let unit =
+        std::fs::read_to_string(dazaar_tests::repo_root().join("contrib/dazaar-seller.service"))
+            .unwrap();
     assert!(unit.contains("Type=notify") && unit.contains("ExecReload=/bin/kill -HUP $MAINPID"));
     if dazaar_tests::need(
         "systemd-analyze",
@@ -471,4 +494,84 @@ fn the_systemd_unit_verifies() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success() && stderr.trim().is_empty(), "{stderr}");
+}
+
+/// `dazaar config init PATH` writes the commented example, which `config check` passes;
+/// it never overwrites a file without `--force`.
+#[test]
+fn config_init_writes_an_example_that_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("etc/dazaar.toml");
+    let o = dazaar(&["config", "init", s(&file)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), config::EXAMPLE);
+    let o = dazaar(&["config", "check", s(&file)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(": ok (1 products"));
+    // --config is honoured by `config check`.
+    let o = dazaar(&["--config", s(&file), "config", "check"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    std::fs::write(&file, "mine = 1\n").unwrap();
+    let o = dazaar(&["config", "init", s(&file)]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already exists"));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "mine = 1\n");
+    let o = dazaar(&["config", "init", s(&file), "--force"]);
+    assert!(o.status.success());
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), config::EXAMPLE);
+    let o = dazaar(&["config", "init", "-"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), config::EXAMPLE);
+}
+
+/// Which file `dazaar config check` (like every command) uses: `--config`, else
+/// `$DAZAAR_CONFIG`, else `./dazaar.toml`, else `$XDG_CONFIG_HOME/dazaar/dazaar.toml`.
+#[test]
+fn the_config_file_is_searched_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |rel: &str| {
+        let p = dir.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, "listen = \"127.0.0.1:0\"\n").unwrap();
+        p
+    };
+    let cwd = dir.path().join("cwd");
+    std::fs::create_dir_all(&cwd).unwrap();
+    let xdg = dir.path().join("xdg");
+    let checked = |flag: Option<&Path>, env: Option<&Path>| -> String {
+        let mut args = vec![];
+        if let Some(f) = flag {
+            args.extend(["--config", s(f)]);
+        }
+        args.extend(["config", "check"]);
+        let mut cmd = dazaar_cmd(&args);
+        cmd.current_dir(&cwd)
+            .env("XDG_CONFIG_HOME", &xdg)
+            .env("HOME", dir.path().join("home"))
+            .env_remove("DAZAAR_CONFIG");
+        if let Some(e) = env {
+            cmd.env("DAZAAR_CONFIG", e);
+        }
+        let o = cmd.output().unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    // Nothing in these places (a machine's /etc/dazaar may have one: then it is used).
+    if !Path::new("/etc/dazaar/dazaar.toml").exists() {
+        assert!(checked(None, None).contains("no configuration file"));
+    }
+    let in_xdg = write("xdg/dazaar/dazaar.toml");
+    assert!(checked(None, None).starts_with(&format!("{}: ok", in_xdg.display())));
+    write("cwd/dazaar.toml");
+    assert!(checked(None, None).starts_with("dazaar.toml: ok"));
+    let env = write("env.toml");
+    assert!(checked(None, Some(&env)).starts_with(&format!("{}: ok", env.display())));
+    let flag = write("flag.toml");
+    assert!(checked(Some(&flag), Some(&env)).starts_with(&format!("{}: ok", flag.display())));
+    // A named file that is missing is an error, not a reason to look further.
+    let missing = dir.path().join("missing.toml");
+    assert!(checked(None, Some(&missing)).contains("cannot read"));
 }
