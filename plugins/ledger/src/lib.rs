@@ -226,8 +226,7 @@ impl PaymentPlugin for Ledger {
             .map(|e| e.payment)
             .collect();
         drop(state);
-        price
-            .grant(&payments, now_ms)
+        price.grant(&payments, now_ms)
             .map_err(|r| r.reason(|| "no payment recorded for this buyer".to_owned()))
     }
 
@@ -327,18 +326,9 @@ mod tests {
             ledger.validate(&req, now)
         };
         let later = T0 + 1_000_000_000;
-        assert_eq!(
-            grant("bytes", "1", "10000", later),
-            Ok(Grant::bytes(50_000))
-        );
-        assert_eq!(
-            grant("kilobytes", "1", "2", later),
-            Ok(Grant::bytes(10_000))
-        );
-        assert_eq!(
-            grant("megabytes", "5", "1", later),
-            Ok(Grant::bytes(1_000_000))
-        );
+        assert_eq!(grant("bytes", "1", "10000", later), Ok(Grant::bytes(50_000)));
+        assert_eq!(grant("kilobytes", "1", "2", later), Ok(Grant::bytes(10_000)));
+        assert_eq!(grant("megabytes", "5", "1", later), Ok(Grant::bytes(1_000_000)));
         assert_eq!(
             grant("gigabytes", "1", "1", later),
             Ok(Grant::bytes(5_000_000_000))
@@ -349,11 +339,7 @@ mod tests {
             Err("the payments do not reach the one-time price".into())
         );
         // 5 paid (the last at T0 + 1), 1 ms spent.
-        for (unit, full) in [
-            ("seconds", 5_000),
-            ("minutes", 300_000),
-            ("hours", 18_000_000),
-        ] {
+        for (unit, full) in [("seconds", 5_000), ("minutes", 300_000), ("hours", 18_000_000)] {
             let g = grant(unit, "1", "1", T0 + 1).unwrap();
             assert_eq!(g.kind, dazaar_plugin_api::GrantKind::TIME, "{unit}");
             assert!((full - 2..full).contains(&g.remaining), "{unit}: {g:?}");
