@@ -10,6 +10,8 @@
 //!   [`Payment`]) and the data and one-time rules beside them ([`Price`], [`Unit`]), so
 //!   every plugin reports payments, agrees on what they bought, and answers `validate`
 //!   the same way ([`Price::grant`], [`Refusal`]);
+//! - [`ledger`]: ledger lines (payments recorded by hand), read and written the same
+//!   way by the ledger plugin and the host;
 //! - [`memo`]: the memo binding a payment to a buyer, `dazaar: <seller> <buyer>`;
 //! - [`settings`]: reading a plugin's config ([`expand_home`]; with the `logging`
 //!   feature, `logging::LogSettings` for `log_file` / `log_level`);
@@ -55,6 +57,7 @@
 pub mod abi;
 pub mod backoff;
 pub mod frozen;
+pub mod ledger;
 #[cfg(feature = "logging")]
 pub mod logging;
 pub mod memo;
@@ -69,6 +72,10 @@ pub use abi::{
     ROOT_MODULE_NAME,
 };
 pub use backoff::Backoff;
+pub use ledger::{
+    ledger_lines, ledger_view_key, parse_ledger_view_key, LedgerLine, LEDGER_VIEW_PREFIX,
+    RESERVED_KEY_PREFIX,
+};
 pub use memo::{parse_key, parse_payment_memo, payment_memo, Key};
 #[doc(hidden)]
 pub use plugin::__private;

@@ -506,7 +506,10 @@ mod tests {
         assert_eq!(t.price().unwrap().grant(&pay, 1), Ok(Grant::bytes(50_000)));
         assert!(t.rate().is_err(), "a data price is not a rate");
         t.unit = "kilobytes".into();
-        assert_eq!(t.price().unwrap().grant(&pay, 1), Ok(Grant::bytes(50_000_000)));
+        assert_eq!(
+            t.price().unwrap().grant(&pay, 1),
+            Ok(Grant::bytes(50_000_000))
+        );
         t.unit = "once".into();
         t.interval = "".into();
         assert_eq!(t.price().unwrap().grant(&pay, 1), Ok(Grant::once()));

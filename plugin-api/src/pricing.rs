@@ -859,7 +859,10 @@ mod tests {
                 panic!("{unit}: {p:?}")
             };
             assert_eq!(d.allowance(&[pay(5.0, T0)]), 50_000 * size, "{unit}");
-            assert_eq!(p.grant(&[pay(5.0, T0)], T0), Ok(Grant::bytes(50_000 * size)));
+            assert_eq!(
+                p.grant(&[pay(5.0, T0)], T0),
+                Ok(Grant::bytes(50_000 * size))
+            );
             // Payments add up, whenever they were made, and do not drain.
             let two = [pay(5.0, 0), pay(10.0, T0)];
             assert_eq!(p.grant(&two, u64::MAX), Ok(Grant::bytes(150_000 * size)));
@@ -876,7 +879,12 @@ mod tests {
     fn data_payments_that_do_not_count() {
         let p = Price::from_card("1", "bytes", "100").unwrap();
         // A refund, a zero or garbage buys nothing and takes nothing away.
-        let odd = [pay(-5.0, T0), pay(f64::NAN, T0), pay(f64::INFINITY, T0), pay(1.0, T0)];
+        let odd = [
+            pay(-5.0, T0),
+            pay(f64::NAN, T0),
+            pay(f64::INFINITY, T0),
+            pay(1.0, T0),
+        ];
         assert_eq!(p.grant(&odd, T0), Ok(Grant::bytes(100)));
         assert_eq!(p.grant(&[pay(0.0, T0)], T0), Ok(Grant::bytes(0)));
         assert!(!p.is_active(&[pay(0.0, T0)], T0));
@@ -946,7 +954,10 @@ mod tests {
     fn time_units_keep_their_rule() {
         let p = Price::from_card("1", "seconds", "1").unwrap();
         assert_eq!(p.grant(&[pay(2.0, T0)], T0), Ok(Grant::time_ms(2000)));
-        assert_eq!(p.grant(&[pay(2.0, T0)], T0 + 2000), Err(Refusal::TimeRanOut));
+        assert_eq!(
+            p.grant(&[pay(2.0, T0)], T0 + 2000),
+            Err(Refusal::TimeRanOut)
+        );
         assert!(matches!(
             Price::from_card("1", "hours", "1"),
             Ok(Price::Time(_))

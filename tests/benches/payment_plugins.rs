@@ -265,8 +265,82 @@ fn lnd() {
     );
 }
 
+/// LND plugin restart to first valid buyer with 10,000 settled invoices on the node:
+/// without a state store (the plugin lists every invoice before it answers) and with one
+/// (API 1.3: it restores the saved checkpoint and resumes the subscription from it).
+fn lnd_restart() {
+    use dazaar::payments::StateScope;
+    use dazaar::state::StateStore;
+    use dazaar_tests::lnd_mock::MockLnd;
+    const INVOICES: u32 = 10_000;
+    let macaroon = b"bench-macaroon";
+    let node = MockLnd::start(&hex::encode(macaroon));
+    {
+        let mut s = node.state.lock().expect("mock");
+        for i in 0..INVOICES {
+            let r = s.add(&payment_memo(&SELLER, &buyer(i)), 3600, true);
+            s.settle(&r);
+        }
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("tls.cert"), &node.cert_pem).expect("cert");
+    std::fs::write(dir.path().join("m"), macaroon).expect("macaroon");
+    let config = format!(
+        "address = \"{}\"\ntls_cert = {:?}\ntls_domain = \"localhost\"\nmacaroon = {:?}\n",
+        node.addr,
+        dir.path().join("tls.cert").display().to_string(),
+        dir.path().join("m").display().to_string()
+    );
+    let terms = Arc::new(PaymentTerms::new("lightning", "SATS", "1", "seconds", "1"));
+    let mut reg = PluginRegistry::new();
+    let plugin = reg.load_path(&plugin_library("lnd")).expect("load");
+    let limits = CallLimits {
+        timeout: Duration::from_secs(10),
+        workers: 1,
+        queue: 1024,
+    };
+    let state_dir = tempfile::tempdir().expect("tempdir");
+    let store = Arc::new(StateStore::open_in(state_dir.path()).expect("state"));
+    let scope = StateScope {
+        store,
+        product: [0x42; 32],
+        seller: SELLER,
+    };
+    // The time from opening the plugin to the last-paid buyer being valid.
+    let first_valid = |state: Option<&StateScope>| {
+        let start = Instant::now();
+        let v = plugin
+            .open_with_state(&config, limits, state)
+            .expect("open");
+        while v
+            .validate(buyer(INVOICES - 1), SELLER, &terms, now_ms())
+            .is_err()
+        {
+            assert!(start.elapsed() < Duration::from_secs(60), "never valid");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        (start.elapsed(), v)
+    };
+    let (cold, v) = first_valid(None);
+    drop(v);
+    // Once with the store, to save the checkpoint; then the restart that is measured.
+    let (first, v) = first_valid(Some(&scope));
+    drop(v);
+    std::thread::sleep(Duration::from_millis(500));
+    let lists = node.state.lock().expect("mock").list_calls;
+    let (warm, v) = first_valid(Some(&scope));
+    let listed_again = node.state.lock().expect("mock").list_calls - lists;
+    drop(v);
+    println!(
+        "lnd: restart to first valid with {INVOICES} settled invoices: no state store {cold:?} \
+         (lists the node), with the saved checkpoint {warm:?} (ListInvoices calls: {listed_again}; \
+         the first run with an empty store took {first:?})"
+    );
+}
+
 fn main() {
     stripe();
     eos();
     lnd();
+    lnd_restart();
 }

@@ -8,6 +8,9 @@
 //   node dazaar-peer.js buy --seller HEX --port P --count N [--master HEX]
 //       buys from 127.0.0.1:P; prints {"feedKey","blocks":[hex...],"valid":info} once it
 //       holds N blocks, or {"invalid":"<error>"} when rejected; exits 1 after 20 s.
+//       --until-invalid: downloads until dazaar/invalid comes, then (after 500 ms for
+//       the last blocks to be stored) prints {"invalid","valid","held"}, held being the
+//       blocks downloaded (a product priced by data).
 'use strict'
 const net = require('net')
 const pump = require('pump')
@@ -72,14 +75,26 @@ function buy () {
   const m = market()
   const buyer = m.buy(Buffer.from(arg('seller'), 'hex'))
   let validInfo = null
+  let bought = null
+  const untilInvalid = process.argv.includes('--until-invalid')
   const timer = setTimeout(() => { console.error('timeout'); process.exit(1) }, 20000)
   buyer.on('valid', (info) => { validInfo = info })
   buyer.on('invalid', (err) => {
-    console.log(JSON.stringify({ invalid: err.message }))
     clearTimeout(timer)
+    if (untilInvalid) {
+      setTimeout(() => {
+        const held = bought ? bought.downloaded() : 0
+        console.log(JSON.stringify({ invalid: err.message, valid: validInfo, held }))
+        process.exit(0)
+      }, 500)
+      return
+    }
+    console.log(JSON.stringify({ invalid: err.message }))
     process.exit(0)
   })
   buyer.on('feed', (feed) => {
+    bought = feed
+    if (untilInvalid) return
     const check = () => {
       if (feed.length < count) return
       feed.download({ start: 0, end: count }, (err) => {

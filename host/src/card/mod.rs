@@ -254,9 +254,91 @@ pub fn validate(json: &Value) -> Result<ValidCard, CardError> {
     })
 }
 
+/// What an amount of access costs under one card payment entry ([`quote`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub enum Quote {
+    /// A time price: `seconds` (raised to the entry's `minSeconds`) cost `amount`.
+    Time {
+        /// Seconds quoted.
+        seconds: f64,
+        /// Their cost.
+        amount: f64,
+    },
+    /// A data price: `bytes` cost `amount`.
+    Data {
+        /// Bytes quoted.
+        bytes: u64,
+        /// Their cost.
+        amount: f64,
+    },
+    /// A one-time price: access for good costs `amount`.
+    Once {
+        /// The price.
+        amount: f64,
+    },
+}
+
+/// What `seconds` of access or `bytes` of data cost under `terms`: a time entry quotes
+/// `seconds`, a data entry `bytes`, a one-time entry its price. `Ok(None)` when the
+/// entry prices what was not asked (a time entry without `seconds`, a data entry
+/// without `bytes`).
+pub fn quote(
+    terms: &PaymentTerms,
+    seconds: Option<f64>,
+    bytes: Option<u64>,
+) -> Result<Option<Quote>, dazaar_plugin_api::PricingError> {
+    Ok(
+        match Price::from_card(&terms.amount, &terms.unit, &terms.interval)? {
+            Price::Time(rate) => seconds.map(|s| {
+                let seconds = s.max(terms.min_seconds);
+                Quote::Time {
+                    seconds,
+                    amount: rate.rate_per_second() * seconds,
+                }
+            }),
+            Price::Data(d) => bytes.map(|bytes| Quote::Data {
+                bytes,
+                amount: d.cost(bytes),
+            }),
+            Price::Once(o) => Some(Quote::Once { amount: o.amount() }),
+        },
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quotes_by_unit() {
+        let mut t = PaymentTerms::new("ledger", "credits", "2", "minutes", "1");
+        t.min_seconds = 30.0;
+        assert_eq!(
+            quote(&t, Some(10.0), Some(5)).unwrap(),
+            Some(Quote::Time {
+                seconds: 30.0,
+                amount: 1.0
+            })
+        );
+        assert_eq!(quote(&t, None, Some(5)).unwrap(), None);
+        let t = PaymentTerms::new("ledger", "credits", "1", "kilobytes", "10");
+        assert_eq!(
+            quote(&t, None, Some(50_000)).unwrap(),
+            Some(Quote::Data {
+                bytes: 50_000,
+                amount: 5.0
+            })
+        );
+        assert_eq!(quote(&t, Some(1.0), None).unwrap(), None);
+        let t = PaymentTerms::new("ledger", "credits", "3", "once", "");
+        assert_eq!(
+            quote(&t, None, None).unwrap(),
+            Some(Quote::Once { amount: 3.0 })
+        );
+        let t = PaymentTerms::new("ledger", "credits", "3", "days", "1");
+        assert!(quote(&t, Some(1.0), None).is_err());
+    }
 
     const FIELD_CARD: &str = r#"{"id":"1dcac8b51ee04f08619cb793399d292ed44e3be46ca82ed9294f51942321b037",
  "name":"Bitfinex Terminal Order Book BTCUSD",

@@ -45,6 +45,10 @@ pub struct BuyArgs {
     /// Give up when the seller has not answered in this many seconds.
     #[arg(long, default_value_t = 30)]
     pub timeout: u64,
+    /// With --live: end when the connection drops instead of reconnecting (by default a
+    /// live buyer reconnects with jittered backoff, 0.5 s doubling to 30 s, and resumes).
+    #[arg(long)]
+    pub no_reconnect: bool,
     /// One JSON object per line on stdout.
     #[arg(long)]
     pub json: bool,
@@ -53,8 +57,47 @@ pub struct BuyArgs {
     pub discovery: super::discovery::DiscoveryArgs,
 }
 
-/// Runs `dazaar buy`.
+/// `dazaar buy`'s exit codes (clap's usage errors exit with 2).
+pub mod exit {
+    /// The seller refused: not paid, or no longer valid.
+    pub const INVALID: u8 = 3;
+    /// The seller was not found or could not be reached.
+    pub const UNREACHABLE: u8 = 4;
+    /// The seller's terms of use were not accepted (or changed since).
+    pub const TERMS: u8 = 5;
+}
+
+/// The exit code for a failed purchase: see [`exit`]; 1 for anything else.
+fn exit_code(err: &anyhow::Error) -> u8 {
+    let Some(e) = err
+        .chain()
+        .find_map(|c| c.downcast_ref::<market::BuyError>())
+    else {
+        return 1;
+    };
+    match e {
+        market::BuyError::Rejected(_) => exit::INVALID,
+        market::BuyError::Net(_) | market::BuyError::Timeout(_) | market::BuyError::NotFound(_) => {
+            exit::UNREACHABLE
+        }
+        market::BuyError::Terms(_) => exit::TERMS,
+        _ => 1,
+    }
+}
+
+/// Runs `dazaar buy`: exit 0 when done, else the error on stderr and [`exit_code`].
 pub fn buy(common: &Common, args: BuyArgs) -> Result<ExitCode> {
+    match run(common, args) {
+        Ok(code) => Ok(code),
+        Err(err) => {
+            let text = format!("{err:#}");
+            eprintln!("dazaar: {}", escape(&text, Lines::Keep));
+            Ok(ExitCode::from(exit_code(&err)))
+        }
+    }
+}
+
+fn run(common: &Common, args: BuyArgs) -> Result<ExitCode> {
     let settings = common.settings()?;
     let data_dir = common.data_dir(settings.as_ref());
     let identity = common.identity(settings.as_ref())?;
@@ -83,24 +126,68 @@ pub fn buy(common: &Common, args: BuyArgs) -> Result<ExitCode> {
     let json = args.json;
     let result = runtime()?.block_on(async move {
         let shutdown = signals();
-        if args.connect.is_none() {
-            let kp = identity.buyer_key_pair();
-            opts.addr = super::discovery::find(
-                &kp,
-                seller_key,
-                &discovery,
-                &opts.data_dir,
-                shutdown.clone(),
-                json,
-            )
-            .await?;
-        }
+        let kp = identity.buyer_key_pair();
+        let data_dir = opts.data_dir.clone();
+        let connect = args.connect;
+        let find_shutdown = shutdown.clone();
+        // The seller's address: --connect, or discovery (again at each reconnection).
+        let find = move || {
+            let (kp, discovery, data_dir, shutdown) = (
+                kp.clone(),
+                discovery.clone(),
+                data_dir.clone(),
+                find_shutdown.clone(),
+            );
+            async move {
+                match connect {
+                    Some(addr) => Ok(addr),
+                    None => super::discovery::find(
+                        &kp, seller_key, &discovery, &data_dir, shutdown, json,
+                    )
+                    .await
+                    .map_err(|e| market::BuyError::NotFound(format!("{e:#}"))),
+                }
+            }
+        };
+        opts.addr = find().await?;
         let (tx, mut rx) = mpsc::channel::<BuyerEvent>(4096);
-        let buying =
-            tokio::spawn(async move { market::buy(&identity, opts, Some(tx), shutdown).await });
+        let reconnect = (!args.no_reconnect).then(market::Reconnect::default);
+        let buying = tokio::spawn(async move {
+            match reconnect {
+                Some(r) => {
+                    market::buy_reconnecting(&identity, opts, Some(tx), shutdown, r, find).await
+                }
+                None => market::buy(&identity, opts, Some(tx), shutdown).await,
+            }
+        });
+        // Set between a disconnection and the next handshake.
+        let mut away = false;
         let bar = super::feed::progress_bar(0);
         while let Some(ev) = rx.recv().await {
             match &ev {
+                BuyerEvent::Connected if away => {
+                    away = false;
+                    if json {
+                        print_json(json!({"event": "reconnected"}));
+                    } else {
+                        bar.suspend(|| println!("reconnected"));
+                    }
+                }
+                BuyerEvent::Disconnected { error } => {
+                    away = true;
+                    if json {
+                        print_json(json!({"event": "disconnected", "error": error}));
+                    } else {
+                        bar.suspend(|| println!("disconnected: {}", escape(error, Lines::Escape)));
+                    }
+                }
+                BuyerEvent::Reconnecting { attempt, after } if json => {
+                    print_json(json!({
+                        "event": "reconnecting",
+                        "attempt": attempt,
+                        "afterMs": u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
+                    }));
+                }
                 BuyerEvent::Feed { key } => {
                     if json {
                         print_json(json!({"event": "feed", "key": hex::encode(key)}));

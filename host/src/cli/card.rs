@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
+use dazaar::card::Quote;
 use dazaar::market::shop;
 use dazaar::payments::PluginRegistry;
 use serde_json::json;
@@ -106,17 +107,21 @@ pub fn card(common: &Common, args: CardArgs) -> Result<ExitCode> {
 pub struct QuoteArgs {
     /// The seller's Dazaar card.
     pub card: PathBuf,
-    /// How many seconds of access.
+    /// How many seconds of access (quoted by time-priced entries).
+    #[arg(long, required_unless_present = "bytes")]
+    pub seconds: Option<f64>,
+    /// How many bytes of data (quoted by data-priced entries).
     #[arg(long)]
-    pub seconds: f64,
+    pub bytes: Option<u64>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
 }
 
-/// Runs `dazaar quote`: what `seconds` of access cost in each of the card's methods.
+/// Runs `dazaar quote`: what `seconds` of access or `bytes` of data cost in each of the
+/// card's methods (a one-time price is its amount).
 pub fn quote(args: QuoteArgs) -> Result<ExitCode> {
-    if !(args.seconds.is_finite() && args.seconds >= 0.0) {
+    if args.seconds.is_some_and(|s| !(s.is_finite() && s >= 0.0)) {
         bail!("--seconds must be a non-negative number");
     }
     let text = std::fs::read_to_string(&args.card)
@@ -130,22 +135,43 @@ pub fn quote(args: QuoteArgs) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    let mut quoted = 0;
     for t in &card.payment {
-        let rate = dazaar_plugin_api::Rate::from_card(&t.amount, &t.unit, &t.interval)
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let seconds = args.seconds.max(t.min_seconds);
-        let cost = rate.rate_per_second() * seconds;
+        let Some(q) =
+            dazaar::card::quote(t, args.seconds, args.bytes).map_err(|e| anyhow::anyhow!("{e}"))?
+        else {
+            continue;
+        };
+        quoted += 1;
+        let method = t.method.as_str();
+        let currency = t.currency.as_str();
+        let (value, text) = match q {
+            Quote::Time { seconds, amount } => (
+                json!({"method": method, "currency": currency, "seconds": seconds, "amount": amount}),
+                format!("{amount} for {seconds} s"),
+            ),
+            Quote::Data { bytes, amount } => (
+                json!({"method": method, "currency": currency, "bytes": bytes, "amount": amount}),
+                format!("{amount} for {bytes} bytes"),
+            ),
+            Quote::Once { amount } => (
+                json!({"method": method, "currency": currency, "once": true, "amount": amount}),
+                format!("{amount} once, for good"),
+            ),
+            _ => continue,
+        };
         if args.json {
-            print_json(
-                json!({"method": t.method.as_str(), "currency": t.currency.as_str(), "seconds": seconds, "amount": cost}),
-            );
+            print_json(value);
         } else {
             println!(
-                "{} {}: {cost} for {seconds} s",
-                escape(&t.method, Lines::Escape),
-                escape(&t.currency, Lines::Escape)
+                "{} {}: {text}",
+                escape(method, Lines::Escape),
+                escape(currency, Lines::Escape)
             );
         }
+    }
+    if quoted == 0 {
+        bail!("no payment entry of the card prices that: give --seconds for a time price, --bytes for a data price");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -42,7 +42,9 @@ pub enum FeedCmd {
     Info {
         /// Directory of the feed.
         dir: PathBuf,
-        /// Print `{"key","discoveryKey","length","byteLength","treeHash","signature"}`.
+        /// Print `{"key","discoveryKey","length","byteLength","held","treeHash","signature"}`
+        /// (`held`: the blocks held locally, fewer than `length` in a sparse or partly
+        /// paid copy).
         #[arg(long)]
         json: bool,
     },
@@ -323,6 +325,7 @@ fn info_json(feed: &Feed<FsStore>) -> Result<serde_json::Value> {
         "discoveryKey": hex::encode(feed.discovery_key()),
         "length": feed.length(),
         "byteLength": feed.byte_length(),
+        "held": feed.held(),
         "treeHash": hex::encode(feed.tree_hash()),
         "signature": signature,
     }))

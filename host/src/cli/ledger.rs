@@ -152,17 +152,14 @@ pub fn run(common: &Common, cmd: LedgerCmd) -> Result<ExitCode> {
 /// Appends `p` to a ledger file as one line (one write, so a concurrent reader never sees
 /// half of it: appends of this size are atomic on local file systems).
 fn append_line(file: &std::path::Path, p: &LedgerPayment) -> Result<()> {
-    let mut line = serde_json::json!({
-        "buyer": hex::encode(p.buyer),
-        "amount": p.amount,
-        "time": p.time,
-    });
-    if let Some(s) = p.seller {
-        line["seller"] = hex::encode(s).into();
+    let line = dazaar_plugin_api::LedgerLine {
+        buyer: p.buyer,
+        seller: p.seller,
+        amount: p.amount,
+        time_ms: p.time,
+        note: p.note.clone(),
     }
-    if let Some(n) = &p.note {
-        line["note"] = n.as_str().into();
-    }
+    .to_json();
     let text = format!("{line}\n");
     let mut f = std::fs::OpenOptions::new()
         .create(true)

@@ -131,9 +131,11 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
         (Some(feed_dir), _) => {
             let price =
                 PaymentTerms::new("", &args.currency, &args.amount, &args.unit, &args.interval);
+            let product = shop::feed_key(feed_dir)?;
             let scope = StateScope {
                 store: options.state.shared()?,
-                product: shop::feed_key(feed_dir)?,
+                product,
+                seller: identity.seller_key_pair(&product).public_key(),
             };
             let spec = (args.payment != "free").then(|| PaymentSpec {
                 plugin: &args.payment,

@@ -46,6 +46,9 @@ pub enum BuyError {
     /// No answer in time.
     #[error("the seller did not answer within {0:?}")]
     Timeout(Duration),
+    /// Discovery did not find the seller.
+    #[error("the seller was not found: {0}")]
+    NotFound(String),
     /// Stored state (accepted terms) could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -101,6 +104,18 @@ pub enum BuyerEvent {
         index: u64,
         /// Its bytes.
         data: Vec<u8>,
+    },
+    /// The connection ended; a live purchase reconnects (see [`buy_reconnecting`]).
+    Disconnected {
+        /// Why it ended.
+        error: String,
+    },
+    /// A live purchase is about to dial the seller again.
+    Reconnecting {
+        /// Reconnection attempts since the last good connection (1 = first).
+        attempt: u32,
+        /// How long it waited before this attempt.
+        after: Duration,
     },
     /// We hold everything the seller has.
     Synced {
@@ -585,5 +600,124 @@ mod tests {
                 downloaded: BLOCKS
             }
         );
+    }
+}
+
+/// How a live purchase reconnects: exponential backoff from `first` up to `max`, each
+/// delay drawn at random from its upper half (jitter, so that the buyers of a restarted
+/// seller do not all come back in the same instant).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reconnect {
+    /// The first delay.
+    pub first: Duration,
+    /// The longest delay.
+    pub max: Duration,
+    /// A connection that lasted this long resets the backoff.
+    pub healthy: Duration,
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Reconnect {
+            first: Duration::from_millis(500),
+            max: Duration::from_secs(30),
+            healthy: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Reconnect {
+    /// The delay before reconnection attempt `attempt` (1 = first): in
+    /// `[d/2, d]` with `d = min(first * 2^(attempt-1), max)`.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let doubled = self
+            .first
+            .saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+        let d = doubled.min(self.max);
+        let half = d / 2;
+        half + half.mul_f64(rand::random::<f64>())
+    }
+}
+
+/// Whether a purchase that ended with `e` may be tried again: yes for the network, a
+/// silent or misbehaving connection (a seller restarting mid-handshake looks like that);
+/// no for what reconnecting cannot fix (terms, the output directory, stored state).
+fn worth_retrying(e: &BuyError) -> bool {
+    matches!(
+        e,
+        BuyError::Net(_) | BuyError::Protocol(_) | BuyError::Timeout(_) | BuyError::NotFound(_)
+    )
+}
+
+/// A live purchase that survives its connection: when the connection drops or the seller
+/// restarts, it waits ([`Reconnect`]), asks `redial` for the seller's address (the same
+/// address, or discovery again) and buys on, resuming from the blocks already held in
+/// `opts.out`. Reports [`BuyerEvent::Disconnected`] and [`BuyerEvent::Reconnecting`]
+/// between connections. Ends when `shutdown` turns true (with the last outcome), or with
+/// an error reconnecting cannot fix. Without `opts.live` it is [`buy`].
+pub async fn buy_reconnecting<F, Fut>(
+    identity: &Identity,
+    mut opts: BuyOptions,
+    events: Option<mpsc::Sender<BuyerEvent>>,
+    shutdown: watch::Receiver<bool>,
+    reconnect: Reconnect,
+    mut redial: F,
+) -> Result<BuyOutcome, BuyError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<SocketAddr, BuyError>>,
+{
+    if !opts.live {
+        return buy(identity, opts, events, shutdown).await;
+    }
+    let mut attempt = 0u32;
+    let mut last: Option<BuyOutcome> = None;
+    let mut shutdown_rx = shutdown.clone();
+    loop {
+        let started = tokio::time::Instant::now();
+        let result = buy(identity, opts.clone(), events.clone(), shutdown.clone()).await;
+        if *shutdown.borrow() {
+            return result.or_else(|e| last.clone().ok_or(e));
+        }
+        let error = match result {
+            Ok(out) => {
+                last = Some(out);
+                "the seller closed the connection".to_owned()
+            }
+            Err(e) if worth_retrying(&e) => e.to_string(),
+            Err(e) => return Err(e),
+        };
+        if let Some(tx) = &events {
+            let _ = tx.send(BuyerEvent::Disconnected { error }).await;
+        }
+        if started.elapsed() >= reconnect.healthy {
+            attempt = 0;
+        }
+        loop {
+            attempt = attempt.saturating_add(1);
+            let after = reconnect.delay(attempt);
+            tokio::select! {
+                _ = tokio::time::sleep(after) => {}
+                _ = shutdown_rx.wait_for(|s| *s) => {
+                    return last.ok_or(BuyError::Protocol("stopped before the seller gave a feed".into()));
+                }
+            }
+            if let Some(tx) = &events {
+                let _ = tx.send(BuyerEvent::Reconnecting { attempt, after }).await;
+            }
+            match redial().await {
+                Ok(addr) => {
+                    opts.addr = addr;
+                    break;
+                }
+                Err(e) if worth_retrying(&e) => {
+                    if let Some(tx) = &events {
+                        let error = e.to_string();
+                        let _ = tx.send(BuyerEvent::Disconnected { error }).await;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 }

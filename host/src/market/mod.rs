@@ -10,6 +10,8 @@ pub mod seller;
 pub mod seller_state;
 pub mod shop;
 
-pub use buyer::{buy, exchange, BuyError, BuyOptions, BuyOutcome, BuyerEvent};
+pub use buyer::{
+    buy, buy_reconnecting, exchange, BuyError, BuyOptions, BuyOutcome, BuyerEvent, Reconnect,
+};
 pub use identity::{Identity, IdentityError, KdfParams};
 pub use seller::{Product, ProductOptions, SellerEvent};

@@ -240,9 +240,11 @@ pub fn products(
     let store = options.state.shared()?;
     for sell in &settings.sell {
         let feed = open_sold_feed(&sell.feed)?;
+        let product = feed.lock().key();
         let scope = StateScope {
             store: Arc::clone(&store),
-            product: feed.lock().key(),
+            product,
+            seller: identity.seller_key_pair(&product).public_key(),
         };
         let gate = settings.payment_gate_with(
             sell,

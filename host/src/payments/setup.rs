@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use dazaar_plugin_api::pricing::Rate;
+use dazaar_plugin_api::pricing::Price;
 use dazaar_plugin_api::PaymentTerms;
 
 use super::gate::PaymentEntry;
@@ -60,7 +60,7 @@ pub struct PaymentSpec<'a> {
 /// The card entry of `price` sold through `plugin`: the method is `method` when given,
 /// else the plugin's first method (the plugin's name only for a plugin that lists none);
 /// the plugin must serve that method with the entry's currency, and the price must be one
-/// [`Rate::from_card`] reads.
+/// [`Price::from_card`] reads.
 pub fn terms_for(
     plugin: &LoadedPlugin,
     method: Option<&str>,
@@ -78,7 +78,7 @@ pub fn terms_for(
             currency: terms.currency.to_string(),
         });
     }
-    Rate::from_card(&terms.amount, &terms.unit, &terms.interval)
+    Price::from_card(&terms.amount, &terms.unit, &terms.interval)
         .map_err(|e| SetupError::Price(e.to_string()))?;
     Ok(terms)
 }

@@ -28,9 +28,7 @@ pub const MAX_RESERVATION: u64 = 8 * 1024 * 1024;
 /// quarter of them, clamped to [`MIN_RESERVATION`]..=[`MAX_RESERVATION`], and never more
 /// than `left`.
 pub fn reservation(left: u64) -> u64 {
-    (left / 4)
-        .clamp(MIN_RESERVATION, MAX_RESERVATION)
-        .min(left)
+    (left / 4).clamp(MIN_RESERVATION, MAX_RESERVATION).min(left)
 }
 
 /// What the owner is told when the meter runs out of credit.
@@ -108,11 +106,7 @@ impl ByteMeter {
         st.wanting = true;
         drop(st);
         if call {
-            let waker = self
-                .waker
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone();
+            let waker = self.waker.lock().unwrap_or_else(|p| p.into_inner()).clone();
             if let Some(wake) = waker {
                 wake();
             }

@@ -17,17 +17,6 @@ struct LegacyRevocation {
     burnt: bool,
 }
 
-#[derive(serde::Deserialize)]
-struct LegacyLedgerLine {
-    buyer: String,
-    amount: serde_json::Value,
-    time: u64,
-    #[serde(default)]
-    seller: Option<String>,
-    #[serde(default)]
-    note: Option<String>,
-}
-
 /// Rows read from a legacy file, and how many entries were unreadable.
 pub(super) struct Rows<T> {
     pub(super) rows: Vec<T>,
@@ -82,41 +71,20 @@ pub(super) fn ledger(path: &Path) -> Result<Rows<LedgerPayment>, StateError> {
         rows: Vec::new(),
         skipped: 0,
     };
-    for line in text.lines().map(str::trim) {
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        match ledger_line(line) {
-            Some(p) => out.rows.push(p),
+    for line in dazaar_plugin_api::ledger_lines(&text) {
+        match line {
+            Some(l) => out.rows.push(LedgerPayment {
+                id: 0,
+                buyer: l.buyer,
+                seller: l.seller,
+                amount: l.amount,
+                time: l.time_ms,
+                note: l.note,
+            }),
             None => out.skipped += 1,
         }
     }
     Ok(out)
-}
-
-/// One ledger-file line, read as the ledger plugin reads it.
-fn ledger_line(line: &str) -> Option<LedgerPayment> {
-    let l: LegacyLedgerLine = serde_json::from_str(line).ok()?;
-    let amount = match &l.amount {
-        serde_json::Value::Number(n) => n.as_f64()?,
-        serde_json::Value::String(s) => s.trim().parse().ok()?,
-        _ => return None,
-    };
-    if !(amount.is_finite() && amount >= 0.0) {
-        return None;
-    }
-    let seller = match &l.seller {
-        Some(s) => Some(parse_hex_key(s)?),
-        None => None,
-    };
-    Some(LedgerPayment {
-        id: 0,
-        buyer: parse_hex_key(&l.buyer)?,
-        seller,
-        amount,
-        time: l.time,
-        note: l.note,
-    })
 }
 
 /// A legacy file's text; `None` when it does not exist. Bounded in size.

@@ -1,7 +1,18 @@
-//! `dazaar_ledger`: payments recorded by hand in a local ledger file.
+//! `dazaar_ledger`: payments recorded by hand, in the seller's state database or in a
+//! local ledger file.
 //!
-//! For tests, demos, and sellers who take payment by other means and write it down. The
-//! seller's plugin reads a file of JSON lines, one payment per line:
+//! For tests, demos, and sellers who take payment by other means and write it down.
+//!
+//! - **Without `file`** (the default), the plugin reads the ledger of the host's state
+//!   store (API 1.3), where `dazaar ledger add` (without `--file`) records payments: the
+//!   host's read-only view of one buyer's payments for this product
+//!   ([`dazaar_plugin_api::ledger_view_key`]). A buyer's payments are re-read at most
+//!   every `reload_ms`; at most 4096 buyers are kept in memory. If the state store
+//!   fails, a buyer read before keeps the payments read then (its time still runs out);
+//!   a buyer never read fails closed. A host without a state store (older than API 1.3)
+//!   cannot open it without `file`.
+//! - **With `file`**, the plugin reads a file of JSON lines, one payment per line
+//!   ([`dazaar_plugin_api::ledger`]):
 //!
 //! ```text
 //! {"buyer":"<64 hex>","amount":"100","time":1700000000000}
@@ -18,23 +29,23 @@
 //! Time left follows the card's price with the payment-tracker rules
 //! ([`dazaar_plugin_api::Rate`]). The file is re-read when its size or modification time
 //! changes (checked at most every `reload_ms`, default 100), so a payment appended while
-//! selling becomes valid without a restart. `dazaar ledger add` appends a line.
+//! selling becomes valid without a restart. `dazaar ledger add --file` appends a line.
 //!
 //! Configuration (`[sell.payment.config]`):
 //! ```toml
-//! file = "~/dazaar/ledger.jsonl"   # required
+//! file = "~/dazaar/ledger.jsonl"   # optional: without it, the host's state store
 //! reload_ms = 100                  # optional
 //! ```
 //! Card method: `ledger`, any currency.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use dazaar_plugin_api::{
-    expand_home, export_payment_plugin, parse_key, Description, Grant, Key, Payment,
-    PaymentInstructions, PaymentPlugin, Request,
+    expand_home, export_payment_plugin, ledger_lines, ledger_view_key, unavailable, Description,
+    Grant, Key, LedgerLine, Payment, PaymentInstructions, PaymentPlugin, PluginStore, Request,
 };
 use serde::Deserialize;
 
@@ -42,23 +53,14 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LedgerConfig {
-    file: String,
+    #[serde(default)]
+    file: Option<String>,
     #[serde(default = "default_reload_ms")]
     reload_ms: u64,
 }
 
 fn default_reload_ms() -> u64 {
     100
-}
-
-/// One line of the ledger file.
-#[derive(Debug, Clone, Deserialize)]
-struct Line {
-    buyer: String,
-    amount: serde_json::Value,
-    time: u64,
-    #[serde(default)]
-    seller: Option<String>,
 }
 
 /// A recorded payment, with the product it is limited to (if any).
@@ -80,15 +82,15 @@ struct Snapshot {
 fn parse_ledger(text: &str) -> (HashMap<Key, Vec<Entry>>, usize) {
     let mut by_buyer: HashMap<Key, Vec<Entry>> = HashMap::new();
     let mut bad = 0;
-    for line in text.lines().map(str::trim) {
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let Some(entry) = parse_line(line) else {
+    for line in ledger_lines(text) {
+        let Some(line) = line else {
             bad += 1;
             continue;
         };
-        by_buyer.entry(entry.0).or_default().push(entry.1);
+        by_buyer
+            .entry(line.buyer)
+            .or_default()
+            .push(Entry::from(&line));
     }
     for list in by_buyer.values_mut() {
         list.sort_by_key(|e| e.payment.time_ms);
@@ -96,45 +98,73 @@ fn parse_ledger(text: &str) -> (HashMap<Key, Vec<Entry>>, usize) {
     (by_buyer, bad)
 }
 
-fn parse_line(line: &str) -> Option<(Key, Entry)> {
-    let l: Line = serde_json::from_str(line).ok()?;
-    let buyer = parse_key(&l.buyer)?;
-    let amount = match &l.amount {
-        serde_json::Value::Number(n) => n.as_f64()?,
-        serde_json::Value::String(s) => s.trim().parse().ok()?,
-        _ => return None,
-    };
-    if !(amount.is_finite() && amount >= 0.0) {
-        return None;
-    }
-    let seller = match &l.seller {
-        Some(s) => Some(parse_key(s)?),
-        None => None,
-    };
-    Some((
-        buyer,
+impl From<&LedgerLine> for Entry {
+    fn from(l: &LedgerLine) -> Entry {
         Entry {
-            seller,
+            seller: l.seller,
             payment: Payment {
-                amount,
-                time_ms: l.time,
+                amount: l.amount,
+                time_ms: l.time_ms,
             },
-        },
-    ))
+        }
+    }
+}
+
+/// The most buyers whose payments are kept from the host's state store.
+const MAX_CACHED_BUYERS: usize = 4096;
+
+/// Payments read from the host's state store, per buyer, each with when it was read.
+#[derive(Debug, Default)]
+struct StoreCache {
+    by_buyer: HashMap<Key, (Instant, Vec<Entry>)>,
+}
+
+impl StoreCache {
+    /// Keeps `entries` for `buyer`; when full, the buyer read longest ago goes first.
+    fn insert(&mut self, buyer: Key, at: Instant, entries: Vec<Entry>) {
+        if !self.by_buyer.contains_key(&buyer) && self.by_buyer.len() >= MAX_CACHED_BUYERS {
+            if let Some(oldest) = self
+                .by_buyer
+                .iter()
+                .min_by_key(|(_, (at, _))| *at)
+                .map(|(k, _)| *k)
+            {
+                self.by_buyer.remove(&oldest);
+            }
+        }
+        self.by_buyer.insert(buyer, (at, entries));
+    }
+}
+
+/// Where the payments are read from.
+enum Source {
+    /// A ledger file, as last read.
+    File {
+        path: PathBuf,
+        state: Mutex<(Option<Instant>, Snapshot)>,
+    },
+    /// The host's state store, through its ledger view.
+    Store {
+        store: PluginStore,
+        cache: Mutex<StoreCache>,
+    },
 }
 
 /// The ledger verifier.
 pub struct Ledger {
-    path: PathBuf,
+    source: Source,
     reload: Duration,
-    state: Mutex<(Option<Instant>, Snapshot)>,
 }
 
-/// Reads the config table: the ledger file (`~/` expanded) and the reload interval.
-fn read_config(config: &str) -> Result<(PathBuf, Duration), String> {
+/// Reads the config table: the ledger file (`~/` expanded), if any, and the reload
+/// interval.
+fn read_config(config: &str) -> Result<(Option<PathBuf>, Duration), String> {
     let c: LedgerConfig =
         toml::from_str(config).map_err(|e| format!("ledger config: {}", e.message()))?;
-    let file = expand_home(&c.file).map_err(|e| format!("ledger config: file {e}"))?;
+    let file = c
+        .file
+        .map(|f| expand_home(&f).map_err(|e| format!("ledger config: file {e}")))
+        .transpose()?;
     Ok((file, Duration::from_millis(c.reload_ms)))
 }
 
@@ -142,14 +172,27 @@ impl Ledger {
     /// Opens a ledger on `path` (the file may not exist yet: then nobody has paid).
     pub fn new(path: PathBuf, reload: Duration) -> Ledger {
         Ledger {
-            path,
+            source: Source::File {
+                path,
+                state: Mutex::new((None, Snapshot::default())),
+            },
             reload,
-            state: Mutex::new((None, Snapshot::default())),
+        }
+    }
+
+    /// Opens a ledger on the host's state store (its ledger view).
+    pub fn on_store(store: PluginStore, reload: Duration) -> Ledger {
+        Ledger {
+            source: Source::Store {
+                store,
+                cache: Mutex::new(StoreCache::default()),
+            },
+            reload,
         }
     }
 
     /// Re-reads the file if it changed and the last look is older than `reload`.
-    fn refresh(&self, state: &mut (Option<Instant>, Snapshot)) {
+    fn refresh(&self, path: &Path, state: &mut (Option<Instant>, Snapshot)) {
         let now = Instant::now();
         if state
             .0
@@ -158,13 +201,13 @@ impl Ledger {
             return;
         }
         state.0 = Some(now);
-        let stamp = std::fs::metadata(&self.path)
+        let stamp = std::fs::metadata(path)
             .ok()
             .map(|m| (m.len(), m.modified().unwrap_or(SystemTime::UNIX_EPOCH)));
         if stamp == state.1.stamp {
             return;
         }
-        let (by_buyer, bad_lines) = match std::fs::read_to_string(&self.path) {
+        let (by_buyer, bad_lines) = match std::fs::read_to_string(path) {
             Ok(text) => parse_ledger(&text),
             Err(_) => (HashMap::new(), 0),
         };
@@ -175,14 +218,82 @@ impl Ledger {
         };
     }
 
-    /// Malformed lines in the file as last read.
+    /// Malformed lines in the file as last read (0 without a file).
     pub fn bad_lines(&self) -> usize {
-        match self.state.lock() {
+        let Source::File { path, state } = &self.source else {
+            return 0;
+        };
+        match state.lock() {
             Ok(mut s) => {
-                self.refresh(&mut s);
+                self.refresh(path, &mut s);
                 s.1.bad_lines
             }
             Err(_) => 0,
+        }
+    }
+
+    /// `buyer`'s payments to `seller`.
+    fn payments(&self, buyer: &Key, seller: &Key) -> Result<Vec<Payment>, String> {
+        let entries = match &self.source {
+            Source::File { path, state } => {
+                let mut state = state
+                    .lock()
+                    .map_err(|_| "ledger state is poisoned".to_owned())?;
+                self.refresh(path, &mut state);
+                state.1.by_buyer.get(buyer).cloned().unwrap_or_default()
+            }
+            Source::Store { store, cache } => self.from_store(store, cache, buyer)?,
+        };
+        Ok(entries
+            .iter()
+            .filter(|e| e.seller.is_none_or(|s| s == *seller))
+            .map(|e| e.payment)
+            .collect())
+    }
+
+    /// `buyer`'s payments in the host's state store, re-read when older than `reload`.
+    /// When the store fails, what was read before stands (its time runs out as usual);
+    /// with nothing read before, the check is unavailable.
+    fn from_store(
+        &self,
+        store: &PluginStore,
+        cache: &Mutex<StoreCache>,
+        buyer: &Key,
+    ) -> Result<Vec<Entry>, String> {
+        let lock = || {
+            cache
+                .lock()
+                .map_err(|_| "ledger cache is poisoned".to_owned())
+        };
+        let now = Instant::now();
+        if let Some((at, entries)) = lock()?.by_buyer.get(buyer) {
+            if now.duration_since(*at) < self.reload {
+                return Ok(entries.clone());
+            }
+        }
+        match store.get(&ledger_view_key(buyer)) {
+            Ok(value) => {
+                let text = value
+                    .map(String::from_utf8)
+                    .transpose()
+                    .map_err(|_| unavailable("the host's ledger view is not text"))?;
+                let mut entries: Vec<Entry> = text
+                    .as_deref()
+                    .map(ledger_lines)
+                    .into_iter()
+                    .flatten()
+                    .flatten()
+                    .filter(|l| l.buyer == *buyer)
+                    .map(|l| Entry::from(&l))
+                    .collect();
+                entries.sort_by_key(|e| e.payment.time_ms);
+                lock()?.insert(*buyer, now, entries.clone());
+                Ok(entries)
+            }
+            Err(e) => match lock()?.by_buyer.get(buyer) {
+                Some((_, entries)) => Ok(entries.clone()),
+                None => Err(unavailable(format!("the host's state store: {e}"))),
+            },
         }
     }
 }
@@ -202,8 +313,20 @@ impl PaymentPlugin for Ledger {
     }
 
     fn open(config: &str) -> Result<Self, String> {
-        let (file, reload) = read_config(config)?;
-        Ok(Ledger::new(file, reload))
+        match read_config(config)? {
+            (Some(file), reload) => Ok(Ledger::new(file, reload)),
+            (None, _) => Err(
+                "ledger config: no file, and this host keeps no state store for plugins (set file, or use a host with plugin API 1.3)"
+                    .into(),
+            ),
+        }
+    }
+
+    fn open_with_state(config: &str, state: PluginStore) -> Result<Self, String> {
+        match read_config(config)? {
+            (Some(file), reload) => Ok(Ledger::new(file, reload)),
+            (None, reload) => Ok(Ledger::on_store(state, reload)),
+        }
     }
 
     fn validate(&self, req: &Request<'_>, now_ms: u64) -> Result<Grant, String> {
@@ -211,22 +334,9 @@ impl PaymentPlugin for Ledger {
             .terms
             .price()
             .map_err(|e| format!("bad price on the card: {e}"))?;
-        let mut state = self
-            .state
-            .lock()
-            .map_err(|_| "ledger state is poisoned".to_owned())?;
-        self.refresh(&mut state);
-        let payments: Vec<Payment> = state
-            .1
-            .by_buyer
-            .get(&req.buyer)
-            .into_iter()
-            .flatten()
-            .filter(|e| e.seller.is_none_or(|s| s == req.seller))
-            .map(|e| e.payment)
-            .collect();
-        drop(state);
-        price.grant(&payments, now_ms)
+        let payments = self.payments(&req.buyer, &req.seller)?;
+        price
+            .grant(&payments, now_ms)
             .map_err(|r| r.reason(|| "no payment recorded for this buyer".to_owned()))
     }
 
@@ -326,9 +436,18 @@ mod tests {
             ledger.validate(&req, now)
         };
         let later = T0 + 1_000_000_000;
-        assert_eq!(grant("bytes", "1", "10000", later), Ok(Grant::bytes(50_000)));
-        assert_eq!(grant("kilobytes", "1", "2", later), Ok(Grant::bytes(10_000)));
-        assert_eq!(grant("megabytes", "5", "1", later), Ok(Grant::bytes(1_000_000)));
+        assert_eq!(
+            grant("bytes", "1", "10000", later),
+            Ok(Grant::bytes(50_000))
+        );
+        assert_eq!(
+            grant("kilobytes", "1", "2", later),
+            Ok(Grant::bytes(10_000))
+        );
+        assert_eq!(
+            grant("megabytes", "5", "1", later),
+            Ok(Grant::bytes(1_000_000))
+        );
         assert_eq!(
             grant("gigabytes", "1", "1", later),
             Ok(Grant::bytes(5_000_000_000))
@@ -339,7 +458,11 @@ mod tests {
             Err("the payments do not reach the one-time price".into())
         );
         // 5 paid (the last at T0 + 1), 1 ms spent.
-        for (unit, full) in [("seconds", 5_000), ("minutes", 300_000), ("hours", 18_000_000)] {
+        for (unit, full) in [
+            ("seconds", 5_000),
+            ("minutes", 300_000),
+            ("hours", 18_000_000),
+        ] {
             let g = grant(unit, "1", "1", T0 + 1).unwrap();
             assert_eq!(g.kind, dazaar_plugin_api::GrantKind::TIME, "{unit}");
             assert!((full - 2..full).contains(&g.remaining), "{unit}: {g:?}");
@@ -370,6 +493,8 @@ mod tests {
         assert!(Ledger::check_config("file = \"x\"").is_ok());
         let e = Ledger::check_config("fil = \"x\"").unwrap_err();
         assert!(e.contains("fil"), "{e}");
-        assert!(Ledger::check_config("").is_err());
+        // Without a file: the host's state store.
+        assert!(Ledger::check_config("").is_ok());
+        assert!(Ledger::open("").is_err());
     }
 }

@@ -1355,7 +1355,10 @@ mod tests {
         assert_eq!(grant("bytes", "1", "10"), Ok(Grant::bytes(1500)));
         assert_eq!(grant("kilobytes", "10", "1"), Ok(Grant::bytes(15_000)));
         assert_eq!(grant("megabytes", "150", "2"), Ok(Grant::bytes(2_000_000)));
-        assert_eq!(grant("gigabytes", "1", "1"), Ok(Grant::bytes(150_000_000_000)));
+        assert_eq!(
+            grant("gigabytes", "1", "1"),
+            Ok(Grant::bytes(150_000_000_000))
+        );
         assert_eq!(grant("once", "150", ""), Ok(Grant::once()));
         assert_eq!(
             grant("once", "151", ""),

@@ -171,7 +171,30 @@ fn unknown_unit() {
     assert_eq!(e.key(), Some("sell[0].payment[1].unit"));
     let shown = e.to_string();
     assert!(shown.starts_with("/etc/dazaar/dazaar.toml:35:"), "{shown}");
-    assert!(shown.contains("unknown time unit \"days\""), "{shown}");
+    assert!(shown.contains("unknown unit \"days\""), "{shown}");
+}
+
+/// `[[sell.payment]] unit = ...` takes the data units and `once`; `once` needs no
+/// interval, the others still do.
+#[test]
+fn data_units_and_once() {
+    use dazaar_plugin_api::Price;
+    for unit in ["bytes", "kilobytes", "megabytes", "gigabytes"] {
+        let text = FULL.replace("unit = \"hours\"", &format!("unit = \"{unit}\""));
+        let s = config::parse(&text, &file()).unwrap();
+        let p = &s.sell[0].payment[1];
+        assert!(matches!(p.price, Price::Data(_)), "{unit}: {:?}", p.price);
+        assert_eq!(p.terms.unit.as_str(), unit);
+    }
+    let text = FULL.replace("unit = \"hours\"\ninterval = \"1\"", "unit = \"once\"");
+    let s = config::parse(&text, &file()).unwrap();
+    let p = &s.sell[0].payment[1];
+    assert!(matches!(p.price, Price::Once(_)), "{:?}", p.price);
+    assert_eq!(p.terms.interval.as_str(), "");
+    let text = FULL.replace("unit = \"hours\"\ninterval = \"1\"", "unit = \"bytes\"");
+    let e = err(&text);
+    assert_eq!(e.key(), Some("sell[0].payment[1].interval"));
+    assert!(e.to_string().contains("unit bytes needs one"), "{e}");
 }
 
 #[test]

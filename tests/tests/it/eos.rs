@@ -185,6 +185,47 @@ fn eos_v1_history_pays_by_memo_with_paging_and_overlap() {
     );
 }
 
+/// Every unit kind through the shared pricing rules: 1.5 EOS paid (1 + 0.5) buys 15,000
+/// bytes at 1 EOS per 10 kilobytes; a one-time price of 1.5 is reached, 1.6 is not.
+#[test]
+fn eos_each_unit_kind() {
+    use dazaar_plugin_api::Grant;
+    let node = MockEos::start(ACCOUNT);
+    let v = open(&format!("rpc = {:?}\npoll_ms = 0\n", node.base));
+    let now = now_ms();
+    for amount in ["1.0000 EOS", "0.5000 EOS"] {
+        node.transfer("eosio.token", "alice", ACCOUNT, amount, &memo(BUYER), now);
+    }
+    let grant = |amount: &str, unit: &str, interval: &str| {
+        let mut t = PaymentTerms::new("eos", "EOS", amount, unit, interval);
+        t.pay_to = abi_stable::std_types::RSome(ACCOUNT.into());
+        let g = support::gate(&v, Arc::new(t), Duration::from_millis(1));
+        match check(&g, BUYER) {
+            Validation::Valid { grant, .. } => Ok(grant),
+            Validation::Invalid { reason } => Err(reason),
+        }
+    };
+    assert_eq!(grant("1", "bytes", "10000"), Ok(Grant::bytes(15_000)));
+    assert_eq!(grant("1", "kilobytes", "10"), Ok(Grant::bytes(15_000)));
+    assert_eq!(grant("3", "megabytes", "1"), Ok(Grant::bytes(500_000)));
+    assert_eq!(
+        grant("1", "gigabytes", "2"),
+        Ok(Grant::bytes(3_000_000_000))
+    );
+    assert_eq!(grant("1.5", "once", ""), Ok(Grant::once()));
+    let short = grant("1.6", "once", "").unwrap_err();
+    assert!(
+        short.ends_with("the payments do not reach the one-time price"),
+        "{short}"
+    );
+    let time = grant("1", "hours", "1").unwrap();
+    assert_eq!(time.kind, dazaar_plugin_api::GrantKind::TIME);
+    assert!(
+        (5_398_000..=5_400_000).contains(&time.remaining),
+        "{time:?}"
+    );
+}
+
 /// The seller's account history can hold transfers between others (a contract that
 /// notifies the account, `require_recipient`): one carrying this seller's memo but paid
 /// `from alice to bob` paid bob, not the seller, and buys nothing.

@@ -1309,6 +1309,7 @@ fn lnd_restart_resumes_from_the_saved_checkpoint() {
         let scope = StateScope {
             store: Arc::new(StateStore::open_in(data.path()).unwrap()),
             product: [0x42; 32],
+            seller: SELLER,
         };
         support::load("lnd")
             .open_with_state(
@@ -1579,6 +1580,7 @@ fn lnd_restart_before_any_settlement_lists_the_node() {
         let scope = StateScope {
             store: Arc::new(StateStore::open_in(data.path()).unwrap()),
             product: [0x42; 32],
+            seller: SELLER,
         };
         support::load("lnd")
             .open_with_state(

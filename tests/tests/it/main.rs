@@ -23,6 +23,7 @@ mod lnd;
 mod market;
 mod market_cli;
 mod plugins;
+mod pricing;
 mod service;
 mod state;
 mod stripe;

@@ -239,6 +239,69 @@ fn ledger_gate(file: &std::path::Path, revalidate: Duration) -> PaymentGate {
     support::gate(&verifier, terms, revalidate)
 }
 
+/// A product priced by data through the ledger: 1 unit buys 10,000 bytes.
+fn data_ledger_gate(file: &std::path::Path, revalidate: Duration) -> PaymentGate {
+    let config = format!("file = {:?}\nreload_ms = 0\n", file.display().to_string());
+    let verifier = support::open(
+        "ledger",
+        &config,
+        support::limits(Duration::from_secs(2), 1, 64),
+    );
+    let terms = Arc::new(PaymentTerms::new(
+        "ledger", "credits", "1", "bytes", "10000",
+    ));
+    support::gate(&verifier, terms, revalidate)
+}
+
+/// A JS dazaar@1.6.1 buyer of a product priced by data receives blocks until its
+/// allowance is used (3 units: 30 blocks of 1,000 bytes, one more or less), then
+/// `dazaar/invalid` saying so; the `dazaar/valid` it saw was of type bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_buyer_of_data_gets_blocks_until_the_allowance() {
+    let Some(js) = dazaar_tests::require_js() else {
+        return;
+    };
+    let blocks: Vec<Vec<u8>> = (0..100u8).map(|i| vec![i; 1000]).collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = dir.path().join("ledger.jsonl");
+    let sale = start_sale(
+        &blocks,
+        data_ledger_gate(&ledger, Duration::from_millis(200)),
+        Duration::from_millis(200),
+        None,
+    )
+    .await;
+    let js_master = [0x72u8; 32];
+    pay(&ledger, &Identity::from_master_key(js_master), 3);
+    let got = tokio::task::spawn_blocking({
+        let (key, port) = (
+            hex::encode(sale.product.seller_key()),
+            sale.addr.port().to_string(),
+        );
+        move || {
+            node_json(
+                &js,
+                &[
+                    "buy",
+                    "--seller",
+                    &key,
+                    "--port",
+                    &port,
+                    "--master",
+                    &hex::encode(js_master),
+                    "--until-invalid",
+                ],
+            )
+        }
+    })
+    .await
+    .expect("join");
+    assert_eq!(got["invalid"], "paid data is used up", "{got}");
+    assert_eq!(got["valid"]["type"], "bytes", "{got}");
+    let held = got["held"].as_u64().expect("held");
+    assert!((29..=31).contains(&held), "held {held} blocks for 3 units");
+}
+
 fn pay(file: &std::path::Path, buyer: &Identity, amount: u64) {
     use std::io::Write;
     let line = format!(

@@ -780,3 +780,122 @@ fn card_names_the_method_the_seller_validates() {
         "a card the seller would not honour is not written"
     );
 }
+
+/// A live buyer outlives its seller: the seller is killed (SIGKILL), the feed grows while
+/// it is down, the seller comes back on the same address, and the buyer reconnects by
+/// itself (`disconnected`, `reconnected`), resumes and receives the new blocks.
+#[test]
+fn a_live_buyer_reconnects_when_the_seller_restarts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let feed = dir.path().join("feed");
+    make_text_feed(&feed, 5);
+    let seller_data = dir.path().join("seller");
+    // A fixed port for both runs of the seller.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr").port()
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let start_seller = || sell(&["--data-dir", s(&seller_data), s(&feed), "--listen", &listen]);
+    let (mut seller, info) = start_seller();
+    let key = info["sellerKey"].as_str().expect("key").to_owned();
+    let out = dir.path().join("out");
+    let buyer = Proc::spawn(dazaar_cmd(&[
+        "--data-dir",
+        s(&dir.path().join("buyer")),
+        "buy",
+        &key,
+        "--connect",
+        &listen,
+        "--out",
+        s(&out),
+        "--live",
+        "--json",
+    ]));
+    let synced = |n: u64| {
+        buyer.json_where(Duration::from_secs(30), &format!("{n} blocks"), |v| {
+            v["event"] == "synced" && v["length"] == n
+        })
+    };
+    synced(5);
+    seller.kill9();
+    buyer.event("disconnected", Duration::from_secs(20));
+    let more = dir.path().join("more.txt");
+    std::fs::write(&more, "line 5\nline 6\nline 7\n").expect("write");
+    assert!(dazaar(&["feed", "append", s(&feed), s(&more)])
+        .status
+        .success());
+    let (_seller, again) = start_seller();
+    assert_eq!(again["sellerKey"], key.as_str());
+    buyer.event("reconnected", Duration::from_secs(60));
+    synced(8);
+    drop(buyer);
+    let lines = feed_lines(&out);
+    assert_eq!(lines.len(), 8, "{lines:?}");
+    assert_eq!(lines[7], "line 7");
+}
+
+/// `dazaar buy`'s documented exit codes: 3 not paid, 4 unreachable, 5 terms not accepted.
+#[test]
+fn buy_exit_codes_say_why() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let feed = dir.path().join("feed");
+    make_text_feed(&feed, 3);
+    let buyer_data = dir.path().join("buyer");
+    let code = |addr: &str, key: &str, out: &str| {
+        let o = buy_once(&buyer_data, key, addr, &dir.path().join(out));
+        assert!(!o.status.success());
+        o.status.code()
+    };
+    // Nothing listens there.
+    let refused = dazaar_tests::pg::refused_port().to_string();
+    assert_eq!(code(&refused, &"ab".repeat(32), "o1"), Some(4));
+
+    // A paid product and a buyer who has not paid.
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).expect("mkdir");
+    copy_plugin("ledger", &plugins, None);
+    let ledger = dir.path().join("ledger.jsonl");
+    let (_paid, info) = sell(&[
+        "--data-dir",
+        s(&dir.path().join("seller1")),
+        s(&feed),
+        "--listen",
+        "127.0.0.1:0",
+        "--payment",
+        "ledger",
+        "--plugin-dir",
+        s(&plugins),
+        "--plugin-config",
+        &format!("file = {:?}", s(&ledger)),
+        "--amount",
+        "1",
+        "--unit",
+        "seconds",
+        "--interval",
+        "1",
+    ]);
+    let (key, addr) = (
+        info["sellerKey"].as_str().unwrap(),
+        info["addr"].as_str().unwrap(),
+    );
+    assert_eq!(code(addr, key, "o2"), Some(3));
+
+    // Terms the buyer has not accepted.
+    let terms = dir.path().join("terms.txt");
+    std::fs::write(&terms, "be nice\n").expect("write");
+    let (_with_terms, info) = sell(&[
+        "--data-dir",
+        s(&dir.path().join("seller2")),
+        s(&feed),
+        "--listen",
+        "127.0.0.1:0",
+        "--terms",
+        s(&terms),
+    ]);
+    let (key, addr) = (
+        info["sellerKey"].as_str().unwrap(),
+        info["addr"].as_str().unwrap(),
+    );
+    assert_eq!(code(addr, key, "o3"), Some(5));
+}

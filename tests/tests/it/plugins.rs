@@ -422,7 +422,7 @@ fn ledger_payment_added_while_selling_becomes_valid() {
     // An unknown unit on the card is a clear error, not access.
     let bad = Arc::new(PaymentTerms::new("ledger", "SATS", "1", "days", "1"));
     let e = ledger.validate(BUYER, SELLER, &bad, now).unwrap_err();
-    assert!(e.to_string().contains("unknown time unit \"days\""), "{e}");
+    assert!(e.to_string().contains("unknown unit \"days\""), "{e}");
 
     // Buyer side: how to pay, bound to this buyer by the memo.
     let how = ledger

@@ -528,3 +528,81 @@ fn a_valid_buyer_keeps_its_grant_through_a_database_outage() {
         Duration::from_secs(30),
     );
 }
+
+/// `dazaar ledger add` without `--file` records a payment in the state store; a seller
+/// whose ledger plugin has no `file` reads it from there and sells to that buyer, while a
+/// buyer without a payment, and a payment for another product, are refused.
+#[test]
+fn a_ledger_plugin_without_a_file_sells_from_the_state_store() {
+    use dazaar_tests::proc::{buy_once, buyer_key, json_lines, make_text_feed, sell};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let feed = dir.path().join("feed");
+    make_text_feed(&feed, 20);
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).expect("mkdir");
+    dazaar_tests::copy_plugin("ledger", &plugins, None);
+    let seller_data = dir.path().join("seller");
+    let (_seller, info) = sell(&[
+        "--data-dir",
+        s(&seller_data),
+        s(&feed),
+        "--listen",
+        "127.0.0.1:0",
+        "--payment",
+        "ledger",
+        "--plugin-dir",
+        s(&plugins),
+        "--plugin-config",
+        "reload_ms = 0",
+        "--amount",
+        "1",
+        "--unit",
+        "seconds",
+        "--interval",
+        "1",
+    ]);
+    let key = info["sellerKey"].as_str().expect("key").to_owned();
+    let addr = info["addr"].as_str().expect("addr").to_owned();
+    let (paid, unpaid, elsewhere) = (
+        dir.path().join("paid"),
+        dir.path().join("unpaid"),
+        dir.path().join("elsewhere"),
+    );
+    let add = |buyer: &str, seller: Option<&str>| {
+        let mut args = vec![
+            "--data-dir",
+            s(&seller_data),
+            "ledger",
+            "add",
+            "--buyer",
+            buyer,
+            "--amount",
+            "600",
+        ];
+        if let Some(seller) = seller {
+            args.extend(["--seller", seller]);
+        }
+        let o = dazaar(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    add(&buyer_key(&paid), Some(&key));
+    add(&buyer_key(&elsewhere), Some(&"ab".repeat(32)));
+    let o = buy_once(&paid, &key, &addr, &dir.path().join("out-paid"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    for (who, data) in [("unpaid", &unpaid), ("paid elsewhere", &elsewhere)] {
+        let o = buy_once(data, &key, &addr, &dir.path().join(format!("out-{who}")));
+        assert!(!o.status.success(), "a buyer who {who} bought");
+        assert!(
+            json_lines(&o.stdout).iter().any(|l| l["event"] == "invalid"
+                && l["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("no payment recorded for this buyer"))),
+            "{who}: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+    }
+    // A payment recorded while selling counts without a restart.
+    add(&buyer_key(&unpaid), None);
+    let o = buy_once(&unpaid, &key, &addr, &dir.path().join("out-late"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}

@@ -139,6 +139,42 @@ fn stripe_paid_buyer_is_valid_and_wrong_payments_are_not() {
     assert!(!dazaar_tests::plugin_check(&g, BUYER, [0x77; 32]).is_valid());
 }
 
+/// Every unit kind through the shared pricing rules: $5 paid buys 50 kilobytes at $1
+/// per 10; a one-time price of $5 is reached, $6 is not.
+#[test]
+fn stripe_each_unit_kind() {
+    use dazaar_plugin_api::Grant;
+    let mock = MockStripe::start(KEY);
+    let secrets = Secrets::new(KEY);
+    let v = open(&config(&mock.base, &secrets, ""));
+    mock.add_intent(&SELLER, &BUYER, 300, "usd", now_s(), "succeeded", 0, false);
+    mock.add_intent(&SELLER, &BUYER, 200, "usd", now_s(), "succeeded", 0, false);
+    let grant = |amount: &str, unit: &str, interval: &str| {
+        let t = Arc::new(PaymentTerms::new("stripe", "USD", amount, unit, interval));
+        let g = support::gate(&v, t, Duration::from_millis(1));
+        match dazaar_tests::plugin_check(&g, BUYER, SELLER) {
+            Validation::Valid { grant, .. } => Ok(grant),
+            Validation::Invalid { reason } => Err(reason),
+        }
+    };
+    assert_eq!(grant("1", "kilobytes", "10"), Ok(Grant::bytes(50_000)));
+    assert_eq!(grant("1", "bytes", "100"), Ok(Grant::bytes(500)));
+    assert_eq!(grant("5", "megabytes", "1"), Ok(Grant::bytes(1_000_000)));
+    assert_eq!(
+        grant("1", "gigabytes", "1"),
+        Ok(Grant::bytes(5_000_000_000))
+    );
+    assert_eq!(grant("5", "once", ""), Ok(Grant::once()));
+    let short = grant("6", "once", "").unwrap_err();
+    assert!(
+        short.ends_with("the payments do not reach the one-time price"),
+        "{short}"
+    );
+    let time = grant("1", "minutes", "1").unwrap();
+    assert_eq!(time.kind, dazaar_plugin_api::GrantKind::TIME);
+    assert!((298_000..=300_000).contains(&time.remaining), "{time:?}");
+}
+
 #[test]
 fn stripe_search_follows_pages() {
     let mock = MockStripe::start(KEY);
