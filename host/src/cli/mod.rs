@@ -54,6 +54,8 @@ pub struct Cli {
 }
 
 /// The top-level commands.
+// Parsed once per run: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create, append to, inspect and import Hypercore feeds.

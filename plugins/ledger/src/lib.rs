@@ -242,7 +242,7 @@ impl Ledger {
                 self.refresh(path, &mut state);
                 state.1.by_buyer.get(buyer).cloned().unwrap_or_default()
             }
-            Source::Store { store, cache } => self.from_store(store, cache, buyer)?,
+            Source::Store { store, cache } => self.read_store(store, cache, buyer)?,
         };
         Ok(entries
             .iter()
@@ -254,7 +254,7 @@ impl Ledger {
     /// `buyer`'s payments in the host's state store, re-read when older than `reload`.
     /// When the store fails, what was read before stands (its time runs out as usual);
     /// with nothing read before, the check is unavailable.
-    fn from_store(
+    fn read_store(
         &self,
         store: &PluginStore,
         cache: &Mutex<StoreCache>,

@@ -356,7 +356,7 @@ fn two_seller_nodes_keep_one_connection_per_buyer() {
         p.json_where(
             Duration::from_secs(20),
             "valid on node A",
-            &|v: &serde_json::Value| v["event"] == "valid",
+            |v: &serde_json::Value| v["event"] == "valid",
         );
         p
     };
