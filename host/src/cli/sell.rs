@@ -106,6 +106,13 @@ impl SellArgs {
 /// Runs `dazaar sell`.
 pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
     let settings = common.settings()?;
+    let metrics_addr = args
+        .metrics
+        .or_else(|| settings.as_ref().and_then(|s| s.metrics));
+    // Installed before the products are set up, so their series start at zero.
+    let metrics = metrics_addr
+        .map(|_| dazaar::monitor::install())
+        .transpose()?;
     let terms = match &args.terms {
         Some(p) => Some(
             std::fs::read_to_string(p)
@@ -168,13 +175,6 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
         .or_else(|| settings.as_ref().map(|s| s.listen))
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
     let net_config = options.limits.net_config();
-    let metrics_addr = args
-        .metrics
-        .or_else(|| settings.as_ref().and_then(|s| s.metrics));
-    // Installed before the first product serves, so nothing goes unrecorded.
-    let metrics = metrics_addr
-        .map(|_| dazaar::monitor::install())
-        .transpose()?;
     let json = args.json;
     let discovery = args.discovery.options(settings.as_ref())?;
     runtime()?.block_on(async move {

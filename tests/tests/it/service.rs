@@ -209,6 +209,18 @@ fn metrics_count_a_paying_buyer_and_health_is_ok() {
 
     let (status, body) = http_get(&metrics, "/healthz");
     assert_eq!((status, body.as_str()), (200, "ok\n"));
+    // The product's series are there, at zero, before any buyer.
+    let before = scrape(&metrics);
+    for name in ["dazaar_buyers_connected", "dazaar_bytes_uploaded_total"] {
+        assert!(
+            before
+                .samples
+                .iter()
+                .any(|s| s.metric == name && s.labels.get("product") == Some(product.as_str())),
+            "{name} before any buyer: {:?}",
+            before.samples
+        );
+    }
 
     let buyer_data = dir.path().join("buyer");
     let o = dazaar(&[
