@@ -22,14 +22,19 @@ pub struct Common {
 }
 
 impl Common {
-    /// The configuration: `--config`, else `./dazaar.toml` when it exists.
+    /// The configuration file: `--config`, else `$DAZAAR_CONFIG`, else the first that
+    /// exists of `./dazaar.toml`, `$XDG_CONFIG_HOME/dazaar/dazaar.toml`,
+    /// `/etc/dazaar/dazaar.toml` (see [`dazaar::config::candidates`]).
+    pub fn config_file(&self) -> Option<PathBuf> {
+        dazaar::config::locate(self.config.as_deref(), |k| std::env::var_os(k))
+    }
+
+    /// The configuration, from [`Common::config_file`].
     pub fn settings(&self) -> Result<Option<Settings>> {
-        let path = match &self.config {
-            Some(p) => p.clone(),
-            None if Path::new("dazaar.toml").is_file() => PathBuf::from("dazaar.toml"),
-            None => return Ok(None),
-        };
-        Ok(Some(dazaar::config::load(&path)?))
+        match self.config_file() {
+            Some(path) => Ok(Some(dazaar::config::load(&path)?)),
+            None => Ok(None),
+        }
     }
 
     /// The data dir: `--data-dir`, else the config's, else `~/.local/share/dazaar`.

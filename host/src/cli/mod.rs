@@ -12,6 +12,7 @@ mod config_cmd;
 mod demo;
 mod discovery;
 mod feed;
+mod generate;
 mod ledger;
 mod market;
 mod net;
@@ -23,13 +24,14 @@ mod terminal;
 
 /// dazaar: sell and buy append-only data feeds over an encrypted peer-to-peer connection.
 #[derive(Debug, Parser)]
-#[command(name = "dazaar", version, about, long_about = None)]
+#[command(name = "dazaar", version = generate::version_text(), about, long_about = None)]
 pub struct Cli {
     /// Directory for identity and state (default: from the config, then ~/.local/share/dazaar).
     #[arg(long, global = true, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
 
-    /// The configuration file (default: ./dazaar.toml when it exists).
+    /// The configuration file (default: $DAZAAR_CONFIG, else the first that exists of
+    /// ./dazaar.toml, $XDG_CONFIG_HOME/dazaar/dazaar.toml, /etc/dazaar/dazaar.toml).
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -41,6 +43,11 @@ pub struct Cli {
     /// More log output (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
+
+    /// How log lines on stderr look: `human`, or `json` (one object per line, for log
+    /// collectors).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
 
     #[command(subcommand)]
     pub command: Command,
@@ -59,7 +66,7 @@ pub enum Command {
     /// List and check payment plugins.
     #[command(subcommand)]
     Plugins(plugins::PluginsCmd),
-    /// Check a configuration file.
+    /// Check a configuration file, or write an example.
     #[command(subcommand)]
     Config(config_cmd::ConfigCmd),
     /// Record, list and import payments (read by the ledger plugin).
@@ -87,9 +94,23 @@ pub enum Command {
     DhtNode(discovery::DhtNodeArgs),
     /// Show this data dir's buyer key (and a feed's seller key), or import a master key.
     Id(market::IdArgs),
+    /// Print a shell completion script (bash, zsh, fish).
+    Completions(generate::CompletionsArgs),
+    /// Print the man page (roff), or write one per command into a directory.
+    Man(generate::ManArgs),
 }
 
-fn init_logging(verbose: u8) {
+/// The format of log lines (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One line of text per event.
+    Human,
+    /// One JSON object per line: `timestamp`, `level`, `fields` (with `message`),
+    /// `target`, and the spans (`span`, `spans`: a buyer's `peer` and `seller`).
+    Json,
+}
+
+fn init_logging(verbose: u8, format: LogFormat) {
     let default = match verbose {
         0 => "warn",
         1 => "debug",
@@ -98,16 +119,19 @@ fn init_logging(verbose: u8) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // Logs go to stderr so stdout stays clean for data and --json output.
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
 }
 
 /// Parses the command line, runs the command, and turns an error into one line on stderr.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose);
+    init_logging(cli.verbose, cli.log_format);
     let common = common::Common {
         data_dir: cli.data_dir.clone(),
         config: cli.config.clone(),
@@ -117,7 +141,7 @@ pub fn main() -> ExitCode {
         Command::Feed(cmd) => feed::run(cmd),
         Command::Demo => demo::run(),
         Command::Plugins(cmd) => plugins::run(&common, cmd),
-        Command::Config(cmd) => config_cmd::run(cmd),
+        Command::Config(cmd) => config_cmd::run(&common, cmd),
         Command::Ledger(cmd) => ledger::run(&common, cmd),
         Command::Sales(args) => ledger::sales(&common, args),
         Command::Sell(args) => sell::sell(&common, args),
@@ -129,6 +153,8 @@ pub fn main() -> ExitCode {
         Command::DhtNode(args) => discovery::dht_node(args),
         Command::Pay(args) => pay::pay(&common, args),
         Command::Quote(args) => card::quote(args),
+        Command::Completions(args) => generate::completions(args),
+        Command::Man(args) => generate::man(args),
     };
     match result {
         Ok(code) => code,
@@ -136,7 +162,13 @@ pub fn main() -> ExitCode {
             // One clear line: the error and its causes, joined.
             // It may quote a peer (a seller's reason for refusing us).
             let text = format!("{err:#}");
-            eprintln!("dazaar: {}", terminal::escape(&text, terminal::Lines::Keep));
+            match cli.log_format {
+                LogFormat::Human => {
+                    eprintln!("dazaar: {}", terminal::escape(&text, terminal::Lines::Keep))
+                }
+                // A log collector gets the error as a log line like the others.
+                LogFormat::Json => tracing::error!("{text}"),
+            }
             ExitCode::FAILURE
         }
     }

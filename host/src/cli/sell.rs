@@ -106,6 +106,13 @@ impl SellArgs {
 /// Runs `dazaar sell`.
 pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
     let settings = common.settings()?;
+    let metrics_addr = args
+        .metrics
+        .or_else(|| settings.as_ref().and_then(|s| s.metrics));
+    // Installed before the products are set up, so their series start at zero.
+    let metrics = metrics_addr
+        .map(|_| dazaar::monitor::install())
+        .transpose()?;
     let terms = match &args.terms {
         Some(p) => Some(
             std::fs::read_to_string(p)
@@ -168,13 +175,6 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
         .or_else(|| settings.as_ref().map(|s| s.listen))
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
     let net_config = options.limits.net_config();
-    let metrics_addr = args
-        .metrics
-        .or_else(|| settings.as_ref().and_then(|s| s.metrics));
-    // Installed before the first product serves, so nothing goes unrecorded.
-    let metrics = metrics_addr
-        .map(|_| dazaar::monitor::install())
-        .transpose()?;
     let json = args.json;
     let discovery = args.discovery.options(settings.as_ref())?;
     runtime()?.block_on(async move {
@@ -216,6 +216,13 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
                 shutdown.clone(),
             ));
         }
+        // Under systemd (Type=notify): started once every listener is bound. Without
+        // NOTIFY_SOCKET this does nothing.
+        let status = format!("selling {} products", shop.listening().len());
+        notify_systemd(&[
+            sd_notify::NotifyState::Ready,
+            sd_notify::NotifyState::Status(&status),
+        ]);
         let (ev_tx, mut ev_rx) = mpsc::channel::<SellerEvent>(1024);
         let serving = tokio::spawn(shop.run(net_config, shutdown.clone(), Some(ev_tx)));
         let mut stop = shutdown.clone();
@@ -228,11 +235,20 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
                 _ = stop.changed() => break,
             }
         }
+        notify_systemd(&[sd_notify::NotifyState::Stopping]);
         drop(advertisers);
         let _ = serving.await;
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Tells the service manager `states` (`$NOTIFY_SOCKET`); a failure is logged, never
+/// fatal.
+fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::warn!(error = %e, "cannot notify the service manager (NOTIFY_SOCKET)");
+    }
 }
 
 fn report_seller_event(ev: &SellerEvent, json: bool) {

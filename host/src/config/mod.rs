@@ -538,7 +538,73 @@ struct RawBuyPayment {
     config: Option<toml::Table>,
 }
 
-// ---- loading ------------------------------------------------------------------------
+// ---- finding and loading ------------------------------------------------------------
+
+/// A commented example covering every key (`dazaar config init`): it passes `dazaar
+/// config check` as it is, and every setting left commented out (`# key = value`) is a
+/// valid key.
+pub const EXAMPLE: &str = include_str!("example.toml");
+
+/// The variable naming the configuration file when `--config` is not given.
+pub const CONFIG_ENV: &str = "DAZAAR_CONFIG";
+
+/// A place the configuration file is looked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Candidate {
+    /// The file.
+    pub path: PathBuf,
+    /// Named by the user (`--config`, `DAZAAR_CONFIG`): used even when it does not exist
+    /// (loading it then fails), never skipped for a later place.
+    pub explicit: bool,
+}
+
+/// Where the configuration file is looked for, in order: `flag` (`--config`), the
+/// variable [`CONFIG_ENV`], `./dazaar.toml`, `$XDG_CONFIG_HOME/dazaar/dazaar.toml` (with
+/// `$XDG_CONFIG_HOME` unset or relative: `$HOME/.config`), `/etc/dazaar/dazaar.toml`.
+/// `var` reads the environment.
+pub fn candidates(
+    flag: Option<&Path>,
+    var: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Vec<Candidate> {
+    let set = |name: &str| var(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let mut out = Vec::with_capacity(5);
+    let explicit = |path: PathBuf| Candidate {
+        path,
+        explicit: true,
+    };
+    let found = |path: PathBuf| Candidate {
+        path,
+        explicit: false,
+    };
+    if let Some(f) = flag {
+        out.push(explicit(f.to_path_buf()));
+    }
+    if let Some(f) = set(CONFIG_ENV) {
+        out.push(explicit(f));
+    }
+    out.push(found(PathBuf::from("dazaar.toml")));
+    let xdg = set("XDG_CONFIG_HOME")
+        .filter(|p| p.is_absolute())
+        .or_else(|| set("HOME").map(|h| h.join(".config")));
+    if let Some(dir) = xdg {
+        out.push(found(dir.join("dazaar/dazaar.toml")));
+    }
+    out.push(found(PathBuf::from("/etc/dazaar/dazaar.toml")));
+    out
+}
+
+/// The configuration file to use: the first of [`candidates`] that is explicit or
+/// exists; `None` when there is none.
+pub fn locate(
+    flag: Option<&Path>,
+    var: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Option<PathBuf> {
+    candidates(flag, var)
+        .into_iter()
+        .find(|c| c.explicit || c.path.is_file())
+        .map(|c| c.path)
+}
 
 /// Reads and validates `path`.
 pub fn load(path: &Path) -> Result<Settings, ConfigError> {
@@ -952,6 +1018,89 @@ mod tests {
         assert_eq!(e.line(), 2);
         let e = parse("[limits]\nmax_conections = 3\n", file).expect_err("typo");
         assert_eq!(e.key(), Some("limits.max_conections"));
+    }
+
+    /// The example with every commented-out setting (`# key`, `# [table]`) switched on.
+    fn example_uncommented() -> String {
+        EXAMPLE
+            .lines()
+            .map(|l| l.strip_prefix("# ").unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn the_example_parses_as_it_is_and_with_every_setting_on() {
+        let file = Path::new("/etc/dazaar/dazaar.toml");
+        let s = parse(EXAMPLE, file).expect("the example as written");
+        assert_eq!(s.sell.len(), 1);
+        assert!(s.sell[0].payment.is_empty() && s.metrics.is_none() && s.state.is_none());
+        let all = parse(&example_uncommented(), file).expect("every setting on");
+        let sell = &all.sell[0];
+        assert!(sell.listen.is_some() && sell.terms.is_some());
+        assert!(sell.card.description.is_some() && !sell.card.keywords.is_empty());
+        let p = &sell.payment[0];
+        assert!(p.method.is_some() && p.terms.pay_to.is_some() && !p.config.is_empty());
+        assert_eq!(
+            (p.terms.min_seconds, p.terms.payment_delay_ms),
+            (60.0, 5000)
+        );
+        assert!(all.passphrase_env.is_some() && all.metrics.is_some() && all.state.is_some());
+        assert_eq!(all.buy.payment.len(), 1);
+        assert!(all.buy.payment[0].method.is_some());
+        let l = &all.limits;
+        assert!(l.max_connections.is_some() && l.max_connections_per_ip.is_some());
+        assert!(l.unpaid_grace.is_some() && l.payment_checks_per_ip.is_some());
+    }
+
+    #[test]
+    fn config_search_order() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| std::ffi::OsString::from(v))
+            }
+        };
+        let paths = |c: Vec<Candidate>| -> Vec<(String, bool)> {
+            c.into_iter()
+                .map(|c| (c.path.display().to_string(), c.explicit))
+                .collect()
+        };
+        let all = env(&[
+            ("DAZAAR_CONFIG", "/srv/d.toml"),
+            ("XDG_CONFIG_HOME", "/xdg"),
+            ("HOME", "/home/u"),
+        ]);
+        assert_eq!(
+            paths(candidates(Some(Path::new("flag.toml")), all)),
+            [
+                ("flag.toml".into(), true),
+                ("/srv/d.toml".into(), true),
+                ("dazaar.toml".into(), false),
+                ("/xdg/dazaar/dazaar.toml".into(), false),
+                ("/etc/dazaar/dazaar.toml".into(), false),
+            ]
+        );
+        // No XDG_CONFIG_HOME (or a relative one): ~/.config; an empty variable is unset.
+        let home = env(&[
+            ("DAZAAR_CONFIG", ""),
+            ("XDG_CONFIG_HOME", "rel"),
+            ("HOME", "/home/u"),
+        ]);
+        assert_eq!(
+            paths(candidates(None, home)),
+            [
+                ("dazaar.toml".into(), false),
+                ("/home/u/.config/dazaar/dazaar.toml".into(), false),
+                ("/etc/dazaar/dazaar.toml".into(), false),
+            ]
+        );
+        // An explicit file is used even when missing (loading it then says so).
+        assert_eq!(
+            locate(None, env(&[("DAZAAR_CONFIG", "/nonexistent/d.toml")])),
+            Some(PathBuf::from("/nonexistent/d.toml"))
+        );
     }
 
     #[test]

@@ -261,7 +261,13 @@ impl Product {
             .entries()
             .iter()
             .any(|e| matches!(e.terms.unit.parse::<Unit>(), Ok(Unit::Data(_))));
-        let metric_label = hex::encode(seller_keys.public_key()).into();
+        let metric_label: metrics::SharedString = hex::encode(seller_keys.public_key()).into();
+        // The product's series exist from the start (at zero), not from its first buyer.
+        let product = || [(names::PRODUCT, metric_label.clone())];
+        metrics::gauge!(names::BUYERS_CONNECTED, &product()).increment(0.0);
+        metrics::gauge!(names::BUYERS_VALID, &product()).increment(0.0);
+        metrics::counter!(names::BYTES_UPLOADED, &product()).increment(0);
+        metrics::counter!(names::HANDSHAKES_FAILED, &product()).increment(0);
         Arc::new(Product {
             metric_label,
             leases,

@@ -209,6 +209,18 @@ fn metrics_count_a_paying_buyer_and_health_is_ok() {
 
     let (status, body) = http_get(&metrics, "/healthz");
     assert_eq!((status, body.as_str()), (200, "ok\n"));
+    // The product's series are there, at zero, before any buyer.
+    let before = scrape(&metrics);
+    for name in ["dazaar_buyers_connected", "dazaar_bytes_uploaded_total"] {
+        assert!(
+            before
+                .samples
+                .iter()
+                .any(|s| s.metric == name && s.labels.get("product") == Some(product.as_str())),
+            "{name} before any buyer: {:?}",
+            before.samples
+        );
+    }
 
     let buyer_data = dir.path().join("buyer");
     let o = dazaar(&[
@@ -302,4 +314,276 @@ fn health_is_503_while_a_plugin_fails() {
     );
     let errors = [("plugin", "faulty"), ("result", "error")];
     assert!(value(&scrape(&metrics), "dazaar_validations_total", &errors) >= 1.0);
+}
+
+/// The non-empty lines of `text`, each parsed as JSON (panics on one that is not).
+fn json_log(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// `--log-format json`: every stderr line is a JSON object, the final error included,
+/// and a seller's warning about a failing plugin carries the plugin and (with `-v`) the
+/// buyer's span.
+#[test]
+fn log_format_json_writes_one_object_per_line() {
+    let o = dazaar(&[
+        "--log-format",
+        "json",
+        "config",
+        "check",
+        "/nonexistent/dazaar.toml",
+    ]);
+    assert!(!o.status.success());
+    let lines = json_log(&String::from_utf8_lossy(&o.stderr));
+    assert!(
+        lines.iter().any(|l| l["level"] == "ERROR"
+            && l["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("cannot read"))),
+        "{lines:?}"
+    );
+    // The default stays human.
+    let o = dazaar(&["config", "check", "/nonexistent/dazaar.toml"]);
+    assert!(String::from_utf8_lossy(&o.stderr).starts_with("dazaar: /nonexistent"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let feed = dir.path().join("feed");
+    make_text_feed(&feed, 3);
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    dazaar_tests::copy_plugin("faulty", &plugins, None);
+    let log = dir.path().join("seller.log");
+    let mut seller = Proc::spawn_with_stderr(
+        dazaar_cmd(&[
+            "--log-format",
+            "json",
+            // Spans are at info level: shown from -v on.
+            "-v",
+            "--data-dir",
+            s(&dir.path().join("seller")),
+            "sell",
+            s(&feed),
+            "--listen",
+            "127.0.0.1:0",
+            "--payment",
+            "faulty",
+            "--plugin-dir",
+            s(&plugins),
+            "--plugin-config",
+            "mode = \"unavailable\"",
+            "--json",
+        ]),
+        std::fs::File::create(&log).unwrap(),
+    );
+    let info = seller.event("listening", Duration::from_secs(10));
+    let o = dazaar(&[
+        "--data-dir",
+        s(&dir.path().join("buyer")),
+        "buy",
+        info["sellerKey"].as_str().unwrap(),
+        "--connect",
+        info["addr"].as_str().unwrap(),
+        "--out",
+        s(&dir.path().join("bought")),
+    ]);
+    assert!(!o.status.success());
+    seller.stop();
+    let lines = json_log(&std::fs::read_to_string(&log).unwrap());
+    let warning = lines
+        .iter()
+        .find(|l| l["level"] == "WARN" && l["fields"]["plugin"] == "faulty")
+        .unwrap_or_else(|| panic!("no warning about the plugin: {lines:?}"));
+    assert_eq!(warning["span"]["name"], "buyer", "{warning}");
+    assert!(warning["span"]["peer"].is_string(), "{warning}");
+}
+
+/// `dazaar completions bash|zsh|fish` prints a script naming the commands; `dazaar man`
+/// prints the man page (and `--dir` one page per command); `--version` names the plugin
+/// API this host accepts.
+#[test]
+fn completions_man_page_and_version() {
+    for shell in ["bash", "zsh", "fish"] {
+        let o = dazaar(&["completions", shell]);
+        assert!(
+            o.status.success(),
+            "{shell}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let script = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            script.len() > 1000 && script.contains("sell"),
+            "{shell}: {script}"
+        );
+    }
+    assert!(!dazaar(&["completions", "tcsh"]).status.success());
+
+    let o = dazaar(&["man"]);
+    assert!(o.status.success());
+    let page = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        page.contains(".TH dazaar 1") && page.contains("completions"),
+        "{page}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let o = dazaar(&["man", "--dir", s(dir.path())]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let sell = std::fs::read_to_string(dir.path().join("dazaar-sell.1")).unwrap();
+    assert!(sell.contains("\\-\\-metrics"), "{sell}");
+
+    let api = dazaar_plugin_api::API_VERSION;
+    let o = dazaar(&["--version"]);
+    assert!(o.status.success());
+    let version = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        version.contains(&format!("plugin API {}.{}", api.major, api.minor)),
+        "{version}"
+    );
+}
+
+/// Under systemd (`NOTIFY_SOCKET`), `dazaar sell` sends READY=1 once it listens, and
+/// STOPPING=1 when it is told to stop.
+#[test]
+fn sell_tells_systemd_when_it_is_ready() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let feed = dir.path().join("feed");
+    make_text_feed(&feed, 2);
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut cmd = dazaar_cmd(&[
+        "--data-dir",
+        s(&dir.path().join("seller")),
+        "sell",
+        s(&feed),
+        "--listen",
+        "127.0.0.1:0",
+        "--json",
+    ]);
+    cmd.env("NOTIFY_SOCKET", &socket_path);
+    let mut seller = Proc::spawn(cmd);
+    let listening = seller.event("listening", Duration::from_secs(10));
+    let mut buf = [0u8; 512];
+    let n = socket.recv(&mut buf).expect("a notification");
+    let ready = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready}");
+    assert!(ready.contains("STATUS=selling 1 products"), "{ready}");
+    // Ready means listening: a buyer can connect now.
+    std::net::TcpStream::connect(listening["addr"].as_str().unwrap()).unwrap();
+    seller.stop();
+    let n = socket.recv(&mut buf).expect("a notification");
+    assert_eq!(String::from_utf8_lossy(&buf[..n]), "STOPPING=1\n");
+}
+
+/// `contrib/dazaar-seller.service` passes `systemd-analyze verify` (with ExecStart
+/// pointing at the binary built here: verify checks that it exists).
+#[test]
+fn the_systemd_unit_verifies() {
+    let unit =
+        std::fs::read_to_string(dazaar_tests::repo_root().join("contrib/dazaar-seller.service"))
+            .unwrap();
+    assert!(unit.contains("Type=notify") && unit.contains("ExecReload=/bin/kill -HUP $MAINPID"));
+    if dazaar_tests::need(
+        "systemd-analyze",
+        dazaar_tests::skip::runs("systemd-analyze"),
+    )
+    .is_none()
+    {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dazaar-seller.service");
+    let bin = dazaar_tests::dazaar_bin();
+    std::fs::write(&file, unit.replace("/usr/bin/dazaar", s(&bin))).unwrap();
+    let o = std::process::Command::new("systemd-analyze")
+        .args(["verify", s(&file)])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success() && stderr.trim().is_empty(), "{stderr}");
+}
+
+/// `dazaar config init PATH` writes the commented example, which `config check` passes;
+/// it never overwrites a file without `--force`.
+#[test]
+fn config_init_writes_an_example_that_checks() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("etc/dazaar.toml");
+    let o = dazaar(&["config", "init", s(&file)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), config::EXAMPLE);
+    let o = dazaar(&["config", "check", s(&file)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(": ok (1 products"));
+    // --config is honoured by `config check`.
+    let o = dazaar(&["--config", s(&file), "config", "check"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    std::fs::write(&file, "mine = 1\n").unwrap();
+    let o = dazaar(&["config", "init", s(&file)]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("already exists"));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "mine = 1\n");
+    let o = dazaar(&["config", "init", s(&file), "--force"]);
+    assert!(o.status.success());
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), config::EXAMPLE);
+    let o = dazaar(&["config", "init", "-"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), config::EXAMPLE);
+}
+
+/// Which file `dazaar config check` (like every command) uses: `--config`, else
+/// `$DAZAAR_CONFIG`, else `./dazaar.toml`, else `$XDG_CONFIG_HOME/dazaar/dazaar.toml`.
+#[test]
+fn the_config_file_is_searched_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |rel: &str| {
+        let p = dir.path().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, "listen = \"127.0.0.1:0\"\n").unwrap();
+        p
+    };
+    let cwd = dir.path().join("cwd");
+    std::fs::create_dir_all(&cwd).unwrap();
+    let xdg = dir.path().join("xdg");
+    let checked = |flag: Option<&Path>, env: Option<&Path>| -> String {
+        let mut args = vec![];
+        if let Some(f) = flag {
+            args.extend(["--config", s(f)]);
+        }
+        args.extend(["config", "check"]);
+        let mut cmd = dazaar_cmd(&args);
+        cmd.current_dir(&cwd)
+            .env("XDG_CONFIG_HOME", &xdg)
+            .env("HOME", dir.path().join("home"))
+            .env_remove("DAZAAR_CONFIG");
+        if let Some(e) = env {
+            cmd.env("DAZAAR_CONFIG", e);
+        }
+        let o = cmd.output().unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    // Nothing in these places (a machine's /etc/dazaar may have one: then it is used).
+    if !Path::new("/etc/dazaar/dazaar.toml").exists() {
+        assert!(checked(None, None).contains("no configuration file"));
+    }
+    let in_xdg = write("xdg/dazaar/dazaar.toml");
+    assert!(checked(None, None).starts_with(&format!("{}: ok", in_xdg.display())));
+    write("cwd/dazaar.toml");
+    assert!(checked(None, None).starts_with("dazaar.toml: ok"));
+    let env = write("env.toml");
+    assert!(checked(None, Some(&env)).starts_with(&format!("{}: ok", env.display())));
+    let flag = write("flag.toml");
+    assert!(checked(Some(&flag), Some(&env)).starts_with(&format!("{}: ok", flag.display())));
+    // A named file that is missing is an error, not a reason to look further.
+    let missing = dir.path().join("missing.toml");
+    assert!(checked(None, Some(&missing)).contains("cannot read"));
 }
