@@ -226,12 +226,20 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
         let (ev_tx, mut ev_rx) = mpsc::channel::<SellerEvent>(1024);
         let serving = tokio::spawn(shop.run(net_config, shutdown.clone(), Some(ev_tx)));
         let mut stop = shutdown.clone();
+        // SIGHUP (systemd's reload) must not kill a seller and drop its buyers: until the
+        // configuration can be reloaded in place, it is refused with a warning.
+        let mut hangup =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         loop {
             tokio::select! {
                 ev = ev_rx.recv() => match ev {
                     Some(ev) => report_seller_event(&ev, json),
                     None => break,
                 },
+                _ = hangup.recv() => tracing::warn!(
+                    "SIGHUP: reloading the configuration in place is not supported yet; \
+                     the seller keeps running as it is (restart it to apply changes)"
+                ),
                 _ = stop.changed() => break,
             }
         }

@@ -899,3 +899,54 @@ fn buy_exit_codes_say_why() {
     );
     assert_eq!(code(addr, key, "o3"), Some(5));
 }
+
+/// SIGHUP (systemd's `ExecReload`) neither stops a seller nor drops its live buyer.
+#[test]
+fn sighup_keeps_the_seller_and_its_buyers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let feed = dir.path().join("feed");
+    make_text_feed(&feed, 3);
+    let (seller, info) = sell(&[
+        "--data-dir",
+        s(&dir.path().join("seller")),
+        s(&feed),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let (key, addr) = (
+        info["sellerKey"].as_str().unwrap(),
+        info["addr"].as_str().unwrap(),
+    );
+    let buyer = Proc::spawn(dazaar_cmd(&[
+        "--data-dir",
+        s(&dir.path().join("buyer")),
+        "buy",
+        key,
+        "--connect",
+        addr,
+        "--out",
+        s(&dir.path().join("out")),
+        "--live",
+        "--no-reconnect",
+        "--json",
+    ]));
+    buyer.event("synced", Duration::from_secs(20));
+    let pid = i32::try_from(seller.id()).expect("pid");
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    // Still selling after the signal: a new buyer is served...
+    let o = buy_once(
+        &dir.path().join("buyer2"),
+        key,
+        addr,
+        &dir.path().join("out2"),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // ... and the live one was not disconnected.
+    assert!(
+        buyer
+            .try_json(Duration::from_millis(500))
+            .is_none_or(|v| v["event"] != "done"),
+        "the live buyer was dropped"
+    );
+}
