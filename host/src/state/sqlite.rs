@@ -84,8 +84,25 @@ impl SqliteState {
             .map_err(|e| open_err(e.to_string()))?;
         // WAL: readers never wait for the writer; FULL: a commit is on disk when it
         // returns (a revocation or payment survives a crash or power cut).
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(|e| open_err(e.to_string()))?;
+        // Switching a new database to WAL takes an exclusive lock, and SQLite answers
+        // "database is locked" at once (no busy handler) when another process holds one
+        // while creating the same database: retry until the busy timeout.
+        let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+        loop {
+            match conn.pragma_update(None, "journal_mode", "WAL") {
+                Err(rusqlite::Error::SqliteFailure(f, _))
+                    if matches!(
+                        f.code,
+                        rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                    ) && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(
+                        5 + u64::from(rand::random::<u8>() % 20),
+                    ));
+                }
+                r => break r.map_err(|e| open_err(e.to_string()))?,
+            }
+        }
         conn.pragma_update(None, "synchronous", "FULL")
             .map_err(|e| open_err(e.to_string()))?;
         let state = SqliteState {
