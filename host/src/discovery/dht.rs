@@ -167,12 +167,16 @@ pub fn advertise(
         let info_hash = Id::from(topic(&seller_key));
         let every = opts.reannounce;
         let port = listen.port();
+        let announced = metrics::gauge!(
+            crate::monitor::names::DHT_ANNOUNCED,
+            crate::monitor::names::PRODUCT => hex::encode(seller_key),
+        );
         Some(tokio::spawn(announce_loop(
             dht,
             info_hash,
             port,
             every,
-            count_tx,
+            (count_tx, announced),
             shutdown.clone(),
         )))
     } else {
@@ -202,7 +206,7 @@ async fn announce_loop(
     info_hash: Id,
     port: u16,
     every: Duration,
-    count: watch::Sender<u64>,
+    (count, announced): (watch::Sender<u64>, metrics::Gauge),
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut retry = Duration::from_millis(500);
@@ -210,12 +214,14 @@ async fn announce_loop(
         let wait = tokio::select! {
             res = dht.announce_peer(info_hash, Some(port)) => match res {
                 Ok(_) => {
+                    announced.set(1.0);
                     count.send_modify(|c| *c += 1);
                     tracing::debug!(%info_hash, port, "announced on the DHT");
                     retry = Duration::from_millis(500);
                     every
                 }
                 Err(e) => {
+                    announced.set(0.0);
                     tracing::debug!(error = %e, ?retry, "DHT announcement failed; retrying");
                     let w = retry;
                     retry = (retry * 2).min(MAX_RETRY);

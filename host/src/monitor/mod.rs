@@ -52,6 +52,10 @@ pub mod names {
     /// or the global rate): the buyer was told "busy" and no plugin was called.
     pub const PAYMENT_CHECKS_REFUSED: &str = "dazaar_payment_checks_refused_total";
 
+    /// Gauge, by `product`: 1 while the product's last DHT announcement succeeded, 0
+    /// after a failed one (absent: not announced on the DHT).
+    pub const DHT_ANNOUNCED: &str = "dazaar_dht_announced";
+
     /// Label: the product (its seller key, hex).
     pub const PRODUCT: &str = "product";
     /// Label: the payment plugin's name.
@@ -131,6 +135,10 @@ fn describe() {
     describe_counter!(
         names::CONNECTIONS_REFUSED,
         "Connections closed at once because a limit was reached"
+    );
+    describe_gauge!(
+        names::DHT_ANNOUNCED,
+        "1 while the product's last DHT announcement succeeded, else 0"
     );
     describe_counter!(
         names::PAYMENT_CHECKS_REFUSED,

@@ -587,3 +587,45 @@ fn the_config_file_is_searched_in_order() {
     let missing = dir.path().join("missing.toml");
     assert!(checked(None, Some(&missing)).contains("cannot read"));
 }
+
+/// `dazaar_dht_announced` is 1 for a product once its DHT announcement succeeded (a
+/// private DHT on loopback).
+#[test]
+fn metrics_show_the_dht_announcement() {
+    let dir = tempfile::tempdir().unwrap();
+    let feed = dir.path().join("feed");
+    make_text_feed(&feed, 1);
+    let node = Proc::spawn(dazaar_cmd(&[
+        "dht-node",
+        "--listen",
+        "127.0.0.1:0",
+        "--json",
+    ]));
+    let boot = node.event("listening", Duration::from_secs(10))["addr"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let seller = Proc::spawn(dazaar_cmd(&[
+        "--data-dir",
+        s(&dir.path().join("seller")),
+        "sell",
+        s(&feed),
+        "--json",
+        "--bootstrap",
+        &boot,
+        "--no-mdns",
+        "--metrics",
+        "127.0.0.1:0",
+    ]));
+    let key = seller.event("listening", Duration::from_secs(10))["sellerKey"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let metrics = seller.event("metrics", Duration::from_secs(10))["addr"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    seller.event("announced", Duration::from_secs(20));
+    let m = scrape(&metrics);
+    assert_eq!(value(&m, "dazaar_dht_announced", &[("product", &key)]), 1.0);
+}
