@@ -283,42 +283,8 @@ fn two_seller_nodes_keep_one_connection_per_buyer() {
     let dir = tempfile::tempdir().expect("tempdir");
     let feed = dir.path().join("feed");
     make_text_feed(&feed, 5);
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir_all(&plugins).expect("mkdir");
-    dazaar_tests::copy_plugin("ledger", &plugins, None);
     let ledger = dir.path().join("ledger.jsonl");
-    let plugin_config = format!("file = {:?}\nreload_ms = 0", s(&ledger));
-    let node = |data: &std::path::Path| {
-        let p = Proc::spawn(dazaar_cmd(&[
-            "--data-dir",
-            s(data),
-            "--state",
-            &url,
-            "sell",
-            s(&feed),
-            "--listen",
-            "127.0.0.1:0",
-            "--payment",
-            "ledger",
-            "--plugin-dir",
-            s(&plugins),
-            "--plugin-config",
-            &plugin_config,
-            "--amount",
-            "1",
-            "--unit",
-            "seconds",
-            "--interval",
-            "1",
-            "--revalidate-ms",
-            "200",
-            "--json",
-        ]));
-        let info = p.event("listening", Duration::from_secs(20));
-        let key = info["sellerKey"].as_str().expect("key").to_owned();
-        let addr = info["addr"].as_str().expect("addr").to_owned();
-        (p, key, addr)
-    };
+    let node = |data: &std::path::Path| ledger_seller(dir.path(), &feed, &ledger, data, &url);
     let (a_data, b_data) = (dir.path().join("node-a"), dir.path().join("node-b"));
     let (mut node_a, key, addr_a) = node(&a_data);
     // Node B gets A's identity (the same seller key for the same feed).
@@ -426,39 +392,9 @@ fn a_valid_buyer_keeps_its_grant_through_a_database_outage() {
     let dir = tempfile::tempdir().expect("tempdir");
     let feed = dir.path().join("feed");
     make_text_feed(&feed, 5);
-    let plugins = dir.path().join("plugins");
-    std::fs::create_dir_all(&plugins).expect("mkdir");
-    dazaar_tests::copy_plugin("ledger", &plugins, None);
     let ledger = dir.path().join("ledger.jsonl");
-    let plugin_config = format!("file = {:?}\nreload_ms = 0", s(&ledger));
-    let seller = Proc::spawn(dazaar_cmd(&[
-        "--data-dir",
-        s(&dir.path().join("seller")),
-        "--state",
-        &url,
-        "sell",
-        s(&feed),
-        "--listen",
-        "127.0.0.1:0",
-        "--payment",
-        "ledger",
-        "--plugin-dir",
-        s(&plugins),
-        "--plugin-config",
-        &plugin_config,
-        "--amount",
-        "1",
-        "--unit",
-        "seconds",
-        "--interval",
-        "1",
-        "--revalidate-ms",
-        "200",
-        "--json",
-    ]));
-    let info = seller.event("listening", Duration::from_secs(20));
-    let key = info["sellerKey"].as_str().expect("key").to_owned();
-    let addr = info["addr"].as_str().expect("addr").to_owned();
+    let seller_data = dir.path().join("seller");
+    let (_seller, key, addr) = ledger_seller(dir.path(), &feed, &ledger, &seller_data, &url);
     let pay = |buyer: &str, amount: &str| {
         let o = dazaar(&[
             "ledger",
@@ -605,4 +541,51 @@ fn a_ledger_plugin_without_a_file_sells_from_the_state_store() {
     add(&buyer_key(&unpaid), None);
     let o = buy_once(&unpaid, &key, &addr, &dir.path().join("out-late"));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// `dazaar sell FEED` on the state at `url` with data dir `data`, priced by time (1 credit
+/// a second) through the ledger plugin reading `ledger` (plugins copied under `dir`),
+/// revalidating every 200 ms; with its seller key and address.
+fn ledger_seller(
+    dir: &std::path::Path,
+    feed: &std::path::Path,
+    ledger: &std::path::Path,
+    data: &std::path::Path,
+    url: &str,
+) -> (dazaar_tests::proc::Proc, String, String) {
+    let plugins = dir.join("plugins");
+    if !plugins.exists() {
+        std::fs::create_dir_all(&plugins).expect("mkdir");
+        dazaar_tests::copy_plugin("ledger", &plugins, None);
+    }
+    let plugin_config = format!("file = {:?}\nreload_ms = 0", s(ledger));
+    let p = dazaar_tests::proc::Proc::spawn(dazaar_cmd(&[
+        "--data-dir",
+        s(data),
+        "--state",
+        url,
+        "sell",
+        s(feed),
+        "--listen",
+        "127.0.0.1:0",
+        "--payment",
+        "ledger",
+        "--plugin-dir",
+        s(&plugins),
+        "--plugin-config",
+        &plugin_config,
+        "--amount",
+        "1",
+        "--unit",
+        "seconds",
+        "--interval",
+        "1",
+        "--revalidate-ms",
+        "200",
+        "--json",
+    ]));
+    let info = p.event("listening", std::time::Duration::from_secs(20));
+    let key = info["sellerKey"].as_str().expect("key").to_owned();
+    let addr = info["addr"].as_str().expect("addr").to_owned();
+    (p, key, addr)
 }
