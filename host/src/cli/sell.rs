@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use dazaar::market::shop::{self, SellLimits, Shop, ShopOptions};
+use dazaar::market::reload::{ReloadReport, Reloader};
+use dazaar::market::shop::{self, Listening, SellLimits, Shop, ShopOptions};
 use dazaar::market::SellerEvent;
+use dazaar::net::NetConfig;
 use dazaar::payments::{PaymentSpec, PaymentTerms, PluginRegistry, StateScope};
 use serde_json::json;
 use tokio::sync::mpsc;
@@ -132,8 +134,14 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
     };
     let identity = common.identity(settings.as_ref())?;
     let mut registry = PluginRegistry::new();
+    let listen = args
+        .listen
+        .or_else(|| settings.as_ref().map(|s| s.listen))
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
     // Each product's own address (a `[[sell]]`'s `listen`), in the products' order.
     let mut own_addrs = vec![None];
+    // Products from a config's [[sell]] tables can be reloaded (SIGHUP).
+    let mut reloader = None;
     let products = match (&args.feed_dir, &settings) {
         (Some(feed_dir), _) => {
             let price =
@@ -164,16 +172,20 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
         }
         (None, Some(settings)) => {
             own_addrs = shop::own_addrs(settings);
-            shop::products(settings, &identity, &mut registry, &options)?
+            let products = shop::products(settings, &identity, &mut registry, &options)?;
+            reloader = Some(Reloader::new(
+                settings.clone(),
+                identity.clone(),
+                options.clone(),
+                std::mem::take(&mut registry),
+                listen,
+            ));
+            products
         }
         (None, None) => {
             anyhow::bail!("nothing to sell: give a feed directory or a config with [[sell]] tables")
         }
     };
-    let listen = args
-        .listen
-        .or_else(|| settings.as_ref().map(|s| s.listen))
-        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
     let net_config = options.limits.net_config();
     let json = args.json;
     let discovery = args.discovery.options(settings.as_ref())?;
@@ -181,22 +193,16 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
         let shutdown = signals();
         let addrs = shop::listen_addrs(&own_addrs, listen);
         let shop = Shop::bind_each(products.into_iter().zip(addrs)).await?;
+        let (ev_tx, mut ev_rx) = mpsc::channel::<SellerEvent>(1024);
+        let mut shop = shop.start(net_config.clone(), shutdown.clone(), Some(ev_tx));
+        // Each product's announcement, by seller key (a reload adds and drops some).
         let mut advertisers = Vec::new();
         for l in shop.listening() {
-            let seller_key = hex::encode(l.seller_key);
-            let feed_key = hex::encode(l.feed_key);
-            if json {
-                print_json(json!({"event": "listening", "addr": l.addr.to_string(), "sellerKey": seller_key, "feedKey": feed_key, "maxConnections": net_config.max_connections, "maxConnectionsPerIp": net_config.max_connections_per_ip}));
-            } else {
-                println!("selling feed {feed_key}\n  seller key {seller_key}\n  listening on {}", l.addr);
-            }
-            advertisers.push(super::discovery::advertise(
+            report_listening(&l, &net_config, json);
+            advertisers.push((
                 l.seller_key,
-                l.addr,
-                &discovery,
-                shutdown.clone(),
-                json,
-            )?);
+                super::discovery::advertise(l.seller_key, l.addr, &discovery, shutdown.clone(), json)?,
+            ));
         }
         if let (Some(addr), Some(handle)) = (metrics_addr, metrics) {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -223,11 +229,8 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
             sd_notify::NotifyState::Ready,
             sd_notify::NotifyState::Status(&status),
         ]);
-        let (ev_tx, mut ev_rx) = mpsc::channel::<SellerEvent>(1024);
-        let serving = tokio::spawn(shop.run(net_config, shutdown.clone(), Some(ev_tx)));
         let mut stop = shutdown.clone();
-        // SIGHUP (systemd's reload) must not kill a seller and drop its buyers: until the
-        // configuration can be reloaded in place, it is refused with a warning.
+        // SIGHUP (systemd's reload) re-reads the configuration in place.
         let mut hangup =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         loop {
@@ -236,16 +239,50 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
                     Some(ev) => report_seller_event(&ev, json),
                     None => break,
                 },
-                _ = hangup.recv() => tracing::warn!(
-                    "SIGHUP: reloading the configuration in place is not supported yet; \
-                     the seller keeps running as it is (restart it to apply changes)"
-                ),
+                _ = hangup.recv() => {
+                    let Some(reloader) = reloader.as_mut() else {
+                        tracing::info!("SIGHUP: this seller sells a feed given on the command line, there is no configuration to reload");
+                        continue;
+                    };
+                    notify_systemd(&[sd_notify::NotifyState::Reloading]);
+                    tracing::info!(file = %reloader.file().display(), "SIGHUP: reloading the configuration");
+                    match reloader.reload(&mut shop).await {
+                        Ok(report) => {
+                            for l in report.removed.iter().chain(&report.moved) {
+                                if let Some(i) = advertisers.iter().position(|(k, _)| *k == l.seller_key) {
+                                    advertisers.remove(i);
+                                }
+                            }
+                            for l in report.added.iter().chain(&report.moved) {
+                                report_listening(l, &net_config, json);
+                                match super::discovery::advertise(l.seller_key, l.addr, &discovery, shutdown.clone(), json) {
+                                    Ok(a) => advertisers.push((l.seller_key, a)),
+                                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot announce a product added by the reload"),
+                                }
+                            }
+                            report_reloaded(&report, json);
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "the configuration was not reloaded; the seller keeps running as it was");
+                            if json {
+                                print_json(json!({"event": "reload-failed", "error": e.to_string()}));
+                            } else {
+                                eprintln!("reload refused: {}", escape(&e.to_string(), Lines::Escape));
+                            }
+                        }
+                    }
+                    let status = format!("selling {} products", shop.listening().len());
+                    notify_systemd(&[
+                        sd_notify::NotifyState::Ready,
+                        sd_notify::NotifyState::Status(&status),
+                    ]);
+                }
                 _ = stop.changed() => break,
             }
         }
         notify_systemd(&[sd_notify::NotifyState::Stopping]);
         drop(advertisers);
-        let _ = serving.await;
+        shop.wait().await;
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
@@ -256,6 +293,77 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
 fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(states) {
         tracing::warn!(error = %e, "cannot notify the service manager (NOTIFY_SOCKET)");
+    }
+}
+
+/// One product's `listening` line (at start, and for a product a reload starts).
+fn report_listening(l: &Listening, net: &NetConfig, json: bool) {
+    let seller_key = hex::encode(l.seller_key);
+    let feed_key = hex::encode(l.feed_key);
+    if json {
+        print_json(
+            json!({"event": "listening", "addr": l.addr.to_string(), "sellerKey": seller_key, "feedKey": feed_key, "maxConnections": net.max_connections, "maxConnectionsPerIp": net.max_connections_per_ip}),
+        );
+    } else {
+        println!(
+            "selling feed {feed_key}\n  seller key {seller_key}\n  listening on {}",
+            l.addr
+        );
+    }
+}
+
+/// What a reload did.
+fn report_reloaded(report: &ReloadReport, json: bool) {
+    let list = |ls: &[Listening]| -> Vec<serde_json::Value> {
+        ls.iter()
+            .map(|l| json!({"sellerKey": hex::encode(l.seller_key), "feedKey": hex::encode(l.feed_key), "addr": l.addr.to_string()}))
+            .collect()
+    };
+    if json {
+        let plugins: Vec<_> = report
+            .plugins_loaded
+            .iter()
+            .map(|(name, path)| json!({"name": name, "path": path.display().to_string()}))
+            .collect();
+        print_json(json!({
+            "event": "reloaded",
+            "added": list(&report.added),
+            "removed": list(&report.removed),
+            "changed": list(&report.changed),
+            "moved": list(&report.moved),
+            "pluginsLoaded": plugins,
+            "needRestart": report.need_restart,
+        }));
+    } else {
+        let keys = |ls: &[Listening]| {
+            ls.iter()
+                .map(|l| hex::encode(&l.seller_key[..8]))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!(
+            "configuration reloaded: {} added [{}], {} removed [{}], {} changed [{}], {} moved [{}]",
+            report.added.len(),
+            keys(&report.added),
+            report.removed.len(),
+            keys(&report.removed),
+            report.changed.len(),
+            keys(&report.changed),
+            report.moved.len(),
+            keys(&report.moved),
+        );
+        for (name, path) in &report.plugins_loaded {
+            println!(
+                "  payment plugin {name} loaded from {}",
+                escape(&path.display().to_string(), Lines::Escape)
+            );
+        }
+        if !report.need_restart.is_empty() {
+            println!(
+                "  changed, applied at the next restart: {}",
+                report.need_restart.join(", ")
+            );
+        }
     }
 }
 

@@ -247,6 +247,37 @@ impl PluginRegistry {
         self.insert(plugin)
     }
 
+    /// Plugin `name` from `dir` as its file is now (a seller reloading its
+    /// configuration): the plugin already loaded when it came from that file and the file
+    /// is unchanged; else the file's current version, loaded beside the one loaded before
+    /// (see [`LoadedPlugin::load_new_version`]: libraries are never unloaded) and taking
+    /// its place here; a plugin not loaded yet is loaded.
+    pub fn refresh_named(
+        &mut self,
+        dir: &Path,
+        name: &str,
+    ) -> Result<Arc<LoadedPlugin>, LoadError> {
+        let path = dir.join(plugin_file_name(name));
+        match self.plugins.get(name) {
+            None => self.load_named(dir, name),
+            Some(p) if p.path() == path && !p.file_changed() => Ok(Arc::clone(p)),
+            Some(_) => {
+                let plugin = LoadedPlugin::load_new_version(&path)?;
+                if plugin.name() != name {
+                    return Err(LoadError::NameMismatch {
+                        path,
+                        expected: name.to_owned(),
+                        actual: plugin.name().to_owned(),
+                    });
+                }
+                tracing::info!(plugin = %name, path = %path.display(), "a new version of the payment plugin is loaded beside the old one");
+                let plugin = Arc::new(plugin);
+                self.plugins.insert(name.to_owned(), Arc::clone(&plugin));
+                Ok(plugin)
+            }
+        }
+    }
+
     fn insert(&mut self, plugin: LoadedPlugin) -> Result<Arc<LoadedPlugin>, LoadError> {
         if let Some(first) = self.plugins.get(plugin.name()) {
             return Err(LoadError::Duplicate {
