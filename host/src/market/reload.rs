@@ -59,7 +59,7 @@ pub enum ReloadError {
         /// The configuration file.
         file: PathBuf,
         /// What failed.
-        source: ShopError,
+        source: Box<ShopError>,
     },
     /// A product's new settings cannot replace its old ones while it runs.
     #[error("{file}: sell[{index}] ({name}): {source}")]
@@ -148,7 +148,7 @@ impl Reloader {
         let settings = crate::config::load(&file)?;
         if settings.sell.is_empty() {
             return Err(ReloadError::Shop {
-                source: ShopError::NothingToSell(file.clone()),
+                source: Box::new(ShopError::NothingToSell(file.clone())),
                 file,
             });
         }
@@ -198,10 +198,10 @@ impl Reloader {
                         .await
                         .map_err(|source| ReloadError::Shop {
                             file: file.clone(),
-                            source: ShopError::Listen {
+                            source: Box::new(ShopError::Listen {
                                 addr: *addr,
                                 source,
-                            },
+                            }),
                         })?;
                 listeners.push(listener);
             }
@@ -299,7 +299,7 @@ fn plan(
 ) -> Result<Planned, ReloadError> {
     let shop_error = |source: ShopError| ReloadError::Shop {
         file: new.file.clone(),
-        source,
+        source: Box::new(source),
     };
     let store = options.state.shared().map_err(|e| shop_error(e.into()))?;
     // Running products by key: (feed key, which table of that feed).
