@@ -977,3 +977,54 @@ fn sighup_applies_a_new_price_at_the_next_revalidation() {
     t.append(&t.f1);
     synced(&live1, 5);
 }
+
+/// A plugin whose library file is replaced (a new file, as `install` does) is loaded again
+/// on SIGHUP, beside the old version: the product using it is changed in place (its
+/// paying buyer stays connected and valid), the new version is mapped from its private
+/// copy, and a product whose plugin did not change is not touched.
+#[test]
+fn sighup_loads_a_replaced_plugin_file_beside_the_old_one() {
+    let t = ReloadSetup::new();
+    t.write(&[t.one(), t.two(1)]);
+    let (seller, listening) = t.sell(2);
+    let two = listening[1]["sellerKey"].as_str().unwrap().to_owned();
+    t.pay(&t.path("buyer2"), "600");
+    let live2 = t.live_buyer("buyer2", &two, t.ports[1], "out2");
+    synced(&live2, 4);
+
+    // Nothing changed: nothing is reloaded.
+    let reloaded = hangup(&seller);
+    for list in ["added", "removed", "changed", "moved", "pluginsLoaded"] {
+        assert_eq!(reloaded[list], serde_json::json!([]), "{list}: {reloaded}");
+    }
+
+    // A new file in place of the ledger library.
+    let plugins = t.path("plugins");
+    let fresh = dazaar_tests::copy_plugin("ledger", &t.path("."), Some("ledger_new"));
+    let installed = plugins.join(dazaar::payments::plugin_file_name("ledger"));
+    std::fs::rename(&fresh, &installed).unwrap();
+    let reloaded = hangup(&seller);
+    assert_eq!(reloaded["event"], "reloaded", "{reloaded}");
+    assert_eq!(
+        reloaded["changed"].as_array().unwrap().len(),
+        1,
+        "{reloaded}"
+    );
+    assert_eq!(reloaded["changed"][0]["sellerKey"], two.as_str());
+    assert_eq!(reloaded["pluginsLoaded"][0]["name"], "ledger");
+    assert_eq!(
+        reloaded["pluginsLoaded"][0]["path"],
+        installed.display().to_string()
+    );
+    // The new version is mapped from its own (deleted) copy, beside the first one.
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", seller.id())).unwrap();
+    let copy = format!("dazaar-{}-", seller.id());
+    assert!(
+        maps.lines()
+            .any(|l| l.contains(&copy) && l.contains("libdazaar_ledger.so")),
+        "no mapping of the ledger library's new version"
+    );
+    // The buyer stays, valid through the new version.
+    t.append(&t.f2);
+    synced(&live2, 6);
+}
