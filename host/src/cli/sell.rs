@@ -12,7 +12,7 @@ use dazaar::market::reload::{ReloadReport, Reloader};
 use dazaar::market::shop::{self, Listening, SellLimits, Shop, ShopOptions};
 use dazaar::market::SellerEvent;
 use dazaar::net::NetConfig;
-use dazaar::payments::{PaymentSpec, PaymentTerms, PluginRegistry, StateScope};
+use dazaar::payments::{PaymentSpec, PaymentTerms, StateScope};
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -133,7 +133,7 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
         limits: args.limits().or(&config_limits),
     };
     let identity = common.identity(settings.as_ref())?;
-    let mut registry = PluginRegistry::new();
+    let mut registry = common.plugin_registry(args.plugin_dir.as_deref(), settings.as_ref());
     let listen = args
         .listen
         .or_else(|| settings.as_ref().map(|s| s.listen))

@@ -162,6 +162,7 @@ impl Reloader {
             })
             .collect();
         // Loading and opening plugins blocks (bounded by the plugin call timeout).
+        let search = self.registry.search_path().to_vec();
         let registry = std::mem::take(&mut self.registry);
         let (identity, options, default_listen) = (
             self.identity.clone(),
@@ -187,7 +188,11 @@ impl Reloader {
                 self.registry = registry;
                 plans?
             }
-            Err(e) => return Err(ReloadError::Interrupted(e.to_string())),
+            Err(e) => {
+                // The plugins loaded so far stay loaded; they are found again by name.
+                self.registry = PluginRegistry::with_search_path(search);
+                return Err(ReloadError::Interrupted(e.to_string()));
+            }
         };
         // Bind every new listener before changing anything.
         let mut listeners = Vec::new();

@@ -1028,3 +1028,86 @@ fn sighup_loads_a_replaced_plugin_file_beside_the_old_one() {
     t.append(&t.f2);
     synced(&live2, 6);
 }
+
+/// A plugin the config names is looked for in the config's `plugin_dir`, then
+/// `--plugin-dir`, then next to the `dazaar` binary, then /usr/lib/dazaar/plugins;
+/// `plugins list` shows where each was found, and the seller loads them from there.
+#[test]
+fn plugins_are_searched_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg_dir, flag_dir) = (
+        dir.path().join("cfg-plugins"),
+        dir.path().join("flag-plugins"),
+    );
+    for d in [&cfg_dir, &flag_dir] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    // The config's directory wins over the flag's for ledger; free is only in the flag's.
+    dazaar_tests::copy_plugin("ledger", &cfg_dir, None);
+    dazaar_tests::copy_plugin("ledger", &flag_dir, None);
+    dazaar_tests::copy_plugin("free", &flag_dir, None);
+    let feed = dir.path().join("feed");
+    make_text_feed(&feed, 2);
+    let config = dir.path().join("dazaar.toml");
+    let ledger = format!("file = {:?}", s(&dir.path().join("ledger.jsonl")));
+    let text = format!(
+        "data_dir = {:?}\nplugin_dir = {:?}\n\n[discovery]\ndht = false\nmdns = false\n{}\n[[sell.payment]]\nplugin = \"free\"\ncurrency = \"credits\"\namount = \"1\"\nunit = \"seconds\"\ninterval = \"1\"\n\n[[buy.payment]]\nplugin = \"lnd\"\n\n[[buy.payment]]\nplugin = \"nope\"\n",
+        s(&dir.path().join("seller")),
+        s(&cfg_dir),
+        sell_table(&feed, "one", 0, "ledger", 1, &ledger),
+    );
+    std::fs::write(&config, text).unwrap();
+    let o = dazaar(&[
+        "--config",
+        s(&config),
+        "plugins",
+        "list",
+        "--json",
+        "--plugin-dir",
+        s(&flag_dir),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let bin_dir = dazaar_tests::dazaar_binary().parent().unwrap().to_owned();
+    let file = |d: &Path, name: &str| {
+        d.join(dazaar::payments::plugin_file_name(name))
+            .display()
+            .to_string()
+    };
+    assert_eq!(
+        v["search"],
+        serde_json::json!([
+            s(&cfg_dir),
+            s(&flag_dir),
+            s(&bin_dir),
+            "/usr/lib/dazaar/plugins"
+        ])
+    );
+    assert_eq!(
+        v["named"],
+        serde_json::json!([
+            {"name": "ledger", "path": file(&cfg_dir, "ledger")},
+            {"name": "free", "path": file(&flag_dir, "free")},
+            {"name": "lnd", "path": file(&bin_dir, "lnd")},
+            {"name": "nope", "path": null},
+        ])
+    );
+
+    // The seller finds free in the flag's directory, and without the flag next to the
+    // binary.
+    for flag in [Some(&flag_dir), None] {
+        let mut args = vec!["--config", s(&config), "sell", "--json"];
+        if let Some(d) = flag {
+            args.extend(["--plugin-dir", s(d)]);
+        }
+        let mut seller = Proc::spawn(dazaar_cmd(&args));
+        seller.event("listening", Duration::from_secs(20));
+        seller.stop();
+    }
+    // Gone from both directories, ledger is found next to the binary.
+    std::fs::remove_file(file(&cfg_dir, "ledger")).unwrap();
+    std::fs::remove_file(file(&flag_dir, "ledger")).unwrap();
+    let o = dazaar(&["--config", s(&config), "plugins", "list", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["named"][0]["path"], file(&bin_dir, "ledger"));
+}
