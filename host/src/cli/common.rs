@@ -184,11 +184,29 @@ pub async fn termination() {
     }
 }
 
+/// The next delivery of `signal`; never when it could not be installed.
+async fn recv_or_never(signal: Option<&mut tokio::signal::unix::Signal>) {
+    match signal {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
 /// A shutdown signal that turns true on SIGINT or SIGTERM (call inside the runtime).
+/// The handlers are installed before this returns, not when the task first runs: a
+/// SIGTERM that came in between would kill the process without a clean stop.
 pub fn signals() -> watch::Receiver<bool> {
+    use tokio::signal::unix::{signal, SignalKind};
     let (tx, rx) = watch::channel(false);
+    let mut term = signal(SignalKind::terminate()).ok();
+    let mut int = signal(SignalKind::interrupt()).ok();
     tokio::spawn(async move {
-        termination().await;
+        tokio::select! {
+            _ = recv_or_never(term.as_mut()) => {}
+            _ = recv_or_never(int.as_mut()) => {}
+        }
         let _ = tx.send(true);
     });
     rx

@@ -191,6 +191,10 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
     let discovery = args.discovery.options(settings.as_ref())?;
     runtime()?.block_on(async move {
         let shutdown = signals();
+        // SIGHUP (systemd's reload) re-reads the configuration in place. Installed before
+        // anything listens: until then its default action would kill the seller.
+        let mut hangup =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let addrs = shop::listen_addrs(&own_addrs, listen);
         let shop = Shop::bind_each(products.into_iter().zip(addrs)).await?;
         let (ev_tx, mut ev_rx) = mpsc::channel::<SellerEvent>(1024);
@@ -230,9 +234,6 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
             sd_notify::NotifyState::Status(&status),
         ]);
         let mut stop = shutdown.clone();
-        // SIGHUP (systemd's reload) re-reads the configuration in place.
-        let mut hangup =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         loop {
             tokio::select! {
                 ev = ev_rx.recv() => match ev {
