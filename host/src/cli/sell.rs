@@ -84,6 +84,10 @@ pub struct SellArgs {
     /// (default: the config's `[metrics] listen`, else none).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+    /// Write the seller's process id to FILE once it listens (before its `listening`
+    /// lines; removed when it stops), for `dazaar reload --pid-file FILE`.
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
     /// One JSON object per line on stdout.
     #[arg(long)]
     pub json: bool,
@@ -188,6 +192,7 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
     };
     let net_config = options.limits.net_config();
     let json = args.json;
+    let pid_file = args.pid_file.clone();
     let discovery = args.discovery.options(settings.as_ref())?;
     runtime()?.block_on(async move {
         let shutdown = signals();
@@ -199,6 +204,11 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
         let shop = Shop::bind_each(products.into_iter().zip(addrs)).await?;
         let (ev_tx, mut ev_rx) = mpsc::channel::<SellerEvent>(1024);
         let mut shop = shop.start(net_config.clone(), shutdown.clone(), Some(ev_tx));
+        // Before the `listening` lines: whoever waits for them may signal the seller next.
+        if let Some(file) = &pid_file {
+            std::fs::write(file, format!("{}\n", std::process::id()))
+                .with_context(|| format!("{}: cannot write the pid file", file.display()))?;
+        }
         // Each product's announcement, by seller key (a reload adds and drops some).
         let mut advertisers = Vec::new();
         for l in shop.listening() {
@@ -282,10 +292,51 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
             }
         }
         notify_systemd(&[sd_notify::NotifyState::Stopping]);
+        if let Some(file) = &pid_file {
+            let _ = std::fs::remove_file(file);
+        }
         drop(advertisers);
         shop.wait().await;
         anyhow::Ok(())
     })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `dazaar reload`.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct ReloadArgs {
+    /// The seller's process id.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// The file `dazaar sell --pid-file` wrote.
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
+}
+
+/// Runs `dazaar reload`: sends SIGHUP to a running seller, which reloads its configuration
+/// (the outcome is in the seller's log and `--json` output).
+pub fn reload(args: ReloadArgs) -> Result<ExitCode> {
+    let pid = match (args.pid, &args.pid_file) {
+        (Some(pid), _) => pid,
+        (None, Some(file)) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("{}: cannot read the pid file", file.display()))?;
+            text.trim()
+                .parse::<u32>()
+                .with_context(|| format!("{}: not a process id", file.display()))?
+        }
+        (None, None) => anyhow::bail!("give --pid or --pid-file"),
+    };
+    let pid = libc::pid_t::try_from(pid)
+        .ok()
+        .filter(|p| *p > 1)
+        .with_context(|| format!("{pid} is not a seller's process id"))?;
+    // SAFETY: kill(2) with a positive pid (never 0 or -1, which signal process groups).
+    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+        let e = std::io::Error::last_os_error();
+        anyhow::bail!("cannot signal process {pid}: {e}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

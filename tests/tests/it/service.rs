@@ -722,7 +722,14 @@ impl ReloadSetup {
 
     /// `dazaar sell --json` from the config; its `listening` lines.
     fn sell(&self, products: usize) -> (Proc, Vec<serde_json::Value>) {
-        let seller = Proc::spawn(dazaar_cmd(&["--config", s(&self.config), "sell", "--json"]));
+        self.sell_with(products, &[])
+    }
+
+    /// [`ReloadSetup::sell`] with more arguments.
+    fn sell_with(&self, products: usize, more: &[&str]) -> (Proc, Vec<serde_json::Value>) {
+        let mut args = vec!["--config", s(&self.config), "sell", "--json"];
+        args.extend_from_slice(more);
+        let seller = Proc::spawn(dazaar_cmd(&args));
         let listening = (0..products)
             .map(|_| seller.event("listening", Duration::from_secs(20)))
             .collect();
@@ -842,7 +849,7 @@ fn sighup_with_a_broken_config_keeps_the_running_one() {
     let live = t.live_buyer("buyer1", &one, t.ports[0], "out1");
     synced(&live, 3);
 
-    // A syntax error on line 3.
+    // A syntax error on line 2.
     let broken =
         config_head(t.dir.path()).replacen("listen = ", "listen = = ", 1) + &t.one() + &t.two(1);
     std::fs::write(&t.config, broken).unwrap();
@@ -889,13 +896,19 @@ fn sighup_with_a_broken_config_keeps_the_running_one() {
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
 
-/// A product removed from the file stops on SIGHUP: its port closes and its live buyer
-/// is disconnected, while the other product's live buyer stays.
+/// A product removed from the file stops on reload (`dazaar reload --pid-file`, which
+/// sends SIGHUP): its port closes and its live buyer is disconnected, while the other
+/// product's live buyer stays.
 #[test]
 fn sighup_stops_a_removed_product() {
     let t = ReloadSetup::new();
     t.write(&[t.one(), t.two(1)]);
-    let (seller, listening) = t.sell(2);
+    let pid_file = t.path("seller.pid");
+    let (seller, listening) = t.sell_with(2, &["--pid-file", s(&pid_file)]);
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().trim(),
+        seller.id().to_string()
+    );
     let (one, two) = (
         listening[0]["sellerKey"].as_str().unwrap().to_owned(),
         listening[1]["sellerKey"].as_str().unwrap().to_owned(),
@@ -907,7 +920,11 @@ fn sighup_stops_a_removed_product() {
     synced(&live2, 4);
 
     t.write(&[t.one()]);
-    let reloaded = hangup(&seller);
+    let o = dazaar(&["reload", "--pid-file", s(&pid_file)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let reloaded = seller.json_where(Duration::from_secs(20), "the reload", |v| {
+        v["event"] == "reloaded" || v["event"] == "reload-failed"
+    });
     assert_eq!(reloaded["event"], "reloaded", "{reloaded}");
     assert_eq!(
         reloaded["removed"][0]["sellerKey"],
