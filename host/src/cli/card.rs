@@ -7,7 +7,6 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use dazaar::card::Quote;
 use dazaar::market::shop;
-use dazaar::payments::PluginRegistry;
 use serde_json::json;
 
 use super::common::{print_json, Common};
@@ -83,7 +82,7 @@ pub fn card(common: &Common, args: CardArgs) -> Result<ExitCode> {
             vec![shop::free_card(&identity, &state, &name, feed)?]
         }
         (None, Some(settings)) => {
-            let mut registry = PluginRegistry::new();
+            let mut registry = common.plugin_registry(None, Some(settings));
             shop::cards(settings, &identity, &mut registry, &state)?
         }
         (None, None) => bail!("no card to write: give --feed DIR or a config with [[sell]] tables"),

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use dazaar::config::Settings;
 use dazaar::market::{self, Identity, KdfParams};
+use dazaar::payments::{PluginRegistry, SYSTEM_PLUGIN_DIR};
 use dazaar::state::{StatePlace, StateUrl};
 use tokio::sync::watch;
 
@@ -68,6 +69,43 @@ impl Common {
         flag.map(Path::to_owned)
             .or_else(|| settings.map(|s| s.plugin_dir.clone()))
             .unwrap_or_else(|| PathBuf::from("plugins"))
+    }
+
+    /// Where payment plugins are looked for, in order: the config's `plugin_dir`,
+    /// `--plugin-dir` (`flag`), the directory of the `dazaar` binary, then
+    /// [`SYSTEM_PLUGIN_DIR`] (each once; `./plugins` first when there is neither a config
+    /// nor a flag). A command that names a directory ([`Common::plugin_dir`]) looks there
+    /// first.
+    pub fn plugin_search(&self, flag: Option<&Path>, settings: Option<&Settings>) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        dirs.extend(settings.map(|s| s.plugin_dir.clone()));
+        dirs.extend(flag.map(Path::to_owned));
+        if dirs.is_empty() {
+            dirs.push(PathBuf::from("plugins"));
+        }
+        if let Some(bin_dir) = std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(Path::to_owned))
+        {
+            dirs.push(bin_dir);
+        }
+        dirs.push(PathBuf::from(SYSTEM_PLUGIN_DIR));
+        let mut unique: Vec<PathBuf> = Vec::with_capacity(dirs.len());
+        for d in dirs {
+            if !unique.contains(&d) {
+                unique.push(d);
+            }
+        }
+        unique
+    }
+
+    /// A plugin registry with [`Common::plugin_search`] as its search path.
+    pub fn plugin_registry(
+        &self,
+        flag: Option<&Path>,
+        settings: Option<&Settings>,
+    ) -> PluginRegistry {
+        PluginRegistry::with_search_path(self.plugin_search(flag, settings))
     }
 
     /// Loads (or creates) the identity of the data dir. An encrypted master key takes its
@@ -146,11 +184,29 @@ pub async fn termination() {
     }
 }
 
+/// The next delivery of `signal`; never when it could not be installed.
+async fn recv_or_never(signal: Option<&mut tokio::signal::unix::Signal>) {
+    match signal {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
 /// A shutdown signal that turns true on SIGINT or SIGTERM (call inside the runtime).
+/// The handlers are installed before this returns, not when the task first runs: a
+/// SIGTERM that came in between would kill the process without a clean stop.
 pub fn signals() -> watch::Receiver<bool> {
+    use tokio::signal::unix::{signal, SignalKind};
     let (tx, rx) = watch::channel(false);
+    let mut term = signal(SignalKind::terminate()).ok();
+    let mut int = signal(SignalKind::interrupt()).ok();
     tokio::spawn(async move {
-        termination().await;
+        tokio::select! {
+            _ = recv_or_never(term.as_mut()) => {}
+            _ = recv_or_never(int.as_mut()) => {}
+        }
         let _ = tx.send(true);
     });
     rx

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Subcommand;
-use dazaar::payments::PluginRegistry;
 
 use super::common::Common;
 
@@ -48,7 +47,7 @@ pub fn run(common: &Common, cmd: ConfigCmd) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("no configuration file (looked at {})", looked.join(", "));
             };
             let settings = dazaar::config::load(&file)?;
-            let mut registry = PluginRegistry::new();
+            let mut registry = common.plugin_registry(None, Some(&settings));
             let problems = settings.check_plugins(&mut registry, CHECK_TIMEOUT);
             let entries: usize = settings.sell.iter().map(|s| s.payment.len()).sum::<usize>()
                 + settings.buy.payment.len();

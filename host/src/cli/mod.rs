@@ -76,6 +76,8 @@ pub enum Command {
     Sales(ledger::SalesArgs),
     /// Sell a feed (or every [[sell]] of the config) to paying buyers.
     Sell(sell::SellArgs),
+    /// Make a running seller reload its configuration (sends it SIGHUP).
+    Reload(sell::ReloadArgs),
     /// Buy a feed from a seller.
     Buy(buy::BuyArgs),
     /// Write the Dazaar card of each sold feed, or check one (`card validate FILE`).
@@ -145,6 +147,7 @@ pub fn main() -> ExitCode {
         Command::Ledger(cmd) => ledger::run(&common, cmd),
         Command::Sales(args) => ledger::sales(&common, args),
         Command::Sell(args) => sell::sell(&common, args),
+        Command::Reload(args) => sell::reload(args),
         Command::Buy(args) => buy::buy(&common, args),
         Command::Card(args) => card::card(&common, args),
         Command::Revoke(args) => market::revoke(&common, args, false),

@@ -10,7 +10,7 @@ use clap::Args;
 use dazaar::market;
 use dazaar::net::NetConfig;
 use dazaar::payments::{
-    BuyerPlugin, BuyerWallet, CallLimits, PayTarget, PaymentReport, PaymentTerms, PluginRegistry,
+    BuyerPlugin, BuyerWallet, CallLimits, PayTarget, PaymentReport, PaymentTerms,
 };
 
 use super::common::{parse_key, print_json, runtime, Common};
@@ -80,7 +80,7 @@ pub fn pay(common: &Common, args: PayArgs) -> Result<ExitCode> {
         None => None,
     };
     let plugin_dir = common.plugin_dir(args.plugin_dir.as_deref(), settings.as_ref());
-    let mut registry = PluginRegistry::new();
+    let mut registry = common.plugin_registry(args.plugin_dir.as_deref(), settings.as_ref());
     let plugin = registry.load_named(&plugin_dir, &args.plugin)?;
     let config = match &args.plugin_config {
         Some(c) => c.clone(),

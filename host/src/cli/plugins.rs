@@ -11,9 +11,13 @@ use super::common::Common;
 /// Plugin commands.
 #[derive(Debug, Subcommand)]
 pub enum PluginsCmd {
-    /// List the plugins in the plugin directory, and the files that failed to load.
+    /// List the plugins in the plugin directory, and the files that failed to load; and
+    /// where each plugin the config names is found.
     List {
-        /// The plugin directory (default: `plugin_dir` of the config, else ./plugins).
+        /// The plugin directory (default: `plugin_dir` of the config, else ./plugins). The
+        /// plugins the config names are also shown where the search finds them: the
+        /// config's `plugin_dir`, this directory, the binary's directory, then
+        /// /usr/lib/dazaar/plugins.
         #[arg(long, value_name = "DIR")]
         plugin_dir: Option<PathBuf>,
         /// Print JSON.
@@ -65,9 +69,31 @@ pub fn run(common: &Common, cmd: PluginsCmd) -> anyhow::Result<ExitCode> {
             let settings = common.settings()?;
             let dir = common.plugin_dir(plugin_dir.as_deref(), settings.as_ref());
             let registry = PluginRegistry::scan_dir(&dir)?;
+            // Where each plugin the config names is found, in the search order.
+            let search = common.plugin_registry(plugin_dir.as_deref(), settings.as_ref());
+            let mut named: Vec<(String, Option<PathBuf>)> = Vec::new();
+            if let Some(s) = &settings {
+                let names = s
+                    .sell
+                    .iter()
+                    .flat_map(|p| p.payment.iter().map(|e| &e.plugin))
+                    .chain(s.buy.payment.iter().map(|e| &e.plugin));
+                for name in names {
+                    if named.iter().any(|(n, _)| n == name) {
+                        continue;
+                    }
+                    let path = search.locate(&s.plugin_dir, name);
+                    named.push((name.clone(), path.is_file().then_some(path)));
+                }
+            }
             if json {
                 let out = serde_json::json!({
                     "plugin_dir": dir.display().to_string(),
+                    "search": search.search_path().iter().map(|d| d.display().to_string()).collect::<Vec<_>>(),
+                    "named": named.iter().map(|(name, path)| serde_json::json!({
+                        "name": name,
+                        "path": path.as_ref().map(|p| p.display().to_string()),
+                    })).collect::<Vec<_>>(),
                     "plugins": registry.plugins().map(|p| plugin_json(p)).collect::<Vec<_>>(),
                     "refused": registry.failures().iter().map(|f| serde_json::json!({
                         "path": f.path.display().to_string(),
@@ -81,6 +107,20 @@ pub fn run(common: &Common, cmd: PluginsCmd) -> anyhow::Result<ExitCode> {
                 }
                 for f in registry.failures() {
                     println!("refused\t{}", f.error);
+                }
+                for (name, path) in &named {
+                    match path {
+                        Some(p) => println!("named\t{name}\tfound at {}", p.display()),
+                        None => println!(
+                            "named\t{name}\tnot found (searched {})",
+                            search
+                                .search_path()
+                                .iter()
+                                .map(|d| d.display().to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    }
                 }
             }
             Ok(ExitCode::SUCCESS)

@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use dazaar::market::shop::{self, SellLimits, Shop, ShopOptions};
+use dazaar::market::reload::{ReloadReport, Reloader};
+use dazaar::market::shop::{self, Listening, SellLimits, Shop, ShopOptions};
 use dazaar::market::SellerEvent;
-use dazaar::payments::{PaymentSpec, PaymentTerms, PluginRegistry, StateScope};
+use dazaar::net::NetConfig;
+use dazaar::payments::{PaymentSpec, PaymentTerms, StateScope};
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -82,6 +84,10 @@ pub struct SellArgs {
     /// (default: the config's `[metrics] listen`, else none).
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
+    /// Write the seller's process id to FILE once it listens (before its `listening`
+    /// lines; removed when it stops), for `dazaar reload --pid-file FILE`.
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
     /// One JSON object per line on stdout.
     #[arg(long)]
     pub json: bool,
@@ -131,9 +137,15 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
         limits: args.limits().or(&config_limits),
     };
     let identity = common.identity(settings.as_ref())?;
-    let mut registry = PluginRegistry::new();
+    let mut registry = common.plugin_registry(args.plugin_dir.as_deref(), settings.as_ref());
+    let listen = args
+        .listen
+        .or_else(|| settings.as_ref().map(|s| s.listen))
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
     // Each product's own address (a `[[sell]]`'s `listen`), in the products' order.
     let mut own_addrs = vec![None];
+    // Products from a config's [[sell]] tables can be reloaded (SIGHUP).
+    let mut reloader = None;
     let products = match (&args.feed_dir, &settings) {
         (Some(feed_dir), _) => {
             let price =
@@ -164,39 +176,47 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
         }
         (None, Some(settings)) => {
             own_addrs = shop::own_addrs(settings);
-            shop::products(settings, &identity, &mut registry, &options)?
+            let products = shop::products(settings, &identity, &mut registry, &options)?;
+            reloader = Some(Reloader::new(
+                settings.clone(),
+                identity.clone(),
+                options.clone(),
+                std::mem::take(&mut registry),
+                listen,
+            ));
+            products
         }
         (None, None) => {
             anyhow::bail!("nothing to sell: give a feed directory or a config with [[sell]] tables")
         }
     };
-    let listen = args
-        .listen
-        .or_else(|| settings.as_ref().map(|s| s.listen))
-        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
     let net_config = options.limits.net_config();
     let json = args.json;
+    let pid_file = args.pid_file.clone();
     let discovery = args.discovery.options(settings.as_ref())?;
     runtime()?.block_on(async move {
         let shutdown = signals();
+        // SIGHUP (systemd's reload) re-reads the configuration in place. Installed before
+        // anything listens: until then its default action would kill the seller.
+        let mut hangup =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         let addrs = shop::listen_addrs(&own_addrs, listen);
         let shop = Shop::bind_each(products.into_iter().zip(addrs)).await?;
+        let (ev_tx, mut ev_rx) = mpsc::channel::<SellerEvent>(1024);
+        let mut shop = shop.start(net_config.clone(), shutdown.clone(), Some(ev_tx));
+        // Before the `listening` lines: whoever waits for them may signal the seller next.
+        if let Some(file) = &pid_file {
+            std::fs::write(file, format!("{}\n", std::process::id()))
+                .with_context(|| format!("{}: cannot write the pid file", file.display()))?;
+        }
+        // Each product's announcement, by seller key (a reload adds and drops some).
         let mut advertisers = Vec::new();
         for l in shop.listening() {
-            let seller_key = hex::encode(l.seller_key);
-            let feed_key = hex::encode(l.feed_key);
-            if json {
-                print_json(json!({"event": "listening", "addr": l.addr.to_string(), "sellerKey": seller_key, "feedKey": feed_key, "maxConnections": net_config.max_connections, "maxConnectionsPerIp": net_config.max_connections_per_ip}));
-            } else {
-                println!("selling feed {feed_key}\n  seller key {seller_key}\n  listening on {}", l.addr);
-            }
-            advertisers.push(super::discovery::advertise(
+            report_listening(&l, &net_config, json);
+            advertisers.push((
                 l.seller_key,
-                l.addr,
-                &discovery,
-                shutdown.clone(),
-                json,
-            )?);
+                super::discovery::advertise(l.seller_key, l.addr, &discovery, shutdown.clone(), json)?,
+            ));
         }
         if let (Some(addr), Some(handle)) = (metrics_addr, metrics) {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -223,31 +243,100 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
             sd_notify::NotifyState::Ready,
             sd_notify::NotifyState::Status(&status),
         ]);
-        let (ev_tx, mut ev_rx) = mpsc::channel::<SellerEvent>(1024);
-        let serving = tokio::spawn(shop.run(net_config, shutdown.clone(), Some(ev_tx)));
         let mut stop = shutdown.clone();
-        // SIGHUP (systemd's reload) must not kill a seller and drop its buyers: until the
-        // configuration can be reloaded in place, it is refused with a warning.
-        let mut hangup =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         loop {
             tokio::select! {
                 ev = ev_rx.recv() => match ev {
                     Some(ev) => report_seller_event(&ev, json),
                     None => break,
                 },
-                _ = hangup.recv() => tracing::warn!(
-                    "SIGHUP: reloading the configuration in place is not supported yet; \
-                     the seller keeps running as it is (restart it to apply changes)"
-                ),
+                _ = hangup.recv() => {
+                    let Some(reloader) = reloader.as_mut() else {
+                        tracing::info!("SIGHUP: this seller sells a feed given on the command line, there is no configuration to reload");
+                        continue;
+                    };
+                    notify_systemd(&[sd_notify::NotifyState::Reloading]);
+                    tracing::info!(file = %reloader.file().display(), "SIGHUP: reloading the configuration");
+                    match reloader.reload(&mut shop).await {
+                        Ok(report) => {
+                            for l in report.removed.iter().chain(&report.moved) {
+                                if let Some(i) = advertisers.iter().position(|(k, _)| *k == l.seller_key) {
+                                    advertisers.remove(i);
+                                }
+                            }
+                            for l in report.added.iter().chain(&report.moved) {
+                                report_listening(l, &net_config, json);
+                                match super::discovery::advertise(l.seller_key, l.addr, &discovery, shutdown.clone(), json) {
+                                    Ok(a) => advertisers.push((l.seller_key, a)),
+                                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "cannot announce a product added by the reload"),
+                                }
+                            }
+                            report_reloaded(&report, json);
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "the configuration was not reloaded; the seller keeps running as it was");
+                            if json {
+                                print_json(json!({"event": "reload-failed", "error": e.to_string()}));
+                            } else {
+                                eprintln!("reload refused: {}", escape(&e.to_string(), Lines::Escape));
+                            }
+                        }
+                    }
+                    let status = format!("selling {} products", shop.listening().len());
+                    notify_systemd(&[
+                        sd_notify::NotifyState::Ready,
+                        sd_notify::NotifyState::Status(&status),
+                    ]);
+                }
                 _ = stop.changed() => break,
             }
         }
         notify_systemd(&[sd_notify::NotifyState::Stopping]);
+        if let Some(file) = &pid_file {
+            let _ = std::fs::remove_file(file);
+        }
         drop(advertisers);
-        let _ = serving.await;
+        shop.wait().await;
         anyhow::Ok(())
     })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `dazaar reload`.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct ReloadArgs {
+    /// The seller's process id.
+    #[arg(long)]
+    pub pid: Option<u32>,
+    /// The file `dazaar sell --pid-file` wrote.
+    #[arg(long, value_name = "FILE")]
+    pub pid_file: Option<PathBuf>,
+}
+
+/// Runs `dazaar reload`: sends SIGHUP to a running seller, which reloads its configuration
+/// (the outcome is in the seller's log and `--json` output).
+pub fn reload(args: ReloadArgs) -> Result<ExitCode> {
+    let pid = match (args.pid, &args.pid_file) {
+        (Some(pid), _) => pid,
+        (None, Some(file)) => {
+            let text = std::fs::read_to_string(file)
+                .with_context(|| format!("{}: cannot read the pid file", file.display()))?;
+            text.trim()
+                .parse::<u32>()
+                .with_context(|| format!("{}: not a process id", file.display()))?
+        }
+        (None, None) => anyhow::bail!("give --pid or --pid-file"),
+    };
+    let pid = libc::pid_t::try_from(pid)
+        .ok()
+        .filter(|p| *p > 1)
+        .with_context(|| format!("{pid} is not a seller's process id"))?;
+    // SAFETY: kill(2) with a positive pid (never 0 or -1, which signal process groups).
+    if unsafe { libc::kill(pid, libc::SIGHUP) } != 0 {
+        let e = std::io::Error::last_os_error();
+        anyhow::bail!("cannot signal process {pid}: {e}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -256,6 +345,77 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
 fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(states) {
         tracing::warn!(error = %e, "cannot notify the service manager (NOTIFY_SOCKET)");
+    }
+}
+
+/// One product's `listening` line (at start, and for a product a reload starts).
+fn report_listening(l: &Listening, net: &NetConfig, json: bool) {
+    let seller_key = hex::encode(l.seller_key);
+    let feed_key = hex::encode(l.feed_key);
+    if json {
+        print_json(
+            json!({"event": "listening", "addr": l.addr.to_string(), "sellerKey": seller_key, "feedKey": feed_key, "maxConnections": net.max_connections, "maxConnectionsPerIp": net.max_connections_per_ip}),
+        );
+    } else {
+        println!(
+            "selling feed {feed_key}\n  seller key {seller_key}\n  listening on {}",
+            l.addr
+        );
+    }
+}
+
+/// What a reload did.
+fn report_reloaded(report: &ReloadReport, json: bool) {
+    let list = |ls: &[Listening]| -> Vec<serde_json::Value> {
+        ls.iter()
+            .map(|l| json!({"sellerKey": hex::encode(l.seller_key), "feedKey": hex::encode(l.feed_key), "addr": l.addr.to_string()}))
+            .collect()
+    };
+    if json {
+        let plugins: Vec<_> = report
+            .plugins_loaded
+            .iter()
+            .map(|(name, path)| json!({"name": name, "path": path.display().to_string()}))
+            .collect();
+        print_json(json!({
+            "event": "reloaded",
+            "added": list(&report.added),
+            "removed": list(&report.removed),
+            "changed": list(&report.changed),
+            "moved": list(&report.moved),
+            "pluginsLoaded": plugins,
+            "needRestart": report.need_restart,
+        }));
+    } else {
+        let keys = |ls: &[Listening]| {
+            ls.iter()
+                .map(|l| hex::encode(&l.seller_key[..8]))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!(
+            "configuration reloaded: {} added [{}], {} removed [{}], {} changed [{}], {} moved [{}]",
+            report.added.len(),
+            keys(&report.added),
+            report.removed.len(),
+            keys(&report.removed),
+            report.changed.len(),
+            keys(&report.changed),
+            report.moved.len(),
+            keys(&report.moved),
+        );
+        for (name, path) in &report.plugins_loaded {
+            println!(
+                "  payment plugin {name} loaded from {}",
+                escape(&path.display().to_string(), Lines::Escape)
+            );
+        }
+        if !report.need_restart.is_empty() {
+            println!(
+                "  changed, applied at the next restart: {}",
+                report.need_restart.join(", ")
+            );
+        }
     }
 }
 

@@ -5,6 +5,7 @@ pub mod ext;
 pub mod identity;
 pub mod lease;
 pub mod metering;
+pub mod reload;
 pub mod revocation;
 pub mod seller;
 pub mod seller_state;

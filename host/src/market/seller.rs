@@ -14,7 +14,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -175,12 +175,9 @@ pub struct Product {
     pub feed_key: [u8; 32],
     /// The seller's Noise key pair for this product (its public key is the seller key).
     pub seller_keys: NoiseKeyPair,
-    /// The payment gate (no entries: free).
-    pub gate: Arc<PaymentGate>,
-    /// Terms of use buyers must accept.
-    pub terms: Option<String>,
-    /// Revalidation period.
-    pub revalidate: Duration,
+    /// What a reload of the configuration may change: the payment gate, the terms, the
+    /// revalidation period (see [`Offer`]).
+    offer: RwLock<Arc<Offer>>,
     /// Refuse every buyer.
     pub deny: bool,
     /// Revoked buyers.
@@ -210,6 +207,33 @@ impl std::fmt::Debug for Product {
             .field("seller_key", &hex::encode(self.seller_key()))
             .finish_non_exhaustive()
     }
+}
+
+/// The part of a product a reload of the configuration replaces while buyers stay
+/// connected ([`Product::set_offer`]): a connection reads it at each validation, so a new
+/// price or plugin configuration applies at each buyer's next revalidation; the terms and
+/// the revalidation period apply to the connections that start after.
+#[derive(Debug)]
+pub struct Offer {
+    /// The payment gate (no entries: free).
+    pub gate: Arc<PaymentGate>,
+    /// Terms of use buyers must accept.
+    pub terms: Option<String>,
+    /// Revalidation period.
+    pub revalidate: Duration,
+}
+
+/// Why a product's offer cannot be replaced in place.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OfferError {
+    /// Metering is set up per connection when it starts: a product cannot switch between
+    /// data pricing and other pricing while buyers are connected.
+    #[error("whether the product is priced by data (bytes, kilobytes, ...) cannot change without a restart")]
+    MeteringChanged,
+    /// A free product's buyers get the feed itself, a paid product's a rekeyed one.
+    #[error("a product cannot switch between free and paid without a restart")]
+    FreeChanged,
 }
 
 /// Settings of a product.
@@ -257,10 +281,7 @@ impl Product {
                 seller_keys.public_key(),
             ))
         });
-        let metered = gate
-            .entries()
-            .iter()
-            .any(|e| matches!(e.terms.unit.parse::<Unit>(), Ok(Unit::Data(_))));
+        let metered = is_metered(&gate);
         let metric_label: metrics::SharedString = hex::encode(seller_keys.public_key()).into();
         // The product's series exist from the start (at zero), not from its first buyer.
         let product = || [(names::PRODUCT, metric_label.clone())];
@@ -281,9 +302,11 @@ impl Product {
             feed,
             feed_key,
             seller_keys,
-            gate,
-            terms: options.terms,
-            revalidate: options.revalidate.max(Duration::from_millis(10)),
+            offer: RwLock::new(Arc::new(Offer {
+                gate,
+                terms: options.terms,
+                revalidate: options.revalidate.max(Duration::from_millis(10)),
+            })),
             deny: options.deny,
             handshake_timeout: options.handshake_timeout,
             unpaid_grace: options.unpaid_grace,
@@ -297,9 +320,43 @@ impl Product {
         self.seller_keys.public_key()
     }
 
+    /// The product's offer now (see [`Offer`]).
+    pub fn offer(&self) -> Arc<Offer> {
+        Arc::clone(&self.offer.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The payment gate now (no entries: free).
+    pub fn gate(&self) -> Arc<PaymentGate> {
+        Arc::clone(&self.offer().gate)
+    }
+
+    /// Replaces the product's offer (a reload of the configuration): new validations use
+    /// the new gate, connected buyers stay connected. Refused when the product would
+    /// switch between free and paid, or between data pricing and other pricing.
+    pub fn set_offer(&self, offer: Offer) -> Result<(), OfferError> {
+        self.check_offer(&offer.gate)?;
+        let offer = Offer {
+            revalidate: offer.revalidate.max(Duration::from_millis(10)),
+            ..offer
+        };
+        *self.offer.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(offer);
+        Ok(())
+    }
+
+    /// Whether an offer with `gate` could replace this product's ([`Product::set_offer`]).
+    pub fn check_offer(&self, gate: &PaymentGate) -> Result<(), OfferError> {
+        if is_metered(gate) != self.metered {
+            return Err(OfferError::MeteringChanged);
+        }
+        if gate.entries().is_empty() != self.is_free() {
+            return Err(OfferError::FreeChanged);
+        }
+        Ok(())
+    }
+
     /// Whether the product is free (no payment entries): buyers get the feed itself.
     pub fn is_free(&self) -> bool {
-        self.gate.entries().is_empty()
+        self.gate().entries().is_empty()
     }
 
     /// The feed key `buyer` receives: its rekeyed key, or the feed's own when free.
@@ -352,7 +409,7 @@ impl Product {
             }
         }
         let answer = self
-            .gate
+            .gate()
             .check(buyer, self.seller_key(), ip, fresh, Now::system())
             .await;
         (answer, false)
@@ -580,7 +637,7 @@ pub async fn handle_connection(
         metrics::counter!(names::BYTES_UPLOADED, names::PRODUCT => product.metric_label.clone());
     let stream = CountWrites::new(stream, uploaded);
     let mut gauges = BuyerGauges::new(product.metric_label.clone());
-    let mut messages = product.gate.message_budget();
+    let mut messages = product.gate().message_budget();
     let (ev_tx, mut ev_rx) = mpsc::channel::<NetEvent>(256);
     let (cmd_tx, cmd_rx) = mpsc::channel::<Command<FsStore>>(64);
     let net = NetConfig {
@@ -615,7 +672,13 @@ pub async fn handle_connection(
         ext::SELLER_ID.into(),
         rand::random::<[u8; 32]>().to_vec(),
     ));
-    if let Some(terms) = &product.terms {
+    // Read once: a reload's new terms and period apply to the connections that start
+    // after it (and the old gate is not held here).
+    let (terms, revalidate) = {
+        let offer = product.offer();
+        (offer.terms.clone(), offer.revalidate)
+    };
+    if let Some(terms) = &terms {
         queue.push(Command::SendExtension(
             ext::TERMS_OF_USE.into(),
             terms.as_bytes().to_vec(),
@@ -641,7 +704,7 @@ pub async fn handle_connection(
     let meter_wake = Arc::new(tokio::sync::Notify::new());
     let mut allowance: Option<u64> = None;
     let mut state = SellerState::new(StateSettings {
-        revalidate: product.revalidate,
+        revalidate,
         unpaid_grace: product.unpaid_grace,
     });
     let result = 'conn: loop {
@@ -865,6 +928,13 @@ impl Drop for BuyerGauges {
     }
 }
 
+/// Whether some payment entry of `gate` is priced by data (uploads are then metered).
+fn is_metered(gate: &PaymentGate) -> bool {
+    gate.entries()
+        .iter()
+        .any(|e| matches!(e.terms.unit.parse::<Unit>(), Ok(Unit::Data(_))))
+}
+
 /// The reason sent when the seller's state cannot be read and the buyer holds no grant.
 pub const STATE_UNAVAILABLE: &str = "The seller cannot check payments right now";
 
@@ -943,7 +1013,7 @@ async fn handle_user_message(
     };
     let now = Instant::now().into_std();
     let reply = product
-        .gate
+        .gate()
         .answer_message(buyer, product.seller_key(), ip, budget, &message, now)
         .await;
     let reply = match reply {

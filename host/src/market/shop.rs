@@ -15,7 +15,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -158,7 +158,7 @@ pub struct ShopOptions {
 }
 
 impl ShopOptions {
-    fn product(&self, revalidate: Duration, terms: Option<String>) -> ProductOptions {
+    pub(crate) fn product(&self, revalidate: Duration, terms: Option<String>) -> ProductOptions {
         ProductOptions {
             terms: terms.or_else(|| self.terms.clone()),
             revalidate,
@@ -347,10 +347,11 @@ pub struct Shop {
 
 /// What a shop's `/healthz` checks ([`crate::monitor::Health`]): every product's listener
 /// is serving, and every payment plugin of its gates answered its last check
-/// ([`crate::payments::OpenedVerifier::health`]).
-#[derive(Debug)]
+/// ([`crate::payments::OpenedVerifier::health`]). It follows the products a reload adds
+/// and removes.
+#[derive(Debug, Default)]
 pub struct ShopHealth {
-    products: Vec<ProductHealth>,
+    products: Mutex<Vec<Arc<ProductHealth>>>,
 }
 
 #[derive(Debug)]
@@ -361,16 +362,45 @@ struct ProductHealth {
     serving: AtomicBool,
 }
 
+impl ShopHealth {
+    fn products(&self) -> Vec<Arc<ProductHealth>> {
+        self.products
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn add(&self, product: &Arc<Product>, listener: &TcpListener) -> Arc<ProductHealth> {
+        let health = Arc::new(ProductHealth {
+            product: Arc::clone(product),
+            addr: listener.local_addr().ok(),
+            serving: AtomicBool::new(true),
+        });
+        self.products
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Arc::clone(&health));
+        health
+    }
+
+    fn remove(&self, health: &Arc<ProductHealth>) {
+        self.products
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|h| !Arc::ptr_eq(h, health));
+    }
+}
+
 impl crate::monitor::Health for ShopHealth {
     fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
-        for p in &self.products {
+        for p in self.products() {
             let seller = hex::encode(p.product.seller_key());
             if !p.serving.load(Ordering::Relaxed) {
                 let at = p.addr.map(|a| format!(" on {a}")).unwrap_or_default();
                 problems.push(format!("product {seller}: not listening{at}"));
             }
-            for entry in p.product.gate.entries() {
+            for entry in p.product.gate().entries() {
                 if let Err(reason) = entry.verifier.health() {
                     let line = format!("product {seller}: {reason}");
                     if !problems.contains(&line) {
@@ -424,19 +454,9 @@ impl Shop {
                 .map_err(|source| ShopError::Listen { addr, source })?;
             bound.push((product, listener));
         }
-        let health = Arc::new(ShopHealth {
-            products: bound
-                .iter()
-                .map(|(product, listener)| ProductHealth {
-                    product: Arc::clone(product),
-                    addr: listener.local_addr().ok(),
-                    serving: AtomicBool::new(true),
-                })
-                .collect(),
-        });
         Ok(Shop {
             products: bound,
-            health,
+            health: Arc::new(ShopHealth::default()),
         })
     }
 
@@ -472,36 +492,152 @@ impl Shop {
         shutdown: watch::Receiver<bool>,
         events: Option<mpsc::Sender<SellerEvent>>,
     ) {
-        let mut servers = Vec::with_capacity(self.products.len());
-        for (i, (product, listener)) in self.products.into_iter().enumerate() {
-            crate::net::spawn_refresh(
-                product.feed.clone(),
-                Duration::from_millis(20),
-                shutdown.clone(),
-            );
-            let serving = seller::serve(
-                listener,
-                product,
-                net.clone(),
-                shutdown.clone(),
-                events.clone(),
-            );
-            let health = Arc::clone(&self.health);
-            servers.push(tokio::spawn(async move {
-                let served = serving.await;
-                if let Some(p) = health.products.get(i) {
-                    p.serving.store(false, Ordering::Relaxed);
-                }
-                served
-            }));
+        self.start(net, shutdown, events).wait().await;
+    }
+
+    /// Starts serving every product (as [`Shop::run`]) and returns at once: the
+    /// [`RunningShop`] can then add and remove products ([`super::reload`]).
+    pub fn start(
+        self,
+        net: NetConfig,
+        shutdown: watch::Receiver<bool>,
+        events: Option<mpsc::Sender<SellerEvent>>,
+    ) -> RunningShop {
+        let mut running = RunningShop {
+            net,
+            shutdown,
+            events,
+            health: self.health,
+            products: Vec::with_capacity(self.products.len()),
+        };
+        for (product, listener) in self.products {
+            let p = running.spawn(product, listener);
+            running.products.push(p);
         }
-        drop(events);
-        for s in servers {
-            match s.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "a product's listener stopped"),
-                Err(e) => tracing::warn!(error = %e, "a product's listener task failed"),
+        running
+    }
+}
+
+/// A shop serving its products (from [`Shop::start`]). Each product has its own stop
+/// signal besides the shop's, so that one can be stopped (its listener closed, its
+/// buyers disconnected) while the others serve on.
+#[derive(Debug)]
+pub struct RunningShop {
+    net: NetConfig,
+    shutdown: watch::Receiver<bool>,
+    events: Option<mpsc::Sender<SellerEvent>>,
+    health: Arc<ShopHealth>,
+    pub(crate) products: Vec<RunningProduct>,
+}
+
+/// One product being served.
+#[derive(Debug)]
+pub(crate) struct RunningProduct {
+    pub(crate) product: Arc<Product>,
+    pub(crate) addr: SocketAddr,
+    stop: Arc<watch::Sender<bool>>,
+    task: tokio::task::JoinHandle<()>,
+    health: Arc<ProductHealth>,
+}
+
+impl RunningShop {
+    /// Starts serving `product` on `listener`: a refresh task for its feed and an accept
+    /// loop, both ending on the shop's shutdown or the product's own stop.
+    pub(crate) fn spawn(&self, product: Arc<Product>, listener: TcpListener) -> RunningProduct {
+        let addr = listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let (stop, stop_rx) = watch::channel(*self.shutdown.borrow());
+        let stop = Arc::new(stop);
+        // The shop's shutdown stops the product too.
+        let mut shutdown = self.shutdown.clone();
+        let forward = Arc::clone(&stop);
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown.wait_for(|down| *down) => { let _ = forward.send(true); }
+                _ = forward.closed() => {}
+            }
+        });
+        crate::net::spawn_refresh(
+            product.feed.clone(),
+            Duration::from_millis(20),
+            stop_rx.clone(),
+        );
+        let health = self.health.add(&product, &listener);
+        let serving = seller::serve(
+            listener,
+            Arc::clone(&product),
+            self.net.clone(),
+            stop_rx,
+            self.events.clone(),
+        );
+        let flag = Arc::clone(&health);
+        let task = tokio::spawn(async move {
+            match serving.await {
+                Ok(()) => {}
+                Err(e) => tracing::warn!(error = %e, "a product's listener stopped"),
+            }
+            flag.serving.store(false, Ordering::Relaxed);
+        });
+        RunningProduct {
+            product,
+            addr,
+            stop,
+            task,
+            health,
+        }
+    }
+
+    /// Stops one product: its listener closes and its buyers are disconnected; waits
+    /// (at most [`STOP_WAIT`]) until they are.
+    pub(crate) async fn stop(&self, p: RunningProduct) {
+        let _ = p.stop.send(true);
+        self.health.remove(&p.health);
+        let mut task = p.task;
+        if tokio::time::timeout(STOP_WAIT, &mut task).await.is_err() {
+            tracing::warn!("a stopped product's listener did not end in time: aborted");
+            task.abort();
+        }
+    }
+
+    /// The shop's health, for `/healthz`.
+    pub fn health(&self) -> Arc<ShopHealth> {
+        Arc::clone(&self.health)
+    }
+
+    /// Where each product listens, in order.
+    pub fn listening(&self) -> Vec<Listening> {
+        self.products
+            .iter()
+            .map(RunningProduct::listening)
+            .collect()
+    }
+
+    /// The products, in order.
+    pub fn products(&self) -> impl Iterator<Item = &Arc<Product>> {
+        self.products.iter().map(|p| &p.product)
+    }
+
+    /// Waits until every product has stopped (after the shop's shutdown).
+    pub async fn wait(self) {
+        drop(self.events);
+        for p in self.products {
+            if let Err(e) = p.task.await {
+                tracing::warn!(error = %e, "a product's listener task failed");
             }
         }
     }
 }
+
+impl RunningProduct {
+    pub(crate) fn listening(&self) -> Listening {
+        Listening {
+            addr: self.addr,
+            seller_key: self.product.seller_key(),
+            feed_key: self.product.feed_key,
+        }
+    }
+}
+
+/// How long stopping a product waits for its connections to end.
+pub const STOP_WAIT: Duration = Duration::from_secs(10);

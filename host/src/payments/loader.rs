@@ -129,12 +129,35 @@ pub enum LoadError {
     },
 }
 
+impl LoadError {
+    /// The same error about the file at `path` (for a library loaded from a copy).
+    fn with_path(mut self, to: &Path) -> LoadError {
+        match &mut self {
+            LoadError::NotFound { path }
+            | LoadError::DirUnreadable { path, .. }
+            | LoadError::NotALibrary { path, .. }
+            | LoadError::NotAPlugin { path }
+            | LoadError::OtherModule { path, .. }
+            | LoadError::IncompatibleAbiStable { path, .. }
+            | LoadError::IncompatibleApi { path, .. }
+            | LoadError::LayoutMismatch { path, .. }
+            | LoadError::StartFailed { path, .. }
+            | LoadError::BadDescription { path, .. }
+            | LoadError::Duplicate { path, .. }
+            | LoadError::NameMismatch { path, .. } => *path = to.to_path_buf(),
+        }
+        self
+    }
+}
+
 /// A plugin library that passed every check. Libraries are never unloaded (abi_stable
 /// leaks them on purpose), so the module stays valid for the life of the process.
 #[derive(Clone)]
 pub struct LoadedPlugin {
     pub(crate) module: PaymentPluginMod_Ref,
     path: PathBuf,
+    /// The file as it was when it was loaded (to tell a new version of it).
+    stamp: Option<FileStamp>,
     declared_api: String,
     api: ApiVersion,
     info: PluginInfo,
@@ -154,10 +177,46 @@ impl std::fmt::Debug for LoadedPlugin {
 impl LoadedPlugin {
     /// Loads and checks the library at `path`.
     pub fn load(path: &Path) -> Result<LoadedPlugin, LoadError> {
-        let path_buf = path.to_path_buf();
         if !path.is_file() {
-            return Err(LoadError::NotFound { path: path_buf });
+            return Err(LoadError::NotFound {
+                path: path.to_path_buf(),
+            });
         }
+        let stamp = FileStamp::of(path);
+        let mut plugin = LoadedPlugin::load_unchecked_path(path)?;
+        plugin.stamp = stamp;
+        Ok(plugin)
+    }
+
+    /// Loads a new version of the library at `path` beside the one loaded from there
+    /// before. The OS loader hands back the library already loaded from a path, so the
+    /// file is copied to a private path (in the temporary directory) and loaded from
+    /// there; the copy is deleted once loaded (its mapping stays). The older version stays
+    /// in memory too: libraries are never unloaded.
+    pub fn load_new_version(path: &Path) -> Result<LoadedPlugin, LoadError> {
+        if !path.is_file() {
+            return Err(LoadError::NotFound {
+                path: path.to_path_buf(),
+            });
+        }
+        let stamp = FileStamp::of(path);
+        let copy = private_copy(path)?;
+        let loaded = LoadedPlugin::load_unchecked_path(&copy);
+        let _ = std::fs::remove_file(&copy);
+        let mut plugin = loaded.map_err(|e| e.with_path(path))?;
+        plugin.path = path.to_path_buf();
+        plugin.stamp = stamp;
+        Ok(plugin)
+    }
+
+    /// Whether the file the plugin was loaded from was replaced or changed since (a file
+    /// that cannot be read now counts as changed).
+    pub fn file_changed(&self) -> bool {
+        self.stamp.is_none() || FileStamp::of(&self.path) != self.stamp
+    }
+
+    fn load_unchecked_path(path: &Path) -> Result<LoadedPlugin, LoadError> {
+        let path_buf = path.to_path_buf();
         let header = lib_header_from_path(path).map_err(|e| match e {
             LibraryError::OpenError { err, .. } => LoadError::NotALibrary {
                 path: path_buf.clone(),
@@ -247,6 +306,7 @@ impl LoadedPlugin {
         let plugin = LoadedPlugin {
             module,
             path: path_buf,
+            stamp: None,
             declared_api,
             api,
             info,
@@ -314,6 +374,59 @@ impl LoadedPlugin {
     pub fn has_check_config(&self) -> bool {
         self.module.check_config().is_some()
     }
+}
+
+/// What identifies one version of a file: a new version written in place or installed
+/// over it (a new inode) changes at least one field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+}
+
+impl FileStamp {
+    fn of(path: &Path) -> Option<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            modified: m.modified().ok(),
+        })
+    }
+}
+
+/// Copies `path` to a new file of its own in the temporary directory.
+fn private_copy(path: &Path) -> Result<PathBuf, LoadError> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let failed = |e: std::io::Error| LoadError::NotALibrary {
+        path: path.to_path_buf(),
+        reason: format!("cannot copy it to load it again: {e}"),
+    };
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("plugin");
+    let copy = std::env::temp_dir().join(format!(
+        "dazaar-{}-{}-{name}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let mut from = std::fs::File::open(path).map_err(failed)?;
+    let mut to = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&copy)
+        .map_err(failed)?;
+    if let Err(e) = std::io::copy(&mut from, &mut to) {
+        let _ = std::fs::remove_file(&copy);
+        return Err(failed(e));
+    }
+    Ok(copy)
 }
 
 /// The host's level as the ABI number (1 error ... 5 trace, 0 off): plugins pass on

@@ -3,6 +3,8 @@
 //! ```text
 //! PluginRegistry::scan_dir(plugin_dir)         load every library, record refusals
 //!   .load_named(dir, "ledger") / .get("ledger") / .for_entry(method, currency)
+//! PluginRegistry::with_search_path(dirs)       where a plugin not in the named dir is
+//!                                              looked for next (`locate`)
 //! LoadedPlugin::open(config_toml, CallLimits)  -> Arc<OpenedVerifier> (own call threads)
 //! open_entry(&mut registry, dir, &PaymentSpec { plugin, method, price, config }, limits)
 //!                                              -> PaymentEntry: the card method (given, else
@@ -60,7 +62,7 @@ pub use plugin_state::{state_box, StateScope};
 pub use pool::CallLimits;
 pub use registry::{
     now_ms, LoadFailure, OpenedVerifier, PaymentError, PluginRegistry, PUBLIC_BUSY,
-    PUBLIC_UNAVAILABLE,
+    PUBLIC_UNAVAILABLE, SYSTEM_PLUGIN_DIR,
 };
 pub use setup::{card_entry, open_entry, terms_for, PaymentSpec, SetupError};
 pub use wire::{encode_user_message, parse_user_message, WireError, MAX_USER_MESSAGE};

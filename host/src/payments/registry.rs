@@ -187,12 +187,44 @@ pub struct LoadFailure {
 pub struct PluginRegistry {
     plugins: BTreeMap<String, Arc<LoadedPlugin>>,
     failures: Vec<LoadFailure>,
+    /// Where a plugin named but not found in the directory a call names is looked for
+    /// next, in order.
+    search: Vec<PathBuf>,
 }
+
+/// The system-wide plugin directory, last in the search path.
+pub const SYSTEM_PLUGIN_DIR: &str = "/usr/lib/dazaar/plugins";
 
 impl PluginRegistry {
     /// An empty registry.
     pub fn new() -> PluginRegistry {
         PluginRegistry::default()
+    }
+
+    /// An empty registry that looks for a plugin named by a call (
+    /// [`load_named`](Self::load_named)) in the call's directory first, then in `dirs`, in
+    /// order: the first directory holding the plugin's file wins.
+    pub fn with_search_path(dirs: Vec<PathBuf>) -> PluginRegistry {
+        PluginRegistry {
+            search: dirs,
+            ..PluginRegistry::default()
+        }
+    }
+
+    /// The directories searched after the one a call names.
+    pub fn search_path(&self) -> &[PathBuf] {
+        &self.search
+    }
+
+    /// The file of plugin `name`: in `dir` if it is there, else in the first directory of
+    /// the search path that has it, else (not found) where it would be in `dir`.
+    pub fn locate(&self, dir: &Path, name: &str) -> PathBuf {
+        let file = plugin_file_name(name);
+        std::iter::once(dir)
+            .chain(self.search.iter().map(PathBuf::as_path))
+            .map(|d| d.join(&file))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| dir.join(&file))
     }
 
     /// Loads every shared library in `dir` (files ending in the platform's library
@@ -229,13 +261,14 @@ impl PluginRegistry {
         self.insert(plugin)
     }
 
-    /// Loads plugin `name` from `dir` (`libdazaar_<name>.so` on Linux), unless a plugin of
-    /// that name is already loaded.
+    /// Loads plugin `name` from `dir` (`libdazaar_<name>.so` on Linux), else from the
+    /// first directory of the search path that has it ([`locate`](Self::locate)), unless a
+    /// plugin of that name is already loaded.
     pub fn load_named(&mut self, dir: &Path, name: &str) -> Result<Arc<LoadedPlugin>, LoadError> {
         if let Some(p) = self.plugins.get(name) {
             return Ok(Arc::clone(p));
         }
-        let path = dir.join(plugin_file_name(name));
+        let path = self.locate(dir, name);
         let plugin = LoadedPlugin::load(&path)?;
         if plugin.name() != name {
             return Err(LoadError::NameMismatch {
@@ -245,6 +278,37 @@ impl PluginRegistry {
             });
         }
         self.insert(plugin)
+    }
+
+    /// Plugin `name` from `dir` as its file is now (a seller reloading its
+    /// configuration): the plugin already loaded when it came from that file and the file
+    /// is unchanged; else the file's current version, loaded beside the one loaded before
+    /// (see [`LoadedPlugin::load_new_version`]: libraries are never unloaded) and taking
+    /// its place here; a plugin not loaded yet is loaded.
+    pub fn refresh_named(
+        &mut self,
+        dir: &Path,
+        name: &str,
+    ) -> Result<Arc<LoadedPlugin>, LoadError> {
+        let path = self.locate(dir, name);
+        match self.plugins.get(name) {
+            None => self.load_named(dir, name),
+            Some(p) if p.path() == path && !p.file_changed() => Ok(Arc::clone(p)),
+            Some(_) => {
+                let plugin = LoadedPlugin::load_new_version(&path)?;
+                if plugin.name() != name {
+                    return Err(LoadError::NameMismatch {
+                        path,
+                        expected: name.to_owned(),
+                        actual: plugin.name().to_owned(),
+                    });
+                }
+                tracing::info!(plugin = %name, path = %path.display(), "a new version of the payment plugin is loaded beside the old one");
+                let plugin = Arc::new(plugin);
+                self.plugins.insert(name.to_owned(), Arc::clone(&plugin));
+                Ok(plugin)
+            }
+        }
     }
 
     fn insert(&mut self, plugin: LoadedPlugin) -> Result<Arc<LoadedPlugin>, LoadError> {

@@ -900,7 +900,9 @@ fn buy_exit_codes_say_why() {
     assert_eq!(code(addr, key, "o3"), Some(5));
 }
 
-/// SIGHUP (systemd's `ExecReload`) neither stops a seller nor drops its live buyer.
+/// A seller of a feed given on the command line has no configuration to reload: SIGHUP
+/// (systemd's `ExecReload`) neither stops it nor drops its live buyer. (Reloading a
+/// config's `[[sell]]` tables is tested in `service`.)
 #[test]
 fn sighup_keeps_the_seller_and_its_buyers() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -629,3 +629,502 @@ fn metrics_show_the_dht_announcement() {
     let m = scrape(&metrics);
     assert_eq!(value(&m, "dazaar_dht_announced", &[("product", &key)]), 1.0);
 }
+
+// ---- reload on SIGHUP ---------------------------------------------------------------
+
+/// The head of a seller's `dazaar.toml` in `dir` (no discovery; plugins in `dir/plugins`).
+fn config_head(dir: &Path) -> String {
+    format!(
+        "data_dir = {:?}\nlisten = \"127.0.0.1:0\"\nplugin_dir = {:?}\n\n[discovery]\ndht = false\nmdns = false\n",
+        s(&dir.join("seller")),
+        s(&dir.join("plugins")),
+    )
+}
+
+/// A `[[sell]]` table of `feed` on `127.0.0.1:port`, paid through `plugin` at `amount`
+/// credits a second, revalidated every 200 ms; `plugin_config` is the plugin's table.
+fn sell_table(
+    feed: &Path,
+    name: &str,
+    port: u16,
+    plugin: &str,
+    amount: u32,
+    plugin_config: &str,
+) -> String {
+    format!(
+        "\n[[sell]]\nfeed = {:?}\nname = {name:?}\nlisten = \"127.0.0.1:{port}\"\nrevalidate_ms = 200\n\n[[sell.payment]]\nplugin = {plugin:?}\ncurrency = \"credits\"\namount = \"{amount}\"\nunit = \"seconds\"\ninterval = \"1\"\n[sell.payment.config]\n{plugin_config}\n",
+        s(feed)
+    )
+}
+
+/// Sends SIGHUP to `seller` and returns its next `reloaded` or `reload-failed` line.
+fn hangup(seller: &Proc) -> serde_json::Value {
+    let pid = i32::try_from(seller.id()).expect("pid");
+    // SAFETY: kill(2) on our own child's pid.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    seller.json_where(Duration::from_secs(20), "the reload", |v| {
+        v["event"] == "reloaded" || v["event"] == "reload-failed"
+    })
+}
+
+/// A seller of two feeds set up for reload tests: `f1` (3 blocks), `f2` (4 blocks), the
+/// `free` and `ledger` plugins, a ledger file, two free ports.
+struct ReloadSetup {
+    dir: tempfile::TempDir,
+    f1: std::path::PathBuf,
+    f2: std::path::PathBuf,
+    ledger: std::path::PathBuf,
+    config: std::path::PathBuf,
+    ports: [u16; 2],
+}
+
+impl ReloadSetup {
+    fn new() -> ReloadSetup {
+        let dir = tempfile::tempdir().unwrap();
+        let (f1, f2) = (dir.path().join("f1"), dir.path().join("f2"));
+        make_text_feed(&f1, 3);
+        make_text_feed(&f2, 4);
+        let plugins = dir.path().join("plugins");
+        std::fs::create_dir_all(&plugins).unwrap();
+        dazaar_tests::copy_plugin("free", &plugins, None);
+        dazaar_tests::copy_plugin("ledger", &plugins, None);
+        let ledger = dir.path().join("ledger.jsonl");
+        let config = dir.path().join("dazaar.toml");
+        ReloadSetup {
+            f1,
+            f2,
+            ledger,
+            config,
+            ports: [free_port(), free_port()],
+            dir,
+        }
+    }
+
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Product one: `f1` through the free plugin.
+    fn one(&self) -> String {
+        sell_table(&self.f1, "one", self.ports[0], "free", 1, "")
+    }
+
+    /// Product two: `f2` through the ledger at `amount` credits a second.
+    fn two(&self, amount: u32) -> String {
+        let ledger = format!("file = {:?}\nreload_ms = 0", s(&self.ledger));
+        sell_table(&self.f2, "two", self.ports[1], "ledger", amount, &ledger)
+    }
+
+    fn write(&self, tables: &[String]) {
+        let text = config_head(self.dir.path()) + &tables.concat();
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    /// `dazaar sell --json` from the config; its `listening` lines.
+    fn sell(&self, products: usize) -> (Proc, Vec<serde_json::Value>) {
+        self.sell_with(products, &[])
+    }
+
+    /// [`ReloadSetup::sell`] with more arguments.
+    fn sell_with(&self, products: usize, more: &[&str]) -> (Proc, Vec<serde_json::Value>) {
+        let mut args = vec!["--config", s(&self.config), "sell", "--json"];
+        args.extend_from_slice(more);
+        let seller = Proc::spawn(dazaar_cmd(&args));
+        let listening = (0..products)
+            .map(|_| seller.event("listening", Duration::from_secs(20)))
+            .collect();
+        (seller, listening)
+    }
+
+    /// Records a payment of `amount` credits by the buyer of `data`.
+    fn pay(&self, data: &Path, amount: &str) {
+        let o = dazaar(&[
+            "ledger",
+            "add",
+            "--file",
+            s(&self.ledger),
+            "--buyer",
+            &dazaar_tests::buyer_key(data),
+            "--amount",
+            amount,
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+
+    /// A live buyer (no reconnecting) of the product at `port`.
+    fn live_buyer(&self, data: &str, key: &str, port: u16, out: &str) -> Proc {
+        Proc::spawn(dazaar_cmd(&[
+            "--data-dir",
+            s(&self.path(data)),
+            "buy",
+            key,
+            "--connect",
+            &format!("127.0.0.1:{port}"),
+            "--out",
+            s(&self.path(out)),
+            "--live",
+            "--no-reconnect",
+            "--json",
+        ]))
+    }
+
+    /// Appends two blocks to `feed` from another process.
+    fn append(&self, feed: &Path) {
+        let extra = self.path("extra.txt");
+        std::fs::write(&extra, "fresh 1\nfresh 2\n").unwrap();
+        assert!(dazaar(&["feed", "append", s(feed), s(&extra)])
+            .status
+            .success());
+    }
+}
+
+/// A live buyer's next `synced` line with `length`, failing on `done` (the buyer was
+/// dropped) or after 20 s.
+fn synced(buyer: &Proc, length: u64) {
+    let v = buyer.json_where(Duration::from_secs(20), "synced", |v| {
+        (v["event"] == "synced" && v["length"] == length) || v["event"] == "done"
+    });
+    assert_eq!(v["event"], "synced", "the live buyer was dropped: {v}");
+}
+
+/// The done-when of issue 16's reload: a live buyer of product one (free plugin) keeps
+/// receiving appended blocks while product two (ledger plugin, not loaded before) is added
+/// by editing the file and sending SIGHUP; product two then serves on its fixed port.
+#[test]
+fn sighup_adds_a_product_while_a_live_buyer_of_another_keeps_receiving() {
+    let t = ReloadSetup::new();
+    t.write(&[t.one()]);
+    let (seller, listening) = t.sell(1);
+    let one = listening[0]["sellerKey"].as_str().unwrap().to_owned();
+    assert_eq!(listening[0]["addr"], format!("127.0.0.1:{}", t.ports[0]));
+    let live = t.live_buyer("buyer1", &one, t.ports[0], "out1");
+    synced(&live, 3);
+
+    t.write(&[t.one(), t.two(1)]);
+    let reloaded = hangup(&seller);
+    assert_eq!(reloaded["event"], "reloaded", "{reloaded}");
+    let added = reloaded["added"].as_array().unwrap();
+    assert_eq!(added.len(), 1, "{reloaded}");
+    assert_eq!(added[0]["addr"], format!("127.0.0.1:{}", t.ports[1]));
+    assert_eq!(reloaded["removed"], serde_json::json!([]));
+    assert_eq!(reloaded["changed"], serde_json::json!([]));
+    assert_eq!(reloaded["pluginsLoaded"][0]["name"], "ledger", "{reloaded}");
+
+    // Product one's live buyer was not disconnected: it receives what is appended now.
+    t.append(&t.f1);
+    synced(&live, 5);
+
+    // Product two serves on its fixed port, through the ledger.
+    let two = added[0]["sellerKey"].as_str().unwrap();
+    assert_ne!(two, one);
+    t.pay(&t.path("buyer2"), "600");
+    let o = dazaar_tests::buy_once(
+        &t.path("buyer2"),
+        two,
+        &format!("127.0.0.1:{}", t.ports[1]),
+        &t.path("out2"),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(json_lines(&o.stdout).last().unwrap()["length"], 4);
+    // A buyer who did not pay for product two is refused there.
+    let o = dazaar_tests::buy_once(
+        &t.path("buyer3"),
+        two,
+        &format!("127.0.0.1:{}", t.ports[1]),
+        &t.path("out3"),
+    );
+    assert!(!o.status.success(), "an unpaid buyer got product two");
+    t.append(&t.f1);
+    synced(&live, 7);
+}
+
+/// A broken configuration on SIGHUP is refused with its file and line; product one keeps
+/// serving (its live buyer stays, a new buyer is served) and nothing was added.
+#[test]
+fn sighup_with_a_broken_config_keeps_the_running_one() {
+    let t = ReloadSetup::new();
+    t.write(&[t.one()]);
+    let (seller, listening) = t.sell(1);
+    let one = listening[0]["sellerKey"].as_str().unwrap().to_owned();
+    let live = t.live_buyer("buyer1", &one, t.ports[0], "out1");
+    synced(&live, 3);
+
+    // A syntax error on line 2.
+    let broken =
+        config_head(t.dir.path()).replacen("listen = ", "listen = = ", 1) + &t.one() + &t.two(1);
+    std::fs::write(&t.config, broken).unwrap();
+    let failed = hangup(&seller);
+    assert_eq!(failed["event"], "reload-failed", "{failed}");
+    let error = failed["error"].as_str().unwrap();
+    assert!(
+        error.starts_with(&format!("{}:2:", t.config.display())),
+        "{error}"
+    );
+
+    // A plugin that does not exist: refused with the line of its entry.
+    let text = config_head(t.dir.path()) + &t.one() + &t.two(1).replace("\"ledger\"", "\"nope\"");
+    std::fs::write(&t.config, &text).unwrap();
+    let failed = hangup(&seller);
+    assert_eq!(failed["event"], "reload-failed", "{failed}");
+    // The second [[sell.payment]] table.
+    let line = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| *l == "[[sell.payment]]")
+        .nth(1)
+        .map(|(i, _)| i + 1)
+        .unwrap();
+    let error = failed["error"].as_str().unwrap();
+    assert!(
+        error.starts_with(&format!("{}:{line}: plugin `nope`", t.config.display())),
+        "{error}"
+    );
+
+    // Product two was not started; product one serves on, its live buyer included.
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", t.ports[1])).is_err(),
+        "product two listens after a refused reload"
+    );
+    t.append(&t.f1);
+    synced(&live, 5);
+    let o = dazaar_tests::buy_once(
+        &t.path("buyer2"),
+        &one,
+        &format!("127.0.0.1:{}", t.ports[0]),
+        &t.path("out2"),
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// A product removed from the file stops on reload (`dazaar reload --pid-file`, which
+/// sends SIGHUP): its port closes and its live buyer is disconnected, while the other
+/// product's live buyer stays.
+#[test]
+fn sighup_stops_a_removed_product() {
+    let t = ReloadSetup::new();
+    t.write(&[t.one(), t.two(1)]);
+    let pid_file = t.path("seller.pid");
+    let (seller, listening) = t.sell_with(2, &["--pid-file", s(&pid_file)]);
+    assert_eq!(
+        std::fs::read_to_string(&pid_file).unwrap().trim(),
+        seller.id().to_string()
+    );
+    let (one, two) = (
+        listening[0]["sellerKey"].as_str().unwrap().to_owned(),
+        listening[1]["sellerKey"].as_str().unwrap().to_owned(),
+    );
+    t.pay(&t.path("buyer2"), "600");
+    let live1 = t.live_buyer("buyer1", &one, t.ports[0], "out1");
+    let live2 = t.live_buyer("buyer2", &two, t.ports[1], "out2");
+    synced(&live1, 3);
+    synced(&live2, 4);
+
+    t.write(&[t.one()]);
+    let o = dazaar(&["reload", "--pid-file", s(&pid_file)]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let reloaded = seller.json_where(Duration::from_secs(20), "the reload", |v| {
+        v["event"] == "reloaded" || v["event"] == "reload-failed"
+    });
+    assert_eq!(reloaded["event"], "reloaded", "{reloaded}");
+    assert_eq!(
+        reloaded["removed"][0]["sellerKey"],
+        two.as_str(),
+        "{reloaded}"
+    );
+    assert_eq!(reloaded["added"], serde_json::json!([]));
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", t.ports[1])).is_err(),
+        "the removed product's port is still open"
+    );
+    // Its live buyer (which does not reconnect) was disconnected and exits.
+    live2.wait(Duration::from_secs(20));
+    t.append(&t.f1);
+    synced(&live1, 5);
+}
+
+/// A price change applies at the next revalidation, to a buyer who stays connected: the
+/// ledger-paid buyer of product two becomes invalid when the price rises past what it
+/// paid, and product one's live buyer is not touched.
+#[test]
+fn sighup_applies_a_new_price_at_the_next_revalidation() {
+    let t = ReloadSetup::new();
+    t.write(&[t.one(), t.two(1)]);
+    let (seller, listening) = t.sell(2);
+    let (one, two) = (
+        listening[0]["sellerKey"].as_str().unwrap().to_owned(),
+        listening[1]["sellerKey"].as_str().unwrap().to_owned(),
+    );
+    // 600 credits at 1 a second: ten minutes.
+    t.pay(&t.path("buyer2"), "600");
+    let live1 = t.live_buyer("buyer1", &one, t.ports[0], "out1");
+    let live2 = t.live_buyer("buyer2", &two, t.ports[1], "out2");
+    synced(&live1, 3);
+    synced(&live2, 4);
+
+    // 1000000 credits a second: the 600 paid buy less than a millisecond, long gone.
+    t.write(&[t.one(), t.two(1_000_000)]);
+    let reloaded = hangup(&seller);
+    assert_eq!(reloaded["event"], "reloaded", "{reloaded}");
+    assert_eq!(
+        reloaded["changed"][0]["sellerKey"],
+        two.as_str(),
+        "{reloaded}"
+    );
+    assert_eq!(reloaded["added"], serde_json::json!([]));
+    assert_eq!(reloaded["removed"], serde_json::json!([]));
+    let invalid = live2.json_where(Duration::from_secs(20), "invalid", |v| {
+        v["event"] == "invalid" || v["event"] == "done"
+    });
+    assert_eq!(invalid["event"], "invalid", "{invalid}");
+
+    // Back to 1 a second: valid again at the next revalidation, on the same connection.
+    t.write(&[t.one(), t.two(1)]);
+    let reloaded = hangup(&seller);
+    assert_eq!(
+        reloaded["changed"][0]["sellerKey"],
+        two.as_str(),
+        "{reloaded}"
+    );
+    let valid = live2.json_where(Duration::from_secs(20), "valid again", |v| {
+        v["event"] == "valid" || v["event"] == "done"
+    });
+    assert_eq!(valid["event"], "valid", "{valid}");
+    t.append(&t.f2);
+    synced(&live2, 6);
+    t.append(&t.f1);
+    synced(&live1, 5);
+}
+
+/// A plugin whose library file is replaced (a new file, as `install` does) is loaded again
+/// on SIGHUP, beside the old version: the product using it is changed in place (its
+/// paying buyer stays connected and valid), the new version is mapped from its private
+/// copy, and a product whose plugin did not change is not touched.
+#[test]
+fn sighup_loads_a_replaced_plugin_file_beside_the_old_one() {
+    let t = ReloadSetup::new();
+    t.write(&[t.one(), t.two(1)]);
+    let (seller, listening) = t.sell(2);
+    let two = listening[1]["sellerKey"].as_str().unwrap().to_owned();
+    t.pay(&t.path("buyer2"), "600");
+    let live2 = t.live_buyer("buyer2", &two, t.ports[1], "out2");
+    synced(&live2, 4);
+
+    // Nothing changed: nothing is reloaded.
+    let reloaded = hangup(&seller);
+    for list in ["added", "removed", "changed", "moved", "pluginsLoaded"] {
+        assert_eq!(reloaded[list], serde_json::json!([]), "{list}: {reloaded}");
+    }
+
+    // A new file in place of the ledger library.
+    let plugins = t.path("plugins");
+    let fresh = dazaar_tests::copy_plugin("ledger", &t.path("."), Some("ledger_new"));
+    let installed = plugins.join(dazaar::payments::plugin_file_name("ledger"));
+    std::fs::rename(&fresh, &installed).unwrap();
+    let reloaded = hangup(&seller);
+    assert_eq!(reloaded["event"], "reloaded", "{reloaded}");
+    assert_eq!(
+        reloaded["changed"].as_array().unwrap().len(),
+        1,
+        "{reloaded}"
+    );
+    assert_eq!(reloaded["changed"][0]["sellerKey"], two.as_str());
+    assert_eq!(reloaded["pluginsLoaded"][0]["name"], "ledger");
+    assert_eq!(
+        reloaded["pluginsLoaded"][0]["path"],
+        installed.display().to_string()
+    );
+    // The new version is mapped from its own (deleted) copy, beside the first one.
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", seller.id())).unwrap();
+    let copy = format!("dazaar-{}-", seller.id());
+    assert!(
+        maps.lines()
+            .any(|l| l.contains(&copy) && l.contains("libdazaar_ledger.so")),
+        "no mapping of the ledger library's new version"
+    );
+    // The buyer stays, valid through the new version.
+    t.append(&t.f2);
+    synced(&live2, 6);
+}
+
+/// A plugin the config names is looked for in the config's `plugin_dir`, then
+/// `--plugin-dir`, then next to the `dazaar` binary, then /usr/lib/dazaar/plugins;
+/// `plugins list` shows where each was found, and the seller loads them from there.
+#[test]
+fn plugins_are_searched_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg_dir, flag_dir) = (
+        dir.path().join("cfg-plugins"),
+        dir.path().join("flag-plugins"),
+    );
+    for d in [&cfg_dir, &flag_dir] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    // The config's directory wins over the flag's for ledger; free is only in the flag's.
+    dazaar_tests::copy_plugin("ledger", &cfg_dir, None);
+    dazaar_tests::copy_plugin("ledger", &flag_dir, None);
+    dazaar_tests::copy_plugin("free", &flag_dir, None);
+    let feed = dir.path().join("feed");
+    make_text_feed(&feed, 2);
+    let config = dir.path().join("dazaar.toml");
+    let ledger = format!("file = {:?}", s(&dir.path().join("ledger.jsonl")));
+    let text = format!(
+        "data_dir = {:?}\nplugin_dir = {:?}\n\n[discovery]\ndht = false\nmdns = false\n{}\n[[sell.payment]]\nplugin = \"free\"\ncurrency = \"credits\"\namount = \"1\"\nunit = \"seconds\"\ninterval = \"1\"\n\n[[buy.payment]]\nplugin = \"lnd\"\n\n[[buy.payment]]\nplugin = \"nope\"\n",
+        s(&dir.path().join("seller")),
+        s(&cfg_dir),
+        sell_table(&feed, "one", 0, "ledger", 1, &ledger),
+    );
+    std::fs::write(&config, text).unwrap();
+    let o = dazaar(&[
+        "--config",
+        s(&config),
+        "plugins",
+        "list",
+        "--json",
+        "--plugin-dir",
+        s(&flag_dir),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let bin_dir = dazaar_tests::dazaar_binary().parent().unwrap().to_owned();
+    let file = |d: &Path, name: &str| {
+        d.join(dazaar::payments::plugin_file_name(name))
+            .display()
+            .to_string()
+    };
+    assert_eq!(
+        v["search"],
+        serde_json::json!([
+            s(&cfg_dir),
+            s(&flag_dir),
+            s(&bin_dir),
+            "/usr/lib/dazaar/plugins"
+        ])
+    );
+    assert_eq!(
+        v["named"],
+        serde_json::json!([
+            {"name": "ledger", "path": file(&cfg_dir, "ledger")},
+            {"name": "free", "path": file(&flag_dir, "free")},
+            {"name": "lnd", "path": file(&bin_dir, "lnd")},
+            {"name": "nope", "path": null},
+        ])
+    );
+
+    // The seller finds free in the flag's directory, and without the flag next to the
+    // binary.
+    for flag in [Some(&flag_dir), None] {
+        let mut args = vec!["--config", s(&config), "sell", "--json"];
+        if let Some(d) = flag {
+            args.extend(["--plugin-dir", s(d)]);
+        }
+        let mut seller = Proc::spawn(dazaar_cmd(&args));
+        seller.event("listening", Duration::from_secs(20));
+        seller.stop();
+    }
+    // Gone from both directories, ledger is found next to the binary.
+    std::fs::remove_file(file(&cfg_dir, "ledger")).unwrap();
+    std::fs::remove_file(file(&flag_dir, "ledger")).unwrap();
+    let o = dazaar(&["--config", s(&config), "plugins", "list", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["named"][0]["path"], file(&bin_dir, "ledger"));
+}
