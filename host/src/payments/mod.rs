@@ -62,5 +62,5 @@ pub use registry::{
     now_ms, LoadFailure, OpenedVerifier, PaymentError, PluginRegistry, PUBLIC_BUSY,
     PUBLIC_UNAVAILABLE,
 };
-pub use setup::{card_entry, open_entry, terms_for, PaymentSpec, SetupError};
+pub use setup::{card_entry, open_entry, terms_for, PaymentSpec, SetupError, ANY_METHOD};
 pub use wire::{encode_user_message, parse_user_message, WireError, MAX_USER_MESSAGE};

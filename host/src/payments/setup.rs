@@ -57,9 +57,16 @@ pub struct PaymentSpec<'a> {
     pub state: Option<&'a StateScope>,
 }
 
+/// The method a plugin lists (besides its default ones) to say that it serves whatever
+/// card method the seller names: its verifier decides at run time (the `exec` plugin runs
+/// a program of the seller's). Only a seller's entry uses it; a buyer's host never picks
+/// such a plugin for a card by this wildcard.
+pub const ANY_METHOD: &str = "*";
+
 /// The card entry of `price` sold through `plugin`: the method is `method` when given,
-/// else the plugin's first method (the plugin's name only for a plugin that lists none);
-/// the plugin must serve that method with the entry's currency, and the price must be one
+/// else the plugin's first method other than [`ANY_METHOD`] (the plugin's name only for
+/// a plugin that lists none); the plugin must serve that method (a plugin listing
+/// [`ANY_METHOD`] serves any) with the entry's currency, and the price must be one
 /// [`Price::from_card`] reads.
 pub fn terms_for(
     plugin: &LoadedPlugin,
@@ -68,10 +75,13 @@ pub fn terms_for(
 ) -> Result<PaymentTerms, SetupError> {
     let mut terms = price.clone();
     let method = method
-        .or_else(|| plugin.methods().next())
+        .or_else(|| plugin.methods().find(|m| *m != ANY_METHOD))
         .unwrap_or(plugin.name());
     terms.method = method.into();
-    if !plugin.serves(&terms.method, &terms.currency) {
+    let any_method = plugin.methods().any(|m| m == ANY_METHOD);
+    if !(plugin.serves(&terms.method, &terms.currency)
+        || any_method && plugin.serves(ANY_METHOD, &terms.currency))
+    {
         return Err(SetupError::NotServed {
             plugin: plugin.name().to_owned(),
             method: terms.method.to_string(),
