@@ -52,6 +52,7 @@ pub(crate) use loader::is_plugin_name;
 pub use loader::{plugin_file_name, LoadError, LoadedPlugin};
 
 pub use crate::card::{terms_from_card, terms_to_card};
+pub use dazaar_plugin_api::{ANY_METHOD, HOST_DESCRIBE_MESSAGE, HOST_MESSAGE_PREFIX};
 pub use gate::{
     GateStats, MessageBudget, MessageRefusal, Now, PaymentEntry, PaymentGate, Validation,
     REFUSED_MESSAGE,
@@ -62,5 +63,5 @@ pub use registry::{
     now_ms, LoadFailure, OpenedVerifier, PaymentError, PluginRegistry, PUBLIC_BUSY,
     PUBLIC_UNAVAILABLE,
 };
-pub use setup::{card_entry, open_entry, terms_for, PaymentSpec, SetupError, ANY_METHOD};
+pub use setup::{card_entry, open_entry, terms_for, PaymentSpec, SetupError};
 pub use wire::{encode_user_message, parse_user_message, WireError, MAX_USER_MESSAGE};

@@ -22,9 +22,10 @@
 //!                              # first call is not taken as hung within this time
 //! log_file = "..."             # the plugin's own log (optional), log_level = "info"
 //! ```
-//! Card method: `exec` unless the sell entry names one (the plugin lists the wildcard
-//! method `*`: its program decides what it serves); any currency. The verifier's
-//! `describe` answer is logged when it starts.
+//! Card method: the sell entry's, else the first method of the verifier's `describe`
+//! answer (the host asks, `HOST_DESCRIBE_MESSAGE`; the entry's currency must then be one
+//! it lists, if it lists any), else `exec`. The plugin lists the wildcard method `*`
+//! (`ANY_METHOD`): its program decides what it serves.
 
 pub mod process;
 pub mod protocol;
@@ -35,7 +36,7 @@ use std::time::Duration;
 use dazaar_plugin_api::logging::LogSettings;
 use dazaar_plugin_api::{
     expand_home, export_payment_plugin, unavailable, Backoff, Description, Grant,
-    PaymentInstructions, PaymentPlugin, Request,
+    PaymentInstructions, PaymentPlugin, Request, ANY_METHOD, HOST_DESCRIBE_MESSAGE,
 };
 use serde::Deserialize;
 use serde_json::Value;
@@ -248,7 +249,7 @@ impl PaymentPlugin for ExecPlugin {
         Description {
             name: "exec",
             version: env!("CARGO_PKG_VERSION"),
-            methods: &["exec", "*"],
+            methods: &["exec", ANY_METHOD],
             currencies: &[],
         }
     }
@@ -297,6 +298,14 @@ impl PaymentPlugin for ExecPlugin {
         name: &str,
         message: &str,
     ) -> Result<Option<(String, String)>, String> {
+        if name == HOST_DESCRIBE_MESSAGE {
+            // The host asks which card method to publish: the verifier's own answer, or
+            // none (the sell entry decides) when it does not describe.
+            return Ok(self.describe_verifier().ok().map(|d| {
+                let body = serde_json::json!({"methods": d.methods, "currencies": d.currencies});
+                (HOST_DESCRIBE_MESSAGE.to_owned(), body.to_string())
+            }));
+        }
         let answer = self.call(Op::UserMessage {
             buyer: key_hex(&req.buyer),
             seller: key_hex(&req.seller),

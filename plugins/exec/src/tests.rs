@@ -92,12 +92,43 @@ fn answers_every_op() {
         p.user_message(&other, "ping", r#"{"a":1}"#),
         Ok(Some(("echo".into(), r#"{"a":1}"#.into())))
     );
+    // The host's question is answered from `describe`, not passed on as a message.
+    let (name, body) = p
+        .user_message(&other, HOST_DESCRIBE_MESSAGE, "{}")
+        .unwrap()
+        .unwrap();
+    assert_eq!(name, HOST_DESCRIBE_MESSAGE);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap(),
+        serde_json::json!({"methods": ["Allow"], "currencies": ["EUR"]})
+    );
     let i = p.payment_request(&other, "7").unwrap();
     assert_eq!(
         (i.amount.as_deref(), i.note.as_deref()),
         (Some("7"), Some("cash"))
     );
     assert_eq!(p.supervisor().starts(), 1);
+}
+
+/// A verifier that does not describe leaves the card method to the sell entry.
+#[test]
+fn no_description_no_method() {
+    let p = open(
+        r#"
+def answer(req):
+    return [{"id": req["id"], "error": "unknown op"}]
+serve(answer)
+"#,
+        "",
+    );
+    let terms = terms();
+    let req = Request {
+        buyer: BUYER,
+        seller: SELLER,
+        terms: &terms,
+    };
+    assert_eq!(p.user_message(&req, HOST_DESCRIBE_MESSAGE, "{}"), Ok(None));
+    assert_eq!(p.validate(&req, 0), Err("unknown op".into()));
 }
 
 /// Answers for ids nobody waits for are dropped: a verifier that first answers an older

@@ -325,6 +325,67 @@ fn the_card_method_is_the_sellers_choice() {
         terms_for(&exec, None, &price).unwrap().method.as_str(),
         "exec"
     );
+    // Without a method, the verifier's `describe` names it (and the currencies it
+    // serves bound the entry's); a verifier that does not describe leaves `exec`.
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    copy_plugin("exec", &plugins, None);
+    let paid = dir.path().join("paid.json");
+    write_paid(&paid, serde_json::json!({}));
+    let script = example_verifier();
+    let config = |extra: &[&str]| {
+        let mut args = vec!["python3", s(&script), "--paid", s(&paid)];
+        args.extend_from_slice(extra);
+        let list: Vec<String> = args.iter().map(|a| toml_str(a)).collect();
+        format!("command = [{}]", list.join(", "))
+    };
+    let card_method = |config: &str, currency: &str| {
+        let mut registry = dazaar::payments::PluginRegistry::new();
+        let price = PaymentTerms::new("", currency, "1", "seconds", "1");
+        dazaar::payments::card_entry(
+            &mut registry,
+            &plugins,
+            &dazaar::payments::PaymentSpec {
+                plugin: "exec",
+                method: None,
+                price: &price,
+                config,
+                state: None,
+            },
+        )
+        .map(|t| t.method.to_string())
+        .map_err(|e| e.to_string())
+    };
+    let described = config(&["--method", "PaidFile", "--currency", "EUR"]);
+    assert_eq!(card_method(&described, "eur"), Ok("PaidFile".into()));
+    let e = card_method(&described, "USD").unwrap_err();
+    assert!(
+        e.contains("does not serve method `PaidFile` with currency `USD`"),
+        "{e}"
+    );
+    let mute = format!(
+        "command = {}",
+        python("def answer(req):\n    return [{\"id\": req[\"id\"], \"error\": \"no\"}]")
+    );
+    assert_eq!(card_method(&mute, "USD"), Ok("exec".into()));
+    // The same through `open_entry`, as `dazaar sell` opens it.
+    let mut registry = dazaar::payments::PluginRegistry::new();
+    let price = PaymentTerms::new("", "EUR", "1", "seconds", "1");
+    let entry = dazaar::payments::open_entry(
+        &mut registry,
+        &plugins,
+        &dazaar::payments::PaymentSpec {
+            plugin: "exec",
+            method: None,
+            price: &price,
+            config: &described,
+            state: None,
+        },
+        limits(),
+    )
+    .unwrap();
+    assert_eq!(entry.terms.method.as_str(), "PaidFile");
     let ledger = support::load("ledger");
     assert!(terms_for(&ledger, Some("PaidFile"), &price).is_err());
     assert_eq!(
