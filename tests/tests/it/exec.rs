@@ -393,3 +393,60 @@ fn the_card_method_is_the_sellers_choice() {
         "ledger"
     );
 }
+
+/// A peer cannot ask the host's own questions: its `dazaar-host/...` messages never reach
+/// the plugin (the example verifier would describe itself), while other names do.
+#[tokio::test]
+async fn peers_cannot_send_host_messages() {
+    use dazaar::payments::{PaymentTerms, UserMessage, HOST_DESCRIBE_MESSAGE};
+    let dir = tempfile::tempdir().unwrap();
+    let paid = dir.path().join("paid.json");
+    write_paid(&paid, serde_json::json!({}));
+    let config = format!(
+        "command = [{}]",
+        ["python3", s(&example_verifier()), "--paid", s(&paid)]
+            .map(toml_str)
+            .join(", ")
+    );
+    let v = support::open("exec", &config, limits());
+    let gate = support::gate(
+        &v,
+        std::sync::Arc::new(PaymentTerms::new("exec", "EUR", "1", "seconds", "1")),
+        Duration::from_secs(1),
+    );
+    let ask = |name: &str| UserMessage {
+        name: name.into(),
+        message: "{}".into(),
+    };
+    // Directly (as the host asks when it builds the card): described.
+    let direct = v
+        .user_message(
+            BUYER,
+            SELLER,
+            &gate.entries()[0].terms,
+            ask(HOST_DESCRIBE_MESSAGE),
+        )
+        .unwrap()
+        .expect("a description");
+    assert!(direct.message.as_str().contains("\"methods\""));
+    // From a peer: not answered.
+    let mut budget = gate.message_budget();
+    let ip = Some(std::net::IpAddr::from([127, 0, 0, 1]));
+    let t0 = std::time::Instant::now();
+    let from_peer = gate
+        .answer_message(
+            BUYER,
+            SELLER,
+            ip,
+            &mut budget,
+            &ask(HOST_DESCRIBE_MESSAGE),
+            t0,
+        )
+        .await;
+    assert_eq!(from_peer, Ok(None));
+    // Other names go to the verifier (which handles none).
+    let other = gate
+        .answer_message(BUYER, SELLER, ip, &mut budget, &ask("my-pay-request"), t0)
+        .await;
+    assert_eq!(other, Ok(None));
+}
