@@ -522,7 +522,9 @@ fn forward_stderr(stderr: ChildStderr, pid: u32) {
             .chars()
             .map(|c| if c.is_control() { ' ' } else { c })
             .collect();
-        tracing::info!(pid, "verifier: {text}");
+        // Warn: what a program writes to stderr is most often trouble (a traceback), and
+        // a seller logs warnings by default.
+        tracing::warn!(pid, "verifier: {text}");
     }
     if dropped > 0 {
         tracing::warn!(pid, dropped, "dropped verifier stderr lines (too many)");

@@ -109,7 +109,6 @@ fn python_verifier_decides_and_survives_kill_9() {
         "200",
         "--json",
     ]);
-    cmd.env("RUST_LOG", "info");
     let seller = Proc::spawn_with_stderr(
         cmd,
         Stdio::from(std::fs::File::create(&seller_log).unwrap()),
