@@ -86,7 +86,7 @@ fn python_verifier_decides_and_survives_kill_9() {
     let config = format!("command = [{command}]\nrestart_min_ms = 1500\nrestart_max_ms = 1500");
     let seller_log = dir.path().join("seller.log");
     let seller_data = dir.path().join("seller");
-    let mut cmd = dazaar_cmd(&[
+    let cmd = dazaar_cmd(&[
         "--data-dir",
         s(&seller_data),
         "sell",
