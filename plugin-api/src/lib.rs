@@ -113,6 +113,24 @@ pub fn unavailable(detail: impl std::fmt::Display) -> String {
     format!("{UNAVAILABLE_PREFIX}{detail}")
 }
 
+/// The card method a plugin lists (besides its default ones) to say that it serves
+/// whatever method the seller names, its verifier deciding at run time (the `exec`
+/// plugin, which runs a program of the seller's). Only a seller's entry uses it: a
+/// buyer's host never picks a plugin for a card by this wildcard.
+pub const ANY_METHOD: &str = "*";
+
+/// The `user_message` names that start with this are the host's own calls to a plugin,
+/// never a peer's (the host drops peers' messages with such names).
+pub const HOST_MESSAGE_PREFIX: &str = "dazaar-host/";
+
+/// The host's question to an opened verifier of a plugin that lists [`ANY_METHOD`]:
+/// which card methods and currencies do you serve? (a `user_message` with this name and
+/// the body `{}`, buyer and seller keys zero). A plugin that knows answers with a reply of
+/// the same name and the body `{"methods":[...],"currencies":[...]}` (methods first the
+/// default; no currencies: any); `None` (or an error) leaves the card method to the sell
+/// entry. A plain convention on the existing ABI.
+pub const HOST_DESCRIBE_MESSAGE: &str = "dazaar-host/describe";
+
 #[cfg(test)]
 mod str_prefix_tests {
     use super::str_prefix;

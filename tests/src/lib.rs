@@ -146,6 +146,7 @@ pub fn target_dir() -> PathBuf {
 const PACKAGES: &[(&str, &str)] = &[
     ("free", "dazaar-free"),
     ("ledger", "dazaar-ledger"),
+    ("exec", "dazaar-exec"),
     ("fiat_stripe", "dazaar-fiat-stripe"),
     ("eos", "dazaar-eos"),
     ("lnd", "dazaar-lnd"),

@@ -508,6 +508,13 @@ impl PaymentGate {
         now: Instant,
     ) -> Result<Option<UserMessage>, MessageRefusal> {
         let lane = self.admit_message(buyer, seller, ip, budget, now)?;
+        if message
+            .name
+            .starts_with(dazaar_plugin_api::HOST_MESSAGE_PREFIX)
+        {
+            // The host's own calls to plugins: never a peer's to make.
+            return Ok(None);
+        }
         let mut last_err = None;
         for entry in &self.entries {
             let result = entry

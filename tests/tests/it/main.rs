@@ -16,6 +16,7 @@ mod support;
 mod config;
 mod discovery;
 mod eos;
+mod exec;
 mod feed;
 mod hostile;
 mod hostile_memory;
