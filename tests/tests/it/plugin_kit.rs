@@ -362,18 +362,67 @@ fn a_scaffolded_plugin_builds_lists_answers_and_conforms() {
     assert_eq!(out.status.code(), Some(1));
 }
 
+/// The scaffold's own tests (unit tests, and the kit tests that load the built library)
+/// pass. Ignored by default: it compiles the host library for the scaffold (minutes on a
+/// cold cache); run it with `cargo test -p dazaar-tests --test it -- --ignored
+/// plugin_kit::`.
+#[test]
+#[ignore = "compiles the host library for the scaffold; run with --ignored"]
+fn a_scaffolded_plugin_passes_its_own_tests() {
+    let dir = tempfile::tempdir().unwrap();
+    let crate_dir = dir.path().join("allowed");
+    let api = repo_root().join("plugin-api");
+    let out = run(&[
+        "plugins",
+        "new",
+        "allowed",
+        "--dir",
+        crate_dir.to_str().unwrap(),
+        "--api-path",
+        api.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let out = scaffold_cargo(&crate_dir, &["test", "--offline", "--quiet"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("the_plugin_passes_the_conformance_battery ... ok")
+            || text.contains("test result: ok. 3 passed"),
+        "{text}"
+    );
+}
+
 /// Builds a scaffolded crate with `cargo build --release --offline`: the workspace's lock
 /// file pins the versions (every crate it needs is one the workspace built, so it is in
 /// the local registry cache), and the target directory stays under the tests' target, so
 /// a second run only rebuilds the plugin.
 fn build_scaffold(crate_dir: &Path, name: &str) -> PathBuf {
+    let out = scaffold_cargo(crate_dir, &["build", "--release", "--offline", "--quiet"]);
+    assert!(
+        out.status.success(),
+        "cargo build of the scaffold failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let library = scaffold_target_dir()
+        .join("release")
+        .join(dazaar::payments::plugin_file_name(name));
+    assert!(library.is_file(), "{} was not built", library.display());
+    library
+}
+
+/// Runs cargo with `args` in a scaffolded crate, with the workspace's lock file and the
+/// scaffolds' target directory.
+fn scaffold_cargo(crate_dir: &Path, args: &[&str]) -> Output {
     std::fs::copy(repo_root().join("Cargo.lock"), crate_dir.join("Cargo.lock")).unwrap();
-    let target = scaffold_target_dir();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--release", "--offline", "--quiet"])
+    cmd.args(args)
         .current_dir(crate_dir)
-        .env("CARGO_TARGET_DIR", &target);
+        .env("CARGO_TARGET_DIR", scaffold_target_dir());
     // This process's package variables would leak into the nested build.
     for (key, _) in std::env::vars_os() {
         let Some(k) = key.to_str() else { continue };
@@ -386,17 +435,7 @@ fn build_scaffold(crate_dir: &Path, name: &str) -> PathBuf {
             cmd.env_remove(&key);
         }
     }
-    let out = cmd.output().expect("run cargo");
-    assert!(
-        out.status.success(),
-        "cargo build of the scaffold failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let library = target
-        .join("release")
-        .join(dazaar::payments::plugin_file_name(name));
-    assert!(library.is_file(), "{} was not built", library.display());
-    library
+    cmd.output().expect("run cargo")
 }
 
 /// `<tests' target>/plugin-scaffold`: kept between runs (its dependencies build once).
