@@ -430,7 +430,7 @@ fn scaffold_cargo(crate_dir: &Path, args: &[&str]) -> Output {
             || k.starts_with("CARGO_MANIFEST_")
             || k.starts_with("CARGO_CRATE_")
             || k.starts_with("CARGO_BIN_")
-            || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "RUSTFLAGS"].contains(&k)
+            || ["CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR"].contains(&k)
         {
             cmd.env_remove(&key);
         }
