@@ -1,5 +1,6 @@
 //! `dazaar plugins ...` (list, check, try, conformance, new).
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -7,8 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Subcommand;
 use dazaar::payments::{
-    now_ms, run_conformance, scaffold_plugin, try_plugin, ConformanceOptions, LoadedPlugin,
-    PluginRegistry, TrialCall,
+    child_line, now_ms, report_from_child, run_conformance_reporting, scaffold_plugin, try_plugin,
+    ConformanceOptions, LoadedPlugin, PluginRegistry, TrialCall,
 };
 
 use super::common::{parse_key, Common};
@@ -54,6 +55,11 @@ pub enum PluginsCmd {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Run the battery in this process, printing one JSON line per check (what the
+        /// command runs in a child process, so a plugin that aborts fails a check
+        /// instead of ending the command).
+        #[arg(long, hide = true)]
+        child: bool,
     },
     /// Write a new plugin crate (an allow-list verifier, with tests and a README) that
     /// `cargo build --release` turns into libdazaar_NAME.so.
@@ -165,6 +171,58 @@ fn plugin_line(p: &LoadedPlugin) -> String {
     )
 }
 
+/// Runs the battery in a child process (this binary with `--child`), so a plugin that
+/// aborts or crashes the process fails the check it was in instead of ending the command.
+fn conformance_in_child(
+    file: &std::path::Path,
+    options: &ConformanceOptions,
+) -> anyhow::Result<dazaar::payments::ConformanceReport> {
+    let exe = std::env::current_exe().context("cannot find this program to run the battery")?;
+    let out = std::process::Command::new(exe)
+        .args(["plugins", "conformance", "--child"])
+        // One argument, so a table starting with `-` stays a value.
+        .arg(format!("--plugin-config={}", options.config))
+        .arg("--timeout-ms")
+        .arg(options.timeout.as_millis().to_string())
+        .arg("--buyers")
+        .arg(options.random_buyers.to_string())
+        .arg("--")
+        .arg(file)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .context("cannot run the battery's process")?;
+    let died = (!out.status.success()).then(|| exit_text(out.status));
+    Ok(report_from_child(
+        file,
+        options,
+        &String::from_utf8_lossy(&out.stdout),
+        died.as_deref(),
+    ))
+}
+
+/// How a process ended, in a few words.
+fn exit_text(status: std::process::ExitStatus) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        if let Some(signal) = status.signal() {
+            let name = match signal {
+                libc::SIGABRT => " (SIGABRT)",
+                libc::SIGSEGV => " (SIGSEGV)",
+                libc::SIGKILL => " (SIGKILL)",
+                libc::SIGBUS => " (SIGBUS)",
+                _ => "",
+            };
+            return format!("killed by signal {signal}{name}");
+        }
+    }
+    match status.code() {
+        Some(code) => format!("exit status {code}"),
+        None => "ended abnormally".to_owned(),
+    }
+}
+
 /// Runs a plugin command.
 pub fn run(common: &Common, cmd: PluginsCmd) -> anyhow::Result<ExitCode> {
     match cmd {
@@ -226,6 +284,7 @@ pub fn run(common: &Common, cmd: PluginsCmd) -> anyhow::Result<ExitCode> {
             timeout_ms,
             buyers,
             json,
+            child,
         } => {
             let options = ConformanceOptions {
                 config: plugin_config,
@@ -233,7 +292,15 @@ pub fn run(common: &Common, cmd: PluginsCmd) -> anyhow::Result<ExitCode> {
                 random_buyers: buyers,
                 ..ConformanceOptions::default()
             };
-            let report = run_conformance(&file, &options);
+            if child {
+                run_conformance_reporting(&file, &options, &mut |plugin, check| {
+                    let mut out = std::io::stdout().lock();
+                    let _ = writeln!(out, "{}", child_line(plugin, check));
+                    let _ = out.flush();
+                });
+                return Ok(ExitCode::SUCCESS);
+            }
+            let report = conformance_in_child(&file, &options)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&report.to_json())?);
             } else {

@@ -18,6 +18,10 @@
 //!
 //! The battery is bounded: each call waits at most the call timeout, and a check stops
 //! after a few timeouts instead of waiting on a hung plugin for every buyer.
+//!
+//! `dazaar plugins conformance` runs the battery in a child process that prints each
+//! check as it ends ([`run_conformance_reporting`], [`child_line`]); if a plugin aborts
+//! that process, [`report_from_child`] fails the check it was in.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -110,6 +114,96 @@ pub struct CheckResult {
     pub detail: String,
 }
 
+impl CheckResult {
+    /// `{"name":..,"status":"pass"|"fail"|"skipped","passed":bool,"detail":..}`.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "name": self.name,
+            "status": self.status.word(),
+            "passed": self.status == CheckStatus::Pass,
+            "detail": self.detail,
+        })
+    }
+
+    /// Reads [`to_json`](Self::to_json)'s object back.
+    pub fn from_json(value: &serde_json::Value) -> Option<CheckResult> {
+        let status = match value.get("status")?.as_str()? {
+            "pass" => CheckStatus::Pass,
+            "fail" => CheckStatus::Fail,
+            "skipped" => CheckStatus::Skipped,
+            _ => return None,
+        };
+        Some(CheckResult {
+            name: value.get("name")?.as_str()?.to_owned(),
+            status,
+            detail: value.get("detail")?.as_str()?.to_owned(),
+        })
+    }
+}
+
+/// The most check lines read from a child battery (there are 7 checks).
+const MAX_CHILD_LINES: usize = 64;
+
+/// One line a child battery prints per check: `{"plugin":NAME|null,"check":{...}}`.
+pub fn child_line(plugin: Option<&str>, check: &CheckResult) -> String {
+    serde_json::json!({ "plugin": plugin, "check": check.to_json() }).to_string()
+}
+
+/// The report of a battery run in a child process that printed each check as a
+/// [`child_line`] as it finished. `died` says how the child ended when it
+/// did not end normally (a signal, an abort): the check it was running fails with that,
+/// since a panic or an abort that escapes a plugin takes the seller down too, and the
+/// checks after it are skipped.
+pub fn report_from_child(
+    path: &Path,
+    options: &ConformanceOptions,
+    lines: &str,
+    died: Option<&str>,
+) -> ConformanceReport {
+    let names = check_names(options);
+    let mut plugin = None;
+    let mut checks: Vec<CheckResult> = Vec::new();
+    for line in lines.lines().take(MAX_CHILD_LINES) {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if let Some(name) = v.get("plugin").and_then(|p| p.as_str()) {
+            plugin = Some(name.to_owned());
+        }
+        if let Some(check) = v.get("check").and_then(CheckResult::from_json) {
+            if checks.len() < names.len() {
+                checks.push(check);
+            }
+        }
+    }
+    if checks.len() < names.len() {
+        let why = match died {
+            Some(how) => format!(
+                "the plugin took the battery's process down ({how}): a seller running it would go down too"
+            ),
+            None => "the battery stopped before this check".to_owned(),
+        };
+        let failed = checks.len();
+        checks.push(CheckResult {
+            name: names[failed].clone(),
+            status: CheckStatus::Fail,
+            detail: why,
+        });
+        for name in &names[failed + 1..] {
+            checks.push(CheckResult {
+                name: name.clone(),
+                status: CheckStatus::Skipped,
+                detail: "the battery's process died".to_owned(),
+            });
+        }
+    }
+    ConformanceReport {
+        file: path.to_path_buf(),
+        plugin,
+        checks,
+    }
+}
+
 /// The battery's outcome for one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConformanceReport {
@@ -133,12 +227,7 @@ impl ConformanceReport {
             "file": self.file.display().to_string(),
             "plugin": self.plugin,
             "passed": self.passed(),
-            "checks": self.checks.iter().map(|c| serde_json::json!({
-                "name": c.name,
-                "status": c.status.word(),
-                "passed": c.status == CheckStatus::Pass,
-                "detail": c.detail,
-            })).collect::<Vec<_>>(),
+            "checks": self.checks.iter().map(CheckResult::to_json).collect::<Vec<_>>(),
         })
     }
 
@@ -327,8 +416,65 @@ impl Said<'_> {
     }
 }
 
+/// The checks of the battery, in the order they run (their names in the report).
+pub fn check_names(options: &ConformanceOptions) -> Vec<String> {
+    vec![
+        "loads and describes".to_owned(),
+        "garbage config refused".to_owned(),
+        "opens with the given config".to_owned(),
+        format!("{} random buyers refused", options.random_buyers),
+        format!("{} threads agree", options.threads),
+        "panics contained".to_owned(),
+        "marker secret not leaked".to_owned(),
+    ]
+}
+
+/// The report being written, told check by check to whoever watches.
+struct Recorder<'a> {
+    report: ConformanceReport,
+    names: Vec<String>,
+    on_check: &'a mut dyn FnMut(Option<&str>, &CheckResult),
+}
+
+impl Recorder<'_> {
+    /// Records the next check's outcome.
+    fn push(&mut self, status: CheckStatus, detail: String) {
+        let name = self
+            .names
+            .get(self.report.checks.len())
+            .cloned()
+            .unwrap_or_default();
+        let check = CheckResult {
+            name,
+            status,
+            detail,
+        };
+        (self.on_check)(self.report.plugin.as_deref(), &check);
+        self.report.checks.push(check);
+    }
+
+    /// Records the next checks as skipped, up to (not including) check `until`.
+    fn skip_until(&mut self, until: usize, why: &str) {
+        while self.report.checks.len() < until.min(self.names.len()) {
+            self.push(CheckStatus::Skipped, why.to_owned());
+        }
+    }
+}
+
 /// Runs the battery on the library at `path`.
 pub fn run_conformance(path: &Path, options: &ConformanceOptions) -> ConformanceReport {
+    run_conformance_reporting(path, options, &mut |_, _| {})
+}
+
+/// [`run_conformance`], calling `on_check` with the plugin's name (once loaded) and each
+/// check as soon as it is done, so a parent process learns how far a battery got before
+/// a plugin took its process down: print [`child_line`]s and read them back with
+/// [`report_from_child`].
+pub fn run_conformance_reporting(
+    path: &Path,
+    options: &ConformanceOptions,
+    on_check: &mut dyn FnMut(Option<&str>, &CheckResult),
+) -> ConformanceReport {
     let marker = format!("dazaar-conformance-secret-{:016x}", rand::random::<u64>());
     let watch = MarkerWatch::start(&marker);
     let mut said = Said {
@@ -336,36 +482,16 @@ pub fn run_conformance(path: &Path, options: &ConformanceOptions) -> Conformance
         texts: 0,
         leaks: Vec::new(),
     };
-    let mut report = ConformanceReport {
-        file: path.to_path_buf(),
-        plugin: None,
-        checks: Vec::new(),
-    };
-    let push = |report: &mut ConformanceReport, name: &str, status, detail: String| {
-        report.checks.push(CheckResult {
-            name: name.to_owned(),
-            status,
-            detail,
-        });
-    };
-    let random_name = format!("{} random buyers refused", options.random_buyers);
-    let threads_name = format!("{} threads agree", options.threads);
-    let later = [
-        "garbage config refused",
-        "opens with the given config",
-        random_name.as_str(),
-        threads_name.as_str(),
-        "panics contained",
-        "marker secret not leaked",
-    ];
-    let skip = |report: &mut ConformanceReport, names: std::ops::Range<usize>, why: &str| {
-        for name in &later[names] {
-            report.checks.push(CheckResult {
-                name: (*name).to_owned(),
-                status: CheckStatus::Skipped,
-                detail: why.to_owned(),
-            });
-        }
+    let names = check_names(options);
+    let all = names.len();
+    let mut rec = Recorder {
+        report: ConformanceReport {
+            file: path.to_path_buf(),
+            plugin: None,
+            checks: Vec::new(),
+        },
+        names,
+        on_check,
     };
 
     // 1. Loads and describes.
@@ -373,20 +499,15 @@ pub fn run_conformance(path: &Path, options: &ConformanceOptions) -> Conformance
         Ok(p) => Arc::new(p),
         Err(e) => {
             said.saw("the load error", &e.to_string());
-            push(
-                &mut report,
-                "loads and describes",
-                CheckStatus::Fail,
-                e.to_string(),
-            );
-            skip(&mut report, 0..later.len(), "the plugin did not load");
-            return report;
+            rec.push(CheckStatus::Fail, e.to_string());
+            rec.skip_until(all, "the plugin did not load");
+            return rec.report;
         }
     };
-    report.plugin = Some(plugin.name().to_owned());
+    rec.report.plugin = Some(plugin.name().to_owned());
     plugin.set_log_level(5);
     let (status, detail) = describe_check(&plugin);
-    push(&mut report, "loads and describes", status, detail);
+    rec.push(status, detail);
 
     let limits = CallLimits {
         timeout: options.timeout,
@@ -396,15 +517,13 @@ pub fn run_conformance(path: &Path, options: &ConformanceOptions) -> Conformance
 
     // 2. Garbage config refused.
     let (status, detail) = garbage_check(&plugin, &marker, limits, &mut said);
-    push(&mut report, "garbage config refused", status, detail);
+    rec.push(status, detail);
 
     // 3. Opens with the given config.
     let config = options.config.replace(MARKER_PLACEHOLDER, &marker);
     let verifier = match plugin.open(&config, limits) {
         Ok(v) => {
-            push(
-                &mut report,
-                "opens with the given config",
+            rec.push(
                 CheckStatus::Pass,
                 if options.config.contains(MARKER_PLACEHOLDER) {
                     "opened (with the marker in the config)".to_owned()
@@ -416,38 +535,33 @@ pub fn run_conformance(path: &Path, options: &ConformanceOptions) -> Conformance
         }
         Err(e) => {
             said.error("the open error", &e);
-            push(
-                &mut report,
-                "opens with the given config",
-                CheckStatus::Fail,
-                e.to_string(),
-            );
-            skip(&mut report, 2..later.len() - 1, "the plugin did not open");
+            rec.push(CheckStatus::Fail, e.to_string());
+            rec.skip_until(all - 1, "the plugin did not open");
             let (status, detail) = marker_status(&said, &watch);
-            push(&mut report, "marker secret not leaked", status, detail);
+            rec.push(status, detail);
             plugin.set_log_level(super::loader::host_log_level());
-            return report;
+            return rec.report;
         }
     };
     let terms = Arc::new(default_terms(&plugin));
 
     // 4. Random buyers refused.
     let (status, detail) = random_buyers_check(&verifier, &terms, options, &mut said);
-    push(&mut report, &random_name, status, detail);
+    rec.push(status, detail);
 
     // 5. Threads agree.
     let (status, detail) = threads_check(&verifier, &terms, options, &mut said);
-    push(&mut report, &threads_name, status, detail);
+    rec.push(status, detail);
 
     // 6. Panics contained.
     let (status, detail) = hostile_check(&verifier, &terms, &mut said);
-    push(&mut report, "panics contained", status, detail);
+    rec.push(status, detail);
 
     // 7. Marker secret not leaked.
     let (status, detail) = marker_status(&said, &watch);
-    push(&mut report, "marker secret not leaked", status, detail);
+    rec.push(status, detail);
     plugin.set_log_level(super::loader::host_log_level());
-    report
+    rec.report
 }
 
 fn marker_status(said: &Said<'_>, watch: &MarkerWatch) -> (CheckStatus, String) {
@@ -862,6 +976,45 @@ fn hostile_check(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_child_that_died_fails_the_check_it_was_running() {
+        let options = ConformanceOptions::default();
+        let first = CheckResult {
+            name: "loads and describes".into(),
+            status: CheckStatus::Pass,
+            detail: "x 1".into(),
+        };
+        let lines = format!("{}\nnot json\n", child_line(Some("x"), &first));
+        let r = report_from_child(Path::new("x.so"), &options, &lines, Some("signal 6"));
+        assert_eq!(r.plugin.as_deref(), Some("x"));
+        assert_eq!(r.checks.len(), 7);
+        assert_eq!(r.checks[0], first);
+        assert_eq!(r.checks[1].status, CheckStatus::Fail);
+        assert!(
+            r.checks[1].detail.contains("signal 6"),
+            "{}",
+            r.checks[1].detail
+        );
+        assert!(r.checks[2..]
+            .iter()
+            .all(|c| c.status == CheckStatus::Skipped));
+        assert!(!r.passed());
+        // A complete run is read back as it was.
+        let all: Vec<String> = check_names(&options)
+            .into_iter()
+            .map(|name| {
+                let check = CheckResult {
+                    name,
+                    status: CheckStatus::Pass,
+                    detail: "ok".into(),
+                };
+                child_line(None, &check)
+            })
+            .collect();
+        let r = report_from_child(Path::new("x.so"), &options, &all.join("\n"), None);
+        assert!(r.passed(), "{}", r.to_table());
+    }
 
     #[test]
     fn buyers_are_replayable_and_distinct() {

@@ -65,8 +65,8 @@ pub use loader::{plugin_file_name, LoadError, LoadedPlugin};
 
 pub use crate::card::{terms_from_card, terms_to_card};
 pub use conformance::{
-    run_conformance, CheckResult, CheckStatus, ConformanceOptions, ConformanceReport,
-    MARKER_PLACEHOLDER,
+    check_names, child_line, report_from_child, run_conformance, run_conformance_reporting,
+    CheckResult, CheckStatus, ConformanceOptions, ConformanceReport, MARKER_PLACEHOLDER,
 };
 pub use gate::{
     GateStats, MessageBudget, MessageRefusal, Now, PaymentEntry, PaymentGate, Validation,

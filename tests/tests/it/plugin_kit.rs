@@ -172,6 +172,35 @@ fn conformance_on_the_command_line_prints_a_table_and_exits_non_zero_on_failure(
     assert_eq!(json["checks"].as_array().unwrap().len(), 7);
 }
 
+/// A plugin that aborts the process (no guard catches that) fails the check it was in;
+/// the command still reports, because the battery runs in a child process.
+#[test]
+fn a_plugin_that_aborts_fails_the_check_it_was_in() {
+    let faulty = plugin_library("faulty");
+    let out = run(&[
+        "plugins",
+        "conformance",
+        faulty.to_str().unwrap(),
+        "--plugin-config",
+        "mode = \"abort\"",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let json = stdout_json(&out);
+    assert_eq!(json["plugin"], "faulty");
+    let checks = json["checks"].as_array().unwrap();
+    assert_eq!(checks.len(), 7);
+    assert_eq!(checks[2]["status"], "pass", "{json}");
+    assert_eq!(checks[3]["name"], "1000 random buyers refused");
+    assert_eq!(checks[3]["status"], "fail");
+    let detail = checks[3]["detail"].as_str().unwrap();
+    assert!(detail.contains("SIGABRT"), "{detail}");
+    assert!(
+        checks[4..].iter().all(|c| c["status"] == "skipped"),
+        "{json}"
+    );
+}
+
 #[test]
 fn try_answers_validate_payment_request_and_user_message() {
     let _lock = faulty_plugin_lock();
