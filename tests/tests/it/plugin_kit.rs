@@ -296,6 +296,17 @@ fn the_test_kit_drives_a_plugin_with_virtual_time() {
     assert!(lapsed.is_refusal(), "{lapsed}");
     assert!(plugin.validate([1; 32]).unwrap_err().is_refusal());
     assert!(plugin.verifier().calls_made() >= 4);
+    // The card entry's fields can be changed: at 2 per second the payment bought 5 s.
+    plugin.set_now_ms(paid_at);
+    plugin
+        .set_terms_json(&serde_json::json!({"amount": "2"}))
+        .unwrap();
+    assert_eq!(plugin.terms().amount.as_str(), "2");
+    assert_eq!(plugin.validate(buyer).unwrap(), Grant::time_ms(5_000));
+    assert!(plugin.set_terms_json(&serde_json::json!(["x"])).is_err());
+    assert!(plugin
+        .set_terms_json(&serde_json::json!({"amount": []}))
+        .is_err());
 }
 
 /// The done-when of the developer kit: a plugin scaffolded by `plugins new` builds, is
