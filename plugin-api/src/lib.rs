@@ -132,6 +132,18 @@ pub const HOST_MESSAGE_PREFIX: &str = "dazaar-host/";
 pub const HOST_DESCRIBE_MESSAGE: &str = "dazaar-host/describe";
 
 #[cfg(test)]
+mod version_tests {
+    /// The crate is published under the API version it defines: `dazaar-plugin-api =
+    /// "1.3"` is "plugin API 1.3".
+    #[test]
+    fn the_crate_version_is_the_api_version() {
+        assert_eq!(env!("CARGO_PKG_VERSION"), super::API_VERSION_STRING);
+        let api = super::API_VERSION;
+        assert!(super::API_VERSION_STRING.starts_with(&format!("{}.{}.", api.major, api.minor)));
+    }
+}
+
+#[cfg(test)]
 mod str_prefix_tests {
     use super::str_prefix;
 

@@ -21,6 +21,11 @@
 //! BuyerWallet::new(plugins).payment_request(buyer, seller, &card.payment, None)
 //!                                               picks a plugin for the card, asks it
 //!   .pay(buyer, seller, &card.payment, None, ask_seller) -> PaymentReport
+//! PluginHarness::open(path, config)            one library, a virtual clock: validate /
+//!   .advance(d) / .validate(buyer)             payment_request / user_message (`plugins
+//!                                              try`, the test kit dazaar-plugin-kit)
+//! run_conformance(path, &ConformanceOptions)   the `plugins conformance` battery
+//! scaffold_plugin(name, dir, api_path)         `plugins new`: a crate from host/templates
 //! ```
 //!
 //! From `dazaar.toml`: `Settings::payment_gate(&settings.sell[i], &mut registry, limits)`
@@ -35,11 +40,14 @@
 
 mod admission;
 mod buyer;
+mod conformance;
 mod gate;
+mod harness;
 mod loader;
 mod plugin_state;
 mod pool;
 mod registry;
+mod scaffold;
 mod setup;
 mod wire;
 
@@ -50,11 +58,19 @@ pub use dazaar_plugin_api::{
     unavailable, ApiVersion, Grant, GrantKind, Key, KeyBytes, PaymentInstructions, PaymentTerms,
     UserMessage, API_VERSION, UNAVAILABLE_PREFIX,
 };
+pub use harness::{
+    default_terms, error_kind, terms_with, try_plugin, HarnessError, PluginHarness, TrialAnswer,
+    TrialCall, HARNESS_SELLER, HARNESS_START_MS,
+};
 pub(crate) use loader::is_plugin_name;
 pub use loader::{plugin_file_name, LoadError, LoadedPlugin};
 
 pub use crate::card::{terms_from_card, terms_to_card};
 pub use dazaar_plugin_api::{ANY_METHOD, HOST_DESCRIBE_MESSAGE, HOST_MESSAGE_PREFIX};
+pub use conformance::{
+    check_names, child_line, report_from_child, run_conformance, run_conformance_reporting,
+    CheckResult, CheckStatus, ConformanceOptions, ConformanceReport, MARKER_PLACEHOLDER,
+};
 pub use gate::{
     GateStats, MessageBudget, MessageRefusal, Now, PaymentEntry, PaymentGate, Validation,
     REFUSED_MESSAGE,
@@ -65,5 +81,6 @@ pub use registry::{
     now_ms, LoadFailure, OpenedVerifier, PaymentError, PluginRegistry, PUBLIC_BUSY,
     PUBLIC_UNAVAILABLE, SYSTEM_PLUGIN_DIR,
 };
+pub use scaffold::{plugin_crate_files, scaffold_plugin, ScaffoldError};
 pub use setup::{card_entry, open_entry, terms_for, PaymentSpec, SetupError};
 pub use wire::{encode_user_message, parse_user_message, WireError, MAX_USER_MESSAGE};

@@ -23,6 +23,7 @@ mod hostile_memory;
 mod lnd;
 mod market;
 mod market_cli;
+mod plugin_kit;
 mod plugins;
 mod pricing;
 mod service;
