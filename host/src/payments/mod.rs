@@ -66,11 +66,11 @@ pub(crate) use loader::is_plugin_name;
 pub use loader::{plugin_file_name, LoadError, LoadedPlugin};
 
 pub use crate::card::{terms_from_card, terms_to_card};
-pub use dazaar_plugin_api::{ANY_METHOD, HOST_DESCRIBE_MESSAGE, HOST_MESSAGE_PREFIX};
 pub use conformance::{
     check_names, child_line, report_from_child, run_conformance, run_conformance_reporting,
     CheckResult, CheckStatus, ConformanceOptions, ConformanceReport, MARKER_PLACEHOLDER,
 };
+pub use dazaar_plugin_api::{ANY_METHOD, HOST_DESCRIBE_MESSAGE, HOST_MESSAGE_PREFIX};
 pub use gate::{
     GateStats, MessageBudget, MessageRefusal, Now, PaymentEntry, PaymentGate, Validation,
     REFUSED_MESSAGE,
