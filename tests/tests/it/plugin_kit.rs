@@ -68,7 +68,19 @@ fn bundled_configs(dir: &Path) -> Vec<(&'static str, String)> {
     std::fs::write(&stripe_key, "sk_test_conformance").unwrap();
     let ledger = dir.join("ledger.jsonl");
     std::fs::write(&ledger, "").unwrap();
+    // The exec plugin with the example Python verifier and nobody paid.
+    let paid = dir.join("paid.json");
+    std::fs::write(&paid, r#"{"buyers":{}}"#).unwrap();
+    let verifier = dazaar_tests::repo_root().join("examples/verifier.py");
     vec![
+        (
+            "exec",
+            format!(
+                "command = [\"python3\", {:?}, \"--paid\", {:?}]\ntimeout_ms = 2000\n",
+                verifier.display().to_string(),
+                paid.display().to_string()
+            ),
+        ),
         ("free", String::new()),
         (
             "ledger",
