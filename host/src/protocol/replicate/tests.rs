@@ -319,12 +319,20 @@ fn request_timeout_fires_when_remote_never_answers() {
 
 #[test]
 fn unrequested_data_is_refused_with_unhave() {
-    let (mut server, mut client) = pair(
-        writer(3),
-        ReplicatorConfig::uploader(),
-        ReplicatorConfig::sparse(),
-    );
+    // The server also downloads, so it keeps a map of the client's blocks.
+    let server_config = ReplicatorConfig {
+        downloading: true,
+        ..ReplicatorConfig::uploader()
+    };
+    let (mut server, mut client) = pair(writer(3), server_config, ReplicatorConfig::sparse());
     run(&mut server, &mut client, 0);
+    // The server is told the client holds block 1 (as the client's Have would say), so
+    // the client's Unhave for it shows at the server once it arrives.
+    server.rep(|rep, session, feed| {
+        rep.on_message(session, feed, Message::Have(Have::block(1)), 0)
+            .unwrap();
+        assert!(rep.remote_bits.get(1));
+    });
     let data = Data {
         index: 1,
         value: Some(block(1)),
@@ -335,8 +343,14 @@ fn unrequested_data_is_refused_with_unhave() {
         rep.on_message(session, feed, Message::Data(data), 0)
             .unwrap();
         assert!(!feed.has(1));
-        assert!(session.outgoing_len() > 0, "Unhave sent");
     });
+    run(&mut server, &mut client, 0);
+    assert!(
+        !server.rep(|rep, _, _| rep.remote_bits.get(1)),
+        "the client's Unhave of block 1 reached the server"
+    );
+    assert!(client.error().is_none() && server.error().is_none());
+    assert!(!client.feed().has(1));
 }
 
 #[test]
