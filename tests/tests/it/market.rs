@@ -302,6 +302,99 @@ async fn js_buyer_of_data_gets_blocks_until_the_allowance() {
     assert!((29..=31).contains(&held), "held {held} blocks for 3 units");
 }
 
+/// A JS dazaar@1.6.1 buyer of `sale` with master key `master`, run until it is told
+/// `dazaar/invalid`: what it printed (`invalid`, `valid`, `held`), when it ends.
+fn js_buy_until_invalid(
+    js: std::path::PathBuf,
+    sale: &Sale,
+    master: [u8; 32],
+) -> tokio::task::JoinHandle<serde_json::Value> {
+    let (key, port) = (
+        hex::encode(sale.product.seller_key()),
+        sale.addr.port().to_string(),
+    );
+    tokio::task::spawn_blocking(move || {
+        node_json(
+            &js,
+            &[
+                "buy",
+                "--seller",
+                &key,
+                "--port",
+                &port,
+                "--master",
+                &hex::encode(master),
+                "--until-invalid",
+            ],
+        )
+    })
+}
+
+/// A JS dazaar@1.6.1 buyer whose paid time runs out is cut off: it saw `dazaar/valid` of
+/// type time, got every block while paid, then `dazaar/invalid` with the plugin's reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_buyer_is_cut_off_when_its_time_lapses() {
+    let Some(js) = dazaar_tests::require_js() else {
+        return;
+    };
+    let blocks: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 100]).collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = dir.path().join("ledger.jsonl");
+    let revalidate = Duration::from_millis(200);
+    let sale = start_sale(&blocks, ledger_gate(&ledger, revalidate), revalidate, None).await;
+    let js_master = [0x74u8; 32];
+    pay(&ledger, &Identity::from_master_key(js_master), 2); // two seconds
+    let started = std::time::Instant::now();
+    let got = js_buy_until_invalid(js, &sale, js_master)
+        .await
+        .expect("join");
+    assert_eq!(got["valid"]["type"], "time", "{got}");
+    let reason = got["invalid"].as_str().expect("invalid");
+    assert!(!reason.is_empty() && !reason.contains("revoked"), "{got}");
+    assert_eq!(got["held"], 20, "every block while paid: {got}");
+    // Told no sooner than the lapse (2 s after paying, less the time to connect).
+    assert!(started.elapsed() >= Duration::from_millis(1500), "{got}");
+}
+
+/// A JS dazaar@1.6.1 buyer revoked while connected is told `dazaar/invalid` "Access
+/// revoked by the seller" though it has paid for an hour.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn js_buyer_is_cut_off_when_revoked() {
+    let Some(js) = dazaar_tests::require_js() else {
+        return;
+    };
+    let blocks: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 100]).collect();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ledger = dir.path().join("ledger.jsonl");
+    let revalidate = Duration::from_millis(200);
+    let mut sale = start_sale(&blocks, ledger_gate(&ledger, revalidate), revalidate, None).await;
+    let js_master = [0x75u8; 32];
+    let js_buyer = Identity::from_master_key(js_master);
+    pay(&ledger, &js_buyer, 3600);
+    let buying = js_buy_until_invalid(js, &sale, js_master);
+    // Revoke once the seller has found the buyer valid.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let ev = tokio::time::timeout_at(deadline, sale.seller_events.recv())
+            .await
+            .expect("the JS buyer was never valid")
+            .expect("seller events");
+        if matches!(ev, SellerEvent::BuyerValid { .. }) {
+            break;
+        }
+    }
+    dazaar::market::revocation::revoke(
+        &dazaar::state::StatePlace::default_in(&sale.dir.join("seller")),
+        &sale.product.seller_key(),
+        &js_buyer.buyer_key_pair().public_key(),
+        false,
+    )
+    .expect("revoke");
+    let got = buying.await.expect("join");
+    assert_eq!(got["invalid"], "Access revoked by the seller", "{got}");
+    assert_eq!(got["valid"]["type"], "time", "{got}");
+}
+
 fn pay(file: &std::path::Path, buyer: &Identity, amount: u64) {
     use std::io::Write;
     let line = format!(
