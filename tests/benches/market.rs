@@ -8,12 +8,13 @@
 //! light, to measure the seller rather than the buyers. A light buyer
 //! (`dazaar_tests::light`) has its own key, connection and rekeyed feed and does
 //! everything on the wire that a full buyer does: handshake, payment check, Want, a
-//! Request for every block and every block received, decrypted and decoded, its Merkle
-//! proof hashed against the tree nodes it holds, so the seller does exactly the same
-//! work for it. It skips exactly two things: the Ed25519 verification of the seller's
-//! signature on the roots (one per announcement), and storage (block bytes and signatures
-//! are dropped, tree nodes and bitfield are kept in memory; no disk, and its blocks are
-//! not read back or parsed for a timestamp). A set of full buyers (`BENCH_FULL_BUYERS`,
+//! Request for every block (naming the tree nodes it holds, as a full buyer's do) and
+//! every block received, decrypted and decoded, its Merkle proof hashed up to the roots,
+//! so the seller does exactly the same work for it. It skips exactly two things: the
+//! Ed25519 verification of the seller's signature over the roots (one per announcement;
+//! without it the hashed roots are not checked against anything), and storage (block
+//! bytes and signatures are dropped, tree nodes and bitfield are kept in memory; no disk,
+//! and its blocks are not read back or parsed for a timestamp). A set of full buyers (`BENCH_FULL_BUYERS`,
 //! default 10, spread over the connection storm) verify everything and store their feed
 //! on disk like `dazaar buy`; the latency percentiles are theirs. "Live" counts every
 //! buyer that synced; "deliveries" counts the blocks every buyer received in the window.

@@ -3,11 +3,12 @@
 //!
 //! A light buyer does everything a buyer does on the wire (its own connection, key and
 //! rekeyed feed; Want, Request and every block received, decrypted, decoded and its Merkle
-//! proof hashed against the tree nodes it holds), so the seller does exactly the same
-//! work for it as for a full buyer. It skips what costs the buyer and not the seller:
-//! the Ed25519 verification of the seller's signature on each announcement, and storage
-//! (block bytes and signatures are dropped; tree nodes and bitfield stay in memory, no
-//! disk).
+//! proof hashed up to the roots; the same tree nodes held, so its Requests name the same
+//! nodes and the seller does exactly the same work for it as for a full buyer). It skips
+//! what costs the buyer and not the seller: the Ed25519 verification of the seller's
+//! signature over the roots (so it trusts the seller: nothing binds the hashed roots to
+//! the feed key), and storage (block bytes and signatures are dropped; tree nodes and
+//! bitfield stay in memory, no disk).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -1016,10 +1016,11 @@ impl<S: Store> Feed<S> {
     }
 
     /// Benchmarks only, not part of the API: from now on [`Feed::put`] takes the remote's
-    /// signature over a proof's roots on trust (it still hashes the proof against the
-    /// nodes it holds and refuses a proof without a signature). It lets the market bench
-    /// run many light buyers beside the seller it measures; nothing in the library or the
-    /// CLI calls it, and a feed checks every signature unless told otherwise.
+    /// signature over a proof's roots on trust. It still hashes the proof up to the roots
+    /// and refuses a proof without a signature, but nothing binds those roots to the key
+    /// any more: the remote is trusted. It lets the market bench run many light buyers
+    /// beside the seller it measures; nothing in the library or the CLI calls it, and a
+    /// feed checks every signature unless told otherwise.
     #[doc(hidden)]
     pub fn skip_signature_checks_for_bench(&mut self) {
         self.check_signatures = false;
