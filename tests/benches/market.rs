@@ -1,25 +1,45 @@
 //! Market benchmark: one seller, N concurrent buyers (default 1,000), each with its own
 //! rekeyed feed on its own connection, the seller appending 100 blocks/s. Reports the
-//! delivery latency (append → block verified and stored at a buyer: p50, p99, max), the
-//! seller's CPU and RSS; then the same load against the JS dazaar@1.6.1 seller.
+//! delivery latency (append → block verified and stored at a full buyer: p50, p99, max),
+//! the buyers live, the blocks delivered, the seller's CPU (also per 1,000 block
+//! deliveries) and RSS; then the same load against the JS dazaar@1.6.1 seller.
+//!
+//! The buyers run in this process, on the same cores as the seller, so most of them are
+//! light, to measure the seller rather than the buyers. A light buyer
+//! (`dazaar_tests::light`) has its own key, connection and rekeyed feed and does
+//! everything on the wire that a full buyer does: handshake, payment check, Want, a
+//! Request for every block (naming the tree nodes it holds, as a full buyer's do) and
+//! every block received, decrypted and decoded, its Merkle proof hashed up to the roots,
+//! so the seller does exactly the same work for it. It skips exactly two things: the
+//! Ed25519 verification of the seller's signature over the roots (one per announcement;
+//! without it the hashed roots are not checked against anything), and storage (block
+//! bytes and signatures are dropped, tree nodes and bitfield are kept in memory; no disk,
+//! and its blocks are not read back or parsed for a timestamp). A set of full buyers (`BENCH_FULL_BUYERS`,
+//! default 10, spread over the connection storm) verify everything and store their feed
+//! on disk like `dazaar buy`; the latency percentiles are theirs. "Live" counts every
+//! buyer that synced; "deliveries" counts the blocks every buyer received in the window.
 //!
 //! The Rust seller is a `dazaar sell` process selling through the ledger plugin (every
 //! buyer paid); blocks are appended by a `dazaar feed append` process fed one line per
 //! 10 ms, each line carrying its wall-clock time; the JS seller appends the same lines
-//! itself. Buyers run in this process.
+//! itself.
 //!
-//! `cargo bench -p dazaar-tests --bench market` (`BENCH_BUYERS`, `BENCH_SECONDS` to change).
+//! `cargo bench -p dazaar-tests --bench market` (`BENCH_BUYERS`, `BENCH_FULL_BUYERS`,
+//! `BENCH_SECONDS` to change).
 // Test and benchmark code: a panic is the failure report, and its queues are
 // bounded by the test itself.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use dazaar::market::buyer::BuyProgress;
 use dazaar::market::{buy, BuyOptions, BuyerEvent, Identity};
 use dazaar::net::NetConfig;
+use dazaar_tests::light::buy_light;
 use dazaar_tests::*;
 use tokio::sync::{mpsc, watch};
 
@@ -44,28 +64,43 @@ struct Result {
     p99: u64,
     max: u64,
     samples: usize,
+    deliveries: u64,
     buyers_ok: usize,
     cpu: f64,
+    /// Seller CPU seconds over the window.
+    cpu_s: f64,
     rss_mib: f64,
     hwm_mib: f64,
 }
 
-/// Runs `buyers` live buyers against `addr` for `seconds`, measuring the latency of
-/// blocks whose content is `t=<ms>`. `seller_pid` is sampled for CPU and memory.
+/// Whether buyer `i` of `n` is one of the `full` full buyers: every (n / full)-th, so
+/// that they connect throughout the storm (exactly `full` of them when `full <= n`).
+fn is_full(i: usize, n: usize, full: usize) -> bool {
+    full >= n || (i * full) % n < full
+}
+
+/// Runs `buyers` live buyers against `addr` for `seconds`, `full` of them full buyers
+/// measuring the latency of blocks whose content is `t=<ms>`, the others light (see the
+/// module doc). `seller_pid` is sampled for CPU and memory.
+#[allow(clippy::too_many_arguments)]
 async fn measure(
     label: &str,
     seller_key: [u8; 32],
     addr: std::net::SocketAddr,
     buyers: &[Identity],
+    full: usize,
     dir: &std::path::Path,
     seconds: u64,
     seller_pid: u32,
 ) -> Result {
     let (stop, shutdown) = watch::channel(false);
     let (tx, mut rx) = mpsc::channel::<(usize, u64)>(1 << 16);
-    let connected = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let connected = Arc::new(AtomicUsize::new(0));
+    // Blocks received by every buyer (full and light) since the start.
+    let delivered = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for (i, id) in buyers.iter().enumerate() {
+        let full = is_full(i, buyers.len(), full);
         let opts = BuyOptions {
             seller_key,
             addr,
@@ -79,7 +114,7 @@ async fn measure(
             },
             answer_timeout: Duration::from_secs(60),
             send: Vec::new(),
-            report_blocks: true,
+            report_blocks: full,
             range: None,
             tail: false,
         };
@@ -87,17 +122,42 @@ async fn measure(
         let shutdown = shutdown.clone();
         let tx = tx.clone();
         let connected = connected.clone();
+        let delivered = delivered.clone();
         tasks.push(tokio::spawn(async move {
             let (etx, mut erx) = mpsc::channel(1024);
-            let run = tokio::spawn(async move { buy(&id, opts, Some(etx), shutdown).await });
+            let (ptx, mut progress) = watch::channel(BuyProgress::default());
+            let run = tokio::spawn(async move {
+                if full {
+                    buy(&id, opts, Some(etx), shutdown).await
+                } else {
+                    buy_light(&id, opts, Some(etx), Some(ptx), shutdown).await
+                }
+            });
+            // A light buyer's deliveries, from its progress (a full buyer counts its
+            // Block events below).
+            let counter = (!full).then(|| {
+                let delivered = delivered.clone();
+                tokio::spawn(async move {
+                    let mut seen = 0;
+                    while progress.changed().await.is_ok() {
+                        let now = progress.borrow_and_update().downloaded;
+                        delivered.fetch_add(now.saturating_sub(seen), Ordering::Relaxed);
+                        seen = seen.max(now);
+                    }
+                })
+            });
             let mut synced = false;
             while let Some(ev) = erx.recv().await {
                 match ev {
                     BuyerEvent::Synced { .. } if !synced => {
                         synced = true;
-                        connected.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        connected.fetch_add(1, Ordering::Relaxed);
                     }
-                    BuyerEvent::Block { data, .. } if synced => {
+                    BuyerEvent::Block { data, .. } => {
+                        delivered.fetch_add(1, Ordering::Relaxed);
+                        if !synced {
+                            continue;
+                        }
                         let at = now_ms();
                         if let Some(t) = std::str::from_utf8(&data)
                             .ok()
@@ -111,6 +171,9 @@ async fn measure(
                 }
             }
             let _ = run.await;
+            if let Some(counter) = counter {
+                let _ = counter.await;
+            }
         }));
         // Pace the connection storm a little.
         if i % 50 == 49 {
@@ -120,15 +183,16 @@ async fn measure(
     drop(tx);
     // Wait until the buyers are in (or 60 s).
     let start = std::time::Instant::now();
-    while connected.load(std::sync::atomic::Ordering::Relaxed) < buyers.len()
+    while connected.load(Ordering::Relaxed) < buyers.len()
         && start.elapsed() < Duration::from_secs(60)
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let buyers_ok = connected.load(std::sync::atomic::Ordering::Relaxed);
+    let buyers_ok = connected.load(Ordering::Relaxed);
     // Drop what arrived while connecting; measure a window.
     while rx.try_recv().is_ok() {}
     let cpu0 = procfs::cpu_ticks(seller_pid).unwrap_or(0);
+    let delivered0 = delivered.load(Ordering::Relaxed);
     let t0 = std::time::Instant::now();
     let mut lat = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
@@ -137,6 +201,7 @@ async fn measure(
     }
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu1 = procfs::cpu_ticks(seller_pid).unwrap_or(0);
+    let deliveries = delivered.load(Ordering::Relaxed).saturating_sub(delivered0);
     let ticks_per_s = procfs::ticks_per_second() as f64;
     let rss = procfs::rss_kib(seller_pid).unwrap_or(0) as f64 / 1024.0;
     let hwm = procfs::peak_rss_kib(seller_pid).unwrap_or(0) as f64 / 1024.0;
@@ -156,8 +221,10 @@ async fn measure(
         p99: pct(0.99),
         max: lat.last().copied().unwrap_or(0),
         samples: lat.len(),
+        deliveries,
         buyers_ok,
         cpu: (cpu1.saturating_sub(cpu0)) as f64 / ticks_per_s / elapsed,
+        cpu_s: (cpu1.saturating_sub(cpu0)) as f64 / ticks_per_s,
         rss_mib: rss,
         hwm_mib: hwm,
     }
@@ -168,6 +235,11 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
+    let full: usize = std::env::var("BENCH_FULL_BUYERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10)
+        .min(n);
     let seconds: u64 = std::env::var("BENCH_SECONDS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -277,6 +349,7 @@ fn main() {
         seller_key,
         addr,
         &buyers,
+        full,
         root,
         seconds,
         seller.0.id(),
@@ -323,6 +396,7 @@ fn main() {
             seller_key,
             addr,
             &buyers,
+            full,
             root,
             seconds,
             js_seller.0.id(),
@@ -334,11 +408,25 @@ fn main() {
         );
     }
 
-    println!("market benchmark: {n} buyers, seller appending 100 blocks/s, {seconds} s window");
+    println!(
+        "market benchmark: {n} buyers ({full} full, {} light), seller appending 100 blocks/s, {seconds} s window",
+        n - full
+    );
     for r in &results {
         println!(
             "  {:<4} seller: buyers live {:>5}/{n}  latency p50 {:>5} ms  p99 {:>6} ms  max {:>6} ms  ({} deliveries)  seller CPU {:.2} cores  RSS {:.0} MiB (peak {:.0} MiB)",
-            r.label, r.buyers_ok, r.p50, r.p99, r.max, r.samples, r.cpu, r.rss_mib, r.hwm_mib
+            r.label, r.buyers_ok, r.p50, r.p99, r.max, r.deliveries, r.cpu, r.rss_mib, r.hwm_mib
+        );
+    }
+    for r in &results {
+        let per_k = if r.deliveries > 0 {
+            format!("{:.1} ms", r.cpu_s * 1e6 / r.deliveries as f64)
+        } else {
+            "-".to_owned()
+        };
+        println!(
+            "  {:<4} seller: CPU {per_k} per 1,000 block deliveries ({} latency samples from the full buyers)",
+            r.label, r.samples
         );
     }
 }

@@ -11,6 +11,7 @@ use std::sync::Once;
 pub mod attack;
 pub mod bolt11;
 pub mod eos_mock;
+pub mod light;
 pub mod lnd_mock;
 /// LND's `lnrpc` package (messages and the `Lightning` server trait), generated at build
 /// time from LND's own `lightning.proto` (vendored in `tests/proto/lnd/`, see the README

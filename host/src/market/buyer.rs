@@ -17,7 +17,7 @@ use crate::net::{
 };
 use crate::payments::{encode_user_message, parse_user_message, UserMessage};
 use crate::protocol::replicate::{ReplicationEvent, ReplicatorConfig};
-use crate::storage::{Feed, FeedError, FsStore, StoreError};
+use crate::storage::{Feed, FeedError, FsStore, Store, StoreError};
 
 /// Why a purchase ended without the data.
 #[derive(Debug, thiserror::Error)]
@@ -288,6 +288,23 @@ pub async fn buy_with_progress(
     progress: Option<watch::Sender<BuyProgress>>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<BuyOutcome, BuyError> {
+    let out = opts.out.clone();
+    let open = move |key| open_feed(&out, key);
+    buy_into(identity, opts, open, events, progress, shutdown).await
+}
+
+/// [`buy_with_progress`] into the feed that `open` makes for the key the seller gives
+/// (instead of a directory at `opts.out`): the market bench's light buyers keep their feed
+/// in memory. Not part of the stable API.
+#[doc(hidden)]
+pub async fn buy_into<S: Store>(
+    identity: &Identity,
+    opts: BuyOptions,
+    mut open: impl FnMut([u8; 32]) -> Result<Feed<S>, BuyError> + Send,
+    events: Option<mpsc::Sender<BuyerEvent>>,
+    progress: Option<watch::Sender<BuyProgress>>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<BuyOutcome, BuyError> {
     let mut report = Reporter {
         events,
         progress,
@@ -297,7 +314,7 @@ pub async fn buy_with_progress(
     let mut session = opts.net.session_config(true, identity.buyer_key_pair());
     session.expected_remote_key = Some(opts.seller_key);
     let (ev_tx, mut ev_rx) = mpsc::channel::<NetEvent>(256);
-    let (cmd_tx, cmd_rx) = mpsc::channel::<Command<FsStore>>(64);
+    let (cmd_tx, cmd_rx) = mpsc::channel::<Command<S>>(64);
     let options = ConnectionOptions {
         open: Vec::new(),
         serve: Vec::new(),
@@ -319,12 +336,12 @@ pub async fn buy_with_progress(
             .await;
     }
 
-    let mut feed: Option<Arc<SharedFeed<FsStore>>> = None;
+    let mut feed: Option<Arc<SharedFeed<S>>> = None;
     let mut feed_key: Option<[u8; 32]> = None;
     let mut tail_started = false;
     let answer_deadline = tokio::time::Instant::now() + opts.answer_timeout;
     let outcome =
-        |feed: &Option<Arc<SharedFeed<FsStore>>>, key: Option<[u8; 32]>| -> Option<BuyOutcome> {
+        |feed: &Option<Arc<SharedFeed<S>>>, key: Option<[u8; 32]>| -> Option<BuyOutcome> {
             let (f, k) = (feed.as_ref()?, key?);
             let f = f.lock();
             Some(BuyOutcome {
@@ -333,7 +350,7 @@ pub async fn buy_with_progress(
                 byte_length: f.byte_length(),
             })
         };
-    let fail = |e: BuyError, cmd_tx: &mpsc::Sender<Command<FsStore>>| {
+    let fail = |e: BuyError, cmd_tx: &mpsc::Sender<Command<S>>| {
         let _ = cmd_tx.try_send(Command::Shutdown);
         Err(e)
     };
@@ -371,7 +388,7 @@ pub async fn buy_with_progress(
                                 return fail(BuyError::Protocol("the seller sent a second, different feed key".into()), &cmd_tx);
                             }
                             if feed.is_none() {
-                                let f = match open_feed(&opts.out, key) {
+                                let f = match open(key) {
                                     Ok(f) => SharedFeed::new(f),
                                     Err(e) => return fail(e, &cmd_tx),
                                 };

@@ -1353,3 +1353,41 @@ fn crash_repair_of_a_truncated_tree() {
     drop(tree);
     assert_repaired(dir.path(), key, 8);
 }
+
+/// A feed checks the signature over the roots unless a benchmark's light buyer says
+/// otherwise, and even then a proof without a signature is refused.
+#[test]
+fn signature_checks_are_skipped_only_when_asked() {
+    let mut source = Feed::create(MemStore::new(), seed01()).expect("create");
+    let blocks: Vec<Vec<u8>> = (0..11u32).map(|i| vec![i as u8; 10 + i as usize]).collect();
+    source.append_batch(&blocks).expect("append");
+    let p = source
+        .proof(6, 0, &mut NodeSet::new(), false)
+        .expect("proof");
+    let mut sig = source
+        .signature_at(p.verified_by / 2)
+        .expect("sig")
+        .expect("present");
+    sig[0] ^= 1;
+    let mut checked = Feed::create_reader(MemStore::new(), source.key()).expect("replica");
+    let err = checked
+        .put(6, Some(&blocks[6]), &p.nodes, Some(&sig))
+        .expect_err("bad signature");
+    assert!(
+        matches!(err, FeedError::Verify(VerifyError::BadSignature)),
+        "{err}"
+    );
+    assert!(!checked.has(6));
+
+    let mut light = Feed::create_reader(MemStore::new(), source.key()).expect("replica");
+    light.skip_signature_checks_for_bench();
+    let err = light
+        .put(6, Some(&blocks[6]), &p.nodes, None)
+        .expect_err("no signature");
+    assert!(matches!(err, FeedError::Verify(_)), "{err}");
+    light
+        .put(6, Some(&blocks[6]), &p.nodes, Some(&sig))
+        .expect("taken on trust");
+    assert!(light.has(6));
+    assert_eq!(light.length(), p.verified_by / 2);
+}
