@@ -24,6 +24,15 @@
 //! 10 ms, each line carrying its wall-clock time; the JS seller appends the same lines
 //! itself.
 //!
+//! Like with like: both sellers revalidate every buyer every 200 ms (the JS seller's
+//! `validateInterval`); the CPU of the Rust seller's appending process is counted with
+//! the seller's (the JS seller appends in its own process). Differences that remain: the
+//! Rust appender fsyncs each append to disk while the JS seller keeps its feed in RAM; a
+//! Rust block's time is stamped when its line is written to the appender's pipe, a JS
+//! block's when the JS seller appends it (so the Rust latency includes the pipe and the
+//! appender's write); the JS seller sends `dazaar/valid` on every validation, the Rust
+//! seller when the answer changes and then every 5 s (`VALID_REPEAT`).
+//!
 //! `cargo bench -p dazaar-tests --bench market` (`BENCH_BUYERS`, `BENCH_FULL_BUYERS`,
 //! `BENCH_SECONDS` to change).
 // Test and benchmark code: a panic is the failure report, and its queues are
@@ -81,7 +90,8 @@ fn is_full(i: usize, n: usize, full: usize) -> bool {
 
 /// Runs `buyers` live buyers against `addr` for `seconds`, `full` of them full buyers
 /// measuring the latency of blocks whose content is `t=<ms>`, the others light (see the
-/// module doc). `seller_pid` is sampled for CPU and memory.
+/// module doc). `seller_pid` is sampled for CPU and memory; the CPU of `appender_pid` (the
+/// Rust seller's separate appending process) is added to the seller's.
 #[allow(clippy::too_many_arguments)]
 async fn measure(
     label: &str,
@@ -92,6 +102,7 @@ async fn measure(
     dir: &std::path::Path,
     seconds: u64,
     seller_pid: u32,
+    appender_pid: Option<u32>,
 ) -> Result {
     let (stop, shutdown) = watch::channel(false);
     let (tx, mut rx) = mpsc::channel::<(usize, u64)>(1 << 16);
@@ -191,7 +202,11 @@ async fn measure(
     let buyers_ok = connected.load(Ordering::Relaxed);
     // Drop what arrived while connecting; measure a window.
     while rx.try_recv().is_ok() {}
-    let cpu0 = procfs::cpu_ticks(seller_pid).unwrap_or(0);
+    let seller_cpu = || {
+        procfs::cpu_ticks(seller_pid).unwrap_or(0)
+            + appender_pid.and_then(procfs::cpu_ticks).unwrap_or(0)
+    };
+    let cpu0 = seller_cpu();
     let delivered0 = delivered.load(Ordering::Relaxed);
     let t0 = std::time::Instant::now();
     let mut lat = Vec::new();
@@ -200,7 +215,7 @@ async fn measure(
         lat.push(l);
     }
     let elapsed = t0.elapsed().as_secs_f64();
-    let cpu1 = procfs::cpu_ticks(seller_pid).unwrap_or(0);
+    let cpu1 = seller_cpu();
     let deliveries = delivered.load(Ordering::Relaxed).saturating_sub(delivered0);
     let ticks_per_s = procfs::ticks_per_second() as f64;
     let rss = procfs::rss_kib(seller_pid).unwrap_or(0) as f64 / 1024.0;
@@ -301,6 +316,9 @@ fn main() {
             "--plugin-config",
             &format!("file = {:?}", ledger.display().to_string()),
             "--json",
+            // The JS seller's validateInterval (tests/js/dazaar-peer.js).
+            "--revalidate-ms",
+            "200",
             // Every buyer of the bench dials from 127.0.0.1.
             "--max-connections-per-ip",
             "0",
@@ -353,6 +371,7 @@ fn main() {
         root,
         seconds,
         seller.0.id(),
+        Some(appender.0.id()),
     ));
     results.push(r);
     stop_appending.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -400,6 +419,7 @@ fn main() {
             root,
             seconds,
             js_seller.0.id(),
+            None,
         ));
         results.push(r);
     } else {
