@@ -273,29 +273,9 @@ async fn js_buyer_of_data_gets_blocks_until_the_allowance() {
     .await;
     let js_master = [0x72u8; 32];
     pay(&ledger, &Identity::from_master_key(js_master), 3);
-    let got = tokio::task::spawn_blocking({
-        let (key, port) = (
-            hex::encode(sale.product.seller_key()),
-            sale.addr.port().to_string(),
-        );
-        move || {
-            node_json(
-                &js,
-                &[
-                    "buy",
-                    "--seller",
-                    &key,
-                    "--port",
-                    &port,
-                    "--master",
-                    &hex::encode(js_master),
-                    "--until-invalid",
-                ],
-            )
-        }
-    })
-    .await
-    .expect("join");
+    let got = js_buy_until_invalid(js, &sale, js_master)
+        .await
+        .expect("join");
     assert_eq!(got["invalid"], "paid data is used up", "{got}");
     assert_eq!(got["valid"]["type"], "bytes", "{got}");
     let held = got["held"].as_u64().expect("held");

@@ -326,22 +326,7 @@ fn the_test_kit_drives_a_plugin_with_virtual_time() {
 #[test]
 fn a_scaffolded_plugin_builds_lists_answers_and_conforms() {
     let dir = tempfile::tempdir().unwrap();
-    let crate_dir = dir.path().join("allowed");
-    let api = repo_root().join("plugin-api");
-    let out = run(&[
-        "plugins",
-        "new",
-        "allowed",
-        "--dir",
-        crate_dir.to_str().unwrap(),
-        "--api-path",
-        api.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let crate_dir = scaffold_allowed(dir.path());
     let cargo_toml = std::fs::read_to_string(crate_dir.join("Cargo.toml")).unwrap();
     assert!(cargo_toml.contains("crate-type = [\"cdylib\", \"rlib\"]"));
     // A second scaffold into the same directory is refused.
@@ -422,18 +407,7 @@ fn a_scaffolded_plugin_builds_lists_answers_and_conforms() {
 #[ignore = "compiles the host library for the scaffold; run with --ignored"]
 fn a_scaffolded_plugin_passes_its_own_tests() {
     let dir = tempfile::tempdir().unwrap();
-    let crate_dir = dir.path().join("allowed");
-    let api = repo_root().join("plugin-api");
-    let out = run(&[
-        "plugins",
-        "new",
-        "allowed",
-        "--dir",
-        crate_dir.to_str().unwrap(),
-        "--api-path",
-        api.to_str().unwrap(),
-    ]);
-    assert!(out.status.success());
+    let crate_dir = scaffold_allowed(dir.path());
     let out = scaffold_cargo(&crate_dir, &["test", "--offline", "--quiet"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -452,6 +426,28 @@ fn a_scaffolded_plugin_passes_its_own_tests() {
 /// file pins the versions (every crate it needs is one the workspace built, so it is in
 /// the local registry cache), and the target directory stays under the tests' target, so
 /// a second run only rebuilds the plugin.
+/// `dazaar plugins new allowed --dir DIR/allowed --api-path <repo>/plugin-api`, which must
+/// succeed; the crate's directory.
+fn scaffold_allowed(dir: &Path) -> PathBuf {
+    let crate_dir = dir.join("allowed");
+    let api = repo_root().join("plugin-api");
+    let out = run(&[
+        "plugins",
+        "new",
+        "allowed",
+        "--dir",
+        crate_dir.to_str().unwrap(),
+        "--api-path",
+        api.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    crate_dir
+}
+
 fn build_scaffold(crate_dir: &Path, name: &str) -> PathBuf {
     let out = scaffold_cargo(crate_dir, &["build", "--release", "--offline", "--quiet"]);
     assert!(
