@@ -548,10 +548,22 @@ impl Product {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        if let Some((old, old_commands)) = active.insert(buyer, (conn, commands)) {
-            if old != conn {
-                tracing::info!(buyer = %hex::encode(buyer), "a newer connection replaces this buyer's older one");
-                let _ = old_commands.try_send(Command::Shutdown);
+        // Connections are numbered as they are accepted, so "newer" means accepted later,
+        // not "finished its handshake later": a connection accepted first whose handshake
+        // ends last (a closing discovery probe, a slow reconnect) must not push out the
+        // one the buyer is using now.
+        match active.get(&buyer) {
+            Some((old, _)) if *old > conn => {
+                tracing::info!(buyer = %hex::encode(buyer), "an older connection of this buyer is closed: a newer one is active");
+                let _ = commands.try_send(Command::Shutdown);
+            }
+            _ => {
+                if let Some((old, old_commands)) = active.insert(buyer, (conn, commands)) {
+                    if old != conn {
+                        tracing::info!(buyer = %hex::encode(buyer), "a newer connection replaces this buyer's older one");
+                        let _ = old_commands.try_send(Command::Shutdown);
+                    }
+                }
             }
         }
     }
@@ -1150,5 +1162,34 @@ mod tests {
             matches!(&seen[2], SellerEvent::BuyerDisconnected { buyer: Some(b), .. } if *b == key),
             "{seen:?}"
         );
+    }
+
+    /// Of two connections of one buyer, the one accepted later stays, whatever order
+    /// their handshakes finish in.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_connection_accepted_later_stays_whichever_handshake_ends_first() {
+        let sale = test_sale::start(1, None).await;
+        let buyer = [7u8; 32];
+        let (tx5, mut rx5) = mpsc::channel(4);
+        let (tx3, mut rx3) = mpsc::channel(4);
+        let (tx9, mut rx9) = mpsc::channel(4);
+        sale.product.claim(buyer, 5, tx5);
+        // Accepted before 5, handshake done after it: 3 is the one closed.
+        sale.product.claim(buyer, 3, tx3);
+        assert!(
+            matches!(rx3.try_recv(), Ok(Command::Shutdown)),
+            "the older one is closed"
+        );
+        assert!(rx5.try_recv().is_err(), "the newer one is kept");
+        assert!(!sale.product.release(buyer, 3), "5 is still active");
+        // Accepted after 5: 9 replaces it.
+        sale.product.claim(buyer, 9, tx9);
+        assert!(
+            matches!(rx5.try_recv(), Ok(Command::Shutdown)),
+            "replaced by a newer one"
+        );
+        assert!(rx9.try_recv().is_err());
+        assert!(!sale.product.release(buyer, 5));
+        assert!(sale.product.release(buyer, 9), "no connection left");
     }
 }
