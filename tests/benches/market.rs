@@ -80,6 +80,8 @@ struct Result {
     cpu_s: f64,
     rss_mib: f64,
     hwm_mib: f64,
+    /// The buyers' CPU (this process) over the window, in cores.
+    buyers_cpu: f64,
 }
 
 /// Whether buyer `i` of `n` is one of the `full` full buyers: every (n / full)-th, so
@@ -207,6 +209,7 @@ async fn measure(
             + appender_pid.and_then(procfs::cpu_ticks).unwrap_or(0)
     };
     let cpu0 = seller_cpu();
+    let own0 = procfs::cpu_ticks(std::process::id()).unwrap_or(0);
     let delivered0 = delivered.load(Ordering::Relaxed);
     let t0 = std::time::Instant::now();
     let mut lat = Vec::new();
@@ -216,6 +219,7 @@ async fn measure(
     }
     let elapsed = t0.elapsed().as_secs_f64();
     let cpu1 = seller_cpu();
+    let own1 = procfs::cpu_ticks(std::process::id()).unwrap_or(0);
     let deliveries = delivered.load(Ordering::Relaxed).saturating_sub(delivered0);
     let ticks_per_s = procfs::ticks_per_second() as f64;
     let rss = procfs::rss_kib(seller_pid).unwrap_or(0) as f64 / 1024.0;
@@ -242,6 +246,7 @@ async fn measure(
         cpu_s: (cpu1.saturating_sub(cpu0)) as f64 / ticks_per_s,
         rss_mib: rss,
         hwm_mib: hwm,
+        buyers_cpu: (own1.saturating_sub(own0)) as f64 / ticks_per_s / elapsed,
     }
 }
 
@@ -445,8 +450,8 @@ fn main() {
             "-".to_owned()
         };
         println!(
-            "  {:<4} seller: CPU {per_k} per 1,000 block deliveries ({} latency samples from the full buyers)",
-            r.label, r.samples
+            "  {:<4} seller: CPU {per_k} per 1,000 block deliveries ({} latency samples from the full buyers; the buyers used {:.2} cores)",
+            r.label, r.samples, r.buyers_cpu
         );
     }
 }

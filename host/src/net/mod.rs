@@ -327,6 +327,8 @@ pub struct SharedFeed<S: Store> {
     length: watch::Sender<u64>,
     subscribers: Mutex<Vec<Weak<Notify>>>,
     downloads: Mutex<DownloadLog>,
+    /// The download log's next sequence number, readable without its lock.
+    download_seq: std::sync::atomic::AtomicU64,
 }
 
 impl<S: Store> std::fmt::Debug for SharedFeed<S> {
@@ -346,6 +348,7 @@ impl<S: Store> SharedFeed<S> {
             length,
             subscribers: Mutex::new(Vec::new()),
             downloads: Mutex::new(DownloadLog::default()),
+            download_seq: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -446,6 +449,17 @@ impl<S: Store> FeedShare for SharedFeed<S> {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         }
+    }
+
+    fn download_seq(&self) -> u64 {
+        self.download_seq.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn record_downloads(&self, origin: u64, blocks: &[u64]) {
+        let mut log = self.download_log();
+        log.record(origin, blocks);
+        self.download_seq
+            .store(log.next_seq(), std::sync::atomic::Ordering::Release);
     }
 
     fn subscribe(&self, notify: &Arc<Notify>) {

@@ -20,6 +20,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, MutexGuard};
 
+use super::budget::{Announcing, SignatureBudget};
 use super::replicate::{ReplicationError, ReplicationEvent, Replicator, ReplicatorConfig};
 use super::{DiscoveryKey, Event as SessionEvent, Session, SessionConfig, SessionError};
 use crate::storage::{Feed, Store};
@@ -99,6 +100,16 @@ pub trait FeedShare: Send + Sync {
     fn grown(&self, length: u64);
     /// Locks the feed's download log.
     fn download_log(&self) -> MutexGuard<'_, DownloadLog>;
+    /// The download log's next sequence number. A share that can tell it without the
+    /// lock (an atomic kept beside the log) overrides this and
+    /// [`FeedShare::record_downloads`]: every connection asks on every wake.
+    fn download_seq(&self) -> u64 {
+        self.download_log().next_seq()
+    }
+    /// Records `blocks` downloaded by channel `origin` in the download log.
+    fn record_downloads(&self, origin: u64, blocks: &[u64]) {
+        self.download_log().record(origin, blocks);
+    }
     /// Wakes `waker` whenever the feed changes (bounded: a share may ignore
     /// subscriptions beyond its limit).
     fn subscribe(&self, waker: &Arc<Self::Waker>);
@@ -285,8 +296,12 @@ struct Channel<F> {
     feed: Arc<F>,
     rep: Replicator,
     announced_length: u64,
-    /// Announce growth at most this often (ms; 0 = at once).
+    /// Announce growth at most this often (ms; 0 = at once), or more rarely as the
+    /// signature budget says.
     announce_interval_ms: u64,
+    /// The signature budget this channel's announcements count against, and its place
+    /// in it while it announces.
+    budget: Option<(Arc<SignatureBudget>, Option<Announcing>)>,
     /// When growth was last announced.
     last_announce_ms: u64,
     /// Downloads into the feed (its bitfield writes are deferred and flushed here).
@@ -295,6 +310,29 @@ struct Channel<F> {
     id: u64,
     /// Next entry of the feed's download log to announce.
     download_seq: u64,
+}
+
+impl<F> Channel<F> {
+    /// The announce interval now: the channel's own, widened by its signature budget.
+    fn interval_ms(&self) -> u64 {
+        match &self.budget {
+            Some((b, _)) => b.interval_ms(self.announce_interval_ms),
+            None => self.announce_interval_ms,
+        }
+    }
+
+    /// Counts the channel in its signature budget while it announces, and out of it
+    /// when it stops (a buyer found invalid, a channel closed).
+    fn count_in_budget(&mut self) {
+        let announces = self.rep.announces();
+        if let Some((budget, place)) = &mut self.budget {
+            if announces && place.is_none() {
+                *place = Some(budget.enter());
+            } else if !announces {
+                *place = None;
+            }
+        }
+    }
 }
 
 /// One connection's state: the session, its channels and their replicators.
@@ -472,11 +510,9 @@ impl<F: FeedShare> Connection<F> {
                 deadline = Some(deadline.map_or(d, |x| x.min(d)));
             }
             // Growth held back by the announce interval is announced when it ends.
-            if ch.announce_interval_ms > 0
-                && ch.rep.is_open()
-                && ch.feed.length() > ch.announced_length
-            {
-                let d = ch.last_announce_ms.saturating_add(ch.announce_interval_ms);
+            let interval = ch.interval_ms();
+            if interval > 0 && ch.rep.is_open() && ch.feed.length() > ch.announced_length {
+                let d = ch.last_announce_ms.saturating_add(interval);
                 deadline = Some(deadline.map_or(d, |x| x.min(d)));
             }
         }
@@ -604,6 +640,7 @@ impl<F: FeedShare> Connection<F> {
         }
         let downloading = spec.config.downloading && spec.config.signer.is_none();
         let announce_interval_ms = spec.config.announce_interval_ms;
+        let budget = spec.config.signature_budget.clone().map(|b| (b, None));
         let (rep, announced_length) = {
             let mut feed = spec.feed.lock();
             if downloading {
@@ -628,6 +665,7 @@ impl<F: FeedShare> Connection<F> {
                 rep,
                 announced_length,
                 announce_interval_ms,
+                budget,
                 last_announce_ms: 0,
                 downloading,
                 id: NEXT_CHANNEL_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -720,7 +758,7 @@ impl<F: FeedShare> Connection<F> {
                 });
             }
             if !downloaded.is_empty() {
-                ch.feed.download_log().record(ch.id, &downloaded);
+                ch.feed.record_downloads(ch.id, &downloaded);
                 ch.feed.wake(Some(&self.waker));
             }
         }
@@ -733,10 +771,17 @@ impl<F: FeedShare> Connection<F> {
     /// per announce interval) and blocks other connections downloaded.
     fn pump(&mut self, now: u64) -> Result<(), ConnectionError> {
         for ch in self.channels.values_mut() {
+            // The feed lock is shared by every connection of the feed (a seller's
+            // thousand buyers are all woken by each append): take it only for work.
+            ch.count_in_budget();
+            let interval = ch.interval_ms();
+            let due = interval == 0 || now >= ch.last_announce_ms.saturating_add(interval);
+            let announce = due && ch.rep.is_open() && ch.feed.length() > ch.announced_length;
+            if !announce && !ch.rep.needs_pump() && ch.feed.download_seq() == ch.download_seq {
+                continue;
+            }
             let mut feed = ch.feed.lock();
             let length = feed.length();
-            let due = ch.announce_interval_ms == 0
-                || now >= ch.last_announce_ms.saturating_add(ch.announce_interval_ms);
             if length > ch.announced_length && ch.rep.is_open() && due {
                 ch.rep
                     .on_local_append(&mut self.session, &feed, ch.announced_length)?;

@@ -16,6 +16,7 @@
 //! the two together (a session, its channels' replicators, serving on request, announce
 //! throttling); that is what `net/` drives, and what the tests drive in memory.
 
+pub mod budget;
 pub mod connection;
 mod extensions;
 pub mod meter;

@@ -29,6 +29,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
 
+use super::budget::SignatureBudget;
 use super::meter::ByteMeter;
 use super::{DiscoveryKey, Session, SessionError};
 use crate::crypto;
@@ -156,6 +157,10 @@ pub struct ReplicatorConfig {
     /// Count the block bytes sent against this meter, and send none it has no credit for
     /// (a product priced by data; see [`super::meter`]).
     pub meter: Option<Arc<ByteMeter>>,
+    /// Widen `announce_interval_ms` as more channels sharing this budget announce, so
+    /// that their signatures stay within it (a seller's rekeyed channels; see
+    /// [`super::budget`]).
+    pub signature_budget: Option<Arc<SignatureBudget>>,
 }
 
 /// How often a rekeyed channel announces growth by default: appends within this window
@@ -191,6 +196,7 @@ impl Default for ReplicatorConfig {
             signer: None,
             announce_interval_ms: 0,
             meter: None,
+            signature_budget: None,
         }
     }
 }
@@ -210,6 +216,7 @@ impl ReplicatorConfig {
             downloading: false,
             signer: Some(signer),
             announce_interval_ms: REKEYED_ANNOUNCE_INTERVAL_MS,
+            signature_budget: Some(SignatureBudget::global()),
             ..Self::default()
         }
     }
@@ -928,6 +935,18 @@ impl Replicator {
         }
         self.answer_requests(session, feed)?;
         self.update(session, feed)
+    }
+
+    /// Whether growth of the local feed is announced to the remote now (it is open, sent
+    /// a Want, and we upload).
+    pub fn announces(&self) -> bool {
+        self.opened && !self.closed && self.remote_want && self.config.uploading
+    }
+
+    /// Whether [`Replicator::pump`] may have anything to do: requests to answer, or
+    /// blocks to ask for. A pure uploader with no queued request has nothing.
+    pub fn needs_pump(&self) -> bool {
+        self.opened && !self.closed && (!self.remote_requests.is_empty() || self.config.downloading)
     }
 
     /// Whether requests from the remote are queued waiting for outgoing room.

@@ -22,6 +22,7 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use super::bitfield::{self, Bitfield, NodeSet, TreeBits};
+use super::cache::{BlockCache, NodeCache};
 use super::flat_tree;
 use super::merkle::{self, Node};
 use super::store::{BitfieldStamp, Store, StoreError};
@@ -252,6 +253,16 @@ pub struct Feed<S: Store> {
     /// Whether [`Feed::put`] checks the signature over the roots a proof reaches: always,
     /// except in a benchmark's light buyer ([`Feed::skip_signature_checks_for_bench`]).
     check_signatures: bool,
+    /// Tree nodes and recent blocks read or written, so that proofs for many readers of
+    /// the same region do not each go to the store.
+    caches: Mutex<Caches>,
+}
+
+/// The feed's in-memory caches ([`super::cache`]).
+#[derive(Debug, Default)]
+struct Caches {
+    nodes: NodeCache,
+    blocks: BlockCache,
 }
 
 /// What a failed commit returns to: see `Feed::committed`.
@@ -347,6 +358,7 @@ impl<S: Store> Feed<S> {
             refreshed: None,
             committed: None,
             check_signatures: true,
+            caches: Mutex::new(Caches::default()),
         };
         feed.recover()?;
         Ok(feed)
@@ -467,6 +479,7 @@ impl<S: Store> Feed<S> {
             self.bitfield.mark_written();
         }
         *self.offset_hint() = None;
+        self.clear_caches();
         self.store.truncate(self.byte_length, length)?;
         Ok(())
     }
@@ -543,6 +556,9 @@ impl<S: Store> Feed<S> {
         if index >= self.length || !self.bitfield.has_block(index) {
             return Ok(None);
         }
+        if let Some(data) = self.caches().blocks.get(index) {
+            return Ok(Some(data.to_vec()));
+        }
         let leaf = self.node(2 * index)?.ok_or_else(|| {
             FeedError::Corrupt(format!(
                 "block {index} is held but its tree node is missing"
@@ -551,6 +567,7 @@ impl<S: Store> Feed<S> {
         let offset = self.block_offset(index, &[])?;
         let data = self.store.read_data(offset, leaf.size)?;
         self.remember_offset(index, offset, leaf.size);
+        self.caches().blocks.put(index, &data);
         Ok(Some(data))
     }
 
@@ -664,8 +681,14 @@ impl<S: Store> Feed<S> {
         if !self.bitfield.has_node(index) {
             return Ok(None);
         }
+        if let Some(node) = self.caches().nodes.get(index) {
+            return Ok(Some(node));
+        }
         match self.store.read_node(index)? {
-            Some(node) => Ok(Some(node)),
+            Some(node) => {
+                self.caches().nodes.put(node);
+                Ok(Some(node))
+            }
             None => Err(FeedError::Corrupt(format!(
                 "tree node {index} is marked but blank"
             ))),
@@ -729,6 +752,15 @@ impl<S: Store> Feed<S> {
         }
         self.store.write_nodes(&nodes)?;
         self.store.write_signature(new_length - 1, &signature)?;
+        {
+            let mut c = self.caches();
+            for n in &nodes {
+                c.nodes.put(*n);
+            }
+            for (i, b) in (start..).zip(blocks) {
+                c.blocks.put(i, b.as_ref());
+            }
+        }
 
         self.begin_change();
         for i in start..new_length {
@@ -786,6 +818,7 @@ impl<S: Store> Feed<S> {
                 if self.writer.is_some() && !self.store.is_read_only() {
                     // As on reopen: a writer keeps nothing past its length (this also
                     // drops a stale signature an aborted batch left at its end).
+                    self.clear_caches();
                     if let Err(again) = self.store.truncate(self.byte_length, self.length) {
                         tracing::warn!(error = %again, "trimming after a failed commit failed");
                     }
@@ -834,6 +867,21 @@ impl<S: Store> Feed<S> {
         self.commit()?;
         self.store.sync_bitfield()?;
         Ok(())
+    }
+
+    fn caches(&self) -> std::sync::MutexGuard<'_, Caches> {
+        match self.caches.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Forgets cached nodes and blocks (the store is being cut back: indexes past the
+    /// new end may be written again with other content).
+    fn clear_caches(&self) {
+        let mut c = self.caches();
+        c.nodes.clear();
+        c.blocks.clear();
     }
 
     fn offset_hint(&self) -> std::sync::MutexGuard<'_, Option<(u64, u64)>> {
@@ -1218,6 +1266,12 @@ impl<S: Store> Feed<S> {
             .copied()
             .collect();
         self.store.write_nodes(&fresh)?;
+        {
+            let mut c = self.caches();
+            for n in &fresh {
+                c.nodes.put(*n);
+            }
+        }
         if let Some(v) = value {
             let offset = self.block_offset(index, &nodes)?;
             self.store.write_data(offset, v)?;

@@ -2,6 +2,7 @@
 //! and the stores behind them. No tokio here.
 
 pub mod bitfield;
+pub mod cache;
 pub mod dir;
 pub mod feed;
 pub mod flat_tree;
