@@ -264,6 +264,8 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
+    // Both sellers revalidate this often (the JS seller's validateInterval is 200 ms).
+    let revalidate_ms = std::env::var("BENCH_REVALIDATE_MS").unwrap_or_else(|_| "200".into());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -323,7 +325,7 @@ fn main() {
             "--json",
             // The JS seller's validateInterval (tests/js/dazaar-peer.js).
             "--revalidate-ms",
-            "200",
+            &revalidate_ms,
             // Every buyer of the bench dials from 127.0.0.1.
             "--max-connections-per-ip",
             "0",
@@ -398,6 +400,7 @@ fn main() {
                 "10",
             ])
             .env("NODE_PATH", js.join("node_modules"))
+            .env("DAZAAR_VALIDATE_MS", &revalidate_ms)
             .stdout(Stdio::piped())
             .spawn()
             .expect("node");

@@ -40,7 +40,7 @@ function sell () {
       if (err) throw err
       const seller = m.sell(feed, {
         uniqueFeed: mode !== 'free',
-        validateInterval: 200,
+        validateInterval: Number(process.env.DAZAAR_VALIDATE_MS || 200),
         validate (remoteKey, cb) {
           if (mode === 'deny') return cb(new Error('Needs payment'))
           if (mode === 'free') return cb(null, { type: 'free' })

@@ -24,6 +24,7 @@ use super::budget::{Announcing, SignatureBudget};
 use super::replicate::{ReplicationError, ReplicationEvent, Replicator, ReplicatorConfig};
 use super::{DiscoveryKey, Event as SessionEvent, Session, SessionConfig, SessionError};
 use crate::storage::{Feed, Store};
+use crate::wire::Message;
 
 /// Recent downloads kept for announcing to the other peers (older ones are dropped:
 /// a Have is advisory).
@@ -721,9 +722,18 @@ impl<F: FeedShare> Connection<F> {
                     message,
                 } => {
                     if let Some(ch) = self.channels.get_mut(&discovery_key) {
-                        let mut feed = ch.feed.lock();
-                        ch.rep
-                            .on_message(&mut self.session, &mut feed, message, now)?;
+                        match message {
+                            // An uploader's requests are answered in `pump`, which holds
+                            // the shared feed's lock only to build the answers.
+                            Message::Request(request) if ch.rep.answers_outside_lock() => {
+                                ch.rep.queue_request(request)?;
+                            }
+                            message => {
+                                let mut feed = ch.feed.lock();
+                                ch.rep
+                                    .on_message(&mut self.session, &mut feed, message, now)?;
+                            }
+                        }
                     }
                 }
                 SessionEvent::Extension { name, payload } => {
@@ -797,7 +807,17 @@ impl<F: FeedShare> Connection<F> {
             for index in blocks {
                 ch.rep.on_local_download(&mut self.session, index)?;
             }
-            ch.rep.pump(&mut self.session, &mut feed, now)?;
+            if ch.rep.answers_outside_lock() {
+                // Proofs and blocks under the lock; signing, encoding and encryption
+                // after it (the other connections of the feed wait for the lock).
+                let mut prepared = Vec::new();
+                ch.rep
+                    .prepare_answers(&feed, self.session.outgoing_len(), &mut prepared)?;
+                drop(feed);
+                ch.rep.send_prepared(&mut self.session, prepared)?;
+            } else {
+                ch.rep.pump(&mut self.session, &mut feed, now)?;
+            }
         }
         self.collect_replication();
         Ok(())

@@ -163,6 +163,33 @@ pub struct ReplicatorConfig {
     pub signature_budget: Option<Arc<SignatureBudget>>,
 }
 
+/// A Data message built under the feed lock ([`Replicator::prepare_answers`]), to be
+/// signed and sent after it ([`Replicator::send_prepared`]).
+#[derive(Debug)]
+pub struct PreparedData {
+    index: u64,
+    value: Option<Vec<u8>>,
+    nodes: Vec<merkle::Node>,
+    signature: PreparedSignature,
+}
+
+impl PreparedData {
+    /// About how many bytes the message takes in the outgoing buffer.
+    fn estimated_len(&self) -> usize {
+        let value = self.value.as_ref().map_or(0, Vec::len);
+        value + self.nodes.len() * 48 + 100
+    }
+}
+
+/// The signature a prepared Data message carries.
+#[derive(Debug, Clone, Copy)]
+enum PreparedSignature {
+    None,
+    Ready([u8; 64]),
+    /// To be signed by the channel's signer.
+    Sign { length: u64, tree_hash: [u8; 32] },
+}
+
 /// How often a rekeyed channel announces growth by default: appends within this window
 /// share one per-buyer signature.
 pub const REKEYED_ANNOUNCE_INTERVAL_MS: u64 = 40;
@@ -906,12 +933,7 @@ impl Replicator {
                 if !self.config.uploading {
                     return Ok(());
                 }
-                if self.remote_requests.len() >= self.config.max_remote_requests {
-                    return Err(ReplicationError::TooManyRequests {
-                        max: self.config.max_remote_requests,
-                    });
-                }
-                self.remote_requests.push_back(request);
+                self.queue_request(request)?;
                 self.answer_requests(session, feed)
             }
             Message::Data(data) => self.on_data(session, feed, data),
@@ -1358,9 +1380,50 @@ impl Replicator {
     fn answer_requests<S: Store>(
         &mut self,
         session: &mut Session,
-        feed: &mut Feed<S>,
+        feed: &Feed<S>,
     ) -> Result<(), ReplicationError> {
-        while session.outgoing_len() < self.config.upload_high_water {
+        let mut prepared = Vec::new();
+        self.prepare_answers(feed, session.outgoing_len(), &mut prepared)?;
+        self.send_prepared(session, prepared)
+    }
+
+    /// Queues a Request from the remote, to be answered by [`Replicator::prepare_answers`]
+    /// and [`Replicator::send_prepared`] (a connection takes the feed lock for the first
+    /// only). Ignored while we do not upload; an error when the remote queued too many.
+    pub fn queue_request(&mut self, request: Request) -> Result<(), ReplicationError> {
+        if self.closed || !self.config.uploading {
+            return Ok(());
+        }
+        if self.remote_requests.len() >= self.config.max_remote_requests {
+            return Err(ReplicationError::TooManyRequests {
+                max: self.config.max_remote_requests,
+            });
+        }
+        self.remote_requests.push_back(request);
+        Ok(())
+    }
+
+    /// Whether Requests may be queued with [`Replicator::queue_request`] and answered
+    /// outside the feed lock: the channel uploads only (its answers cannot interleave
+    /// with requests of its own).
+    pub fn answers_outside_lock(&self) -> bool {
+        !self.config.downloading
+    }
+
+    /// Builds answers to queued requests from `feed` (proofs, blocks, what to sign)
+    /// while the outgoing buffer, now `outgoing` bytes, has room; the caller holds the
+    /// feed only for this and sends them with [`Replicator::send_prepared`].
+    pub fn prepare_answers<S: Store>(
+        &mut self,
+        feed: &Feed<S>,
+        outgoing: usize,
+        out: &mut Vec<PreparedData>,
+    ) -> Result<(), ReplicationError> {
+        if !self.opened || self.closed {
+            return Ok(());
+        }
+        let mut outgoing = outgoing;
+        while outgoing < self.config.upload_high_water {
             let Some(request) = self.remote_requests.pop_front() else {
                 break;
             };
@@ -1374,7 +1437,36 @@ impl Replicator {
                 self.remote_requests.push_front(request);
                 break;
             }
-            self.answer(session, feed, &request)?;
+            if let Some(p) = self.prepare(feed, &request)? {
+                outgoing = outgoing.saturating_add(p.estimated_len());
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
+
+    /// Signs (a rekeyed channel, once per length) and sends answers built by
+    /// [`Replicator::prepare_answers`].
+    pub fn send_prepared(
+        &mut self,
+        session: &mut Session,
+        prepared: Vec<PreparedData>,
+    ) -> Result<(), ReplicationError> {
+        for p in prepared {
+            let signature = match p.signature {
+                PreparedSignature::None => None,
+                PreparedSignature::Ready(sig) => Some(sig),
+                PreparedSignature::Sign { length, tree_hash } => {
+                    Some(self.sign_length(length, &tree_hash))
+                }
+            };
+            let data = DataRef {
+                index: p.index,
+                value: p.value.as_deref(),
+                nodes: &p.nodes,
+                signature: signature.as_ref(),
+            };
+            session.send_data(&self.discovery_key, &data)?;
         }
         Ok(())
     }
@@ -1402,24 +1494,24 @@ impl Replicator {
         meter.try_spend(size)
     }
 
-    fn answer<S: Store>(
+    /// The answer to `request`, or `None` when none is sent.
+    fn prepare<S: Store>(
         &mut self,
-        session: &mut Session,
-        feed: &mut Feed<S>,
+        feed: &Feed<S>,
         request: &Request,
-    ) -> Result<(), ReplicationError> {
+    ) -> Result<Option<PreparedData>, ReplicationError> {
         let index = request.index;
         // Byte-offset requests (JS `seek`) are not served: the requester times out.
         if request.bytes.unwrap_or(0) > 0 {
             tracing::debug!(bytes = request.bytes, "byte-offset request ignored");
-            return Ok(());
+            return Ok(None);
         }
         let hash_only = request.hash.unwrap_or(false);
         if index >= feed.length() || !feed.bitfield().has_node(2 * index) {
             // JS would destroy the stream here; a block we never had is the remote's
             // mistake, so it is ignored and the remote's request times out.
             tracing::debug!(index, "request for a block we do not have");
-            return Ok(());
+            return Ok(None);
         }
         let digest = request.nodes.unwrap_or(0);
         // A signer channel proves against the announced length (one signature per
@@ -1447,50 +1539,72 @@ impl Replicator {
                 .map_err(|source| ReplicationError::Feed { index, source })?
         } else {
             // Tree node but no block: JS sends nothing.
-            return Ok(());
+            return Ok(None);
         };
         let signature = if proof.verified_by > 0 {
             self.signature_for(feed, proof.verified_by / 2, index)?
         } else {
-            None
+            PreparedSignature::None
         };
-        let data = DataRef {
+        Ok(Some(PreparedData {
             index,
-            value: value.as_deref(),
-            nodes: &proof.nodes,
-            signature: signature.as_ref(),
-        };
-        session.send_data(&self.discovery_key, &data)?;
-        Ok(())
+            value,
+            nodes: proof.nodes,
+            signature,
+        }))
     }
 
-    /// The signature for `length`: the stored one, or the rekeyed signer's.
+    /// The signature for `length`: the stored one, the one signed last, or what the
+    /// rekeyed signer is to sign (signed after the feed lock is let go).
     fn signature_for<S: Store>(
         &mut self,
         feed: &Feed<S>,
         length: u64,
         index: u64,
-    ) -> Result<Option<[u8; 64]>, ReplicationError> {
+    ) -> Result<PreparedSignature, ReplicationError> {
         if let Some((l, sig)) = self.signature_cache {
             if l == length {
-                return Ok(Some(sig));
+                return Ok(PreparedSignature::Ready(sig));
             }
         }
-        let sig = match &self.config.signer {
-            Some(signer) => {
+        Ok(match &self.config.signer {
+            Some(_) => {
                 let roots = feed
                     .roots_at(length)
                     .map_err(|source| ReplicationError::Feed { index, source })?;
-                Some(signer.sign(&merkle::tree_hash(&roots), length))
+                PreparedSignature::Sign {
+                    length,
+                    tree_hash: merkle::tree_hash(&roots),
+                }
             }
-            None => feed
+            None => match feed
                 .signature_at(length)
-                .map_err(|source| ReplicationError::Feed { index, source })?,
-        };
-        if let Some(s) = sig {
-            self.signature_cache = Some((length, s));
+                .map_err(|source| ReplicationError::Feed { index, source })?
+            {
+                Some(sig) => {
+                    self.signature_cache = Some((length, sig));
+                    PreparedSignature::Ready(sig)
+                }
+                None => PreparedSignature::None,
+            },
+        })
+    }
+
+    /// The rekeyed signer's signature over `tree_hash` at `length` (remembered: the
+    /// answers of one announcement share it).
+    fn sign_length(&mut self, length: u64, tree_hash: &[u8; 32]) -> [u8; 64] {
+        if let Some((l, sig)) = self.signature_cache {
+            if l == length {
+                return sig;
+            }
         }
-        Ok(sig)
+        let sig = match &self.config.signer {
+            Some(signer) => signer.sign(tree_hash, length),
+            // Only a signer channel prepares a signature to make.
+            None => [0; 64],
+        };
+        self.signature_cache = Some((length, sig));
+        sig
     }
 }
 
