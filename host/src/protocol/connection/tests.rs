@@ -297,3 +297,79 @@ fn the_download_log_skips_the_origin_and_keeps_the_newest() {
     // 3 + 4101 entries: the oldest 8 (10, 11, 12, then blocks 0..5) are gone.
     assert_eq!(out.first(), Some(&5));
 }
+
+/// A wake-up with nothing to do for a channel (growth held back by the announce
+/// interval, no request queued) does not take the shared feed's lock: a seller's
+/// thousand connections are all woken by each append.
+#[test]
+fn a_wake_with_nothing_to_do_leaves_the_feed_lock_alone() {
+    let source = MemShare::new(writer(3));
+    let spec = ChannelSpec {
+        feed: source.clone(),
+        config: ReplicatorConfig {
+            announce_interval_ms: 40,
+            ..ReplicatorConfig::uploader()
+        },
+    };
+    let (mut server, mut client, copy, _) = serve_pair(spec, ReplicatorConfig::downloader());
+    run(&mut server, &mut client, 1000);
+    source.append(&[block(3)]);
+    run(&mut server, &mut client, 1000);
+    assert_eq!(copy.lock().length(), 4);
+    // Held back by the interval: the wake has nothing to do.
+    source.append(&[block(4)]);
+    let held = source.lock();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let result = server.conn.handle_wake(1010);
+        let _ = tx.send(result.is_ok());
+        server
+    });
+    let answered = rx.recv_timeout(std::time::Duration::from_secs(5));
+    drop(held);
+    let mut server = worker.join().expect("the wake ran");
+    assert_eq!(
+        answered,
+        Ok(true),
+        "the wake waited for the feed lock (or failed)"
+    );
+    // The held-back block still goes out when the interval ends.
+    server.timeout(1040);
+    run(&mut server, &mut client, 1040);
+    assert_eq!(copy.lock().length(), 5);
+}
+
+/// Channels sharing a signature budget announce less often as more of them announce:
+/// with a budget of 20 signatures a second, one announcing channel waits 50 ms, not its
+/// own 40.
+#[test]
+fn a_signature_budget_widens_the_announce_interval() {
+    use crate::protocol::budget::SignatureBudget;
+    let source = MemShare::new(writer(3));
+    let budget = SignatureBudget::new(20);
+    let spec = ChannelSpec {
+        feed: source.clone(),
+        config: ReplicatorConfig {
+            announce_interval_ms: 40,
+            signature_budget: Some(budget.clone()),
+            ..ReplicatorConfig::uploader()
+        },
+    };
+    let (mut server, mut client, copy, _) = serve_pair(spec, ReplicatorConfig::downloader());
+    run(&mut server, &mut client, 1000);
+    assert_eq!(budget.announcing(), 1, "the open channel counts");
+    source.append(&[block(3)]);
+    run(&mut server, &mut client, 1000);
+    assert_eq!(copy.lock().length(), 4);
+    source.append(&[block(4)]);
+    run(&mut server, &mut client, 1010);
+    assert_eq!(server.conn.poll_timeout(), Some(1050));
+    server.timeout(1040);
+    run(&mut server, &mut client, 1040);
+    assert_eq!(copy.lock().length(), 4, "still within the widened interval");
+    server.timeout(1050);
+    run(&mut server, &mut client, 1050);
+    assert_eq!(copy.lock().length(), 5);
+    drop(server);
+    assert_eq!(budget.announcing(), 0, "a closed connection leaves the budget");
+}
