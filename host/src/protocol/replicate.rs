@@ -187,7 +187,10 @@ enum PreparedSignature {
     None,
     Ready([u8; 64]),
     /// To be signed by the channel's signer.
-    Sign { length: u64, tree_hash: [u8; 32] },
+    Sign {
+        length: u64,
+        tree_hash: [u8; 32],
+    },
 }
 
 /// How often a rekeyed channel announces growth by default: appends within this window

@@ -1079,6 +1079,33 @@ fn a_failed_append_commit_leaves_memory_as_on_disk_and_the_next_append_persists(
     assert!(feed.signature_at(4).expect("sig").is_some());
 }
 
+/// The block and node caches never serve what a failed append wrote: the next append
+/// at that index (here too large for the block cache) is what is read and proven. Two
+/// guards keep it so (the rollback clears the caches; a block not cached evicts its
+/// index's old entry): removing both fails this test, `cache::tests` covers the second.
+#[test]
+fn after_a_failed_append_the_caches_serve_the_block_that_took_its_place() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (store, plan) = FailingStore::new(FsStore::open(dir.path(), true).expect("store"));
+    let mut feed = Feed::create(store, seed01()).expect("create");
+    feed.append_batch(&[b"a".to_vec(), b"b".to_vec(), b"c".to_vec()])
+        .expect("append");
+    fail_after(&plan, 3, false);
+    feed.append(b"lost").expect_err("disk full");
+    let kept = vec![7u8; super::cache::BLOCK_MAX + 1];
+    assert_eq!(feed.append(&kept).expect("append"), 4);
+    assert_eq!(feed.get_for_upload(3).expect("read"), Some(kept.clone()));
+    let leaf = feed.node(6).expect("node").expect("held");
+    assert_eq!(leaf, Node::leaf(3, &kept));
+    // A reader verifies the block with the writer's proof.
+    let mut reader = Feed::create_reader(MemStore::new(), feed.key()).expect("reader");
+    let proof = feed.proof(3, 0, &mut NodeSet::new(), false).expect("proof");
+    let sig = feed.signature_at(proof.verified_by / 2).expect("sig");
+    reader
+        .put(3, Some(&kept), &proof.nodes, sig.as_ref())
+        .expect("verifies");
+}
+
 /// A batch whose bits span two pages, on a disk that fills after the first page.
 fn fail_a_commit_halfway(sticky: bool) {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -371,5 +371,9 @@ fn a_signature_budget_widens_the_announce_interval() {
     run(&mut server, &mut client, 1050);
     assert_eq!(copy.lock().length(), 5);
     drop(server);
-    assert_eq!(budget.announcing(), 0, "a closed connection leaves the budget");
+    assert_eq!(
+        budget.announcing(),
+        0,
+        "a closed connection leaves the budget"
+    );
 }
