@@ -303,6 +303,8 @@ struct Channel<F> {
     /// The signature budget this channel's announcements count against, and its place
     /// in it while it announces.
     budget: Option<(Arc<SignatureBudget>, Option<Announcing>)>,
+    /// The replicator's signature count when last looked at, and when it last grew.
+    signed: (u64, Option<u64>),
     /// When growth was last announced.
     last_announce_ms: u64,
     /// Downloads into the feed (its bitfield writes are deferred and flushed here).
@@ -322,10 +324,20 @@ impl<F> Channel<F> {
         }
     }
 
-    /// Counts the channel in its signature budget while it announces, and out of it
-    /// when it stops (a buyer found invalid, a channel closed).
-    fn count_in_budget(&mut self) {
-        let announces = self.rep.announces();
+    /// Counts the channel in its signature budget while it announces and signed within
+    /// the last [`SIGNING_RECENTLY_MS`], and out of it otherwise (a buyer that follows
+    /// nothing, found invalid, a channel closed): a thousand idle buyers must not slow
+    /// the announcements of the few that read.
+    fn count_in_budget(&mut self, now: u64) {
+        let made = self.rep.signatures();
+        if made != self.signed.0 {
+            self.signed = (made, Some(now));
+        }
+        let recently = self
+            .signed
+            .1
+            .is_some_and(|at| now.saturating_sub(at) < SIGNING_RECENTLY_MS);
+        let announces = self.rep.announces() && recently;
         if let Some((budget, place)) = &mut self.budget {
             if announces && place.is_none() {
                 *place = Some(budget.enter());
@@ -335,6 +347,9 @@ impl<F> Channel<F> {
         }
     }
 }
+
+/// A channel counts in its signature budget while it signed within this long.
+const SIGNING_RECENTLY_MS: u64 = 1000;
 
 /// One connection's state: the session, its channels and their replicators.
 pub struct Connection<F: FeedShare> {
@@ -667,6 +682,7 @@ impl<F: FeedShare> Connection<F> {
                 announced_length,
                 announce_interval_ms,
                 budget,
+                signed: (0, None),
                 last_announce_ms: 0,
                 downloading,
                 id: NEXT_CHANNEL_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -783,7 +799,7 @@ impl<F: FeedShare> Connection<F> {
         for ch in self.channels.values_mut() {
             // The feed lock is shared by every connection of the feed (a seller's
             // thousand buyers are all woken by each append): take it only for work.
-            ch.count_in_budget();
+            ch.count_in_budget(now);
             let interval = ch.interval_ms();
             let due = interval == 0 || now >= ch.last_announce_ms.saturating_add(interval);
             let announce = due && ch.rep.is_open() && ch.feed.length() > ch.announced_length;

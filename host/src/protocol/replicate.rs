@@ -609,6 +609,8 @@ pub struct Replicator {
     /// Want ranges `(start, length)` answered at feed length `.0`.
     answered_wants: (u64, std::collections::BTreeSet<(u64, u64)>),
     signature_cache: Option<(u64, [u8; 64])>,
+    /// Signatures the rekeyed signer made for this channel.
+    signatures: u64,
     /// The longest length announced to the remote (Have); proofs on a signer channel
     /// are made against it so that they share a signature.
     announced_length: u64,
@@ -673,6 +675,7 @@ impl Replicator {
             remote_requests: VecDeque::new(),
             answered_wants: (0, Default::default()),
             signature_cache: None,
+            signatures: 0,
             announced_length: 0,
             events: VecDeque::new(),
             synced: false,
@@ -966,6 +969,11 @@ impl Replicator {
     /// a Want, and we upload).
     pub fn announces(&self) -> bool {
         self.opened && !self.closed && self.remote_want && self.config.uploading
+    }
+
+    /// How many signatures the channel's rekeyed signer made.
+    pub fn signatures(&self) -> u64 {
+        self.signatures
     }
 
     /// Whether [`Replicator::pump`] may have anything to do: requests to answer, or
@@ -1602,7 +1610,10 @@ impl Replicator {
             }
         }
         let sig = match &self.config.signer {
-            Some(signer) => signer.sign(tree_hash, length),
+            Some(signer) => {
+                self.signatures = self.signatures.saturating_add(1);
+                signer.sign(tree_hash, length)
+            }
             // Only a signer channel prepares a signature to make.
             None => [0; 64],
         };

@@ -339,25 +339,30 @@ fn a_wake_with_nothing_to_do_leaves_the_feed_lock_alone() {
     assert_eq!(copy.lock().length(), 5);
 }
 
-/// Channels sharing a signature budget announce less often as more of them announce:
-/// with a budget of 20 signatures a second, one announcing channel waits 50 ms, not its
-/// own 40.
+/// Rekeyed channels sharing a signature budget announce less often as more of them
+/// sign: with a budget of 20 signatures a second, one signing channel waits 50 ms, not
+/// its own 40; one that has not signed for a second no longer counts.
 #[test]
 fn a_signature_budget_widens_the_announce_interval() {
     use crate::protocol::budget::SignatureBudget;
+    use crate::storage::RekeyedSigner;
     let source = MemShare::new(writer(3));
     let budget = SignatureBudget::new(20);
+    let signer = Arc::new(RekeyedSigner::new(
+        crate::crypto::Ed25519KeyPair::from_seed(&[9; 32]),
+    ));
     let spec = ChannelSpec {
         feed: source.clone(),
         config: ReplicatorConfig {
             announce_interval_ms: 40,
             signature_budget: Some(budget.clone()),
-            ..ReplicatorConfig::uploader()
+            ..ReplicatorConfig::rekeyed(signer)
         },
     };
     let (mut server, mut client, copy, _) = serve_pair(spec, ReplicatorConfig::downloader());
     run(&mut server, &mut client, 1000);
-    assert_eq!(budget.announcing(), 1, "the open channel counts");
+    assert_eq!(copy.lock().length(), 3);
+    assert_eq!(budget.announcing(), 1, "the channel signed: it counts");
     source.append(&[block(3)]);
     run(&mut server, &mut client, 1000);
     assert_eq!(copy.lock().length(), 4);
@@ -370,6 +375,15 @@ fn a_signature_budget_widens_the_announce_interval() {
     server.timeout(1050);
     run(&mut server, &mut client, 1050);
     assert_eq!(copy.lock().length(), 5);
+    // A second without signing: out of the budget (looked at on the next wake).
+    server.timeout(2100);
+    run(&mut server, &mut client, 2100);
+    assert_eq!(budget.announcing(), 0, "an idle channel does not count");
+    source.append(&[block(5)]);
+    run(&mut server, &mut client, 2100);
+    assert_eq!(copy.lock().length(), 6);
+    run(&mut server, &mut client, 2101);
+    assert_eq!(budget.announcing(), 1, "signing again: counted again");
     drop(server);
     assert_eq!(
         budget.announcing(),
