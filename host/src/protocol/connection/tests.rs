@@ -319,7 +319,7 @@ fn a_wake_with_nothing_to_do_leaves_the_feed_lock_alone() {
     // Held back by the interval: the wake has nothing to do.
     source.append(&[block(4)]);
     let held = source.lock();
-    let (tx, rx) = std::sync::mpsc::channel();
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
     let worker = std::thread::spawn(move || {
         let result = server.conn.handle_wake(1010);
         let _ = tx.send(result.is_ok());
