@@ -13,6 +13,7 @@ use dazaar::payments::{
     now_ms, OpenedVerifier, PaymentGate, PaymentTerms, UserMessage, Validation,
 };
 use dazaar_plugin_api::payment_memo;
+use dazaar_tests::assert_left;
 use dazaar_tests::lnd_mock::{LndMode, MockLnd};
 use serde_json::{json, Value};
 
@@ -111,18 +112,9 @@ fn remaining(v: Validation) -> u64 {
     support::remaining(v, "lnd")
 }
 
-/// Asserts that `ms`, the time left of a grant of `full` ms bought by a settlement made
-/// after `before`, is what the clock allows: at most `full`, and at least `full` less the
-/// time passed since `before` and the up to 1 s that LND's whole-second `settle_date` drops.
-/// (A fixed window would fail whenever loading, TLS and listing take longer than it leaves.)
-fn assert_left(ms: u64, full: u64, before: Instant) {
-    let passed = u64::try_from(before.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let least = full.saturating_sub(passed.saturating_add(1_000));
-    assert!(
-        (least..=full).contains(&ms),
-        "{ms} ms left of {full}, {passed} ms after the settlement"
-    );
-}
+/// LND's `settle_date` has whole seconds: a grant counted from it may be short by up to 1 s
+/// more than the time passed since the settlement.
+const SETTLE_DATE_MS: u64 = 1_000;
 
 #[test]
 fn lnd_settled_invoices_with_the_memo_make_buyers_valid() {
@@ -156,7 +148,7 @@ fn lnd_settled_invoices_with_the_memo_make_buyers_valid() {
         Duration::from_secs(5),
         Validation::is_valid,
     ));
-    assert_left(ms, 600_000, settled);
+    assert_left(ms, 600_000, settled, SETTLE_DATE_MS);
     for n in [1, 3, 4, 5] {
         assert_eq!(
             reason(check(&g, b(n))),
@@ -206,7 +198,7 @@ fn lnd_settled_invoices_with_the_memo_make_buyers_valid() {
         Validation::is_valid,
     ));
     eprintln!("lnd: settled to valid in {:?}", paid.elapsed());
-    assert_left(ms, 300_000, paid);
+    assert_left(ms, 300_000, paid, SETTLE_DATE_MS);
 }
 
 /// The seller's reply to a buyer's `lnd-pay-request` for `sats`.
@@ -348,7 +340,7 @@ fn lnd_buyer_checks_the_invoice_before_paying() {
         Duration::from_secs(5),
         Validation::is_valid,
     ));
-    assert_left(ms, 250_000, paying);
+    assert_left(ms, 250_000, paying, SETTLE_DATE_MS);
     // The same invoice again: LND refuses it (already paid); nothing is paid twice.
     let e = buyer
         .user_message(BUYER, SELLER, &terms(), invoice)
