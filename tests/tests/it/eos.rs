@@ -42,11 +42,11 @@ fn remaining(v: Validation) -> u64 {
     support::remaining(v, "eos")
 }
 
-/// The unit of the block times the plugin counts a grant from. The mock node stamps an
-/// action with the millisecond it was added (a real node's block times are multiples of
-/// 500 ms, at or after the push), and the plugin reads them to the millisecond: a grant
-/// is short of its full length by the time passed since the payment, to the ms.
-const BLOCK_TIME_MS: u64 = 1;
+/// What a grant's time left may lose to rounding beyond the time passed since the
+/// payment. The mock node stamps an action with the millisecond given (a real node's
+/// block times are multiples of 500 ms, at or after the push), the plugin reads block
+/// times to the millisecond, and the price's float arithmetic may round one down.
+const ROUNDING_MS: u64 = 1;
 
 fn memo(buyer: [u8; 32]) -> String {
     payment_memo(&SELLER, &buyer)
@@ -159,15 +159,15 @@ fn eos_v1_history_pays_by_memo_with_paging_and_overlap() {
         "rpc = {:?}\npage_size = 3\npoll_ms = 0\n",
         node.base
     ));
-    let paid = Instant::now();
-    fill(&node, now_ms());
+    let paid = now_ms();
+    fill(&node, paid);
     let g = gate(&v);
     // 1 EOS at 1 EOS/hour.
     let ms = remaining(check(&g, BUYER));
-    assert_left(ms, 3_600_000, paid, BLOCK_TIME_MS);
+    assert_left(ms, 3_600_000, paid, ROUNDING_MS);
     // 0.5 a minute ago + 0.5 now: 3540 s left.
     let ms = remaining(check(&g, b(9)));
-    assert_left(ms, 3_540_000, paid, BLOCK_TIME_MS);
+    assert_left(ms, 3_540_000, paid, ROUNDING_MS);
     assert_wrong_payments_not_valid(&g);
     // The overlapping pages were not counted twice.
     let ms = remaining(check(&g, BUYER));
@@ -175,17 +175,17 @@ fn eos_v1_history_pays_by_memo_with_paging_and_overlap() {
 
     // A payment arriving later is picked up by the next poll, from where it left off.
     let before = node.state.lock().unwrap().requests;
-    let paid = Instant::now();
+    let paid = now_ms();
     node.transfer(
         "eosio.token",
         "bob",
         ACCOUNT,
         "0.2500 EOS",
         &memo(b(2)),
-        now_ms(),
+        paid,
     );
     let ms = remaining(check(&g, b(2)));
-    assert_left(ms, 900_000, paid, BLOCK_TIME_MS);
+    assert_left(ms, 900_000, paid, ROUNDING_MS);
     let after = node.state.lock().unwrap().requests;
     assert!(
         after - before <= 2,
@@ -201,7 +201,6 @@ fn eos_each_unit_kind() {
     use dazaar_plugin_api::Grant;
     let node = MockEos::start(ACCOUNT);
     let v = open(&format!("rpc = {:?}\npoll_ms = 0\n", node.base));
-    let paid = Instant::now();
     let now = now_ms();
     for amount in ["1.0000 EOS", "0.5000 EOS"] {
         node.transfer("eosio.token", "alice", ACCOUNT, amount, &memo(BUYER), now);
@@ -230,7 +229,7 @@ fn eos_each_unit_kind() {
     );
     let time = grant("1", "hours", "1").unwrap();
     assert_eq!(time.kind, dazaar_plugin_api::GrantKind::TIME);
-    assert_left(time.remaining, 5_400_000, paid, BLOCK_TIME_MS);
+    assert_left(time.remaining, 5_400_000, now, ROUNDING_MS);
 }
 
 /// The seller's account history can hold transfers between others (a contract that
@@ -330,11 +329,11 @@ fn eos_hyperion_v2_paging_and_irreversible_only() {
         "rpc = {:?}\napi = \"hyperion\"\npage_size = 2\npoll_ms = 0\n",
         node.base
     ));
-    let paid = Instant::now();
-    fill(&node, now_ms());
+    let paid = now_ms();
+    fill(&node, paid);
     let g = gate(&v);
     let ms = remaining(check(&g, BUYER));
-    assert_left(ms, 3_600_000, paid, BLOCK_TIME_MS);
+    assert_left(ms, 3_600_000, paid, ROUNDING_MS);
     assert_wrong_payments_not_valid(&g);
 
     // Irreversible only: nothing counts until the node's LIB passes the block.
@@ -361,7 +360,6 @@ max_payments = 10
 ",
         node.base
     ));
-    let paid = Instant::now();
     let now = now_ms();
     for i in 0..40u8 {
         // One of them is a real payment to the other product.
@@ -385,13 +383,13 @@ max_payments = 10
     );
     let g = gate(&v);
     let ms = remaining(check(&g, BUYER));
-    assert_left(ms, 3_600_000, paid, BLOCK_TIME_MS);
+    assert_left(ms, 3_600_000, now, ROUNDING_MS);
 
     // Another product of the same verifier (another seller key, same account) is read
     // for when it is first asked about, its earlier payments included.
     let other = [0x77; 32];
     let ms = remaining(g.validate_uncached(b(3), other, now_ms()));
-    assert_left(ms, 360_000, paid, BLOCK_TIME_MS);
+    assert_left(ms, 360_000, now, ROUNDING_MS);
 }
 
 #[test]
@@ -596,8 +594,8 @@ fn eos_buyer_signs_and_pushes_the_transfer_and_the_seller_counts_it() {
         format!("eos: no EOS transfer to {ACCOUNT} with this buyer's memo")
     );
 
-    // Half an EOS at 1 EOS/hour: 30 minutes.
-    let paid = Instant::now();
+    // Half an EOS at 1 EOS/hour: 30 minutes, from the node's stamp of the push.
+    let paid = now_ms();
     let how = buyer
         .payment_request(BUYER, SELLER, &terms(), "0.5")
         .unwrap();
@@ -626,7 +624,7 @@ fn eos_buyer_signs_and_pushes_the_transfer_and_the_seller_counts_it() {
         );
     }
     let ms = remaining(check(&c.seller, BUYER));
-    assert_left(ms, 1_800_000, paid, BLOCK_TIME_MS);
+    assert_left(ms, 1_800_000, paid, ROUNDING_MS);
     // Another buyer is not paid by it.
     assert!(!check(&c.seller, b(42)).is_valid());
 
@@ -642,7 +640,7 @@ fn eos_buyer_signs_and_pushes_the_transfer_and_the_seller_counts_it() {
     assert_ne!(again.paid, Some(id));
     // Paid before the first one ran out: 45 minutes from the first.
     let ms = remaining(check(&c.seller, BUYER));
-    assert_left(ms, 2_700_000, paid, BLOCK_TIME_MS);
+    assert_left(ms, 2_700_000, paid, ROUNDING_MS);
 
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(text.contains("TRACE") || text.contains("DEBUG"), "{text}");
@@ -894,8 +892,8 @@ fn eos_restart_resumes_from_the_saved_cursor() {
     use dazaar::state::StateStore;
 
     let node = MockEos::start(ACCOUNT);
-    let paid = Instant::now();
-    fill(&node, now_ms());
+    let paid = now_ms();
+    fill(&node, paid);
     let config = format!("rpc = {:?}\npage_size = 3\npoll_ms = 0\n", node.base);
     let data = tempfile::tempdir().unwrap();
     let open_with_state = || {
@@ -916,30 +914,30 @@ fn eos_restart_resumes_from_the_saved_cursor() {
         let v = open_with_state();
         let g = gate(&v);
         let ms = remaining(check(&g, BUYER));
-        assert_left(ms, 3_600_000, paid, BLOCK_TIME_MS);
+        assert_left(ms, 3_600_000, paid, ROUNDING_MS);
         assert!(node.state.lock().unwrap().positions.contains(&0));
     }
     let read = node.state.lock().unwrap().actions.len() as u64;
 
     // Restarted; a buyer paid meanwhile.
-    let paid_later = Instant::now();
+    let paid_later = now_ms();
     node.transfer(
         "eosio.token",
         "bob",
         ACCOUNT,
         "0.2500 EOS",
         &memo(b(10)),
-        now_ms(),
+        paid_later,
     );
     node.state.lock().unwrap().positions.clear();
     let v = open_with_state();
     let g = gate(&v);
     let ms = remaining(check(&g, BUYER));
-    assert_left(ms, 3_600_000, paid, BLOCK_TIME_MS);
+    assert_left(ms, 3_600_000, paid, ROUNDING_MS);
     let ms = remaining(check(&g, b(9)));
-    assert_left(ms, 3_540_000, paid, BLOCK_TIME_MS);
+    assert_left(ms, 3_540_000, paid, ROUNDING_MS);
     let ms = remaining(check(&g, b(10)));
-    assert_left(ms, 900_000, paid_later, BLOCK_TIME_MS);
+    assert_left(ms, 900_000, paid_later, ROUNDING_MS);
     assert_wrong_payments_not_valid(&g);
     let positions = node.state.lock().unwrap().positions.clone();
     assert!(!positions.is_empty());
