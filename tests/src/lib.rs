@@ -32,9 +32,11 @@ pub mod proc;
 pub mod procfs;
 pub mod skip;
 pub mod stripe_mock;
+pub mod time_left;
 pub mod wait;
 
 pub use skip::need;
+pub use time_left::assert_left;
 pub use wait::{poll_until, wait_until, wait_until_async};
 
 pub use proc::{

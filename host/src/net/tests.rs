@@ -346,16 +346,35 @@ async fn blocks_downloaded_from_one_peer_are_announced_to_another() {
     let stream = dial(relay_addr).await.unwrap();
     let net = NetConfig::default();
     let session = net.session_config(true, NoiseKeyPair::generate());
+    let (events, mut follower_events) = mpsc::channel(64);
     let options = ConnectionOptions {
         open: vec![ChannelSpec {
             feed: follower.clone(),
             config: ReplicatorConfig::downloader(),
         }],
+        events: Some(events),
         ..ConnectionOptions::default()
     };
     let follower_task =
         tokio::spawn(async move { run_connection(stream, session, &net, options).await });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Synced at length 0: the relay answered the follower's Want (its empty bitfield), so
+    // it knows the follower wants blocks before it has any.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(event) = follower_events.recv().await {
+            if let NetEvent::Replication {
+                event: ReplicationEvent::Synced { length: 0, .. },
+                ..
+            } = event
+            {
+                return;
+            }
+        }
+        panic!("the follower's connection ended");
+    })
+    .await
+    .expect("the relay answers the follower's Want");
+    // The connection waits for its events to be taken: keep taking them.
+    tokio::spawn(async move { while follower_events.recv().await.is_some() {} });
     // Now the relay downloads from the origin.
     let stream = dial(origin_addr).await.unwrap();
     let net = NetConfig::default();

@@ -13,6 +13,7 @@ use dazaar::payments::{
     now_ms, OpenedVerifier, PaymentGate, PaymentTerms, UserMessage, Validation,
 };
 use dazaar_plugin_api::payment_memo;
+use dazaar_tests::assert_left;
 use dazaar_tests::lnd_mock::{LndMode, MockLnd};
 use serde_json::{json, Value};
 
@@ -111,23 +112,14 @@ fn remaining(v: Validation) -> u64 {
     support::remaining(v, "lnd")
 }
 
-/// Asserts that `ms`, the time left of a grant of `full` ms bought by a settlement made
-/// after `before`, is what the clock allows: at most `full`, and at least `full` less the
-/// time passed since `before` and the up to 1 s that LND's whole-second `settle_date` drops.
-/// (A fixed window would fail whenever loading, TLS and listing take longer than it leaves.)
-fn assert_left(ms: u64, full: u64, before: Instant) {
-    let passed = u64::try_from(before.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let least = full.saturating_sub(passed.saturating_add(1_000));
-    assert!(
-        (least..=full).contains(&ms),
-        "{ms} ms left of {full}, {passed} ms after the settlement"
-    );
-}
+/// LND's `settle_date` has whole seconds: a grant counted from it may be short by up to 1 s
+/// more than the time passed since the settlement.
+const SETTLE_DATE_MS: u64 = 1_000;
 
 #[test]
 fn lnd_settled_invoices_with_the_memo_make_buyers_valid() {
     let node = start_node();
-    let settled = Instant::now();
+    let settled = now_ms();
     {
         let mut s = node.state.lock().unwrap();
         let r = s.add(&payment_memo(&SELLER, &BUYER), 600, true);
@@ -156,7 +148,7 @@ fn lnd_settled_invoices_with_the_memo_make_buyers_valid() {
         Duration::from_secs(5),
         Validation::is_valid,
     ));
-    assert_left(ms, 600_000, settled);
+    assert_left(ms, 600_000, settled, SETTLE_DATE_MS);
     for n in [1, 3, 4, 5] {
         assert_eq!(
             reason(check(&g, b(n))),
@@ -197,7 +189,7 @@ fn lnd_settled_invoices_with_the_memo_make_buyers_valid() {
     assert!(g.user_message(b(2), SELLER, &too_big).is_err());
 
     // Paid: the subscription brings it in.
-    let paid = Instant::now();
+    let paid = now_ms();
     assert!(node.state.lock().unwrap().settle(&request));
     let ms = remaining(wait_for(
         &g,
@@ -205,8 +197,8 @@ fn lnd_settled_invoices_with_the_memo_make_buyers_valid() {
         Duration::from_secs(5),
         Validation::is_valid,
     ));
-    eprintln!("lnd: settled to valid in {:?}", paid.elapsed());
-    assert_left(ms, 300_000, paid);
+    eprintln!("lnd: settled to valid in {} ms", now_ms() - paid);
+    assert_left(ms, 300_000, paid, SETTLE_DATE_MS);
 }
 
 /// The seller's reply to a buyer's `lnd-pay-request` for `sats`.
@@ -319,7 +311,7 @@ fn lnd_buyer_checks_the_invoice_before_paying() {
 
     // The right invoice: paid with SendPaymentV2, reported to the host as `lnd-paid`,
     // and the seller sees it settle.
-    let paying = Instant::now();
+    let paying = now_ms();
     let paid = buyer
         .user_message(BUYER, SELLER, &terms(), invoice.clone())
         .unwrap()
@@ -348,7 +340,7 @@ fn lnd_buyer_checks_the_invoice_before_paying() {
         Duration::from_secs(5),
         Validation::is_valid,
     ));
-    assert_left(ms, 250_000, paying);
+    assert_left(ms, 250_000, paying, SETTLE_DATE_MS);
     // The same invoice again: LND refuses it (already paid); nothing is paid twice.
     let e = buyer
         .user_message(BUYER, SELLER, &terms(), invoice)

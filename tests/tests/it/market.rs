@@ -520,14 +520,19 @@ async fn paid_and_unpaid_buyers() {
     let _ = fb.sync();
 }
 
-/// Payment lapses mid-stream: no block appended after the lapse plus one revalidation
-/// period reaches the buyer; paying again resumes.
+/// Payment lapses mid-stream: the seller stops uploading once it finds the buyer
+/// invalid, and no block appended after that reaches the buyer; paying again resumes.
+///
+/// Ordered by events, not timed: the seller queues Status uploading=false before
+/// `dazaar/invalid` on the buyer's connection, so once the buyer reports the
+/// `dazaar/invalid`, its upload has stopped, and every block whose append began after
+/// that (stamped before it is issued) must stay with the seller.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lapse_stops_upload_and_paying_again_resumes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ledger = dir.path().join("ledger.jsonl");
     let revalidate = Duration::from_millis(200);
-    let sale = start_sale(
+    let mut sale = start_sale(
         &[b"genesis".to_vec()],
         ledger_gate(&ledger, revalidate),
         revalidate,
@@ -535,24 +540,22 @@ async fn lapse_stops_upload_and_paying_again_resumes() {
     )
     .await;
     let buyer = Identity::from_master_key([0x60; 32]);
-    let started = std::time::Instant::now();
-    pay(&ledger, &buyer, 2); // two seconds of access
-    let lapse_at = started + Duration::from_secs(2);
+    let buyer_key = buyer.buyer_key_pair().public_key();
+    pay(&ledger, &buyer, 3); // three seconds of access
 
-    // The seller appends a block every 50 ms, recording when.
+    // The seller appends a block every 50 ms, noting when each append began.
     let feed = sale.product.feed.clone();
     let appended: Arc<std::sync::Mutex<Vec<(u64, std::time::Instant)>>> = Arc::default();
     let log = appended.clone();
     let appender = tokio::spawn(async move {
-        for i in 0..120u32 {
+        for i in 0..2_000u32 {
             // The pace of a live feed, which the test observes: not a synchronisation.
             tokio::time::sleep(Duration::from_millis(50)).await;
+            let issued = std::time::Instant::now();
             let len = feed
                 .append_batch(&[format!("live {i}").into_bytes()])
                 .expect("append");
-            log.lock()
-                .expect("log")
-                .push((len - 1, std::time::Instant::now()));
+            log.lock().expect("log").push((len - 1, issued));
         }
     });
 
@@ -561,41 +564,67 @@ async fn lapse_stops_upload_and_paying_again_resumes() {
     let out_dir = opts.out.clone();
     let (buying, mut rx) = spawn_buyer(&buyer, opts, shutdown);
 
-    // Wait for the lapse to be announced.
+    wait_event(
+        &mut rx,
+        Duration::from_secs(10),
+        "the buyer was valid while paid",
+        |e| matches!(e, BuyerEvent::Valid(_)),
+    )
+    .await;
     let e = wait_event(
         &mut rx,
-        Duration::from_secs(6),
+        Duration::from_secs(10),
         "the buyer was told its payment lapsed",
         |e| matches!(e, BuyerEvent::Invalid(_)),
     )
     .await;
-    assert!(matches!(e, BuyerEvent::Invalid(reason) if !reason.is_empty()));
-    // Let more blocks be appended while unpaid (16, 800 ms of them, the first of which a
-    // leak would have had time to deliver), then check what arrived.
-    let cutoff = lapse_at + revalidate + Duration::from_millis(150);
+    let told = std::time::Instant::now();
+    let BuyerEvent::Invalid(reason) = e else {
+        unreachable!()
+    };
+    assert!(!reason.is_empty());
+    // The seller reported the same.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ev = tokio::time::timeout_at(deadline, sale.seller_events.recv())
+            .await
+            .expect("the seller never reported the buyer invalid")
+            .expect("seller events");
+        if let SellerEvent::BuyerInvalid {
+            buyer: b,
+            reason: r,
+        } = ev
+        {
+            assert_eq!(b, buyer_key);
+            assert_eq!(r, reason);
+            break;
+        }
+    }
+
+    // Blocks appended after the buyer was told: 16 of them (800 ms at the feed's pace,
+    // time enough for a leak to deliver the first ones), then look at what arrived.
+    let late = || -> Vec<u64> {
+        appended
+            .lock()
+            .expect("log")
+            .iter()
+            .filter(|(_, issued)| *issued > told)
+            .map(|(i, _)| *i)
+            .collect()
+    };
     dazaar_tests::wait_until_async(
-        Duration::from_secs(10),
-        "16 blocks appended after the lapse",
-        || {
-            let log = appended.lock().expect("log");
-            log.iter().filter(|(_, at)| *at > cutoff).count() >= 16
-        },
+        Duration::from_secs(30),
+        "16 blocks appended after the buyer was told it lapsed",
+        || late().len() >= 16,
     )
     .await;
-    let late: Vec<u64> = appended
-        .lock()
-        .expect("log")
-        .iter()
-        .filter(|(_, at)| *at > cutoff)
-        .map(|(i, _)| *i)
-        .collect();
-    assert!(!late.is_empty(), "blocks were appended after the lapse");
+    let late = late();
     {
         let f = Feed::open(FsStore::open_read_only(&out_dir).expect("store"), None).expect("open");
         for i in &late {
             assert!(
                 !f.has(*i),
-                "block {i}, appended after the lapse, reached the buyer"
+                "block {i}, appended after the buyer was told it lapsed, reached it"
             );
         }
     }
@@ -603,25 +632,23 @@ async fn lapse_stops_upload_and_paying_again_resumes() {
     pay(&ledger, &buyer_again, 30);
     wait_event(
         &mut rx,
-        Duration::from_secs(5),
+        Duration::from_secs(10),
         "paying again made the buyer valid",
         |e| matches!(e, BuyerEvent::Valid(_)),
     )
     .await;
     // It catches up on what it missed.
     let target = *late.last().expect("late");
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let f = Feed::open(FsStore::open_read_only(&out_dir).expect("store"), None).expect("open");
-        if f.has(target) {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "paying again did not resume the download"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    dazaar_tests::wait_until_async(
+        Duration::from_secs(30),
+        "paying again resumed the download",
+        || {
+            Feed::open(FsStore::open_read_only(&out_dir).expect("store"), None)
+                .expect("open")
+                .has(target)
+        },
+    )
+    .await;
     let _ = stop_buyer.send(true);
     let _ = buying.await;
     appender.abort();
