@@ -34,7 +34,11 @@
 //! seller when the answer changes and then every 5 s (`VALID_REPEAT`).
 //!
 //! `cargo bench -p dazaar-tests --bench market` (`BENCH_BUYERS`, `BENCH_FULL_BUYERS`,
-//! `BENCH_SECONDS` to change).
+//! `BENCH_SECONDS` to change; `BENCH_REVALIDATE_MS` sets both sellers' revalidation
+//! period). `BENCH_IDLE_BUYERS=N` adds N idle buyers, connected and paid but holding
+//! block 0 only (a sparse purchase that follows nothing): the seller still announces
+//! growth to them, and they measure what a connected buyer costs in memory
+//! (`BENCH_BUYERS=100 BENCH_IDLE_BUYERS=9900` is the 10,000-buyer figure).
 // Test and benchmark code: a panic is the failure report, and its queues are
 // bounded by the test itself.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
@@ -82,6 +86,8 @@ struct Result {
     hwm_mib: f64,
     /// The buyers' CPU (this process) over the window, in cores.
     buyers_cpu: f64,
+    /// Idle buyers connected and valid.
+    idle_connected: usize,
 }
 
 /// Whether buyer `i` of `n` is one of the `full` full buyers: every (n / full)-th, so
@@ -100,6 +106,7 @@ async fn measure(
     seller_key: [u8; 32],
     addr: std::net::SocketAddr,
     buyers: &[Identity],
+    live: usize,
     full: usize,
     dir: &std::path::Path,
     seconds: u64,
@@ -112,8 +119,11 @@ async fn measure(
     // Blocks received by every buyer (full and light) since the start.
     let delivered = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
+    let idle_ok = Arc::new(AtomicUsize::new(0));
     for (i, id) in buyers.iter().enumerate() {
-        let full = is_full(i, buyers.len(), full);
+        // Buyers past `live` are idle: they hold block 0 only and stay connected.
+        let idle = i >= live;
+        let full = !idle && is_full(i, live, full);
         let opts = BuyOptions {
             seller_key,
             addr,
@@ -128,10 +138,11 @@ async fn measure(
             answer_timeout: Duration::from_secs(60),
             send: Vec::new(),
             report_blocks: full,
-            range: None,
+            range: idle.then_some((0, Some(1))),
             tail: false,
         };
         let id = id.clone();
+        let idle_ok = idle_ok.clone();
         let shutdown = shutdown.clone();
         let tx = tx.clone();
         let connected = connected.clone();
@@ -162,6 +173,11 @@ async fn measure(
             let mut synced = false;
             while let Some(ev) = erx.recv().await {
                 match ev {
+                    BuyerEvent::Valid(_) if idle && !synced => {
+                        synced = true;
+                        idle_ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ if idle => {}
                     BuyerEvent::Synced { .. } if !synced => {
                         synced = true;
                         connected.fetch_add(1, Ordering::Relaxed);
@@ -196,12 +212,15 @@ async fn measure(
     drop(tx);
     // Wait until the buyers are in (or 60 s).
     let start = std::time::Instant::now();
-    while connected.load(Ordering::Relaxed) < buyers.len()
-        && start.elapsed() < Duration::from_secs(60)
+    let wait = Duration::from_secs(60 + buyers.len() as u64 / 100);
+    while (connected.load(Ordering::Relaxed) < live
+        || idle_ok.load(Ordering::Relaxed) < buyers.len() - live)
+        && start.elapsed() < wait
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let buyers_ok = connected.load(Ordering::Relaxed);
+    let idle_connected = idle_ok.load(Ordering::Relaxed);
     // Drop what arrived while connecting; measure a window.
     while rx.try_recv().is_ok() {}
     let seller_cpu = || {
@@ -247,6 +266,7 @@ async fn measure(
         rss_mib: rss,
         hwm_mib: hwm,
         buyers_cpu: (own1.saturating_sub(own0)) as f64 / ticks_per_s / elapsed,
+        idle_connected,
     }
 }
 
@@ -273,7 +293,11 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path();
     let bin = dazaar_bin();
-    let buyers: Vec<Identity> = (0..n)
+    let idle: usize = std::env::var("BENCH_IDLE_BUYERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let buyers: Vec<Identity> = (0..n + idle)
         .map(|i| {
             let mut m = [0u8; 32];
             m[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
@@ -329,6 +353,8 @@ fn main() {
             // Every buyer of the bench dials from 127.0.0.1.
             "--max-connections-per-ip",
             "0",
+            "--max-connections",
+            "20000",
             "--payment-checks-per-ip",
             "0",
         ])
@@ -374,6 +400,7 @@ fn main() {
         seller_key,
         addr,
         &buyers,
+        n,
         full,
         root,
         seconds,
@@ -423,6 +450,7 @@ fn main() {
             seller_key,
             addr,
             &buyers,
+            n,
             full,
             root,
             seconds,
@@ -445,6 +473,14 @@ fn main() {
             "  {:<4} seller: buyers live {:>5}/{n}  latency p50 {:>5} ms  p99 {:>6} ms  max {:>6} ms  ({} deliveries)  seller CPU {:.2} cores  RSS {:.0} MiB (peak {:.0} MiB)",
             r.label, r.buyers_ok, r.p50, r.p99, r.max, r.deliveries, r.cpu, r.rss_mib, r.hwm_mib
         );
+    }
+    if idle > 0 {
+        for r in &results {
+            println!(
+                "  {:<4} seller: idle buyers connected {}/{idle} (holding block 0, following nothing)",
+                r.label, r.idle_connected
+            );
+        }
     }
     for r in &results {
         let per_k = if r.deliveries > 0 {
