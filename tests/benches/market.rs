@@ -358,6 +358,11 @@ fn main() {
             "--payment-checks-per-ip",
             "0",
         ])
+        .envs(
+            std::env::var("BENCH_SELLER_WORKERS")
+                .ok()
+                .map(|w| ("TOKIO_WORKER_THREADS", w)),
+        )
         .stdout(Stdio::piped())
         .spawn()
         .expect("sell");

@@ -376,18 +376,29 @@ impl Product {
     ///
     /// When the state cannot be read, nothing new is granted (fail closed), but a buyer
     /// already valid keeps what is left of the time grant it `held` (see [`Held`]).
+    /// `valid_now`: the buyer is valid on this connection (its revocation is then checked
+    /// against a recent snapshot of the list, [`RevocationList::recheck`]).
     async fn validate(
         &self,
         buyer: [u8; 32],
         fresh: bool,
         ip: Option<IpAddr>,
         held: Option<&Held>,
+        valid_now: bool,
     ) -> (Validation, bool) {
         if self.deny {
             let reason = "Access denied by the seller".into();
             return (Validation::Invalid { reason }, false);
         }
-        match self.revoked.check(buyer).await {
+        // A buyer valid now is rechecked against a recent snapshot of the list; a new
+        // connection, or a buyer not valid now (nothing is granted on a snapshot), by
+        // its own row.
+        let standing = if !fresh && valid_now {
+            self.revoked.recheck(buyer).await
+        } else {
+            self.revoked.check(buyer).await
+        };
+        match standing {
             Standing::Clear => {}
             Standing::Revoked => {
                 let reason = "Access revoked by the seller".into();
@@ -723,8 +734,9 @@ pub async fn handle_connection(
         while let Some(action) = state.poll_action() {
             match action {
                 Action::Validate { buyer, fresh } => {
-                    let (answer, kept) =
-                        product.validate(buyer, fresh, peer_ip, held.as_ref()).await;
+                    let (answer, kept) = product
+                        .validate(buyer, fresh, peer_ip, held.as_ref(), was_valid)
+                        .await;
                     let answer = product.lease(buyer, answer, &mut leased).await;
                     let answer = product
                         .meter(buyer, answer, meter.as_ref(), &mut allowance, &cmd_tx)
