@@ -609,6 +609,9 @@ pub struct Replicator {
     /// Want ranges `(start, length)` answered at feed length `.0`.
     answered_wants: (u64, std::collections::BTreeSet<(u64, u64)>),
     signature_cache: Option<(u64, [u8; 64])>,
+    /// The tree hash last prepared for signing, by length (the answers of one
+    /// announcement are prepared before the first is signed).
+    tree_hash_cache: Option<(u64, [u8; 32])>,
     /// Signatures the rekeyed signer made for this channel.
     signatures: u64,
     /// The longest length announced to the remote (Have); proofs on a signer channel
@@ -675,6 +678,7 @@ impl Replicator {
             remote_requests: VecDeque::new(),
             answered_wants: (0, Default::default()),
             signature_cache: None,
+            tree_hash_cache: None,
             signatures: 0,
             announced_length: 0,
             events: VecDeque::new(),
@@ -1580,13 +1584,18 @@ impl Replicator {
         }
         Ok(match &self.config.signer {
             Some(_) => {
-                let roots = feed
-                    .roots_at(length)
-                    .map_err(|source| ReplicationError::Feed { index, source })?;
-                PreparedSignature::Sign {
-                    length,
-                    tree_hash: merkle::tree_hash(&roots),
-                }
+                let tree_hash = match self.tree_hash_cache {
+                    Some((l, hash)) if l == length => hash,
+                    _ => {
+                        let roots = feed
+                            .roots_at(length)
+                            .map_err(|source| ReplicationError::Feed { index, source })?;
+                        let hash = merkle::tree_hash(&roots);
+                        self.tree_hash_cache = Some((length, hash));
+                        hash
+                    }
+                };
+                PreparedSignature::Sign { length, tree_hash }
             }
             None => match feed
                 .signature_at(length)
