@@ -56,6 +56,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -325,7 +326,7 @@ impl NetError {
 pub struct SharedFeed<S: Store> {
     feed: Mutex<Feed<S>>,
     length: watch::Sender<u64>,
-    subscribers: Mutex<Vec<Weak<Notify>>>,
+    subscribers: Mutex<Vec<Weak<ConnWaker>>>,
     downloads: Mutex<DownloadLog>,
     /// The download log's next sequence number, readable without its lock.
     download_seq: std::sync::atomic::AtomicU64,
@@ -410,16 +411,20 @@ impl<S: Store> SharedFeed<S> {
         self.wake(None);
     }
 
-    /// Wakes the subscribed connections, except `except` (the caller itself).
-    fn wake(&self, except: Option<&Arc<Notify>>) {
+    /// Wakes the subscribed connections, except `except` (the caller itself) and those
+    /// quiet now ([`ConnWaker`]).
+    fn wake(&self, except: Option<&Arc<ConnWaker>>) {
+        let now = process_ms();
         let mut subs = match self.subscribers.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
         subs.retain(|w| match w.upgrade() {
             Some(n) => {
-                if !except.is_some_and(|e| Arc::ptr_eq(e, &n)) {
-                    n.notify_one();
+                if !except.is_some_and(|e| Arc::ptr_eq(e, &n))
+                    && n.quiet_until.load(Ordering::Relaxed) <= now
+                {
+                    n.wake();
                 }
                 true
             }
@@ -428,9 +433,48 @@ impl<S: Store> SharedFeed<S> {
     }
 }
 
+/// What wakes a connection when a feed it serves changes: a [`Notify`], and the time
+/// until which the connection asked not to be woken (all its channels hold growth back
+/// for an announce interval and their timer wakes them at its end: a seller's thousand
+/// connections are then not all woken by each append).
+#[derive(Debug, Default)]
+pub struct ConnWaker {
+    notify: Notify,
+    /// [`process_ms`] until which feed changes do not wake the connection.
+    quiet_until: AtomicU64,
+    /// How many times feed changes woke it.
+    notifications: AtomicU64,
+}
+
+impl ConnWaker {
+    /// Wakes the connection (whatever its quiet time).
+    pub fn wake(&self) {
+        self.notifications.fetch_add(1, Ordering::Relaxed);
+        self.notify.notify_one();
+    }
+
+    /// How many times it was woken.
+    pub fn notifications(&self) -> u64 {
+        self.notifications.load(Ordering::Relaxed)
+    }
+
+    /// Resolves when woken.
+    pub async fn notified(&self) {
+        self.notify.notified().await;
+    }
+}
+
+/// Milliseconds since the first call in this process (a clock shared by the feeds and
+/// the connections' wakers).
+fn process_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
 impl<S: Store> FeedShare for SharedFeed<S> {
     type Store = S;
-    type Waker = Notify;
+    type Waker = ConnWaker;
 
     fn lock(&self) -> MutexGuard<'_, Feed<S>> {
         SharedFeed::lock(self)
@@ -462,7 +506,7 @@ impl<S: Store> FeedShare for SharedFeed<S> {
             .store(log.next_seq(), std::sync::atomic::Ordering::Release);
     }
 
-    fn subscribe(&self, notify: &Arc<Notify>) {
+    fn subscribe(&self, notify: &Arc<ConnWaker>) {
         let mut subs = match self.subscribers.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -473,8 +517,17 @@ impl<S: Store> FeedShare for SharedFeed<S> {
         }
     }
 
-    fn wake(&self, except: Option<&Arc<Notify>>) {
+    fn wake(&self, except: Option<&Arc<ConnWaker>>) {
         SharedFeed::wake(self, except)
+    }
+
+    fn quiet(&self, waker: &Arc<ConnWaker>, for_ms: u64) {
+        let until = if for_ms == 0 {
+            0
+        } else {
+            process_ms().saturating_add(for_ms)
+        };
+        waker.quiet_until.store(until, Ordering::Relaxed);
     }
 }
 
@@ -637,7 +690,7 @@ where
         extensions,
         keep_unknown,
     } = options;
-    let notify = Arc::new(Notify::new());
+    let notify = Arc::new(ConnWaker::default());
     let config = ConnectionConfig {
         open: Vec::new(),
         serve,
@@ -678,7 +731,7 @@ struct Io<S: Store> {
     events: Option<mpsc::Sender<NetEvent>>,
     commands: Option<mpsc::Receiver<Command<S>>>,
     shutdown: Option<watch::Receiver<bool>>,
-    notify: Arc<Notify>,
+    notify: Arc<ConnWaker>,
     clock: Clock,
 }
 

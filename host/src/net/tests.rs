@@ -568,3 +568,89 @@ async fn a_peer_pinning_the_inbound_budget_is_dropped_when_others_wait() {
     server.await.unwrap().unwrap();
     drop(waiter);
 }
+
+/// A connection that asked to be quiet is not woken by the feed's growth until its quiet
+/// time ends (its timer looks then); one that did not is woken at once.
+#[tokio::test]
+async fn a_quiet_connection_is_not_woken_by_growth() {
+    let feed = source(1);
+    let quiet = Arc::new(ConnWaker::default());
+    let awake = Arc::new(ConnWaker::default());
+    feed.subscribe(&quiet);
+    feed.subscribe(&awake);
+    feed.quiet(&quiet, 60_000);
+    feed.grown(2);
+    let woken = |w: Arc<ConnWaker>| async move {
+        tokio::time::timeout(Duration::from_millis(200), w.notified())
+            .await
+            .is_ok()
+    };
+    assert!(
+        woken(awake.clone()).await,
+        "an ordinary connection is woken"
+    );
+    assert!(!woken(quiet.clone()).await, "a quiet one is not");
+    feed.quiet(&quiet, 0);
+    feed.grown(3);
+    assert!(woken(quiet).await, "woken again once its quiet ends");
+}
+
+/// A rekeyed seller's connection following a feed that grows every 10 ms is woken about
+/// once per announce interval, not once per append, and its buyer still gets every block.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_following_connection_is_woken_once_per_announce_interval() {
+    let feed = source(1);
+    let signer = Arc::new(RekeyedSigner::new(Ed25519KeyPair::from_seed(&[13; 32])));
+    let key = signer.public_key();
+    let (addr, stop, _server) = start_server(ChannelSpec {
+        feed: feed.clone(),
+        config: ReplicatorConfig {
+            announce_interval_ms: 100,
+            ..ReplicatorConfig::rekeyed(signer)
+        },
+    })
+    .await;
+    let local = SharedFeed::new(Feed::create_reader(MemStore::new(), key).unwrap());
+    let mut length = local.watch_length();
+    let stream = dial(addr).await.unwrap();
+    let net = NetConfig::default();
+    let session = net.session_config(true, NoiseKeyPair::generate());
+    let options = ConnectionOptions {
+        open: vec![ChannelSpec {
+            feed: local.clone(),
+            config: ReplicatorConfig::downloader(),
+        }],
+        ..ConnectionOptions::default()
+    };
+    let task = tokio::spawn(async move { run_connection(stream, session, &net, options).await });
+    tokio::time::timeout(Duration::from_secs(5), length.wait_for(|l| *l == 1))
+        .await
+        .unwrap()
+        .unwrap();
+    let waker = feed
+        .subscribers
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|w| w.upgrade())
+        .expect("the seller's connection subscribed");
+    let before = waker.notifications();
+    for i in 1..=100u64 {
+        feed.append_batch(&[format!("b{i}").into_bytes()]).unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let woken = waker.notifications() - before;
+    tokio::time::timeout(Duration::from_secs(5), length.wait_for(|l| *l == 101))
+        .await
+        .expect("every block reached the buyer")
+        .unwrap();
+    assert_eq!(local.lock().get(100).unwrap().unwrap(), b"b100");
+    // About 10 intervals in the ~1 s of appends (more on a loaded machine, where the
+    // appends spread out); without the quiet time it is one per append.
+    assert!(
+        woken <= 60,
+        "woken {woken} times by 100 appends with a 100 ms announce interval"
+    );
+    task.abort();
+    stop.send(true).unwrap();
+}

@@ -116,6 +116,12 @@ pub trait FeedShare: Send + Sync {
     fn subscribe(&self, waker: &Arc<Self::Waker>);
     /// Wakes the subscribed connections except `except` (the caller itself).
     fn wake(&self, except: Option<&Arc<Self::Waker>>);
+    /// Asks that changes of the feed not wake `waker` for the next `for_ms` ms (0: wake
+    /// it again): the connection's own timer wakes it then. A share may ignore this
+    /// (waking more often is never wrong).
+    fn quiet(&self, waker: &Arc<Self::Waker>, for_ms: u64) {
+        let _ = (waker, for_ms);
+    }
 }
 
 /// A feed and how to replicate it on a channel.
@@ -305,6 +311,8 @@ struct Channel<F> {
     budget: Option<(Arc<SignatureBudget>, Option<Announcing>)>,
     /// The replicator's signature count when last looked at, and when it last grew.
     signed: (u64, Option<u64>),
+    /// When the remote last sent a Request (or the channel opened).
+    last_request_ms: u64,
     /// When growth was last announced.
     last_announce_ms: u64,
     /// Downloads into the feed (its bitfield writes are deferred and flushed here).
@@ -316,11 +324,18 @@ struct Channel<F> {
 }
 
 impl<F> Channel<F> {
-    /// The announce interval now: the channel's own, widened by its signature budget.
-    fn interval_ms(&self) -> u64 {
-        match &self.budget {
+    /// The announce interval now: the channel's own, widened by its signature budget,
+    /// and at least [`IDLE_ANNOUNCE_MS`] for a remote that requested nothing for
+    /// [`IDLE_AFTER_MS`] (a buyer holding what it wanted; its Haves are coalesced).
+    fn interval_ms(&self, now: u64) -> u64 {
+        let interval = match &self.budget {
             Some((b, _)) => b.interval_ms(self.announce_interval_ms),
             None => self.announce_interval_ms,
+        };
+        if interval > 0 && now.saturating_sub(self.last_request_ms) >= IDLE_AFTER_MS {
+            interval.max(IDLE_ANNOUNCE_MS)
+        } else {
+            interval
         }
     }
 
@@ -350,6 +365,10 @@ impl<F> Channel<F> {
 
 /// A channel counts in its signature budget while it signed within this long.
 const SIGNING_RECENTLY_MS: u64 = 1000;
+/// A throttled channel whose remote requested nothing for this long is idle...
+const IDLE_AFTER_MS: u64 = 2000;
+/// ...and is told of growth at most this often.
+const IDLE_ANNOUNCE_MS: u64 = 1000;
 
 /// One connection's state: the session, its channels and their replicators.
 pub struct Connection<F: FeedShare> {
@@ -362,6 +381,10 @@ pub struct Connection<F: FeedShare> {
     /// Received bytes the session has not consumed yet (it stops when its queues are
     /// full).
     unconsumed: Vec<u8>,
+    /// The latest time given to the connection.
+    now: u64,
+    /// Until when feed changes do not wake this connection ([`FeedShare::quiet`]).
+    quiet_until: Option<u64>,
     /// Bytes given out by `poll_transmit` and not yet reported written.
     unsent: usize,
     events: VecDeque<ConnectionEvent>,
@@ -400,6 +423,8 @@ impl<F: FeedShare> Connection<F> {
             unsent: 0,
             events: VecDeque::new(),
             closing: false,
+            now,
+            quiet_until: None,
         };
         for name in &config.extensions {
             conn.session.register_extension(name)?;
@@ -409,7 +434,7 @@ impl<F: FeedShare> Connection<F> {
             conn.serve.insert(crate::crypto::discovery_key(&key), spec);
         }
         for spec in config.open {
-            conn.add_channel(spec)?;
+            conn.add_channel(spec, now)?;
         }
         conn.process(now)?;
         Ok(conn)
@@ -433,7 +458,7 @@ impl<F: FeedShare> Connection<F> {
     pub fn handle_command(&mut self, command: Command<F>, now: u64) -> Result<(), ConnectionError> {
         match command {
             Command::Open(spec) => {
-                self.add_channel(spec)?;
+                self.add_channel(spec, now)?;
             }
             Command::Close(dk) => {
                 // Also refuses a remote's Open left pending by `keep_unknown`.
@@ -526,11 +551,15 @@ impl<F: FeedShare> Connection<F> {
                 deadline = Some(deadline.map_or(d, |x| x.min(d)));
             }
             // Growth held back by the announce interval is announced when it ends.
-            let interval = ch.interval_ms();
+            let interval = ch.interval_ms(self.now);
             if interval > 0 && ch.rep.is_open() && ch.feed.length() > ch.announced_length {
                 let d = ch.last_announce_ms.saturating_add(interval);
                 deadline = Some(deadline.map_or(d, |x| x.min(d)));
             }
+        }
+        // While quiet, growth does not wake the connection: look at its end.
+        if let Some(q) = self.quiet_until {
+            deadline = Some(deadline.map_or(q, |x| x.min(q)));
         }
         deadline
     }
@@ -623,6 +652,7 @@ impl<F: FeedShare> Connection<F> {
 
     /// Feeds pending input, handles events, answers, until nothing moves.
     fn process(&mut self, now: u64) -> Result<(), ConnectionError> {
+        self.now = self.now.max(now);
         loop {
             let mut progressed = false;
             if !self.unconsumed.is_empty() {
@@ -648,7 +678,11 @@ impl<F: FeedShare> Connection<F> {
         }
     }
 
-    fn add_channel(&mut self, spec: ChannelSpec<F>) -> Result<DiscoveryKey, ConnectionError> {
+    fn add_channel(
+        &mut self,
+        spec: ChannelSpec<F>,
+        now: u64,
+    ) -> Result<DiscoveryKey, ConnectionError> {
         let dk = crate::crypto::discovery_key(&spec.key());
         if self.channels.contains_key(&dk) {
             // Already open (e.g. served on the remote's Open before the owner asked).
@@ -683,6 +717,7 @@ impl<F: FeedShare> Connection<F> {
                 announce_interval_ms,
                 budget,
                 signed: (0, None),
+                last_request_ms: now,
                 last_announce_ms: 0,
                 downloading,
                 id: NEXT_CHANNEL_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -706,7 +741,7 @@ impl<F: FeedShare> Connection<F> {
                     match self.serve.get(&discovery_key) {
                         Some(spec) => {
                             let spec = spec.clone();
-                            self.add_channel(spec)?;
+                            self.add_channel(spec, now)?;
                         }
                         None if self.keep_unknown => {
                             tracing::debug!(dk = %hex::encode(discovery_key), "not served yet: pending");
@@ -738,6 +773,9 @@ impl<F: FeedShare> Connection<F> {
                     message,
                 } => {
                     if let Some(ch) = self.channels.get_mut(&discovery_key) {
+                        if matches!(message, Message::Request(_)) {
+                            ch.last_request_ms = now;
+                        }
                         match message {
                             // An uploader's requests are answered in `pump`, which holds
                             // the shared feed's lock only to build the answers.
@@ -800,7 +838,7 @@ impl<F: FeedShare> Connection<F> {
             // The feed lock is shared by every connection of the feed (a seller's
             // thousand buyers are all woken by each append): take it only for work.
             ch.count_in_budget(now);
-            let interval = ch.interval_ms();
+            let interval = ch.interval_ms(now);
             let due = interval == 0 || now >= ch.last_announce_ms.saturating_add(interval);
             let announce = due && ch.rep.is_open() && ch.feed.length() > ch.announced_length;
             if !announce && !ch.rep.needs_pump() && ch.feed.download_seq() == ch.download_seq {
@@ -835,8 +873,40 @@ impl<F: FeedShare> Connection<F> {
                 ch.rep.pump(&mut self.session, &mut feed, now)?;
             }
         }
+        self.update_quiet(now);
         self.collect_replication();
         Ok(())
+    }
+
+    /// While every channel holds growth back for its announce interval (it announced
+    /// less than an interval ago), feed changes need not wake the connection: it asks
+    /// its feeds not to until the earliest interval ends, and its timer
+    /// ([`Connection::poll_timeout`]) looks then. A channel without an interval, not
+    /// open yet, or with requests queued keeps the connection wakeable.
+    fn update_quiet(&mut self, now: u64) {
+        let mut until: Option<u64> = None;
+        let mut quiet = !self.channels.is_empty();
+        for ch in self.channels.values() {
+            let end = ch.last_announce_ms.saturating_add(ch.interval_ms(now));
+            if ch.announce_interval_ms == 0
+                || !ch.rep.is_open()
+                || ch.rep.needs_pump()
+                || end <= now
+            {
+                quiet = false;
+                break;
+            }
+            until = Some(until.map_or(end, |u| u.min(end)));
+        }
+        let until = until.filter(|_| quiet);
+        if until == self.quiet_until {
+            return;
+        }
+        let for_ms = until.map_or(0, |u| u - now);
+        for ch in self.channels.values() {
+            ch.feed.quiet(&self.waker, for_ms);
+        }
+        self.quiet_until = until;
     }
 }
 
