@@ -222,17 +222,17 @@ async fn bad_signatures_from_a_server_fail_the_clone_and_store_nothing() {
     stop.send(true).unwrap();
 }
 
-#[tokio::test]
-async fn live_growth_reaches_a_following_client() {
-    let feed = source(10);
-    let key = feed.lock().key();
-    let (addr, stop, _server) = start_server(ChannelSpec {
-        feed: feed.clone(),
-        config: ReplicatorConfig::uploader(),
-    })
-    .await;
+/// A client following `key` at `addr` live: its feed, the feed's length, its task.
+async fn follow(
+    addr: SocketAddr,
+    key: [u8; 32],
+) -> (
+    Arc<SharedFeed<MemStore>>,
+    watch::Receiver<u64>,
+    tokio::task::JoinHandle<Result<(), NetError>>,
+) {
     let local = SharedFeed::new(Feed::create_reader(MemStore::new(), key).unwrap());
-    let mut length = local.watch_length();
+    let length = local.watch_length();
     let stream = dial(addr).await.unwrap();
     let net = NetConfig::default();
     let session = net.session_config(true, NoiseKeyPair::generate());
@@ -244,6 +244,19 @@ async fn live_growth_reaches_a_following_client() {
         ..ConnectionOptions::default()
     };
     let task = tokio::spawn(async move { run_connection(stream, session, &net, options).await });
+    (local, length, task)
+}
+
+#[tokio::test]
+async fn live_growth_reaches_a_following_client() {
+    let feed = source(10);
+    let key = feed.lock().key();
+    let (addr, stop, _server) = start_server(ChannelSpec {
+        feed: feed.clone(),
+        config: ReplicatorConfig::uploader(),
+    })
+    .await;
+    let (local, mut length, task) = follow(addr, key).await;
     tokio::time::timeout(Duration::from_secs(5), length.wait_for(|l| *l == 10))
         .await
         .unwrap()
@@ -610,19 +623,7 @@ async fn a_following_connection_is_woken_once_per_announce_interval() {
         },
     })
     .await;
-    let local = SharedFeed::new(Feed::create_reader(MemStore::new(), key).unwrap());
-    let mut length = local.watch_length();
-    let stream = dial(addr).await.unwrap();
-    let net = NetConfig::default();
-    let session = net.session_config(true, NoiseKeyPair::generate());
-    let options = ConnectionOptions {
-        open: vec![ChannelSpec {
-            feed: local.clone(),
-            config: ReplicatorConfig::downloader(),
-        }],
-        ..ConnectionOptions::default()
-    };
-    let task = tokio::spawn(async move { run_connection(stream, session, &net, options).await });
+    let (local, mut length, task) = follow(addr, key).await;
     tokio::time::timeout(Duration::from_secs(5), length.wait_for(|l| *l == 1))
         .await
         .unwrap()
