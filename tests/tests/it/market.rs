@@ -310,6 +310,16 @@ fn js_buy_until_invalid(
     })
 }
 
+/// The JS cut-off tests' sale: 20 blocks of 100 bytes through the ledger plugin (its file
+/// in `dir`, returned), revalidated every 200 ms.
+async fn js_ledger_sale(dir: &std::path::Path) -> (Sale, std::path::PathBuf) {
+    let blocks: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 100]).collect();
+    let ledger = dir.join("ledger.jsonl");
+    let revalidate = Duration::from_millis(200);
+    let sale = start_sale(&blocks, ledger_gate(&ledger, revalidate), revalidate, None).await;
+    (sale, ledger)
+}
+
 /// A JS dazaar@1.6.1 buyer whose paid time runs out is cut off: it saw `dazaar/valid` of
 /// type time, got every block while paid, then `dazaar/invalid` with the plugin's reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -317,11 +327,8 @@ async fn js_buyer_is_cut_off_when_its_time_lapses() {
     let Some(js) = dazaar_tests::require_js() else {
         return;
     };
-    let blocks: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 100]).collect();
     let dir = tempfile::tempdir().expect("tempdir");
-    let ledger = dir.path().join("ledger.jsonl");
-    let revalidate = Duration::from_millis(200);
-    let sale = start_sale(&blocks, ledger_gate(&ledger, revalidate), revalidate, None).await;
+    let (sale, ledger) = js_ledger_sale(dir.path()).await;
     let js_master = [0x74u8; 32];
     pay(&ledger, &Identity::from_master_key(js_master), 2); // two seconds
     let started = std::time::Instant::now();
@@ -343,11 +350,8 @@ async fn js_buyer_is_cut_off_when_revoked() {
     let Some(js) = dazaar_tests::require_js() else {
         return;
     };
-    let blocks: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; 100]).collect();
     let dir = tempfile::tempdir().expect("tempdir");
-    let ledger = dir.path().join("ledger.jsonl");
-    let revalidate = Duration::from_millis(200);
-    let mut sale = start_sale(&blocks, ledger_gate(&ledger, revalidate), revalidate, None).await;
+    let (mut sale, ledger) = js_ledger_sale(dir.path()).await;
     let js_master = [0x75u8; 32];
     let js_buyer = Identity::from_master_key(js_master);
     pay(&ledger, &js_buyer, 3600);
