@@ -80,6 +80,17 @@ pub struct SellArgs {
     /// products of a config's `[[sell]]` tables, set `limits.payment_checks_per_ip`.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=100_000))]
     pub payment_checks_per_ip: Option<u32>,
+    /// Fresh payment checks of unknown buyer keys per second from all addresses
+    /// together, 0 for no limit (default: the config's `limits.payment_checks_per_second`,
+    /// else 100). Raise it for a seller that thousands of buyers reconnect to at once.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub payment_checks_per_second: Option<u32>,
+    /// Ed25519 signatures per second that announcing growth to rekeyed (paid) buyers may
+    /// cost together: with many live buyers each one's announcements are spread out to
+    /// fit, at most 100 ms apart (default: the config's `limits.signatures_per_second`,
+    /// else 20000).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(100..=10_000_000))]
+    pub signatures_per_second: Option<u64>,
     /// Serve Prometheus metrics at http://ADDR/metrics and a health check at /healthz
     /// (default: the config's `[metrics] listen`, else none).
     #[arg(long, value_name = "ADDR")]
@@ -105,6 +116,8 @@ impl SellArgs {
             max_connections_per_ip: self.max_connections_per_ip.map(size),
             unpaid_grace: self.unpaid_grace_secs.map(Duration::from_secs),
             payment_checks_per_ip: self.payment_checks_per_ip,
+            payment_checks_per_second: self.payment_checks_per_second,
+            signatures_per_second: self.signatures_per_second,
         }
     }
 }
@@ -191,6 +204,7 @@ pub fn sell(common: &Common, args: SellArgs) -> Result<ExitCode> {
         }
     };
     let net_config = options.limits.net_config();
+    options.limits.apply_signature_budget();
     let json = args.json;
     let pid_file = args.pid_file.clone();
     let discovery = args.discovery.options(settings.as_ref())?;

@@ -175,6 +175,12 @@ pub struct LimitSettings {
     /// Fresh payment checks of unknown buyer keys per second from one IP address
     /// (0: no per-address limit).
     pub payment_checks_per_ip: Option<u32>,
+    /// Fresh payment checks of unknown buyer keys per second from all addresses
+    /// together (0: no global limit).
+    pub payment_checks_per_second: Option<u32>,
+    /// Ed25519 signatures per second the seller's rekeyed announcements may cost
+    /// together (its signature budget; see [`crate::protocol::budget`]).
+    pub signatures_per_second: Option<u64>,
 }
 
 /// The `[discovery]` section.
@@ -282,6 +288,9 @@ impl Settings {
         let mut gate_limits = GateLimits::default();
         if let Some(n) = self.limits.payment_checks_per_ip {
             gate_limits = gate_limits.with_checks_per_ip(n);
+        }
+        if let Some(n) = self.limits.payment_checks_per_second {
+            gate_limits = gate_limits.with_checks_global(n);
         }
         self.payment_gate_with(product, registry, limits, gate_limits, None)
     }
@@ -466,7 +475,9 @@ struct RawLimits {
     max_connections: Option<Spanned<u64>>,
     max_connections_per_ip: Option<Spanned<u64>>,
     payment_checks_per_ip: Option<Spanned<u64>>,
+    payment_checks_per_second: Option<Spanned<u64>>,
     unpaid_grace_secs: Option<Spanned<u64>>,
+    signatures_per_second: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -832,6 +843,17 @@ impl Ctx<'_> {
                 0..=100_000,
             )?
             .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+            payment_checks_per_second: ranged(
+                &l.payment_checks_per_second,
+                "payment_checks_per_second",
+                0..=1_000_000,
+            )?
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+            signatures_per_second: ranged(
+                &l.signatures_per_second,
+                "signatures_per_second",
+                100..=10_000_000,
+            )?,
         })
     }
 
@@ -1002,13 +1024,16 @@ mod tests {
     fn limits_section() {
         let file = Path::new("/etc/dazaar/dazaar.toml");
         let s = parse(
-            "[limits]\nmax_connections = 100\nmax_connections_per_ip = 0\nunpaid_grace_secs = 5\n",
+            "[limits]\nmax_connections = 100\nmax_connections_per_ip = 0\nunpaid_grace_secs = 5\n\
+             signatures_per_second = 5000\npayment_checks_per_second = 0\n",
             file,
         )
         .expect("parses");
         assert_eq!(s.limits.max_connections, Some(100));
         assert_eq!(s.limits.max_connections_per_ip, Some(0));
         assert_eq!(s.limits.unpaid_grace, Some(Duration::from_secs(5)));
+        assert_eq!(s.limits.signatures_per_second, Some(5000));
+        assert_eq!(s.limits.payment_checks_per_second, Some(0));
         assert_eq!(
             parse("", file).expect("empty").limits,
             LimitSettings::default()
@@ -1016,6 +1041,8 @@ mod tests {
         let e = parse("[limits]\nunpaid_grace_secs = 0\n", file).expect_err("zero grace");
         assert_eq!(e.key(), Some("limits.unpaid_grace_secs"));
         assert_eq!(e.line(), 2);
+        let e = parse("[limits]\nsignatures_per_second = 10\n", file).expect_err("too few");
+        assert_eq!(e.key(), Some("limits.signatures_per_second"));
         let e = parse("[limits]\nmax_conections = 3\n", file).expect_err("typo");
         assert_eq!(e.key(), Some("limits.max_conections"));
     }
@@ -1051,6 +1078,7 @@ mod tests {
         let l = &all.limits;
         assert!(l.max_connections.is_some() && l.max_connections_per_ip.is_some());
         assert!(l.unpaid_grace.is_some() && l.payment_checks_per_ip.is_some());
+        assert!(l.signatures_per_second.is_some() && l.payment_checks_per_second.is_some());
     }
 
     #[test]

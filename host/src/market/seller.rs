@@ -31,7 +31,7 @@ use crate::crypto::NoiseKeyPair;
 use crate::monitor::{names, CountWrites};
 use crate::net::{self, ChannelSpec, Command, ConnectionOptions, NetConfig, NetEvent, SharedFeed};
 use crate::payments::{
-    encode_user_message, parse_user_message, MessageBudget, Now, PaymentGate, Validation,
+    encode_user_message, parse_user_message, Admission, MessageBudget, Now, PaymentGate, Validation,
 };
 use crate::protocol::meter::ByteMeter;
 use crate::protocol::replicate::ReplicatorConfig;
@@ -390,9 +390,24 @@ impl Product {
             let reason = "Access denied by the seller".into();
             return (Validation::Invalid { reason }, false);
         }
+        // The gate first, without calling a plugin: a stranger's check not admitted, or
+        // a refusal reused, ends here, so a crowd of buyers waiting for admission costs
+        // no reads of the state (thousands of them a second in a reconnect storm).
+        let gate = self.gate();
+        let admission = gate.admit(
+            buyer,
+            self.seller_key(),
+            ip,
+            fresh,
+            Instant::now().into_std(),
+        );
+        let admission = match admission {
+            Admission::Answered(answer) if !answer.is_valid() => return (answer, false),
+            other => other,
+        };
         // A buyer valid now is rechecked against a recent snapshot of the list; a new
         // connection, or a buyer not valid now (nothing is granted on a snapshot), by
-        // its own row.
+        // its own row. Before the plugin call: a revoked buyer never reaches the plugin.
         let standing = if !fresh && valid_now {
             self.revoked.recheck(buyer).await
         } else {
@@ -419,11 +434,7 @@ impl Product {
                 };
             }
         }
-        let answer = self
-            .gate()
-            .check(buyer, self.seller_key(), ip, fresh, Now::system())
-            .await;
-        (answer, false)
+        (gate.ask(admission, Now::system().unix_ms).await, false)
     }
 
     /// Takes `buyer`'s connection lease once the buyer is valid (see [`super::lease`]):

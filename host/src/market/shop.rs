@@ -98,6 +98,11 @@ pub struct SellLimits {
     /// Fresh payment checks of unknown buyer keys per second from one IP address (0: no
     /// per-address limit).
     pub payment_checks_per_ip: Option<u32>,
+    /// Fresh payment checks of unknown buyer keys per second from all addresses together
+    /// (0: no global limit).
+    pub payment_checks_per_second: Option<u32>,
+    /// Signatures per second the process's rekeyed announcements may cost together.
+    pub signatures_per_second: Option<u64>,
 }
 
 impl SellLimits {
@@ -112,7 +117,27 @@ impl SellLimits {
             payment_checks_per_ip: self
                 .payment_checks_per_ip
                 .or(fallback.payment_checks_per_ip),
+            payment_checks_per_second: self
+                .payment_checks_per_second
+                .or(fallback.payment_checks_per_second),
+            signatures_per_second: self
+                .signatures_per_second
+                .or(fallback.signatures_per_second),
         }
+    }
+
+    /// The signature budget in signatures per second.
+    pub fn signatures_per_second(&self) -> u64 {
+        self.signatures_per_second
+            .unwrap_or(crate::protocol::budget::DEFAULT_SIGNATURES_PER_SECOND)
+    }
+
+    /// Sets the process-wide signature budget
+    /// ([`crate::protocol::budget::SignatureBudget::global`], which every seller channel
+    /// of the process counts against) to these limits'.
+    pub fn apply_signature_budget(&self) {
+        crate::protocol::budget::SignatureBudget::global()
+            .set_per_second(self.signatures_per_second());
     }
 
     /// The connection settings: at most `max_connections` (never above what
@@ -137,9 +162,13 @@ impl SellLimits {
 
     /// What strangers may make the payment gate do.
     pub fn gate_limits(&self) -> GateLimits {
-        match self.payment_checks_per_ip {
+        let limits = match self.payment_checks_per_ip {
             Some(n) => GateLimits::default().with_checks_per_ip(n),
             None => GateLimits::default(),
+        };
+        match self.payment_checks_per_second {
+            Some(n) => limits.with_checks_global(n),
+            None => limits,
         }
     }
 }
@@ -641,3 +670,40 @@ impl RunningProduct {
 
 /// How long stopping a product waits for its connections to end.
 pub const STOP_WAIT: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::budget::{SignatureBudget, DEFAULT_SIGNATURES_PER_SECOND};
+
+    #[test]
+    fn flags_go_before_the_config_and_the_signature_budget_is_applied() {
+        let config = LimitSettings {
+            signatures_per_second: Some(5_000),
+            payment_checks_per_ip: Some(9),
+            ..LimitSettings::default()
+        };
+        let flags = SellLimits {
+            signatures_per_second: Some(7_000),
+            ..SellLimits::default()
+        };
+        let settled = flags.or(&config);
+        assert_eq!(settled.signatures_per_second(), 7_000);
+        assert_eq!(settled.payment_checks_per_ip, Some(9));
+        let from_config = SellLimits::default().or(&config);
+        assert_eq!(from_config.signatures_per_second(), 5_000);
+        assert_eq!(
+            SellLimits::default().signatures_per_second(),
+            DEFAULT_SIGNATURES_PER_SECOND
+        );
+        // The process-wide budget takes it (and is put back: other tests share it).
+        from_config.apply_signature_budget();
+        let applied = SignatureBudget::global().per_second();
+        SellLimits::default().apply_signature_budget();
+        assert_eq!(applied, 5_000);
+        assert_eq!(
+            SignatureBudget::global().per_second(),
+            DEFAULT_SIGNATURES_PER_SECOND
+        );
+    }
+}

@@ -93,6 +93,20 @@ impl GateLimits {
         self
     }
 
+    /// These limits with fresh checks of unknown keys capped at `per_second` for all peers
+    /// together (burst: 256 or two seconds' worth, whichever is more), or not capped
+    /// globally when `per_second` is 0.
+    pub fn with_checks_global(mut self, per_second: u32) -> GateLimits {
+        self.checks_global = match per_second {
+            0 => RateLimit::UNLIMITED,
+            n => RateLimit::new(
+                n.saturating_mul(2).max(256),
+                Duration::from_nanos(1_000_000_000 / u64::from(n)),
+            ),
+        };
+        self
+    }
+
     /// No admission limits (every check and message reaches the plugins, as before these
     /// limits existed); the pool's lanes still apply.
     pub fn unlimited() -> GateLimits {
@@ -286,6 +300,26 @@ mod tests {
         }
         let never = RateLimit::new(0, MS);
         assert!(!TokenBucket::new().take(never, t0));
+    }
+
+    #[test]
+    fn the_global_check_rate_is_set_per_second_or_lifted() {
+        let t0 = Instant::now();
+        let rate = GateLimits::default().with_checks_global(1000).checks_global;
+        assert_eq!(rate, RateLimit::new(2000, Duration::from_millis(1)));
+        let slow = GateLimits::default().with_checks_global(10).checks_global;
+        assert_eq!(slow, RateLimit::new(256, Duration::from_millis(100)));
+        let mut b = TokenBucket::new();
+        assert!((0..256).all(|_| b.take(slow, t0)));
+        assert!(!b.take(slow, t0));
+        assert!(b.take(slow, t0 + Duration::from_millis(100)));
+        let lifted = GateLimits::default().with_checks_global(0).checks_global;
+        assert_eq!(lifted, RateLimit::UNLIMITED);
+        assert_eq!(
+            GateLimits::default().with_checks_per_ip(0).checks_global,
+            GateLimits::default().checks_global,
+            "the per-IP setting leaves the global one"
+        );
     }
 
     #[test]

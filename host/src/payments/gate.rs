@@ -214,6 +214,27 @@ struct GateState {
     message_plugins: Vec<TokenBucket>,
 }
 
+/// What [`PaymentGate::admit`] decided.
+#[derive(Debug, Clone)]
+#[must_use]
+pub enum Admission {
+    /// Answered without a call.
+    Answered(Validation),
+    /// A plugin call, admitted: make it with [`PaymentGate::ask`].
+    Call(AdmittedCall),
+}
+
+/// A plugin call [`PaymentGate::admit`] let through.
+#[derive(Debug, Clone)]
+pub struct AdmittedCall {
+    /// Buyer and seller.
+    key: BuyerKey,
+    /// The pool lane it takes.
+    lane: Lane,
+    /// When it was admitted (its answer is cached from then).
+    at: Instant,
+}
+
 /// Answers "is this buyer valid?" for one product: tries each payment entry (the first
 /// success wins), caches the answer for the revalidation period, fails closed, and keeps
 /// strangers from starving the buyers who pay (see the module documentation).
@@ -308,6 +329,7 @@ impl PaymentGate {
     /// stranger's refusal for [`GateLimits::refused_for`].
     ///
     /// Waits on the plugin without holding a thread (needs a tokio runtime with timers).
+    /// The same as [`admit`](Self::admit) then [`ask`](Self::ask).
     pub async fn check(
         &self,
         buyer: Key,
@@ -317,61 +339,89 @@ impl PaymentGate {
         now: impl Into<Now>,
     ) -> Validation {
         let now: Now = now.into();
-        let (now, unix_ms) = (now.at, now.unix_ms);
+        match self.admit(buyer, seller, ip, fresh, now.at) {
+            Admission::Answered(answer) => answer,
+            call @ Admission::Call(_) => self.ask(call, now.unix_ms).await,
+        }
+    }
+
+    /// The first half of [`check`](Self::check), without calling a plugin: the answer
+    /// when there is one already (free, a cached answer, a reused refusal, or the busy
+    /// refusal of a stranger's check not admitted), else the admitted call to make with
+    /// [`ask`](Self::ask). A seller reads what else it needs (the revocation list) only
+    /// for a call or a valid answer: a stranger refused here costs it nothing more.
+    pub fn admit(
+        &self,
+        buyer: Key,
+        seller: Key,
+        ip: Option<IpAddr>,
+        fresh: bool,
+        now: Instant,
+    ) -> Admission {
         if self.entries.is_empty() {
-            return Self::free();
+            return Admission::Answered(Self::free());
         }
         let key = (buyer, seller);
-        let lane = {
-            let mut st = self.lock();
-            let known = self.is_known(&st, &key, now);
-            if let Some((at, answer)) = st.answers.get(&key) {
-                let age = now.saturating_duration_since(*at);
-                // A new connection is never answered from a refusal: the buyer may have
-                // paid since (pay, then connect). The admission buckets below bound how
-                // often one IP can make a stranger's key be checked afresh.
-                let recent_refusal =
-                    !fresh && !known && !answer.is_valid() && age < self.limits.refused_for;
-                if (!fresh && age < self.revalidate) || recent_refusal {
-                    if let Some(answer) = age_answer(answer, age) {
-                        if recent_refusal {
-                            self.counters
-                                .refusals_reused
-                                .fetch_add(1, Ordering::Relaxed);
-                        }
-                        return answer;
+        let mut st = self.lock();
+        let known = self.is_known(&st, &key, now);
+        if let Some((at, answer)) = st.answers.get(&key) {
+            let age = now.saturating_duration_since(*at);
+            // A new connection is never answered from a refusal: the buyer may have
+            // paid since (pay, then connect). The admission buckets below bound how
+            // often one IP can make a stranger's key be checked afresh.
+            let recent_refusal =
+                !fresh && !known && !answer.is_valid() && age < self.limits.refused_for;
+            if (!fresh && age < self.revalidate) || recent_refusal {
+                if let Some(answer) = age_answer(answer, age) {
+                    if recent_refusal {
+                        self.counters
+                            .refusals_reused
+                            .fetch_add(1, Ordering::Relaxed);
                     }
+                    return Admission::Answered(answer);
                 }
             }
-            if known {
-                Lane::Priority
-            } else {
-                let st = &mut *st;
-                let ip_rate = self.limits.checks_per_ip;
-                let all_rate = self.limits.checks_global;
-                let admitted = match st.check_ips.bucket(&ip_key(ip), ip_rate, now) {
-                    Some(per_ip) => {
-                        take_all(&mut [(per_ip, ip_rate), (&mut st.check_all, all_rate)], now)
-                    }
-                    None => false,
-                };
-                if !admitted {
-                    self.counters.checks_refused.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!(names::PAYMENT_CHECKS_REFUSED).increment(1);
-                    tracing::debug!(buyer = %key_prefix(&buyer), "payment check not admitted: busy");
-                    return Validation::Invalid {
-                        reason: PUBLIC_BUSY.to_owned(),
-                    };
+        }
+        let lane = if known {
+            Lane::Priority
+        } else {
+            let st = &mut *st;
+            let ip_rate = self.limits.checks_per_ip;
+            let all_rate = self.limits.checks_global;
+            let admitted = match st.check_ips.bucket(&ip_key(ip), ip_rate, now) {
+                Some(per_ip) => {
+                    take_all(&mut [(per_ip, ip_rate), (&mut st.check_all, all_rate)], now)
                 }
-                self.counters
-                    .checks_admitted
-                    .fetch_add(1, Ordering::Relaxed);
-                Lane::Stranger
+                None => false,
+            };
+            if !admitted {
+                self.counters.checks_refused.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(names::PAYMENT_CHECKS_REFUSED).increment(1);
+                tracing::debug!(buyer = %key_prefix(&buyer), "payment check not admitted: busy");
+                return Admission::Answered(Validation::Invalid {
+                    reason: PUBLIC_BUSY.to_owned(),
+                });
             }
+            self.counters
+                .checks_admitted
+                .fetch_add(1, Ordering::Relaxed);
+            Lane::Stranger
         };
-        let asked = self.ask_async(lane, buyer, seller, unix_ms).await;
-        self.remember(key, now, &asked);
-        asked.answer
+        Admission::Call(AdmittedCall { key, lane, at: now })
+    }
+
+    /// The second half of [`check`](Self::check): makes an admitted call (an
+    /// [`Admission::Answered`] is returned as it is) and remembers its answer. `unix_ms`
+    /// is the time the plugins are asked about.
+    pub async fn ask(&self, admission: Admission, unix_ms: u64) -> Validation {
+        match admission {
+            Admission::Answered(answer) => answer,
+            Admission::Call(AdmittedCall { key, lane, at }) => {
+                let asked = self.ask_async(lane, key.0, key.1, unix_ms).await;
+                self.remember(key, at, &asked);
+                asked.answer
+            }
+        }
     }
 
     fn is_known(&self, st: &GateState, key: &BuyerKey, now: Instant) -> bool {

@@ -72,8 +72,8 @@ pub use conformance::{
 };
 pub use dazaar_plugin_api::{ANY_METHOD, HOST_DESCRIBE_MESSAGE, HOST_MESSAGE_PREFIX};
 pub use gate::{
-    GateStats, MessageBudget, MessageRefusal, Now, PaymentEntry, PaymentGate, Validation,
-    REFUSED_MESSAGE,
+    Admission, AdmittedCall, GateStats, MessageBudget, MessageRefusal, Now, PaymentEntry,
+    PaymentGate, Validation, REFUSED_MESSAGE,
 };
 pub use plugin_state::{state_box, StateScope};
 pub use pool::CallLimits;

@@ -391,3 +391,56 @@ fn a_signature_budget_widens_the_announce_interval() {
         "a closed connection leaves the budget"
     );
 }
+
+#[test]
+fn a_remote_that_requests_nothing_is_told_of_growth_once_a_second() {
+    let source = MemShare::new(writer(3));
+    let spec = ChannelSpec {
+        feed: source.clone(),
+        config: ReplicatorConfig {
+            announce_interval_ms: 40,
+            ..ReplicatorConfig::uploader()
+        },
+    };
+    // A sparse copy wants nothing it is told of: it never sends a Request.
+    let (mut server, mut client, _, _) = serve_pair(spec, ReplicatorConfig::sparse());
+    run(&mut server, &mut client, 0);
+    let told = |client: &Peer| {
+        client
+            .replication()
+            .filter_map(|e| match e {
+                ReplicationEvent::RemoteLength { length, .. } => Some(*length),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0)
+    };
+    // Within 2 s of opening it still counts as reading: the channel's own interval.
+    source.append(&[block(3)]);
+    run(&mut server, &mut client, 100);
+    assert_eq!(told(&client), 4);
+    source.append(&[block(4)]);
+    run(&mut server, &mut client, 110);
+    assert_eq!(server.conn.poll_timeout(), Some(140));
+    server.timeout(140);
+    run(&mut server, &mut client, 140);
+    assert_eq!(told(&client), 5, "not idle yet: held 40 ms");
+    // Past 2 s without a Request: growth is coalesced for a second.
+    source.append(&[block(5)]);
+    run(&mut server, &mut client, 3000);
+    assert_eq!(
+        told(&client),
+        6,
+        "the first growth after a quiet spell is due"
+    );
+    source.append(&[block(6)]);
+    run(&mut server, &mut client, 3010);
+    assert_eq!(server.conn.poll_timeout(), Some(4000));
+    server.timeout(3040);
+    run(&mut server, &mut client, 3040);
+    assert_eq!(told(&client), 6, "held back a second, not 40 ms");
+    server.timeout(4000);
+    run(&mut server, &mut client, 4000);
+    assert!(server.error.is_none() && client.error.is_none());
+    assert_eq!(told(&client), 7);
+}
