@@ -74,21 +74,50 @@ pub fn burnt_keys(
 /// 5,000 checks a second, each a database read on the blocking pool (and two thread
 /// hand-offs). [`RevocationList::recheck`] (a valid buyer's revalidation) reads the
 /// product's whole list instead, at most once per [`SNAPSHOT_FOR`] whatever the number
-/// of buyers, and answers from it (one read in flight; the others wait for it): a
-/// connected buyer's revocation takes effect within one revalidation period plus
-/// [`SNAPSHOT_FOR`]. A new connection, or a buyer not valid now
+/// of buyers, and answers from it (one read in flight; meanwhile the snapshot before
+/// answers for up to [`SNAPSHOT_STALE`]): a connected buyer's revocation takes effect
+/// within one revalidation period plus [`SNAPSHOT_FOR`], or [`SNAPSHOT_STALE`] while the
+/// database is slow. A new connection, or a buyer not valid now
 /// ([`RevocationList::check`]), always reads its buyer's row, so a revoked buyer is
-/// refused at once and nothing new is granted on a snapshot while the database is down. A list longer than [`SNAPSHOT_MAX`] is not held
-/// in memory: every check then reads its buyer's row.
+/// refused at once and nothing new is granted on a snapshot while the database is down.
+/// A list longer than [`SNAPSHOT_MAX`] is not held in memory: every check then reads
+/// its buyer's row.
 #[derive(Debug)]
 pub struct RevocationList {
     state: Arc<LazyState>,
     seller: [u8; 32],
-    snapshot: tokio::sync::Mutex<Option<Snapshot>>,
+    snapshot: std::sync::Mutex<SnapshotSlot>,
+}
+
+/// The snapshot in use, and whether a newer one is being read.
+#[derive(Debug, Default)]
+struct SnapshotSlot {
+    current: Option<Snapshot>,
+    refreshing: bool,
+}
+
+/// Clears [`SnapshotSlot::refreshing`] when the read ends, however it ends.
+struct Refreshing<'a>(&'a RevocationList);
+
+impl Drop for Refreshing<'_> {
+    fn drop(&mut self) {
+        self.0.lock_snapshot().refreshing = false;
+    }
+}
+
+/// What a snapshot says of a buyer.
+enum Lookup {
+    /// The answer.
+    Found(Standing),
+    /// The snapshot is to be read (by this caller).
+    Refresh,
 }
 
 /// How long a read of the whole list answers checks.
 pub const SNAPSHOT_FOR: Duration = Duration::from_millis(250);
+/// How long it answers while the next read is in flight (a busy database): the most a
+/// revocation of a connected buyer waits beyond its revalidation period.
+pub const SNAPSHOT_STALE: Duration = Duration::from_secs(5);
 /// Most revoked buyers a product's list holds in memory.
 pub const SNAPSHOT_MAX: usize = 100_000;
 
@@ -97,6 +126,18 @@ pub const SNAPSHOT_MAX: usize = 100_000;
 struct Snapshot {
     at: Instant,
     revoked: Option<HashSet<[u8; 32]>>,
+}
+
+impl Snapshot {
+    /// `buyer`'s standing, or `None` when the list was too long to hold.
+    fn lookup(&self, buyer: &[u8; 32]) -> Option<Lookup> {
+        let set = self.revoked.as_ref()?;
+        Some(Lookup::Found(if set.contains(buyer) {
+            Standing::Revoked
+        } else {
+            Standing::Clear
+        }))
+    }
 }
 
 impl RevocationList {
@@ -110,7 +151,7 @@ impl RevocationList {
         Self {
             state,
             seller: *seller,
-            snapshot: tokio::sync::Mutex::new(None),
+            snapshot: std::sync::Mutex::new(SnapshotSlot::default()),
         }
     }
 
@@ -141,51 +182,69 @@ impl RevocationList {
 
     /// As [`check`](Self::check) for a buyer already connected and valid (a
     /// revalidation): answered from a snapshot of the list at most [`SNAPSHOT_FOR`] old.
+    /// While a newer snapshot is being read, the one before answers for up to
+    /// [`SNAPSHOT_STALE`]: a database busy with writes (a reconnect storm's sales) must
+    /// not queue thousands of revalidations behind one read. Past that, or with no
+    /// snapshot, the buyer's own row.
     pub async fn recheck(self: &Arc<Self>, buyer: [u8; 32]) -> Standing {
-        let mut snapshot = match tokio::time::timeout(CHECK_TIMEOUT, self.snapshot.lock()).await {
-            Ok(guard) => guard,
-            Err(_) => {
-                tracing::warn!("the revocation list did not answer in time");
-                return Standing::Unknown;
-            }
-        };
-        let fresh = snapshot.as_ref().filter(|s| s.at.elapsed() < SNAPSHOT_FOR);
-        let revoked = match fresh {
-            Some(s) => s.revoked.as_ref().map(|set| set.contains(&buyer)),
-            None => {
-                let at = Instant::now();
-                let list = Arc::clone(self);
-                let ask = tokio::task::spawn_blocking(move || {
-                    list.state.get().and_then(|s| s.revocations(&list.seller))
-                });
-                match tokio::time::timeout(CHECK_TIMEOUT, ask).await {
-                    Ok(Ok(Ok(records))) => {
-                        let revoked = (records.len() <= SNAPSHOT_MAX)
-                            .then(|| records.into_iter().map(|r| r.buyer).collect::<HashSet<_>>());
-                        let answer = revoked.as_ref().map(|set| set.contains(&buyer));
-                        *snapshot = Some(Snapshot { at, revoked });
-                        answer
-                    }
-                    Ok(Ok(Err(e))) => {
-                        *snapshot = None;
-                        tracing::warn!(error = %e, "cannot read the revocation list");
-                        return Standing::Unknown;
-                    }
-                    Ok(Err(_)) | Err(_) => {
-                        *snapshot = None;
-                        tracing::warn!("the revocation list did not answer in time");
-                        return Standing::Unknown;
-                    }
+        let refresh = {
+            let mut slot = self.lock_snapshot();
+            let refreshing = slot.refreshing;
+            match &slot.current {
+                Some(s) if s.at.elapsed() < SNAPSHOT_FOR => s.lookup(&buyer),
+                Some(s) if refreshing && s.at.elapsed() < SNAPSHOT_STALE => s.lookup(&buyer),
+                _ if refreshing => None,
+                _ => {
+                    slot.refreshing = true;
+                    Some(Lookup::Refresh)
                 }
             }
         };
-        drop(snapshot);
-        match revoked {
-            Some(true) => Standing::Revoked,
-            Some(false) => Standing::Clear,
-            // Too long to hold: this buyer's row.
-            None => self.check_one(buyer).await,
+        match refresh {
+            Some(Lookup::Found(standing)) => return standing,
+            Some(Lookup::Refresh) => {}
+            // Too long to hold, or another read in flight with nothing to answer from.
+            None => return self.check_one(buyer).await,
         }
+        // Cleared however this ends (an error, a timeout, a dropped future).
+        let _reading = Refreshing(self);
+        let at = Instant::now();
+        let list = Arc::clone(self);
+        let ask = tokio::task::spawn_blocking(move || {
+            list.state.get().and_then(|s| s.revocations(&list.seller))
+        });
+        let read = match tokio::time::timeout(CHECK_TIMEOUT, ask).await {
+            Ok(Ok(Ok(records))) => Some(Snapshot {
+                at,
+                revoked: (records.len() <= SNAPSHOT_MAX)
+                    .then(|| records.into_iter().map(|r| r.buyer).collect::<HashSet<_>>()),
+            }),
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(error = %e, "cannot read the revocation list");
+                None
+            }
+            Ok(Err(_)) | Err(_) => {
+                tracing::warn!("the revocation list did not answer in time");
+                None
+            }
+        };
+        let found = {
+            let mut slot = self.lock_snapshot();
+            slot.current = read;
+            match &slot.current {
+                Some(s) => s.lookup(&buyer),
+                None => return Standing::Unknown,
+            }
+        };
+        match found {
+            Some(Lookup::Found(standing)) => standing,
+            _ => self.check_one(buyer).await,
+        }
+    }
+
+    fn lock_snapshot(&self) -> std::sync::MutexGuard<'_, SnapshotSlot> {
+        // Never held across an await; the slot stays sound if something panicked.
+        self.snapshot.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Whether `buyer` is revoked, by its own row, on the blocking pool.
@@ -352,5 +411,38 @@ mod tests {
             Standing::Unknown,
             "no snapshot kept"
         );
+    }
+
+    /// While another revalidation reads a newer snapshot, the one before answers for up
+    /// to [`SNAPSHOT_STALE`] (nobody queues behind the read); past it, the buyer's row.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_read_in_flight_lets_the_snapshot_before_answer_for_a_while() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let place = StatePlace::default_in(dir.path());
+        let list = Arc::new(RevocationList::new(&place, &[1; 32]));
+        assert_eq!(list.recheck([2; 32]).await, Standing::Clear);
+        revoke(&place, &[1; 32], &[2; 32], false).expect("revoke");
+        let age = |by: Duration| {
+            let mut slot = list.lock_snapshot();
+            slot.refreshing = true;
+            let s = slot.current.as_mut().expect("a snapshot");
+            s.at = Instant::now().checked_sub(by).expect("uptime");
+        };
+        age(SNAPSHOT_FOR * 4);
+        assert_eq!(
+            list.recheck([2; 32]).await,
+            Standing::Clear,
+            "answered by the snapshot before while a read is in flight"
+        );
+        age(SNAPSHOT_STALE);
+        assert_eq!(
+            list.recheck([2; 32]).await,
+            Standing::Revoked,
+            "too old: the row"
+        );
+        // The read in flight ends: the next revalidation reads the list again.
+        list.lock_snapshot().refreshing = false;
+        assert_eq!(list.recheck([2; 32]).await, Standing::Revoked);
+        assert!(!list.lock_snapshot().refreshing, "cleared after the read");
     }
 }
