@@ -40,6 +40,7 @@
 //! growth to them, and they measure what a connected buyer costs in memory
 //! (`BENCH_BUYERS=100 BENCH_IDLE_BUYERS=9900 BENCH_REVALIDATE_MS=1000` is the
 //! 10,000-buyer figure: at 200 ms, 10,000 buyers are 50,000 plugin calls a second).
+//! `BENCH_SIGNATURES=N` sets the Rust seller's `--signatures-per-second`.
 // Test and benchmark code: a panic is the failure report, and its queues are
 // bounded by the test itself.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
@@ -363,6 +364,13 @@ fn main() {
             "--payment-checks-per-second",
             "0",
         ])
+        .args(
+            std::env::var("BENCH_SIGNATURES")
+                .ok()
+                .map(|n| ["--signatures-per-second".to_owned(), n])
+                .into_iter()
+                .flatten(),
+        )
         .envs(
             std::env::var("BENCH_SELLER_WORKERS")
                 .ok()

@@ -90,6 +90,8 @@ struct Queues {
     priority: VecDeque<Queued>,
     stranger: VecDeque<Queued>,
     closed: bool,
+    /// Threads waiting for a call (none: nobody needs waking).
+    idle: usize,
 }
 
 /// What the pool's threads share.
@@ -182,9 +184,16 @@ impl CallPool {
             return Err(CallFailure::Busy);
         }
         queue.push_back(Queued { job, deadline });
+        let idle = queues.idle;
         drop(queues);
-        // All: a thread that may not take this lane's call would swallow a single wake-up.
-        self.shared.ready.notify_all();
+        // Thousands of revalidations a second come through here: wake a thread only when
+        // one waits, and one for a priority call (any thread takes it). All for a
+        // stranger's: thread 0 may not take it and would swallow a single wake-up.
+        match (idle, lane) {
+            (0, _) => {}
+            (_, Lane::Priority) => self.shared.ready.notify_one(),
+            (_, Lane::Stranger) => self.shared.ready.notify_all(),
+        }
         Ok(())
     }
 
@@ -275,7 +284,9 @@ fn worker(shared: &Shared, verifier: &VerifierBox, takes_strangers: bool) {
                         break q;
                     }
                 }
+                queues.idle += 1;
                 queues = shared.ready.wait(queues).unwrap_or_else(|p| p.into_inner());
+                queues.idle -= 1;
             }
         };
         // A caller that gave up is not waiting: do not spend a plugin call on it.
