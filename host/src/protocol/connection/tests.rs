@@ -15,6 +15,17 @@ fn uploader(feed: &Arc<MemShare>) -> ChannelSpec<MemShare> {
     }
 }
 
+/// An uploader of `feed` that announces growth at most every 40 ms.
+fn throttled(feed: &Arc<MemShare>) -> ChannelSpec<MemShare> {
+    ChannelSpec {
+        feed: feed.clone(),
+        config: ReplicatorConfig {
+            announce_interval_ms: 40,
+            ..ReplicatorConfig::uploader()
+        },
+    }
+}
+
 #[test]
 fn a_small_feed_replicates_end_to_end() {
     let source = MemShare::new(writer(20));
@@ -45,13 +56,7 @@ fn a_small_feed_replicates_end_to_end() {
 #[test]
 fn growth_is_announced_at_most_once_per_interval() {
     let source = MemShare::new(writer(3));
-    let spec = ChannelSpec {
-        feed: source.clone(),
-        config: ReplicatorConfig {
-            announce_interval_ms: 40,
-            ..ReplicatorConfig::uploader()
-        },
-    };
+    let spec = throttled(&source);
     let (mut server, mut client, copy, _) = serve_pair(spec, ReplicatorConfig::downloader());
     run(&mut server, &mut client, 1000);
     assert_eq!(copy.lock().length(), 3);
@@ -304,13 +309,7 @@ fn the_download_log_skips_the_origin_and_keeps_the_newest() {
 #[test]
 fn a_wake_with_nothing_to_do_leaves_the_feed_lock_alone() {
     let source = MemShare::new(writer(3));
-    let spec = ChannelSpec {
-        feed: source.clone(),
-        config: ReplicatorConfig {
-            announce_interval_ms: 40,
-            ..ReplicatorConfig::uploader()
-        },
-    };
+    let spec = throttled(&source);
     let (mut server, mut client, copy, _) = serve_pair(spec, ReplicatorConfig::downloader());
     run(&mut server, &mut client, 1000);
     source.append(&[block(3)]);
@@ -395,13 +394,7 @@ fn a_signature_budget_widens_the_announce_interval() {
 #[test]
 fn a_remote_that_requests_nothing_is_told_of_growth_once_a_second() {
     let source = MemShare::new(writer(3));
-    let spec = ChannelSpec {
-        feed: source.clone(),
-        config: ReplicatorConfig {
-            announce_interval_ms: 40,
-            ..ReplicatorConfig::uploader()
-        },
-    };
+    let spec = throttled(&source);
     // A sparse copy wants nothing it is told of: it never sends a Request.
     let (mut server, mut client, _, _) = serve_pair(spec, ReplicatorConfig::sparse());
     run(&mut server, &mut client, 0);
