@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dazaar::payments::{
-    CallLimits, GateLimits, GrantKind, LoadError, MessageRefusal, OpenedVerifier, PaymentEntry,
-    PaymentError, PaymentGate, PaymentTerms, PluginRegistry, RateLimit, UserMessage, Validation,
-    API_VERSION, PUBLIC_BUSY, PUBLIC_UNAVAILABLE,
+    Admission, CallLimits, GateLimits, GrantKind, LoadError, MessageRefusal, OpenedVerifier,
+    PaymentEntry, PaymentError, PaymentGate, PaymentTerms, PluginRegistry, RateLimit, UserMessage,
+    Validation, API_VERSION, PUBLIC_BUSY, PUBLIC_UNAVAILABLE,
 };
 use dazaar_plugin_api::{payment_memo, ApiVersion, Grant};
 use dazaar_tests::{copy_plugin, plugin_library, target_dir, thread_count};
@@ -840,6 +840,46 @@ async fn a_paying_buyer_is_answered_while_strangers_flood_the_gate() {
     assert!(refused >= 1, "the held stranger's check was answered");
     assert_eq!((refused + answered, busy), (2, 1998));
     assert_eq!(v.calls_made(), 4);
+}
+
+/// `admit` answers without a call whatever it can (a stranger not admitted, a refusal
+/// reused, a fresh answer), so a seller can skip its own reads for them; `ask` makes the
+/// admitted calls.
+// The serial guard spans the whole test on purpose (other tests count threads).
+#[allow(clippy::await_holding_lock)]
+#[tokio::test]
+async fn admit_answers_without_a_call_and_ask_makes_the_admitted_ones() {
+    let _serial = serial();
+    let v = picky(None, limits(2000));
+    let mut limits = GateLimits::default();
+    limits.checks_global = RateLimit::new(1, Duration::from_secs(60));
+    let gate = PaymentGate::with_limits(vec![entry(&v)], Duration::from_secs(1), limits);
+    let t0 = Instant::now();
+    let now_ms = dazaar::payments::Now::system().unix_ms;
+    let answered = |a: Admission| match a {
+        Admission::Answered(v) => v,
+        Admission::Call(c) => panic!("expected an answer without a call, got {c:?}"),
+    };
+    // The global bucket holds one check: the first stranger gets a call...
+    let first = gate.admit(stranger(1), SELLER, ip(1), true, t0);
+    assert!(matches!(first, Admission::Call(_)));
+    // ...the second is refused as busy on the spot.
+    let busy = answered(gate.admit(stranger(2), SELLER, ip(2), true, t0));
+    assert_eq!(invalid_reason(busy), PUBLIC_BUSY);
+    assert_eq!(v.calls_made(), 0, "admitting calls no plugin");
+    assert_eq!(invalid_reason(gate.ask(first, now_ms).await), PICKY_REFUSAL);
+    assert_eq!(v.calls_made(), 1);
+    // The first stranger's revalidation reuses its refusal, without a call.
+    let again = answered(gate.admit(stranger(1), SELLER, ip(1), false, t0));
+    assert_eq!(invalid_reason(again), PICKY_REFUSAL);
+    // A paying buyer is a stranger too until it was valid once: once the bucket has
+    // refilled it is admitted, asked and found valid...
+    let t1 = t0 + Duration::from_secs(60);
+    let paid = gate.admit(BUYER, SELLER, ip(3), true, t1);
+    assert!(gate.ask(paid, now_ms).await.is_valid());
+    // ...and its revalidation within the period is answered from the cache.
+    assert!(answered(gate.admit(BUYER, SELLER, ip(3), false, t1)).is_valid());
+    assert_eq!(v.calls_made(), 2);
 }
 
 // The serial guard spans the whole test on purpose (other tests count threads).
