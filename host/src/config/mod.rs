@@ -285,13 +285,10 @@ impl Settings {
         registry: &mut PluginRegistry,
         limits: CallLimits,
     ) -> Result<PaymentGate, ConfigError> {
-        let mut gate_limits = GateLimits::default();
-        if let Some(n) = self.limits.payment_checks_per_ip {
-            gate_limits = gate_limits.with_checks_per_ip(n);
-        }
-        if let Some(n) = self.limits.payment_checks_per_second {
-            gate_limits = gate_limits.with_checks_global(n);
-        }
+        let gate_limits = GateLimits::default().with_check_rates(
+            self.limits.payment_checks_per_ip,
+            self.limits.payment_checks_per_second,
+        );
         self.payment_gate_with(product, registry, limits, gate_limits, None)
     }
 

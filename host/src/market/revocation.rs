@@ -105,12 +105,15 @@ impl Drop for Refreshing<'_> {
     }
 }
 
-/// What a snapshot says of a buyer.
-enum Lookup {
-    /// The answer.
-    Found(Standing),
-    /// The snapshot is to be read (by this caller).
-    Refresh,
+/// What a revalidation does once it has looked at the snapshot.
+enum Step {
+    /// Answer from the snapshot.
+    Answer(Standing),
+    /// Read the buyer's row (the list is too long to hold, or another read is in
+    /// flight with no snapshot young enough to answer).
+    ReadRow,
+    /// Read the whole list (this caller; the others answer meanwhile).
+    ReadList,
 }
 
 /// How long a read of the whole list answers checks.
@@ -130,13 +133,13 @@ struct Snapshot {
 
 impl Snapshot {
     /// `buyer`'s standing, or `None` when the list was too long to hold.
-    fn lookup(&self, buyer: &[u8; 32]) -> Option<Lookup> {
+    fn lookup(&self, buyer: &[u8; 32]) -> Option<Standing> {
         let set = self.revoked.as_ref()?;
-        Some(Lookup::Found(if set.contains(buyer) {
+        Some(if set.contains(buyer) {
             Standing::Revoked
         } else {
             Standing::Clear
-        }))
+        })
     }
 }
 
@@ -187,24 +190,26 @@ impl RevocationList {
     /// not queue thousands of revalidations behind one read. Past that, or with no
     /// snapshot, the buyer's own row.
     pub async fn recheck(self: &Arc<Self>, buyer: [u8; 32]) -> Standing {
-        let refresh = {
+        let step = {
             let mut slot = self.lock_snapshot();
-            let refreshing = slot.refreshing;
-            match &slot.current {
-                Some(s) if s.at.elapsed() < SNAPSHOT_FOR => s.lookup(&buyer),
-                Some(s) if refreshing && s.at.elapsed() < SNAPSHOT_STALE => s.lookup(&buyer),
-                _ if refreshing => None,
-                _ => {
+            let good_for = if slot.refreshing {
+                SNAPSHOT_STALE
+            } else {
+                SNAPSHOT_FOR
+            };
+            match slot.current.as_ref().filter(|s| s.at.elapsed() < good_for) {
+                Some(s) => s.lookup(&buyer).map_or(Step::ReadRow, Step::Answer),
+                None if slot.refreshing => Step::ReadRow,
+                None => {
                     slot.refreshing = true;
-                    Some(Lookup::Refresh)
+                    Step::ReadList
                 }
             }
         };
-        match refresh {
-            Some(Lookup::Found(standing)) => return standing,
-            Some(Lookup::Refresh) => {}
-            // Too long to hold, or another read in flight with nothing to answer from.
-            None => return self.check_one(buyer).await,
+        match step {
+            Step::Answer(standing) => return standing,
+            Step::ReadRow => return self.check_one(buyer).await,
+            Step::ReadList => {}
         }
         // Cleared however this ends (an error, a timeout, a dropped future).
         let _reading = Refreshing(self);
@@ -237,8 +242,9 @@ impl RevocationList {
             }
         };
         match found {
-            Some(Lookup::Found(standing)) => standing,
-            _ => self.check_one(buyer).await,
+            Some(standing) => standing,
+            // Too long to hold: this buyer's row.
+            None => self.check_one(buyer).await,
         }
     }
 

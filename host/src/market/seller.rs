@@ -394,13 +394,8 @@ impl Product {
         // a refusal reused, ends here, so a crowd of buyers waiting for admission costs
         // no reads of the state (thousands of them a second in a reconnect storm).
         let gate = self.gate();
-        let admission = gate.admit(
-            buyer,
-            self.seller_key(),
-            ip,
-            fresh,
-            Instant::now().into_std(),
-        );
+        let now = Now::system();
+        let admission = gate.admit(buyer, self.seller_key(), ip, fresh, now.at);
         let admission = match admission {
             Admission::Answered(answer) if !answer.is_valid() => return (answer, false),
             other => other,
@@ -434,7 +429,7 @@ impl Product {
                 };
             }
         }
-        (gate.ask(admission, Now::system().unix_ms).await, false)
+        (gate.ask(admission, now.unix_ms).await, false)
     }
 
     /// Takes `buyer`'s connection lease once the buyer is valid (see [`super::lease`]):

@@ -162,14 +162,8 @@ impl SellLimits {
 
     /// What strangers may make the payment gate do.
     pub fn gate_limits(&self) -> GateLimits {
-        let limits = match self.payment_checks_per_ip {
-            Some(n) => GateLimits::default().with_checks_per_ip(n),
-            None => GateLimits::default(),
-        };
-        match self.payment_checks_per_second {
-            Some(n) => limits.with_checks_global(n),
-            None => limits,
-        }
+        GateLimits::default()
+            .with_check_rates(self.payment_checks_per_ip, self.payment_checks_per_second)
     }
 }
 

@@ -107,6 +107,21 @@ impl GateLimits {
         self
     }
 
+    /// These limits with the rates of fresh checks of unknown keys a seller configured
+    /// (`[limits] payment_checks_per_ip` and `payment_checks_per_second`, or their flags):
+    /// [`with_checks_per_ip`](Self::with_checks_per_ip) and
+    /// [`with_checks_global`](Self::with_checks_global) where given, the defaults where not.
+    pub fn with_check_rates(self, per_ip: Option<u32>, per_second: Option<u32>) -> GateLimits {
+        let limits = match per_ip {
+            Some(n) => self.with_checks_per_ip(n),
+            None => self,
+        };
+        match per_second {
+            Some(n) => limits.with_checks_global(n),
+            None => limits,
+        }
+    }
+
     /// No admission limits (every check and message reaches the plugins, as before these
     /// limits existed); the pool's lanes still apply.
     pub fn unlimited() -> GateLimits {

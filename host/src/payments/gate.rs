@@ -339,10 +339,8 @@ impl PaymentGate {
         now: impl Into<Now>,
     ) -> Validation {
         let now: Now = now.into();
-        match self.admit(buyer, seller, ip, fresh, now.at) {
-            Admission::Answered(answer) => answer,
-            call @ Admission::Call(_) => self.ask(call, now.unix_ms).await,
-        }
+        self.ask(self.admit(buyer, seller, ip, fresh, now.at), now.unix_ms)
+            .await
     }
 
     /// The first half of [`check`](Self::check), without calling a plugin: the answer
